@@ -1,0 +1,34 @@
+-- Liabilities in scope for transfer (T1, T3): open, created on or after the agency's cut-off date.
+-- One keyset page at a time (liability_id > :after_id, LIMIT :page_size), so a million liabilities
+-- stream in flat memory. `gate` is the structural rule decided here, set-based:
+--   T2  compensation waiting for verification (agency verifies compensations, not verified yet)
+--   T4  patron group without a named responsible patron
+--   -   no structural obstacle; identifiers (T5, T6) are checked next, with python-stdnum.
+-- The debtor patron is the borrower, or for a group its named responsible patron (T4).
+SELECT l.liability_id,
+       l.agency_id,
+       l.patron_id,
+       l.kind,
+       p.branch_id,
+       p.kind                    AS patron_kind,
+       d.patron_id               AS debtor_patron_id,
+       d.kind                    AS debtor_kind,
+       d.cpr                     AS debtor_cpr,
+       d.replacement_cpr         AS debtor_replacement_cpr,
+       d.cvr                     AS debtor_cvr,
+       a.replacement_cpr_enabled AS replacement_cpr_enabled,
+       CASE
+           WHEN l.kind = 'compensation' AND a.verify_compensations AND l.verified_at IS NULL THEN 'T2'
+           WHEN p.kind = 'group' AND (d.patron_id IS NULL OR d.kind = 'group') THEN 'T4'
+           ELSE '-'
+       END                       AS gate
+FROM liability l
+JOIN agency a ON a.agency_id = l.agency_id
+JOIN patron p ON p.patron_id = l.patron_id
+LEFT JOIN patron d
+       ON d.patron_id = CASE WHEN p.kind = 'group' THEN p.responsible_patron_id ELSE p.patron_id END
+WHERE l.status = 'open'
+  AND l.created_at >= a.cut_off_date
+  AND l.liability_id > :after_id
+ORDER BY l.liability_id
+LIMIT :page_size

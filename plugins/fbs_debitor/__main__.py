@@ -1,0 +1,5 @@
+import sys
+
+from fbs_debitor.cli import main
+
+sys.exit(main())

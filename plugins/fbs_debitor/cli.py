@@ -1,0 +1,103 @@
+"""``python -m fbs_debitor …``: the same operations the DAGs run, from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+from sqlalchemy import text
+
+from fbs_debitor import ledger, settings
+from fbs_debitor.db import safe_url
+from fbs_debitor.stores import Stores, init_stores, open_stores
+
+
+def _stores() -> Stores:
+    return open_stores(settings.database_urls())
+
+
+def cmd_init(args) -> int:
+    stores = _stores()
+    applied = init_stores(stores)
+    print(f"FBS extract tables ready in {safe_url(stores.fbs)}")
+    print(f"ledger at newest version in {safe_url(stores.ledger)}"
+          + (f" (applied {', '.join(f'{v:04d}' for v in applied)})" if applied else " (nothing to apply)"))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from fbs_debitor.generator import generate
+
+    stores = _stores()
+    init_stores(stores)
+    if args.if_empty:
+        with stores.fbs.connect() as conn:
+            existing = conn.execute(text("SELECT COUNT(*) FROM liability")).scalar()
+        if existing:
+            print(f"FBS extract already holds {existing} liabilities; not regenerating (drop --if-empty to regenerate)")
+            return 0
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
+                       liabilities_per_patron=args.liabilities_per_patron)
+    print(f"generated synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}:")
+    for key, value in summary.as_dict().items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_assess(args) -> int:
+    from fbs_debitor.summary import format_run
+    from fbs_debitor.transfer import run_assessment
+
+    stores = _stores()
+    init_stores(stores)
+    run_id, counts = run_assessment(stores, kind="manual")
+    print(format_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from fbs_debitor.summary import format_run
+
+    stores = _stores()
+    run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
+    if run is None:
+        print("no run recorded in the ledger yet", file=sys.stderr)
+        return 1
+    print(format_run(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs))
+    return 0 if run.status == "success" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fbs_debitor", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create the FBS extract tables (demo) and migrate the ledger")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality")
+    p.add_argument("--patrons", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--as-of", help="the generator's 'today' (YYYY-MM-DD); default today")
+    p.add_argument("--liabilities-per-patron", type=float, default=10.0)
+    p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("assess", help="assess eligibility now (T1-T6), record the run, print the summary")
+    p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
+    p.add_argument("--run", help="run id")
+    p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)

@@ -1,0 +1,135 @@
+"""Which liabilities are due for transfer now (rules T1–T6), and which cannot go and why.
+
+The selection is set-based SQL (``include/sql/queries/eligibility_*.sql``), streamed from FBS in
+keyset pages; each page is then checked against the ledger with one range query (FBS and the
+ledger are separate connections, so there is no cross-database join) and its debtors' identifiers
+are checked with python-stdnum. Nothing is dropped silently: every liability in scope ends in
+exactly one category, and the blocked ones carry the rule that stops them.
+
+Categories:
+  eligible               due for transfer now
+  awaiting_verification  compensation not yet verified while the agency verifies (T2)
+  blocked                cannot be transferred until the data is fixed (T4, T5, T6)
+  already_sent           in the ledger already (sent or being sent): never sent again as new
+  out_of_scope           not for transfer: before cut-off (T1), closed or sent to collection (T3),
+                         cancelled before it was due
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.db import as_bool, sql_file
+from fbs_debitor.identity import check_cpr, check_cvr, mask_cpr
+from fbs_debitor.settings import chunk_size
+
+ELIGIBLE = "eligible"
+AWAITING = "awaiting_verification"
+BLOCKED = "blocked"
+ALREADY_SENT = "already_sent"
+OUT_OF_SCOPE = "out_of_scope"
+CATEGORIES = (ELIGIBLE, AWAITING, BLOCKED, ALREADY_SENT, OUT_OF_SCOPE)
+
+# Finding check codes for the rules that block a liability here (stored in ledger.finding).
+CHECK_CODES = {
+    "T4": "T4_group_without_responsible_patron",
+    "T5": "T5_company_without_valid_cvr",
+    "T6": "T6_person_without_usable_cpr",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    liability_id: int
+    agency_id: str
+    patron_id: int                 # the borrower (for a group: the group)
+    debtor_patron_id: int | None   # the borrower, or a group's responsible patron
+    branch_id: str | None
+    kind: str
+    category: str
+    rule: str = "-"
+    reason: str | None = None      # Danish / English, CPR masked
+
+    @property
+    def subject_patron_id(self) -> int:
+        """The patron whose data must be fixed: the group itself for T4, otherwise the debtor."""
+        return self.patron_id if self.rule == "T4" else (self.debtor_patron_id or self.patron_id)
+
+
+def _identity_verdict(row) -> tuple[str, str, str | None]:
+    """(category, rule, reason) for a structurally eligible row, from its debtor's identifiers."""
+    if row.debtor_kind == "company":
+        cvr = check_cvr(row.debtor_cvr)
+        if not cvr.ok:
+            return BLOCKED, "T5", f"Virksomhed uden gyldigt CVR-nummer: {cvr.error}"
+        return ELIGIBLE, "-", None
+    # A person: a real CPR, or a replacement CPR where the agency has them enabled (T6, I1).
+    if row.debtor_cpr:
+        cpr = check_cpr(row.debtor_cpr)
+        if not cpr.ok:
+            return BLOCKED, "T6", f"Person med ugyldigt CPR-nummer: {cpr.error}"
+        return ELIGIBLE, "-", None
+    if as_bool(row.replacement_cpr_enabled):
+        return ELIGIBLE, "-", None
+    if row.debtor_replacement_cpr:
+        return BLOCKED, "T6", (
+            f"Person uden CPR-nummer; erstatnings-CPR {mask_cpr(row.debtor_replacement_cpr)} findes, men "
+            "erstatnings-CPR er slået fra for biblioteket / replacement CPR exists but is disabled for the agency")
+    return BLOCKED, "T6", ("Person uden CPR-nummer, og erstatnings-CPR er slået fra / "
+                           "no CPR number and replacement CPR is disabled")
+
+
+def _verdict(row, sent: set[int]) -> Verdict:
+    if row.liability_id in sent:
+        category, rule, reason = ALREADY_SENT, "-", None
+    elif row.gate == "T2":
+        category, rule, reason = AWAITING, "T2", None
+    elif row.gate == "T4":
+        category, rule, reason = BLOCKED, "T4", ("Lånergruppe uden navngiven ansvarlig låner / "
+                                                 "patron group without a named responsible patron")
+    else:
+        category, rule, reason = _identity_verdict(row)
+    return Verdict(liability_id=row.liability_id, agency_id=row.agency_id, patron_id=row.patron_id,
+                   debtor_patron_id=row.debtor_patron_id, branch_id=row.branch_id, kind=row.kind,
+                   category=category, rule=rule, reason=reason)
+
+
+def _ledger_ids_between(ledger: Engine, low: int, high: int) -> set[int]:
+    with ledger.connect() as conn:
+        rows = conn.execute(text("SELECT liability_id FROM claim WHERE liability_id BETWEEN :lo AND :hi"),
+                            {"lo": low, "hi": high})
+        return {r[0] for r in rows}
+
+
+def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> Iterator[list[Verdict]]:
+    """Every in-scope liability's verdict, one page (list) at a time, in liability_id order."""
+    page_size = page_size or chunk_size()
+    query = text(sql_file("queries/eligibility_candidates.sql"))
+    after = -1
+    while True:
+        with fbs.connect() as conn:
+            rows = conn.execute(query, {"after_id": after, "page_size": page_size}).all()
+        if not rows:
+            return
+        sent = _ledger_ids_between(ledger, rows[0].liability_id, rows[-1].liability_id)
+        yield [_verdict(row, sent) for row in rows]
+        after = rows[-1].liability_id
+
+
+def out_of_scope_counts(fbs: Engine) -> Counter:
+    """(agency_id, OUT_OF_SCOPE, rule) -> n for liabilities not for transfer (T1, T3)."""
+    with fbs.connect() as conn:
+        rows = conn.execute(text(sql_file("queries/eligibility_out_of_scope.sql"))).all()
+    return Counter({(r.agency_id, OUT_OF_SCOPE, r.rule): int(r.n) for r in rows})
+
+
+def count(verdicts: list[Verdict], into: Counter | None = None) -> Counter:
+    counts = into if into is not None else Counter()
+    for v in verdicts:
+        counts[(v.agency_id, v.category, v.rule)] += 1
+    return counts

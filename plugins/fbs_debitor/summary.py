@@ -1,0 +1,58 @@
+"""A run's counts as the short plain-text table the main job and the CLI print."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.ledger import RunInfo
+
+BLOCK_RULES = ("T4", "T5", "T6")
+OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled")
+
+
+def _agencies(fbs: Engine) -> dict[str, tuple[str, str, int]]:
+    with fbs.connect() as conn:
+        rows = conn.execute(text("SELECT agency_id, name, debtor_vendor, age_limit FROM agency ORDER BY agency_id"))
+        return {r.agency_id: (r.name, r.debtor_vendor, r.age_limit) for r in rows}
+
+
+def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
+    agencies = _agencies(fbs)
+    ids = sorted(set(agencies) | {a for a, _, _ in counts})
+
+    def n(agency: str | None, category: str, rule: str | None = None) -> int:
+        return sum(v for (a, c, r), v in counts.items()
+                   if (agency is None or a == agency) and c == category and (rule is None or r == rule))
+
+    header = (f"{'agency':<8} {'vendor':<8} {'age':>3} {'eligible':>9} {'awaiting':>9} "
+              + " ".join(f"{'blk ' + r:>7}" for r in BLOCK_RULES)
+              + f" {'sent':>8} " + " ".join(f"{r:>13}" for r in OUT_RULES))
+    lines = [
+        f"fbs-debitor transfer run {run.run_id} ({run.kind}): {run.status}"
+        + (f" - {run.error}" if run.error else ""),
+        "",
+        header,
+        "-" * len(header),
+    ]
+    for a in [*ids, None]:
+        name, vendor, age = agencies.get(a, ("", "", "")) if a else ("", "", "")
+        label = a or "total"
+        lines.append(
+            f"{label:<8} {vendor:<8} {age!s:>3} {n(a, ELIGIBLE):>9} {n(a, AWAITING):>9} "
+            + " ".join(f"{n(a, BLOCKED, r):>7}" for r in BLOCK_RULES)
+            + f" {n(a, ALREADY_SENT):>8} " + " ".join(f"{n(a, OUT_OF_SCOPE, r):>13}" for r in OUT_RULES))
+    lines += [
+        "",
+        f"eligible {n(None, ELIGIBLE)}, blocked {n(None, BLOCKED)} "
+        f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in BLOCK_RULES)}), "
+        f"already sent {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
+        f"not for transfer {n(None, OUT_OF_SCOPE)}",
+        "Rules: T2 compensation awaits verification; T4 patron group without responsible patron; "
+        "T5 company without valid CVR; T6 person without usable CPR (and no replacement CPR); "
+        "T1 created before the cut-off date; T3 closed or sent to collection.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the two stores on SQLite and on a real PostgreSQL.
+
+PostgreSQL comes from FBS_DEBITOR_TEST_PG_URL (an admin URL) or a throwaway cluster started for the
+session. When neither is possible the PostgreSQL cases are skipped locally but FAIL under CI=true:
+a CI run that skips them proves nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from fbs_debitor.settings import DatabaseUrls
+from fbs_debitor.stores import init_stores, open_stores
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url():
+    url = os.environ.get("FBS_DEBITOR_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    from pgcluster import PostgresUnavailable, ThrowawayCluster
+
+    try:
+        cluster = ThrowawayCluster()
+        url = cluster.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required in CI and could not be started: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    try:
+        yield url
+    finally:
+        cluster.stop()
+
+
+def make_urls(kind: str, tmp_path, pg_admin_url_factory) -> DatabaseUrls:
+    if kind == "sqlite":
+        return DatabaseUrls(fbs=f"sqlite:///{tmp_path / 'fbs.sqlite'}", ledger=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    from pgcluster import create_database
+
+    admin = pg_admin_url_factory()
+    n = next(_db_counter)
+    # FBS and the ledger in separate databases, as a municipality would run them.
+    return DatabaseUrls(fbs=create_database(admin, f"fbs_{os.getpid()}_{n}"),
+                        ledger=create_database(admin, f"ledger_{os.getpid()}_{n}"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db_urls(request, tmp_path) -> DatabaseUrls:
+    return make_urls(request.param, tmp_path, lambda: request.getfixturevalue("pg_admin_url"))
+
+
+@pytest.fixture
+def stores(db_urls):
+    s = open_stores(db_urls)
+    init_stores(s)
+    yield s
+    s.dispose()

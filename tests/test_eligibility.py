@@ -1,0 +1,256 @@
+"""Eligibility per rule T1–T6 on hand-built FBS rows, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import fbs_rows as fr
+import pytest
+from sqlalchemy import text
+
+from fbs_debitor import eligibility, ledger
+from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.transfer import run_assessment
+
+
+def verdicts(stores, page_size=None) -> dict[int, tuple[str, str]]:
+    return {v.liability_id: (v.category, v.rule)
+            for page in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size) for v in page}
+
+
+def out_of_scope(stores) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (_a, _c, rule), n in eligibility.out_of_scope_counts(stores.fbs).items():
+        out[rule] = out.get(rule, 0) + n
+    return out
+
+
+@pytest.fixture
+def fbs(stores):
+    """A connection to the FBS extract with one healthy KMD OPUS agency (cut-off 2026-01-01)."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        yield conn
+        conn.rollback()
+
+
+def commit(fbs):
+    fbs.commit()
+
+
+def test_T1_created_on_or_after_cut_off_is_transferred_before_is_not(stores, fbs):
+    p = fr.patron(fbs)
+    before = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2025, 12, 31, 23, 59))
+    on_day = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2026, 1, 1, 0, 0))
+    after = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2026, 6, 1, 12, 0))
+    commit(fbs)
+    v = verdicts(stores)
+    assert before["liability_id"] not in v
+    assert v[on_day["liability_id"]] == (ELIGIBLE, "-")
+    assert v[after["liability_id"]] == (ELIGIBLE, "-")
+    assert out_of_scope(stores) == {"T1": 1}
+
+
+def test_T1_no_minimum_amount(stores, fbs):
+    p = fr.patron(fbs)
+    tiny = fr.liability(fbs, p["patron_id"], amount=Decimal("0.01"))
+    commit(fbs)
+    assert verdicts(stores)[tiny["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_T2_fee_goes_at_once_compensation_waits_for_verification(stores, fbs):
+    fr.agency(fbs, agency_id="715200", verify_compensations=True)
+    p = fr.patron(fbs, agency_id="715200")
+    fee = fr.liability(fbs, p["patron_id"], agency_id="715200", kind="fee")
+    unverified = fr.liability(fbs, p["patron_id"], agency_id="715200", kind="compensation", amount=Decimal("249.00"))
+    verified = fr.liability(fbs, p["patron_id"], agency_id="715200", kind="compensation",
+                            verified_at=dt.datetime(2026, 4, 3, 10, 0))
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[fee["liability_id"]] == (ELIGIBLE, "-")
+    assert v[unverified["liability_id"]] == (AWAITING, "T2")
+    assert v[verified["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_T2_without_verification_compensation_goes_on_creation(stores, fbs):
+    p = fr.patron(fbs)  # agency 715100 does not verify compensations
+    comp = fr.liability(fbs, p["patron_id"], kind="compensation", verified_at=None)
+    commit(fbs)
+    assert verdicts(stores)[comp["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_T3_closed_and_sent_to_collection_are_never_transferred(stores, fbs):
+    p = fr.patron(fbs)
+    closed = fr.liability(fbs, p["patron_id"], status="closed")
+    collection = fr.liability(fbs, p["patron_id"], status="sent_to_collection")
+    cancelled = fr.liability(fbs, p["patron_id"], status="cancelled")
+    commit(fbs)
+    v = verdicts(stores)
+    assert not {closed["liability_id"], collection["liability_id"], cancelled["liability_id"]} & set(v)
+    assert out_of_scope(stores) == {"T3-closed": 1, "T3-collection": 1, "cancelled": 1}
+
+
+def test_T3_moving_cut_off_back_transfers_older_open_ones_only(stores, fbs):
+    p = fr.patron(fbs)
+    old_open = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2024, 5, 2, 10, 0))
+    old_closed = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2024, 5, 2, 10, 0), status="closed")
+    old_coll = fr.liability(fbs, p["patron_id"], created_at=dt.datetime(2024, 6, 2, 10, 0),
+                            status="sent_to_collection")
+    commit(fbs)
+    assert old_open["liability_id"] not in verdicts(stores)
+    fbs.execute(text("UPDATE agency SET cut_off_date = :d"), {"d": db_value(dt.date(2024, 1, 1), is_sqlite(fbs))})
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[old_open["liability_id"]] == (ELIGIBLE, "-")
+    assert old_closed["liability_id"] not in v and old_coll["liability_id"] not in v
+    assert out_of_scope(stores) == {"T3-closed": 1, "T3-collection": 1}
+
+
+def test_T4_group_without_responsible_patron_is_blocked_with_responsible_it_goes(stores, fbs):
+    adult = fr.patron(fbs)
+    orphan_group = fr.patron(fbs, kind="group", responsible_patron_id=None)
+    led_group = fr.patron(fbs, kind="group", responsible_patron_id=adult["patron_id"])
+    blocked = fr.liability(fbs, orphan_group["patron_id"], kind="compensation")
+    ok = fr.liability(fbs, led_group["patron_id"], kind="compensation")
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[blocked["liability_id"]] == (BLOCKED, "T4")
+    assert v[ok["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_T4_group_whose_responsible_patron_lacks_cpr_is_checked_as_that_person_T6(stores, fbs):
+    fr.agency(fbs, agency_id="715300", replacement_cpr_enabled=False)
+    no_cpr = fr.patron(fbs, agency_id="715300", cpr=None)
+    group = fr.patron(fbs, agency_id="715300", kind="group", responsible_patron_id=no_cpr["patron_id"])
+    lia = fr.liability(fbs, group["patron_id"], agency_id="715300")
+    commit(fbs)
+    assert verdicts(stores)[lia["liability_id"]] == (BLOCKED, "T6")
+
+
+def test_T5_company_needs_a_valid_cvr_p_number_and_ean_optional(stores, fbs):
+    no_cvr = fr.patron(fbs, kind="company", cvr=None)
+    bad_cvr = fr.patron(fbs, kind="company", cvr=fr.INVALID_CVR)
+    good = fr.patron(fbs, kind="company", cvr=fr.VALID_CVR, p_number=None, ean=None)
+    full = fr.patron(fbs, kind="company", cvr=fr.VALID_CVR, p_number="1003388394", ean="5790000123457")
+    lias = {name: fr.liability(fbs, p["patron_id"])["liability_id"]
+            for name, p in dict(no_cvr=no_cvr, bad_cvr=bad_cvr, good=good, full=full).items()}
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[lias["no_cvr"]] == (BLOCKED, "T5")
+    assert v[lias["bad_cvr"]] == (BLOCKED, "T5")
+    assert v[lias["good"]] == (ELIGIBLE, "-")
+    assert v[lias["full"]] == (ELIGIBLE, "-")
+
+
+def test_T5_internal_municipal_borrower_is_transferred_like_anyone_else(stores, fbs):
+    # The municipality's own institution, with the municipality's CVR: no exception is made.
+    school = fr.patron(fbs, kind="company", cvr="29189404", name="Byens Skole")
+    lia = fr.liability(fbs, school["patron_id"])
+    commit(fbs)
+    assert verdicts(stores)[lia["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_T6_person_without_cpr_needs_replacement_cpr_enabled(stores, fbs):
+    fr.agency(fbs, agency_id="715400", replacement_cpr_enabled=False, debtor_vendor="PRISME")
+    off_no_cpr = fr.patron(fbs, agency_id="715400", cpr=None)
+    off_with_repl = fr.patron(fbs, agency_id="715400", cpr=None, replacement_cpr="6707811230")
+    on_no_cpr_no_birth = fr.patron(fbs, cpr=None, birth_date=None)   # 715100: replacement CPR enabled (I1)
+    lias = {
+        "off": fr.liability(fbs, off_no_cpr["patron_id"], agency_id="715400")["liability_id"],
+        "off_repl": fr.liability(fbs, off_with_repl["patron_id"], agency_id="715400")["liability_id"],
+        "on": fr.liability(fbs, on_no_cpr_no_birth["patron_id"])["liability_id"],
+    }
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[lias["off"]] == (BLOCKED, "T6")
+    assert v[lias["off_repl"]] == (BLOCKED, "T6")
+    assert v[lias["on"]] == (ELIGIBLE, "-")
+
+
+def test_T6_malformed_cpr_blocks_but_modulus_11_failure_does_not_I4(stores, fbs):
+    malformed = fr.patron(fbs, cpr="3102901234")          # 31 February: no such birth date
+    short = fr.patron(fbs, cpr="070781123")
+    mod11 = fr.patron(fbs, cpr=fr.MOD11_FAIL_CPR)
+    lias = {k: fr.liability(fbs, p["patron_id"])["liability_id"]
+            for k, p in dict(malformed=malformed, short=short, mod11=mod11).items()}
+    commit(fbs)
+    v = verdicts(stores)
+    assert v[lias["malformed"]] == (BLOCKED, "T6")
+    assert v[lias["short"]] == (BLOCKED, "T6")
+    assert v[lias["mod11"]] == (ELIGIBLE, "-")
+
+
+def test_already_in_ledger_is_never_eligible_again(stores, fbs):
+    p = fr.patron(fbs)
+    sent = fr.liability(fbs, p["patron_id"])
+    new = fr.liability(fbs, p["patron_id"])
+    commit(fbs)
+    with stores.ledger.begin() as conn:
+        t = db_value(dt.datetime(2026, 4, 1, 10, 0), is_sqlite(conn))
+        conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                          "created_at, updated_at) VALUES (:l, '715100', :f, 'accepted', 1, :t, :t)"),
+                     {"l": sent["liability_id"], "f": f"FBS-{sent['liability_id']}", "t": t})
+    v = verdicts(stores)
+    assert v[sent["liability_id"]] == (ALREADY_SENT, "-")
+    assert v[new["liability_id"]] == (ELIGIBLE, "-")
+
+
+def test_paging_gives_the_same_verdicts_as_one_page(stores, fbs):
+    fr.agency(fbs, agency_id="715500", replacement_cpr_enabled=False, verify_compensations=True)
+    for i in range(7):
+        p = fr.patron(fbs, agency_id="715500", cpr=None if i % 3 == 0 else fr.ADULT_CPR)
+        fr.liability(fbs, p["patron_id"], agency_id="715500", kind="compensation" if i % 2 else "fee",
+                     verified_at=dt.datetime(2026, 4, 2) if i % 4 == 1 else None)
+    commit(fbs)
+    assert verdicts(stores, page_size=2) == verdicts(stores, page_size=1000)
+
+
+def test_blocked_liabilities_are_recorded_as_findings_and_resolved_when_fixed_M4(stores, fbs):
+    group = fr.patron(fbs, kind="group", responsible_patron_id=None)
+    company = fr.patron(fbs, kind="company", cvr=None)
+    fine = fr.patron(fbs)
+    g = fr.liability(fbs, group["patron_id"])
+    c = fr.liability(fbs, company["patron_id"])
+    fr.liability(fbs, fine["patron_id"])
+    fr.liability(fbs, fine["patron_id"], created_at=dt.datetime(2025, 6, 1))  # before cut-off
+    commit(fbs)
+
+    run1, counts = run_assessment(stores)
+    # Every liability lands in exactly one category (nothing silently dropped).
+    assert sum(counts.values()) == 4
+    assert counts[("715100", BLOCKED, "T4")] == 1 and counts[("715100", BLOCKED, "T5")] == 1
+    assert counts[("715100", ELIGIBLE, "-")] == 1 and counts[("715100", OUT_OF_SCOPE, "T1")] == 1
+    assert ledger.run_counts(stores.ledger, run1) == counts
+    findings = {f.liability_id: f for f in ledger.open_findings(stores.ledger)}
+    assert set(findings) == {g["liability_id"], c["liability_id"]}
+    assert findings[g["liability_id"]].rule == "T4" and findings[g["liability_id"]].patron_id == group["patron_id"]
+    assert findings[c["liability_id"]].severity == "blocks_liability"
+    assert "CVR" in findings[c["liability_id"]].message
+
+    # Staff fix the company: its finding resolves, the group's stays open with the same first_seen.
+    fbs.execute(text("UPDATE patron SET cvr = :c WHERE patron_id = :p"), {"c": fr.VALID_CVR, "p": company["patron_id"]})
+    commit(fbs)
+    run2, counts2 = run_assessment(stores)
+    assert counts2[("715100", ELIGIBLE, "-")] == 2
+    still_open = ledger.open_findings(stores.ledger)
+    assert [f.liability_id for f in still_open] == [g["liability_id"]]
+    with stores.ledger.connect() as conn:
+        resolved = conn.execute(text("SELECT resolved_at, last_run_id FROM finding WHERE liability_id = :l"),
+                                {"l": c["liability_id"]}).one()
+        assert resolved.resolved_at is not None and resolved.last_run_id == run1
+        assert conn.execute(text("SELECT status FROM run WHERE run_id = :r"), {"r": run2}).scalar() == "success"
+
+
+def test_finding_messages_never_hold_a_full_cpr(stores, fbs):
+    fr.agency(fbs, agency_id="715600", replacement_cpr_enabled=False)
+    p = fr.patron(fbs, agency_id="715600", cpr="3102901234")
+    q = fr.patron(fbs, agency_id="715600", cpr=None, replacement_cpr="6707811230")
+    fr.liability(fbs, p["patron_id"], agency_id="715600")
+    fr.liability(fbs, q["patron_id"], agency_id="715600")
+    commit(fbs)
+    run_assessment(stores)
+    messages = " ".join(f.message for f in ledger.open_findings(stores.ledger))
+    assert "310290-****" in messages and "670781-****" in messages
+    assert "3102901234" not in messages and "6707811230" not in messages
