@@ -1,0 +1,72 @@
+"""What the DAG tasks do, as plain functions of plain arguments (keys and counts, never data).
+
+The DAG files only wire these together; each opens the stores from the Airflow Connections
+(falling back to the settings), so a task retried on another worker behaves the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+from fbs_debitor import ledger, migrations
+from fbs_debitor.stores import Stores, open_stores
+
+log = logging.getLogger(__name__)
+
+
+def _stores() -> Stores:
+    from fbs_debitor.airflow_connections import urls_for_task
+
+    return open_stores(urls_for_task())
+
+
+def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:
+    """The ledger's id for an Airflow run: the same on every retry of every task of that run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fbs-debitor/{dag_id}/{airflow_run_id}"))
+
+
+def open_run(kind: str, dag_id: str, airflow_run_id: str,
+             interval_start: dt.datetime | None, interval_end: dt.datetime | None) -> str:
+    stores = _stores()
+    try:
+        applied = migrations.migrate(stores.ledger)
+        if applied:
+            log.info("ledger migrated to version %s", max(applied))
+        run_id = ledger.start_run(stores.ledger, kind, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                  interval=(interval_start, interval_end),
+                                  run_id=ledger_run_id(dag_id, airflow_run_id))
+        log.info("ledger run %s opened for %s / %s (window %s - %s)", run_id, dag_id, airflow_run_id,
+                 interval_start, interval_end)
+        return run_id
+    finally:
+        stores.dispose()
+
+
+def assess_eligibility(run_id: str) -> dict[str, int]:
+    from fbs_debitor.transfer import assess_eligibility as assess
+    from fbs_debitor.transfer import totals
+
+    stores = _stores()
+    try:
+        counts = assess(stores, run_id)
+        return totals(counts)
+    except Exception as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
+def close_run(run_id: str) -> str:
+    from fbs_debitor.summary import format_run
+
+    stores = _stores()
+    try:
+        ledger.finish_run(stores.ledger, run_id, "success")
+        text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
+        log.info("run summary\n%s", text)
+        return run_id
+    finally:
+        stores.dispose()
