@@ -62,3 +62,24 @@ def stores(db_urls):
     init_stores(s)
     yield s
     s.dispose()
+
+
+# --- CI guard: a PostgreSQL test that did not run is a failure under CI=true -----------------------
+
+_pg_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "postgresql" in report.keywords:
+        _pg_skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _pg_skipped and os.environ.get("CI", "").lower() == "true":
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _pg_skipped:
+        verdict = "FAILED (CI=true)" if os.environ.get("CI", "").lower() == "true" else "skipped locally"
+        terminalreporter.write_line(f"{len(_pg_skipped)} PostgreSQL test(s) did not run: {verdict}", red=True)

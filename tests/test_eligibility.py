@@ -254,3 +254,21 @@ def test_finding_messages_never_hold_a_full_cpr(stores, fbs):
     messages = " ".join(f.message for f in ledger.open_findings(stores.ledger))
     assert "310290-****" in messages and "670781-****" in messages
     assert "3102901234" not in messages and "6707811230" not in messages
+
+
+@pytest.mark.parametrize("age_limit", [0, 100])
+def test_C3_agency_with_broken_age_limit_is_held_whole_other_agencies_still_go(stores, fbs, age_limit):
+    fr.agency(fbs, agency_id="715700", age_limit=age_limit)
+    held = fr.patron(fbs, agency_id="715700")
+    fine = fr.patron(fbs)
+    lias = [fr.liability(fbs, held["patron_id"], agency_id="715700")["liability_id"] for _ in range(3)]
+    ok = fr.liability(fbs, fine["patron_id"])["liability_id"]
+    commit(fbs)
+    v = verdicts(stores)
+    assert all(v[lid] == (BLOCKED, "C3") for lid in lias)
+    assert v[ok] == (ELIGIBLE, "-")
+    run_assessment(stores)
+    agency_findings = [f for f in ledger.open_findings(stores.ledger) if f.rule == "C3"]
+    assert len(agency_findings) == 1  # one finding for the agency, not one per liability
+    assert agency_findings[0].severity == "blocks_agency" and agency_findings[0].agency_id == "715700"
+    assert str(age_limit) in agency_findings[0].message

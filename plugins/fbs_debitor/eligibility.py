@@ -9,7 +9,8 @@ exactly one category, and the blocked ones carry the rule that stops them.
 Categories:
   eligible               due for transfer now
   awaiting_verification  compensation not yet verified while the agency verifies (T2)
-  blocked                cannot be transferred until the data is fixed (T4, T5, T6)
+  blocked                cannot be transferred until the data is fixed (T4, T5, T6), or until the
+                         agency's age limit is corrected (C3: the whole agency is held)
   already_sent           in the ledger already (sent or being sent): never sent again as new
   out_of_scope           not for transfer: before cut-off (T1), closed or sent to collection (T3),
                          cancelled before it was due
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from fbs_debitor.db import as_bool, sql_file
 from fbs_debitor.identity import check_cpr, check_cvr, mask_cpr
-from fbs_debitor.settings import chunk_size
+from fbs_debitor.settings import age_limit_range, chunk_size
 
 ELIGIBLE = "eligible"
 AWAITING = "awaiting_verification"
@@ -37,6 +38,7 @@ CATEGORIES = (ELIGIBLE, AWAITING, BLOCKED, ALREADY_SENT, OUT_OF_SCOPE)
 
 # Finding check codes for the rules that block a liability here (stored in ledger.finding).
 CHECK_CODES = {
+    "C3": "C3_agency_age_limit_out_of_range",
     "T4": "T4_group_without_responsible_patron",
     "T5": "T5_company_without_valid_cvr",
     "T6": "T6_person_without_usable_cpr",
@@ -56,8 +58,11 @@ class Verdict:
     reason: str | None = None      # Danish / English, CPR masked
 
     @property
-    def subject_patron_id(self) -> int:
-        """The patron whose data must be fixed: the group itself for T4, otherwise the debtor."""
+    def subject_patron_id(self) -> int | None:
+        """The patron whose data must be fixed: the group itself for T4, none for the agency's C3,
+        otherwise the debtor."""
+        if self.rule == "C3":
+            return None
         return self.patron_id if self.rule == "T4" else (self.debtor_patron_id or self.patron_id)
 
 
@@ -87,6 +92,11 @@ def _identity_verdict(row) -> tuple[str, str, str | None]:
 def _verdict(row, sent: set[int]) -> Verdict:
     if row.liability_id in sent:
         category, rule, reason = ALREADY_SENT, "-", None
+    elif row.gate == "C3":
+        low, high = age_limit_range()
+        category, rule, reason = BLOCKED, "C3", (
+            f"Bibliotekets myndighedsalder er {row.age_limit} (forventet {low}-{high}): alle ville blive "
+            f"klassificeret forkert / the agency's age limit {row.age_limit} is outside {low}-{high}")
     elif row.gate == "T2":
         category, rule, reason = AWAITING, "T2", None
     elif row.gate == "T4":
@@ -110,10 +120,12 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> 
     """Every in-scope liability's verdict, one page (list) at a time, in liability_id order."""
     page_size = page_size or chunk_size()
     query = text(sql_file("queries/eligibility_candidates.sql"))
+    low, high = age_limit_range()
     after = -1
     while True:
         with fbs.connect() as conn:
-            rows = conn.execute(query, {"after_id": after, "page_size": page_size}).all()
+            rows = conn.execute(query, {"after_id": after, "page_size": page_size,
+                                        "min_age_limit": low, "max_age_limit": high}).all()
         if not rows:
             return
         sent = _ledger_ids_between(ledger, rows[0].liability_id, rows[-1].liability_id)

@@ -11,6 +11,7 @@ fall back to these settings, so the demo needs no Airflow configuration at all.
 | FBS_DEBITOR_FBS_URL       | ``sqlite:///<var>/fbs.sqlite``    | the FBS extract (schema ``fbs``)     |
 | FBS_DEBITOR_LEDGER_URL    | ``sqlite:///<var>/ledger.sqlite`` | the ledger (schema ``ledger``)       |
 | FBS_DEBITOR_CHUNK_SIZE    | 20000                        | rows per streamed chunk                  |
+| FBS_DEBITOR_AGE_LIMIT_RANGE | 15-21                      | sane agency age limits (C3)              |
 """
 
 from __future__ import annotations
@@ -48,3 +49,9 @@ def database_urls() -> DatabaseUrls:
 
 def chunk_size() -> int:
     return int(os.environ.get("FBS_DEBITOR_CHUNK_SIZE", "20000"))
+
+
+def age_limit_range() -> tuple[int, int]:
+    """Agency age limits outside this range are misconfigurations (C3) that hold the agency."""
+    low, high = os.environ.get("FBS_DEBITOR_AGE_LIMIT_RANGE", "15-21").split("-")
+    return int(low), int(high)

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.ledger import RunInfo
 
-BLOCK_RULES = ("T4", "T5", "T6")
+BLOCK_RULES = ("C3", "T4", "T5", "T6")
 OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled")
 
 
@@ -51,7 +51,8 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in BLOCK_RULES)}), "
         f"already sent {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
         f"not for transfer {n(None, OUT_OF_SCOPE)}",
-        "Rules: T2 compensation awaits verification; T4 patron group without responsible patron; "
+        "Rules: C3 agency age limit outside the sane range (whole agency held); "
+        "T2 compensation awaits verification; T4 patron group without responsible patron; "
         "T5 company without valid CVR; T6 person without usable CPR (and no replacement CPR); "
         "T1 created before the cut-off date; T3 closed or sent to collection.",
     ]

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 def _finding(v: eligibility.Verdict) -> ledger.Finding:
+    if v.rule == "C3":  # one finding for the agency, not one per liability
+        return ledger.Finding(check_code=eligibility.CHECK_CODES["C3"], rule="C3", severity="blocks_agency",
+                              agency_id=v.agency_id, subject=f"A{v.agency_id}", message=v.reason or "C3")
     return ledger.Finding(
         check_code=eligibility.CHECK_CODES[v.rule], rule=v.rule, severity="blocks_liability",
         agency_id=v.agency_id, branch_id=v.branch_id, patron_id=v.subject_patron_id,
@@ -32,7 +35,7 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
     for page in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size):
         pages += 1
         eligibility.count(page, counts)
-        blocked = [_finding(v) for v in page if v.category == eligibility.BLOCKED]
+        blocked = list({f.key: f for f in (_finding(v) for v in page if v.category == eligibility.BLOCKED)}.values())
         if blocked:
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
     resolved = ledger.resolve_unseen_findings(stores.ledger, run_id, eligibility.CHECK_CODES.values(), seen_at)

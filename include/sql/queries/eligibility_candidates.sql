@@ -1,6 +1,8 @@
 -- Liabilities in scope for transfer (T1, T3): open, created on or after the agency's cut-off date.
 -- One keyset page at a time (liability_id > :after_id, LIMIT :page_size), so a million liabilities
 -- stream in flat memory. `gate` is the structural rule decided here, set-based:
+--   C3  the agency's age limit is outside :min_age_limit..:max_age_limit (0 and 100 are seen in
+--       real agencies): every classification would be wrong, so the whole agency is held
 --   T2  compensation waiting for verification (agency verifies compensations, not verified yet)
 --   T4  patron group without a named responsible patron
 --   -   no structural obstacle; identifiers (T5, T6) are checked next, with python-stdnum.
@@ -17,7 +19,9 @@ SELECT l.liability_id,
        d.replacement_cpr         AS debtor_replacement_cpr,
        d.cvr                     AS debtor_cvr,
        a.replacement_cpr_enabled AS replacement_cpr_enabled,
+       a.age_limit               AS age_limit,
        CASE
+           WHEN a.age_limit < :min_age_limit OR a.age_limit > :max_age_limit THEN 'C3'
            WHEN l.kind = 'compensation' AND a.verify_compensations AND l.verified_at IS NULL THEN 'T2'
            WHEN p.kind = 'group' AND (d.patron_id IS NULL OR d.kind = 'group') THEN 'T4'
            ELSE '-'
