@@ -133,7 +133,7 @@ def test_T5_company_needs_a_valid_cvr_p_number_and_ean_optional(stores, fbs):
     no_cvr = fr.patron(fbs, kind="company", cvr=None)
     bad_cvr = fr.patron(fbs, kind="company", cvr=fr.INVALID_CVR)
     good = fr.patron(fbs, kind="company", cvr=fr.VALID_CVR, p_number=None, ean=None)
-    full = fr.patron(fbs, kind="company", cvr=fr.VALID_CVR, p_number="1003388394", ean="5790000123457")
+    full = fr.patron(fbs, kind="company", cvr=fr.VALID_CVR, p_number="1003388394", ean="5790000123452")
     lias = {name: fr.liability(fbs, p["patron_id"])["liability_id"]
             for name, p in dict(no_cvr=no_cvr, bad_cvr=bad_cvr, good=good, full=full).items()}
     commit(fbs)

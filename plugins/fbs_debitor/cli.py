@@ -58,6 +58,21 @@ def cmd_assess(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from pathlib import Path
+
+    from fbs_debitor import dry_run
+
+    if not args.dry_run:
+        print("only --dry-run is available so far: sending arrives with the delivery step", file=sys.stderr)
+        return 2
+    stores = _stores()
+    init_stores(stores)
+    summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
+    print(dry_run.format_summary(summary))
+    return 0
+
+
 def cmd_summary(args) -> int:
     from fbs_debitor.summary import format_run
 
@@ -88,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("assess", help="assess eligibility now (T1-T6), record the run, print the summary")
     p.set_defaults(func=cmd_assess)
+
+    p = sub.add_parser("transfer", help="build the SF1590 claims due now; --dry-run writes them as XML files")
+    p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
+    p.add_argument("--out", default=str(settings.var_dir() / "dry-run"), help="output folder (default var/dry-run)")
+    p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")

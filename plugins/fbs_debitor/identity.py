@@ -9,6 +9,7 @@ check (one series was issued with wrong weights), EAN numbers carry a GS1 check 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
 from stdnum import ean as std_ean
@@ -82,3 +83,80 @@ def check_ean(value: str | None) -> Check:
     if len(value) != 13 or not std_ean.is_valid(value):
         return Check(True, warning=f"EAN {value} er ugyldigt / invalid EAN number")
     return Check(True)
+
+
+# --- birth dates and replacement CPR numbers (I1) -------------------------------------------------
+
+def century_digits(year: int) -> str:
+    """The 7th-digit values that place a birth year in its century (CPR-kontoret's table)."""
+    if 1900 <= year <= 1999:
+        return "0123"
+    if 2000 <= year <= 2036:
+        return "49"
+    if 2037 <= year <= 2057 or 1858 <= year <= 1899:
+        return "5678"
+    raise ValueError(f"birth year {year} cannot be expressed in a CPR number")
+
+
+def birth_date_from_cpr(value: str) -> dt.date | None:
+    """The birth date a real or replacement CPR encodes (a replacement's day field minus 60)."""
+    if not value or len(value) != 10 or not value.isdigit():
+        return None
+    day = int(value[:2])
+    if day > 60:
+        value = f"{day - 60:02d}{value[2:]}"
+    try:
+        return std_cpr.get_birth_date(value)
+    except ValidationError:
+        return None
+
+
+def _stream(*parts) -> int:
+    """A deterministic pseudo-random integer from the parts (stable across runs and machines)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def random_adult_birth_date(patron_id: int, reference: dt.date) -> dt.date:
+    """I1: with no birth date, a birthday that makes the person an adult: 30-60 years before the
+    reference date, chosen deterministically from the patron id."""
+    n = _stream("adult-birthday", patron_id)
+    years = 30 + n % 31
+    day_of_year = (n // 31) % 365
+    return dt.date(reference.year - years, 1, 1) + dt.timedelta(days=day_of_year)
+
+
+def replacement_cpr(patron_id: int, birth_date: dt.date, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A replacement CPR for a patron (I1): the birth date with 60 added to the day (so the first
+    digit is 6-9 and it can never be a real CPR), a 7th digit that gives the right century, and a
+    serial chosen deterministically from the patron id, modulus-11 valid and not in ``taken``."""
+    day = f"{birth_date.day + 60:02d}{birth_date.month:02d}{birth_date.year % 100:02d}"
+    centuries = century_digits(birth_date.year)
+    for attempt in range(100_000):
+        n = _stream("replacement-cpr", patron_id, attempt)
+        stem = day + centuries[n % len(centuries)] + f"{(n // 7) % 100:02d}"
+        weighted = sum(int(d) * w for d, w in zip(stem, (4, 3, 2, 7, 6, 5, 4, 3, 2), strict=True))
+        check = (11 - weighted % 11) % 11
+        if check == 10:
+            continue
+        candidate = stem + str(check)
+        if candidate not in taken:
+            return candidate
+    raise RuntimeError(f"no free replacement CPR for the birth date of patron {patron_id}")  # pragma: no cover
+
+
+class ReplacementCprRegistry:
+    """The replacement CPR numbers of one run: those already in FBS (``taken``) and those assigned
+    now, so a patron gets ONE number however many of their liabilities are built (I1), and no two
+    patrons share one."""
+
+    def __init__(self, taken: set[str] | frozenset[str] = frozenset()):
+        self.taken: set[str] = set(taken)
+        self.assigned: dict[int, str] = {}
+
+    def number_for(self, patron_id: int, birth_date: dt.date) -> str:
+        if patron_id not in self.assigned:
+            number = replacement_cpr(patron_id, birth_date, self.taken)
+            self.taken.add(number)
+            self.assigned[patron_id] = number
+        return self.assigned[patron_id]

@@ -1,0 +1,37 @@
+-- Everything needed to build the SF1590 claims of the liabilities with ids in [:low_id, :high_id]
+-- (the caller keeps only the eligible ones). One row per liability:
+--   b_*  the borrower (for a patron group: the group itself)
+--   d_*  the debtor: the borrower, or a group's named responsible patron (T4)
+--   g_*  the debtor's guardian (okonomisk ansvarlig) valid AT THE LIABILITY'S CREATION (C5):
+--        valid_from <= created_at < valid_to (valid_to exclusive; NULL = still valid); where rows
+--        overlap, the one that started last wins
+--   loan and material for the claim's dates and texts (F2, F3, F6)
+SELECT l.liability_id, l.agency_id, l.kind, l.number, l.amount, l.created_at, l.acknowledged,
+       l.auto_created, l.verified_at, l.item_number,
+       a.age_limit, a.replacement_cpr_enabled, a.auto_compensation_acknowledged, a.debtor_vendor,
+       a.org_unit_uuid, a.sender_system_uuid,
+       b.patron_id AS b_patron_id, b.kind AS b_kind, b.branch_id AS b_branch_id,
+       d.patron_id AS d_patron_id, d.kind AS d_kind, d.cpr AS d_cpr, d.replacement_cpr AS d_replacement_cpr,
+       d.birth_date AS d_birth_date, d.name AS d_name, d.street AS d_street, d.postal_code AS d_postal_code,
+       d.city AS d_city, d.cvr AS d_cvr, d.p_number AS d_p_number, d.ean AS d_ean,
+       gp.patron_id AS g_patron_id, gp.cpr AS g_cpr, gp.replacement_cpr AS g_replacement_cpr,
+       gp.birth_date AS g_birth_date, gp.name AS g_name, gp.street AS g_street,
+       gp.postal_code AS g_postal_code, gp.city AS g_city,
+       o.loan_date, o.due_date, o.reloan_date,
+       m.classification, m.author, m.title
+FROM liability l
+JOIN agency a ON a.agency_id = l.agency_id
+JOIN patron b ON b.patron_id = l.patron_id
+LEFT JOIN patron d
+       ON d.patron_id = CASE WHEN b.kind = 'group' THEN b.responsible_patron_id ELSE b.patron_id END
+LEFT JOIN guardianship g
+       ON g.child_patron_id = d.patron_id
+      AND g.valid_from = (SELECT MAX(g2.valid_from) FROM guardianship g2
+                          WHERE g2.child_patron_id = d.patron_id
+                            AND g2.valid_from <= l.created_at
+                            AND (g2.valid_to IS NULL OR g2.valid_to > l.created_at))
+LEFT JOIN patron gp ON gp.patron_id = g.guardian_patron_id
+LEFT JOIN loan o ON o.loan_id = l.loan_id
+LEFT JOIN material m ON m.item_number = COALESCE(o.item_number, l.item_number)
+WHERE l.liability_id BETWEEN :low_id AND :high_id
+ORDER BY l.liability_id

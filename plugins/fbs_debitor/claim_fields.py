@@ -1,0 +1,99 @@
+"""The fields of a claim (F2–F6): dates, the claim's identification and its texts.
+
+F2 due date     compensation: the loan's due date, or the creation date when there is no loan;
+                fee: the overdue date (the day after the loan's due date) plus the fee payment
+                term, a setting (FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS, default 30 days).
+F3 founding     fee: the day after the loan's due date; compensation: the re-loan date when the
+                item was re-loaned, else the loan date; no loan: the creation date.
+F4 PSRM period  from the founding date to the due date.
+F5 specification  "<FordringID> Gebyr-nr. <no>" / "... Erstatnings-nr. <no>", plus the minor's name and
+                birth date when a guardian is responsible.
+F6 text lines   "Beregnet fra: <founding date> <classification> <author> <title>",
+                "Lånt: <loan date> Afl.frist: <due date>",
+                "Gebyr-nr. <no> Materiale-nr. <item>" (or Erstatnings-nr.),
+                and, where any is relevant, "CPR (mindreårig): <cpr> P-nr.: <p> EAN: <ean>".
+Dates in texts are written dd.mm.yyyy. Lines are cut to the schema's 200 characters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+MAX_LINE = 200
+
+
+def fee_payment_term_days() -> int:
+    return int(os.environ.get("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS", "30"))
+
+
+def fordring_id(agency_id: str, liability_id: int, generation: int = 0) -> str:
+    """Stable per liability across runs; a later generation (an increase sent as cancellation plus
+    a new claim, U1) gets its own id."""
+    base = f"FBS-{agency_id}-{liability_id}"
+    return base if generation == 0 else f"{base}-{generation}"
+
+
+def founding_date(kind: str, created_on: dt.date, loan_date: dt.date | None, due_date: dt.date | None,
+                  reloan_date: dt.date | None) -> dt.date:
+    """F3."""
+    if kind == "fee":
+        if due_date is None:
+            raise ValueError("a fee needs its loan's due date (F3)")
+        return due_date + dt.timedelta(days=1)
+    if loan_date is None:
+        return created_on
+    return reloan_date or loan_date
+
+
+def claim_due_date(kind: str, created_on: dt.date, loan_due_date: dt.date | None) -> dt.date:
+    """F2."""
+    if kind == "fee":
+        if loan_due_date is None:
+            raise ValueError("a fee needs its loan's due date (F2)")
+        return loan_due_date + dt.timedelta(days=1 + fee_payment_term_days())
+    return loan_due_date or created_on
+
+
+def ddmmyyyy(day: dt.date) -> str:
+    return day.strftime("%d.%m.%Y")
+
+
+def _line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"
+
+
+def _number_label(kind: str) -> str:
+    return "Gebyr-nr." if kind == "fee" else "Erstatnings-nr."
+
+
+def specification(fordring: str, kind: str, number: str, minor_name: str | None = None,
+                  minor_birth_date: dt.date | None = None) -> str:
+    """F5."""
+    text = f"{fordring} {_number_label(kind)} {number}"
+    if minor_name:
+        text += f" {minor_name} f. {ddmmyyyy(minor_birth_date)}" if minor_birth_date else f" {minor_name}"
+    return text[:500]
+
+
+def text_lines(kind: str, number: str, item_number: str | None, founding: dt.date,
+               classification: str | None, author: str | None, title: str | None,
+               loan_date: dt.date | None, loan_due_date: dt.date | None,
+               minor_cpr: str | None = None, p_number: str | None = None, ean: str | None = None) -> tuple[str, ...]:
+    """F6, one line each."""
+    material = " ".join(part for part in (classification, author, title) if part)
+    lines = [_line(f"Beregnet fra: {ddmmyyyy(founding)} {material}")]
+    if loan_date and loan_due_date:
+        lines.append(_line(f"Lånt: {ddmmyyyy(loan_date)} Afl.frist: {ddmmyyyy(loan_due_date)}"))
+    lines.append(_line(f"{_number_label(kind)} {number}" + (f" Materiale-nr. {item_number}" if item_number else "")))
+    extra = []
+    if minor_cpr:
+        extra.append(f"CPR (mindreårig): {minor_cpr}")
+    if p_number:
+        extra.append(f"P-nr.: {p_number}")
+    if ean:
+        extra.append(f"EAN: {ean}")
+    if extra:
+        lines.append(_line(" ".join(extra)))
+    return tuple(lines)

@@ -1,0 +1,85 @@
+"""``transfer --dry-run``: build and validate everything that would be sent, write it to files.
+
+Writes one pretty-printed, schema-valid XML file per batch (``<out>/<agency>/batch-NNNNN.xml``) and
+``summary.json``; touches neither the ledger nor FBS (replacement CPR numbers it would create are
+not stored). The XML files hold the identifiers the debtor system needs, so the folder is as
+sensitive as the messages themselves; the summary holds counts only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from fbs_debitor import claim_stream, eligibility, messages
+from fbs_debitor.stores import Stores
+
+
+def batch_size_default() -> int:
+    import os
+
+    return int(os.environ.get("FBS_DEBITOR_BATCH_SIZE", "500"))
+
+
+def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size: int | None = None,
+        today: dt.date | None = None) -> dict:
+    batch_size = batch_size or batch_size_default()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    next_batch: dict[str, int] = defaultdict(lambda: 1)
+    files = 0
+    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today):
+        for v in page.verdicts:
+            if v.category != eligibility.ELIGIBLE:
+                counts[v.agency_id][f"{v.category}:{v.rule}" if v.rule != "-" else v.category] += 1
+        by_agency: dict[str, list] = defaultdict(list)
+        agencies: dict[str, dict] = {}
+        for row, built in page.built:
+            c = counts[row.agency_id]
+            if built.problem:
+                c[f"not_built:{built.problem.rule}"] += 1
+                continue
+            claim = built.account.claims[0]
+            c["claims"] += 1
+            c[f"account:{built.account.account_type}"] += 1
+            c[f"claim:{claim.claim_type}"] += 1
+            c["amount_ore"] += int(claim.amount * 100)
+            c["tasks:C5_minor_without_guardian"] += len(built.tasks)
+            c["new_replacement_cprs"] += len(built.new_replacement_cprs)
+            for warning in built.warnings:
+                c[f"warning:{warning.split(' ', 1)[0]}"] += 1
+            by_agency[row.agency_id].append(built.account)
+            agencies[row.agency_id] = {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
+                                       "org_unit_uuid": row.org_unit_uuid}
+        for agency_id, accounts in by_agency.items():
+            folder = out_dir / agency_id
+            folder.mkdir(exist_ok=True)
+            for batch in messages.build_batches(accounts, agencies[agency_id], batch_size,
+                                                first_number=next_batch[agency_id]):
+                (folder / f"batch-{batch.number:05d}.xml").write_bytes(batch.to_bytes(pretty=True))
+                next_batch[agency_id] = batch.number + 1
+                counts[agency_id]["batches"] += 1
+                files += 1
+    summary = {
+        "dry_run": True,
+        "out_dir": str(out_dir),
+        "batch_size": batch_size,
+        "files": files,
+        "agencies": {a: dict(sorted(c.items())) for a, c in sorted(counts.items())},
+        "totals": dict(sorted(sum(counts.values(), Counter()).items())),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    t = summary["totals"]
+    lines = [f"dry run: {t.get('claims', 0)} claims in {summary['files']} batch file(s) under {summary['out_dir']}",
+             f"  amount {t.get('amount_ore', 0) / 100:.2f} DKK; nothing was sent, the ledger and FBS are untouched"]
+    for key in sorted(t):
+        if key.split(":")[0] in ("account", "claim", "not_built", "warning", "tasks", "blocked",
+                                 "awaiting_verification") or key in ("already_sent", "new_replacement_cprs"):
+            lines.append(f"  {key}: {t[key]}")
+    return "\n".join(lines)

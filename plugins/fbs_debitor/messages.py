@@ -1,0 +1,131 @@
+"""SF1590 messages: built claims grouped into batches, and every message validated against the
+schema before anything leaves the process. An invalid message is a bug in fbs-debitor, reported
+with the liability and the failing element (never with the identifiers' values).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import cache
+
+from lxml import etree
+
+from fbs_debitor import sf1590_mapping as mapping
+from fbs_debitor.claims import Account
+from fbs_debitor.settings import XSD_DIR
+
+BATCH_NAMESPACE = uuid.UUID("0f1f6d0c-6a52-4d57-9d0e-5a3f2f3c1590")
+
+
+class InvalidMessage(RuntimeError):
+    """A built message does not validate: a bug, never sent."""
+
+    def __init__(self, liability_ids: list[int], element: str, reason: str):
+        super().__init__(f"invalid SF1590 message for liabilities {liability_ids}: element {element}: {reason}")
+        self.liability_ids, self.element, self.reason = liability_ids, element, reason
+
+
+@cache
+def schema(filename: str) -> etree.XMLSchema:
+    # The schemas are the project's own files; the parser reads nothing from the network.
+    parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    return etree.XMLSchema(etree.parse(str(XSD_DIR / filename), parser))
+
+
+def schema_for(root: etree._Element) -> etree.XMLSchema:
+    return schema(mapping.SCHEMAS[root.tag])
+
+
+@dataclass
+class Batch:
+    """One OpretDebitorkonto message: its transaction id is derived from the claims it holds, so
+    the same batch built again has the same id."""
+
+    number: int
+    agency_id: str
+    accounts: list[Account]
+    root: etree._Element
+    transaction_id: uuid.UUID
+
+    @property
+    def liability_ids(self) -> list[int]:
+        return [c.liability_id for a in self.accounts for c in a.claims]
+
+    @property
+    def fordring_ids(self) -> list[str]:
+        return [c.fordring_id for a in self.accounts for c in a.claims]
+
+    def to_bytes(self, pretty: bool = False) -> bytes:
+        return etree.tostring(self.root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)
+
+
+def merge_accounts(accounts: Iterable[Account]) -> list[Account]:
+    """Claims of the same debtor account (same type, identification, responsible party) travel
+    under one Debitorkonto."""
+    merged: dict[tuple, Account] = {}
+    for account in accounts:
+        key = account.key
+        if key in merged:
+            prev = merged[key]
+            merged[key] = Account(prev.account_type, prev.identification, prev.responsible, prev.p_number,
+                                  prev.ean, prev.claims + account.claims)
+        else:
+            merged[key] = account
+    return list(merged.values())
+
+
+def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -> None:
+    """Raise InvalidMessage naming the liabilities and the failing element when ``root`` is invalid.
+    ``liability_of`` maps FordringID to liability id for the message's claims."""
+    xsd = schema_for(root)
+    if xsd.validate(root):
+        return
+    error = xsd.error_log.last_error
+    nodes = root.getroottree().xpath(error.path) if error.path else []
+    failing = nodes[0] if nodes and isinstance(nodes[0], etree._Element) else None
+    element, liability_ids = "?", sorted(set((liability_of or {}).values()))
+    if failing is not None:
+        chain = [failing, *failing.iterancestors()]
+        element = "/".join(etree.QName(e).localname for e in reversed(chain))
+        scope = next((e for e in chain if etree.QName(e).localname in (mapping.CLAIM_ELEMENT, "Debitorkonto")), None)
+        if scope is not None:
+            liability_ids = [liability_of[f] for f in mapping.claim_ids_in(scope) if f in (liability_of or {})]
+    # libxml2 quotes the offending value; identifiers must not reach a log, so drop quoted values.
+    reason = re.sub(r"'[^']*'", "'…'", error.message)
+    raise InvalidMessage(liability_ids, element, reason)
+
+
+def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime | None = None,
+                  first_number: int = 1) -> Iterator[Batch]:
+    """Group one agency's accounts (one page of them: merging is per call) into validated batches
+    of at most ``batch_size`` claims."""
+    at = at or dt.datetime.now().astimezone()
+    number = first_number
+    pending: list[Account] = []
+    count = 0
+
+    def flush() -> Batch:
+        fordring_ids = sorted(c.fordring_id for a in pending for c in a.claims)
+        tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))
+        root = mapping.create_request(pending, tid, at, agency["sender_system_uuid"], agency["org_unit_uuid"])
+        validate(root, {c.fordring_id: c.liability_id for a in pending for c in a.claims})
+        return Batch(number, agency["agency_id"], list(pending), root, tid)
+
+    for account in merge_accounts(accounts):
+        claims = list(account.claims)
+        while claims:
+            room = batch_size - count
+            if room <= 0:
+                yield flush()
+                number += 1
+                pending, count = [], 0
+                room = batch_size
+            part, claims = claims[:room], claims[room:]
+            pending.append(replace(account, claims=tuple(part)))
+            count += len(part)
+    if pending:
+        yield flush()

@@ -1,0 +1,42 @@
+"""Hand-built rows in the shape of ``claim_rows.sql`` for the pure builder tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from types import SimpleNamespace
+
+from fbs_rows import ADULT2_CPR, ADULT_CPR
+
+TODAY = dt.date(2026, 11, 20)
+
+
+def row(**over) -> SimpleNamespace:
+    """An adult's open fee at a KMD OPUS agency with replacement CPR on: override what matters."""
+    base = dict(
+        liability_id=501, agency_id="715100", kind="fee", number="G501", amount=Decimal("60.00"),
+        created_at=dt.datetime(2026, 4, 1, 9, 30), acknowledged=False, auto_created=False, verified_at=None,
+        item_number="5000000017",
+        age_limit=18, replacement_cpr_enabled=True, auto_compensation_acknowledged=False, debtor_vendor="KMD_OPUS",
+        org_unit_uuid="5f1d8a52-0c38-4a43-9f5e-2b7a1c0d9e11", sender_system_uuid="0b7f7a8e-3c1b-4f0e-8a4a-6d2f0e9c1a22",
+        b_patron_id=11, b_kind="person", b_branch_id="715100-01",
+        d_patron_id=11, d_kind="person", d_cpr=ADULT_CPR, d_replacement_cpr=None, d_birth_date=dt.date(1981, 7, 7),
+        d_name="Karen Jensen", d_street="Bibliotekvej 1", d_postal_code="8000", d_city="Aarhus C",
+        d_cvr=None, d_p_number=None, d_ean=None,
+        g_patron_id=None, g_cpr=None, g_replacement_cpr=None, g_birth_date=None, g_name=None, g_street=None,
+        g_postal_code=None, g_city=None,
+        loan_date=dt.date(2026, 3, 1), due_date=dt.date(2026, 3, 31), reloan_date=None,
+        classification="99.4 Andersen", author="Andersen, H.C.", title="Eventyr og historier",
+    )
+    base.update(over)
+    return SimpleNamespace(**base)
+
+
+def child(born: dt.date, guardian: bool = True, **over) -> SimpleNamespace:
+    """A child (CPR 0303151238, born 3 Mar 2015 unless ``born`` says otherwise) with or without a
+    guardian (CPR ADULT2_CPR) at the liability's creation."""
+    values = dict(d_patron_id=21, b_patron_id=21, d_cpr=None, d_birth_date=born, d_name="Emil Jensen")
+    if guardian:
+        values.update(g_patron_id=22, g_cpr=ADULT2_CPR, g_birth_date=dt.date(1972, 8, 12), g_name="Mette Jensen")
+    values.update(over)
+    return row(**values)

@@ -1,0 +1,293 @@
+"""Identity (I1–I4), classification (C1–C6) and claim fields (F1–F6) on hand-built rows.
+
+Each test names the rule it checks; each would fail if its rule were broken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+
+import pytest
+from claim_rows import TODAY, child, row
+from fbs_rows import ADULT2_CPR, ADULT_CPR, INVALID_CVR, MOD11_FAIL_CPR, VALID_CVR
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stdnum.dk import cpr as std_cpr
+
+from fbs_debitor import claims as C
+from fbs_debitor.claim_builder import build
+from fbs_debitor.identity import (
+    ReplacementCprRegistry,
+    birth_date_from_cpr,
+    century_digits,
+    check_cpr,
+    check_cvr,
+    is_replacement_cpr,
+    mask_cpr,
+    random_adult_birth_date,
+    replacement_cpr,
+)
+
+CHILD_CPR = "0303154124"       # born 3 Mar 2015, modulus-11 valid
+
+
+def built(r, registry=None):
+    return build(r, registry, TODAY)
+
+
+def ok(r, registry=None):
+    result = built(r, registry)
+    assert result.problem is None, result.problem
+    return result, result.account, result.account.claims[0]
+
+
+# --- I1–I4: identity ---------------------------------------------------------------------------
+
+def test_I1_replacement_cpr_is_built_from_the_birth_date():
+    number = replacement_cpr(11, dt.date(1981, 7, 7))
+    assert number[:6] == "670781"                 # the 7th becomes "67" (day + 60), month, year
+    assert number[6] in "0123"                    # 1900s century digit
+    assert is_replacement_cpr(number) and birth_date_from_cpr(number) == dt.date(1981, 7, 7)
+    assert not check_cpr(number).ok               # never a real CPR: no such day
+
+
+def test_I1_patron_without_cpr_gets_a_replacement_with_name_and_address_I2():
+    result, account, _ = ok(row(d_cpr=None))
+    ident = account.identification
+    assert ident.id_kind == C.REPLACEMENT_CPR and ident.number.startswith("670781")
+    assert ident.name == "Karen Jensen" and ident.address.street == "Bibliotekvej 1"   # I2
+    assert result.new_replacement_cprs == {11: ident.number}
+
+
+def test_I1_existing_replacement_cpr_is_kept_not_regenerated():
+    result, account, _ = ok(row(d_cpr=None, d_replacement_cpr="6707811230"))
+    assert account.identification.number == "6707811230"
+    assert result.new_replacement_cprs == {}
+
+
+def test_I1_no_birth_date_means_a_random_adult_birthday_and_an_adult_account():
+    result, account, _ = ok(row(d_cpr=None, d_birth_date=None))
+    born = birth_date_from_cpr(account.identification.number)
+    assert born == random_adult_birth_date(11, TODAY)
+    assert 30 <= (TODAY - born).days // 365 <= 61
+    assert account.account_type == C.ACCOUNT_ADULT
+    assert any(w.startswith("I1") for w in result.warnings)
+
+
+def test_I1_replacement_cpr_is_deterministic_and_avoids_numbers_in_use():
+    first = replacement_cpr(11, dt.date(1981, 7, 7))
+    assert replacement_cpr(11, dt.date(1981, 7, 7)) == first
+    second = replacement_cpr(11, dt.date(1981, 7, 7), taken={first})
+    assert second != first and second[:6] == "670781"
+
+
+def test_I1_one_patron_gets_one_replacement_cpr_for_all_their_claims_in_a_run():
+    registry = ReplacementCprRegistry(taken={"6707810005"})
+    a = ok(row(liability_id=1, d_cpr=None), registry)[1].identification.number
+    b = ok(row(liability_id=2, d_cpr=None, kind="compensation", number="E2"), registry)[1].identification.number
+    other = ok(row(liability_id=3, d_cpr=None, d_patron_id=12, b_patron_id=12), registry)[1].identification.number
+    assert a == b and other != a and "6707810005" not in (a, other)
+
+
+@settings(max_examples=300, deadline=None)
+@given(patron_id=st.integers(min_value=1, max_value=10**12),
+       born=st.dates(min_value=dt.date(1858, 1, 1), max_value=dt.date(2057, 12, 31)))
+def test_I1_property_replacement_cpr_shape_for_any_birth_date(patron_id, born):
+    number = replacement_cpr(patron_id, born)
+    assert re.fullmatch(r"(6[1-9]|[78]\d|9[01])(0[1-9]|1[0-2])\d{6}", number)
+    assert int(number[:2]) == born.day + 60 and int(number[2:4]) == born.month
+    assert number[6] in century_digits(born.year)
+    assert birth_date_from_cpr(number) == born          # the century digit places the year right
+    assert std_cpr.checksum(number) == 0
+    assert replacement_cpr(patron_id, born) == number   # deterministic per patron
+
+
+@settings(max_examples=100, deadline=None)
+@given(patron_ids=st.lists(st.integers(min_value=1, max_value=10**9), min_size=2, max_size=40, unique=True))
+def test_I1_property_replacement_cprs_never_collide_for_one_birth_date(patron_ids):
+    taken: set[str] = set()
+    for pid in patron_ids:
+        taken.add(replacement_cpr(pid, dt.date(1990, 1, 1), taken))
+    assert len(taken) == len(patron_ids)
+
+
+def test_I2_real_cpr_travels_without_name_and_address():
+    _, account, _ = ok(row())
+    assert account.identification.id_kind == C.CPR and account.identification.name is None
+
+
+def test_I3_prisme_with_replacement_cpr_is_flagged_not_silent():
+    result, account, _ = ok(row(d_cpr=None, debtor_vendor="PRISME"))
+    assert account.identification.id_kind == C.REPLACEMENT_CPR
+    assert any(w.startswith("I3") for w in result.warnings)
+    result_kmd, _, _ = ok(row(d_cpr=None, debtor_vendor="KMD_OPUS"))
+    assert not any(w.startswith("I3") for w in result_kmd.warnings)
+
+
+def test_I4_cpr_failing_modulus_11_is_a_warning_cvr_failing_it_is_an_error():
+    result, account, _ = ok(row(d_cpr=MOD11_FAIL_CPR))
+    assert account.identification.number == MOD11_FAIL_CPR
+    assert any(w.startswith("I4") for w in result.warnings)
+    assert check_cvr(INVALID_CVR).error and not check_cvr(VALID_CVR).error
+    company = built(row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=INVALID_CVR))
+    assert company.problem.rule == "T5"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="0123456789-", min_size=0, max_size=12))
+def test_I4_property_cpr_check_never_raises_and_masks(value):
+    result = check_cpr(value, TODAY)
+    text = (result.error or "") + (result.warning or "")
+    digits = value.replace("-", "")
+    if len(digits) == 10:
+        assert digits not in text.replace("-", "")   # never the full number in a message
+    assert mask_cpr(value) == "" or mask_cpr(value).endswith("-****")
+
+
+# --- C1–C6: classification ---------------------------------------------------------------------
+
+def test_C1_account_types_adult_replacement_company_minor_with_and_without_guardian():
+    assert ok(row())[1].account_type == C.ACCOUNT_ADULT
+    assert ok(row(d_cpr=None))[1].account_type == C.ACCOUNT_ADULT
+    company = row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR)
+    assert ok(company)[1].identification.id_kind == C.CVR
+    assert ok(company)[1].account_type == C.ACCOUNT_ADULT
+    assert ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR))[1].account_type == C.ACCOUNT_MINOR_WITH_GUARDIAN
+    assert ok(child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR))[1].account_type == C.ACCOUNT_MINOR_WITHOUT_GUARDIAN
+
+
+@pytest.mark.parametrize("kind, acknowledged, auto_created, auto_setting, expected", [
+    ("fee", False, False, False, C.CLAIM_FEE),
+    ("fee", True, True, True, C.CLAIM_FEE),                                 # a fee is always a fee
+    ("compensation", True, False, False, C.CLAIM_COMPENSATION_ACKNOWLEDGED),
+    ("compensation", False, False, True, C.CLAIM_COMPENSATION_NOT_ACKNOWLEDGED),
+    ("compensation", False, True, True, C.CLAIM_COMPENSATION_ACKNOWLEDGED),  # automatic counts as acknowledged
+    ("compensation", False, True, False, C.CLAIM_COMPENSATION_NOT_ACKNOWLEDGED),
+])
+def test_C2_claim_types(kind, acknowledged, auto_created, auto_setting, expected):
+    r = row(kind=kind, number=("G" if kind == "fee" else "E") + "501", acknowledged=acknowledged,
+            auto_created=auto_created, auto_compensation_acknowledged=auto_setting)
+    assert ok(r)[2].claim_type == expected
+
+
+@pytest.mark.parametrize("age_limit", [0, 100, 14, 22])
+def test_C3_broken_age_limit_builds_nothing(age_limit):
+    result = built(row(age_limit=age_limit))
+    assert result.account is None and result.problem.rule == "C3"
+    assert str(age_limit) in result.problem.message
+
+
+def test_C3_the_agencys_age_limit_decides_minor_or_adult():
+    seventeen = child(dt.date(2009, 1, 15))                           # 17 on 2026-04-01
+    assert ok(seventeen)[1].account_type == C.ACCOUNT_MINOR_WITH_GUARDIAN
+    assert ok(child(dt.date(2009, 1, 15), age_limit=16))[1].account_type == C.ACCOUNT_ADULT
+
+
+def test_C4_minor_with_guardian_guardian_is_responsible_and_child_travels():
+    _, account, claim = ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR))
+    assert account.identification.number == CHILD_CPR                 # the borrower identifies the account
+    assert account.responsible.number == ADULT2_CPR and account.responsible.patron_id == 22
+    assert claim.minor.number == CHILD_CPR and claim.minor.name == "Emil Jensen"
+    assert claim.minor.birth_date == dt.date(2015, 3, 3)
+
+
+def test_C4_minor_without_guardian_is_responsible_themself():
+    _, account, claim = ok(child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR))
+    assert account.responsible == account.identification and claim.minor is None
+
+
+def test_C5_fee_created_the_day_before_the_18th_birthday_stays_with_the_guardian():
+    born = dt.date(2008, 4, 2)                          # 18 on 2026-04-02; fee created 2026-04-01
+    _, account, claim = ok(child(born))
+    assert account.account_type == C.ACCOUNT_MINOR_WITH_GUARDIAN and account.responsible.number == ADULT2_CPR
+    on_birthday = child(born, created_at=dt.datetime(2026, 4, 2, 10, 0))
+    assert ok(on_birthday)[1].account_type == C.ACCOUNT_ADULT
+
+
+def test_C5_minor_without_guardian_raises_a_staff_task_with_masked_cpr():
+    result, _, _ = ok(child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR))
+    assert [t.kind for t in result.tasks] == ["C5_minor_without_guardian"]
+    task = result.tasks[0]
+    assert task.task_id == "C5-501" and task.liability_id == 501 and task.branch_id == "715100-01"
+    assert CHILD_CPR not in task.message and "030315-****" in task.message
+
+
+def test_C5_guardian_without_cpr_gets_a_replacement_or_blocks_under_T6():
+    r = child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, g_cpr=None, g_birth_date=dt.date(1980, 5, 17))
+    result, account, _ = ok(r)
+    assert account.responsible.id_kind == C.REPLACEMENT_CPR and account.responsible.name == "Mette Jensen"
+    assert 22 in result.new_replacement_cprs
+    blocked = built(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, g_cpr=None, replacement_cpr_enabled=False))
+    assert blocked.problem.rule == "T6" and blocked.problem.patron_id == 22
+
+
+def test_C6_psrm_data_on_every_claim_except_a_minor_without_guardian():
+    assert ok(row())[2].psrm is not None
+    assert ok(row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR))[2].psrm
+    assert ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR))[2].psrm is not None
+    assert ok(child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR))[2].psrm is None
+
+
+# --- F1–F6: claim fields -----------------------------------------------------------------------
+
+def test_F1_company_account_carries_cvr_p_number_and_valid_ean_only():
+    company = dict(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR)
+    _, account, claim = ok(row(**company, d_p_number="1003388394", d_ean="5790000123452"))
+    assert (account.identification.number, account.p_number, account.ean) == (VALID_CVR, "1003388394", "5790000123452")
+    result, account, _ = ok(row(**company, d_ean="5790000123457"))         # bad GS1 check digit
+    assert account.ean is None and any("EAN" in w for w in result.warnings)
+
+
+def test_F2_due_dates(monkeypatch):
+    comp = ok(row(kind="compensation", number="E501"))[2]
+    assert comp.due_date == dt.date(2026, 3, 31)                            # the loan's due date
+    no_loan = ok(row(kind="compensation", number="E501", loan_date=None, due_date=None))[2]
+    assert no_loan.due_date == dt.date(2026, 4, 1)                          # the creation date
+    assert ok(row())[2].due_date == dt.date(2026, 3, 31) + dt.timedelta(days=1 + 30)  # default term
+    monkeypatch.setenv("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS", "14")
+    assert ok(row())[2].due_date == dt.date(2026, 4, 15)
+    assert built(row(amount=Decimal("0"))).problem.rule == "F2"
+
+
+def test_F3_founding_dates():
+    assert ok(row())[2].founding_date == dt.date(2026, 4, 1)                # fee: day after the due date
+    assert ok(row(kind="compensation", number="E501"))[2].founding_date == dt.date(2026, 3, 1)  # loan date
+    reloaned = row(kind="compensation", number="E501", reloan_date=dt.date(2026, 3, 20), due_date=dt.date(2026, 4, 19))
+    assert ok(reloaned)[2].founding_date == dt.date(2026, 3, 20)           # re-loan date
+    assert built(row(loan_date=None, due_date=None)).problem.rule == "F3"   # a fee needs its loan
+
+
+def test_F4_psrm_period_runs_from_founding_to_due_date():
+    claim = ok(row())[2]
+    assert (claim.psrm.period_from, claim.psrm.period_to) == (claim.founding_date, claim.due_date)
+    assert claim.psrm.claim_type == "BIBLIOTEKSGEBYR"
+
+
+def test_F5_specification_text():
+    assert ok(row())[2].specification == "FBS-715100-501 Gebyr-nr. G501"
+    claim = ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, kind="compensation", number="E77"))[2]
+    assert claim.specification == "FBS-715100-501 Erstatnings-nr. E77 Emil Jensen f. 03.03.2015"
+
+
+def test_F6_claim_text_lines():
+    assert ok(row())[2].text_lines == (
+        "Beregnet fra: 01.04.2026 99.4 Andersen Andersen, H.C. Eventyr og historier",
+        "Lånt: 01.03.2026 Afl.frist: 31.03.2026",
+        "Gebyr-nr. G501 Materiale-nr. 5000000017",
+    )
+    minor = ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR))[2]
+    assert minor.text_lines[-1] == f"CPR (mindreårig): {CHILD_CPR}"
+    company = row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR,
+                  d_p_number="1003388394", d_ean="5790000123452")
+    assert ok(company)[2].text_lines[-1] == "P-nr.: 1003388394 EAN: 5790000123452"
+    long_title = ok(row(title="x" * 400))[2].text_lines[0]
+    assert len(long_title) == 200 and long_title.endswith("…")
+
+
+def test_F_claim_repr_never_shows_a_full_cpr():
+    result, account, claim = ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR))
+    text = repr(result) + repr(account) + repr(claim)
+    assert CHILD_CPR not in text and ADULT2_CPR not in text and ADULT_CPR not in text
+    assert "030315-****" in text
