@@ -3,6 +3,7 @@ age at creation (C5), write-backs (I1, M1), the dry run, golden XML and invalid-
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 from decimal import Decimal
@@ -132,6 +133,7 @@ def test_dry_run_writes_valid_batches_and_touches_neither_ledger_nor_fbs(stores,
         fr.liability(fbs, q["patron_id"], agency_id="715200")
     blocked = fr.patron(fbs, kind="company", cvr=None)
     fr.liability(fbs, blocked["patron_id"])
+    zero = fr.liability(fbs, fr.patron(fbs)["patron_id"], amount=Decimal("0.00"))   # cannot be a claim (F2)
     fbs.commit()
     summary = dry_run.run(stores, tmp_path / "out", batch_size=3, today=TODAY)
     files = sorted((tmp_path / "out").rglob("batch-*.xml"))
@@ -146,6 +148,9 @@ def test_dry_run_writes_valid_batches_and_touches_neither_ledger_nor_fbs(stores,
         fordring_ids += [e.text for e in doc.iter("{*}FordringID")]
     assert len(fordring_ids) == len(set(fordring_ids)) == 14
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["totals"]["claims"] == 14
+    problems = list(csv.DictReader((tmp_path / "out" / "problems.csv").open(encoding="utf-8")))
+    assert [(int(p["liability_id"]), p["rule"]) for p in problems] == [(zero["liability_id"], "F2")]
+    assert summary["totals"]["not_built:F2"] == 1
     with stores.ledger.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM run")).scalar() == 0
         assert conn.execute(text("SELECT COUNT(*) FROM claim")).scalar() == 0

@@ -1,13 +1,15 @@
 """``transfer --dry-run``: build and validate everything that would be sent, write it to files.
 
-Writes one pretty-printed, schema-valid XML file per batch (``<out>/<agency>/batch-NNNNN.xml``) and
-``summary.json``; touches neither the ledger nor FBS (replacement CPR numbers it would create are
+Writes one pretty-printed, schema-valid XML file per batch (``<out>/<agency>/batch-NNNNN.xml``),
+``summary.json`` and ``problems.csv`` (every liability whose claim could not be built, with the
+rule and reason, CPR masked); touches neither the ledger nor FBS (replacement CPR numbers it would create are
 not stored). The XML files hold the identifiers the debtor system needs, so the folder is as
 sensitive as the messages themselves; the summary holds counts only.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 from collections import Counter, defaultdict
@@ -30,38 +32,11 @@ def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size:
     counts: dict[str, Counter] = defaultdict(Counter)
     next_batch: dict[str, int] = defaultdict(lambda: 1)
     files = 0
-    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today):
-        for v in page.verdicts:
-            if v.category != eligibility.ELIGIBLE:
-                counts[v.agency_id][f"{v.category}:{v.rule}" if v.rule != "-" else v.category] += 1
-        by_agency: dict[str, list] = defaultdict(list)
-        agencies: dict[str, dict] = {}
-        for row, built in page.built:
-            c = counts[row.agency_id]
-            if built.problem:
-                c[f"not_built:{built.problem.rule}"] += 1
-                continue
-            claim = built.account.claims[0]
-            c["claims"] += 1
-            c[f"account:{built.account.account_type}"] += 1
-            c[f"claim:{claim.claim_type}"] += 1
-            c["amount_ore"] += int(claim.amount * 100)
-            c["tasks:C5_minor_without_guardian"] += len(built.tasks)
-            c["new_replacement_cprs"] += len(built.new_replacement_cprs)
-            for warning in built.warnings:
-                c[f"warning:{warning.split(' ', 1)[0]}"] += 1
-            by_agency[row.agency_id].append(built.account)
-            agencies[row.agency_id] = {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
-                                       "org_unit_uuid": row.org_unit_uuid}
-        for agency_id, accounts in by_agency.items():
-            folder = out_dir / agency_id
-            folder.mkdir(exist_ok=True)
-            for batch in messages.build_batches(accounts, agencies[agency_id], batch_size,
-                                                first_number=next_batch[agency_id]):
-                (folder / f"batch-{batch.number:05d}.xml").write_bytes(batch.to_bytes(pretty=True))
-                next_batch[agency_id] = batch.number + 1
-                counts[agency_id]["batches"] += 1
-                files += 1
+    with (out_dir / "problems.csv").open("w", newline="", encoding="utf-8") as problems_file:
+        problems = csv.writer(problems_file)
+        problems.writerow(["liability_id", "agency_id", "patron_id", "rule", "message"])
+        for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today):
+            files += _write_page(page, out_dir, batch_size, counts, next_batch, problems)
     summary = {
         "dry_run": True,
         "out_dir": str(out_dir),
@@ -72,6 +47,45 @@ def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def _write_page(page, out_dir: Path, batch_size: int, counts, next_batch, problems) -> int:
+    """Count one page, record its problems, write its batches; returns the files written."""
+    files = 0
+    for v in page.verdicts:
+        if v.category != eligibility.ELIGIBLE:
+            counts[v.agency_id][f"{v.category}:{v.rule}" if v.rule != "-" else v.category] += 1
+    by_agency: dict[str, list] = defaultdict(list)
+    agencies: dict[str, dict] = {}
+    for row, built in page.built:
+        c = counts[row.agency_id]
+        if built.problem:
+            c[f"not_built:{built.problem.rule}"] += 1
+            pr = built.problem
+            problems.writerow([pr.liability_id, pr.agency_id, pr.patron_id, pr.rule, pr.message])
+            continue
+        claim = built.account.claims[0]
+        c["claims"] += 1
+        c[f"account:{built.account.account_type}"] += 1
+        c[f"claim:{claim.claim_type}"] += 1
+        c["amount_ore"] += int(claim.amount * 100)
+        c["tasks:C5_minor_without_guardian"] += len(built.tasks)
+        c["new_replacement_cprs"] += len(built.new_replacement_cprs)
+        for warning in built.warnings:
+            c[f"warning:{warning.split(' ', 1)[0]}"] += 1
+        by_agency[row.agency_id].append(built.account)
+        agencies[row.agency_id] = {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
+                                   "org_unit_uuid": row.org_unit_uuid}
+    for agency_id, accounts in by_agency.items():
+        folder = out_dir / agency_id
+        folder.mkdir(exist_ok=True)
+        for batch in messages.build_batches(accounts, agencies[agency_id], batch_size,
+                                            first_number=next_batch[agency_id]):
+            (folder / f"batch-{batch.number:05d}.xml").write_bytes(batch.to_bytes(pretty=True))
+            next_batch[agency_id] = batch.number + 1
+            counts[agency_id]["batches"] += 1
+            files += 1
+    return files
 
 
 def format_summary(summary: dict) -> str:
