@@ -41,9 +41,12 @@ def cmd_generate(args) -> int:
     as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
     summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
                        liabilities_per_patron=args.liabilities_per_patron)
-    print(f"generated synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}:")
-    for key, value in summary.as_dict().items():
-        print(f"  {key}: {value}")
+    counts = summary.as_dict()
+    print(f"generated a synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
+          f"{counts['agency']} agencies, {counts['patron']} patrons, {counts['liability']} liabilities")
+    if args.verbose:
+        for key, value in counts.items():
+            print(f"  {key}: {value}")
     return 0
 
 

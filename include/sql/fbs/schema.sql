@@ -37,8 +37,9 @@ CREATE TABLE IF NOT EXISTS patron (
     agency_id             VARCHAR(20)  NOT NULL REFERENCES agency (agency_id),
     branch_id             VARCHAR(20)  REFERENCES branch (branch_id),
     kind                  VARCHAR(10)  NOT NULL CHECK (kind IN ('person', 'company', 'group')),
-    cpr                   CHAR(10),            -- DDMMYYSSSS, digits only; NULL when unknown
-    replacement_cpr       CHAR(10),            -- erstatningspersonnummer (I1), kept once assigned
+    cpr                   VARCHAR(10),         -- DDMMYYSSSS, digits only; NULL when unknown (VARCHAR: a
+                                               -- malformed value must come back as FBS holds it)
+    replacement_cpr       VARCHAR(10),         -- erstatningspersonnummer (I1), kept once assigned
     birth_date            DATE,
     name                  VARCHAR(200) NOT NULL,
     street                VARCHAR(200),
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS patron (
     responsible_patron_id BIGINT REFERENCES patron (patron_id)  -- groups: the named responsible patron (T4)
 );
 CREATE INDEX IF NOT EXISTS ix_patron_agency ON patron (agency_id);
+CREATE INDEX IF NOT EXISTS ix_patron_responsible ON patron (responsible_patron_id);
 
 CREATE TABLE IF NOT EXISTS guardianship (
     child_patron_id    BIGINT NOT NULL REFERENCES patron (patron_id),
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS guardianship (
     valid_to           DATE,                   -- exclusive; NULL = still valid
     PRIMARY KEY (child_patron_id, valid_from)
 );
+CREATE INDEX IF NOT EXISTS ix_guardianship_guardian ON guardianship (guardian_patron_id);
 
 CREATE TABLE IF NOT EXISTS material (
     item_number    VARCHAR(20)  NOT NULL PRIMARY KEY,  -- materialenummer (stregkode)
@@ -77,6 +80,7 @@ CREATE TABLE IF NOT EXISTS loan (
     returned_at TIMESTAMP
 );
 CREATE INDEX IF NOT EXISTS ix_loan_patron ON loan (patron_id);
+CREATE INDEX IF NOT EXISTS ix_loan_item ON loan (item_number);
 
 CREATE TABLE IF NOT EXISTS liability (
     liability_id        BIGINT        NOT NULL PRIMARY KEY,
@@ -99,6 +103,7 @@ CREATE TABLE IF NOT EXISTS liability (
 CREATE INDEX IF NOT EXISTS ix_liability_agency_created ON liability (agency_id, created_at);
 CREATE INDEX IF NOT EXISTS ix_liability_patron ON liability (patron_id);
 CREATE INDEX IF NOT EXISTS ix_liability_updated ON liability (updated_at);
+CREATE INDEX IF NOT EXISTS ix_liability_loan ON liability (loan_id);
 
 -- Write-back: staff tasks (M1). task_id is made by fbs-debitor from what the task is about.
 CREATE TABLE IF NOT EXISTS task (

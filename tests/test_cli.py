@@ -1,0 +1,49 @@
+"""The CLI as an operator runs it (``python -m fbs_debitor``), in a subprocess, on both databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from fbs_debitor.settings import HOME
+
+
+def cli(db_urls, tmp_path, *args):
+    env = dict(os.environ, FBS_DEBITOR_FBS_URL=db_urls.fbs, FBS_DEBITOR_LEDGER_URL=db_urls.ledger,
+               FBS_DEBITOR_VAR=str(tmp_path / "var"), PYTHONPATH=str(HOME / "plugins"))
+    return subprocess.run([sys.executable, "-m", "fbs_debitor", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
+    gen = cli(db_urls, tmp_path, "generate", "--patrons", "400", "--seed", "3", "--as-of", "2026-11-20")
+    assert gen.returncode == 0, gen.stderr
+    assert re.search(r"5 agencies, 400 patrons, \d+ liabilities", gen.stdout)
+    again = cli(db_urls, tmp_path, "generate", "--if-empty")
+    assert again.returncode == 0 and "not regenerating" in again.stdout
+
+    assess = cli(db_urls, tmp_path, "assess")
+    assert assess.returncode == 0, assess.stderr
+    total = re.search(r"eligible (\d+), blocked (\d+) \(C3 (\d+)", assess.stdout)
+    assert total and int(total.group(1)) > 0 and int(total.group(3)) > 0   # the broken agencies are held (C3)
+
+    summary = cli(db_urls, tmp_path, "summary")
+    assert summary.returncode == 0 and total.group(0) in summary.stdout
+
+    out = tmp_path / "dry"
+    dry = cli(db_urls, tmp_path, "transfer", "--dry-run", "--out", str(out), "--batch-size", "100")
+    assert dry.returncode == 0, dry.stderr
+    data = json.loads((out / "summary.json").read_text())
+    assert data["totals"]["claims"] + data["totals"].get("not_built:F2", 0) == int(total.group(1))
+    assert len(list(out.rglob("batch-*.xml"))) == data["files"] > 0
+    # Nothing the CLI printed holds a full CPR number (10 digits in a row).
+    for proc in (gen, assess, summary, dry):
+        assert not re.search(r"(?<!\d)\d{10}(?!\d)", proc.stdout + proc.stderr)
+
+
+def test_cli_transfer_without_dry_run_refuses_to_pretend(db_urls, tmp_path):
+    proc = cli(db_urls, tmp_path, "transfer")
+    assert proc.returncode == 2 and "only --dry-run" in proc.stderr
