@@ -64,6 +64,17 @@ def stores(db_urls):
     s.dispose()
 
 
+@pytest.fixture
+def fbs(stores):
+    """A connection to the FBS extract with one healthy KMD OPUS agency (715100, cut-off 2026-01-01)."""
+    import fbs_rows
+
+    with stores.fbs.connect() as conn:
+        fbs_rows.agency(conn)
+        yield conn
+        conn.rollback()
+
+
 # --- CI guard: a PostgreSQL test that did not run is a failure under CI=true -----------------------
 
 _pg_skipped: list[str] = []

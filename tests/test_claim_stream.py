@@ -30,14 +30,6 @@ def built_by_liability(stores) -> dict[int, C.Built]:
             for row, b in page.built}
 
 
-@pytest.fixture
-def fbs(stores):
-    with stores.fbs.connect() as conn:
-        fr.agency(conn)
-        yield conn
-        conn.rollback()
-
-
 def guardian_rows(fbs, child_id, *periods):
     for guardian_id, start, end in periods:
         fr.insert(fbs, "guardianship", child_patron_id=child_id, guardian_patron_id=guardian_id,

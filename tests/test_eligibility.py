@@ -27,15 +27,6 @@ def out_of_scope(stores) -> dict[str, int]:
     return out
 
 
-@pytest.fixture
-def fbs(stores):
-    """A connection to the FBS extract with one healthy KMD OPUS agency (cut-off 2026-01-01)."""
-    with stores.fbs.connect() as conn:
-        fr.agency(conn)
-        yield conn
-        conn.rollback()
-
-
 def commit(fbs):
     fbs.commit()
 
