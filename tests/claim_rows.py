@@ -23,7 +23,7 @@ def row(**over) -> SimpleNamespace:
         d_patron_id=11, d_kind="person", d_cpr=ADULT_CPR, d_replacement_cpr=None, d_birth_date=dt.date(1981, 7, 7),
         d_name="Karen Jensen", d_street="Bibliotekvej 1", d_postal_code="8000", d_city="Aarhus C",
         d_cvr=None, d_p_number=None, d_ean=None,
-        g_patron_id=None, g_cpr=None, g_replacement_cpr=None, g_birth_date=None, g_name=None, g_street=None,
+        g_patron_id=None, gnow_patron_id=None, g_cpr=None, g_replacement_cpr=None, g_birth_date=None, g_name=None, g_street=None,
         g_postal_code=None, g_city=None,
         loan_date=dt.date(2026, 3, 1), due_date=dt.date(2026, 3, 31), reloan_date=None,
         classification="99.4 Andersen", author="Andersen, H.C.", title="Eventyr og historier",
@@ -37,6 +37,7 @@ def child(born: dt.date, guardian: bool = True, **over) -> SimpleNamespace:
     guardian (CPR ADULT2_CPR) at the liability's creation."""
     values = dict(d_patron_id=21, b_patron_id=21, d_cpr=None, d_birth_date=born, d_name="Emil Jensen")
     if guardian:
-        values.update(g_patron_id=22, g_cpr=ADULT2_CPR, g_birth_date=dt.date(1972, 8, 12), g_name="Mette Jensen")
+        values.update(g_patron_id=22, gnow_patron_id=22, g_cpr=ADULT2_CPR, g_birth_date=dt.date(1972, 8, 12),
+                      g_name="Mette Jensen")
     values.update(over)
     return row(**values)

@@ -50,7 +50,7 @@ def test_C5_guardian_changed_after_creation_old_liability_stays_with_the_old_gua
     assert b[on_change["liability_id"]].account.responsible.patron_id == new["patron_id"]
 
 
-def test_C5_guardian_set_after_creation_does_not_take_over_older_liabilities(stores, fbs):
+def test_C5_guardian_set_after_creation_does_not_take_over_older_liabilities_and_no_task(stores, fbs):
     kid = fr.patron(fbs, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
     guardian = fr.patron(fbs, cpr=fr.ADULT2_CPR)
     guardian_rows(fbs, kid["patron_id"], (guardian["patron_id"], dt.date(2026, 7, 1), None))
@@ -59,8 +59,27 @@ def test_C5_guardian_set_after_creation_does_not_take_over_older_liabilities(sto
     fbs.commit()
     b = built_by_liability(stores)
     assert b[older["liability_id"]].account.account_type == C.ACCOUNT_MINOR_WITHOUT_GUARDIAN
-    assert [t.kind for t in b[older["liability_id"]].tasks] == ["C5_minor_without_guardian"]
+    assert b[older["liability_id"]].tasks == []        # a guardian exists when it is sent (C5, Q&A)
     assert b[newer["liability_id"]].account.account_type == C.ACCOUNT_MINOR_WITH_GUARDIAN
+
+
+def test_C5_task_when_no_guardian_at_sending(stores, fbs):
+    kid = fr.patron(fbs, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    guardian = fr.patron(fbs, cpr=fr.ADULT2_CPR)
+    guardian_rows(fbs, kid["patron_id"], (guardian["patron_id"], dt.date(2016, 1, 1), dt.date(2026, 2, 1)))
+    orphaned = fr.liability(fbs, kid["patron_id"], created_at=dt.datetime(2026, 4, 1, 9, 0))
+    fbs.commit()
+    b = built_by_liability(stores)[orphaned["liability_id"]]
+    assert b.account.account_type == C.ACCOUNT_MINOR_WITHOUT_GUARDIAN
+    assert [t.kind for t in b.tasks] == ["C5_minor_without_guardian"]
+
+
+def test_F6_material_number_comes_from_the_loan_when_the_liability_has_none(stores, fbs):
+    p = fr.patron(fbs)
+    lia = fr.liability(fbs, p["patron_id"], item_number=None)
+    fbs.commit()
+    lines = built_by_liability(stores)[lia["liability_id"]].account.claims[0].text_lines
+    assert lines[2].startswith(f"Gebyr-nr. {lia['number']} Materiale-nr. 5")
 
 
 def test_C5_child_turned_adult_keeps_old_fees_with_the_guardian_of_the_time(stores, fbs):
@@ -179,6 +198,27 @@ def test_golden_xml_for_representative_claims():
     golden = (GOLDEN / "opret_debitorkonto.xml").read_text(encoding="utf-8")
     assert produced == golden
     assert messages.schema("DebitorRegistreringAfsend.xsd").validate(etree.fromstring(golden.encode()))
+
+
+AGENCY = {"agency_id": "715100", "sender_system_uuid": "0b7f7a8e-3c1b-4f0e-8a4a-6d2f0e9c1a22",
+          "org_unit_uuid": "5f1d8a52-0c38-4a43-9f5e-2b7a1c0d9e11"}
+
+
+def test_invalid_identifier_element_names_the_liability_and_the_rest_still_goes():
+    """An invalid element in the shared namespace (the identifiers live there): the claim is named,
+    the value is not, and with a rejected list the other claims are still batched."""
+    good = build(row(liability_id=7, number="G7"), None, TODAY).account
+    odd = build(row(liability_id=9, number="G9", d_patron_id=19, d_cpr=None), None, TODAY).account
+    broken = C.Account(odd.account_type, C.Party(C.REPLACEMENT_CPR, "0000000000", 19, name="X"),
+                       C.Party(C.REPLACEMENT_CPR, "0000000000", 19, name="X"), None, None, odd.claims)
+    with pytest.raises(messages.InvalidMessage) as info:
+        list(messages.build_batches([good, broken], AGENCY, batch_size=10))
+    assert info.value.liability_ids == [9] and info.value.element.endswith("ErstatningCPRNummer")
+    assert "0000000000" not in str(info.value)
+    rejected: list = []
+    batches = list(messages.build_batches([good, broken], AGENCY, batch_size=10, rejected=rejected))
+    assert [b.liability_ids for b in batches] == [[7]]
+    assert [e.liability_ids for e in rejected] == [[9]]
 
 
 def test_invalid_message_names_the_liability_and_element_never_the_value():

@@ -70,10 +70,38 @@ def test_I1_existing_replacement_cpr_is_kept_not_regenerated():
 def test_I1_no_birth_date_means_a_random_adult_birthday_and_an_adult_account():
     result, account, _ = ok(row(d_cpr=None, d_birth_date=None))
     born = birth_date_from_cpr(account.identification.number)
-    assert born == random_adult_birth_date(11, TODAY)
-    assert 30 <= (TODAY - born).days // 365 <= 61
+    assert born == random_adult_birth_date(11)
+    assert 40 <= (dt.date(2026, 1, 1) - born).days // 365 <= 71
     assert account.account_type == C.ACCOUNT_ADULT
     assert any(w.startswith("I1") for w in result.warnings)
+    # The same number whenever it is computed: the birthday does not drift with the calendar.
+    later = build(row(d_cpr=None, d_birth_date=None), None, dt.date(2031, 1, 2)).account
+    assert later.identification.number == account.identification.number
+
+
+def test_I1_birth_date_a_cpr_cannot_express_is_a_problem_not_a_crash():
+    for born in (dt.date(1850, 5, 1), dt.date(2060, 5, 1)):
+        result = built(row(d_cpr=None, d_birth_date=born))
+        assert result.account is None and result.problem.rule == "I1"
+
+
+def test_I1_malformed_stored_replacement_cpr_blocks_and_is_never_replaced():
+    result = built(row(d_cpr=None, d_replacement_cpr="12345"))
+    assert result.problem.rule == "I1" and result.new_replacement_cprs == {}
+    assert "12345" not in result.problem.message
+
+
+def test_I2_replacement_cpr_without_a_name_is_a_problem():
+    assert built(row(d_cpr=None, d_name="  ")).problem.rule == "I2"
+    result, account, _ = ok(row(d_cpr=None, d_street=None))
+    assert account.identification.address is None and any(w.startswith("I2") for w in result.warnings)
+
+
+def test_identifiers_are_sent_in_compact_form():
+    _, account, _ = ok(row(d_cpr="070781-1234"))
+    assert account.identification.number == ADULT_CPR
+    company = row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr="13 58 56 28")
+    assert ok(company)[1].identification.number == VALID_CVR
 
 
 def test_I1_replacement_cpr_is_deterministic_and_avoids_numbers_in_use():
@@ -193,6 +221,10 @@ def test_C4_minor_with_guardian_guardian_is_responsible_and_child_travels():
     assert claim.minor.birth_date == dt.date(2015, 3, 3)
 
 
+def test_C4_minor_without_a_name_is_a_problem_not_an_invalid_message():
+    assert built(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, d_name="")).problem.rule == "C4"
+
+
 def test_C4_minor_without_guardian_is_responsible_themself():
     _, account, claim = ok(child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR))
     assert account.responsible == account.identification and claim.minor is None
@@ -204,6 +236,13 @@ def test_C5_fee_created_the_day_before_the_18th_birthday_stays_with_the_guardian
     assert account.account_type == C.ACCOUNT_MINOR_WITH_GUARDIAN and account.responsible.number == ADULT2_CPR
     on_birthday = child(born, created_at=dt.datetime(2026, 4, 2, 10, 0))
     assert ok(on_birthday)[1].account_type == C.ACCOUNT_ADULT
+
+
+def test_C5_no_task_when_a_guardian_exists_at_sending_though_not_at_creation():
+    late_guardian = child(dt.date(2015, 3, 3), guardian=False, d_cpr=CHILD_CPR, gnow_patron_id=22)
+    result, account, _ = ok(late_guardian)
+    assert account.account_type == C.ACCOUNT_MINOR_WITHOUT_GUARDIAN   # classified as at creation
+    assert result.tasks == []                                          # but a guardian exists when sent
 
 
 def test_C5_minor_without_guardian_raises_a_staff_task_with_masked_cpr():

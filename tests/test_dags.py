@@ -63,6 +63,8 @@ def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, 
         fr.liability(conn, g["patron_id"])                                             # T4
         c = fr.patron(conn, kind="company", cvr=None)
         fr.liability(conn, c["patron_id"])                                             # T5
+        bad = fr.patron(conn, cpr="3102901234")                                         # T6: no such date
+        fr.liability(conn, bad["patron_id"])
         conn.commit()
 
     metadata_url = None
@@ -79,8 +81,11 @@ def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, 
     assert counts[("715100", ELIGIBLE, "-")] == 1
     assert counts[("715100", OUT_OF_SCOPE, "T1")] == 1
     assert counts[("715100", BLOCKED, "T4")] == 1 and counts[("715100", BLOCKED, "T5")] == 1
+    assert counts[("715100", BLOCKED, "T6")] == 1
     with stores.ledger.connect() as conn:
         window = conn.execute(text("SELECT data_interval_start, data_interval_end FROM run WHERE run_id = :r"),
                               {"r": run.run_id}).one()
     assert window.data_interval_start is not None and window.data_interval_end is not None
-    assert "0707811234" not in output  # no full CPR in the task logs
+    # No full CPR number anywhere in Airflow's output of the run (task logs included): no run of
+    # exactly ten digits (timestamps and UUIDs have none).
+    assert not re.search(r"(?<![\d.])\d{10}(?![\d.])", output), "a 10-digit number reached the logs"

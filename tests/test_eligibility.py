@@ -190,12 +190,21 @@ def test_already_in_ledger_is_never_eligible_again(stores, fbs):
 
 def test_paging_gives_the_same_verdicts_as_one_page(stores, fbs):
     fr.agency(fbs, agency_id="715500", replacement_cpr_enabled=False, verify_compensations=True)
+    ids = []
     for i in range(7):
         p = fr.patron(fbs, agency_id="715500", cpr=None if i % 3 == 0 else fr.ADULT_CPR)
-        fr.liability(fbs, p["patron_id"], agency_id="715500", kind="compensation" if i % 2 else "fee",
-                     verified_at=dt.datetime(2026, 4, 2) if i % 4 == 1 else None)
+        ids.append(fr.liability(fbs, p["patron_id"], agency_id="715500", kind="compensation" if i % 2 else "fee",
+                                verified_at=dt.datetime(2026, 4, 2) if i % 4 == 1 else None)["liability_id"])
     commit(fbs)
-    assert verdicts(stores, page_size=2) == verdicts(stores, page_size=1000)
+    with stores.ledger.begin() as conn:   # some already sent, spread over the pages
+        t = db_value(dt.datetime(2026, 4, 1, 10, 0), is_sqlite(conn))
+        for lid in ids[1::3]:
+            conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                              "created_at, updated_at) VALUES (:l, '715500', :f, 'accepted', 1, :t, :t)"),
+                         {"l": lid, "f": f"FBS-715500-{lid}", "t": t})
+    paged = verdicts(stores, page_size=2)
+    assert paged == verdicts(stores, page_size=1000)
+    assert [lid for lid, (cat, _) in paged.items() if cat == ALREADY_SENT] == ids[1::3]
 
 
 def test_blocked_liabilities_are_recorded_as_findings_and_resolved_when_fixed_M4(stores, fbs):
@@ -263,3 +272,22 @@ def test_C3_agency_with_broken_age_limit_is_held_whole_other_agencies_still_go(s
     assert len(agency_findings) == 1  # one finding for the agency, not one per liability
     assert agency_findings[0].severity == "blocks_agency" and agency_findings[0].agency_id == "715700"
     assert str(age_limit) in agency_findings[0].message
+
+
+def test_problems_only_the_builder_sees_count_as_blocked_and_become_findings_F2_T6(stores, fbs):
+    fr.agency(fbs, agency_id="715800", replacement_cpr_enabled=False)
+    zero = fr.liability(fbs, fr.patron(fbs)["patron_id"], amount=Decimal("0.00"))
+    kid = fr.patron(fbs, agency_id="715800", cpr="0303154124", birth_date=dt.date(2015, 3, 3))
+    guardian = fr.patron(fbs, agency_id="715800", cpr=None)
+    fr.insert(fbs, "guardianship", child_patron_id=kid["patron_id"], guardian_patron_id=guardian["patron_id"],
+              valid_from=dt.date(2016, 1, 1), valid_to=None)
+    kids_fee = fr.liability(fbs, kid["patron_id"], agency_id="715800")
+    commit(fbs)
+    assert verdicts(stores)[zero["liability_id"]] == (ELIGIBLE, "-")   # eligibility alone cannot see it
+    _, counts = run_assessment(stores)
+    assert counts[("715100", BLOCKED, "F2")] == 1 and counts[("715800", BLOCKED, "T6")] == 1
+    assert counts[("715100", ELIGIBLE, "-")] == 0 and counts[("715800", ELIGIBLE, "-")] == 0
+    found = {f.liability_id: f for f in ledger.open_findings(stores.ledger)}
+    assert found[zero["liability_id"]].rule == "F2"
+    assert found[kids_fee["liability_id"]].rule == "T6"
+    assert found[kids_fee["liability_id"]].patron_id == guardian["patron_id"]   # the record to fix

@@ -133,3 +133,14 @@ def test_ledger_new_migration_is_applied_incrementally(stores, tmp_path):
 def test_split_statements_ignores_comments_with_semicolons_and_parameters():
     script = "-- a comment; with :param\nCREATE TABLE a (x INTEGER); -- trailing ;\nCREATE TABLE b (y INTEGER);\n"
     assert split_statements(script) == ["CREATE TABLE a (x INTEGER)", "CREATE TABLE b (y INTEGER)"]
+
+
+def test_a_replacement_cpr_belongs_to_one_patron_I1(stores):
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        fr.patron(conn, cpr=None, replacement_cpr="6707811230")
+        fr.patron(conn, cpr=None, replacement_cpr=None)
+        fr.patron(conn, cpr=None, replacement_cpr=None)       # many patrons without one: fine
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            fr.patron(conn, cpr=None, replacement_cpr="6707811230")
+        conn.rollback()

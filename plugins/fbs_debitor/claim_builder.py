@@ -10,6 +10,7 @@ import datetime as dt
 from fbs_debitor import claim_fields as fields
 from fbs_debitor import classification as cls
 from fbs_debitor.claims import (
+    ACCOUNT_ADULT,
     ACCOUNT_MINOR_WITH_GUARDIAN,
     ACCOUNT_MINOR_WITHOUT_GUARDIAN,
     CPR,
@@ -27,6 +28,7 @@ from fbs_debitor.claims import (
 )
 from fbs_debitor.db import as_amount, as_bool, as_date, as_datetime
 from fbs_debitor.identity import (
+    NoReplacementCpr,
     ReplacementCprRegistry,
     birth_date_from_cpr,
     check_cpr,
@@ -46,7 +48,7 @@ class _Stop(Exception):
 
 
 def _address(street, postal_code, city) -> Address | None:
-    return Address(street, postal_code, city) if street else None
+    return Address(street.strip(), postal_code, city) if street and street.strip() else None
 
 
 class _PersonResolver:
@@ -63,7 +65,7 @@ class _PersonResolver:
             found = birth_date_from_cpr(number) if number else None
             if found:
                 return found, True
-        return random_adult_birth_date(patron_id, self.today), False
+        return random_adult_birth_date(patron_id), False
 
     def party(self, role: str, patron_id: int, cpr, replacement, birth, name, street, postal_code, city) -> Party:
         if cpr:
@@ -72,22 +74,38 @@ class _PersonResolver:
                 raise _Stop("T6", f"{role}: {check.error}", patron_id)
             if check.warning:
                 self.built.warnings.append(f"I4 {role}: {check.warning}")
-            return Party(CPR, cpr, patron_id)
+            return Party(CPR, check.value, patron_id)
         if not self.enabled:
             raise _Stop("T6", f"{role} (låner {patron_id}) har intet CPR-nummer, og erstatnings-CPR er slået fra / "
                               "no CPR number and replacement CPR is disabled", patron_id)
-        if replacement and is_replacement_cpr(replacement):
-            number = replacement
+        if replacement and replacement.strip():
+            # A stored number is kept whatever happens (I1): a malformed one is for staff to fix,
+            # never silently replaced by a new one that FBS would not know.
+            number = replacement.strip()
+            if not is_replacement_cpr(number):
+                raise _Stop("I1", f"{role} (låner {patron_id}): erstatnings-CPR i FBS er ugyldigt "
+                                  f"({mask_cpr(number)}) / the replacement CPR stored in FBS is malformed", patron_id)
         else:
             born, known = self.birth_date(patron_id, None, None, birth)
             if not known:
                 self.built.warnings.append(
                     f"I1 {role} (låner {patron_id}): ingen fødselsdato, erstatnings-CPR dannet med tilfældig "
                     "voksen fødselsdag / no birth date: replacement CPR from a random adult birthday")
-            number = self.registry.number_for(patron_id, born)
+            try:
+                number = self.registry.number_for(patron_id, born)
+            except NoReplacementCpr as exc:
+                raise _Stop("I1", f"{role} (låner {patron_id}): fødselsdatoen {born} kan ikke skrives som "
+                                  f"erstatnings-CPR / {exc}", patron_id) from None
             self.built.new_replacement_cprs[patron_id] = number
         # I2: name and address travel with a replacement CPR.
-        return Party(REPLACEMENT_CPR, number, patron_id, name=name, address=_address(street, postal_code, city))
+        if not (name and name.strip()):
+            raise _Stop("I2", f"{role} (låner {patron_id}) har erstatnings-CPR men intet navn / "
+                              "a replacement CPR must travel with the name", patron_id)
+        address = _address(street, postal_code, city)
+        if address is None:
+            self.built.warnings.append(f"I2 {role} (låner {patron_id}): ingen adresse til erstatnings-CPR / "
+                                       "no address to send with the replacement CPR")
+        return Party(REPLACEMENT_CPR, number, patron_id, name=name.strip(), address=address)
 
 
 def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | None = None) -> Built:
@@ -130,7 +148,7 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date) 
         cvr = check_cvr(row.d_cvr)
         if not cvr.ok:
             raise _Stop("T5", f"Virksomhed: {cvr.error}")
-        identification = responsible = Party(CVR, row.d_cvr, row.d_patron_id)
+        identification = responsible = Party(CVR, cvr.value, row.d_patron_id)
         account = cls.account_type(minor=False, has_guardian=False)
     elif row.d_kind == "person":
         identification = people.party("Låner", row.d_patron_id, row.d_cpr, row.d_replacement_cpr, row.d_birth_date,
@@ -139,14 +157,19 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date) 
                                          if identification.id_kind == REPLACEMENT_CPR else None, row.d_birth_date)
         has_guardian = row.g_patron_id is not None
         account = cls.account_type(cls.is_minor(born, created_on, int(row.age_limit)), has_guardian)
+        if account != ACCOUNT_ADULT and not (row.d_name and row.d_name.strip()):
+            raise _Stop("C4", f"Mindreårig låner {row.d_patron_id} har intet navn; navnet skal med fordringen / "
+                              "a minor's claim must carry the child's name (F5)")
         if account == ACCOUNT_MINOR_WITH_GUARDIAN:
             # C4: the guardian of the time is legally responsible; the child's details travel too.
             responsible = people.party("Økonomisk ansvarlig", row.g_patron_id, row.g_cpr, row.g_replacement_cpr,
                                        row.g_birth_date, row.g_name, row.g_street, row.g_postal_code, row.g_city)
-            minor = Minor(identification.id_kind, identification.number, row.d_name, born)
+            minor = Minor(identification.id_kind, identification.number, row.d_name.strip(), born)
         else:
             responsible = identification
-        if account == ACCOUNT_MINOR_WITHOUT_GUARDIAN:
+        if account == ACCOUNT_MINOR_WITHOUT_GUARDIAN and row.gnow_patron_id is None:
+            # C5: the task is for a minor's claim sent while FBS has no guardian for the child; a
+            # guardian registered since creation does not take the claim over, but means no task.
             built.tasks.append(StaffTask(
                 task_id=f"C5-{row.liability_id}", agency_id=row.agency_id, branch_id=row.b_branch_id,
                 patron_id=row.d_patron_id, liability_id=row.liability_id, kind="C5_minor_without_guardian",

@@ -1,8 +1,8 @@
 """Eligible liabilities to built claims, streamed page by page (set-based extracts, flat memory).
 
-Each eligibility page (``eligibility.iter_verdicts``) is followed by one range query of
-``claim_rows.sql`` for its liabilities; the rows of the eligible ones are built by
-``claim_builder.build``. Replacement CPR numbers already in FBS are loaded once, so new ones never
+Each eligibility page (``eligibility.iter_verdicts``) is followed by one query of
+``claim_rows.sql`` for exactly its eligible liabilities, whose rows ``claim_builder.build`` turns
+into claims. Replacement CPR numbers already in FBS are loaded once, so new ones never
 collide with them or with each other.
 """
 
@@ -12,13 +12,13 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor import eligibility
 from fbs_debitor.claim_builder import build
 from fbs_debitor.claims import Built
-from fbs_debitor.db import sql_file
+from fbs_debitor.db import db_value, is_sqlite, sql_file
 from fbs_debitor.identity import ReplacementCprRegistry
 
 
@@ -33,17 +33,23 @@ def taken_replacement_cprs(fbs: Engine) -> set[str]:
         return {r[0] for r in conn.execute(text("SELECT replacement_cpr FROM patron WHERE replacement_cpr IS NOT NULL"))}
 
 
-def claim_rows(fbs: Engine, low_id: int, high_id: int) -> list:
+IN_LIST_MAX = 10_000  # bound parameters per query (SQLite's limit is 32,766)
+
+
+def claim_rows(fbs: Engine, liability_ids: list[int], today: dt.date) -> list:
+    query = text(sql_file("queries/claim_rows.sql")).bindparams(bindparam("ids", expanding=True))
+    rows: list = []
     with fbs.connect() as conn:
-        return conn.execute(text(sql_file("queries/claim_rows.sql")), {"low_id": low_id, "high_id": high_id}).all()
+        for start in range(0, len(liability_ids), IN_LIST_MAX):
+            part = liability_ids[start:start + IN_LIST_MAX]
+            rows += conn.execute(query, {"ids": part, "today": db_value(today, is_sqlite(conn))}).all()
+    return rows
 
 
 def iter_pages(fbs: Engine, ledger: Engine, page_size: int | None = None, today: dt.date | None = None) -> Iterator[Page]:
+    today = today or dt.date.today()
     registry = ReplacementCprRegistry(taken_replacement_cprs(fbs))
     for verdicts in eligibility.iter_verdicts(fbs, ledger, page_size):
-        eligible = {v.liability_id for v in verdicts if v.category == eligibility.ELIGIBLE}
-        built = []
-        if eligible:
-            rows = claim_rows(fbs, min(eligible), max(eligible))
-            built = [(row, build(row, registry, today)) for row in rows if row.liability_id in eligible]
-        yield Page(verdicts, built)
+        eligible = [v.liability_id for v in verdicts if v.category == eligibility.ELIGIBLE]
+        rows = claim_rows(fbs, eligible, today) if eligible else []
+        yield Page(verdicts, [(row, build(row, registry, today)) for row in rows])

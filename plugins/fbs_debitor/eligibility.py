@@ -1,8 +1,8 @@
 """Which liabilities are due for transfer now (rules T1–T6), and which cannot go and why.
 
 The selection is set-based SQL (``include/sql/queries/eligibility_*.sql``), streamed from FBS in
-keyset pages; each page is then checked against the ledger with one range query (FBS and the
-ledger are separate connections, so there is no cross-database join) and its debtors' identifiers
+keyset pages; each page's ids are then looked up in the ledger (FBS and the ledger are separate
+connections, so there is no cross-database join) and its debtors' identifiers
 are checked with python-stdnum. Nothing is dropped silently: every liability in scope ends in
 exactly one category, and the blocked ones carry the rule that stops them.
 
@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.db import as_bool, sql_file
@@ -36,12 +36,18 @@ ALREADY_SENT = "already_sent"
 OUT_OF_SCOPE = "out_of_scope"
 CATEGORIES = (ELIGIBLE, AWAITING, BLOCKED, ALREADY_SENT, OUT_OF_SCOPE)
 
-# Finding check codes for the rules that block a liability here (stored in ledger.finding).
+# Finding check codes for the rules that block a liability (stored in ledger.finding): those
+# decided here, and those only building the claim can find (claim_builder's problems).
 CHECK_CODES = {
     "C3": "C3_agency_age_limit_out_of_range",
     "T4": "T4_group_without_responsible_patron",
     "T5": "T5_company_without_valid_cvr",
     "T6": "T6_person_without_usable_cpr",
+    "I1": "I1_replacement_cpr_not_possible",
+    "I2": "I2_replacement_cpr_without_name",
+    "C4": "C4_minor_without_name",
+    "F2": "F2_amount_not_positive",
+    "F3": "F3_fee_without_loan",
 }
 
 
@@ -109,11 +115,18 @@ def _verdict(row, sent: set[int]) -> Verdict:
                    category=category, rule=rule, reason=reason)
 
 
-def _ledger_ids_between(ledger: Engine, low: int, high: int) -> set[int]:
+_IN_LEDGER = text("SELECT liability_id FROM claim WHERE liability_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+
+
+def _in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000) -> set[int]:
+    """Which of these liabilities the ledger already has: one query per 10,000 ids of the page
+    (only the page's own ids, so the cost follows the page, not the size of the ledger)."""
+    found: set[int] = set()
     with ledger.connect() as conn:
-        rows = conn.execute(text("SELECT liability_id FROM claim WHERE liability_id BETWEEN :lo AND :hi"),
-                            {"lo": low, "hi": high})
-        return {r[0] for r in rows}
+        for start in range(0, len(liability_ids), per_query):
+            found.update(r[0] for r in conn.execute(_IN_LEDGER, {"ids": liability_ids[start:start + per_query]}))
+    return found
 
 
 def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> Iterator[list[Verdict]]:
@@ -128,7 +141,7 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> 
                                         "min_age_limit": low, "max_age_limit": high}).all()
         if not rows:
             return
-        sent = _ledger_ids_between(ledger, rows[0].liability_id, rows[-1].liability_id)
+        sent = _in_ledger(ledger, [r.liability_id for r in rows])
         yield [_verdict(row, sent) for row in rows]
         after = rows[-1].liability_id
 

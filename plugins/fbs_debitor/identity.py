@@ -23,6 +23,7 @@ class Check:
     ok: bool                 # usable for a transfer
     warning: str | None = None
     error: str | None = None
+    value: str | None = None  # the number in compact form (digits only), when usable
 
 
 def mask_cpr(value: str | None) -> str:
@@ -47,8 +48,9 @@ def check_cpr(value: str | None, today: dt.date | None = None) -> Check:
     if birth > (today or dt.date.today()):
         return Check(False, error=f"CPR {mask_cpr(value)} har en fødselsdato i fremtiden / birth date in the future")
     if std_cpr.checksum(number) != 0:
-        return Check(True, warning=f"CPR {mask_cpr(value)} fejler modulus-11 (tilladt siden 2007) / fails modulus-11 (I4)")
-    return Check(True)
+        return Check(True, warning=f"CPR {mask_cpr(value)} fejler modulus-11 (tilladt siden 2007) / fails modulus-11 (I4)",
+                     value=number)
+    return Check(True, value=number)
 
 
 def is_replacement_cpr(value: str | None) -> bool:
@@ -56,15 +58,18 @@ def is_replacement_cpr(value: str | None) -> bool:
     return bool(value) and len(value) == 10 and value.isdigit() and 60 <= int(value[:2]) <= 91
 
 
+# Messages about CVR, P-number and EAN never repeat the value: a CPR number typed into the wrong
+# field must not reach a finding, a report or a log.
+
 def check_cvr(value: str | None) -> Check:
     """CVR (T5): 8 digits, first not 0, strict modulus-11."""
-    if not value:
+    if not value or not value.strip():
         return Check(False, error="CVR mangler / no CVR number")
     try:
-        std_cvr.validate(value)
+        number = std_cvr.validate(value)
     except ValidationError:
-        return Check(False, error=f"CVR {value} er ugyldigt (modulus-11) / invalid CVR number")
-    return Check(True)
+        return Check(False, error="CVR-nummeret er ugyldigt (8 cifre, modulus-11) / invalid CVR number")
+    return Check(True, value=number)
 
 
 def check_p_number(value: str | None) -> Check:
@@ -72,8 +77,8 @@ def check_p_number(value: str | None) -> Check:
     if not value:
         return Check(True)
     if not (value.isdigit() and len(value) == 10):
-        return Check(True, warning=f"P-nummer {value} har ikke 10 cifre / P-number is not 10 digits")
-    return Check(True)
+        return Check(True, warning="P-nummeret har ikke 10 cifre og sendes ikke / P-number is not 10 digits, left out")
+    return Check(True, value=value)
 
 
 def check_ean(value: str | None) -> Check:
@@ -81,11 +86,15 @@ def check_ean(value: str | None) -> Check:
     if not value:
         return Check(True)
     if len(value) != 13 or not std_ean.is_valid(value):
-        return Check(True, warning=f"EAN {value} er ugyldigt / invalid EAN number")
-    return Check(True)
+        return Check(True, warning="EAN-nummeret er ugyldigt og sendes ikke / invalid EAN number, left out")
+    return Check(True, value=value)
 
 
 # --- birth dates and replacement CPR numbers (I1) -------------------------------------------------
+
+class NoReplacementCpr(ValueError):
+    """The birth date cannot be written as a CPR number (years 1858-2057 only)."""
+
 
 def century_digits(year: int) -> str:
     """The 7th-digit values that place a birth year in its century (CPR-kontoret's table)."""
@@ -95,7 +104,7 @@ def century_digits(year: int) -> str:
         return "49"
     if 2037 <= year <= 2057 or 1858 <= year <= 1899:
         return "5678"
-    raise ValueError(f"birth year {year} cannot be expressed in a CPR number")
+    raise NoReplacementCpr(f"birth year {year} cannot be expressed in a CPR number (1858-2057)")
 
 
 def birth_date_from_cpr(value: str) -> dt.date | None:
@@ -117,13 +126,18 @@ def _stream(*parts) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def random_adult_birth_date(patron_id: int, reference: dt.date) -> dt.date:
-    """I1: with no birth date, a birthday that makes the person an adult: 30-60 years before the
-    reference date, chosen deterministically from the patron id."""
+ADULT_BIRTHDAY_REFERENCE = dt.date(2026, 1, 1)
+
+
+def random_adult_birth_date(patron_id: int) -> dt.date:
+    """I1: with no birth date, a birthday that makes the person an adult: 40-70 years before a
+    FIXED reference (1 January 2026), chosen from the patron id. Fixed, so the birthday (and the
+    replacement CPR built from it) is the same whenever it is computed, and the person is an adult
+    for any liability created after 2004."""
     n = _stream("adult-birthday", patron_id)
-    years = 30 + n % 31
+    years = 40 + n % 31
     day_of_year = (n // 31) % 365
-    return dt.date(reference.year - years, 1, 1) + dt.timedelta(days=day_of_year)
+    return dt.date(ADULT_BIRTHDAY_REFERENCE.year - years, 1, 1) + dt.timedelta(days=day_of_year)
 
 
 def replacement_cpr(patron_id: int, birth_date: dt.date, taken: set[str] | frozenset[str] = frozenset()) -> str:

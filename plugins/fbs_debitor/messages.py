@@ -85,7 +85,11 @@ def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -
     if xsd.validate(root):
         return
     error = xsd.error_log.last_error
-    nodes = root.getroottree().xpath(error.path) if error.path else []
+    try:
+        namespaces = {prefix: uri for prefix, uri in root.nsmap.items() if prefix}
+        nodes = root.getroottree().xpath(error.path, namespaces=namespaces) if error.path else []
+    except etree.XPathError:
+        nodes = []
     failing = nodes[0] if nodes and isinstance(nodes[0], etree._Element) else None
     element, liability_ids = "?", sorted(set((liability_of or {}).values()))
     if failing is not None:
@@ -100,32 +104,53 @@ def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -
 
 
 def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime | None = None,
-                  first_number: int = 1) -> Iterator[Batch]:
+                  first_number: int = 1, rejected: list[InvalidMessage] | None = None) -> Iterator[Batch]:
     """Group one agency's accounts (one page of them: merging is per call) into validated batches
-    of at most ``batch_size`` claims."""
+    of at most ``batch_size`` claims.
+
+    An invalid message is a bug. Without ``rejected`` it raises InvalidMessage; with a list, the
+    claims the error points to are taken out of the batch and the error is appended to the list,
+    so one bad record cannot hold back the rest (nothing else is lost, nothing invalid is sent)."""
     at = at or dt.datetime.now().astimezone()
     number = first_number
     pending: list[Account] = []
     count = 0
 
-    def flush() -> Batch:
-        fordring_ids = sorted(c.fordring_id for a in pending for c in a.claims)
-        tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))
-        root = mapping.create_request(pending, tid, at, agency["sender_system_uuid"], agency["org_unit_uuid"])
-        validate(root, {c.fordring_id: c.liability_id for a in pending for c in a.claims})
-        return Batch(number, agency["agency_id"], list(pending), root, tid)
+    def flush(accounts_in_batch: list[Account]) -> Batch | None:
+        while accounts_in_batch:
+            fordring_ids = sorted(c.fordring_id for a in accounts_in_batch for c in a.claims)
+            tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))
+            root = mapping.create_request(accounts_in_batch, tid, at, agency["sender_system_uuid"],
+                                          agency["org_unit_uuid"])
+            try:
+                validate(root, {c.fordring_id: c.liability_id for a in accounts_in_batch for c in a.claims})
+            except InvalidMessage as error:
+                if rejected is None:
+                    raise
+                rejected.append(error)
+                bad = set(error.liability_ids) or {c.liability_id for a in accounts_in_batch for c in a.claims}
+                accounts_in_batch = [replace(a, claims=tuple(c for c in a.claims if c.liability_id not in bad))
+                                     for a in accounts_in_batch]
+                accounts_in_batch = [a for a in accounts_in_batch if a.claims]
+                continue
+            return Batch(number, agency["agency_id"], accounts_in_batch, root, tid)
+        return None
 
     for account in merge_accounts(accounts):
         claims = list(account.claims)
         while claims:
             room = batch_size - count
             if room <= 0:
-                yield flush()
-                number += 1
+                batch = flush(pending)
+                if batch:
+                    yield batch
+                    number += 1
                 pending, count = [], 0
                 room = batch_size
             part, claims = claims[:room], claims[room:]
             pending.append(replace(account, claims=tuple(part)))
             count += len(part)
     if pending:
-        yield flush()
+        batch = flush(pending)
+        if batch:
+            yield batch

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.ledger import RunInfo
 
-BLOCK_RULES = ("C3", "T4", "T5", "T6")
+BLOCK_RULES = ("C3", "T4", "T5", "T6")          # own columns; other rules are summed under "blk other"
 OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled")
 
 
@@ -23,13 +23,17 @@ def _agencies(fbs: Engine) -> dict[str, tuple[str, str, int]]:
 def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
     agencies = _agencies(fbs)
     ids = sorted(set(agencies) | {a for a, _, _ in counts})
+    blocked_rules = [*BLOCK_RULES, *sorted({r for _, c, r in counts if c == BLOCKED} - set(BLOCK_RULES))]
 
     def n(agency: str | None, category: str, rule: str | None = None) -> int:
         return sum(v for (a, c, r), v in counts.items()
                    if (agency is None or a == agency) and c == category and (rule is None or r == rule))
 
+    def other(agency: str | None) -> int:
+        return n(agency, BLOCKED) - sum(n(agency, BLOCKED, r) for r in BLOCK_RULES)
+
     header = (f"{'agency':<8} {'vendor':<8} {'age':>3} {'eligible':>9} {'awaiting':>9} "
-              + " ".join(f"{'blk ' + r:>7}" for r in BLOCK_RULES)
+              + " ".join(f"{'blk ' + r:>7}" for r in BLOCK_RULES) + f" {'blk other':>9}"
               + f" {'sent':>8} " + " ".join(f"{r:>13}" for r in OUT_RULES))
     lines = [
         f"fbs-debitor transfer run {run.run_id} ({run.kind}): {run.status}"
@@ -43,17 +47,19 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         label = a or "total"
         lines.append(
             f"{label:<8} {vendor:<8} {age!s:>3} {n(a, ELIGIBLE):>9} {n(a, AWAITING):>9} "
-            + " ".join(f"{n(a, BLOCKED, r):>7}" for r in BLOCK_RULES)
+            + " ".join(f"{n(a, BLOCKED, r):>7}" for r in BLOCK_RULES) + f" {other(a):>9}"
             + f" {n(a, ALREADY_SENT):>8} " + " ".join(f"{n(a, OUT_OF_SCOPE, r):>13}" for r in OUT_RULES))
     lines += [
         "",
         f"eligible {n(None, ELIGIBLE)}, blocked {n(None, BLOCKED)} "
-        f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in BLOCK_RULES)}), "
+        f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in blocked_rules)}), "
         f"already sent {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
         f"not for transfer {n(None, OUT_OF_SCOPE)}",
         "Rules: C3 agency age limit outside the sane range (whole agency held); "
         "T2 compensation awaits verification; T4 patron group without responsible patron; "
-        "T5 company without valid CVR; T6 person without usable CPR (and no replacement CPR); "
+        "T5 company without valid CVR; T6 person (or a minor's guardian) without usable CPR; "
+        "claims that cannot be built: F2 amount not positive, F3 fee without its loan, I1 replacement "
+        "CPR impossible or malformed, I2 replacement CPR without name, C4 minor without name; "
         "T1 created before the cut-off date; T3 closed or sent to collection.",
     ]
     return "\n".join(lines)

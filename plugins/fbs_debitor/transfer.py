@@ -1,8 +1,11 @@
 """The transfer run: the steps the hourly DAG ``debitor_transfer`` and the CLI share.
 
-Today the run assesses eligibility (T1–T6), records every blocked liability as a finding in the
-ledger (nothing is silently skipped) and records the run with its counts. Building and sending
-claims hang off ``iter_verdicts`` in later steps.
+Today the run assesses eligibility (T1–T6) and builds every eligible claim (without sending it),
+so that a liability is only counted eligible when its claim can really be built: problems only the
+builder can see (a guardian without CPR, an amount of zero, a fee without its loan, ...) are
+counted as blocked with their rule. Every blocked liability is recorded as a finding in the
+ledger (nothing is silently skipped), and the run with its counts. Sending follows in the
+delivery step.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from fbs_debitor import eligibility, ledger
+from fbs_debitor import claim_stream, eligibility, ledger
+from fbs_debitor.claims import Problem
 from fbs_debitor.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -26,16 +30,32 @@ def _finding(v: eligibility.Verdict) -> ledger.Finding:
         liability_id=v.liability_id, subject=f"L{v.liability_id}", message=v.reason or v.rule)
 
 
+def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
+    return ledger.Finding(check_code=eligibility.CHECK_CODES.get(p.rule, f"{p.rule}_claim_not_buildable"),
+                          rule=p.rule, severity="blocks_liability", agency_id=p.agency_id, branch_id=branch_id,
+                          patron_id=p.patron_id, liability_id=p.liability_id, subject=f"L{p.liability_id}",
+                          message=p.message)
+
+
 def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None) -> Counter:
-    """Stream every in-scope liability's verdict; record blocked ones as findings (resolving the
-    ones no longer seen) and the run's counts. Returns the counts (agency, category, rule) -> n."""
+    """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
+    as findings (resolving the ones no longer seen) and the run's counts.
+    Returns the counts (agency, category, rule) -> n."""
     seen_at = ledger.now()
     counts = eligibility.out_of_scope_counts(stores.fbs)
     pages = 0
-    for page in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size):
+    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size):
         pages += 1
-        eligibility.count(page, counts)
-        blocked = list({f.key: f for f in (_finding(v) for v in page if v.category == eligibility.BLOCKED)}.values())
+        not_buildable = {row.liability_id: (built.problem, row.b_branch_id) for row, built in page.built
+                         if built.problem}
+        for v in page.verdicts:
+            if v.liability_id in not_buildable:
+                counts[(v.agency_id, eligibility.BLOCKED, not_buildable[v.liability_id][0].rule)] += 1
+            else:
+                counts[(v.agency_id, v.category, v.rule)] += 1
+        findings = [_finding(v) for v in page.verdicts if v.category == eligibility.BLOCKED]
+        findings += [_problem_finding(problem, branch) for problem, branch in not_buildable.values()]
+        blocked = list({f.key: f for f in findings}.values())
         if blocked:
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
     resolved = ledger.resolve_unseen_findings(stores.ledger, run_id, eligibility.CHECK_CODES.values(), seen_at)

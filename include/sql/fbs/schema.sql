@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS patron (
 );
 CREATE INDEX IF NOT EXISTS ix_patron_agency ON patron (agency_id);
 CREATE INDEX IF NOT EXISTS ix_patron_responsible ON patron (responsible_patron_id);
+-- A replacement CPR belongs to one patron (I1); NULLs (no number) are not compared.
+CREATE UNIQUE INDEX IF NOT EXISTS ux_patron_replacement_cpr ON patron (replacement_cpr);
 
 CREATE TABLE IF NOT EXISTS guardianship (
     child_patron_id    BIGINT NOT NULL REFERENCES patron (patron_id),
