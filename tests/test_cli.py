@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from leaks import full_cpr_numbers
+
 from fbs_debitor.settings import HOME
 
 
@@ -41,11 +43,17 @@ def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
     assert data["totals"]["claims"] == int(total.group(1))
     assert data["totals"].get("not_built:F2", 0) == int(re.search(r"F2 (\d+)", assess.stdout).group(1)) > 0
     assert len(list(out.rglob("batch-*.xml"))) == data["files"] > 0
-    # Nothing the CLI printed holds a full CPR number (10 digits in a row).
+    # Nothing the CLI printed holds a full CPR number.
     for proc in (gen, assess, summary, dry):
-        assert not re.search(r"(?<!\d)\d{10}(?!\d)", proc.stdout + proc.stderr)
+        assert full_cpr_numbers(proc.stdout + proc.stderr) == []
 
 
 def test_cli_transfer_without_dry_run_refuses_to_pretend(db_urls, tmp_path):
     proc = cli(db_urls, tmp_path, "transfer")
     assert proc.returncode == 2 and "only --dry-run" in proc.stderr
+
+
+def test_leak_detector_finds_cpr_numbers_and_ignores_uuids_and_timestamps():
+    assert full_cpr_numbers("cpr=0707811234; other 070781-1234") == ["070781-****", "070781-****"]
+    assert full_cpr_numbers("replacement 6707811230") == ["670781-****"]
+    assert full_cpr_numbers("run b6eba218-4506-4a08-b1b7-0024260185d0 at 2026-11-21 1763712345.5") == []
