@@ -15,7 +15,7 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from fbs_debitor.settings import SQL_DIR
@@ -186,7 +186,3 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iter
             copy.write_row(row)
             n += 1
     return n
-
-
-def scalar(conn: Connection, sql: str, **params):
-    return conn.execute(text(sql), params).scalar()

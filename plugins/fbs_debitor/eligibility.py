@@ -151,10 +151,3 @@ def out_of_scope_counts(fbs: Engine) -> Counter:
     with fbs.connect() as conn:
         rows = conn.execute(text(sql_file("queries/eligibility_out_of_scope.sql"))).all()
     return Counter({(r.agency_id, OUT_OF_SCOPE, r.rule): int(r.n) for r in rows})
-
-
-def count(verdicts: list[Verdict], into: Counter | None = None) -> Counter:
-    counts = into if into is not None else Counter()
-    for v in verdicts:
-        counts[(v.agency_id, v.category, v.rule)] += 1
-    return counts

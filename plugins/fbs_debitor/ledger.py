@@ -183,8 +183,3 @@ def open_findings(ledger: Engine, agency_id: str | None = None) -> list:
         params["a"] = agency_id
     with ledger.connect() as conn:
         return conn.execute(text(sql + " ORDER BY first_seen_at, finding_key"), params).all()
-
-
-def claimed_count(ledger: Engine) -> int:
-    with ledger.connect() as conn:
-        return int(conn.execute(text("SELECT COUNT(*) FROM claim")).scalar())

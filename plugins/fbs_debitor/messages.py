@@ -55,10 +55,6 @@ class Batch:
     def liability_ids(self) -> list[int]:
         return [c.liability_id for a in self.accounts for c in a.claims]
 
-    @property
-    def fordring_ids(self) -> list[str]:
-        return [c.fordring_id for a in self.accounts for c in a.claims]
-
     def to_bytes(self, pretty: bool = False) -> bytes:
         return etree.tostring(self.root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)
 
