@@ -48,8 +48,11 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert interval.end - interval.start == dt.timedelta(hours=1)
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "transfer"} <= set(dag.tags) and dag.doc_md
-    assert [t.task_id for t in dag.topological_sort()] == ["open_run", "assess_eligibility", "close_run"]
-    assert all(t.retries >= 1 for t in dag.tasks)
+    assert [t.task_id for t in dag.topological_sort()] == ["open_run", "data_quality", "assess_eligibility",
+                                                           "close_run", "held_agencies"]
+    # Transient work is retried; a held agency (C3) is a setting to fix, so that task is not.
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "held_agencies")
+    assert dag.get_task("held_agencies").retries == 0
 
 
 @pytest.mark.airflow
@@ -89,3 +92,31 @@ def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, 
     assert window.data_interval_start is not None and window.data_interval_end is not None
     # No full CPR number anywhere in Airflow's output of the run, task logs included.
     assert full_cpr_numbers(output) == []
+
+
+@pytest.mark.airflow
+def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C3(stores, db_urls, tmp_path,
+                                                                                   request):
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        fr.agency(conn, agency_id="799900", age_limit=0)
+        ok = fr.patron(conn)
+        fr.liability(conn, ok["patron_id"])
+        held = fr.patron(conn, agency_id="799900")
+        fr.liability(conn, held["patron_id"], agency_id="799900")
+        conn.commit()
+    metadata_url = None
+    if db_urls.fbs.startswith("postgresql"):
+        from pgcluster import create_database
+
+        metadata_url = create_database(request.getfixturevalue("pg_admin_url"), f"airflow_{tmp_path.name[-20:]}".lower())
+    state, output = dags_test(airflow_env(tmp_path, db_urls, metadata_url), "debitor_transfer")
+    assert state == "failed"
+    assert "held until the setting is fixed" in output and "agency 799900" in output and "Age limit 0" in output
+    run = ledger.get_run(stores.ledger, kind="transfer")
+    assert run.status == "success"                         # the other agency's work is done and recorded
+    counts = ledger.run_counts(stores.ledger, run.run_id)
+    assert counts[("715100", ELIGIBLE, "-")] == 1
+    assert counts[("799900", BLOCKED, "C3")] == 1 and counts.get(("799900", ELIGIBLE, "-"), 0) == 0
+    held_findings = [f for f in ledger.open_findings(stores.ledger) if f.rule == "C3"]
+    assert [(f.agency_id, f.severity) for f in held_findings] == [("799900", "blocks_agency")]

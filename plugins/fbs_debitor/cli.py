@@ -56,7 +56,7 @@ def cmd_assess(args) -> int:
 
     stores = _stores()
     init_stores(stores)
-    run_id, counts = run_assessment(stores, kind="manual")
+    run_id, counts = run_assessment(stores, kind="manual", data_docs_dir=settings.var_dir() / "data_docs")
     print(format_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs))
     return 0
 
@@ -76,6 +76,34 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from fbs_debitor import dq_report, mailer
+
+    stores = _stores()
+    init_stores(stores)
+    day = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    out = Path(args.out) if args.out else dq_report.report_dir(day)
+    try:
+        reports = dq_report.build_reports(stores, out, day)
+    finally:
+        stores.dispose()
+    dq_report.write_manifest(out, reports, day)
+    print(dq_report.format_reports(reports))
+    print(f"agency overviews: {', '.join(str(p) for p in sorted(out.glob('*/index.html')))}")
+    if not args.email:
+        return 0
+    try:
+        smtp = mailer.settings_from_env()
+    except mailer.SmtpNotConfigured as exc:
+        print(f"not emailed: {exc}", file=sys.stderr)
+        return 2
+    results = mailer.send_reports(reports, smtp)
+    print(mailer.format_results(results))
+    return 1 if any(r.status == mailer.FAILED for r in results) else 0
+
+
 def cmd_summary(args) -> int:
     from fbs_debitor.summary import format_run
 
@@ -83,6 +111,9 @@ def cmd_summary(args) -> int:
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
     if run is None:
         print("no run recorded in the ledger yet", file=sys.stderr)
+        return 1
+    if args.since and run.started_at < dt.datetime.fromisoformat(args.since):
+        print(f"no run recorded since {args.since} (the newest started {run.started_at})", file=sys.stderr)
         return 1
     print(format_run(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs))
     return 0 if run.status == "success" else 1
@@ -104,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("assess", help="assess eligibility now (T1-T6), record the run, print the summary")
+    p = sub.add_parser("assess", help="data-quality checks and eligibility now (T1-T6), record the run, "
+                                      "print the summary")
     p.set_defaults(func=cmd_assess)
 
     p = sub.add_parser("transfer", help="build the SF1590 claims due now; --dry-run writes them as XML files")
@@ -113,9 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
     p.set_defaults(func=cmd_transfer)
 
+    p = sub.add_parser("report", help="write the staff data-quality reports (HTML + CSV per branch); "
+                                      "--email sends them")
+    p.add_argument("--out", help="output folder (default var/reports/<date>)")
+    p.add_argument("--date", help="the report's day, YYYY-MM-DD (default today)")
+    p.add_argument("--email", action="store_true", help="email each branch its report (FBS_DEBITOR_SMTP_* settings)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")
     p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
+    p.add_argument("--since", help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)
     return parser
 

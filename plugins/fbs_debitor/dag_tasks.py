@@ -44,6 +44,32 @@ def open_run(kind: str, dag_id: str, airflow_run_id: str,
         stores.dispose()
 
 
+def data_quality(run_id: str) -> dict:
+    """GX checks on the batch; findings to the ledger; returns counts and the held agencies."""
+    from fbs_debitor import dq_checks, settings
+
+    stores = _stores()
+    try:
+        result = dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs")
+        return result.as_dict()
+    except Exception as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"data quality: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
+def held_agencies(dq: dict) -> list[str]:
+    """Fail loudly (after every other agency has run) when an agency's run is held (C3)."""
+    held = dq.get("blocked_agencies") or {}
+    if held:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        reasons = "; ".join(f"agency {a}: {r}" for a, r in sorted(held.items()))
+        raise AirflowFailException(f"{len(held)} agency run(s) held until the setting is fixed: {reasons}")
+    return []
+
+
 def assess_eligibility(run_id: str) -> dict[str, int]:
     from fbs_debitor.transfer import assess_eligibility as assess
     from fbs_debitor.transfer import totals
@@ -64,6 +90,10 @@ def close_run(run_id: str) -> str:
 
     stores = _stores()
     try:
+        from fbs_debitor.transfer import resolve_findings
+
+        resolved = resolve_findings(stores, run_id)
+        log.info("%d finding(s) resolved: the data was fixed or the liability left the batch", resolved)
         ledger.finish_run(stores.ledger, run_id, "success")
         text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
         log.info("run summary\n%s", text)

@@ -58,10 +58,17 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
         blocked = list({f.key: f for f in findings}.values())
         if blocked:
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
-    resolved = ledger.resolve_unseen_findings(stores.ledger, run_id, eligibility.CHECK_CODES.values(), seen_at)
     ledger.record_counts(stores.ledger, run_id, counts)
-    log.info("eligibility assessed in %d page(s): %s; %d finding(s) resolved", pages, totals(counts), resolved)
+    log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
+
+
+def resolve_findings(stores: Stores, run_id: str) -> int:
+    """At the end of a run: every finding (of any check in the catalog) that this run did not see
+    again is resolved: the data was fixed, or the liability left the batch."""
+    from fbs_debitor import dq_catalog
+
+    return ledger.resolve_unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, ledger.now())
 
 
 def totals(counts: Counter) -> dict[str, int]:
@@ -75,11 +82,16 @@ def totals(counts: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def run_assessment(stores: Stores, kind: str = "manual", **run_fields) -> tuple[str, Counter]:
-    """A whole run outside Airflow: start, assess, finish (failed with the error if it raises)."""
+def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:
+    """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
+    finish (failed with the error if anything raises)."""
+    from fbs_debitor import dq_checks
+
     run_id = ledger.start_run(stores.ledger, kind, **run_fields)
     try:
+        dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         counts = assess_eligibility(stores, run_id)
+        resolve_findings(stores, run_id)
     except Exception as exc:
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise

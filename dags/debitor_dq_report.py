@@ -1,0 +1,61 @@
+"""debitor_dq_report: the daily data-quality report for library staff, per branch, by email."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+DOC_MD = """
+### debitor_dq_report — what library staff must fix in FBS, per branch (M4)
+
+Runs every morning at 06:00 (Europe/Copenhagen). It reads the findings the hourly transfer has
+recorded in the ledger — what stops a fee or compensation from going to the debtor system, and
+what is worth fixing — and tells each branch, in Danish, what to fix for which patron.
+
+1. **build_reports** — writes, for every branch in FBS, `datakvalitet.html` (a self-contained page:
+   counts per check, a 30-day chart of open findings, the open findings blocking-first and
+   oldest-first with patron number, name, liability and why it matters, and what was fixed in the
+   last 7 days) and `datakvalitet.csv` (every open finding, for Excel), under
+   `var/reports/<date>/<agency>/<branch>/`, plus an `index.html` per agency and a `manifest.json`.
+   Agency-level findings (C3: a broken age limit) appear in every branch of the agency.
+2. **email_reports** — mails each branch its report (HTML body, CSV attached) at the branch's
+   `staff_email` through the Airflow connection `smtp_default`. A branch without an address is
+   skipped with a warning. If a send fails, the others still go, the task then fails naming the
+   branches, and its retry sends only those.
+
+CPR numbers never appear in full (`DDMMYY-****`). Databases: Airflow Connections `fbs_db` and
+`debitor_ledger` (else `FBS_DEBITOR_*_URL`). Only paths and counts pass between the tasks.
+"""
+
+
+@dag(
+    dag_id="debitor_dq_report",
+    schedule=CronDataIntervalTimetable("0 6 * * *", timezone="Europe/Copenhagen"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=1)},
+    tags=["fbs-debitor", "data-quality"],
+    doc_md=DOC_MD,
+)
+def debitor_dq_report():
+    @task(task_id="build_reports")
+    def build_reports(data_interval_end=None) -> dict:
+        from fbs_debitor import dq_report
+
+        return dq_report.build_for_task(dq_report.report_date_for(data_interval_end).isoformat())
+
+    @task(task_id="email_reports")
+    def email_reports(built: dict) -> dict[str, int]:
+        from fbs_debitor import mailer
+
+        return mailer.email_for_task(built["manifest"], built["report_date"])
+
+    email_reports(build_reports())
+
+
+debitor_dq_report()

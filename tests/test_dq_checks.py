@@ -1,0 +1,193 @@
+"""Data-quality checks (Great Expectations, in-process) on hand-built rows: each check positive and
+negative, on SQLite and PostgreSQL. Findings land in the ledger with the catalog's severity."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import fbs_rows as fr
+import pytest
+from leaks import full_cpr_numbers
+from sqlalchemy import text
+
+from fbs_debitor import dq_catalog, dq_checks, ledger
+from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.eligibility import ELIGIBLE
+from fbs_debitor.transfer import run_assessment
+
+TODAY = dt.date(2026, 11, 20)
+CHILD_CPR = "0303154124"
+
+
+def check(stores, tmp_path=None):
+    run_id = ledger.start_run(stores.ledger, "manual")
+    result = dq_checks.run_checks(stores, run_id, today=TODAY,
+                                  data_docs_dir=(tmp_path / "docs") if tmp_path else None)
+    found = {(f.check_code, f.liability_id): f for f in ledger.open_findings(stores.ledger)}
+    return result, found
+
+
+def codes_for(found, liability_id) -> set[str]:
+    return {code for code, lid in found if lid == liability_id}
+
+
+@pytest.fixture
+def agencies(fbs):
+    """715100: KMD OPUS, replacement CPR on (from the fbs fixture); 726300: Prisme, replacement off."""
+    fr.agency(fbs, agency_id="726300", debtor_vendor="PRISME", replacement_cpr_enabled=False)
+    return fbs
+
+
+def add(fbs, agency_id="715100", liability=None, **patron):
+    p = fr.patron(fbs, agency_id=agency_id, **patron)
+    return fr.liability(fbs, p["patron_id"], agency_id=agency_id, **(liability or {}))["liability_id"]
+
+
+def test_T4_group_without_responsible_patron(stores, agencies):
+    adult = fr.patron(agencies)
+    bad = add(agencies, kind="group", responsible_patron_id=None)
+    good = add(agencies, kind="group", responsible_patron_id=adult["patron_id"])
+    agencies.commit()
+    _, found = check(stores)
+    assert "T4_group_without_responsible_patron" in codes_for(found, bad)
+    assert codes_for(found, good) == set()
+    assert found[("T4_group_without_responsible_patron", bad)].severity == dq_catalog.BLOCKS_LIABILITY
+
+
+def test_T5_company_cvr_missing_or_invalid_blocks_missing_ean_and_p_is_a_warning(stores, agencies):
+    no_cvr = add(agencies, kind="company", cvr=None, ean="5790000123452")
+    bad_cvr = add(agencies, kind="company", cvr=fr.INVALID_CVR, p_number="1003388394")
+    bare = add(agencies, kind="company", cvr=fr.VALID_CVR)
+    full = add(agencies, kind="company", cvr=fr.VALID_CVR, ean="5790000123452")
+    agencies.commit()
+    _, found = check(stores)
+    assert codes_for(found, no_cvr) == {"T5_company_without_valid_cvr"}
+    assert codes_for(found, bad_cvr) == {"T5_company_without_valid_cvr"}
+    assert codes_for(found, bare) == {"T5_company_without_ean_or_p_number"}
+    assert found[("T5_company_without_ean_or_p_number", bare)].severity == dq_catalog.WARNING
+    assert codes_for(found, full) == set()
+
+
+def test_T6_and_I1_person_without_cpr(stores, agencies):
+    off = add(agencies, agency_id="726300", cpr=None)                              # replacement off: blocks
+    on_no_birth = add(agencies, cpr=None, birth_date=None)                         # replacement on, no birth date
+    on_birth = add(agencies, cpr=None, birth_date=dt.date(1990, 5, 5))             # fine
+    agencies.commit()
+    _, found = check(stores)
+    assert "T6_person_without_usable_cpr" in codes_for(found, off)
+    assert codes_for(found, on_no_birth) == {"I1_person_without_cpr_or_birth_date"}
+    assert found[("I1_person_without_cpr_or_birth_date", on_no_birth)].severity == dq_catalog.WARNING
+    assert codes_for(found, on_birth) == set()
+
+
+def test_I4_malformed_cpr_blocks_modulus_11_failure_is_only_a_warning(stores, agencies):
+    malformed = add(agencies, cpr="3102901234")
+    mod11 = add(agencies, cpr=fr.MOD11_FAIL_CPR)
+    good = add(agencies)
+    agencies.commit()
+    _, found = check(stores)
+    assert codes_for(found, malformed) == {"T6_person_without_usable_cpr"}
+    assert codes_for(found, mod11) == {"I4_cpr_fails_modulus_11"}
+    assert found[("I4_cpr_fails_modulus_11", mod11)].severity == dq_catalog.WARNING
+    assert "070781-****" in found[("I4_cpr_fails_modulus_11", mod11)].message
+    assert codes_for(found, good) == set()
+
+
+def test_I3_replacement_cpr_at_a_prisme_agency(stores, agencies):
+    prisme = add(agencies, agency_id="726300", cpr=None, replacement_cpr="6707811230")
+    kmd = add(agencies, cpr=None, replacement_cpr="6808811232", birth_date=dt.date(1981, 8, 8))
+    agencies.commit()
+    _, found = check(stores)
+    assert "I3_replacement_cpr_at_prisme" in codes_for(found, prisme)
+    assert "I3_replacement_cpr_at_prisme" not in codes_for(found, kmd)
+
+
+def test_C4_C5_minor_at_creation_without_guardian(stores, agencies):
+    alone = add(agencies, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    guarded_child = fr.patron(agencies, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    guardian = fr.patron(agencies, cpr=fr.ADULT2_CPR)
+    fr.insert(agencies, "guardianship", child_patron_id=guarded_child["patron_id"],
+              guardian_patron_id=guardian["patron_id"], valid_from=dt.date(2016, 1, 1), valid_to=None)
+    guarded = fr.liability(agencies, guarded_child["patron_id"])["liability_id"]
+    # 17 when the fee was created (C5: age at creation), adult today, no guardian: still a finding.
+    was_minor = add(agencies, cpr=None, birth_date=dt.date(2008, 12, 1))
+    adult = add(agencies)
+    agencies.commit()
+    _, found = check(stores)
+    assert codes_for(found, alone) == {"C5_minor_without_guardian"}
+    assert codes_for(found, was_minor) == {"C5_minor_without_guardian"}
+    assert codes_for(found, guarded) == set() and codes_for(found, adult) == set()
+
+
+def test_C3_age_limit_0_blocks_the_agency_and_skips_age_checks_there(stores, agencies):
+    fr.agency(agencies, agency_id="799900", age_limit=0)
+    child_there = add(agencies, agency_id="799900", cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    agencies.commit()
+    result, found = check(stores)
+    assert list(result.blocked_agencies) == ["799900"] and "0" in result.blocked_agencies["799900"]
+    agency_finding = found[("C3_agency_age_limit_out_of_range", None)]
+    assert agency_finding.severity == dq_catalog.BLOCKS_AGENCY and agency_finding.agency_id == "799900"
+    assert codes_for(found, child_there) == set()       # no C5 noise where every age is wrong anyway
+
+
+def test_F2_amounts_and_F3_dates_out_of_order(stores, agencies):
+    zero = add(agencies, liability={"amount": Decimal("0.00")})
+    negative = add(agencies, liability={"amount": Decimal("-5.00")})
+    reloaned_late = add(agencies, liability={"kind": "compensation", "number": "E1"})
+    before_loan = add(agencies, liability={"created_at": dt.datetime(2026, 2, 1, 10, 0)})   # loan is 2026-03-01
+    fine = add(agencies)
+    agencies.commit()
+    agencies.execute(text("UPDATE loan SET reloan_date = :r WHERE loan_id = "
+                          "(SELECT loan_id FROM liability WHERE liability_id = :l)"),
+                     {"r": db_value(dt.date(2026, 4, 15), is_sqlite(agencies)), "l": reloaned_late})
+    agencies.commit()
+    _, found = check(stores)
+    assert codes_for(found, zero) == {"F2_amount_not_positive"} == codes_for(found, negative)
+    assert codes_for(found, reloaned_late) == {"F3_dates_out_of_order"}     # founded after it fell due
+    assert codes_for(found, before_loan) == {"F3_dates_out_of_order"}
+    assert codes_for(found, fine) == set()
+
+
+def test_already_sent_liabilities_are_not_checked_again(stores, agencies):
+    lid = add(agencies, kind="company", cvr=None)
+    agencies.commit()
+    with stores.ledger.begin() as conn:
+        t = db_value(dt.datetime(2026, 4, 1), is_sqlite(conn))
+        conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                          "created_at, updated_at) VALUES (:l, '715100', :f, 'accepted', 1, :t, :t)"),
+                     {"l": lid, "f": f"FBS-715100-{lid}", "t": t})
+    _, found = check(stores)
+    assert codes_for(found, lid) == set()
+
+
+def test_fixed_patron_finding_is_resolved_and_its_liability_becomes_eligible(stores, agencies):
+    company = fr.patron(agencies, kind="company", cvr=None, ean="5790000123452")
+    lid = fr.liability(agencies, company["patron_id"])["liability_id"]
+    agencies.commit()
+    _, counts = run_assessment(stores)
+    assert counts.get(("715100", ELIGIBLE, "-"), 0) == 0
+    assert [f.check_code for f in ledger.open_findings(stores.ledger) if f.liability_id == lid] == \
+        ["T5_company_without_valid_cvr"]
+    agencies.execute(text("UPDATE patron SET cvr = :c WHERE patron_id = :p"),
+                     {"c": fr.VALID_CVR, "p": company["patron_id"]})
+    agencies.commit()
+    _, counts = run_assessment(stores)
+    assert counts[("715100", ELIGIBLE, "-")] == 1
+    assert [f for f in ledger.open_findings(stores.ledger) if f.liability_id == lid] == []
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT resolved_at FROM finding WHERE liability_id = :l"),
+                            {"l": lid}).scalar() is not None
+
+
+def test_findings_and_data_docs_hold_no_full_cpr(stores, agencies, tmp_path):
+    add(agencies, cpr=fr.MOD11_FAIL_CPR)
+    add(agencies, cpr="3102901234")
+    add(agencies, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    agencies.commit()
+    result, found = check(stores, tmp_path)
+    assert full_cpr_numbers(" ".join(f.message for f in found.values())) == []
+    docs = tmp_path / "docs"
+    assert result.data_docs == str(docs / "index.html") and (docs / "index.html").exists()
+    pages = [p.read_text(errors="ignore") for p in docs.rglob("*.html")]
+    assert len(pages) >= 2 and all(full_cpr_numbers(page) == [] for page in pages)

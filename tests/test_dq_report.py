@@ -1,0 +1,481 @@
+"""The staff data-quality report (M4) and its email (M1), on SQLite and PostgreSQL.
+
+A hand-built FBS: agency 715100 with branches -01 (Hovedbiblioteket) and -02 (Filial Nord), and
+agency 751000 with one branch without staff_email. Findings are put straight into the ledger with
+chosen first-seen / resolved times, so every expectation below is worked out by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email
+import re
+import socket
+from dataclasses import dataclass
+from email import policy
+from pathlib import Path
+from types import SimpleNamespace
+
+import fbs_rows as fr
+import pytest
+from aiosmtpd.controller import Controller
+from leaks import full_cpr_numbers
+from lxml import html as lxml_html
+from sqlalchemy import event, text
+
+from fbs_debitor import dq_catalog, dq_report, ledger, mailer
+from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.settings import HOME
+
+TODAY = dt.date(2026, 11, 20)
+A1, A2 = "715100", "751000"
+B1, B2, B3 = "715100-01", "715100-02", "751000-01"
+MAIL_B1, MAIL_B2 = "hoved@715100.kommune.example", "nord@715100.kommune.example"
+RUN = "test-run"
+
+
+def put(stores, finding: ledger.Finding, first_seen: dt.datetime, resolved: dt.datetime | None = None) -> str:
+    """A finding in the ledger as a transfer run would leave it, first seen at ``first_seen``."""
+    ledger.upsert_findings(stores.ledger, RUN, [finding], first_seen)
+    if resolved is not None:
+        with stores.ledger.begin() as conn:
+            conn.execute(text("UPDATE finding SET resolved_at = :t WHERE finding_key = :k"),
+                         {"t": db_value(resolved, is_sqlite(stores.ledger)), "k": finding.key})
+    return finding.key
+
+
+def finding(code: str, agency_id: str, subject: str, message: str, **ids) -> ledger.Finding:
+    c = dq_catalog.check(code)
+    return ledger.Finding(check_code=code, rule=c.rule, severity=c.severity, agency_id=agency_id, subject=subject,
+                          message=message, **ids)
+
+
+@dataclass
+class World:
+    keys: dict[str, str]
+    patrons: dict[str, dict]
+    liabilities: dict[str, dict]
+
+
+@pytest.fixture
+def world(stores) -> World:
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, A1)                                   # branch 715100-01, hoved@...
+        fr.insert(conn, "branch", branch_id=B2, agency_id=A1, name="Filial Nord", staff_email=MAIL_B2)
+        fr.agency(conn, A2)                                   # branch 751000-01 ...
+        conn.execute(text("UPDATE branch SET staff_email = NULL WHERE branch_id = :b"), {"b": B3})  # ... no email
+        p = {
+            "anna": fr.patron(conn, name="Anna <Andersen> & Co", cpr=fr.ADULT_CPR),          # B1, a real CPR
+            "firm": fr.patron(conn, kind="company", cvr=None, branch_id=B2),
+            "kid": fr.patron(conn, branch_id=B2, name="Bo Barn"),
+            "carl": fr.patron(conn, agency_id=A2, branch_id=B3, name="Carl Carlsen", cpr=fr.ADULT2_CPR),
+        }
+        li = {name: fr.liability(conn, p[owner]["patron_id"], agency_id=p[owner]["agency_id"])
+              for name, owner in [("anna1", "anna"), ("anna2", "anna"), ("anna3", "anna"), ("anna4", "anna"),
+                                  ("firm", "firm"), ("kid", "kid"), ("carl", "carl")]}
+        conn.commit()
+
+    def on(name):
+        return {"patron_id": li[name]["patron_id"], "liability_id": li[name]["liability_id"]}
+
+    k = {}
+    # Agency-level (C3): no branch, no patron -> every branch of 715100.
+    k["c3"] = put(stores, finding("C3_agency_age_limit_out_of_range", A1, f"A{A1}",
+                                  "Bibliotekets myndighedsalder er 0 (forventet 15-21)"), dt.datetime(2026, 11, 10, 8))
+    k["t6"] = put(stores, finding("T6_person_without_usable_cpr", A1, f"L{li['anna1']['liability_id']}",
+                                  "CPR 070781-**** er ugyldigt (format eller dato) / malformed CPR number",
+                                  branch_id=B1, **on("anna1")), dt.datetime(2026, 10, 1, 8))
+    k["i4"] = put(stores, finding("I4_cpr_fails_modulus_11", A1, f"L{li['anna2']['liability_id']}",
+                                  "CPR 070781-**** fejler modulus-11 (tilladt siden 2007)",
+                                  branch_id=B1, **on("anna2")), dt.datetime(2026, 9, 1, 8))
+    k["t4_fixed"] = put(stores, finding("T4_group_without_responsible_patron", A1, f"L{li['anna3']['liability_id']}",
+                                        "Lånergruppe uden ansvarlig låner", branch_id=B1, **on("anna3")),
+                        dt.datetime(2026, 11, 1, 8), resolved=dt.datetime(2026, 11, 18, 8))
+    k["old_fixed"] = put(stores, finding("F2_amount_not_positive", A1, f"L{li['anna4']['liability_id']}",
+                                         "Beløbet er 0,00", branch_id=B1, **on("anna4")),
+                         dt.datetime(2026, 7, 1, 8), resolved=dt.datetime(2026, 8, 1, 8))
+    k["future"] = put(stores, finding("I1_person_without_cpr_or_birth_date", A1, f"P{li['anna4']['patron_id']}",
+                                      "Låner uden CPR-nummer og fødselsdato", branch_id=B1,
+                                      patron_id=li["anna4"]["patron_id"]), dt.datetime(2026, 11, 21, 8))
+    k["t5"] = put(stores, finding("T5_company_without_valid_cvr", A1, f"L{li['firm']['liability_id']}",
+                                  "Virksomhed uden CVR-nummer", branch_id=B2, **on("firm")),
+                  dt.datetime(2026, 11, 19, 9))
+    # No branch on the finding: the patron's branch in FBS (B2) decides.
+    k["c5"] = put(stores, finding("C5_minor_without_guardian", A1, f"L{li['kid']['liability_id']}",
+                                  "Mindreårig uden økonomisk ansvarlig", **on("kid")), dt.datetime(2026, 11, 15, 8))
+    k["carl"] = put(stores, finding("T6_person_without_usable_cpr", A2, f"L{li['carl']['liability_id']}",
+                                    "CPR 120872-**** mangler / no CPR", branch_id=B3, **on("carl")),
+                    dt.datetime(2026, 11, 12, 8))
+    return World(k, p, li)
+
+
+def by_branch(reports) -> dict[str, dq_report.BranchReport]:
+    return {r.branch_id: r for r in reports}
+
+
+def open_keys(path: Path) -> list[str]:
+    doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+    return doc.xpath('//table[@id="aabne"]/tbody/tr/@data-key')
+
+
+def chart(path: Path) -> dict[str, tuple[int, int, int]]:
+    doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+    return {g.get("data-day"): (int(g.get("data-open")), int(g.get("data-blocking")), int(g.get("data-warning")))
+            for g in doc.xpath('//section[@id="udvikling"]//*[@data-day]')}
+
+
+# --- content -----------------------------------------------------------------------------------
+
+def test_M4_each_branch_gets_its_own_findings_blocking_first_then_oldest_first(stores, world, tmp_path):
+    k = world.keys
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    assert set(reports) == {B1, B2, B3}
+    for b, r in reports.items():
+        assert r.html_path == tmp_path / r.agency_id / b / "datakvalitet.html" and r.html_path.exists()
+        assert r.csv_path == tmp_path / r.agency_id / b / "datakvalitet.csv" and r.csv_path.exists()
+
+    # Blocking (oldest first), then warnings (oldest first); the agency-level C3 in both branches of
+    # 715100 and not in 751000; the C5 finding without branch lands on the patron's branch (B2).
+    assert open_keys(reports[B1].html_path) == [k["t6"], k["c3"], k["i4"]]
+    assert open_keys(reports[B2].html_path) == [k["c3"], k["t5"], k["c5"]]
+    assert open_keys(reports[B3].html_path) == [k["carl"]]
+    # Neither a finding fixed long ago nor one first seen after the report's day is there.
+    for r in reports.values():
+        page = r.html_path.read_text(encoding="utf-8")
+        assert k["old_fixed"] not in page and k["future"] not in page
+
+    doc = lxml_html.fromstring(reports[B1].html_path.read_text(encoding="utf-8"))
+    t6_row = doc.xpath(f'//tr[@data-key="{k["t6"]}"]')[0].text_content()
+    anna, anna1 = world.patrons["anna"], world.liabilities["anna1"]
+    assert str(anna["patron_id"]) in t6_row and "Anna <Andersen> & Co" in t6_row              # number and name
+    assert str(anna1["liability_id"]) in t6_row and anna1["number"] in t6_row                  # the liability
+    assert dq_catalog.check("T6_person_without_usable_cpr").why in t6_row                      # why it matters
+    assert "2026-10-01" in t6_row and "Blokerer" in t6_row
+    assert "Hele biblioteket" in doc.xpath(f'//tr[@data-key="{k["c3"]}"]')[0].text_content()
+    page = reports[B1].html_path.read_text(encoding="utf-8")
+    assert '<html lang="da">' in page and "Det skal rettes" in page and "hele bibliotekets overførsel" in page.lower()
+
+
+def test_M4_summary_counts_open_new_and_fixed_per_check(stores, world, tmp_path):
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    b1, b2, b3 = reports[B1], reports[B2], reports[B3]
+    assert (b1.open_count, b1.new_count, b1.resolved_count, b1.blocking_count, b1.warning_count) == (3, 0, 1, 2, 1)
+    assert b1.counts == {"C3_agency_age_limit_out_of_range": {"open": 1, "new": 0, "resolved": 0},
+                         "I4_cpr_fails_modulus_11": {"open": 1, "new": 0, "resolved": 0},
+                         "T4_group_without_responsible_patron": {"open": 0, "new": 0, "resolved": 1},
+                         "T6_person_without_usable_cpr": {"open": 1, "new": 0, "resolved": 0}}
+    # T5 was first seen yesterday: new.
+    assert (b2.open_count, b2.new_count, b2.resolved_count) == (3, 1, 0)
+    assert b2.counts["T5_company_without_valid_cvr"] == {"open": 1, "new": 1, "resolved": 0}
+    assert b1.agency_blocked and b2.agency_blocked and not b3.agency_blocked
+    assert (b3.open_count, b3.blocking_count) == (1, 1)
+
+    doc = lxml_html.fromstring(b1.html_path.read_text(encoding="utf-8"))
+    summary = {tr.get("data-check"): [td.text_content() for td in tr.xpath("td")]
+               for tr in doc.xpath('//table[@id="tjek"]/tbody/tr')}
+    assert summary["T4_group_without_responsible_patron"][3:6] == ["0", "0", "1"]
+    assert summary["T6_person_without_usable_cpr"][6] == dq_catalog.check("T6_person_without_usable_cpr").why
+    # Blocking checks before warnings in the summary too.
+    assert list(summary)[-1] == "I4_cpr_fails_modulus_11"
+    # The fixed list: what was fixed in the last 7 days, not what was fixed in August.
+    assert doc.xpath('//ul[@id="rettet-liste"]/li/@data-key') == [world.keys["t4_fixed"]]
+
+
+def test_M4_chart_counts_open_findings_per_day_from_first_seen_and_resolved(stores, world, tmp_path):
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    days = chart(reports[B1].html_path)
+    assert len(days) == 30 and min(days) == "2026-10-22" and max(days) == "2026-11-20"
+    assert days["2026-10-22"] == (2, 1, 1)    # T6 (since 1 Oct) and I4 (since 1 Sep)
+    assert days["2026-11-05"] == (3, 2, 1)    # + T4 (1 Nov - 18 Nov)
+    assert days["2026-11-17"] == (4, 3, 1)    # + C3 (since 10 Nov)
+    assert days["2026-11-18"] == (3, 2, 1)    # T4 resolved on the 18th: no longer open that day
+    assert days["2026-11-20"][0] == reports[B1].open_count
+    assert chart(reports[B2].html_path)["2026-11-19"] == (3, 2, 1)
+    assert chart(reports[B2].html_path)["2026-11-18"] == (2, 1, 1)
+
+
+def test_M4_report_for_an_earlier_day_shows_the_state_of_that_day(stores, world, tmp_path):
+    k = world.keys
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, dt.date(2026, 11, 17)))
+    # T4 was resolved on the 18th, so on the 17th it is open; T5 (first seen the 19th) is not there yet.
+    assert open_keys(reports[B1].html_path) == [k["t6"], k["t4_fixed"], k["c3"], k["i4"]]
+    assert open_keys(reports[B2].html_path) == [k["c3"], k["c5"]]
+    assert reports[B1].resolved_count == 0
+
+
+# --- no CPR, escaping, self-contained ----------------------------------------------------------
+
+def test_M4_no_full_cpr_number_in_html_or_csv(stores, world, tmp_path):
+    # Anna has a real CPR in FBS; and one finding was (wrongly) written with the full number.
+    anna = world.patrons["anna"]
+    put(stores, finding("T6_person_without_usable_cpr", A1, "P-raw", f"CPR {fr.ADULT_CPR} kunne ikke bruges",
+                        branch_id=B1, patron_id=anna["patron_id"]), dt.datetime(2026, 11, 19, 8))
+    reports = dq_report.build_reports(stores, tmp_path, TODAY)
+    files = [p for r in reports for p in (r.html_path, r.csv_path)] + list(tmp_path.rglob("index.html"))
+    assert len(files) == 8
+    for path in files:
+        assert full_cpr_numbers(path.read_text(encoding="utf-8-sig")) == [], path
+    b1 = by_branch(reports)[B1]
+    assert "CPR 070781-**** kunne ikke bruges" in b1.html_path.read_text(encoding="utf-8")
+    assert "CPR 070781-**** kunne ikke bruges" in b1.csv_path.read_text(encoding="utf-8-sig")
+
+
+def test_M4_html_escapes_all_text_and_needs_nothing_from_outside(stores, world, tmp_path):
+    with stores.fbs.begin() as conn:
+        conn.execute(text("UPDATE branch SET name = :n WHERE branch_id = :b"),
+                     {"n": '<script>alert("x")</script> Filial', "b": B2})
+    put(stores, finding("F3_dates_out_of_order", A1, "L-esc", '<img src=x onerror="alert(1)"> & "datoer"',
+                        branch_id=B2), dt.datetime(2026, 11, 19, 8))
+    page = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B2].html_path.read_text(encoding="utf-8")
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; Filial" in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &quot;datoer&quot;" in page
+    # Self-contained: inline CSS and SVG, no external stylesheet, script, image or font.
+    assert "<style>" in page and "<svg" in page
+    assert not re.search(r"<link|<script|<img|@import|url\(|src=\"|href=\"https?:", page)
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+def test_M4_csv_opens_in_pandas_with_one_row_per_open_finding(stores, world, tmp_path):
+    import pandas as pd
+
+    k = world.keys
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    for b, expected in [(B1, [k["t6"], k["c3"], k["i4"]]), (B2, [k["c3"], k["t5"], k["c5"]]), (B3, [k["carl"]])]:
+        path = reports[b].csv_path
+        raw = path.read_bytes()
+        assert raw.startswith(b"\xef\xbb\xbf")                        # BOM: Excel reads it as UTF-8
+        df = pd.read_csv(path, sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+        assert list(df.columns) == list(dq_report.CSV_COLUMNS)
+        assert len(df) == reports[b].open_count == len(expected)
+        assert list(df["Fund-id"]) == expected
+        assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) for d in [*df["Først set"], *df["Sidst set"]])
+    df = pd.read_csv(reports[B1].csv_path, sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    t6 = df[df["Fund-id"] == k["t6"]].iloc[0]
+    assert t6["Lånernummer"] == str(world.patrons["anna"]["patron_id"])
+    assert t6["Lånernavn"] == "Anna <Andersen> & Co"
+    assert t6["Gebyr-/erstatningsnr."] == world.liabilities["anna1"]["number"]
+    assert t6["Først set"] == "2026-10-01" and t6["Alvor"] == "Blokerer" and t6["Regel"] == "T6"
+    assert t6["Hvorfor det betyder noget"] == dq_catalog.check("T6_person_without_usable_cpr").why
+    assert df[df["Fund-id"] == k["c3"]].iloc[0]["Lånernummer"] == ""
+
+
+def count_statements(engine) -> list[str]:
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: seen.append(sql))
+    return seen
+
+
+def test_M4_set_based_a_few_queries_per_chunk_not_one_per_finding(stores, world, tmp_path):
+    fbs_sql, ledger_sql = count_statements(stores.fbs), count_statements(stores.ledger)
+    dq_report.build_reports(stores, tmp_path, TODAY)
+    # 7 findings to show; one query for the branches, one for the patrons, one for the liabilities.
+    assert len([s for s in fbs_sql if s.lstrip().upper().startswith("SELECT")]) == 3
+    assert len([s for s in ledger_sql if "FROM finding" in s]) == 1
+    fbs_sql.clear()
+    dq_report.build_reports(stores, tmp_path / "chunks", TODAY, chunk=2)     # 4 chunks of <= 2 findings
+    assert len([s for s in fbs_sql if s.lstrip().upper().startswith("SELECT")]) == 1 + 2 * 4
+
+
+def test_M4_streamed_in_chunks_gives_the_same_report_and_html_is_capped(stores, world, tmp_path):
+    whole = by_branch(dq_report.build_reports(stores, tmp_path / "a", TODAY))
+    small = by_branch(dq_report.build_reports(stores, tmp_path / "b", TODAY, chunk=2, html_row_limit=1))
+    for b in (B1, B2, B3):
+        assert small[b].csv_path.read_bytes() == whole[b].csv_path.read_bytes()
+        assert small[b].counts == whole[b].counts
+    assert open_keys(small[B1].html_path) == [world.keys["t6"]]
+    assert "Listen viser de første 1 af 3 åbne fund" in small[B1].html_path.read_text(encoding="utf-8")
+
+
+def test_M4_agency_index_links_every_branch_report(stores, world, tmp_path):
+    dq_report.build_reports(stores, tmp_path, TODAY)
+    doc = lxml_html.fromstring((tmp_path / A1 / "index.html").read_text(encoding="utf-8"))
+    links = doc.xpath("//a/@href")
+    assert f"{B1}/datakvalitet.html" in links and f"{B2}/datakvalitet.csv" in links
+    for href in links:
+        assert (tmp_path / A1 / href).exists()
+
+
+# --- email -------------------------------------------------------------------------------------
+
+class Collector:
+    """An SMTP handler keeping what it receives; addresses in ``refuse`` get a 550."""
+
+    def __init__(self):
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server():
+    handler = Collector()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, server_hostname="smtp.test",
+                            loop=asyncio.new_event_loop())
+    controller.start()
+    try:
+        yield handler, mailer.SmtpSettings(host="127.0.0.1", port=port, from_email="fbs-debitor@kommune.example",
+                                           timeout=10)
+    finally:
+        controller.stop()
+
+
+def parts(raw: bytes) -> tuple[email.message.EmailMessage, str, str, bytes, str]:
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    body = msg.get_body(("html",)).get_content()
+    plain = msg.get_body(("plain",)).get_content()
+    (attachment,) = list(msg.iter_attachments())
+    return msg, body, plain, attachment.get_payload(decode=True), attachment.get_filename()
+
+
+def test_M1_M4_each_branch_with_an_address_gets_its_report_by_email(stores, world, tmp_path, smtp_server):
+    handler, smtp = smtp_server
+    reports = dq_report.build_reports(stores, tmp_path, TODAY)
+    results = {r.branch_id: r for r in mailer.send_reports(reports, smtp)}
+
+    assert {b: r.status for b, r in results.items()} == {B1: "sent", B2: "sent", B3: "skipped"}
+    assert "staff_email" in results[B3].detail                    # skipped, and the result says why
+    assert results[B1].recipients == (MAIL_B1,)
+    assert sorted(rcpt for _f, rcpt, _raw in handler.received) == [[MAIL_B1], [MAIL_B2]]
+    for mail_from, (to,), raw in handler.received:
+        assert mail_from == "fbs-debitor@kommune.example"
+        branch = {MAIL_B1: B1, MAIL_B2: B2}[to]
+        report = by_branch(reports)[branch]
+        msg, body, plain, csv_bytes, filename = parts(raw)
+        assert msg["To"] == to and report.branch_name in msg["Subject"]
+        # The report is the HTML body (mail travels with CRLF line ends).
+        assert body.replace("\r\n", "\n") == report.html_path.read_text(encoding="utf-8")
+        assert csv_bytes == report.csv_path.read_bytes() and filename.endswith(".csv")
+        assert f"{report.open_count} åbne fund" in plain
+        for k in open_keys(report.html_path):
+            assert k in body
+        # No full CPR number in the raw message nor in any decoded part.
+        assert full_cpr_numbers(raw.decode("ascii")) == []
+        assert full_cpr_numbers(body + plain + csv_bytes.decode("utf-8-sig")) == []
+    assert str(world.patrons["anna"]["patron_id"]) in parts(
+        next(raw for _f, (to,), raw in handler.received if to == MAIL_B1))[1]
+
+
+def test_M1_a_refused_recipient_does_not_stop_the_other_branches(stores, world, tmp_path, smtp_server):
+    handler, smtp = smtp_server
+    handler.refuse.add(MAIL_B1)
+    reports = dq_report.build_reports(stores, tmp_path, TODAY)
+    results = {r.branch_id: r for r in mailer.send_reports(reports, smtp)}
+    assert results[B1].status == "failed" and "550" in results[B1].detail
+    assert results[B2].status == "sent"
+    assert [rcpt for _f, rcpt, _raw in handler.received] == [[MAIL_B2]]
+
+
+def test_M1_an_unreachable_server_is_recorded_per_branch_not_raised(stores, world, tmp_path):
+    smtp = mailer.SmtpSettings(host="127.0.0.1", port=free_port(), from_email="fbs-debitor@kommune.example",
+                               timeout=5)
+    results = mailer.send_reports(dq_report.build_reports(stores, tmp_path, TODAY), smtp)
+    assert sorted((r.branch_id, r.status) for r in results) == [(B1, "failed"), (B2, "failed"), (B3, "skipped")]
+    assert all("ConnectionRefused" in r.detail for r in results if r.status == "failed")
+
+
+def test_M1_a_retry_sends_only_the_branches_not_sent_before(stores, world, tmp_path, smtp_server):
+    handler, smtp = smtp_server
+    reports = dq_report.build_reports(stores, tmp_path, TODAY)
+    state = tmp_path / mailer.STATE_NAME
+    handler.refuse.add(MAIL_B2)
+    first = {r.branch_id: r.status for r in mailer.send_reports(reports, smtp, state_file=state)}
+    assert first == {B1: "sent", B2: "failed", B3: "skipped"}
+    handler.refuse.clear()
+    again = {r.branch_id: r.status for r in mailer.send_reports(reports, smtp, state_file=state)}
+    assert again == {B1: "already_sent", B2: "sent", B3: "skipped"}
+    assert [rcpt for _f, rcpt, _raw in handler.received] == [[MAIL_B1], [MAIL_B2]]
+
+
+def test_M1_manifest_round_trip_carries_paths_and_counts_only(stores, world, tmp_path):
+    reports = dq_report.build_reports(stores, tmp_path, TODAY)
+    path = dq_report.write_manifest(tmp_path, reports, TODAY)
+    assert dq_report.load_manifest(path) == reports
+    content = path.read_text(encoding="utf-8")
+    assert "Anna" not in content and "CPR" not in content      # no finding data between the tasks
+
+
+def test_smtp_settings_from_the_environment_and_from_an_airflow_connection():
+    env = mailer.settings_from_env({"FBS_DEBITOR_SMTP_HOST": "smtp.kommune.local", "FBS_DEBITOR_SMTP_PORT": "587",
+                                    "FBS_DEBITOR_SMTP_USER": "fbs@kommune.dk", "FBS_DEBITOR_SMTP_PASSWORD": "pw"})
+    assert (env.host, env.port, env.from_email, env.user, env.starttls, env.ssl, env.timeout) == (
+        "smtp.kommune.local", 587, "fbs@kommune.dk", "fbs@kommune.dk", True, False, 30.0)
+    assert "pw" not in repr(env)
+    plain = mailer.settings_from_env({"FBS_DEBITOR_SMTP_HOST": "relay", "FBS_DEBITOR_SMTP_FROM": "a@b.dk",
+                                      "FBS_DEBITOR_SMTP_STARTTLS": "0"})
+    assert (plain.port, plain.starttls, plain.user) == (25, False, None)
+    with pytest.raises(mailer.SmtpNotConfigured):
+        mailer.settings_from_env({})
+    with pytest.raises(mailer.SmtpNotConfigured):
+        mailer.settings_from_env({"FBS_DEBITOR_SMTP_HOST": "relay"})           # no sender address
+
+    conn = SimpleNamespace(conn_id="smtp_default", host="smtp.kommune.local", port=587, login="u", password="p",
+                           extra_dejson={"from_email": "fbs@kommune.dk", "disable_ssl": True, "timeout": 12})
+    s = mailer.settings_from_connection(conn)
+    assert (s.host, s.port, s.from_email, s.ssl, s.starttls, s.timeout) == (
+        "smtp.kommune.local", 587, "fbs@kommune.dk", False, True, 12.0)
+    # Airflow's SMTP provider defaults: implicit TLS unless disable_ssl; STARTTLS unless disable_tls.
+    s = mailer.settings_from_connection(SimpleNamespace(host="h", port=None, login=None, password=None,
+                                                        extra_dejson={"from_email": "a@b.dk"}))
+    assert (s.ssl, s.port) == (True, 465)
+    s = mailer.settings_from_connection(SimpleNamespace(host="h", port=25, login=None, password=None,
+                                                        extra_dejson={"from_email": "a@b.dk", "disable_ssl": "true",
+                                                                      "disable_tls": "true"}))
+    assert (s.ssl, s.starttls) == (False, False)
+
+
+def test_staff_email_may_hold_several_addresses_and_junk_is_no_address():
+    assert mailer.recipients_of("a@kommune.dk; b@kommune.dk, a@kommune.dk") == ["a@kommune.dk", "b@kommune.dk"]
+    assert mailer.recipients_of("  ") == [] and mailer.recipients_of("ingen") == [] and mailer.recipients_of(None) == []
+
+
+# --- the DAG -----------------------------------------------------------------------------------
+
+def test_dq_report_dag_runs_daily_at_six_with_a_real_window():
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    bag = DagBag(dag_folder=str(HOME / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["debitor_dq_report"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    interval = dag.timetable.infer_manual_data_interval(run_after=pendulum.datetime(2026, 11, 20, 10, 0, tz="UTC"))
+    assert interval.end - interval.start == dt.timedelta(days=1)
+    assert interval.end.in_timezone("Europe/Copenhagen").hour == 6
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert {"fbs-debitor", "data-quality"} <= set(dag.tags) and dag.doc_md
+    assert [t.task_id for t in dag.topological_sort()] == ["build_reports", "email_reports"]
+    assert all(t.retries >= 1 for t in dag.tasks)
+
+
+def test_report_date_is_the_run_day_in_copenhagen():
+    # 06:00 Copenhagen on 21 Nov is 05:00 UTC; a late-evening UTC end is already the next day in Copenhagen.
+    assert dq_report.report_date_for(dt.datetime(2026, 11, 21, 5, 0, tzinfo=dt.UTC)) == dt.date(2026, 11, 21)
+    assert dq_report.report_date_for(dt.datetime(2026, 6, 30, 22, 30, tzinfo=dt.UTC)) == dt.date(2026, 7, 1)
+
+
+def test_M4_a_message_repeating_the_catalog_text_is_not_shown_twice(stores, world, tmp_path):
+    c = dq_catalog.check("I1_person_without_cpr_or_birth_date")
+    key = put(stores, finding(c.code, A1, "P-dup", f"{c.title}. {c.why}", branch_id=B1), dt.datetime(2026, 11, 19, 8))
+    page = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B1].html_path.read_text(encoding="utf-8")
+    row = lxml_html.fromstring(page).xpath(f'//tr[@data-key="{key}"]')[0].text_content()
+    assert row.count(c.why) == 1 and row.count(c.title) == 1
