@@ -7,10 +7,12 @@ a CI run that skips them proves nothing.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from fbs_debitor.settings import DatabaseUrls
 from fbs_debitor.stores import init_stores, open_stores
@@ -73,6 +75,44 @@ def fbs(stores):
         fbs_rows.agency(conn)
         yield conn
         conn.rollback()
+
+
+# --- a real SMTP server on loopback (aiosmtpd) ------------------------------------------------------
+
+class Collector:
+    """An SMTP handler keeping what it receives; addresses in ``refuse`` get a 550."""
+
+    def __init__(self):
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server():
+    from pgcluster import free_port
+
+    handler = Collector()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, server_hostname="smtp.test",
+                            loop=asyncio.new_event_loop())
+    controller.start()
+    try:
+        from fbs_debitor import mailer
+
+        yield handler, mailer.SmtpSettings(host="127.0.0.1", port=port, from_email="fbs-debitor@kommune.example",
+                                           timeout=10)
+    finally:
+        controller.stop()
 
 
 # --- CI guard: a PostgreSQL test that did not run is a failure under CI=true -----------------------

@@ -27,7 +27,7 @@ def _find(binary: str) -> str | None:
     return shutil.which(binary) or (candidates[0] if candidates else None)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -41,7 +41,7 @@ class ThrowawayCluster:
             raise PostgresUnavailable("initdb/pg_ctl not found (apt-get install postgresql)")
         self.root = Path(tempfile.mkdtemp(prefix="fbs-debitor-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_postgres = os.geteuid() == 0
 
     def _run(self, *args: str) -> None:

@@ -120,3 +120,38 @@ def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C
     assert counts[("799900", BLOCKED, "C3")] == 1 and counts.get(("799900", ELIGIBLE, "-"), 0) == 0
     held_findings = [f for f in ledger.open_findings(stores.ledger) if f.rule == "C3"]
     assert [(f.agency_id, f.severity) for f in held_findings] == [("799900", "blocks_agency")]
+
+
+@pytest.mark.airflow
+def test_daily_report_dag_emails_each_branch_its_report_M4(stores, db_urls, tmp_path, request, smtp_server):
+    """debitor_dq_report through Airflow: reports built from the ledger's findings and emailed via the
+    Airflow connection smtp_default to a real SMTP server on loopback; no full CPR in any mail."""
+    import email
+    import json
+
+    from fbs_debitor.transfer import run_assessment
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        company = fr.patron(conn, kind="company", cvr=None)
+        fr.liability(conn, company["patron_id"])                      # T5: a blocking finding
+        fr.liability(conn, fr.patron(conn, cpr=fr.MOD11_FAIL_CPR)["patron_id"])   # I4: a warning
+        conn.commit()
+    run_assessment(stores)
+    collector, smtp = smtp_server
+    env = airflow_env(tmp_path, db_urls, None if not db_urls.fbs.startswith("postgresql") else
+                      __import__("pgcluster").create_database(request.getfixturevalue("pg_admin_url"),
+                                                              f"airflow_{tmp_path.name[-20:]}".lower()))
+    env["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
+        "conn_type": "smtp", "host": smtp.host, "port": smtp.port,
+        "extra": {"from_email": "fbs-debitor@kommune.example", "disable_ssl": True, "disable_tls": True}})
+    env["FBS_DEBITOR_VAR"] = str(tmp_path / "var")
+    state, output = dags_test(env, "debitor_dq_report")
+    assert state == "success", output[-3000:]
+    assert [rcpts for _, rcpts, _ in collector.received] == [["hoved@715100.kommune.example"]]
+    raw = collector.received[0][2]
+    message = email.message_from_bytes(raw)
+    html = next(p for p in message.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    assert "Virksomhed uden gyldigt CVR-nummer" in html and str(company["patron_id"]) in html
+    assert any((p.get_filename() or "").startswith("datakvalitet-715100-01-") for p in message.walk())
+    assert full_cpr_numbers(raw.decode("utf-8", "replace") + html) == [] and full_cpr_numbers(output) == []

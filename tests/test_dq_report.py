@@ -7,11 +7,9 @@ chosen first-seen / resolved times, so every expectation below is worked out by 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email
 import re
-import socket
 from dataclasses import dataclass
 from email import policy
 from pathlib import Path
@@ -19,9 +17,9 @@ from types import SimpleNamespace
 
 import fbs_rows as fr
 import pytest
-from aiosmtpd.controller import Controller
 from leaks import full_cpr_numbers
 from lxml import html as lxml_html
+from pgcluster import free_port
 from sqlalchemy import event, text
 
 from fbs_debitor import dq_catalog, dq_report, ledger, mailer
@@ -299,44 +297,6 @@ def test_M4_agency_index_links_every_branch_report(stores, world, tmp_path):
 
 
 # --- email -------------------------------------------------------------------------------------
-
-class Collector:
-    """An SMTP handler keeping what it receives; addresses in ``refuse`` get a 550."""
-
-    def __init__(self):
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.refuse: set[str] = set()
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.refuse:
-            return "550 5.1.1 Mailbox unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def smtp_server():
-    handler = Collector()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, server_hostname="smtp.test",
-                            loop=asyncio.new_event_loop())
-    controller.start()
-    try:
-        yield handler, mailer.SmtpSettings(host="127.0.0.1", port=port, from_email="fbs-debitor@kommune.example",
-                                           timeout=10)
-    finally:
-        controller.stop()
-
 
 def parts(raw: bytes) -> tuple[email.message.EmailMessage, str, str, bytes, str]:
     msg = email.message_from_bytes(raw, policy=policy.default)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,6 +136,11 @@ def _validate(frame, context_dir: Path | None):
     import great_expectations.expectations as gxe
 
     context = gx.get_context(mode="ephemeral")
+    # An ephemeral context brings a default docs site in a new temporary folder; the hourly run
+    # would leave one behind every time. Drop it: the only site is ours, when one is asked for.
+    for name, site in dict(context.variables.data_docs_sites or {}).items():
+        context.delete_data_docs_site(name)
+        shutil.rmtree(site.get("store_backend", {}).get("base_directory", ""), ignore_errors=True)
     if context_dir is not None:
         context.add_data_docs_site(site_name="fbs_debitor", site_config={
             "class_name": "SiteBuilder",
@@ -148,7 +154,8 @@ def _validate(frame, context_dir: Path | None):
                                                              meta={"check": column[3:]}))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="data_quality", data=batch, suite=suite))
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if context_dir is not None else []
+    actions = ([gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["fbs_debitor"])]
+               if context_dir is not None else [])
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name="fbs_debitor_dq", validation_definitions=[definition], actions=actions,
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"],
