@@ -75,7 +75,7 @@ def test_T6_and_I1_person_without_cpr(stores, agencies):
     on_birth = add(agencies, cpr=None, birth_date=dt.date(1990, 5, 5))             # fine
     agencies.commit()
     _, found = check(stores)
-    assert "T6_person_without_usable_cpr" in codes_for(found, off)
+    assert codes_for(found, off) == {"T6_person_without_usable_cpr"}   # no I1/I3 noise where T6 blocks
     assert codes_for(found, on_no_birth) == {"I1_person_without_cpr_or_birth_date"}
     assert found[("I1_person_without_cpr_or_birth_date", on_no_birth)].severity == dq_catalog.WARNING
     assert codes_for(found, on_birth) == set()
@@ -94,13 +94,29 @@ def test_I4_malformed_cpr_blocks_modulus_11_failure_is_only_a_warning(stores, ag
     assert codes_for(found, good) == set()
 
 
-def test_I3_replacement_cpr_at_a_prisme_agency(stores, agencies):
-    prisme = add(agencies, agency_id="726300", cpr=None, replacement_cpr="6707811230")
-    kmd = add(agencies, cpr=None, replacement_cpr="6808811232", birth_date=dt.date(1981, 8, 8))
+def test_I3_replacement_cpr_at_a_prisme_agency_debtor_or_guardian(stores, agencies):
+    fr.agency(agencies, agency_id="726400", debtor_vendor="PRISME", replacement_cpr_enabled=True)
+    debtor = add(agencies, agency_id="726400", cpr=None, birth_date=dt.date(1981, 7, 7))
+    kid = fr.patron(agencies, agency_id="726400", cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+    guardian = fr.patron(agencies, agency_id="726400", cpr=None, birth_date=dt.date(1980, 1, 1))
+    fr.insert(agencies, "guardianship", child_patron_id=kid["patron_id"], guardian_patron_id=guardian["patron_id"],
+              valid_from=dt.date(2016, 1, 1), valid_to=None)
+    via_guardian = fr.liability(agencies, kid["patron_id"], agency_id="726400")["liability_id"]
+    kmd = add(agencies, cpr=None, birth_date=dt.date(1981, 8, 8))                   # KMD OPUS accepts them
+    switched_off = add(agencies, agency_id="726300", cpr=None, replacement_cpr="6707811230")  # T6 instead
     agencies.commit()
     _, found = check(stores)
-    assert "I3_replacement_cpr_at_prisme" in codes_for(found, prisme)
-    assert "I3_replacement_cpr_at_prisme" not in codes_for(found, kmd)
+    assert codes_for(found, debtor) == {"I3_replacement_cpr_at_prisme"}
+    assert codes_for(found, via_guardian) == {"I3_replacement_cpr_at_prisme"}
+    assert codes_for(found, kmd) == set()
+    assert codes_for(found, switched_off) == {"T6_person_without_usable_cpr"}
+
+
+def test_C5_child_known_only_by_a_replacement_cpr_is_a_minor(stores, agencies):
+    lid = add(agencies, cpr=None, birth_date=None, replacement_cpr="6303154128")   # born 3 Mar 2015
+    agencies.commit()
+    _, found = check(stores)
+    assert codes_for(found, lid) == {"C5_minor_without_guardian"}
 
 
 def test_C4_C5_minor_at_creation_without_guardian(stores, agencies):
@@ -191,3 +207,47 @@ def test_findings_and_data_docs_hold_no_full_cpr(stores, agencies, tmp_path):
     assert result.data_docs == str(docs / "index.html") and (docs / "index.html").exists()
     pages = [p.read_text(errors="ignore") for p in docs.rglob("*.html")]
     assert len(pages) >= 2 and all(full_cpr_numbers(page) == [] for page in pages)
+
+
+def resolution_of(stores, liability_id):
+    with stores.ledger.connect() as conn:
+        return conn.execute(text("SELECT resolved_at IS NOT NULL, resolution FROM finding WHERE liability_id = :l"),
+                            {"l": liability_id}).all()
+
+
+def test_lifecycle_a_data_fix_is_fixed_a_closed_liability_left_the_batch(stores, agencies, tmp_path):
+    from fbs_debitor import dq_report
+
+    fixed_company = fr.patron(agencies, kind="company", cvr=fr.INVALID_CVR, ean="5790000123452")
+    fixed = fr.liability(agencies, fixed_company["patron_id"])["liability_id"]
+    closed = add(agencies, cpr=fr.MOD11_FAIL_CPR)                      # an I4 warning
+    agencies.commit()
+    run_assessment(stores)
+    agencies.execute(text("UPDATE patron SET cvr = :c WHERE patron_id = :p"),
+                     {"c": fr.VALID_CVR, "p": fixed_company["patron_id"]})
+    agencies.execute(text("UPDATE liability SET status = 'closed' WHERE liability_id = :l"), {"l": closed})
+    agencies.commit()
+    run_assessment(stores)
+    assert [tuple(r) for r in resolution_of(stores, fixed)] == [(True, "fixed")]
+    assert [tuple(r) for r in resolution_of(stores, closed)] == [(True, "left_batch")]
+    reports = dq_report.build_reports(stores, tmp_path, dt.date.today())
+    counts = next(r for r in reports if r.branch_id == "715100-01").counts
+    assert counts["T5_company_without_valid_cvr"]["resolved"] == 1   # shown as fixed
+    assert counts.get("I4_cpr_fails_modulus_11", {}).get("resolved", 0) == 0   # not: nobody fixed it
+
+
+def test_lifecycle_a_c3_hold_does_not_resolve_the_agencys_findings_C3(stores, agencies):
+    fee = fr.liability(agencies, fr.patron(agencies)["patron_id"], with_loan=False)["liability_id"]   # F3
+    agencies.commit()
+    run_assessment(stores)
+    with stores.ledger.connect() as conn:
+        first = conn.execute(text("SELECT first_seen_at FROM finding WHERE liability_id = :l"), {"l": fee}).scalar()
+    for age_limit in (0, 18):                                       # hold the agency, then release it
+        agencies.execute(text("UPDATE agency SET age_limit = :a WHERE agency_id = '715100'"), {"a": age_limit})
+        agencies.commit()
+        run_assessment(stores)
+        assert [tuple(r) for r in resolution_of(stores, fee)] == [(False, None)]
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT first_seen_at FROM finding WHERE liability_id = :l"), {"l": fee}).scalar() == first
+        c3 = conn.execute(text("SELECT resolution FROM finding WHERE check_code = 'C3_agency_age_limit_out_of_range'"))
+        assert [r[0] for r in c3] == ["fixed"]                        # the setting was corrected

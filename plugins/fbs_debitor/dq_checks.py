@@ -67,7 +67,7 @@ def _page_frame(rows, today: dt.date):
     """The check columns for one page of claim rows (pandas, vectorised where it matters)."""
     import pandas as pd
 
-    df = pd.DataFrame.from_records(rows, columns=list(rows[0]._fields))
+    df = pd.DataFrame.from_records(rows, columns=list(rows[0]._fields))  # callers pass a non-empty page
     person = df["d_kind"].eq("person")
     company = df["d_kind"].eq("company")
     cpr = df["d_cpr"].fillna("").astype(str).str.strip()
@@ -77,14 +77,19 @@ def _page_frame(rows, today: dt.date):
     cpr_usable = cpr.map(lambda v: bool(v) and checks[v].ok)
     cpr_mod11_warn = cpr.map(lambda v: bool(v) and checks[v].ok and bool(checks[v].warning))
     repl_enabled = df["replacement_cpr_enabled"].astype(bool)
-    has_repl = df["d_replacement_cpr"].fillna("").astype(str).str.strip().ne("")
+    repl = df["d_replacement_cpr"].fillna("").astype(str).str.strip()
+    has_repl = repl.ne("")
+    guardian_has_cpr = df["g_cpr"].fillna("").astype(str).str.strip().ne("")
 
     cvrs = df["d_cvr"].fillna("").astype(str)
     cvr_valid = {v: check_cvr(v).ok for v in cvrs[company].unique()}
     cvr_ok = cvrs.map(lambda v: cvr_valid.get(v, False))
     births_from_cpr = {v: birth_date_from_cpr(v) for v in checks}
+    births_from_repl = {v: birth_date_from_cpr(v) for v in repl[has_repl].unique()}
     birth = pd.to_datetime(df["d_birth_date"], errors="coerce")
     birth = birth.fillna(pd.to_datetime(cpr.map(births_from_cpr), errors="coerce"))
+    # A child known only by a stored replacement CPR is still a child (I1: it encodes the birth date).
+    birth = birth.fillna(pd.to_datetime(repl.map(births_from_repl), errors="coerce"))
     created = pd.to_datetime(df["created_at"], errors="coerce")
     age = created.dt.year - birth.dt.year - ((created.dt.month * 100 + created.dt.day)
                                              < (birth.dt.month * 100 + birth.dt.day)).astype(int)
@@ -112,10 +117,14 @@ def _page_frame(rows, today: dt.date):
     out["ok_T5_company_without_valid_cvr"] = ~company | cvr_ok
     out["ok_T5_company_without_ean_or_p_number"] = ~company | df["d_ean"].notna() | df["d_p_number"].notna()
     out["ok_T6_person_without_usable_cpr"] = ~person | (has_cpr & cpr_usable) | (~has_cpr & repl_enabled)
-    out["ok_I1_person_without_cpr_or_birth_date"] = ~person | has_cpr | df["d_birth_date"].notna() | has_repl
+    # I1 and I3 concern liabilities that will travel on a replacement CPR: only where the agency
+    # enables them (elsewhere a patron without CPR is blocked under T6 instead).
+    out["ok_I1_person_without_cpr_or_birth_date"] = ~(person & repl_enabled & ~has_cpr & ~has_repl
+                                                      & df["d_birth_date"].isna())
     out["ok_I4_cpr_fails_modulus_11"] = ~(person & cpr_mod11_warn)
-    out["ok_I3_replacement_cpr_at_prisme"] = ~(person & ~has_cpr & df["debtor_vendor"].eq("PRISME")
-                                               & (has_repl | repl_enabled))
+    guardian_on_replacement = minor & df["g_patron_id"].notna() & ~guardian_has_cpr
+    out["ok_I3_replacement_cpr_at_prisme"] = ~(df["debtor_vendor"].eq("PRISME") & repl_enabled
+                                               & ((person & ~has_cpr) | guardian_on_replacement))
     out["ok_C5_minor_without_guardian"] = ~minor | df["g_patron_id"].notna()
     out["ok_F2_amount_not_positive"] = pd.to_numeric(df["amount"]).gt(0)
     out["ok_F3_dates_out_of_order"] = dates_ok
@@ -185,7 +194,10 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
         ids = [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
         if not ids:
             continue
-        frame, masked = _page_frame(claim_rows(stores.fbs, ids, today), today)
+        rows = claim_rows(stores.fbs, ids, today)
+        if not rows:      # the liabilities changed between the two reads: the next run sees them
+            continue
+        frame, masked = _page_frame(rows, today)
         parts.append(frame)
         masks.append(masked)
     with stores.fbs.connect() as conn:

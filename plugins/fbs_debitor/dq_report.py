@@ -72,7 +72,7 @@ _BRANCHES = text("SELECT b.branch_id, b.agency_id, b.name, b.staff_email, a.name
 # Every finding that is open, or was open at some point in the chart's window; shown order.
 _FINDINGS = text(
     "SELECT finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, message, "
-    "first_seen_at, last_seen_at, resolved_at FROM finding "
+    "first_seen_at, last_seen_at, resolved_at, resolution FROM finding "
     "WHERE first_seen_at < :until AND (resolved_at IS NULL OR resolved_at >= :since) "
     "ORDER BY CASE WHEN severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
 _PATRONS = text("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids").bindparams(
@@ -144,6 +144,7 @@ class _Row:
     last_seen: dt.date
     resolved: dt.datetime | None
     is_new: bool
+    left_batch: bool = False      # resolved because the liability no longer waits to go: not "fixed"
 
 
 @dataclass
@@ -245,7 +246,8 @@ class _Builder:
             liability_number=scrub(numbers.get(int(r.liability_id), "")) if r.liability_id is not None else "",
             message=_own_words(scrub(r.message or ""), dq_catalog.check(r.check_code)),
             first_seen=first.date(), last_seen=last.date(),
-            resolved=None if is_open else resolved, is_new=is_open and first.date() >= self.new_since)
+            resolved=None if is_open else resolved, is_new=is_open and first.date() >= self.new_since,
+            left_batch=getattr(r, "resolution", None) == "left_batch")
 
     def _add(self, b: _Branch, row: _Row) -> None:
         counts = b.counts.setdefault(row.check.code, [0, 0, 0])
@@ -267,7 +269,7 @@ class _Builder:
                 b.warning += 1
             b.agency_blocked |= row.severity == BLOCKS_AGENCY
             self._write_open(b, row)
-        elif row.resolved.date() >= self.fixed_since:
+        elif not row.left_batch and row.resolved.date() >= self.fixed_since:
             counts[2] += 1
             self._seq += 1
             item = (row.resolved, self._seq, row)

@@ -119,7 +119,7 @@ _IN_LEDGER = text("SELECT liability_id FROM claim WHERE liability_id IN :ids").b
     bindparam("ids", expanding=True))
 
 
-def _in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000) -> set[int]:
+def in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000) -> set[int]:
     """Which of these liabilities the ledger already has: one query per 10,000 ids of the page
     (only the page's own ids, so the cost follows the page, not the size of the ledger)."""
     found: set[int] = set()
@@ -141,7 +141,7 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> 
                                         "min_age_limit": low, "max_age_limit": high}).all()
         if not rows:
             return
-        sent = _in_ledger(ledger, [r.liability_id for r in rows])
+        sent = in_ledger(ledger, [r.liability_id for r in rows])
         yield [_verdict(row, sent) for row in rows]
         after = rows[-1].liability_id
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.db import as_datetime, chunked, db_value, is_sqlite
@@ -137,7 +137,7 @@ _UPSERT_FINDING = text(
     "message, first_seen_at, last_seen_at, resolved_at, first_run_id, last_run_id) "
     "VALUES (:k, :c, :u, :s, :a, :b, :p, :l, :m, :t, :t, NULL, :r, :r) "
     "ON CONFLICT (finding_key) DO UPDATE SET last_seen_at = excluded.last_seen_at, "
-    "last_run_id = excluded.last_run_id, resolved_at = NULL, message = excluded.message, "
+    "last_run_id = excluded.last_run_id, resolved_at = NULL, resolution = NULL, message = excluded.message, "
     "severity = excluded.severity, branch_id = excluded.branch_id, patron_id = excluded.patron_id"
 )
 
@@ -158,20 +158,34 @@ def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], se
     return n
 
 
-def resolve_unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str], resolved_at: dt.datetime) -> int:
-    """Findings of these checks that this run did not see again are resolved (the data was fixed,
-    or the liability is no longer in scope). Returns how many were resolved now."""
+def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
+                    skip_agencies: Iterable[str] = ()) -> list:
+    """Open findings of these checks that this run did not see again (finding_key, agency_id,
+    liability_id), leaving out the agencies named (e.g. held: nothing was checked there)."""
     codes = sorted(set(check_codes))
     if not codes:
-        return 0
-    placeholders = ", ".join(f":c{i}" for i in range(len(codes)))
-    params = {f"c{i}": c for i, c in enumerate(codes)}
-    params.update(r=run_id, t=db_value(resolved_at, is_sqlite(ledger)))
-    with ledger.begin() as conn:
-        result = conn.execute(text(
-            f"UPDATE finding SET resolved_at = :t WHERE resolved_at IS NULL AND check_code IN ({placeholders}) "  # noqa: S608 - placeholders only
-            "AND (last_run_id IS NULL OR last_run_id <> :r)"), params)
-    return result.rowcount
+        return []
+    query = text("SELECT finding_key, agency_id, liability_id FROM finding WHERE resolved_at IS NULL "
+                 "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r)"
+                 ).bindparams(bindparam("codes", expanding=True))
+    skip = set(skip_agencies)
+    with ledger.connect() as conn:
+        return [r for r in conn.execute(query, {"codes": codes, "r": run_id}) if r.agency_id not in skip]
+
+
+def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resolved_at: dt.datetime,
+                     batch: int = 5000) -> int:
+    """Mark findings resolved, saying why (``fixed`` or ``left_batch``)."""
+    if resolution not in ("fixed", "left_batch"):
+        raise ValueError(resolution)
+    update = text("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
+                  "AND finding_key IN :keys").bindparams(bindparam("keys", expanding=True))
+    n = 0
+    t = db_value(resolved_at, is_sqlite(ledger))
+    for part in chunked(keys, batch):
+        with ledger.begin() as conn:
+            n += conn.execute(update, {"t": t, "why": resolution, "keys": part}).rowcount
+    return n
 
 
 def open_findings(ledger: Engine, agency_id: str | None = None) -> list:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from sqlalchemy import bindparam, text
+
 from fbs_debitor import claim_stream, eligibility, ledger
 from fbs_debitor.claims import Problem
 from fbs_debitor.stores import Stores
@@ -64,11 +66,38 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
 
 
 def resolve_findings(stores: Stores, run_id: str) -> int:
-    """At the end of a run: every finding (of any check in the catalog) that this run did not see
-    again is resolved: the data was fixed, or the liability left the batch."""
+    """At the end of a run, findings this run did not see again are resolved, saying why:
+    ``fixed`` when the liability still waits to go (the data was corrected) or for agency checks,
+    ``left_batch`` when it no longer waits (sent, closed, cancelled, before the cut-off): that is
+    nothing staff fixed. Agencies held under C3 in this run are left alone: nothing was checked
+    or built there, so absence proves nothing."""
     from fbs_debitor import dq_catalog
 
-    return ledger.resolve_unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, ledger.now())
+    with stores.ledger.connect() as conn:
+        held = {r[0] for r in conn.execute(text(
+            "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
+            {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
+    unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held)
+    waiting = _still_waiting(stores, {r.liability_id for r in unseen if r.liability_id is not None})
+    fixed = [r.finding_key for r in unseen if r.liability_id is None or r.liability_id in waiting]
+    left = [r.finding_key for r in unseen if r.liability_id is not None and r.liability_id not in waiting]
+    at = ledger.now()
+    return (ledger.resolve_findings(stores.ledger, fixed, "fixed", at)
+            + ledger.resolve_findings(stores.ledger, left, "left_batch", at))
+
+
+def _still_waiting(stores: Stores, liability_ids: set[int]) -> set[int]:
+    """Which of these liabilities still wait to go: open, on or after the cut-off, not in the ledger."""
+    if not liability_ids:
+        return set()
+    query = text("SELECT l.liability_id FROM liability l JOIN agency a ON a.agency_id = l.agency_id "
+                 "WHERE l.status = 'open' AND l.created_at >= a.cut_off_date AND l.liability_id IN :ids"
+                 ).bindparams(bindparam("ids", expanding=True))
+    ids, found = sorted(liability_ids), set()
+    with stores.fbs.connect() as conn:
+        for start in range(0, len(ids), 10_000):
+            found.update(r[0] for r in conn.execute(query, {"ids": ids[start:start + 10_000]}))
+    return found - eligibility.in_ledger(stores.ledger, sorted(found))
 
 
 def totals(counts: Counter) -> dict[str, int]:
