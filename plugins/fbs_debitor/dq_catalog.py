@@ -38,7 +38,8 @@ _CHECKS = [
           "Uden EAN-nummer kan offentlige kunder ikke få elektronisk faktura, og uden P-nummer kan regningen "
           "ramme den forkerte afdeling."),
     Check("C5_minor_without_guardian", "C5", WARNING, "Mindreårig uden økonomisk ansvarlig",
-          "Barnet bliver selv skyldner, og kravet kan ikke sendes til inddrivelse."),
+          "Barnet bliver selv skyldner, og kravet kan ikke sendes til inddrivelse; en økonomisk ansvarlig, der "
+          "sættes på nu, gælder kun mellemværender, der opstår derefter."),
     Check("I1_person_without_cpr_or_birth_date", "I1", WARNING, "Låner uden CPR-nummer og fødselsdato",
           "Låneren får et erstatnings-CPR som voksen; er det et barn, bliver barnet opkrævet som en voksen."),
     Check("T6_person_without_usable_cpr", "T6", BLOCKS_LIABILITY, "Låner uden brugbart CPR-nummer",
