@@ -144,3 +144,26 @@ def test_a_replacement_cpr_belongs_to_one_patron_I1(stores):
         with pytest.raises(sqlalchemy.exc.IntegrityError):
             fr.patron(conn, cpr=None, replacement_cpr="6707811230")
         conn.rollback()
+
+
+def test_database_errors_never_show_the_cpr_numbers_they_were_writing(stores):
+    """Persisting a replacement CPR that collides (I1): the error and its whole traceback hold the
+    number masked only (PostgreSQL's own message quotes the value; SQLAlchemy hides parameters)."""
+    import traceback
+
+    from leaks import full_cpr_numbers
+
+    from fbs_debitor.writeback import ReplacementCprConflict, persist_replacement_cprs
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        fr.patron(conn, cpr=None, replacement_cpr="6707811230")
+        other = fr.patron(conn, cpr=None, birth_date=dt.date(1981, 7, 7))
+        conn.commit()
+        with pytest.raises(ReplacementCprConflict) as info:
+            persist_replacement_cprs(conn, {other["patron_id"]: "6707811230"})
+        conn.rollback()
+    # The message, and no chained database error (whose text quotes the number) behind it.
+    text_shown = "".join(traceback.format_exception_only(info.value))
+    assert full_cpr_numbers(text_shown) == [] and "670781-****" in text_shown
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -34,6 +34,9 @@ def normalise_url(url: str | URL) -> URL:
 def make_engine(url: str | URL, schema: str) -> Engine:
     """An engine whose unqualified table names resolve to ``schema``.
 
+    Bound parameters are hidden from SQLAlchemy's error messages: a failed write of a patron row
+    must not put a CPR number into a traceback (and from there into Airflow's logs).
+
     PostgreSQL: the schema is created when missing and put first on the search_path.
     SQLite: the URL names the store's own file; foreign keys are enforced and WAL is used so the
     Airflow task processes and the CLI can read while one writes.
@@ -42,7 +45,7 @@ def make_engine(url: str | URL, schema: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 60})
+        engine = create_engine(u, connect_args={"timeout": 60}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -58,7 +61,8 @@ def make_engine(url: str | URL, schema: str) -> Engine:
         raise ValueError(f"unsupported database {u.get_backend_name()!r}: use PostgreSQL or SQLite")
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
         raise ValueError(f"bad schema name {schema!r}")
-    engine = create_engine(u, connect_args={"options": f"-c search_path={schema}"}, pool_pre_ping=True)
+    engine = create_engine(u, connect_args={"options": f"-c search_path={schema}"}, pool_pre_ping=True,
+                           hide_parameters=True)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     return engine

@@ -12,17 +12,32 @@ from collections.abc import Iterable, Mapping
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.claims import StaffTask
 from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.identity import mask_cpr
+
+
+class ReplacementCprConflict(RuntimeError):
+    """A new replacement CPR is already another patron's (the unique index said no); masked."""
 
 
 def persist_replacement_cprs(conn: Connection, numbers: Mapping[int, str]) -> dict[int, str]:
-    """Store new replacement CPRs; returns what each patron now has (an existing number wins)."""
+    """Store new replacement CPRs; returns what each patron now has (an existing number wins).
+
+    A collision (another writer got there first) raises ReplacementCprConflict naming the patrons
+    and the masked numbers only: the database's own message quotes the number, so it is dropped
+    from the traceback."""
     if not numbers:
         return {}
-    conn.execute(text("UPDATE patron SET replacement_cpr = :r WHERE patron_id = :p AND replacement_cpr IS NULL"),
-                 [{"p": p, "r": r} for p, r in numbers.items()])
+    try:
+        conn.execute(text("UPDATE patron SET replacement_cpr = :r WHERE patron_id = :p AND replacement_cpr IS NULL"),
+                     [{"p": p, "r": r} for p, r in numbers.items()])
+    except IntegrityError:
+        masked = ", ".join(f"patron {p}: {mask_cpr(r)}" for p, r in sorted(numbers.items()))
+        raise ReplacementCprConflict(f"a replacement CPR to store is already in use (I1); nothing stored "
+                                     f"({masked}); the next run assigns new numbers") from None
     ids = list(numbers)
     stored: dict[int, str] = {}
     for start in range(0, len(ids), 500):
