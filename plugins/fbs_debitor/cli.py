@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", action="store_true", help="email each branch its report (FBS_DEBITOR_SMTP_* settings)")
     p.set_defaults(func=cmd_report)
 
+    sub.add_parser("emulator", add_help=False,
+                   help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
+                        "'emulator --help' for its options)")
+
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")
     p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
@@ -161,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
+        from fbs_debitor.emulator import serve
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
