@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from types import SimpleNamespace
 
-from fbs_rows import ADULT2_CPR, ADULT_CPR
+from fbs_rows import ADULT2_CPR, ADULT_CPR, VALID_CVR
 
 TODAY = dt.date(2026, 11, 20)
 
@@ -41,3 +41,25 @@ def child(born: dt.date, guardian: bool = True, **over) -> SimpleNamespace:
                       g_name="Mette Jensen")
     values.update(over)
     return row(**values)
+
+
+# The sender settings of the default row's agency, as messages.build_batches wants them.
+AGENCY = {"agency_id": "715100", "sender_system_uuid": "0b7f7a8e-3c1b-4f0e-8a4a-6d2f0e9c1a22",
+          "org_unit_uuid": "5f1d8a52-0c38-4a43-9f5e-2b7a1c0d9e11"}
+
+
+def representative_rows() -> dict[int, SimpleNamespace]:
+    """Representative claims by liability id: 1 adult CPR fee; 2 minor with guardian on a replacement
+    CPR, a re-loaned acknowledged compensation; 3 minor without guardian; 4 company with P-number
+    and EAN."""
+    return {
+        1: row(liability_id=1, number="G1"),
+        2: row(liability_id=2, kind="compensation", number="E2", acknowledged=True, d_patron_id=21, b_patron_id=21,
+               d_cpr=None, d_birth_date=dt.date(2015, 3, 3), d_name="Emil Jensen", g_patron_id=22, g_cpr=ADULT2_CPR,
+               g_name="Mette Jensen", reloan_date=dt.date(2026, 3, 20), due_date=dt.date(2026, 4, 19)),
+        3: row(liability_id=3, number="G3", d_patron_id=31, b_patron_id=31, d_cpr="0303154124",
+               d_birth_date=dt.date(2015, 3, 3), d_name="Ida Holm"),
+        4: row(liability_id=4, number="G4", amount=Decimal("1234.50"), d_patron_id=41, b_patron_id=41,
+               d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR,
+               d_p_number="1003388394", d_ean="5790000123452", d_name="Tømrerfirmaet Holm ApS"),
+    }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import fbs_rows as fr
 import pytest
-from claim_rows import TODAY, row
+from claim_rows import AGENCY, TODAY, representative_rows, row
 from lxml import etree
 from sqlalchemy import text
 
@@ -173,22 +173,9 @@ def golden_batch():
     """A few representative claims: adult CPR fee, minor with guardian on a replacement CPR,
     minor without guardian, company with P-number and EAN, compensation with acknowledgement."""
     registry = ReplacementCprRegistry()
-    rows = [
-        row(liability_id=1, number="G1"),
-        row(liability_id=2, kind="compensation", number="E2", acknowledged=True, d_patron_id=21, b_patron_id=21,
-            d_cpr=None, d_birth_date=dt.date(2015, 3, 3), d_name="Emil Jensen", g_patron_id=22, g_cpr=fr.ADULT2_CPR,
-            g_name="Mette Jensen", reloan_date=dt.date(2026, 3, 20), due_date=dt.date(2026, 4, 19)),
-        row(liability_id=3, number="G3", d_patron_id=31, b_patron_id=31, d_cpr=CHILD_CPR, d_birth_date=dt.date(2015, 3, 3),
-            d_name="Ida Holm"),
-        row(liability_id=4, number="G4", amount=Decimal("1234.50"), d_patron_id=41, b_patron_id=41, d_kind="company",
-            b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=fr.VALID_CVR, d_p_number="1003388394",
-            d_ean="5790000123452", d_name="Tømrerfirmaet Holm ApS"),
-    ]
-    accounts = [build(r, registry, TODAY).account for r in rows]
-    agency = {"agency_id": "715100", "sender_system_uuid": rows[0].sender_system_uuid,
-              "org_unit_uuid": rows[0].org_unit_uuid}
+    accounts = [build(r, registry, TODAY).account for r in representative_rows().values()]
     at = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
-    return list(messages.build_batches(accounts, agency, batch_size=500, at=at))
+    return list(messages.build_batches(accounts, AGENCY, batch_size=500, at=at))
 
 
 def test_golden_xml_for_representative_claims():
@@ -198,10 +185,6 @@ def test_golden_xml_for_representative_claims():
     golden = (GOLDEN / "opret_debitorkonto.xml").read_text(encoding="utf-8")
     assert produced == golden
     assert messages.schema("DebitorRegistreringAfsend.xsd").validate(etree.fromstring(golden.encode()))
-
-
-AGENCY = {"agency_id": "715100", "sender_system_uuid": "0b7f7a8e-3c1b-4f0e-8a4a-6d2f0e9c1a22",
-          "org_unit_uuid": "5f1d8a52-0c38-4a43-9f5e-2b7a1c0d9e11"}
 
 
 def test_invalid_identifier_element_names_the_liability_and_the_rest_still_goes():

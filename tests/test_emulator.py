@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import fbs_rows as fr
 import pytest
-from claim_rows import TODAY, row
+from claim_rows import AGENCY, TODAY, representative_rows
 from lxml import etree
 
 from fbs_debitor import emulator, messages
@@ -24,8 +24,6 @@ from fbs_debitor.sf1590_mapping import NS_DR, NS_F, NS_IC
 
 SOAP = emulator.SOAP_NS
 ACTION = emulator.ACTION_PREFIX
-AGENCY = {"agency_id": "715100", "sender_system_uuid": "0b7f7a8e-3c1b-4f0e-8a4a-6d2f0e9c1a22",
-          "org_unit_uuid": "5f1d8a52-0c38-4a43-9f5e-2b7a1c0d9e11"}
 AT = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
 REPLACEMENT_FID = "FBS-715100-2"
 
@@ -33,15 +31,7 @@ REPLACEMENT_FID = "FBS-715100-2"
 def accounts():
     """An adult fee (CPR), a minor on a replacement CPR with a guardian (compensation), a company."""
     registry = ReplacementCprRegistry()
-    rows = [
-        row(liability_id=1, number="G1"),
-        row(liability_id=2, kind="compensation", number="E2", acknowledged=True, d_patron_id=21, b_patron_id=21,
-            d_cpr=None, d_birth_date=dt.date(2015, 3, 3), d_name="Emil Jensen", g_patron_id=22, g_cpr=fr.ADULT2_CPR,
-            g_name="Mette Jensen", reloan_date=dt.date(2026, 3, 20), due_date=dt.date(2026, 4, 19)),
-        row(liability_id=4, number="G4", amount=Decimal("1234.50"), d_patron_id=41, b_patron_id=41, d_kind="company",
-            b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=fr.VALID_CVR, d_p_number="1003388394",
-            d_ean="5790000123452", d_name="Tømrerfirmaet Holm ApS"),
-    ]
+    rows = [representative_rows()[i] for i in (1, 2, 4)]
     return [build(r, registry, TODAY).account for r in rows]
 
 
