@@ -251,3 +251,19 @@ def test_lifecycle_a_c3_hold_does_not_resolve_the_agencys_findings_C3(stores, ag
         assert conn.execute(text("SELECT first_seen_at FROM finding WHERE liability_id = :l"), {"l": fee}).scalar() == first
         c3 = conn.execute(text("SELECT resolution FROM finding WHERE check_code = 'C3_agency_age_limit_out_of_range'"))
         assert [r[0] for r in c3] == ["fixed"]                        # the setting was corrected
+
+
+def test_every_code_a_finding_can_carry_is_in_the_catalog_so_it_can_be_resolved():
+    """Eligibility, claim building and the checks record findings; end-of-run resolution and the
+    staff report go by the catalog, so every code must be there (with a reason for staff)."""
+    import re
+    from pathlib import Path
+
+    from fbs_debitor import eligibility
+
+    builder_rules = set(re.findall(r'_Stop\("([A-Z0-9]+)"',
+                                   (Path(dq_checks.__file__).parent / "claim_builder.py").read_text()))
+    assert builder_rules <= set(eligibility.CHECK_CODES)
+    codes = set(eligibility.CHECK_CODES.values()) | set(dq_checks.LIABILITY_CHECKS) | {dq_checks.AGENCY_CHECK}
+    assert codes <= set(dq_catalog.CHECKS)
+    assert all(dq_catalog.CHECKS[c].why for c in codes)

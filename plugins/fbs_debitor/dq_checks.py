@@ -46,7 +46,6 @@ LIABILITY_CHECKS = (
     "F3_dates_out_of_order",
 )
 AGENCY_CHECK = "C3_agency_age_limit_out_of_range"
-CODES = (AGENCY_CHECK, *LIABILITY_CHECKS)
 
 
 @dataclass
