@@ -11,7 +11,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 DOC_MD = """
 ### debitor_transfer — FBS liabilities to the municipal debtor system (SF1590_B_01)
 
-Runs every hour (Europe/Copenhagen). Each run:
+Runs every hour (Europe/Copenhagen); one run at a time. Each run:
 
 1. **open_run** — records the run in the ledger (id derived from the Airflow run, so retries reuse it)
    and brings the ledger schema to its newest version.
@@ -20,21 +20,29 @@ Runs every hour (Europe/Copenhagen). Each run:
    birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
    dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
    the GX Data Docs site is rebuilt under `var/data_docs/`.
-3. **assess_eligibility** — selects every open liability created on or after the agency's cut-off
+3. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
+   crash, a timeout, an outage) are rebuilt from FBS and sent again **under their own keys**; the
+   debtor system answers a repeated key with its first answer, so nothing is billed twice.
+4. **build_and_send** — selects every open liability created on or after the agency's cut-off
    date (T1, T3) that is not yet in the ledger; fees at once, compensations on creation or once
-   verified (T2). Liabilities that cannot go — a patron group without responsible patron (T4), a
-   company without valid CVR (T5), a person without usable CPR where replacement CPR is off (T6) —
-   are kept as findings in the ledger with the rule that stops them, never dropped.
-   Each eligible claim is built (not sent yet) so that problems only the builder can see count as
-   blocked too.
-4. **close_run** — resolves findings this run no longer saw (the data was fixed), marks the run
-   successful and logs the counts per agency and rule.
-5. **held_agencies** — fails, loudly and last, when an agency is held because its age limit is
-   outside 15-21 (C3): every classification there would be wrong. The other agencies have run.
+   verified (T2). Liabilities that cannot go (T4, T5, T6, and what the builder finds) are kept as
+   findings with their rule, never dropped. The rest are built into claims; new replacement CPRs
+   (I1) and C5 tasks are written to FBS first; each batch is recorded in the ledger's outbox
+   (`pending`), marked `sent` before every transmission and `accepted`/`rejected` from the debtor
+   system's receipts. Transient faults are retried with backoff inside the call.
+5. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
+   Danish and English; rejections are never sent again. Claims unanswered after many runs get a
+   task too. Records the run's accepted / rejected / unconfirmed counts.
+6. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
+   counts per agency and rule.
+7. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
+   age limit is outside 15-21 (C3), or when claims are still unconfirmed after every retry (they
+   go again next run). Everything else has run.
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
-Databases: Airflow Connections `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`).
+Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
+(endpoint, service agreement / user system / user UUIDs, client certificate; see the README).
 """
 
 
@@ -62,14 +70,26 @@ def debitor_transfer():
 
         return dag_tasks.data_quality(ledger_run_id)
 
-    @task(task_id="assess_eligibility")
-    def assess_eligibility(ledger_run_id: str) -> dict[str, int]:
+    @task(task_id="resend_unconfirmed")
+    def resend_unconfirmed(ledger_run_id: str) -> int:
         from fbs_debitor import dag_tasks
 
-        return dag_tasks.assess_eligibility(ledger_run_id)
+        return dag_tasks.resend_unconfirmed(ledger_run_id)
+
+    @task(task_id="build_and_send")
+    def build_and_send(ledger_run_id: str, resent: int) -> dict[str, int]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.build_and_send(ledger_run_id)
+
+    @task(task_id="raise_staff_tasks")
+    def raise_staff_tasks(ledger_run_id: str, counts: dict[str, int]) -> dict[str, int]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.raise_staff_tasks(ledger_run_id)
 
     @task(task_id="close_run")
-    def close_run(ledger_run_id: str, counts: dict[str, int]) -> str:
+    def close_run(ledger_run_id: str, delivered: dict[str, int]) -> str:
         from fbs_debitor import dag_tasks
 
         return dag_tasks.close_run(ledger_run_id)
@@ -80,11 +100,21 @@ def debitor_transfer():
 
         return dag_tasks.held_agencies(dq)
 
+    @task(task_id="undelivered", retries=0)
+    def undelivered(delivered: dict[str, int], closed: str) -> int:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.undelivered(delivered)
+
     ledger_run_id = open_run()
     dq = data_quality(ledger_run_id)
-    counts = assess_eligibility(ledger_run_id)
-    dq >> counts
-    held_agencies(dq, close_run(ledger_run_id, counts))
+    resent = resend_unconfirmed(ledger_run_id)
+    dq >> resent
+    counts = build_and_send(ledger_run_id, resent)
+    delivered = raise_staff_tasks(ledger_run_id, counts)
+    closed = close_run(ledger_run_id, delivered)
+    held_agencies(dq, closed)
+    undelivered(delivered, closed)
 
 
 debitor_transfer()

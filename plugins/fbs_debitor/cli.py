@@ -66,14 +66,27 @@ def cmd_transfer(args) -> int:
 
     from fbs_debitor import dry_run
 
-    if not args.dry_run:
-        print("only --dry-run is available so far: sending arrives with the delivery step", file=sys.stderr)
-        return 2
     stores = _stores()
     init_stores(stores)
-    summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
-    print(dry_run.format_summary(summary))
-    return 0
+    if args.dry_run:
+        summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
+        print(dry_run.format_summary(summary))
+        return 0
+    from fbs_debitor import serviceplatformen
+    from fbs_debitor.summary import format_run
+    from fbs_debitor.transfer import run_transfer
+
+    try:
+        config = serviceplatformen.config_from_env()
+    except serviceplatformen.ConfigError as exc:
+        print(f"not sent: {exc}", file=sys.stderr)
+        return 2
+    with serviceplatformen.Client(config) as client:
+        run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
+                                       data_docs_dir=settings.var_dir() / "data_docs")
+    run = ledger.get_run(stores.ledger, run_id)
+    print(format_run(run, ledger.run_counts(stores.ledger, run_id), stores.fbs))
+    return 0 if run.status == "success" else 1
 
 
 def cmd_report(args) -> int:
@@ -139,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "print the summary")
     p.set_defaults(func=cmd_assess)
 
-    p = sub.add_parser("transfer", help="build the SF1590 claims due now; --dry-run writes them as XML files")
+    p = sub.add_parser("transfer", help="build the SF1590 claims due now and send them through Serviceplatformen "
+                                        "(connection AIRFLOW_CONN_SERVICEPLATFORMEN); --dry-run writes them as XML files")
     p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
     p.add_argument("--out", default=str(settings.var_dir() / "dry-run"), help="output folder (default var/dry-run)")
     p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")

@@ -70,19 +70,64 @@ def held_agencies(dq: dict) -> list[str]:
     return []
 
 
-def assess_eligibility(run_id: str) -> dict[str, int]:
-    from fbs_debitor.transfer import assess_eligibility as assess
-    from fbs_debitor.transfer import totals
+def _client():
+    from fbs_debitor import serviceplatformen
+
+    return serviceplatformen.Client(serviceplatformen.config_for_task())
+
+
+def resend_unconfirmed(run_id: str) -> int:
+    """Messages earlier runs left pending or sent without an answer, sent again under their keys."""
+    from fbs_debitor import transfer
 
     stores = _stores()
     try:
-        counts = assess(stores, run_id)
-        return totals(counts)
+        with _client() as client:
+            return transfer.resend_unconfirmed(stores, client, run_id)
+    except Exception as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"resend: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
+def build_and_send(run_id: str) -> dict[str, int]:
+    """Eligible liabilities built into claims, recorded in the outbox and sent in batches."""
+    from fbs_debitor import transfer
+
+    stores = _stores()
+    try:
+        with _client() as client:
+            counts = transfer.deliver(stores, client, run_id)
+        return transfer.totals(counts)
     except Exception as exc:
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         stores.dispose()
+
+
+def raise_staff_tasks(run_id: str) -> dict[str, int]:
+    """Rejections (and long-unconfirmed claims) as staff tasks in FBS; the run's delivery counts."""
+    from fbs_debitor import transfer
+
+    stores = _stores()
+    try:
+        return transfer.totals(transfer.close_delivery(stores, run_id))
+    finally:
+        stores.dispose()
+
+
+def undelivered(delivered: dict[str, int]) -> int:
+    """Fail loudly (last) when claims of this run are still unconfirmed: the next run sends them
+    again under the same keys, but the integration team should know the debtor side is failing."""
+    n = delivered.get("unconfirmed", 0)
+    if n:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{n} claim(s) got no answer from the debtor system after every retry; they are "
+                                   "kept in the outbox and sent again under the same keys next run")
+    return 0
 
 
 def close_run(run_id: str) -> str:

@@ -9,7 +9,10 @@ PostgreSQL, schema ``emulator``), so a repeated FordringID / AendringID is answe
 answer, also after a restart.
 
 Vendor behaviour: claim types outside ``accepted_claim_types`` are rejected (M3); PRISME rejects
-claims on a replacement CPR (I3); KMD_OPUS and EG accept them.
+claims on a replacement CPR (I3); KMD_OPUS and EG accept them. Like Serviceplatformen routing each
+municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
+OrganisatoriskEnhedUUID -> vendor; ``--vendors-from-fbs`` reads it from the FBS agencies) lets
+one emulator behave as each agency's vendor; ``vendor`` is the default.
 
 Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``slow``,
 ``drop`` and ``soapfault`` are applied BEFORE the request is processed (nothing stored);
@@ -41,7 +44,7 @@ from lxml import etree
 
 from fbs_debitor import messages
 from fbs_debitor.db import as_amount, make_engine
-from fbs_debitor.identity import mask_cpr
+from fbs_debitor.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.settings import XSD_DIR
 from fbs_debitor.sf1590_mapping import NS_DR, NS_F, NS_IC
 
@@ -118,8 +121,7 @@ class SoapFault(Exception):
 
 def mask_payload(data: bytes | str) -> str:
     """The payload with every run of 10 digits (CPR, P-number) cut to DDMMYY-****."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    return re.sub(r"(?<!\d)\d{10}(?!\d)", lambda m: mask_cpr(m.group(0)), text)
+    return mask_cprs_in(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
 
 
 def _mask_ident(kind: str, number: str) -> str:
@@ -266,9 +268,11 @@ class Emulator:
     def __init__(self, vendor: str, db_url: str, host: str = "127.0.0.1", port: int = 0,
                  accepted_claim_types: set[str] | None = None, fault_rate: float = 0.0,
                  fault_kinds: tuple = (), slow_seconds: float = 5.0, seed: int = 0,
-                 tls: ssl.SSLContext | None = None):
-        if vendor not in VENDORS:
-            raise ValueError(f"unknown vendor {vendor!r}: one of {', '.join(VENDORS)}")
+                 tls: ssl.SSLContext | None = None, vendor_by_org_unit: dict[str, str] | None = None):
+        for v in {vendor, *(vendor_by_org_unit or {}).values()}:
+            if v not in VENDORS:
+                raise ValueError(f"unknown vendor {v!r}: one of {', '.join(VENDORS)}")
+        self.vendor_by_org_unit = {k.lower(): v for k, v in (vendor_by_org_unit or {}).items()}
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError("the emulator binds to loopback only")
         unknown = set(fault_kinds) - FAULT_KINDS
@@ -377,8 +381,13 @@ class Emulator:
             return found
         return conn.execute(emu_account.insert().values(**key).returning(emu_account.c.account_id)).scalar_one()
 
+    def vendor_for(self, request: etree._Element) -> str:
+        org_unit = _text(request, f"{_dr('Afsender')}/{_f('OrganisatoriskEnhedUUID')}").lower()
+        return self.vendor_by_org_unit.get(org_unit, self.vendor)
+
     def _create(self, conn, request: etree._Element) -> list[dict]:
         answers = []
+        vendor = self.vendor_for(request)
         for account in request.iterfind(_dr("Debitorkonto")):
             account_type = _text(account, _dr("DebitorkontoType"))
             ident = _party(account.find(_dr("DebitorkontoIdentifikation")))
@@ -395,14 +404,14 @@ class Emulator:
                         conn, "OpretDebitorkonto", fid, AFVIST, code="M3_UMAPPET_KRAVTYPE",
                         text=f"Kravtypen {kravtype} er ikke mappet i debitorsystemet / claim type not mapped"))
                     continue
-                if self.vendor == "PRISME" and "ERSTATNING_CPR" in (ident[0], resp[0]):
+                if vendor == "PRISME" and "ERSTATNING_CPR" in (ident[0], resp[0]):
                     answers.append(self._record(
                         conn, "OpretDebitorkonto", fid, AFVIST, code="I3_ERSTATNINGS_CPR",
                         text="Prisme modtager ikke fordringer på erstatningspersonnummer / "
                              "Prisme does not accept claims on a replacement CPR"))
                     continue
                 amount = _text(claim, _dr("Beloeb"))
-                reference = f"{self.vendor}-{uuid.uuid5(REFERENCE_NAMESPACE, fid).hex[:12].upper()}"
+                reference = f"{vendor}-{uuid.uuid5(REFERENCE_NAMESPACE, fid).hex[:12].upper()}"
                 conn.execute(emu_claim.insert().values(
                     fordring_id=fid, account_id=self._account_id(conn, account_type, ident, resp),
                     kravtype=kravtype, amount=str(as_amount(amount)), original_amount=str(as_amount(amount)),
@@ -585,6 +594,19 @@ def _default_db() -> str:
     return f"sqlite:///{var_dir() / 'emulator' / 'emulator.sqlite'}"
 
 
+def vendors_from_fbs(fbs_url: str | None = None) -> dict[str, str]:
+    """Each FBS agency's debtor vendor by its org-unit UUID (the sender of its requests)."""
+    from fbs_debitor.settings import FBS_SCHEMA, database_urls
+
+    engine = make_engine(fbs_url or database_urls().fbs, FBS_SCHEMA)
+    try:
+        with engine.connect() as conn:
+            return {r.org_unit_uuid.lower(): r.debtor_vendor for r in conn.execute(
+                sa.text("SELECT org_unit_uuid, debtor_vendor FROM agency WHERE org_unit_uuid IS NOT NULL"))}
+    finally:
+        engine.dispose()
+
+
 def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """A server context; with ``client_ca`` every client must present a certificate chaining to it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -599,7 +621,11 @@ def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLCon
 def serve(argv: list[str] | None = None) -> int:
     """``python -m fbs_debitor emulator --vendor KMD_OPUS ...``: run until Ctrl-C."""
     p = argparse.ArgumentParser(prog="fbs_debitor emulator", description="Local SF1590 debtor-system emulator")
-    p.add_argument("--vendor", choices=VENDORS, required=True)
+    p.add_argument("--vendor", choices=VENDORS, required=True, help="the debtor system (the default vendor with "
+                   "--vendors-from-fbs)")
+    p.add_argument("--vendors-from-fbs", action="store_true",
+                   help="behave as each FBS agency's own vendor (agency.debtor_vendor, by the sender's org unit), "
+                        "reading the agencies from FBS_DEBITOR_FBS_URL")
     p.add_argument("--host", default="127.0.0.1", help="a loopback address")
     p.add_argument("--port", type=int, default=8590)
     p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database")
@@ -617,8 +643,9 @@ def serve(argv: list[str] | None = None) -> int:
     kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
     accept = None if args.accept is None else {t.strip() for t in args.accept.split(",") if t.strip()}
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    by_org_unit = vendors_from_fbs() if args.vendors_from_fbs else None
     emu = Emulator(args.vendor, args.db or _default_db(), args.host, args.port, accept, args.fault_rate, kinds,
-                   args.slow_seconds, args.seed, tls)
+                   args.slow_seconds, args.seed, tls, by_org_unit)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     def _terminate(_signum, _frame):

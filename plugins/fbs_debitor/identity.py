@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +34,14 @@ def mask_cpr(value: str | None) -> str:
         return ""
     digits = "".join(ch for ch in str(value) if ch.isdigit())
     return f"{digits[:6]}-****" if len(digits) >= 6 else "******-****"
+
+
+def mask_cprs_in(text: str | None) -> str:
+    """Free text (a debtor system's error text, a payload) with every run of exactly ten digits,
+    or ``DDMMYY-SSSS``, cut to ``DDMMYY-****``."""
+    if not text:
+        return ""
+    return re.sub(r"(?<!\d)(\d{6})-?\d{4}(?!\d)", lambda m: f"{m.group(1)}-****", text)
 
 
 # The checks are pure functions of their input and a patron's number recurs on every one of their

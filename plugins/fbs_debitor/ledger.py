@@ -66,10 +66,13 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
                      {"s": status, "t": db_value(now(), is_sqlite(ledger)), "e": error, "r": run_id})
 
 
-def record_counts(ledger: Engine, run_id: str, counts: Counter) -> None:
-    """Replace the run's counts (a retried task writes the same run again, not twice)."""
+def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:
+    """Replace the run's counts in these categories (a retried task writes the same run again, not
+    twice; the steps of a run each own their categories)."""
+    categories = sorted(set(categories) | {c for _, c, _ in counts})
     with ledger.begin() as conn:
-        conn.execute(text("DELETE FROM run_count WHERE run_id = :r"), {"r": run_id})
+        conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
+                     .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
         if counts:
             conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
                               "VALUES (:r, :a, :c, :u, :n)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 
 from lxml import etree
@@ -141,3 +142,41 @@ def create_request(accounts: Iterable[Account], transaction_id: uuid.UUID, at: d
 def claim_ids_in(element: etree._Element) -> list[str]:
     """The FordringIDs inside an element of a create request (to name liabilities in errors)."""
     return [el.text for el in element.iter(_dr(CLAIM_ID_ELEMENT))]
+
+
+# --- calls and answers ----------------------------------------------------------------------------
+
+OPERATIONS = {  # request root -> operation of the DebitorRegistreringAfsend service
+    CREATE_REQUEST: "OpretDebitorkonto",
+    f"{{{NS_DR}}}RetFordringTilstandAnmodning": "RetFordringTilstand",
+}
+ACCEPTED, REJECTED = "MODTAGET", "AFVIST"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The debtor system's answer for one key (a FordringID, or a change's AendringID)."""
+
+    key: str
+    accepted: bool
+    debtor_ref: str | None
+    error_code: str | None
+    error_text: str | None
+
+
+def operation_of(request: etree._Element) -> str:
+    try:
+        return OPERATIONS[request.tag]
+    except KeyError:
+        raise ValueError(f"not an SF1590 request: {etree.QName(request).localname}") from None
+
+
+def receipts(answer) -> list[Receipt]:
+    """Receipts from an answer as zeep parsed it (``...Svar`` with its ``Kvittering`` list). A
+    status other than MODTAGET/AFVIST is an error, never read as accepted."""
+    out = []
+    for k in answer.Kvittering or []:
+        if k.StatusKode not in (ACCEPTED, REJECTED):
+            raise ValueError(f"unknown StatusKode in the answer for {k.Noegle}")
+        out.append(Receipt(k.Noegle, k.StatusKode == ACCEPTED, k.DebitorReference, k.FejlKode, k.FejlTekst))
+    return out

@@ -7,6 +7,7 @@ from collections import Counter
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from fbs_debitor.delivery import ACCEPTED, REJECTED, UNCONFIRMED
 from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.ledger import RunInfo
 
@@ -34,7 +35,8 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
 
     header = (f"{'agency':<8} {'vendor':<8} {'age':>3} {'eligible':>9} {'awaiting':>9} "
               + " ".join(f"{'blk ' + r:>7}" for r in BLOCK_RULES) + f" {'blk other':>9}"
-              + f" {'sent':>8} " + " ".join(f"{r:>13}" for r in OUT_RULES))
+              + f" {'accepted':>8} {'rejected':>8} {'unconf':>6} {'earlier':>8} "
+              + " ".join(f"{r:>13}" for r in OUT_RULES))
     lines = [
         f"fbs-debitor transfer run {run.run_id} ({run.kind}): {run.status}"
         + (f" - {run.error}" if run.error else ""),
@@ -48,13 +50,22 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         lines.append(
             f"{label:<8} {vendor:<8} {age!s:>3} {n(a, ELIGIBLE):>9} {n(a, AWAITING):>9} "
             + " ".join(f"{n(a, BLOCKED, r):>7}" for r in BLOCK_RULES) + f" {other(a):>9}"
-            + f" {n(a, ALREADY_SENT):>8} " + " ".join(f"{n(a, OUT_OF_SCOPE, r):>13}" for r in OUT_RULES))
+            + f" {n(a, ACCEPTED):>8} {n(a, REJECTED):>8} {n(a, UNCONFIRMED):>6} {n(a, ALREADY_SENT):>8} "
+            + " ".join(f"{n(a, OUT_OF_SCOPE, r):>13}" for r in OUT_RULES))
+    rejected_rules = sorted({r for _, c, r in counts if c == REJECTED})
+    sent = n(None, ACCEPTED) + n(None, REJECTED) + n(None, UNCONFIRMED)
     lines += [
         "",
+        f"sent {sent}: accepted {n(None, ACCEPTED)}, rejected {n(None, REJECTED)}"
+        + (f" ({', '.join(f'{r} {n(None, REJECTED, r)}' for r in rejected_rules)})" if rejected_rules else "")
+        + f", unconfirmed {n(None, UNCONFIRMED)} (sent again next run)"
+        + (f"; deferred {n(None, 'deferred')} (replacement CPR taken meanwhile)" if n(None, "deferred") else ""),
         f"eligible {n(None, ELIGIBLE)}, blocked {n(None, BLOCKED)} "
         f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in blocked_rules)}), "
-        f"already sent {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
+        f"already sent in earlier runs {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
         f"not for transfer {n(None, OUT_OF_SCOPE)}",
+        "Delivery: accepted/rejected are the debtor system's receipts; a rejection (I3 replacement CPR at Prisme, "
+        "M3 claim type not mapped, ...) is not sent again and becomes a staff task in FBS (M1).",
         "Rules: C3 agency age limit outside the sane range (whole agency held); "
         "T2 compensation awaits verification; T4 patron group without responsible patron; "
         "T5 company without valid CVR; T6 person (or a minor's guardian) without usable CPR; "

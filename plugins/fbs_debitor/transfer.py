@@ -1,17 +1,19 @@
 """The transfer run: the steps the hourly DAG ``debitor_transfer`` and the CLI share.
 
-Today the run assesses eligibility (T1–T6) and builds every eligible claim (without sending it),
-so that a liability is only counted eligible when its claim can really be built: problems only the
-builder can see (a guardian without CPR, an amount of zero, a fee without its loan, ...) are
-counted as blocked with their rule. Every blocked liability is recorded as a finding in the
-ledger (nothing is silently skipped), and the run with its counts. Sending follows in the
-delivery step.
+A run assesses eligibility (T1–T6) and builds every eligible claim, so that a liability is only
+counted eligible when its claim can really be built: problems only the builder can see (a guardian
+without CPR, an amount of zero, a fee without its loan, ...) are counted as blocked with their
+rule. Every blocked liability is recorded as a finding in the ledger (nothing is silently
+skipped), and the run with its counts. With a client, each page's claims are delivered as soon
+as they are built (``delivery``): first whatever earlier runs left unconfirmed, then the new ones;
+rejections become staff tasks (``delivery_tasks``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from sqlalchemy import bindparam, text
 
@@ -41,10 +43,11 @@ def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
                           message=p.message)
 
 
-def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None) -> Counter:
+def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None,
+                       on_page: Callable[[claim_stream.Page], Counter] | None = None) -> Counter:
     """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
-    as findings (resolving the ones no longer seen) and the run's counts.
-    Returns the counts (agency, category, rule) -> n."""
+    as findings and the run's counts. ``on_page`` (delivery) gets each page after it is counted and
+    may return more counts. Returns the counts (agency, category, rule) -> n."""
     seen_at = ledger.now()
     counts = eligibility.out_of_scope_counts(stores.fbs)
     pages = 0
@@ -62,7 +65,9 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
         blocked = list({f.key: f for f in findings}.values())
         if blocked:
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
-    ledger.record_counts(stores.ledger, run_id, counts)
+        if on_page is not None:
+            counts.update(on_page(page))
+    ledger.record_counts(stores.ledger, run_id, counts, eligibility.CATEGORIES)
     log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
 
@@ -107,10 +112,63 @@ def totals(counts: Counter) -> dict[str, int]:
     out: dict[str, int] = {}
     for (_agency, category, rule), n in counts.items():
         out[category] = out.get(category, 0) + n
-        if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING):
+        if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected"):
             key = f"{category}:{rule}"
             out[key] = out.get(key, 0) + n
     return dict(sorted(out.items()))
+
+
+def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
+            page_size: int | None = None) -> Counter:
+    """Assess, build and send the new claims page by page (what earlier runs left unconfirmed
+    goes first: ``resend_unconfirmed``). Returns the assessment's counts."""
+    from fbs_debitor import delivery
+    from fbs_debitor.dry_run import batch_size_default
+
+    size = batch_size or batch_size_default()
+    return assess_eligibility(stores, run_id, page_size,
+                              on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size))
+
+
+def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
+    from fbs_debitor import delivery
+    from fbs_debitor.dry_run import batch_size_default
+
+    n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
+    if n:
+        log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
+    return n
+
+
+def close_delivery(stores: Stores, run_id: str) -> Counter:
+    """Staff tasks for rejections and long delays; the run's delivery counts from the outbox."""
+    from fbs_debitor import delivery, delivery_tasks
+
+    new = delivery_tasks.raise_delivery_tasks(stores, run_id)
+    if new:
+        log.info("%d staff task(s) raised in FBS for rejected or long-unconfirmed claims (M1)", new)
+    counts = delivery.delivery_counts(stores.ledger, run_id)
+    ledger.record_counts(stores.ledger, run_id, counts, delivery.DELIVERY_CATEGORIES)
+    return counts
+
+
+def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
+                 **run_fields) -> tuple[str, Counter]:
+    """A whole delivering run outside Airflow, the same steps as the DAG."""
+    from fbs_debitor import dq_checks
+
+    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
+    try:
+        dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
+        resend_unconfirmed(stores, client, run_id, batch_size)
+        counts = deliver(stores, client, run_id, batch_size)
+        counts.update(close_delivery(stores, run_id))
+        resolve_findings(stores, run_id)
+    except BaseException as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    ledger.finish_run(stores.ledger, run_id, "success")
+    return run_id, counts
 
 
 def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:

@@ -1,0 +1,333 @@
+"""Delivery: built claims to the debtor system exactly once, through the ledger's outbox.
+
+The order of writes is what makes it exactly-once:
+
+1. FBS first: new replacement CPR numbers (I1: kept from the first transfer on) and C5 tasks are
+   written to FBS before a claim can reach the debtor system, so a claim rebuilt after a crash
+   carries the same number.
+2. Recorded: one ledger transaction per batch inserts the claim (its stable FordringID) and its
+   outbox message, key ``<liability>:<version>``, state ``pending``. Nothing has left the process.
+3. Sent: before every transmission the messages are marked ``sent`` and their attempts counted
+   (committed), then the batch goes out. The receiver keys every claim by its FordringID and
+   answers a repeat with its first answer, so a repeat never bills twice.
+4. Answered: each receipt moves its message to ``accepted`` (with the debtor system's reference)
+   or ``rejected`` (with its code and text). A rejection is permanent: it is not sent again but
+   becomes a staff task (``delivery_tasks``, M1).
+
+A crash or timeout anywhere leaves messages ``pending`` or ``sent``; the next run's
+``resend_unconfirmed`` rebuilds exactly those from FBS and sends them again under the same keys
+before anything new goes. Whatever the receiver did with the lost attempt, the claim ends up
+there once. Every step is in the audit trail (``event``, M2); no event holds a full CPR number.
+
+Rebuilt content: messages are not stored (they hold CPR numbers); a resend is rebuilt from FBS
+and its fingerprint compared with the recorded one. If FBS changed in between, the new content is
+sent under the same key (a receiver that already had the first keeps the first), and the change
+is recorded as an event so that keeping sent claims true (U1/U2) can reconcile it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from lxml import etree
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection, Engine
+
+from fbs_debitor import claim_stream, ledger, messages
+from fbs_debitor import sf1590_mapping as mapping
+from fbs_debitor.claim_builder import build
+from fbs_debitor.claims import Account
+from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.identity import ReplacementCprRegistry, mask_cprs_in
+from fbs_debitor.serviceplatformen import Client, DeliveryError
+from fbs_debitor.stores import Stores
+from fbs_debitor.writeback import persist_replacement_cprs, raise_tasks
+
+log = logging.getLogger(__name__)
+
+CREATE = "OpretDebitorkonto"
+CREATE_VERSION = 1
+UNCONFIRMED_STATES = ("pending", "sent")
+ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
+DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
+
+
+def message_key(liability_id: int, version: int = CREATE_VERSION) -> str:
+    return f"{liability_id}:{version}"
+
+
+def fingerprint(account: Account) -> str:
+    """SHA-256 of the canonical XML of one claim's debtor account: what the message says."""
+    holder = etree.Element("x")
+    mapping.account_element(holder, account)
+    return hashlib.sha256(etree.tostring(holder[0], method="c14n")).hexdigest()
+
+
+def rule_of(error_code: str | None) -> str:
+    """The rule behind a rejection code (``I3_ERSTATNINGS_CPR`` -> ``I3``), else the code itself."""
+    if not error_code:
+        return "-"
+    m = re.match(r"^([A-Z]\d+)_", error_code)
+    return m.group(1) if m else error_code[:30]
+
+
+def _in(sql: str, *names: str):
+    return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
+
+
+def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
+            at: dt.datetime) -> None:
+    params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
+               "r": run_id, "d": detail} for lid, kind, key, detail in rows]
+    if params:
+        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail) "
+                          "VALUES (:e, :l, :t, :k, :m, :r, :d)"), params)
+
+
+# --- the outbox's state changes -------------------------------------------------------------------
+
+def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, str]) -> None:
+    """Step 2: the batch's claims and messages, ``pending``, in one transaction."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        claims = [c for a in batch.accounts for c in a.claims]
+        conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                          "first_run_id, created_at, updated_at) VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t)"),
+                     [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
+                       "r": run_id, "t": t} for c in claims])
+        conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
+                          "state, attempts, run_id, last_run_id, created_at) "
+                          "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t)"),
+                     [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
+                       "f": c.fordring_id, "p": prints[c.liability_id], "r": run_id, "t": t} for c in claims])
+        add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
+                        f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
+
+
+def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], attempt: int) -> None:
+    """Step 3, before each transmission: ``sent``, one more attempt (committed before the call)."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        message_keys = [k for k, _ in keys.values()]
+        conn.execute(_in("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
+                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
+                     {"t": t, "r": run_id, "keys": message_keys})
+        conn.execute(_in("UPDATE claim SET state = 'sent', updated_at = :t "
+                         "WHERE liability_id IN :ids AND state = 'pending'", "ids"),
+                     {"t": t, "ids": [lid for _, lid in keys.values()]})
+        add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
+
+
+def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
+                   receipts: list[mapping.Receipt]) -> Counter:
+    """Step 4: each receipt to its message. Returns accepted/rejected/unconfirmed counts."""
+    at = ledger.now()
+    by_key = {r.key: r for r in receipts if r.key in keys}
+    unknown = len({r.key for r in receipts} - set(keys))
+    if unknown:
+        log.warning("%d receipt(s) for claims not in the batch were ignored", unknown)
+    counts: Counter = Counter()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id}
+                    for r in by_key.values() if r.accepted]
+        rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id,
+                     "c": (r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
+                    for r in by_key.values() if not r.accepted]
+        missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
+        if accepted:
+            conn.execute(text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
+                              "last_error = NULL, last_run_id = :r WHERE message_key = :k AND state IN ('pending', 'sent')"),
+                         accepted)
+            conn.execute(text("UPDATE claim SET state = 'accepted', updated_at = :t WHERE liability_id = :l"), accepted)
+        if rejected:
+            conn.execute(text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
+                              "error_code = :c, last_error = :e, last_run_id = :r "
+                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), rejected)
+            conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t WHERE liability_id = :l"), rejected)
+        if missing:
+            conn.execute(text("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
+                              "last_run_id = :r WHERE message_key = :k"), missing)
+        add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {p['ref']}") for p in accepted]
+                + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
+    counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
+    return counts
+
+
+def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str) -> None:
+    """No answer: the messages stay where they are (``pending``/``sent``) with the error; the next
+    run sends them again under the same keys."""
+    keys = list(keys)
+    if not keys:
+        return
+    with ledger_engine.begin() as conn:
+        conn.execute(_in("UPDATE outbox SET last_error = :e, last_run_id = :r WHERE message_key IN :keys "
+                         "AND state IN ('pending', 'sent')", "keys"),
+                     {"e": mask_cprs_in(error)[:1000], "r": run_id, "keys": keys})
+
+
+# --- sending --------------------------------------------------------------------------------------
+
+def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch) -> Counter:
+    """Steps 3 and 4 for one recorded batch."""
+    keys = {c.fordring_id: (message_key(c.liability_id), c.liability_id) for a in batch.accounts for c in a.claims}
+    try:
+        answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
+    except DeliveryError as exc:
+        log.warning("batch %s (%d claims, agency %s) not confirmed: %s; it is sent again next run",
+                    batch.transaction_id, len(keys), batch.agency_id, exc)
+        record_failure(ledger_engine, run_id, [k for k, _ in keys.values()], str(exc))
+        return Counter({UNCONFIRMED: len(keys)})
+    counts = record_answers(ledger_engine, run_id, keys, answer.receipts)
+    log.info("batch %s (agency %s): %d accepted, %d rejected, %d unconfirmed after %d attempt(s)",
+             batch.transaction_id, batch.agency_id, counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED],
+             answer.attempts)
+    return counts
+
+
+def _agency_of(row) -> dict:
+    return {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
+            "org_unit_uuid": row.org_unit_uuid}
+
+
+def _batches(accounts_by_agency: dict[str, list[Account]], agencies: dict[str, dict], batch_size: int,
+             invalid: Counter):
+    for agency_id, accounts in accounts_by_agency.items():
+        errors: list[messages.InvalidMessage] = []
+        yield from messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors)
+        for error in errors:  # a bug in fbs-debitor, not in the data: loud, never sent
+            log.error("invalid SF1590 message, not sent (a bug): %s", error)
+            invalid[agency_id] += len(error.liability_ids) or 1
+
+
+def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream.Page, batch_size: int) -> Counter:
+    """Write back, record and send one eligibility page's built claims. Returns counts keyed
+    (agency, category, rule) for what did not get as far as the debtor system (XSD bugs, a
+    replacement CPR taken meanwhile); the delivery outcome itself is read from the outbox."""
+    usable = [(row, built) for row, built in page.built if built.account is not None]
+    if not usable:
+        return Counter()
+    numbers = {p: n for _, b in usable for p, n in b.new_replacement_cprs.items()}
+    with stores.fbs.begin() as conn:   # step 1: FBS before the debtor system
+        stored = persist_replacement_cprs(conn, numbers)
+        new_tasks = raise_tasks(conn, [t for _, b in usable for t in b.tasks])
+    if new_tasks:
+        log.info("%d staff task(s) raised for minors' claims sent without a guardian (C5)", new_tasks)
+    lost = {p for p, n in numbers.items() if stored.get(p) != n}
+    deferred: Counter = Counter()
+    by_agency: dict[str, list[Account]] = defaultdict(list)
+    agencies: dict[str, dict] = {}
+    prints: dict[int, str] = {}
+    for row, built in usable:
+        if lost & set(built.new_replacement_cprs):
+            deferred[row.agency_id] += 1     # another number won the race: rebuilt next run
+            continue
+        by_agency[row.agency_id].append(built.account)
+        agencies[row.agency_id] = _agency_of(row)
+        prints[row.liability_id] = fingerprint(built.account)
+    invalid: Counter = Counter()
+    for batch in _batches(by_agency, agencies, batch_size, invalid):
+        record_batch(stores.ledger, run_id, batch, prints)
+        send_batch(stores.ledger, client, run_id, batch)
+    if deferred:
+        log.warning("%d claim(s) deferred to the next run: their replacement CPR was assigned elsewhere "
+                    "meanwhile (I1)", sum(deferred.values()))
+    return Counter({**{(a, "deferred", "I1"): n for a, n in deferred.items()},
+                    **{(a, "blocked", "XSD"): n for a, n in invalid.items()}})
+
+
+def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
+                       today: dt.date | None = None) -> int:
+    """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
+    run), rebuilt from FBS and sent again under its own key. Returns how many were resent."""
+    today = today or dt.date.today()
+    registry: ReplacementCprRegistry | None = None
+    last, total = -1, 0
+    query = text("SELECT message_key, liability_id, fingerprint FROM outbox "
+                 "WHERE state IN ('pending', 'sent') AND operation = :o AND liability_id > :last "
+                 "ORDER BY liability_id LIMIT :n")
+    while True:
+        with stores.ledger.connect() as conn:
+            rows = conn.execute(query, {"o": CREATE, "last": last, "n": page_size}).all()
+        if not rows:
+            return total
+        last = rows[-1].liability_id
+        registry = registry or ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
+        recorded = {r.liability_id: r for r in rows}
+        fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, list(recorded), today)}
+        failures: dict[str, str] = {}
+        changed: list[tuple[int, str, str]] = []
+        by_agency: dict[str, list[Account]] = defaultdict(list)
+        agencies: dict[str, dict] = {}
+        for lid, rec in recorded.items():
+            row = fbs_rows.get(lid)
+            if row is None:
+                failures[rec.message_key] = "the liability is no longer in FBS; it cannot be rebuilt"
+                continue
+            built = build(row, registry, today)
+            if built.problem or built.new_replacement_cprs:
+                why = built.problem.rule if built.problem else "I1: its replacement CPR is gone from FBS"
+                failures[rec.message_key] = f"cannot be rebuilt as sent ({why}); not sent again"
+                continue
+            now_print = fingerprint(built.account)
+            if now_print != rec.fingerprint:
+                changed.append((lid, rec.message_key, now_print))
+            by_agency[row.agency_id].append(built.account)
+            agencies[row.agency_id] = _agency_of(row)
+        for error in set(failures.values()):
+            record_failure(stores.ledger, run_id, [k for k, e in failures.items() if e == error], error)
+        if failures:
+            log.error("%d unconfirmed message(s) could not be rebuilt; see outbox.last_error", len(failures))
+        if changed:
+            _record_changed(stores.ledger, run_id, changed)
+        invalid: Counter = Counter()
+        for batch in _batches(by_agency, agencies, batch_size, invalid):
+            send_batch(stores.ledger, client, run_id, batch)
+            total += len(batch.liability_ids)
+
+
+def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int, str, str]]) -> None:
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        conn.execute(text("UPDATE outbox SET fingerprint = :p WHERE message_key = :k"),
+                     [{"p": p, "k": k} for _, k, p in changed])
+        add_events(conn, [(lid, "content_changed_before_answer", k,
+                        "FBS changed before the debtor system confirmed the claim; sent again as it is now")
+                       for lid, k, _ in changed], run_id, at)
+    log.warning("%d unconfirmed claim(s) changed in FBS since they were first sent; sent again as they are now",
+                len(changed))
+
+
+# --- counts ---------------------------------------------------------------------------------------
+
+def delivery_counts(ledger_engine: Engine, run_id: str) -> Counter:
+    """What this run sent and how it ended, per agency: accepted, rejected (per rule of the debtor
+    system's code) and unconfirmed (no answer yet: sent again next run). From the outbox, so a
+    retried or crashed task counts right."""
+    with ledger_engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.agency_id, o.state, o.error_code, COUNT(*) AS n FROM outbox o "
+            "JOIN claim c ON c.liability_id = o.liability_id WHERE o.last_run_id = :r "
+            "GROUP BY c.agency_id, o.state, o.error_code"), {"r": run_id}).all()
+    counts: Counter = Counter()
+    for r in rows:
+        if r.state == "accepted":
+            counts[(r.agency_id, ACCEPTED, "-")] += r.n
+        elif r.state == "rejected":
+            counts[(r.agency_id, REJECTED, rule_of(r.error_code))] += r.n
+        else:
+            counts[(r.agency_id, UNCONFIRMED, "-")] += r.n
+    return counts
+
+
+def unconfirmed_total(ledger_engine: Engine) -> int:
+    with ledger_engine.connect() as conn:
+        return conn.execute(text("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sent')")).scalar_one()
