@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import debtor
 import fbs_rows as fr
 import pytest
 from airflow_env import airflow_env, dags_test
 from leaks import full_cpr_numbers
 from sqlalchemy import text
 
-from fbs_debitor import ledger
+from fbs_debitor import emulator, ledger
 from fbs_debitor.eligibility import BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.settings import HOME
 
@@ -48,20 +49,33 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert interval.end - interval.start == dt.timedelta(hours=1)
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "transfer"} <= set(dag.tags) and dag.doc_md
-    assert [t.task_id for t in dag.topological_sort()] == ["open_run", "data_quality", "assess_eligibility",
-                                                           "close_run", "held_agencies"]
-    # Transient work is retried; a held agency (C3) is a setting to fix, so that task is not.
-    assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "held_agencies")
-    assert dag.get_task("held_agencies").retries == 0
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[:6] == ["open_run", "data_quality", "resend_unconfirmed", "build_and_send", "raise_staff_tasks",
+                         "close_run"]
+    assert set(order[6:]) == {"held_agencies", "undelivered"}
+    # Transient work is retried (sending is safe to retry: the outbox keys it); the final alarms
+    # (a held agency, C3; claims still unconfirmed) are facts to act on, so they are not.
+    alarms = {"held_agencies", "undelivered"}
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms)
+    assert all(dag.get_task(t).retries == 0 for t in alarms)
+
+
+def _metadata_url(db_urls, tmp_path, request) -> str | None:
+    if not db_urls.fbs.startswith("postgresql"):
+        return None
+    from pgcluster import create_database
+
+    return create_database(request.getfixturevalue("pg_admin_url"), f"airflow_{tmp_path.name[-20:]}".lower())
 
 
 @pytest.mark.airflow
-def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, tmp_path, request):
-    """T1/T4/T5 end to end through `airflow dags test`: the run is recorded with its counts."""
+def test_transfer_dag_delivers_through_airflow_exactly_once_and_records_the_run(stores, db_urls, tmp_path, request):
+    """T1/T4/T5 end to end through `airflow dags test` against the debtor emulator over HTTP: the
+    eligible claim is delivered and recorded with the run's counts; a second run sends nothing."""
     with stores.fbs.connect() as conn:
         fr.agency(conn)
         p = fr.patron(conn)
-        fr.liability(conn, p["patron_id"])                                             # eligible
+        eligible = fr.liability(conn, p["patron_id"])                                  # eligible
         fr.liability(conn, p["patron_id"], created_at=dt.datetime(2025, 3, 3, 9, 0))    # T1
         g = fr.patron(conn, kind="group", responsible_patron_id=None)
         fr.liability(conn, g["patron_id"])                                             # T4
@@ -71,18 +85,22 @@ def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, 
         fr.liability(conn, bad["patron_id"])
         conn.commit()
 
-    metadata_url = None
-    if db_urls.fbs.startswith("postgresql"):
-        from pgcluster import create_database
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        env["AIRFLOW_CONN_SERVICEPLATFORMEN"] = debtor.connection_json(emu.url)
+        state, output = dags_test(env, "debitor_transfer")
+        assert state == "success", output[-4000:]
+        run = ledger.get_run(stores.ledger, kind="transfer")
+        requests = emu.request_count
+        state2, output2 = dags_test(env, "debitor_transfer")
+        assert state2 == "success", output2[-4000:]
+        assert emu.request_count == requests                        # the second run sent nothing
+    assert [c["fordring_id"] for c in emulator.claims(emu_db)] == [f"FBS-715100-{eligible['liability_id']}"]
 
-        metadata_url = create_database(request.getfixturevalue("pg_admin_url"), f"airflow_{tmp_path.name[-20:]}".lower())
-    state, output = dags_test(airflow_env(tmp_path, db_urls, metadata_url), "debitor_transfer")
-    assert state == "success", output[-4000:]
-
-    run = ledger.get_run(stores.ledger, kind="transfer")
     assert run is not None and run.status == "success" and run.airflow_run_id
     counts = ledger.run_counts(stores.ledger, run.run_id)
-    assert counts[("715100", ELIGIBLE, "-")] == 1
+    assert counts[("715100", ELIGIBLE, "-")] == 1 and counts[("715100", "accepted", "-")] == 1
     assert counts[("715100", OUT_OF_SCOPE, "T1")] == 1
     assert counts[("715100", BLOCKED, "T4")] == 1 and counts[("715100", BLOCKED, "T5")] == 1
     assert counts[("715100", BLOCKED, "T6")] == 1
@@ -90,8 +108,12 @@ def test_transfer_dag_runs_through_airflow_and_records_the_run(stores, db_urls, 
         window = conn.execute(text("SELECT data_interval_start, data_interval_end FROM run WHERE run_id = :r"),
                               {"r": run.run_id}).one()
     assert window.data_interval_start is not None and window.data_interval_end is not None
-    # No full CPR number anywhere in Airflow's output of the run, task logs included.
-    assert full_cpr_numbers(output) == []
+    # No full CPR number anywhere in Airflow's output of the runs, task logs included; no payload.
+    assert full_cpr_numbers(output + output2) == []
+    assert "Debitorkonto>" not in output + output2
+    second = ledger.get_run(stores.ledger, kind="transfer")
+    assert second.run_id != run.run_id and ledger.run_counts(stores.ledger, second.run_id)[
+        ("715100", "already_sent", "-")] == 1
 
 
 @pytest.mark.airflow
@@ -105,12 +127,10 @@ def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C
         held = fr.patron(conn, agency_id="799900")
         fr.liability(conn, held["patron_id"], agency_id="799900")
         conn.commit()
-    metadata_url = None
-    if db_urls.fbs.startswith("postgresql"):
-        from pgcluster import create_database
-
-        metadata_url = create_database(request.getfixturevalue("pg_admin_url"), f"airflow_{tmp_path.name[-20:]}".lower())
-    state, output = dags_test(airflow_env(tmp_path, db_urls, metadata_url), "debitor_transfer")
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    with emulator.Emulator("KMD_OPUS", f"sqlite:///{tmp_path / 'emulator.sqlite'}") as emu:
+        env["AIRFLOW_CONN_SERVICEPLATFORMEN"] = debtor.connection_json(emu.url)
+        state, output = dags_test(env, "debitor_transfer")
     assert state == "failed"
     assert "held until the setting is fixed" in output and "agency 799900" in output and "Age limit 0" in output
     run = ledger.get_run(stores.ledger, kind="transfer")

@@ -132,6 +132,29 @@ def cmd_summary(args) -> int:
     return 0 if run.status == "success" else 1
 
 
+def cmd_reconcile(args) -> int:
+    """The ledger's outbox against what the debtor emulator holds: exactly once, nothing lost."""
+    from collections import Counter
+
+    from fbs_debitor import emulator
+
+    stores = _stores()
+    with stores.ledger.connect() as conn:
+        states = Counter(dict(conn.execute(text("SELECT state, COUNT(*) FROM outbox GROUP BY state")).all()))
+        accepted = {r[0] for r in conn.execute(text("SELECT fordring_id FROM outbox WHERE state = 'accepted'"))}
+    held = Counter(c["fordring_id"] for c in emulator.claims(args.emulator_db))
+    twice = [f for f, n in held.items() if n > 1]
+    missing, unknown = accepted - set(held), set(held) - accepted
+    unconfirmed = states["pending"] + states["sent"]
+    ok = not (twice or missing or unknown or unconfirmed)
+    print(f"reconciliation: the debtor emulator holds {sum(held.values())} claim(s); the ledger has "
+          f"{states['accepted']} accepted, {states['rejected']} rejected (staff tasks), {unconfirmed} unconfirmed; "
+          + ("every accepted claim is held exactly once: OK" if ok else
+             f"MISMATCH: {len(missing)} accepted but not held, {len(unknown)} held but not accepted, "
+             f"{len(twice)} held twice, {unconfirmed} unconfirmed"))
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fbs_debitor", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -169,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("emulator", add_help=False,
                    help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
                         "'emulator --help' for its options)")
+
+    p = sub.add_parser("reconcile", help="compare the ledger's delivered claims with the debtor emulator's")
+    p.add_argument("--emulator-db", required=True, help="SQLAlchemy URL of the emulator's database")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")

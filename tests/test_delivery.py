@@ -1,0 +1,388 @@
+"""Exactly-once delivery against the debtor-system emulator over real HTTP on loopback, on SQLite
+and PostgreSQL: a normal run, a rerun, crashes at each step of the outbox, a killed process,
+transient faults, permanent rejections as staff tasks (M1, M3, I3), mutual TLS, and no CPR leak."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import debtor
+import fbs_rows as fr
+import pytest
+from certs import certificates
+from leaks import full_cpr_numbers
+from sqlalchemy import text
+
+from fbs_debitor import delivery, emulator, ledger
+from fbs_debitor.settings import HOME
+from fbs_debitor.transfer import run_transfer
+
+CHILD_CPR = "0303154124"
+BATCH = 3
+
+
+class Crash(BaseException):
+    """A process dying at an exact point: not an Exception, so no handler in the code catches it."""
+
+
+@pytest.fixture
+def emu_db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+
+
+def municipality(stores, vendor: str = "KMD_OPUS", adults: int = 8, **agency) -> dict[str, list[int]]:
+    """Fees of adults, a company's compensation, a minor without a guardian (C5 task) and a person
+    without CPR who gets a replacement CPR (I1). Returns liability ids by kind."""
+    ids: dict[str, list[int]] = {"adult": [], "company": [], "minor": [], "replacement": [], "blocked": []}
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, debtor_vendor=vendor, **agency)
+        for i in range(adults):
+            p = fr.patron(conn, cpr=fr.ADULT_CPR if i % 2 else fr.ADULT2_CPR)
+            ids["adult"].append(fr.liability(conn, p["patron_id"], amount=Decimal(f"{30 + i}.50"))["liability_id"])
+        c = fr.patron(conn, kind="company")
+        ids["company"].append(fr.liability(conn, c["patron_id"], kind="compensation", acknowledged=True,
+                                           amount=Decimal("349.00"))["liability_id"])
+        kid = fr.patron(conn, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
+        ids["minor"].append(fr.liability(conn, kid["patron_id"])["liability_id"])
+        nocpr = fr.patron(conn, cpr=None, birth_date=dt.date(1990, 5, 17))
+        ids["replacement"].append(fr.liability(conn, nocpr["patron_id"])["liability_id"])
+        group = fr.patron(conn, kind="group", responsible_patron_id=None)
+        ids["blocked"].append(fr.liability(conn, group["patron_id"])["liability_id"])   # T4: never sent
+        conn.commit()
+    return ids
+
+
+def sendable(ids) -> set[int]:
+    return {i for k, v in ids.items() if k != "blocked" for i in v}
+
+
+def fordring_ids(liability_ids) -> set[str]:
+    return {f"FBS-715100-{i}" for i in liability_ids}
+
+
+def outbox(stores) -> dict[int, dict]:
+    with stores.ledger.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM outbox")).mappings().all()
+    return {r["liability_id"]: dict(r) for r in rows}
+
+
+def tasks(stores, kind: str | None = None) -> list[dict]:
+    with stores.fbs.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM task ORDER BY task_id")).mappings().all()
+    return [dict(r) for r in rows if kind is None or r["kind"] == kind]
+
+
+def once_each(emu_db: str) -> list[str]:
+    """The FordringIDs the emulator holds; the emulator's key makes a duplicate impossible to store,
+    so 'exactly once' is: every expected id present, and the receiver never answered differently."""
+    return [c["fordring_id"] for c in emulator.claims(emu_db)]
+
+
+def transfer(stores, url: str, **client_over):
+    with debtor.client(url, **client_over) as client:
+        return run_transfer(stores, client, batch_size=BATCH, data_quality=False)
+
+
+def delivery_totals(stores, run_id) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (_a, category, rule), n in ledger.run_counts(stores.ledger, run_id).items():
+        if category in delivery.DELIVERY_CATEGORIES:
+            out[category] = out.get(category, 0) + n
+            if category == delivery.REJECTED:
+                out[f"rejected:{rule}"] = n
+    return out
+
+
+# --- the normal run ----------------------------------------------------------------------------------
+
+def test_normal_run_delivers_every_eligible_claim_once_and_a_rerun_sends_nothing(stores, emu_db):
+    ids = municipality(stores)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        run_id, _ = transfer(stores, emu.url)
+        requests_after_first = emu.request_count
+        rerun_id, _ = transfer(stores, emu.url)
+        assert emu.request_count == requests_after_first          # nothing new went over the wire
+
+    held = sorted(once_each(emu_db))
+    assert held == sorted(fordring_ids(sendable(ids)))
+    box = outbox(stores)
+    assert set(box) == sendable(ids)
+    assert {r["state"] for r in box.values()} == {"accepted"}
+    assert all(r["message_key"] == f"{lid}:1" and r["attempts"] == 1 and r["debtor_ref"].startswith("KMD_OPUS-")
+               for lid, r in box.items())
+    by_id = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert all(by_id[r["fordring_id"]]["debitor_reference"] == r["debtor_ref"] for r in box.values())
+    assert delivery_totals(stores, run_id) == {"accepted": len(sendable(ids))}
+    assert delivery_totals(stores, rerun_id) == {}
+    # M2: the audit trail shows each claim recorded, sent and accepted, in that order
+    with stores.ledger.connect() as conn:
+        kinds = [r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l ORDER BY occurred_at, "
+                                                 "CASE kind WHEN 'recorded' THEN 0 WHEN 'sent' THEN 1 ELSE 2 END"),
+                                            {"l": ids["adult"][0]})]
+        claim_states = {r[0] for r in conn.execute(text("SELECT state FROM claim"))}
+    assert kinds == ["recorded", "sent", "accepted"] and claim_states == {"accepted"}
+
+
+def test_I1_replacement_cpr_is_in_fbs_before_the_claim_is_sent_and_C5_task_raised(stores, emu_db, monkeypatch):
+    ids = municipality(stores)
+    seen_in_fbs: list[str | None] = []
+    real_mark = delivery.mark_attempt
+
+    def spy(ledger_engine, run_id, keys, attempt):
+        with stores.fbs.connect() as conn:
+            seen_in_fbs.append(conn.execute(text(
+                "SELECT p.replacement_cpr FROM patron p JOIN liability l ON l.patron_id = p.patron_id "
+                "WHERE l.liability_id = :l"), {"l": ids["replacement"][0]}).scalar())
+        return real_mark(ledger_engine, run_id, keys, attempt)
+
+    monkeypatch.setattr(delivery, "mark_attempt", spy)
+    with emulator.Emulator("EG", emu_db) as emu:
+        transfer(stores, emu.url)
+    assert seen_in_fbs and all(n is not None and int(n[0]) >= 6 for n in seen_in_fbs)   # day field + 60
+    claim = next(c for c in emulator.claims(emu_db) if c["fordring_id"] == f"FBS-715100-{ids['replacement'][0]}")
+    assert claim["identification_kind"] == "ERSTATNING_CPR"
+    assert claim["identification"] == f"{seen_in_fbs[0][:6]}-****"
+    c5 = tasks(stores, "C5_minor_without_guardian")
+    assert [t["liability_id"] for t in c5] == ids["minor"]
+
+
+# --- crashes at each step ---------------------------------------------------------------------------
+
+def test_crash_between_recorded_and_sent_ends_with_every_claim_exactly_once(stores, emu_db, monkeypatch):
+    ids = municipality(stores)
+
+    def crash(*_a, **_k):
+        raise Crash("killed after the batch was recorded, before it was sent")
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(delivery, "mark_attempt", crash)
+            with pytest.raises(Crash):
+                transfer(stores, emu.url)
+        assert emu.request_count == 0 and once_each(emu_db) == []
+        box = outbox(stores)
+        assert len(box) == BATCH and {r["state"] for r in box.values()} == {"pending"}
+        run = ledger.get_run(stores.ledger)
+        assert run.status == "failed" and "Crash" in run.error
+
+        run_id, _ = transfer(stores, emu.url)
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids)))
+    box = outbox(stores)
+    assert {r["state"] for r in box.values()} == {"accepted"} and all(r["attempts"] == 1 for r in box.values())
+    assert delivery_totals(stores, run_id) == {"accepted": len(sendable(ids))}
+
+
+def test_crash_between_sent_and_answer_recorded_resends_under_the_same_keys(stores, emu_db, monkeypatch):
+    ids = municipality(stores)
+
+    def crash(*_a, **_k):
+        raise Crash("killed after the debtor system answered, before the answer was recorded")
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(delivery, "record_answers", crash)
+            with pytest.raises(Crash):
+                transfer(stores, emu.url)
+        first = {c["fordring_id"]: c["debitor_reference"] for c in emulator.claims(emu_db)}
+        assert len(first) == BATCH                                   # the receiver has the first batch
+        box = outbox(stores)
+        assert {r["state"] for r in box.values()} == {"sent"} and len(box) == BATCH
+
+        run_id, _ = transfer(stores, emu.url)
+    held = once_each(emu_db)
+    assert sorted(held) == sorted(fordring_ids(sendable(ids))) and len(held) == len(set(held))
+    box = outbox(stores)
+    assert {r["state"] for r in box.values()} == {"accepted"}
+    resent = [r for r in box.values() if r["fordring_id"] in first]
+    assert len(resent) == BATCH
+    # the resend got the receiver's FIRST answer: the same reference, nothing new created
+    assert all(r["debtor_ref"] == first[r["fordring_id"]] and r["attempts"] == 2 for r in resent)
+    assert delivery_totals(stores, run_id)["accepted"] == len(sendable(ids))
+
+
+def test_changed_in_fbs_before_the_answer_is_resent_as_it_is_and_recorded_M2(stores, emu_db, monkeypatch):
+    ids = municipality(stores, adults=2)
+
+    def crash(*_a, **_k):
+        raise Crash("killed before the answer was recorded")
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(delivery, "record_answers", crash)
+            with pytest.raises(Crash):
+                transfer(stores, emu.url)
+        victim = next(r["liability_id"] for r in outbox(stores).values())
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"), {"a": "99.00", "l": victim})
+        transfer(stores, emu.url)
+    with stores.ledger.connect() as conn:
+        kinds = [r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": victim})]
+    assert "content_changed_before_answer" in kinds
+    # the receiver keeps what it got first; keeping it true is the change flow's job (U1)
+    held = {c["fordring_id"]: c["amount"] for c in emulator.claims(emu_db)}
+    assert held[f"FBS-715100-{victim}"] != Decimal("99.00")
+    assert sorted(held) == sorted(fordring_ids(sendable(ids)))
+
+
+def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(stores, db_urls, emu_db, tmp_path):
+    """A real SIGKILL of `python -m fbs_debitor transfer` while its first batch is on the wire."""
+    ids = municipality(stores)
+    slow = 4.0
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("slow",), slow_seconds=slow) as emu:
+        env = {**os.environ, "FBS_DEBITOR_FBS_URL": db_urls.fbs, "FBS_DEBITOR_LEDGER_URL": db_urls.ledger,
+               "FBS_DEBITOR_VAR": str(tmp_path / "var"), "FBS_DEBITOR_HOME": str(HOME),
+               "PYTHONPATH": str(HOME / "plugins"), "FBS_DEBITOR_BATCH_SIZE": str(BATCH),
+               "AIRFLOW_CONN_SERVICEPLATFORMEN": debtor.connection_json(emu.url, operation_timeout=60)}
+        proc = subprocess.Popen([sys.executable, "-m", "fbs_debitor", "transfer"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(r["state"] == "sent" for r in outbox(stores).values()):
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the transfer never marked a batch sent"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stderr.close()
+        deadline = time.monotonic() + slow + 20       # the emulator finishes the request it had read
+        while len(once_each(emu_db)) < BATCH and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert len(once_each(emu_db)) == BATCH
+    assert {r["state"] for r in outbox(stores).values()} == {"sent"}
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:        # the debtor system is healthy again
+        transfer(stores, emu.url)
+    held = once_each(emu_db)
+    assert sorted(held) == sorted(fordring_ids(sendable(ids)))
+    assert {r["state"] for r in outbox(stores).values()} == {"accepted"}
+
+
+# --- faults -------------------------------------------------------------------------------------------
+
+def test_20_percent_transient_faults_end_with_every_claim_delivered_once(stores, emu_db):
+    ids = municipality(stores, adults=30)
+    kinds = ("http500", "http503", "drop", "drop_after_store", "soapfault", "slow")
+    runs = []
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=0.2, fault_kinds=kinds, slow_seconds=1.5, seed=7) as emu:
+        for _ in range(6):                                     # hourly runs until nothing is unconfirmed
+            run_id, _ = transfer(stores, emu.url, operation_timeout=0.5, max_attempts=3)
+            runs.append(delivery_totals(stores, run_id))
+            if delivery.unconfirmed_total(stores.ledger) == 0:
+                break
+        faults = dict(emu.faults)
+    assert sum(faults.values()) >= 3, faults
+    held = once_each(emu_db)
+    assert sorted(held) == sorted(fordring_ids(sendable(ids)))
+    box = outbox(stores)
+    assert {r["state"] for r in box.values()} == {"accepted"}
+    assert sum(r["attempts"] for r in box.values()) > len(box)          # retries really happened
+    assert sum(r.get("accepted", 0) for r in runs) == len(sendable(ids))  # each accepted in exactly one run
+
+
+def test_M1_claims_unanswered_for_many_attempts_become_one_delayed_task(stores, emu_db, monkeypatch):
+    municipality(stores, adults=1)
+    monkeypatch.setenv("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "4")
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("http503",)) as emu:
+        first, _ = transfer(stores, emu.url, max_attempts=2)
+        assert tasks(stores, "delivery_delayed") == []
+        assert delivery_totals(stores, first)["unconfirmed"] == len(outbox(stores))
+        transfer(stores, emu.url, max_attempts=2)
+        transfer(stores, emu.url, max_attempts=2)
+    delayed = tasks(stores, "delivery_delayed")
+    assert len(delayed) == len(outbox(stores))                                 # one per claim, not per run
+    assert all("HTTP 503" in t["message"] and "integration" in t["message"] for t in delayed)
+    assert all(r["state"] == "sent" and r["attempts"] == 6 for r in outbox(stores).values())
+
+
+# --- permanent rejections -----------------------------------------------------------------------------
+
+def test_M3_unmapped_claim_type_rejections_become_tasks_and_are_never_retried(stores, emu_db):
+    ids = municipality(stores)
+    fees_only = {"BIBLIOTEKSGEBYR_OVERSKREDET_LAANETID"}
+    with emulator.Emulator("KMD_OPUS", emu_db, accepted_claim_types=fees_only) as emu:
+        run_id, _ = transfer(stores, emu.url)
+        before = emu.request_count
+        transfer(stores, emu.url)
+        assert emu.request_count == before                       # a rejection is not sent again
+    box = outbox(stores)
+    company = box[ids["company"][0]]
+    assert company["state"] == "rejected" and company["error_code"] == "M3_UMAPPET_KRAVTYPE"
+    assert delivery_totals(stores, run_id) == {"accepted": len(sendable(ids)) - 1, "rejected": 1, "rejected:M3": 1}
+    (task,) = tasks(stores, "delivery_rejected")
+    assert task["liability_id"] == ids["company"][0] and task["task_id"] == f"REJ-{company['message_key']}"
+    assert "Kravtypen er ikke mappet" in task["message"] and "claim type is not mapped" in task["message"]
+    assert company["task_id"] == task["task_id"]
+
+
+def test_I3_prisme_rejects_replacement_cpr_claims_and_staff_get_a_task(stores, emu_db):
+    ids = municipality(stores, vendor="PRISME")
+    with emulator.Emulator("PRISME", emu_db) as emu:
+        run_id, _ = transfer(stores, emu.url)
+    box = outbox(stores)
+    rejected = {lid for lid, r in box.items() if r["state"] == "rejected"}
+    assert rejected == set(ids["replacement"])
+    assert box[ids["replacement"][0]]["error_code"] == "I3_ERSTATNINGS_CPR"
+    (task,) = tasks(stores, "delivery_rejected")
+    assert "Fujitsu Prisme" in task["message"] and "erstatningspersonnummer" in task["message"]
+    assert "replacement CPR" in task["message"]
+    assert delivery_totals(stores, run_id)["rejected:I3"] == 1
+    with stores.fbs.connect() as conn:          # I1: the number stays, whatever the debtor system said
+        assert conn.execute(text("SELECT COUNT(*) FROM patron WHERE replacement_cpr IS NOT NULL")).scalar() == 1
+
+
+def test_each_agency_meets_its_own_vendor_through_one_emulator(stores, emu_db):
+    municipality(stores)
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, agency_id="726300", debtor_vendor="PRISME", org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
+        p = fr.patron(conn, agency_id="726300", cpr=None, birth_date=dt.date(1988, 1, 2))
+        prisme = fr.liability(conn, p["patron_id"], agency_id="726300")["liability_id"]
+        conn.commit()
+    by_org_unit = emulator.vendors_from_fbs(str(stores.fbs.url.render_as_string(hide_password=False)))
+    with emulator.Emulator("EG", emu_db, vendor_by_org_unit=by_org_unit) as emu:
+        transfer(stores, emu.url)
+    box = outbox(stores)
+    assert box[prisme]["error_code"] == "I3_ERSTATNINGS_CPR"                       # Søvang runs Prisme
+    assert all(r["debtor_ref"].startswith("KMD_OPUS-") for lid, r in box.items() if lid != prisme)
+
+
+# --- mutual TLS and leaks ------------------------------------------------------------------------------
+
+def test_mutual_tls_delivers_with_the_client_certificate_and_not_without(stores, emu_db, tmp_path):
+    ids = municipality(stores, adults=2)
+    p = certificates(tmp_path)
+    server = emulator.tls_context(p["server_cert"], p["server_key"], client_ca=p["ca_cert"])
+    with emulator.Emulator("EG", emu_db, tls=server) as emu:
+        refused, _ = transfer(stores, emu.url, ca_bundle=p["ca_cert"], max_attempts=2)
+        assert once_each(emu_db) == []
+        assert delivery_totals(stores, refused)["unconfirmed"] == len(outbox(stores))
+        assert all(r["last_error"] for r in outbox(stores).values())
+        transfer(stores, emu.url, ca_bundle=p["ca_cert"], client_cert=p["client_cert"], client_key=p["client_key"])
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids)))
+    assert {r["state"] for r in outbox(stores).values()} == {"accepted"}
+
+
+def test_no_full_cpr_in_logs_ledger_or_tasks_of_a_full_run_with_faults(stores, emu_db, caplog):
+    municipality(stores, vendor="PRISME")
+    caplog.set_level(logging.DEBUG)
+    kinds = ("http503", "drop_after_store", "soapfault")
+    with emulator.Emulator("PRISME", emu_db, fault_rate=0.3, fault_kinds=kinds, seed=1) as emu:
+        for _ in range(3):
+            transfer(stores, emu.url)
+    assert caplog.records and full_cpr_numbers(caplog.text) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "<soap" in r.getMessage().lower()]
+    with stores.ledger.connect() as conn:
+        stored = " ".join(str(v) for row in conn.execute(text(
+            "SELECT detail FROM event UNION ALL SELECT last_error FROM outbox UNION ALL SELECT error FROM run"))
+            for v in row)
+    assert full_cpr_numbers(stored) == []
+    assert full_cpr_numbers(" ".join(t["message"] for t in tasks(stores))) == []
