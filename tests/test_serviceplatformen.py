@@ -143,17 +143,50 @@ def _without(key: str) -> dict:
     pytest.param(None, connection_extra(), "no endpoint", id="no-host"),
     pytest.param(PROD, connection_extra(auth="basic"), "auth must be one of invocation_context, saml",
                  id="unknown-auth"),
-    pytest.param(PROD, connection_extra(connect_timeout=0), "connect_timeout and operation_timeout must be positive",
+    pytest.param(PROD, connection_extra(connect_timeout=0), "connect_timeout must be a positive number",
                  id="zero-connect-timeout"),
-    pytest.param(PROD, connection_extra(operation_timeout=-1), "connect_timeout and operation_timeout must be positive",
+    pytest.param(PROD, connection_extra(operation_timeout=-1), "operation_timeout must be a positive number",
                  id="negative-operation-timeout"),
+    pytest.param(PROD, connection_extra(operation_timeout="nan"), "operation_timeout must be a positive number",
+                 id="nan-operation-timeout"),
+    pytest.param(PROD, connection_extra(connect_timeout="inf"), "connect_timeout must be a positive number",
+                 id="infinite-connect-timeout"),
+    pytest.param(PROD, connection_extra(connect_timeout="abc"), "connect_timeout must be a number of seconds",
+                 id="text-connect-timeout"),
+    pytest.param(PROD, connection_extra(backoff_seconds=-1), "backoff_seconds must be zero or a positive number",
+                 id="negative-backoff"),
     pytest.param(PROD, connection_extra(max_attempts=0), "max_attempts must be at least 1", id="no-attempts"),
+    pytest.param(PROD, connection_extra(max_attempts=2.5), "max_attempts must be a whole number",
+                 id="fractional-attempts"),
 ])
 def test_config_errors_name_the_field(host, extra, names):
     with pytest.raises(serviceplatformen.ConfigError) as err:
         serviceplatformen.config_from_connection(host, None, None, extra)
     assert names in str(err.value)
     assert "'serviceplatformen'" in str(err.value)          # and the connection
+
+
+def test_uuids_in_other_spellings_are_kept_in_the_form_the_InvocationContext_schema_accepts():
+    extra = connection_extra(user_uuid="33333333333341118111333333333333",
+                             service_agreement_uuid="{11111111-1111-4111-8111-111111111111}",
+                             user_system_uuid="urn:uuid:22222222-2222-4222-8222-222222222222")
+    config = serviceplatformen.config_from_connection(PROD, None, None, extra)
+    assert config.user_uuid == "33333333-3333-4111-8111-333333333333"
+    assert config.service_agreement_uuid == "11111111-1111-4111-8111-111111111111"
+    assert messages.schema("InvocationContext.xsd").validate(serviceplatformen.invocation_context(config))
+
+
+def test_broken_connection_json_shapes_are_config_errors():
+    for raw in ('[1]', json.dumps({"host": PROD, "extra": "{broken"}), json.dumps({"host": PROD, "extra": [1]})):
+        with pytest.raises(serviceplatformen.ConfigError):
+            serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: raw})
+
+
+def test_host_port_and_scheme_forms_of_the_connection():
+    https = serviceplatformen.config_from_connection("exttest.serviceplatformen.dk", 443, "https", connection_extra())
+    assert https.endpoint == "https://exttest.serviceplatformen.dk:443/service/OIR/DebitorRegistreringAfsend/1"
+    v6 = serviceplatformen.config_from_connection("::1", 8590, None, connection_extra(), conn_type="http")
+    assert v6.endpoint == "http://[::1]:8590/service/OIR/DebitorRegistreringAfsend/1"
 
 
 def test_config_errors_for_certificate_files_name_the_field(tmp_path):
@@ -345,6 +378,8 @@ def test_only_idempotent_operations_are_retried(emu_db, monkeypatch):
     (Fault(message="midlertidig fejl", code="soap:Server"), True, "SOAP fault Server: midlertidig fejl"),
     (Fault(message="y", code="SOAP-ENV:Server"), True, "SOAP fault Server"),
     (Fault(message="z", code=None), False, "SOAP fault ?"),
+    (Fault(message="busy", code="soap:Server.Busy"), True, "SOAP fault Server.Busy"),
+    (TransportError("not soap", status_code=200), True, "HTTP 200 without a SOAP answer"),
     (TransportError("unavailable", status_code=503), True, "HTTP 503"),
     (TransportError("boom", status_code=500), True, "HTTP 500"),
     (TransportError("throttled", status_code=429), True, "HTTP 429"),

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 CONN_ID = "serviceplatformen"
 ENV_VAR = "AIRFLOW_CONN_SERVICEPLATFORMEN"
 SERVICE_UUID = "e354a6d1-500b-49c6-916a-510623e12fba"       # SF1590_B_01 DebitorRegistreringAfsend
+DEFAULT_PATH = "service/OIR/DebitorRegistreringAfsend/1"
 WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
 BINDING = "{urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:wsdl}DebitorRegistreringAfsendBinding"
 IDEMPOTENT = frozenset({"OpretDebitorkonto", "RetFordringTilstand"})  # keyed per FordringID / AendringID
@@ -97,8 +99,8 @@ class Config:
     def __post_init__(self):
         for name in ("service_agreement_uuid", "user_system_uuid", "user_uuid", "service_uuid"):
             value = getattr(self, name)
-            try:
-                uuid.UUID(str(value))
+            try:   # kept in the one form the InvocationContext schema accepts: 8-4-4-4-12, lower case
+                object.__setattr__(self, name, str(uuid.UUID(str(value))))
             except ValueError:
                 raise ConfigError(f"connection {CONN_ID!r}: {name} must be a UUID") from None
         parts = urlsplit(self.endpoint)
@@ -113,8 +115,11 @@ class Config:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise ConfigError(f"connection {CONN_ID!r}: {name} {path!r} is not a readable file")
-        if self.connect_timeout <= 0 or self.operation_timeout <= 0:
-            raise ConfigError(f"connection {CONN_ID!r}: connect_timeout and operation_timeout must be positive")
+        for name in ("connect_timeout", "operation_timeout"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"connection {CONN_ID!r}: {name} must be a positive number of seconds")
+        if not (math.isfinite(self.backoff_seconds) and self.backoff_seconds >= 0):
+            raise ConfigError(f"connection {CONN_ID!r}: backoff_seconds must be zero or a positive number")
         if self.max_attempts < 1:
             raise ConfigError(f"connection {CONN_ID!r}: max_attempts must be at least 1")
         if self.auth not in AUTH_MODES:
@@ -136,7 +141,11 @@ _FLOATS = ("connect_timeout", "operation_timeout", "backoff_seconds")
 def config_from_connection(host: str | None, port: int | None, schema: str | None, extra: dict,
                            conn_type: str | None = None) -> Config:
     """A Config from an Airflow Connection's fields. The endpoint is ``extra.endpoint``, or ``host``
-    when it is a whole URL, or ``https://host[:port]/schema``."""
+    when it is a whole URL, or ``https://host[:port]/<path>`` where the path is ``schema`` (Airflow's
+    URI form puts it there), or the service's standard path. A ``schema`` of ``http``/``https`` is
+    read as the scheme, as Airflow's HTTP connections use it; plain http only to loopback."""
+    if not isinstance(extra or {}, dict):
+        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
     extra = dict(extra or {})
     endpoint = extra.pop("endpoint", None)
     if not endpoint:
@@ -145,8 +154,14 @@ def config_from_connection(host: str | None, port: int | None, schema: str | Non
         if "://" in host:
             endpoint = host
         else:
-            scheme = "http" if (conn_type or "").lower() == "http" and _is_loopback(host) else "https"
-            endpoint = f"{scheme}://{host}{f':{port}' if port else ''}/{(schema or '').lstrip('/')}"
+            path = (schema or "").strip("/")
+            scheme = "https"
+            if path.lower() in ("http", "https"):
+                scheme, path = path.lower(), ""
+            elif (conn_type or "").lower() == "http" and _is_loopback(host):
+                scheme = "http"
+            name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            endpoint = f"{scheme}://{name}{f':{port}' if port else ''}/{path or DEFAULT_PATH}"
     known = set(Config.__dataclass_fields__) - {"endpoint"}
     unknown = set(extra) - known
     if unknown:
@@ -154,8 +169,22 @@ def config_from_connection(host: str | None, port: int | None, schema: str | Non
     missing = [k for k in ("service_agreement_uuid", "user_system_uuid", "user_uuid") if not extra.get(k)]
     if missing:
         raise ConfigError(f"connection {CONN_ID!r}: extra is missing {', '.join(missing)}")
-    values = {k: (float(v) if k in _FLOATS else int(v) if k == "max_attempts" else v) for k, v in extra.items()}
-    return Config(endpoint=endpoint, **values)
+    return Config(endpoint=endpoint, **{k: _convert(k, v) for k, v in extra.items()})
+
+
+def _convert(name: str, value):
+    try:
+        if name in _FLOATS:
+            return float(value)
+        if name == "max_attempts":
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+    except (TypeError, ValueError):
+        kind = "a whole number" if name == "max_attempts" else "a number of seconds"
+        raise ConfigError(f"connection {CONN_ID!r}: {name} must be {kind}") from None
+    return value
 
 
 def config_from_env(environ: dict | None = None) -> Config:
@@ -167,11 +196,13 @@ def config_from_env(environ: dict | None = None) -> Config:
                           f"(or {ENV_VAR} as JSON)")
     try:
         data = json.loads(raw)
+        extra = data.get("extra") or {} if isinstance(data, dict) else None
+        if isinstance(extra, str):
+            extra = json.loads(extra)
     except json.JSONDecodeError:
         raise ConfigError(f"{ENV_VAR} must be the connection as JSON") from None
-    extra = data.get("extra") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra)
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise ConfigError(f"{ENV_VAR} must be a JSON object with 'host' and an 'extra' object")
     return config_from_connection(data.get("host"), data.get("port"), data.get("schema"), extra,
                                   data.get("conn_type"))
 
@@ -353,10 +384,13 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         return True, "connection failed or dropped"
     if isinstance(exc, Fault):
         code = (exc.code or "").rsplit(":", 1)[-1]
-        # A Server fault is the receiver's trouble (retry); a Client fault is ours (do not).
-        return code == "Server", f"SOAP fault {code or '?'}: {_first_line(exc.message)[:200]}"
+        # A Server fault (also a dotted SOAP 1.1 subcode, Server.Busy) is the receiver's trouble
+        # (retry); a Client fault is ours (do not).
+        return code.split(".", 1)[0] == "Server", f"SOAP fault {code or '?'}: {_first_line(exc.message)[:200]}"
     if isinstance(exc, TransportError):
         status = getattr(exc, "status_code", 0) or 0
+        if status == 200:   # an answer that is not SOAP (cut off, or a proxy's page): ask again, by key
+            return True, "HTTP 200 without a SOAP answer"
         return status >= 500 or status in (408, 429), f"HTTP {status}"
     if isinstance(exc, XMLSyntaxError):
         return True, "the answer was not well-formed XML"
