@@ -77,10 +77,10 @@ def debitor_transfer():
         return dag_tasks.resend_unconfirmed(ledger_run_id)
 
     @task(task_id="build_and_send")
-    def build_and_send(ledger_run_id: str, resent: int) -> dict[str, int]:
+    def build_and_send(ledger_run_id: str, resent: int, ti=None) -> dict[str, int]:
         from fbs_debitor import dag_tasks
 
-        return dag_tasks.build_and_send(ledger_run_id)
+        return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
     @task(task_id="raise_staff_tasks")
     def raise_staff_tasks(ledger_run_id: str, counts: dict[str, int]) -> dict[str, int]:

@@ -13,9 +13,10 @@ from leaks import full_cpr_numbers
 from fbs_debitor.settings import HOME
 
 
-def cli(db_urls, tmp_path, *args):
-    env = dict(os.environ, FBS_DEBITOR_FBS_URL=db_urls.fbs, FBS_DEBITOR_LEDGER_URL=db_urls.ledger,
-               FBS_DEBITOR_VAR=str(tmp_path / "var"), PYTHONPATH=str(HOME / "plugins"))
+def cli(db_urls, tmp_path, *args, **env_over):
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_SERVICEPLATFORMEN"}
+    env.update(FBS_DEBITOR_FBS_URL=db_urls.fbs, FBS_DEBITOR_LEDGER_URL=db_urls.ledger,
+               FBS_DEBITOR_VAR=str(tmp_path / "var"), PYTHONPATH=str(HOME / "plugins"), **env_over)
     return subprocess.run([sys.executable, "-m", "fbs_debitor", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -48,9 +49,31 @@ def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
         assert full_cpr_numbers(proc.stdout + proc.stderr) == []
 
 
-def test_cli_transfer_without_dry_run_refuses_to_pretend(db_urls, tmp_path):
+def test_cli_transfer_without_a_serviceplatformen_connection_says_so_and_sends_nothing(db_urls, tmp_path):
     proc = cli(db_urls, tmp_path, "transfer")
-    assert proc.returncode == 2 and "only --dry-run" in proc.stderr
+    assert proc.returncode == 2 and "serviceplatformen" in proc.stderr and "AIRFLOW_CONN_SERVICEPLATFORMEN" in proc.stderr
+
+
+def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls, tmp_path):
+    from debtor import connection_json
+
+    from fbs_debitor import emulator
+
+    assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
+        conn = connection_json(emu.url)
+        first = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
+        second = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sent = re.search(r"^sent (\d+): accepted (\d+), rejected (\d+)", first.stdout, re.M)
+    assert sent and int(sent.group(1)) > 0 and int(sent.group(1)) == int(sent.group(2)) + int(sent.group(3))
+    assert re.search(r"^sent 0: accepted 0, rejected 0, unconfirmed 0", second.stdout, re.M)
+    held = len(emulator.claims(emu_db))
+    assert held == int(sent.group(2))
+    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    assert check.returncode == 0 and f"holds {held} claim(s)" in check.stdout and "exactly once: OK" in check.stdout
+    assert full_cpr_numbers(first.stdout + first.stderr + second.stdout + second.stderr) == []
 
 
 def test_leak_detector_finds_cpr_numbers_and_ignores_uuids_and_timestamps():

@@ -130,6 +130,19 @@ def test_normal_run_delivers_every_eligible_claim_once_and_a_rerun_sends_nothing
     assert kinds == ["recorded", "sent", "accepted"] and claim_states == {"accepted"}
 
 
+def test_late_arriving_liability_from_an_earlier_window_is_sent_by_the_next_run_T1(stores, emu_db):
+    ids = municipality(stores, adults=1)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        with stores.fbs.connect() as conn:        # created days ago, in the extract only now
+            p = fr.patron(conn)
+            late = fr.liability(conn, p["patron_id"], created_at=dt.datetime.now() - dt.timedelta(days=3))
+            conn.commit()
+        run_id, _ = transfer(stores, emu.url)
+    assert delivery_totals(stores, run_id) == {"accepted": 1}
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids) | {late["liability_id"]}))
+
+
 def test_I1_replacement_cpr_is_in_fbs_before_the_claim_is_sent_and_C5_task_raised(stores, emu_db, monkeypatch):
     ids = municipality(stores)
     seen_in_fbs: list[str | None] = []

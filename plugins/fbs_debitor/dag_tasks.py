@@ -91,13 +91,17 @@ def resend_unconfirmed(run_id: str) -> int:
         stores.dispose()
 
 
-def build_and_send(run_id: str) -> dict[str, int]:
-    """Eligible liabilities built into claims, recorded in the outbox and sent in batches."""
+def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
+    """Eligible liabilities built into claims, recorded in the outbox and sent in batches. A retry
+    of this task first sends what its killed try left recorded but unconfirmed (those are in the
+    ledger, so the eligibility step would not pick them up again)."""
     from fbs_debitor import transfer
 
     stores = _stores()
     try:
         with _client() as client:
+            if try_number > 1:
+                transfer.resend_unconfirmed(stores, client, run_id)
             counts = transfer.deliver(stores, client, run_id)
         return transfer.totals(counts)
     except Exception as exc:
