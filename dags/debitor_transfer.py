@@ -29,10 +29,12 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    findings with their rule, never dropped. The rest are built into claims; new replacement CPRs
    (I1) and C5 tasks are written to FBS first; each batch is recorded in the ledger's outbox
    (`pending`), marked `sent` before every transmission and `accepted`/`rejected` from the debtor
-   system's receipts. Transient faults are retried with backoff inside the call.
+   system's receipts. Transient faults are retried with backoff inside the call; when a batch
+   still gets no answer, the rest of the run sends nothing new (it waits for the next run).
 5. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
-   Danish and English; rejections are never sent again. Claims unanswered after many runs get a
-   task too. Records the run's accepted / rejected / unconfirmed counts.
+   Danish and English; rejections are never sent again. Claims unanswered after many attempts,
+   and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
+   run's accepted / rejected / unconfirmed counts. Runs even when sending failed part-way.
 6. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
    counts per agency and rule.
 7. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
@@ -82,8 +84,8 @@ def debitor_transfer():
 
         return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
-    @task(task_id="raise_staff_tasks")
-    def raise_staff_tasks(ledger_run_id: str, counts: dict[str, int]) -> dict[str, int]:
+    @task(task_id="raise_staff_tasks", trigger_rule="all_done")
+    def raise_staff_tasks(ledger_run_id: str) -> dict[str, int]:
         from fbs_debitor import dag_tasks
 
         return dag_tasks.raise_staff_tasks(ledger_run_id)
@@ -110,9 +112,13 @@ def debitor_transfer():
     dq = data_quality(ledger_run_id)
     resent = resend_unconfirmed(ledger_run_id)
     dq >> resent
-    counts = build_and_send(ledger_run_id, resent)
-    delivered = raise_staff_tasks(ledger_run_id, counts)
+    sent = build_and_send(ledger_run_id, resent)
+    # Rejections already answered become staff tasks even when sending failed part-way (all_done);
+    # the run is only closed as successful when sending itself succeeded.
+    delivered = raise_staff_tasks(ledger_run_id)
+    sent >> delivered
     closed = close_run(ledger_run_id, delivered)
+    sent >> closed
     held_agencies(dq, closed)
     undelivered(delivered, closed)
 

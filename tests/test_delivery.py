@@ -232,16 +232,92 @@ def test_changed_in_fbs_before_the_answer_is_resent_as_it_is_and_recorded_M2(sto
             with pytest.raises(Crash):
                 transfer(stores, emu.url)
         victim = next(r["liability_id"] for r in outbox(stores).values())
+        first_print = outbox(stores)[victim]["fingerprint"]
         with stores.fbs.begin() as conn:
             conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"), {"a": "99.00", "l": victim})
         transfer(stores, emu.url)
     with stores.ledger.connect() as conn:
         kinds = [r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": victim})]
     assert "content_changed_before_answer" in kinds
+    # it had left once, so the receiver may hold the first version: the ledger keeps that fingerprint
+    assert outbox(stores)[victim]["fingerprint"] == first_print
     # the receiver keeps what it got first; keeping it true is the change flow's job (U1)
     held = {c["fordring_id"]: c["amount"] for c in emulator.claims(emu_db)}
     assert held[f"FBS-715100-{victim}"] != Decimal("99.00")
     assert sorted(held) == sorted(fordring_ids(sendable(ids)))
+
+
+def crash_before_answer(stores, emu_url, monkeypatch):
+    def crash(*_a, **_k):
+        raise Crash("killed before the answer was recorded")
+
+    with monkeypatch.context() as m:
+        m.setattr(delivery, "record_answers", crash)
+        with pytest.raises(Crash):
+            transfer(stores, emu_url)
+
+
+def test_sent_liability_moved_to_another_agency_is_never_resent_under_a_new_fordring_id(stores, emu_db, monkeypatch):
+    municipality(stores, adults=2)
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, agency_id="715200", org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
+        conn.commit()
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        crash_before_answer(stores, emu.url, monkeypatch)
+        moved = min(outbox(stores))
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET agency_id = '715200' WHERE liability_id = :l"), {"l": moved})
+        run_id, _ = transfer(stores, emu.url)
+    held = once_each(emu_db)
+    assert f"FBS-715100-{moved}" in held and f"FBS-715200-{moved}" not in held
+    row = outbox(stores)[moved]
+    assert row["state"] == "sent" and row["error_code"] == delivery.NOT_REBUILDABLE and "715200" in row["last_error"]
+    (task,) = tasks(stores, "delivery_blocked")
+    assert task["liability_id"] == moved and task["task_id"] == f"BLK-{moved}:1" and row["task_id"] == task["task_id"]
+    assert delivery_totals(stores, run_id)["unconfirmed"] == 1
+
+
+def test_recorded_but_never_sent_liability_cancelled_meanwhile_is_withdrawn_not_sent(stores, emu_db, monkeypatch):
+    ids = municipality(stores, adults=2)
+
+    def crash(*_a, **_k):
+        raise Crash("killed after recording")
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(delivery, "mark_attempt", crash)
+            with pytest.raises(Crash):
+                transfer(stores, emu.url)
+        cancelled = min(outbox(stores))
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET status = 'cancelled' WHERE liability_id = :l"), {"l": cancelled})
+        transfer(stores, emu.url)
+    assert f"FBS-715100-{cancelled}" not in once_each(emu_db)
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids) - {cancelled}))
+    assert cancelled not in outbox(stores)
+    with stores.ledger.connect() as conn:
+        kinds = [r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": cancelled})]
+        in_claims = conn.execute(text("SELECT COUNT(*) FROM claim WHERE liability_id = :l"), {"l": cancelled}).scalar()
+    assert "withdrawn_before_sending" in kinds and in_claims == 0
+
+
+def test_unconfirmed_claim_that_no_longer_builds_gets_a_task_at_once_and_goes_when_fixed(stores, emu_db, monkeypatch):
+    municipality(stores, adults=2)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        crash_before_answer(stores, emu.url, monkeypatch)
+        broken = min(outbox(stores))
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET amount = 0 WHERE liability_id = :l"), {"l": broken})
+        transfer(stores, emu.url)
+        assert outbox(stores)[broken]["error_code"] == delivery.NOT_REBUILDABLE
+        (task,) = tasks(stores, "delivery_blocked")
+        assert "F2" in outbox(stores)[broken]["last_error"] and "Ret data i FBS" in task["message"]
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET amount = 60 WHERE liability_id = :l"), {"l": broken})
+        transfer(stores, emu.url)
+    row = outbox(stores)[broken]
+    assert row["state"] == "accepted" and row["error_code"] is None
+    assert once_each(emu_db).count(f"FBS-715100-{broken}") == 1
 
 
 def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(stores, db_urls, emu_db, tmp_path):
@@ -302,19 +378,26 @@ def test_20_percent_transient_faults_end_with_every_claim_delivered_once(stores,
     assert sum(r.get("accepted", 0) for r in runs) == len(sendable(ids))  # each accepted in exactly one run
 
 
-def test_M1_claims_unanswered_for_many_attempts_become_one_delayed_task(stores, emu_db, monkeypatch):
-    municipality(stores, adults=1)
+def test_outage_stops_the_run_after_the_first_unanswered_batch_and_M1_delayed_tasks_once(stores, emu_db, monkeypatch):
+    ids = municipality(stores, adults=1)                       # 4 claims: a batch of 3 and a batch of 1
     monkeypatch.setenv("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "4")
     with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("http503",)) as emu:
         first, _ = transfer(stores, emu.url, max_attempts=2)
+        # the first batch got no answer after 2 attempts: the rest of the run sent nothing new
+        assert emu.request_count == 2
+        assert len(outbox(stores)) == BATCH and all(r["attempts"] == 2 for r in outbox(stores).values())
+        counts = ledger.run_counts(stores.ledger, first)
+        assert sum(n for (_a, c, r), n in counts.items() if (c, r) == ("deferred", "outage")) == 1
+        assert delivery_totals(stores, first) == {"unconfirmed": BATCH}
         assert tasks(stores, "delivery_delayed") == []
-        assert delivery_totals(stores, first)["unconfirmed"] == len(outbox(stores))
-        transfer(stores, emu.url, max_attempts=2)
-        transfer(stores, emu.url, max_attempts=2)
+        for _ in range(3):
+            transfer(stores, emu.url, max_attempts=2)
+    box = outbox(stores)
+    assert set(box) == sendable(ids) and {r["state"] for r in box.values()} <= {"sent"}
+    due = {lid for lid, r in box.items() if r["attempts"] >= 4}
     delayed = tasks(stores, "delivery_delayed")
-    assert len(delayed) == len(outbox(stores))                                 # one per claim, not per run
+    assert due and sorted(t["liability_id"] for t in delayed) == sorted(due)      # one per claim, not per run
     assert all("HTTP 503" in t["message"] and "integration" in t["message"] for t in delayed)
-    assert all(r["state"] == "sent" and r["attempts"] == 6 for r in outbox(stores).values())
 
 
 # --- permanent rejections -----------------------------------------------------------------------------

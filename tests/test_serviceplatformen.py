@@ -403,6 +403,24 @@ def test_classify_never_puts_a_payload_into_the_reason():
     body = f"<soap:Envelope>{fr.ADULT_CPR}</soap:Envelope>".encode()
     transport = TransportError(f"Server returned invalid XML. Content: {body!r}", status_code=502, content=body)
     assert serviceplatformen.classify(transport) == (True, "HTTP 502")
+    # a receiver's schema fault on its first line quotes the value: masked, quoted values dropped
+    quoting = Fault(message=f"cvc-pattern-valid: Value '{fr.ADULT_CPR}' is not facet-valid; cpr {fr.ADULT_CPR}",
+                    code="soap:Server")
+    reason = serviceplatformen.classify(quoting)[1]
+    assert fr.ADULT_CPR not in reason and full_cpr_numbers(reason) == [] and "070781-****" in reason
+
+
+def test_a_receipt_with_an_unknown_status_is_left_unconfirmed_the_others_count():
+    from types import SimpleNamespace as K
+
+    answer = K(Kvittering=[K(Noegle="FBS-1-1", StatusKode="MODTAGET", DebitorReference="R1", FejlKode=None,
+                             FejlTekst=None),
+                           K(Noegle="FBS-1-2", StatusKode="UNDER_BEHANDLING", DebitorReference=None, FejlKode=None,
+                             FejlTekst=None),
+                           K(Noegle="FBS-1-3", StatusKode="AFVIST", DebitorReference=None, FejlKode="M3_X",
+                             FejlTekst="nej")])
+    got = mapping.receipts(answer)
+    assert [(r.key, r.accepted) for r in got] == [("FBS-1-1", True), ("FBS-1-3", False)]
 
 
 # --- 6. idempotent retries cannot duplicate claims ------------------------------------------------

@@ -85,8 +85,12 @@ def cmd_transfer(args) -> int:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
                                        data_docs_dir=settings.var_dir() / "data_docs")
     run = ledger.get_run(stores.ledger, run_id)
-    print(format_run(run, ledger.run_counts(stores.ledger, run_id), stores.fbs))
-    return 0 if run.status == "success" else 1
+    counts = ledger.run_counts(stores.ledger, run_id)
+    print(format_run(run, counts, stores.fbs))
+    unconfirmed = sum(n for (_a, c, _r), n in counts.items() if c == "unconfirmed")
+    if unconfirmed:
+        print(f"{unconfirmed} claim(s) unconfirmed: they are sent again under the same keys next run", file=sys.stderr)
+    return 0 if run.status == "success" and not unconfirmed else 1
 
 
 def cmd_report(args) -> int:

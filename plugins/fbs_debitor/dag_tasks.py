@@ -52,7 +52,7 @@ def data_quality(run_id: str) -> dict:
     try:
         result = dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs")
         return result.as_dict()
-    except Exception as exc:
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
         ledger.finish_run(stores.ledger, run_id, "failed", f"data quality: {type(exc).__name__}: {exc}")
         raise
     finally:
@@ -84,7 +84,7 @@ def resend_unconfirmed(run_id: str) -> int:
     try:
         with _client() as client:
             return transfer.resend_unconfirmed(stores, client, run_id)
-    except Exception as exc:
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
         ledger.finish_run(stores.ledger, run_id, "failed", f"resend: {type(exc).__name__}: {exc}")
         raise
     finally:
@@ -104,7 +104,7 @@ def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
                 transfer.resend_unconfirmed(stores, client, run_id)
             counts = transfer.deliver(stores, client, run_id)
         return transfer.totals(counts)
-    except Exception as exc:
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:

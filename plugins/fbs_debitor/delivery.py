@@ -20,9 +20,17 @@ before anything new goes. Whatever the receiver did with the lost attempt, the c
 there once. Every step is in the audit trail (``event``, M2); no event holds a full CPR number.
 
 Rebuilt content: messages are not stored (they hold CPR numbers); a resend is rebuilt from FBS
-and its fingerprint compared with the recorded one. If FBS changed in between, the new content is
-sent under the same key (a receiver that already had the first keeps the first), and the change
-is recorded as an event so that keeping sent claims true (U1/U2) can reconcile it.
+under its RECORDED FordringID and its fingerprint compared with the recorded one. If FBS changed in
+between, the content as it is now goes under the same key (a receiver that already had the first
+keeps the first); the recorded fingerprint then stays the first one unless the message never left
+(0 attempts), and the change is recorded as an event so that keeping sent claims true (U1/U2) can
+reconcile it. A message that never left and whose liability is no longer open is withdrawn
+(as if never recorded). One that cannot be sent again as it was (the liability moved agency,
+vanished from FBS, or no longer builds) is never sent under another key: it stays unconfirmed
+with ``error_code`` NOT_REBUILDABLE, staff get a task at once, and it goes when the data is fixed.
+
+An outage is rarely one batch's: once a batch got no answer despite every retry, the rest of the
+run records and sends nothing new (``Link``); those liabilities simply wait for the next run.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import re
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from lxml import etree
 from sqlalchemy import bindparam, text
@@ -52,10 +61,18 @@ from fbs_debitor.writeback import persist_replacement_cprs, raise_tasks
 log = logging.getLogger(__name__)
 
 CREATE = "OpretDebitorkonto"
+NOT_REBUILDABLE = "NOT_REBUILDABLE"
 CREATE_VERSION = 1
 UNCONFIRMED_STATES = ("pending", "sent")
 ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
 DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
+
+
+@dataclass
+class Link:
+    """The line to the debtor system within one run: ``down`` says why it was given up."""
+
+    down: str | None = None
 
 
 def message_key(liability_id: int, version: int = CREATE_VERSION) -> str:
@@ -140,51 +157,59 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
         accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id}
                     for r in by_key.values() if r.accepted]
         rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id,
-                     "c": (r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
+                     "c": mask_cprs_in(r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
                     for r in by_key.values() if not r.accepted]
         missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
         if accepted:
             conn.execute(text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
-                              "last_error = NULL, last_run_id = :r WHERE message_key = :k AND state IN ('pending', 'sent')"),
-                         accepted)
-            conn.execute(text("UPDATE claim SET state = 'accepted', updated_at = :t WHERE liability_id = :l"), accepted)
+                              "last_error = NULL, error_code = NULL, last_run_id = :r "
+                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), accepted)
+            conn.execute(text("UPDATE claim SET state = 'accepted', updated_at = :t "
+                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), accepted)
         if rejected:
             conn.execute(text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
                               "error_code = :c, last_error = :e, last_run_id = :r "
                               "WHERE message_key = :k AND state IN ('pending', 'sent')"), rejected)
-            conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t WHERE liability_id = :l"), rejected)
+            conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t "
+                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), rejected)
         if missing:
             conn.execute(text("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
                               "last_run_id = :r WHERE message_key = :k"), missing)
-        add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {p['ref']}") for p in accepted]
+        add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {mask_cprs_in(p['ref'])}") for p in accepted]
                 + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
     counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
     return counts
 
 
-def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str) -> None:
-    """No answer: the messages stay where they are (``pending``/``sent``) with the error; the next
-    run sends them again under the same keys."""
+def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str,
+                   code: str | None = None) -> None:
+    """No answer: the messages stay where they are (``pending``/``sent``) with the error (and
+    NOT_REBUILDABLE as ``code`` when they cannot be sent again as they were); the next run tries
+    them again under the same keys."""
     keys = list(keys)
     if not keys:
         return
     with ledger_engine.begin() as conn:
-        conn.execute(_in("UPDATE outbox SET last_error = :e, last_run_id = :r WHERE message_key IN :keys "
-                         "AND state IN ('pending', 'sent')", "keys"),
-                     {"e": mask_cprs_in(error)[:1000], "r": run_id, "keys": keys})
+        conn.execute(_in("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
+                     {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": keys})
 
 
 # --- sending --------------------------------------------------------------------------------------
 
-def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch) -> Counter:
-    """Steps 3 and 4 for one recorded batch."""
+def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
+               link: Link | None = None) -> Counter:
+    """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
+    marked down: the caller sends nothing more this run."""
     keys = {c.fordring_id: (message_key(c.liability_id), c.liability_id) for a in batch.accounts for c in a.claims}
     try:
         answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
     except DeliveryError as exc:
-        log.warning("batch %s (%d claims, agency %s) not confirmed: %s; it is sent again next run",
-                    batch.transaction_id, len(keys), batch.agency_id, exc)
+        log.warning("batch %s (%d claims, agency %s) not confirmed: %s; it is sent again next run, and nothing "
+                    "more is sent in this one", batch.transaction_id, len(keys), batch.agency_id, exc)
         record_failure(ledger_engine, run_id, [k for k, _ in keys.values()], str(exc))
+        if link is not None:
+            link.down = str(exc)
         return Counter({UNCONFIRMED: len(keys)})
     counts = record_answers(ledger_engine, run_id, keys, answer.receipts)
     log.info("batch %s (agency %s): %d accepted, %d rejected, %d unconfirmed after %d attempt(s)",
@@ -208,13 +233,17 @@ def _batches(accounts_by_agency: dict[str, list[Account]], agencies: dict[str, d
             invalid[agency_id] += len(error.liability_ids) or 1
 
 
-def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream.Page, batch_size: int) -> Counter:
+def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream.Page, batch_size: int,
+                 link: Link | None = None) -> Counter:
     """Write back, record and send one eligibility page's built claims. Returns counts keyed
     (agency, category, rule) for what did not get as far as the debtor system (XSD bugs, a
     replacement CPR taken meanwhile); the delivery outcome itself is read from the outbox."""
     usable = [(row, built) for row, built in page.built if built.account is not None]
     if not usable:
         return Counter()
+    link = link or Link()
+    if link.down:     # the debtor system is not answering: these wait for the next run, unrecorded
+        return Counter((row.agency_id, "deferred", "outage") for row, _ in usable)
     numbers = {p: n for _, b in usable for p, n in b.new_replacement_cprs.items()}
     with stores.fbs.begin() as conn:   # step 1: FBS before the debtor system
         stored = persist_replacement_cprs(conn, numbers)
@@ -228,81 +257,135 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
     prints: dict[int, str] = {}
     for row, built in usable:
         if lost & set(built.new_replacement_cprs):
-            deferred[row.agency_id] += 1     # another number won the race: rebuilt next run
+            deferred[(row.agency_id, "I1")] += 1     # another number won the race: rebuilt next run
             continue
         by_agency[row.agency_id].append(built.account)
         agencies[row.agency_id] = _agency_of(row)
         prints[row.liability_id] = fingerprint(built.account)
     invalid: Counter = Counter()
     for batch in _batches(by_agency, agencies, batch_size, invalid):
+        if link.down:
+            deferred_outage = Counter(c.agency_id for a in batch.accounts for c in a.claims)
+            for agency_id, n in deferred_outage.items():
+                deferred[(agency_id, "outage")] += n
+            continue
         record_batch(stores.ledger, run_id, batch, prints)
-        send_batch(stores.ledger, client, run_id, batch)
+        send_batch(stores.ledger, client, run_id, batch, link)
     if deferred:
-        log.warning("%d claim(s) deferred to the next run: their replacement CPR was assigned elsewhere "
-                    "meanwhile (I1)", sum(deferred.values()))
-    return Counter({**{(a, "deferred", "I1"): n for a, n in deferred.items()},
+        log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
+                    "meanwhile; outage: the debtor system stopped answering)", sum(deferred.values()))
+    return Counter({**{(a, "deferred", why): n for (a, why), n in deferred.items()},
                     **{(a, "blocked", "XSD"): n for a, n in invalid.items()}})
 
 
 def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
-                       today: dt.date | None = None) -> int:
+                       today: dt.date | None = None, link: Link | None = None) -> int:
     """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
-    run), rebuilt from FBS and sent again under its own key. Returns how many were resent."""
+    run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent."""
     today = today or dt.date.today()
+    link = link or Link()
     registry: ReplacementCprRegistry | None = None
     last, total = -1, 0
-    query = text("SELECT message_key, liability_id, fingerprint FROM outbox "
-                 "WHERE state IN ('pending', 'sent') AND operation = :o AND liability_id > :last "
-                 "ORDER BY liability_id LIMIT :n")
-    while True:
+    query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, c.agency_id "
+                 "FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
+                 "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.liability_id > :last "
+                 "ORDER BY o.liability_id LIMIT :n")
+    while not link.down:
         with stores.ledger.connect() as conn:
             rows = conn.execute(query, {"o": CREATE, "last": last, "n": page_size}).all()
         if not rows:
-            return total
+            break
         last = rows[-1].liability_id
         registry = registry or ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
         recorded = {r.liability_id: r for r in rows}
         fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, list(recorded), today)}
-        failures: dict[str, str] = {}
-        changed: list[tuple[int, str, str]] = []
+        blocked: dict[str, str] = {}
+        withdraw: list[tuple[int, str, str]] = []
+        changed: list[tuple[int, str, str, bool]] = []
         by_agency: dict[str, list[Account]] = defaultdict(list)
         agencies: dict[str, dict] = {}
         for lid, rec in recorded.items():
             row = fbs_rows.get(lid)
             if row is None:
-                failures[rec.message_key] = "the liability is no longer in FBS; it cannot be rebuilt"
+                blocked[rec.message_key] = "the liability is no longer in FBS"
+                continue
+            if rec.attempts == 0 and (row.status != "open" or row.agency_id != rec.agency_id):
+                why = f"status {row.status}" if row.status != "open" else f"moved to agency {row.agency_id}"
+                withdraw.append((lid, rec.message_key, why))    # it never left: as if never recorded
+                continue
+            if row.agency_id != rec.agency_id:
+                blocked[rec.message_key] = (f"the liability moved from agency {rec.agency_id} to {row.agency_id} "
+                                            "after it was sent; it is not sent again under another FordringID")
                 continue
             built = build(row, registry, today)
             if built.problem or built.new_replacement_cprs:
-                why = built.problem.rule if built.problem else "I1: its replacement CPR is gone from FBS"
-                failures[rec.message_key] = f"cannot be rebuilt as sent ({why}); not sent again"
+                why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
+                       else "I1: its replacement CPR is gone from FBS")
+                blocked[rec.message_key] = f"it no longer builds ({why})"
+                continue
+            claim = built.account.claims[0]
+            if claim.fordring_id != rec.fordring_id:
+                blocked[rec.message_key] = "its FordringID would differ from the one recorded"
                 continue
             now_print = fingerprint(built.account)
             if now_print != rec.fingerprint:
-                changed.append((lid, rec.message_key, now_print))
+                changed.append((lid, rec.message_key, now_print, rec.attempts == 0))
             by_agency[row.agency_id].append(built.account)
             agencies[row.agency_id] = _agency_of(row)
-        for error in set(failures.values()):
-            record_failure(stores.ledger, run_id, [k for k, e in failures.items() if e == error], error)
-        if failures:
-            log.error("%d unconfirmed message(s) could not be rebuilt; see outbox.last_error", len(failures))
+        if withdraw:
+            _withdraw(stores.ledger, run_id, withdraw)
+        for key, why in blocked.items():
+            record_failure(stores.ledger, run_id, [key], f"cannot be sent again as it was: {why}", NOT_REBUILDABLE)
+        if blocked:
+            log.error("%d unconfirmed message(s) cannot be sent again as they were; staff get a task for each "
+                      "(outbox.error_code %s)", len(blocked), NOT_REBUILDABLE)
         if changed:
             _record_changed(stores.ledger, run_id, changed)
-        invalid: Counter = Counter()
-        for batch in _batches(by_agency, agencies, batch_size, invalid):
-            send_batch(stores.ledger, client, run_id, batch)
-            total += len(batch.liability_ids)
+        errors: list[messages.InvalidMessage] = []
+        for agency_id, accounts in by_agency.items():
+            for batch in messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors):
+                if link.down:
+                    break
+                send_batch(stores.ledger, client, run_id, batch, link)
+                total += len(batch.liability_ids)
+        for error in errors:   # a bug: never sent, never silent
+            log.error("invalid SF1590 message on resend, not sent (a bug): %s", error)
+            keys = [message_key(lid) for lid in error.liability_ids]
+            record_failure(stores.ledger, run_id, keys, f"invalid message (a bug in fbs-debitor): {error.element}",
+                           NOT_REBUILDABLE)
+    return total
 
 
-def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int, str, str]]) -> None:
+def _withdraw(ledger_engine: Engine, run_id: str, rows: list[tuple[int, str, str]]) -> None:
+    """Messages that never left the process (0 attempts) for liabilities no longer to be sent."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        conn.execute(text("UPDATE outbox SET fingerprint = :p WHERE message_key = :k"),
-                     [{"p": p, "k": k} for _, k, p in changed])
+        conn.execute(text("DELETE FROM outbox WHERE message_key = :k AND attempts = 0 AND state = 'pending'"),
+                     [{"k": k} for _, k, _ in rows])
+        conn.execute(text("DELETE FROM claim WHERE liability_id = :l AND NOT EXISTS "
+                          "(SELECT 1 FROM outbox o WHERE o.liability_id = claim.liability_id)"),
+                     [{"l": lid} for lid, _, _ in rows])
+        add_events(conn, [(lid, "withdrawn_before_sending", k, f"never sent; {why}") for lid, k, why in rows],
+                   run_id, at)
+    log.info("%d recorded message(s) withdrawn before they were ever sent: the liability is no longer to go "
+             "(or goes from its new agency)", len(rows))
+
+
+def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int, str, str, bool]]) -> None:
+    """FBS changed since the message was built. If it never left (0 attempts), what goes now is
+    what the receiver will hold; otherwise the receiver may hold the first, so the recorded
+    fingerprint stays and the event tells the change flow to reconcile."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        never_left = [{"p": p, "k": k} for _, k, p, fresh in changed if fresh]
+        if never_left:
+            conn.execute(text("UPDATE outbox SET fingerprint = :p WHERE message_key = :k AND attempts = 0"),
+                         never_left)
         add_events(conn, [(lid, "content_changed_before_answer", k,
-                        "FBS changed before the debtor system confirmed the claim; sent again as it is now")
-                       for lid, k, _ in changed], run_id, at)
-    log.warning("%d unconfirmed claim(s) changed in FBS since they were first sent; sent again as they are now",
+                           "FBS changed before the debtor system confirmed the claim; sent again as it is now"
+                           + ("" if fresh else "; the receiver may hold the first version: reconcile"))
+                          for lid, k, _, fresh in changed], run_id, at)
+    log.warning("%d unconfirmed claim(s) changed in FBS since they were built; sent again as they are now",
                 len(changed))
 
 

@@ -2,6 +2,9 @@
 
 * ``delivery_rejected``: the debtor system rejected a claim (a permanent business rejection: it is
   not sent again). The task says why in plain Danish and English and what to do.
+* ``delivery_blocked``: an unconfirmed claim cannot be sent again as it was (the liability moved
+  agency, vanished from FBS, or no longer builds): it is never sent under another key; staff fix
+  the data, and it goes with the next run.
 * ``delivery_delayed``: a claim has had no answer after many attempts (an outage or a technical
   fault that retries did not cure); the integration team is alerted by the failing run, staff by
   the task, since the citizen's claim is not at the debtor system yet.
@@ -19,7 +22,7 @@ from sqlalchemy import bindparam, text
 
 from fbs_debitor import ledger
 from fbs_debitor.claims import StaffTask
-from fbs_debitor.delivery import add_events, rule_of
+from fbs_debitor.delivery import NOT_REBUILDABLE, add_events, rule_of
 from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.stores import Stores
 from fbs_debitor.writeback import raise_tasks
@@ -27,6 +30,7 @@ from fbs_debitor.writeback import raise_tasks
 log = logging.getLogger(__name__)
 
 REJECTED_KIND = "delivery_rejected"
+BLOCKED_KIND = "delivery_blocked"
 DELAYED_KIND = "delivery_delayed"
 VENDOR_NAMES = {"KMD_OPUS": "KMD OPUS Debitor", "PRISME": "Fujitsu Prisme", "EG": "EG"}
 
@@ -69,12 +73,22 @@ def delayed_message(number: str, fordring_id: str, attempts: int, error: str | N
             "Contact the municipality's integration team.")
 
 
+def blocked_message(number: str, fordring_id: str, error: str | None) -> str:
+    why = f" ({mask_cprs_in(error)[:300]})" if error else ""
+    return (f"Mellemværende {number} (fordring {fordring_id}) er sendt til debitorsystemet uden bekræftelse og kan "
+            f"ikke sendes igen, som det var{why}. Ret data i FBS (eller kontakt kommunens integrationsansvarlige); "
+            f"så sendes det ved næste kørsel. / Liability {number} (claim {fordring_id}) was sent without a "
+            "confirmation and cannot be sent again as it was; correct the data in FBS (or contact the "
+            "integration team) and it goes with the next run.")
+
+
 def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
     """Tasks for every rejected message and every long-unconfirmed one without a task yet.
     Returns how many tasks are new in FBS."""
     threshold = delayed_after_attempts()
     query = text("SELECT message_key, liability_id, fordring_id, state, error_code, last_error, attempts FROM outbox "
-                 "WHERE ((state = 'rejected' AND (task_id IS NULL OR task_id LIKE 'DLY-%')) "
+                 "WHERE ((state = 'rejected' AND (task_id IS NULL OR task_id NOT LIKE 'REJ-%')) "
+                 "OR (state IN ('pending', 'sent') AND error_code = :nr AND (task_id IS NULL OR task_id LIKE 'DLY-%')) "
                  "OR (state IN ('pending', 'sent') AND attempts >= :n AND task_id IS NULL)) "
                  "AND message_key > :last ORDER BY message_key LIMIT :c")
     facts = text("SELECT l.liability_id, l.number, l.agency_id, l.patron_id, p.branch_id, a.debtor_vendor "
@@ -84,7 +98,7 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
     last, new = "", 0
     while True:
         with stores.ledger.connect() as conn:
-            rows = conn.execute(query, {"n": threshold, "last": last, "c": chunk}).all()
+            rows = conn.execute(query, {"n": threshold, "nr": NOT_REBUILDABLE, "last": last, "c": chunk}).all()
         if not rows:
             return new
         last = rows[-1].message_key
@@ -100,6 +114,9 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
             if r.state == "rejected":
                 kind, task_id = REJECTED_KIND, f"REJ-{r.message_key}"
                 message = rejection_message(f.number, r.fordring_id, f.debtor_vendor, r.error_code, r.last_error)
+            elif r.error_code == NOT_REBUILDABLE:
+                kind, task_id = BLOCKED_KIND, f"BLK-{r.message_key}"
+                message = blocked_message(f.number, r.fordring_id, r.last_error)
             else:
                 kind, task_id = DELAYED_KIND, f"DLY-{r.message_key}"
                 message = delayed_message(f.number, r.fordring_id, r.attempts, r.last_error)

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.db import as_datetime, chunked, db_value, is_sqlite
+from fbs_debitor.identity import mask_cprs_in
 
 
 def now() -> dt.datetime:
@@ -63,7 +64,8 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
         raise ValueError(status)
     with ledger.begin() as conn:
         conn.execute(text("UPDATE run SET status = :s, finished_at = :t, error = :e WHERE run_id = :r"),
-                     {"s": status, "t": db_value(now(), is_sqlite(ledger)), "e": error, "r": run_id})
+                     {"s": status, "t": db_value(now(), is_sqlite(ledger)),
+                      "e": mask_cprs_in(error)[:4000] if error else None, "r": run_id})
 
 
 def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:

@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 
 from fbs_debitor import sf1590_mapping as mapping
+from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.settings import XSD_DIR
 
 log = logging.getLogger(__name__)
@@ -380,7 +382,7 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         return False, f"TLS failure ({_first_line(exc)})"
     if isinstance(exc, requests.exceptions.Timeout):
         return True, f"timeout ({type(exc).__name__})"
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
         return True, "connection failed or dropped"
     if isinstance(exc, Fault):
         code = (exc.code or "").rsplit(":", 1)[-1]
@@ -398,4 +400,7 @@ def classify(exc: BaseException) -> tuple[bool, str]:
 
 
 def _first_line(value) -> str:
-    return str(value).strip().splitlines()[0] if str(value).strip() else ""
+    """The first line of a receiver's or library's text, safe for a log: quoted values dropped (a
+    schema-validation fault quotes the offending value) and any CPR number masked."""
+    line = str(value).strip().splitlines()[0] if str(value).strip() else ""
+    return mask_cprs_in(re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", line))

@@ -173,10 +173,7 @@ def operation_of(request: etree._Element) -> str:
 
 def receipts(answer) -> list[Receipt]:
     """Receipts from an answer as zeep parsed it (``...Svar`` with its ``Kvittering`` list). A
-    status other than MODTAGET/AFVIST is an error, never read as accepted."""
-    out = []
-    for k in answer.Kvittering or []:
-        if k.StatusKode not in (ACCEPTED, REJECTED):
-            raise ValueError(f"unknown StatusKode in the answer for {k.Noegle}")
-        out.append(Receipt(k.Noegle, k.StatusKode == ACCEPTED, k.DebitorReference, k.FejlKode, k.FejlTekst))
-    return out
+    receipt with a status other than MODTAGET/AFVIST is left out (its claim stays unconfirmed and
+    is asked about again), never read as accepted; the others count."""
+    return [Receipt(k.Noegle, k.StatusKode == ACCEPTED, k.DebitorReference, k.FejlKode, k.FejlTekst)
+            for k in answer.Kvittering or [] if k.StatusKode in (ACCEPTED, REJECTED)]

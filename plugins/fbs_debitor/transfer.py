@@ -126,8 +126,12 @@ def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
     from fbs_debitor.dry_run import batch_size_default
 
     size = batch_size or batch_size_default()
-    return assess_eligibility(stores, run_id, page_size,
-                              on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size))
+    link = delivery.Link()
+    counts = assess_eligibility(stores, run_id, page_size,
+                                on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size, link))
+    if link.down:
+        log.error("the debtor system stopped answering (%s); what was not sent waits for the next run", link.down)
+    return counts
 
 
 def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:

@@ -8,7 +8,7 @@
 --        without a guardian at creation raises a staff task only if there is none now either (C5)
 --   loan and material for the claim's dates and texts (F2, F3, F6)
 -- Only the ids in :ids (the page's eligible liabilities) are read.
-SELECT l.liability_id, l.agency_id, l.kind, l.number, l.amount, l.created_at, l.acknowledged,
+SELECT l.liability_id, l.agency_id, l.kind, l.number, l.amount, l.status, l.created_at, l.acknowledged,
        l.auto_created, l.verified_at, COALESCE(o.item_number, l.item_number) AS item_number,
        a.age_limit, a.replacement_cpr_enabled, a.auto_compensation_acknowledged, a.debtor_vendor,
        a.org_unit_uuid, a.sender_system_uuid,
