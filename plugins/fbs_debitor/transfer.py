@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import bindparam, text
 
@@ -162,18 +163,13 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
     leaves out the GX checks, which only feed the staff reports)."""
     from fbs_debitor import dq_checks
 
-    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
-    try:
+    with _recorded_run(stores, kind, **run_fields) as run_id:
         if data_quality:
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         resend_unconfirmed(stores, client, run_id, batch_size)
         counts = deliver(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
-    except BaseException as exc:
-        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    ledger.finish_run(stores.ledger, run_id, "success")
     return run_id, counts
 
 
@@ -182,14 +178,22 @@ def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **r
     finish (failed with the error if anything raises)."""
     from fbs_debitor import dq_checks
 
-    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
-    try:
+    with _recorded_run(stores, kind, **run_fields) as run_id:
         dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         counts = assess_eligibility(stores, run_id)
         resolve_findings(stores, run_id)
-    except Exception as exc:
+    return run_id, counts
+
+
+@contextmanager
+def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[str]:
+    """A run in the ledger: started, then finished as success, or as failed with the error when
+    anything (an interrupt too) ends it early."""
+    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
+    try:
+        yield run_id
+    except BaseException as exc:
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     ledger.finish_run(stores.ledger, run_id, "success")
-    return run_id, counts
 
