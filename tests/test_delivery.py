@@ -168,17 +168,22 @@ def test_I1_replacement_cpr_is_in_fbs_before_the_claim_is_sent_and_C5_task_raise
 
 # --- crashes at each step ---------------------------------------------------------------------------
 
+def crash_at(step: str, stores, emu_url: str, monkeypatch) -> None:
+    """One run that dies (a BaseException) where ``delivery.<step>`` would run: ``mark_attempt``
+    is after recording and before sending, ``record_answers`` after the answer came back."""
+    def crash(*_a, **_k):
+        raise Crash(f"killed at {step}")
+
+    with monkeypatch.context() as m:
+        m.setattr(delivery, step, crash)
+        with pytest.raises(Crash):
+            transfer(stores, emu_url)
+
+
 def test_crash_between_recorded_and_sent_ends_with_every_claim_exactly_once(stores, emu_db, monkeypatch):
     ids = municipality(stores)
-
-    def crash(*_a, **_k):
-        raise Crash("killed after the batch was recorded, before it was sent")
-
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        with monkeypatch.context() as m:
-            m.setattr(delivery, "mark_attempt", crash)
-            with pytest.raises(Crash):
-                transfer(stores, emu.url)
+        crash_at("mark_attempt", stores, emu.url, monkeypatch)
         assert emu.request_count == 0 and once_each(emu_db) == []
         box = outbox(stores)
         assert len(box) == BATCH and {r["state"] for r in box.values()} == {"pending"}
@@ -194,15 +199,8 @@ def test_crash_between_recorded_and_sent_ends_with_every_claim_exactly_once(stor
 
 def test_crash_between_sent_and_answer_recorded_resends_under_the_same_keys(stores, emu_db, monkeypatch):
     ids = municipality(stores)
-
-    def crash(*_a, **_k):
-        raise Crash("killed after the debtor system answered, before the answer was recorded")
-
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        with monkeypatch.context() as m:
-            m.setattr(delivery, "record_answers", crash)
-            with pytest.raises(Crash):
-                transfer(stores, emu.url)
+        crash_at("record_answers", stores, emu.url, monkeypatch)
         first = {c["fordring_id"]: c["debitor_reference"] for c in emulator.claims(emu_db)}
         assert len(first) == BATCH                                   # the receiver has the first batch
         box = outbox(stores)
@@ -222,15 +220,8 @@ def test_crash_between_sent_and_answer_recorded_resends_under_the_same_keys(stor
 
 def test_changed_in_fbs_before_the_answer_is_resent_as_it_is_and_recorded_M2(stores, emu_db, monkeypatch):
     ids = municipality(stores, adults=2)
-
-    def crash(*_a, **_k):
-        raise Crash("killed before the answer was recorded")
-
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        with monkeypatch.context() as m:
-            m.setattr(delivery, "record_answers", crash)
-            with pytest.raises(Crash):
-                transfer(stores, emu.url)
+        crash_at("record_answers", stores, emu.url, monkeypatch)
         victim = next(r["liability_id"] for r in outbox(stores).values())
         first_print = outbox(stores)[victim]["fingerprint"]
         with stores.fbs.begin() as conn:
@@ -247,23 +238,13 @@ def test_changed_in_fbs_before_the_answer_is_resent_as_it_is_and_recorded_M2(sto
     assert sorted(held) == sorted(fordring_ids(sendable(ids)))
 
 
-def crash_before_answer(stores, emu_url, monkeypatch):
-    def crash(*_a, **_k):
-        raise Crash("killed before the answer was recorded")
-
-    with monkeypatch.context() as m:
-        m.setattr(delivery, "record_answers", crash)
-        with pytest.raises(Crash):
-            transfer(stores, emu_url)
-
-
 def test_sent_liability_moved_to_another_agency_is_never_resent_under_a_new_fordring_id(stores, emu_db, monkeypatch):
     municipality(stores, adults=2)
     with stores.fbs.connect() as conn:
         fr.agency(conn, agency_id="715200", org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
         conn.commit()
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        crash_before_answer(stores, emu.url, monkeypatch)
+        crash_at("record_answers", stores, emu.url, monkeypatch)
         moved = min(outbox(stores))
         with stores.fbs.begin() as conn:
             conn.execute(text("UPDATE liability SET agency_id = '715200' WHERE liability_id = :l"), {"l": moved})
@@ -279,15 +260,8 @@ def test_sent_liability_moved_to_another_agency_is_never_resent_under_a_new_ford
 
 def test_recorded_but_never_sent_liability_cancelled_meanwhile_is_withdrawn_not_sent(stores, emu_db, monkeypatch):
     ids = municipality(stores, adults=2)
-
-    def crash(*_a, **_k):
-        raise Crash("killed after recording")
-
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        with monkeypatch.context() as m:
-            m.setattr(delivery, "mark_attempt", crash)
-            with pytest.raises(Crash):
-                transfer(stores, emu.url)
+        crash_at("mark_attempt", stores, emu.url, monkeypatch)
         cancelled = min(outbox(stores))
         with stores.fbs.begin() as conn:
             conn.execute(text("UPDATE liability SET status = 'cancelled' WHERE liability_id = :l"), {"l": cancelled})
@@ -304,7 +278,7 @@ def test_recorded_but_never_sent_liability_cancelled_meanwhile_is_withdrawn_not_
 def test_unconfirmed_claim_that_no_longer_builds_gets_a_task_at_once_and_goes_when_fixed(stores, emu_db, monkeypatch):
     municipality(stores, adults=2)
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        crash_before_answer(stores, emu.url, monkeypatch)
+        crash_at("record_answers", stores, emu.url, monkeypatch)
         broken = min(outbox(stores))
         with stores.fbs.begin() as conn:
             conn.execute(text("UPDATE liability SET amount = 0 WHERE liability_id = :l"), {"l": broken})
