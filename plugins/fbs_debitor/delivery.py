@@ -218,11 +218,6 @@ def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messag
     return counts
 
 
-def _agency_of(row) -> dict:
-    return {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
-            "org_unit_uuid": row.org_unit_uuid}
-
-
 def _batches(accounts_by_agency: dict[str, list[Account]], agencies: dict[str, dict], batch_size: int,
              invalid: Counter):
     for agency_id, accounts in accounts_by_agency.items():
@@ -260,7 +255,7 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
             deferred[(row.agency_id, "I1")] += 1     # another number won the race: rebuilt next run
             continue
         by_agency[row.agency_id].append(built.account)
-        agencies[row.agency_id] = _agency_of(row)
+        agencies[row.agency_id] = messages.agency_of(row)
         prints[row.liability_id] = fingerprint(built.account)
     invalid: Counter = Counter()
     for batch in _batches(by_agency, agencies, batch_size, invalid):
@@ -331,7 +326,7 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
             if now_print != rec.fingerprint:
                 changed.append((lid, rec.message_key, now_print, rec.attempts == 0))
             by_agency[row.agency_id].append(built.account)
-            agencies[row.agency_id] = _agency_of(row)
+            agencies[row.agency_id] = messages.agency_of(row)
         if withdraw:
             _withdraw(stores.ledger, run_id, withdraw)
         for key, why in blocked.items():

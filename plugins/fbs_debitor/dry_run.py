@@ -77,8 +77,7 @@ def _write_page(page, out_dir: Path, batch_size: int, counts, next_batch, proble
         for warning in built.warnings:
             c[f"warning:{warning.split(' ', 1)[0]}"] += 1
         by_agency[row.agency_id].append(built.account)
-        agencies[row.agency_id] = {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
-                                   "org_unit_uuid": row.org_unit_uuid}
+        agencies[row.agency_id] = messages.agency_of(row)
     for agency_id, accounts in by_agency.items():
         folder = out_dir / agency_id
         folder.mkdir(exist_ok=True)

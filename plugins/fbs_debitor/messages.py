@@ -59,6 +59,12 @@ class Batch:
         return etree.tostring(self.root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)
 
 
+def agency_of(row) -> dict:
+    """What ``build_batches`` needs of an agency, from a claim row (``claim_rows.sql``)."""
+    return {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
+            "org_unit_uuid": row.org_unit_uuid}
+
+
 def merge_accounts(accounts: Iterable[Account]) -> list[Account]:
     """Claims of the same debtor account (same type, identification, responsible party) travel
     under one Debitorkonto."""
