@@ -43,6 +43,7 @@ import sqlalchemy as sa
 from lxml import etree
 
 from fbs_debitor import messages
+from fbs_debitor import sf1590_mapping as mapping
 from fbs_debitor.db import as_amount, make_engine
 from fbs_debitor.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.settings import XSD_DIR
@@ -55,10 +56,8 @@ SCHEMA_FILE = "DebitorRegistreringAfsend.xsd"
 WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
 SERVED_FILES = frozenset({SCHEMA_FILE, "SF1590_Faelles.xsd", "InvocationContext.xsd", "AuthorityContext.xsd"})
 ACTION_PREFIX = "urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:"
-OPERATIONS = {  # request root -> (operation, answer root)
-    f"{{{NS_DR}}}OpretDebitorkontoAnmodning": ("OpretDebitorkonto", f"{{{NS_DR}}}OpretDebitorkontoSvar"),
-    f"{{{NS_DR}}}RetFordringTilstandAnmodning": ("RetFordringTilstand", f"{{{NS_DR}}}RetFordringTilstandSvar"),
-}
+OPERATIONS = {  # request root -> (operation, answer root), from the mapping's list of operations
+    tag: (operation, f"{{{NS_DR}}}{operation}Svar") for tag, operation in mapping.OPERATIONS.items()}
 VENDORS = ("KMD_OPUS", "PRISME", "EG")
 CLAIM_TYPES = frozenset({"BIBLIOTEKSGEBYR_OVERSKREDET_LAANETID", "ERSTATNING_MED_ANERKENDELSE",
                          "ERSTATNING_UDEN_ANERKENDELSE"})
