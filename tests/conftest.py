@@ -18,6 +18,9 @@ from fbs_debitor.settings import DatabaseUrls
 from fbs_debitor.stores import init_stores, open_stores
 
 _db_counter = itertools.count()
+# One fingerprint key for the whole session (subprocesses and Airflow tasks inherit it), so a
+# test's ledger is never compared under a key other than the one it was written with.
+os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "fbs-debitor-test-fingerprint-key-0001")
 
 
 @pytest.fixture(scope="session")

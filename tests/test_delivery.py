@@ -224,18 +224,34 @@ def test_changed_in_fbs_before_the_answer_is_resent_as_it_is_and_recorded_M2(sto
         crash_at("record_answers", stores, emu.url, monkeypatch)
         victim = next(r["liability_id"] for r in outbox(stores).values())
         first_print = outbox(stores)[victim]["fingerprint"]
-        with stores.fbs.begin() as conn:
-            conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"), {"a": "99.00", "l": victim})
+        with stores.fbs.begin() as conn:   # the claim text (F6) changes: the material's title
+            conn.execute(text("UPDATE material SET title = 'Ny titel' WHERE item_number = "
+                              "(SELECT item_number FROM loan WHERE loan_id = "
+                              "(SELECT loan_id FROM liability WHERE liability_id = :l))"), {"l": victim})
         transfer(stores, emu.url)
     with stores.ledger.connect() as conn:
         kinds = [r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": victim})]
     assert "content_changed_before_answer" in kinds
     # it had left once, so the receiver may hold the first version: the ledger keeps that fingerprint
     assert outbox(stores)[victim]["fingerprint"] == first_print
-    # the receiver keeps what it got first; keeping it true is the change flow's job (U1)
-    held = {c["fordring_id"]: c["amount"] for c in emulator.claims(emu_db)}
-    assert held[f"FBS-715100-{victim}"] != Decimal("99.00")
-    assert sorted(held) == sorted(fordring_ids(sendable(ids)))
+    assert sorted(c["fordring_id"] for c in emulator.claims(emu_db)) == sorted(fordring_ids(sendable(ids)))
+
+
+def test_amount_changed_before_the_answer_is_resent_as_recorded_and_then_sent_as_a_change_U1(stores, emu_db,
+                                                                                           monkeypatch):
+    municipality(stores, adults=2)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        crash_at("record_answers", stores, emu.url, monkeypatch)
+        victim = next(r["liability_id"] for r in outbox(stores).values())
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"), {"a": "99.00", "l": victim})
+        transfer(stores, emu.url)
+    held = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    # the resend carried the amount recorded, so the receiver's first claim is consistent either way;
+    # the increase then went as a change: the first claim cancelled, a new one at the new amount (U1)
+    assert held[f"FBS-715100-{victim}"]["status"] == "CANCELLED"
+    assert held[f"FBS-715100-{victim}-1"]["status"] == "ACTIVE"
+    assert held[f"FBS-715100-{victim}-1"]["amount"] == Decimal("99.00")
 
 
 def test_sent_liability_moved_to_another_agency_is_never_resent_under_a_new_fordring_id(stores, emu_db, monkeypatch):
@@ -280,14 +296,15 @@ def test_unconfirmed_claim_that_no_longer_builds_gets_a_task_at_once_and_goes_wh
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
         crash_at("record_answers", stores, emu.url, monkeypatch)
         broken = min(outbox(stores))
-        with stores.fbs.begin() as conn:
-            conn.execute(text("UPDATE liability SET amount = 0 WHERE liability_id = :l"), {"l": broken})
+        with stores.fbs.begin() as conn:   # a fee loses its loan: no founding date (F3)
+            loan = conn.execute(text("SELECT loan_id FROM liability WHERE liability_id = :l"), {"l": broken}).scalar()
+            conn.execute(text("UPDATE liability SET loan_id = NULL WHERE liability_id = :l"), {"l": broken})
         transfer(stores, emu.url)
         assert outbox(stores)[broken]["error_code"] == delivery.NOT_REBUILDABLE
         (task,) = tasks(stores, "delivery_blocked")
-        assert "F2" in outbox(stores)[broken]["last_error"] and "Ret data i FBS" in task["message"]
+        assert "F3" in outbox(stores)[broken]["last_error"] and "Ret data i FBS" in task["message"]
         with stores.fbs.begin() as conn:
-            conn.execute(text("UPDATE liability SET amount = 60 WHERE liability_id = :l"), {"l": broken})
+            conn.execute(text("UPDATE liability SET loan_id = :o WHERE liability_id = :l"), {"o": loan, "l": broken})
         transfer(stores, emu.url)
     row = outbox(stores)[broken]
     assert row["state"] == "accepted" and row["error_code"] is None

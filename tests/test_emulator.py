@@ -201,7 +201,7 @@ def test_M3_unmapped_claim_type_is_rejected(emu_db):
 
 # --- RetFordringTilstand -------------------------------------------------------------------------
 
-def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them(db_urls):
+def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them_U1_U2_U3(db_urls):
     fee, company = "FBS-715100-1", "FBS-715100-4"
     with emulator.Emulator("KMD_OPUS", db_urls.ledger) as emu:
         post(emu.url, envelope(batch_root()))
@@ -209,7 +209,9 @@ def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them(db_urls)
             ("1:2", fee, "Nedskrivning", {"NytBeloeb": "80.00"}),             # above 60.00: rejected
             ("1:3", fee, "Nedskrivning", {"NytBeloeb": "40.00"}),
             ("1:4", fee, "Identifikationsaendring", {"DebitorkontoIdentifikation": fr.ADULT2_CPR}),
-            ("4:2", company, "Tilbagebetaling", {"Beloeb": "100.00"}),
+            ("4:2", company, "Tilbagebetaling", {"Beloeb": "100.00"}),          # a fee: rejected (U3)
+            ("2:2", "FBS-715100-2", "Tilbagebetaling", {"Beloeb": "99999.00"}),  # above the claim: rejected
+            ("2:3", "FBS-715100-2", "Tilbagebetaling", {"Beloeb": "10.00"}),
             ("4:3", company, "Annullering", {"Aarsag": "betalt i skranken"}),
             ("4:4", company, "Nedskrivning", {"NytBeloeb": "10.00"}),          # cancelled: rejected
             ("4:5", company, "Annullering", {}),                               # cancelled: rejected
@@ -219,8 +221,10 @@ def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them(db_urls)
         assert status == 200
         got = receipts(answer)
         assert {k: v["StatusKode"] for k, v in got.items()} == {
-            "1:2": "AFVIST", "1:3": "MODTAGET", "1:4": "MODTAGET", "4:2": "MODTAGET", "4:3": "MODTAGET",
-            "4:4": "AFVIST", "4:5": "AFVIST", "9:2": "AFVIST"}
+            "1:2": "AFVIST", "1:3": "MODTAGET", "1:4": "MODTAGET", "4:2": "AFVIST", "2:2": "AFVIST",
+            "2:3": "MODTAGET", "4:3": "MODTAGET", "4:4": "AFVIST", "4:5": "AFVIST", "9:2": "AFVIST"}
+        assert got["4:2"]["FejlKode"] == "U3_KUN_ERSTATNING"
+        assert got["2:2"]["FejlKode"] == "TILBAGEBETALING_FOR_STOR"
         assert got["1:2"]["FejlKode"] == "NEDSKRIVNING_IKKE_LAVERE"
         assert got["4:4"]["FejlKode"] == got["4:5"]["FejlKode"] == "FORDRING_ANNULLERET"
         assert got["9:2"]["FejlKode"] == "UKENDT_FORDRING"
@@ -230,8 +234,9 @@ def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them(db_urls)
     assert stored[fee]["amount"] == Decimal("40.00") and stored[fee]["status"] == "ACTIVE"
     assert stored[fee]["identification"] == fr.ADULT2_CPR[:6] + "-****"
     assert stored[company]["status"] == "CANCELLED" and stored[company]["amount"] == Decimal("1234.50")
-    assert [(c["kind"], c["amount"]) for c in stored[company]["changes"]] == [
-        ("Tilbagebetaling", Decimal("100.00")), ("Annullering", None)]
+    assert [(c["kind"], c["amount"]) for c in stored[company]["changes"]] == [("Annullering", None)]
+    assert [(c["kind"], c["amount"]) for c in stored["FBS-715100-2"]["changes"]] == [
+        ("Tilbagebetaling", Decimal("10.00"))]
     assert [c["aendring_id"] for c in stored[fee]["changes"]] == ["1:3", "1:4"]
 
 

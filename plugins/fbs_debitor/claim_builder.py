@@ -108,15 +108,17 @@ class _PersonResolver:
         return Party(REPLACEMENT_CPR, number, patron_id, name=name.strip(), address=address)
 
 
-def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | None = None) -> Built:
+def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | None = None,
+          generation: int = 0) -> Built:
     """Build the claim of one eligible liability. ``registry`` holds the run's replacement CPRs
     (those in FBS and those assigned in this run); numbers this claim needs that FBS does not
-    have yet are returned in ``Built.new_replacement_cprs`` for the caller to persist."""
+    have yet are returned in ``Built.new_replacement_cprs`` for the caller to persist.
+    ``generation`` > 0 builds a later claim of the same liability (its own FordringID, U1)."""
     built = Built()
     today = today or dt.date.today()
     registry = registry if registry is not None else ReplacementCprRegistry()
     try:
-        _build(row, built, registry, today)
+        _build(row, built, registry, today, generation)
     except _Stop as stop:
         built.problem = Problem(row.liability_id, row.agency_id, stop.patron_id or row.d_patron_id, stop.rule,
                                 stop.message)
@@ -126,7 +128,7 @@ def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | 
     return built
 
 
-def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date) -> None:
+def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, generation: int) -> None:
     try:
         cls.check_age_limit(row.agency_id, row.age_limit)
     except cls.AgeLimitError as exc:
@@ -198,7 +200,7 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date) 
                                 as_bool(row.auto_compensation_acknowledged))
     founding = fields.founding_date(kind, created_on, loan_date, loan_due, reloan)
     due = fields.claim_due_date(kind, created_on, loan_due)
-    fordring = fields.fordring_id(row.agency_id, row.liability_id)
+    fordring = fields.fordring_id(row.agency_id, row.liability_id, generation)
     psrm = (PSRM(cls.PSRM_CLAIM_TYPES[claim_kind], founding, max(founding, due))
             if cls.carries_psrm(account) else None)
     claim = Claim(

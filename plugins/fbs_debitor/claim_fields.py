@@ -34,6 +34,15 @@ def fordring_id(agency_id: str, liability_id: int, generation: int = 0) -> str:
     return base if generation == 0 else f"{base}-{generation}"
 
 
+def generation_of(fordring: str, agency_id: str, liability_id: int) -> int | None:
+    """The generation a FordringID was made for, or None when it is not this liability's."""
+    base = fordring_id(agency_id, liability_id)
+    if fordring == base:
+        return 0
+    rest = fordring[len(base) + 1:] if fordring.startswith(base + "-") else ""
+    return int(rest) if rest.isdigit() and int(rest) > 0 else None
+
+
 def founding_date(kind: str, created_on: dt.date, loan_date: dt.date | None, due_date: dt.date | None,
                   reloan_date: dt.date | None) -> dt.date:
     """F3."""

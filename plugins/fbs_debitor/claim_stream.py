@@ -28,6 +28,19 @@ class Page:
     built: list[tuple[object, Built]]      # (claim row, result) for each eligible liability
 
 
+class RowWith:
+    """A claim row with some fields replaced (e.g. the amount the debtor system was told, when a
+    message is sent again after FBS changed it: the change goes as its own message)."""
+
+    def __init__(self, row, **fields):
+        self._row, self._fields = row, fields
+
+    def __getattr__(self, name):
+        if name in self._fields:
+            return self._fields[name]
+        return getattr(self._row, name)
+
+
 def taken_replacement_cprs(fbs: Engine) -> set[str]:
     with fbs.connect() as conn:
         return {r[0] for r in conn.execute(text("SELECT replacement_cpr FROM patron WHERE replacement_cpr IS NOT NULL"))}

@@ -108,6 +108,29 @@ class Account:
                 self.responsible.id_kind, self.responsible.number, self.p_number, self.ean)
 
 
+# U1-U4: changes to a sent claim
+CANCEL = "cancel"               # Annullering (U1, U4: a cancelled compensation is a negative posting)
+WRITE_DOWN = "write_down"       # Nedskrivning to a lower amount (U1)
+IDENTITY = "identity"           # Identifikationsaendring: CPR/CVR of the account's parties (U2)
+REPAYMENT = "repayment"         # Tilbagebetaling of a compensation marked for repayment (U3)
+CHANGE_KINDS = (CANCEL, WRITE_DOWN, IDENTITY, REPAYMENT)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a claim the debtor system already holds; ``key`` (AendringID) is the
+    idempotency key ``<liability>:<version>``."""
+
+    key: str
+    liability_id: int
+    fordring_id: str
+    kind: str                                  # one of CHANGE_KINDS
+    amount: Decimal | None = None              # write-down: the new amount; repayment: the amount
+    reason: str | None = None                  # cancellation: why (no identifiers)
+    identification: Party | None = None        # identity change: the parties as FBS has them now
+    responsible: Party | None = None
+
+
 @dataclass(frozen=True)
 class StaffTask:
     """A task for library staff in FBS (M1), e.g. a minor's claim sent without guardian (C5)."""

@@ -39,6 +39,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -48,7 +49,7 @@ from lxml import etree
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
 
-from fbs_debitor import claim_stream, ledger, messages
+from fbs_debitor import claim_stream, fingerprints, ledger, messages
 from fbs_debitor import sf1590_mapping as mapping
 from fbs_debitor.claim_builder import build
 from fbs_debitor.claims import Account
@@ -99,31 +100,58 @@ def _in(sql: str, *names: str):
 
 
 def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
-            at: dt.datetime) -> None:
+               at: dt.datetime) -> None:
+    """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
+    since the epoch when written, plus the row's place in the call)."""
+    base = time.time_ns()
     params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
-               "r": run_id, "d": detail} for lid, kind, key, detail in rows]
+               "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
     if params:
-        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail) "
-                          "VALUES (:e, :l, :t, :k, :m, :r, :d)"), params)
+        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
+                          "seq) VALUES (:e, :l, :t, :k, :m, :r, :d, :s)"), params)
 
 
 # --- the outbox's state changes -------------------------------------------------------------------
 
-def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, str]) -> None:
-    """Step 2: the batch's claims and messages, ``pending``, in one transaction."""
+@dataclass(frozen=True)
+class Tracked:
+    """What a creation tells the debtor system, kept on the claim for the change detection: the
+    message's fingerprint, and the keyed prints of its parties and of the FBS fields they came from."""
+
+    fingerprint: str
+    identity_print: str
+    source_print: str
+
+
+def tracked(account: Account, row, secret: bytes) -> Tracked:
+    from fbs_debitor.change_detection import source_print
+
+    ident, resp = account.identification, account.responsible
+    return Tracked(fingerprint(account),
+                   fingerprints.identity_print(ident.id_kind, ident.number, resp.id_kind, resp.number, secret),
+                   source_print(row, secret))
+
+
+def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:
+    """Step 2: the batch's claims and messages, ``pending``, in one transaction. The claim keeps
+    what the debtor system is being told (amount, live, parties' prints) for the change detection."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
         t = db_value(at, is_sqlite(conn))
         claims = [c for a in batch.accounts for c in a.claims]
         conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
-                          "first_run_id, created_at, updated_at) VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t)"),
+                          "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
+                          "identity_print, source_print, fbs_status, checked_at) "
+                          "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)"),
                      [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
-                       "r": run_id, "t": t} for c in claims])
+                       "r": run_id, "t": t, "m": db_value(c.amount, is_sqlite(conn)), "ip": prints[c.liability_id].identity_print,
+                       "sp": prints[c.liability_id].source_print} for c in claims])
         conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
-                          "state, attempts, run_id, last_run_id, created_at) "
-                          "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t)"),
+                          "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
+                          "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)"),
                      [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
-                       "f": c.fordring_id, "p": prints[c.liability_id], "r": run_id, "t": t} for c in claims])
+                       "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": t,
+                       "m": db_value(c.amount, is_sqlite(conn))} for c in claims])
         add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
                         f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
 
@@ -198,10 +226,13 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
 # --- sending --------------------------------------------------------------------------------------
 
 def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
-               link: Link | None = None) -> Counter:
+               link: Link | None = None, versions: dict[str, int] | None = None) -> Counter:
     """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
-    marked down: the caller sends nothing more this run."""
-    keys = {c.fordring_id: (message_key(c.liability_id), c.liability_id) for a in batch.accounts for c in a.claims}
+    marked down: the caller sends nothing more this run. ``versions`` (FordringID -> message
+    version) for the later claims of a liability (an increase, U1); creations are version 1."""
+    versions = versions or {}
+    keys = {c.fordring_id: (message_key(c.liability_id, versions.get(c.fordring_id, CREATE_VERSION)), c.liability_id)
+            for a in batch.accounts for c in a.claims}
     try:
         answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
     except DeliveryError as exc:
@@ -211,10 +242,14 @@ def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messag
         if link is not None:
             link.down = str(exc)
         return Counter({UNCONFIRMED: len(keys)})
+    return answered(ledger_engine, run_id, keys, answer, f"batch {batch.transaction_id} (agency {batch.agency_id})")
+
+
+def answered(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], answer, what: str) -> Counter:
+    """Step 4 for one answered call (creations and changes alike), logged."""
     counts = record_answers(ledger_engine, run_id, keys, answer.receipts)
-    log.info("batch %s (agency %s): %d accepted, %d rejected, %d unconfirmed after %d attempt(s)",
-             batch.transaction_id, batch.agency_id, counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED],
-             answer.attempts)
+    log.info("%s: %d accepted, %d rejected, %d unconfirmed after %d attempt(s)", what, counts[ACCEPTED],
+             counts[REJECTED], counts[UNCONFIRMED], answer.attempts)
     return counts
 
 
@@ -246,17 +281,18 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
     if new_tasks:
         log.info("%d staff task(s) raised for minors' claims sent without a guardian (C5)", new_tasks)
     lost = {p for p, n in numbers.items() if stored.get(p) != n}
+    secret = fingerprints.verify_key(stores.ledger)
     deferred: Counter = Counter()
     by_agency: dict[str, list[Account]] = defaultdict(list)
     agencies: dict[str, dict] = {}
-    prints: dict[int, str] = {}
+    prints: dict[int, Tracked] = {}
     for row, built in usable:
         if lost & set(built.new_replacement_cprs):
             deferred[(row.agency_id, "I1")] += 1     # another number won the race: rebuilt next run
             continue
         by_agency[row.agency_id].append(built.account)
         agencies[row.agency_id] = messages.agency_of(row)
-        prints[row.liability_id] = fingerprint(built.account)
+        prints[row.liability_id] = tracked(built.account, row, secret)
     invalid: Counter = Counter()
     for batch in _batches(by_agency, agencies, batch_size, invalid):
         if link.down:
@@ -281,10 +317,10 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
     link = link or Link()
     registry: ReplacementCprRegistry | None = None
     last, total = -1, 0
-    query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, c.agency_id "
-                 "FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
-                 "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.liability_id > :last "
-                 "ORDER BY o.liability_id LIMIT :n")
+    query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, o.amount, "
+                 "c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
+                 "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.version = 1 "
+                 "AND o.liability_id > :last ORDER BY o.liability_id LIMIT :n")
     while not link.down:
         with stores.ledger.connect() as conn:
             rows = conn.execute(query, {"o": CREATE, "last": last, "n": page_size}).all()
@@ -312,6 +348,8 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
                 blocked[rec.message_key] = (f"the liability moved from agency {rec.agency_id} to {row.agency_id} "
                                             "after it was sent; it is not sent again under another FordringID")
                 continue
+            if rec.amount is not None:    # the amount recorded goes; a change since goes as a change (U1)
+                row = claim_stream.RowWith(row, amount=rec.amount)
             built = build(row, registry, today)
             if built.problem or built.new_replacement_cprs:
                 why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
@@ -376,6 +414,10 @@ def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int,
         if never_left:
             conn.execute(text("UPDATE outbox SET fingerprint = :p WHERE message_key = :k AND attempts = 0"),
                          never_left)
+        # The receiver may hold either version: the change detection rebuilds the parties and
+        # compares them with the first ones (the claim's identity_print), so it converges either way.
+        conn.execute(text("UPDATE claim SET source_print = NULL WHERE liability_id = :l"),
+                     [{"l": lid} for lid, _, _, _ in changed])
         add_events(conn, [(lid, "content_changed_before_answer", k,
                            "FBS changed before the debtor system confirmed the claim; sent again as it is now"
                            + ("" if fresh else "; the receiver may hold the first version: reconcile"))
@@ -387,13 +429,13 @@ def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int,
 # --- counts ---------------------------------------------------------------------------------------
 
 def delivery_counts(ledger_engine: Engine, run_id: str) -> Counter:
-    """What this run sent and how it ended, per agency: accepted, rejected (per rule of the debtor
-    system's code) and unconfirmed (no answer yet: sent again next run). From the outbox, so a
-    retried or crashed task counts right."""
+    """What this run sent of new claims and how it ended, per agency: accepted, rejected (per rule
+    of the debtor system's code) and unconfirmed (no answer yet: sent again next run). From the
+    outbox, so a retried or crashed task counts right. Changes are counted by ``change_delivery``."""
     with ledger_engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT c.agency_id, o.state, o.error_code, COUNT(*) AS n FROM outbox o "
-            "JOIN claim c ON c.liability_id = o.liability_id WHERE o.last_run_id = :r "
+            "JOIN claim c ON c.liability_id = o.liability_id WHERE o.last_run_id = :r AND o.version = 1 "
             "GROUP BY c.agency_id, o.state, o.error_code"), {"r": run_id}).all()
     counts: Counter = Counter()
     for r in rows:

@@ -8,6 +8,11 @@ before it is sent. Accounts, claims and first answers live in its own tables (SQ
 PostgreSQL, schema ``emulator``), so a repeated FordringID / AendringID is answered with its first
 answer, also after a restart.
 
+Changes (RetFordringTilstand, U1-U4) are applied to the stored claim: a cancellation, a
+write-down (only to a lower amount above zero), an identification change (the claim moves to the
+account of the new parties), a repayment (compensations only, at most the original amount). A
+change to a cancelled or unknown claim is rejected, so tests prove the end state on this side.
+
 Vendor behaviour: claim types outside ``accepted_claim_types`` are rejected (M3); PRISME rejects
 claims on a replacement CPR (I3); KMD_OPUS and EG accept them. Like Serviceplatformen routing each
 municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
@@ -448,6 +453,11 @@ class Emulator:
                     amount = as_amount(_text(what, _dr("NytBeloeb")))
                 except InvalidOperation:  # pragma: no cover - the schema checked it
                     amount = Decimal(0)
+                if amount <= 0:     # the schema says so too; a receiver checks anyway
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "NEDSKRIVNING_UNDER_NUL",
+                                                "Et beløb kan ikke nedskrives til nul eller derunder / "
+                                                "a claim cannot be written down to zero or below"))
+                    continue
                 if amount >= as_amount(claim["amount"]):
                     answers.append(self._record(conn, op, aid, AFVIST, reference, "NEDSKRIVNING_IKKE_LAVERE",
                                                 "Nyt beløb skal være lavere end det nuværende / "
@@ -463,6 +473,15 @@ class Emulator:
                 update = {"account_id": self._account_id(conn, current["account_type"], ident, resp)}
             elif kind == "Tilbagebetaling":
                 amount = as_amount(_text(what, _dr("Beloeb")))
+                if not claim["kravtype"].startswith("ERSTATNING"):
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "U3_KUN_ERSTATNING",
+                                                "Kun erstatninger kan tilbagebetales / only compensations are repaid"))
+                    continue
+                if amount > as_amount(claim["original_amount"]):
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "TILBAGEBETALING_FOR_STOR",
+                                                "Tilbagebetalingen er større end fordringen / the repayment exceeds "
+                                                "the claim"))
+                    continue
             if update:
                 conn.execute(emu_claim.update().where(emu_claim.c.fordring_id == fid).values(**update))
             conn.execute(emu_change.insert().values(aendring_id=aid, fordring_id=fid, kind=kind,

@@ -15,7 +15,19 @@ from decimal import Decimal
 
 from lxml import etree
 
-from fbs_debitor.claims import CPR, CVR, REPLACEMENT_CPR, Account, Claim, Party
+from fbs_debitor.claims import (
+    CANCEL,
+    CPR,
+    CVR,
+    IDENTITY,
+    REPAYMENT,
+    REPLACEMENT_CPR,
+    WRITE_DOWN,
+    Account,
+    Change,
+    Claim,
+    Party,
+)
 
 NS_F = "urn:fbs-debitor:modelled:sf1590:faelles:1"
 NS_DR = "urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1"
@@ -31,6 +43,7 @@ SCHEMAS = {  # root element -> schema file in include/xsd
     f"{{{NS_DA}}}ForetagIndbetalingSvar": "DaekningAfskrivningRegistreringAfsend.xsd",
 }
 CREATE_REQUEST = f"{{{NS_DR}}}OpretDebitorkontoAnmodning"
+CHANGE_REQUEST = f"{{{NS_DR}}}RetFordringTilstandAnmodning"
 FAGSYSTEM_UUID = "91aa26ad-cab7-4e83-8230-9bf35a076a55"   # "FBS Cicero"
 CLAIM_ELEMENT = "Fordring"
 CLAIM_ID_ELEMENT = "FordringID"
@@ -139,6 +152,39 @@ def create_request(accounts: Iterable[Account], transaction_id: uuid.UUID, at: d
     return root
 
 
+def change_request(changes: Iterable[Change], transaction_id: uuid.UUID, at: dt.datetime,
+                   system_instance_uuid: str, org_unit_uuid: str) -> etree._Element:
+    """RetFordringTilstand: a batch of changes to claims already sent (U1-U4), each keyed by its
+    AendringID. Amounts stay positive: a cancellation or write-down is an operation."""
+    root = etree.Element(CHANGE_REQUEST, nsmap=_NSMAP)
+    _header(root, transaction_id, at)
+    _sender(root, system_instance_uuid, org_unit_uuid)
+    for change in changes:
+        el = _sub(root, _dr("FordringAendring"))
+        _sub(el, _dr("AendringID"), change.key)
+        _sub(el, _dr(CLAIM_ID_ELEMENT), change.fordring_id)
+        if change.kind == CANCEL:
+            what = _sub(el, _dr("Annullering"))
+            if change.reason:
+                _sub(what, _dr("Aarsag"), change.reason[:200])
+        elif change.kind == WRITE_DOWN:
+            _sub(_sub(el, _dr("Nedskrivning")), _dr("NytBeloeb"), change.amount)
+        elif change.kind == IDENTITY:
+            what = _sub(el, _dr("Identifikationsaendring"))
+            _party(what, _dr("DebitorkontoIdentifikation"), change.identification)
+            _party(what, _dr("JuridiskAnsvarlig"), change.responsible)
+        elif change.kind == REPAYMENT:
+            _sub(_sub(el, _dr("Tilbagebetaling")), _dr("Beloeb"), change.amount)
+        else:
+            raise ValueError(f"unknown change kind {change.kind!r}")
+    return root
+
+
+def change_keys_in(element: etree._Element) -> list[str]:
+    """The AendringIDs inside a change request (to name liabilities in errors)."""
+    return [el.text for el in element.iter(_dr("AendringID"))]
+
+
 def claim_ids_in(element: etree._Element) -> list[str]:
     """The FordringIDs inside an element of a create request (to name liabilities in errors)."""
     return [el.text for el in element.iter(_dr(CLAIM_ID_ELEMENT))]
@@ -148,7 +194,7 @@ def claim_ids_in(element: etree._Element) -> list[str]:
 
 OPERATIONS = {  # request root -> operation of the DebitorRegistreringAfsend service
     CREATE_REQUEST: "OpretDebitorkonto",
-    f"{{{NS_DR}}}RetFordringTilstandAnmodning": "RetFordringTilstand",
+    CHANGE_REQUEST: "RetFordringTilstand",
 }
 ACCEPTED, REJECTED = "MODTAGET", "AFVIST"
 

@@ -113,7 +113,8 @@ def totals(counts: Counter) -> dict[str, int]:
     out: dict[str, int] = {}
     for (_agency, category, rule), n in counts.items():
         out[category] = out.get(category, 0) + n
-        if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected"):
+        if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected",
+                        "change_recorded", "changes_accepted", "changes_rejected"):
             key = f"{category}:{rule}"
             out[key] = out.get(key, 0) + n
     return dict(sorted(out.items()))
@@ -145,16 +146,32 @@ def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | No
     return n
 
 
+def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None) -> Counter:
+    """After the new claims: what changed in FBS on claims already sent (U1-U4) is recorded as
+    versioned messages and sent in order per liability, with whatever earlier runs left unsent."""
+    from fbs_debitor import change_delivery, change_detection
+    from fbs_debitor.dry_run import batch_size_default
+
+    counts = change_detection.detect_changes(stores, run_id)
+    sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
+    if sent:
+        log.info("%d change message(s) sent to the debtor system", sent)
+    return counts
+
+
 def close_delivery(stores: Stores, run_id: str) -> Counter:
-    """Staff tasks for rejections and long delays; the run's delivery counts from the outbox."""
-    from fbs_debitor import delivery, delivery_tasks
+    """Staff tasks for rejections and long delays; the run's delivery counts (new claims and
+    changes) from the outbox."""
+    from fbs_debitor import change_delivery, delivery, delivery_tasks
 
     new = delivery_tasks.raise_delivery_tasks(stores, run_id)
     if new:
         log.info("%d staff task(s) raised in FBS for rejected or long-unconfirmed claims (M1)", new)
     counts = delivery.delivery_counts(stores.ledger, run_id)
     ledger.record_counts(stores.ledger, run_id, counts, delivery.DELIVERY_CATEGORIES)
-    return counts
+    changes = change_delivery.change_counts(stores.ledger, run_id)
+    ledger.record_counts(stores.ledger, run_id, changes, change_delivery.CHANGE_CATEGORIES)
+    return counts + changes
 
 
 def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
@@ -168,6 +185,7 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         resend_unconfirmed(stores, client, run_id, batch_size)
         counts = deliver(stores, client, run_id, batch_size)
+        keep_claims_true(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
     return run_id, counts
