@@ -31,15 +31,23 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    (`pending`), marked `sent` before every transmission and `accepted`/`rejected` from the debtor
    system's receipts. Transient faults are retried with backoff inside the call; when a batch
    still gets no answer, the rest of the run sends nothing new (it waits for the next run).
-5. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
+5. **send_changes** — keeps claims already sent true (U1-U4): every accepted claim is compared
+   with FBS now (amount, status, repayment mark, and keyed fingerprints of the CPR/CVR fields of
+   its parties); each difference is recorded as its own versioned message (cancellation,
+   write-down, increase = cancellation + new claim with a new FordringID, identifier change,
+   repayment) and sent in order per liability: a change never overtakes the creation or the
+   change before it. Closed or sent-to-collection after sending is told to staff, not to the
+   debtor system. `python -m fbs_debitor history <liability>` shows a liability's whole trail.
+6. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
    Danish and English; rejections are never sent again. Claims unanswered after many attempts,
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
-   run's accepted / rejected / unconfirmed counts. Runs even when sending failed part-way.
-6. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
+   run's accepted / rejected / unconfirmed counts, of new claims and of changes. Runs even when
+   sending failed part-way.
+7. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
    counts per agency and rule.
-7. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
-   age limit is outside 15-21 (C3), or when claims are still unconfirmed after every retry (they
-   go again next run). Everything else has run.
+8. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
+   age limit is outside 15-21 (C3), or when claims or changes are still unconfirmed after every
+   retry (they go again next run). Everything else has run.
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
@@ -84,6 +92,12 @@ def debitor_transfer():
 
         return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
+    @task(task_id="send_changes")
+    def send_changes(ledger_run_id: str, sent: dict[str, int]) -> dict[str, int]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.send_changes(ledger_run_id)
+
     @task(task_id="raise_staff_tasks", trigger_rule="all_done")
     def raise_staff_tasks(ledger_run_id: str) -> dict[str, int]:
         from fbs_debitor import dag_tasks
@@ -113,12 +127,13 @@ def debitor_transfer():
     resent = resend_unconfirmed(ledger_run_id)
     dq >> resent
     sent = build_and_send(ledger_run_id, resent)
+    changed = send_changes(ledger_run_id, sent)
     # Rejections already answered become staff tasks even when sending failed part-way (all_done);
     # the run is only closed as successful when sending itself succeeded.
     delivered = raise_staff_tasks(ledger_run_id)
-    sent >> delivered
+    changed >> delivered
     closed = close_run(ledger_run_id, delivered)
-    sent >> closed
+    changed >> closed
     held_agencies(dq, closed)
     undelivered(delivered, closed)
 

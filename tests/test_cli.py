@@ -72,8 +72,54 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     held = len(emulator.claims(emu_db))
     assert held == int(sent.group(2))
     check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
-    assert check.returncode == 0 and f"holds {held} claim(s)" in check.stdout and "exactly once: OK" in check.stdout
+    assert check.returncode == 0 and f"holds {held} claim(s)" in check.stdout
+    assert "held exactly once and holds FBS's current truth: OK" in check.stdout
     assert full_cpr_numbers(first.stdout + first.stderr + second.stdout + second.stderr) == []
+
+
+def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1_U2_U3_M2(db_urls, tmp_path):
+    from debtor import connection_json
+    from sqlalchemy import text
+
+    from fbs_debitor import emulator
+    from fbs_debitor.stores import open_stores
+
+    assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
+        conn = connection_json(emu.url)
+        assert cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn).returncode == 0
+        changed = cli(db_urls, tmp_path, "simulate-changes", "--per-kind", "3")
+        # FBS changed, the debtor side not yet: the reconciliation lists the differences and fails
+        stale = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db, "--out", str(tmp_path / "diff.csv"))
+        run = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
+        again = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
+    assert changed.returncode == 0 and "increase 3" in changed.stdout and "write_down 3" in changed.stdout
+    assert stale.returncode == 1 and "MISMATCH" in stale.stdout and "amount" in stale.stdout
+    assert "not cancelled" in (tmp_path / "diff.csv").read_text()
+    assert run.returncode == 0, run.stderr[-2000:]
+    recorded = re.search(r"changes to claims already sent \(U1-U4\): recorded (\d+) \(([^)]*)\), accepted (\d+)",
+                         run.stdout)
+    assert recorded and int(recorded.group(1)) == int(recorded.group(3)) > 0
+    assert "increase_create 3" in recorded.group(2) and "write_down 3" in recorded.group(2)
+    assert re.search(r"changes to claims already sent \(U1-U4\): recorded 0, accepted 0", again.stdout)
+    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    assert check.returncode == 0 and "holds FBS's current truth: OK" in check.stdout, check.stdout
+    # M2: one command shows the whole trail of an increased liability, CPR masked
+    stores = open_stores(db_urls)
+    try:
+        with stores.ledger.connect() as c:
+            lid = c.execute(text("SELECT liability_id FROM outbox WHERE change_kind = 'increase_create'")).scalar()
+    finally:
+        stores.dispose()
+    history = cli(db_urls, tmp_path, "history", str(lid))
+    assert history.returncode == 0
+    for step in (f"{lid}:1", f"{lid}:2", f"{lid}:3", "increase_cancel", "increase_create", "accepted",
+                 "change_recorded"):
+        assert step in history.stdout
+    assert re.search(rf"FBS-\d+-{lid}-1 ", history.stdout)     # the new claim's own FordringID, unmasked
+    assert full_cpr_numbers(history.stdout + run.stdout + stale.stdout + changed.stdout) == []
+    assert cli(db_urls, tmp_path, "history", "999999999").returncode == 1
 
 
 def test_leak_detector_finds_cpr_numbers_and_ignores_uuids_and_timestamps():

@@ -50,9 +50,10 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "transfer"} <= set(dag.tags) and dag.doc_md
     order = [t.task_id for t in dag.topological_sort()]
-    assert order[:6] == ["open_run", "data_quality", "resend_unconfirmed", "build_and_send", "raise_staff_tasks",
-                         "close_run"]
-    assert set(order[6:]) == {"held_agencies", "undelivered"}
+    # changes to claims already sent go after the new claims of the same run (U1-U4)
+    assert order[:7] == ["open_run", "data_quality", "resend_unconfirmed", "build_and_send", "send_changes",
+                         "raise_staff_tasks", "close_run"]
+    assert set(order[7:]) == {"held_agencies", "undelivered"}
     # Transient work is retried (sending is safe to retry: the outbox keys it); the final alarms
     # (a held agency, C3; claims still unconfirmed) are facts to act on, so they are not.
     alarms = {"held_agencies", "undelivered"}

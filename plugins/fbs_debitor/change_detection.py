@@ -321,8 +321,8 @@ def _compare_parties(stores: Stores, rebuild: dict[int, tuple[Update, str, bool]
         elif now_identity != c.identity_print.strip():
             u.values["identity_print"] = now_identity
             u.messages.insert(0, Planned(IDENTITY, c.fordring_id, None,
-                                         f"identification {account.identification.masked()}, responsible "
-                                         f"{account.responsible.masked()} (U2)", now_identity))
+                                         f"identification {account.identification.masked}, responsible "
+                                         f"{account.responsible.masked} (U2)", now_identity))
     return tasks
 
 

@@ -137,26 +137,46 @@ def cmd_summary(args) -> int:
 
 
 def cmd_reconcile(args) -> int:
-    """The ledger's outbox against what the debtor emulator holds: exactly once, nothing lost."""
-    from collections import Counter
+    """The ledger and FBS against what the debtor emulator holds: exactly once, and FBS's current
+    truth (U1-U4) for every transferred liability; every difference listed."""
+    from pathlib import Path
 
-    from fbs_debitor import emulator
+    from fbs_debitor import emulator, fingerprints, reconciliation
 
     stores = _stores()
-    with stores.ledger.connect() as conn:
-        states = Counter(dict(conn.execute(text("SELECT state, COUNT(*) FROM outbox GROUP BY state")).all()))
-        accepted = {r[0] for r in conn.execute(text("SELECT fordring_id FROM outbox WHERE state = 'accepted'"))}
-    held = Counter(c["fordring_id"] for c in emulator.claims(args.emulator_db))
-    twice = [f for f, n in held.items() if n > 1]
-    missing, unknown = accepted - set(held), set(held) - accepted
-    unconfirmed = states["pending"] + states["sent"]
-    ok = not (twice or missing or unknown or unconfirmed)
-    print(f"reconciliation: the debtor emulator holds {sum(held.values())} claim(s); the ledger has "
-          f"{states['accepted']} accepted, {states['rejected']} rejected (staff tasks), {unconfirmed} unconfirmed; "
-          + ("every accepted claim is held exactly once: OK" if ok else
-             f"MISMATCH: {len(missing)} accepted but not held, {len(unknown)} held but not accepted, "
-             f"{len(twice)} held twice, {unconfirmed} unconfirmed"))
-    return 0 if ok else 1
+    held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
+    report = reconciliation.reconcile(stores, held)
+    print(report.summary())
+    if not report.ok:
+        for d in report.differences[:args.show]:
+            print(f"  liability {d.liability_id} {d.fordring_id}: {d.what}: FBS {d.fbs}; debtor side {d.debtor}; "
+                  f"ledger {d.ledger}")
+        if len(report.differences) > args.show:
+            print(f"  ... and {len(report.differences) - args.show} more")
+        out = Path(args.out) if args.out else (settings.var_dir() / "reports" /
+                                               f"reconciliation-{dt.datetime.now():%Y%m%dT%H%M%S}.csv")
+        print(f"every difference: {report.write_csv(out)}")
+    return 0 if report.ok else 1
+
+
+def cmd_history(args) -> int:
+    from fbs_debitor.history import format_history
+
+    text_ = format_history(_stores(), args.liability_id)
+    if text_ is None:
+        print(f"liability {args.liability_id} is known neither in FBS nor in the ledger", file=sys.stderr)
+        return 1
+    print(text_)
+    return 0
+
+
+def cmd_simulate_changes(args) -> int:
+    from fbs_debitor.change_simulator import simulate
+
+    done = simulate(_stores(), seed=args.seed, per_kind=args.per_kind)
+    print("changed in FBS after the transfer: " + (", ".join(f"{k} {n}" for k, n in sorted(done.items())) or "nothing "
+          "(no accepted claims yet: run the transfer first)"))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,9 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
                         "'emulator --help' for its options)")
 
-    p = sub.add_parser("reconcile", help="compare the ledger's delivered claims with the debtor emulator's")
+    p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
+                                         "what FBS shows now; list every difference")
     p.add_argument("--emulator-db", required=True, help="SQLAlchemy URL of the emulator's database")
+    p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
+    p.add_argument("--out", help="CSV of every difference (default var/reports/reconciliation-<time>.csv)")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
+                                       "task and payment, oldest first (CPR masked)")
+    p.add_argument("liability_id", type=int)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("simulate-changes", help="demo: change transferred liabilities in the synthetic FBS "
+                                                "(cancel, write down, increase, new CPR, repayment, close, ...)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--per-kind", type=int, default=10, help="liabilities changed per kind of change")
+    p.set_defaults(func=cmd_simulate_changes)
 
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")

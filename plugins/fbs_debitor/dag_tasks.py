@@ -111,6 +111,22 @@ def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
         stores.dispose()
 
 
+def send_changes(run_id: str) -> dict[str, int]:
+    """Changes in FBS to claims already sent (U1-U4), recorded and sent in order per liability,
+    after the new claims of the same run."""
+    from fbs_debitor import transfer
+
+    stores = _stores()
+    try:
+        with _client() as client:
+            return transfer.totals(transfer.keep_claims_true(stores, client, run_id))
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
+        ledger.finish_run(stores.ledger, run_id, "failed", f"changes: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
 def raise_staff_tasks(run_id: str) -> dict[str, int]:
     """Rejections (and long-unconfirmed claims) as staff tasks in FBS; the run's delivery counts."""
     from fbs_debitor import transfer
@@ -125,12 +141,12 @@ def raise_staff_tasks(run_id: str) -> dict[str, int]:
 def undelivered(delivered: dict[str, int]) -> int:
     """Fail loudly (last) when claims of this run are still unconfirmed: the next run sends them
     again under the same keys, but the integration team should know the debtor side is failing."""
-    n = delivered.get("unconfirmed", 0)
-    if n:
+    n, changes = delivered.get("unconfirmed", 0), delivered.get("changes_unconfirmed", 0)
+    if n or changes:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"{n} claim(s) got no answer from the debtor system after every retry; they are "
-                                   "kept in the outbox and sent again under the same keys next run")
+        raise AirflowFailException(f"{n} claim(s) and {changes} change(s) got no answer from the debtor system after "
+                                   "every retry; they are kept in the outbox and sent again under the same keys next run")
     return 0
 
 

@@ -168,6 +168,32 @@ def claims(db_url: str) -> list[dict]:
              "changes": by_claim.get(r["fordring_id"], [])} for r in rows]
 
 
+def holdings(db_url: str, secret: bytes) -> dict[str, dict]:
+    """What the debtor side holds per FordringID, for reconciliation: status, amount, the keyed
+    print of the account's parties (``fingerprints.identity_print``: no CPR leaves this function)
+    and the repayments applied."""
+    from fbs_debitor.fingerprints import identity_print
+
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(emu_claim.c.fordring_id, emu_claim.c.status, emu_claim.c.amount, emu_account.c.ident_kind,
+                          emu_account.c.ident_number, emu_account.c.resp_kind, emu_account.c.resp_number)
+                .join(emu_account, emu_account.c.account_id == emu_claim.c.account_id)).all()
+            repaid = conn.execute(sa.select(emu_change.c.fordring_id, emu_change.c.amount)
+                                  .where(emu_change.c.kind == "Tilbagebetaling")).all()
+    finally:
+        engine.dispose()
+    out = {r.fordring_id: {"status": r.status, "amount": as_amount(r.amount), "repaid": Decimal(0),
+                           "identity": identity_print(r.ident_kind, r.ident_number, r.resp_kind, r.resp_number,
+                                                      secret)} for r in rows}
+    for fid, amount in repaid:
+        if fid in out:
+            out[fid]["repaid"] += as_amount(amount)
+    return out
+
+
 # --- XML ---------------------------------------------------------------------------------------
 
 def _parser() -> etree.XMLParser:

@@ -21,6 +21,15 @@ def _agencies(fbs: Engine) -> dict[str, tuple[str, str, int]]:
         return {r.agency_id: (r.name, r.debtor_vendor, r.age_limit) for r in rows}
 
 
+def _by_rule(counts: Counter, category: str) -> str:
+    rules = Counter()
+    for (_, c, r), v in counts.items():
+        if c == category:
+            rules[r] += v
+    total = sum(rules.values())
+    return f"{total}" + (f" ({', '.join(f'{r} {v}' for r, v in sorted(rules.items()))})" if total else "")
+
+
 def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
     agencies = _agencies(fbs)
     ids = sorted(set(agencies) | {a for a, _, _ in counts})
@@ -60,6 +69,9 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         + (f" ({', '.join(f'{r} {n(None, REJECTED, r)}' for r in rejected_rules)})" if rejected_rules else "")
         + f", unconfirmed {n(None, UNCONFIRMED)} (sent again next run)"
         + (f"; deferred {n(None, 'deferred')} (replacement CPR taken meanwhile)" if n(None, "deferred") else ""),
+        "changes to claims already sent (U1-U4): recorded "
+        + _by_rule(counts, "change_recorded") + f", accepted {n(None, 'changes_accepted')}, rejected "
+        + _by_rule(counts, "changes_rejected") + f", unconfirmed {n(None, 'changes_unconfirmed')}",
         f"eligible {n(None, ELIGIBLE)}, blocked {n(None, BLOCKED)} "
         f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in blocked_rules)}), "
         f"already sent in earlier runs {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
