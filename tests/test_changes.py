@@ -300,6 +300,26 @@ def test_closed_or_sent_to_collection_after_sending_sends_nothing_but_gives_staf
     assert len(tasks(stores, "claim_change")) == 2
 
 
+def test_cancelled_claim_gets_a_new_claim_only_when_reopened_not_when_closed_or_collected_U1_P2(stores, emu_db):
+    ids = municipality(stores, adults=3)
+    reopened, closed, collected = ids["adult"]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        for lid in ids["adult"]:
+            edit_liability(stores, lid, status="cancelled")
+        transfer(stores, emu.url)
+        edit_liability(stores, reopened, status="open")           # open again: a new claim (U1)
+        edit_liability(stores, closed, status="closed")           # nothing is owed: nothing goes (P2)
+        edit_liability(stores, collected, status="sent_to_collection")
+        transfer(stores, emu.url)
+    claims = held(emu_db)
+    assert claims[fid(reopened, 1)]["status"] == "ACTIVE" and summary(stores, reopened)[-1] == (
+        3, "increase_create", "accepted")
+    for lid in (closed, collected):
+        assert fid(lid, 1) not in claims, f"{fid(lid, 1)}: a new live claim after the cancellation"
+        assert summary(stores, lid) == [(1, "create", "accepted"), (2, "cancel", "accepted")]
+
+
 # --- a change never overtakes its creation -----------------------------------------------------------
 
 def test_write_down_of_an_unconfirmed_creation_waits_until_the_creation_is_answered_U1(stores, emu_db, monkeypatch):
@@ -362,3 +382,87 @@ def test_no_full_cpr_in_ledger_outbox_tasks_or_logs_of_the_change_flows(stores, 
     assert "identity" in stored and full_cpr_numbers(stored) == []
     assert full_cpr_numbers(" ".join(t["message"] for t in tasks(stores))) == []
     assert caplog.records and full_cpr_numbers(caplog.text) == []
+
+
+def test_increase_whose_cancellation_is_rejected_sends_no_second_live_claim_U1_M1(stores, emu_db):
+    """The debtor office cancelled the claim by hand, so the increase's cancellation is rejected:
+    the new claim must not go (two live claims would bill twice); staff get tasks for both."""
+    ids = municipality(stores, adults=2)
+    fee = ids["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        engine = emulator._engine(emu_db)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE emu_claim SET status = 'CANCELLED' WHERE fordring_id = :f"), {"f": fid(fee)})
+        engine.dispose()
+        edit_liability(stores, fee, amount=Decimal("75.00"))
+        transfer(stores, emu.url)
+        transfer(stores, emu.url)
+    assert fid(fee, 1) not in held(emu_db)
+    box = messages_of(stores, fee)
+    assert [(m["change_kind"], m["state"], m["error_code"]) for m in box] == [
+        ("create", "accepted", None), ("increase_cancel", "rejected", "FORDRING_ANNULLERET"),
+        ("increase_create", "rejected", "U1_ANNULLERING_AFVIST")]
+    assert box[2]["attempts"] == 0                                       # it never left
+    rejected = {t["task_id"]: t["message"] for t in tasks(stores, "delivery_rejected")}
+    assert set(rejected) == {f"REJ-{fee}:2", f"REJ-{fee}:3"}
+    assert "Ændringen af mellemværende" in rejected[f"REJ-{fee}:3"]
+
+
+def test_raised_amount_of_a_closed_liability_sends_no_new_claim_but_a_task_U1_P2(stores, emu_db):
+    ids = municipality(stores, adults=2)
+    fee = ids["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, fee, status="closed", amount=Decimal("75.00"))
+        requests = emu.request_count
+        transfer(stores, emu.url)
+        assert emu.request_count == requests
+    assert summary(stores, fee) == [(1, "create", "accepted")]
+    assert {t["task_id"] for t in tasks(stores, "claim_change")} == {f"CHG-closed-{fee}", f"CHG-increase-{fee}"}
+
+
+def test_another_fingerprint_key_stops_the_change_detection_instead_of_sending_every_claim_U2(stores, emu_db,
+                                                                                             monkeypatch):
+    from fbs_debitor import change_detection, fingerprints
+
+    ids = municipality(stores, adults=2)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        before = row_counts(stores)
+        monkeypatch.setenv("FBS_DEBITOR_FINGERPRINT_KEY", "another-key-entirely-0123456789")
+        run_id = ledger.start_run(stores.ledger, "manual")
+        with pytest.raises(fingerprints.KeyMismatch, match="not the one"):
+            change_detection.detect_changes(stores, run_id)
+    assert row_counts(stores) == before and len(ids["adult"]) == 2
+
+
+def test_history_shows_every_step_of_a_liability_in_order_with_cpr_masked_M2(stores, emu_db):
+    from fbs_debitor.history import format_history
+
+    ids = municipality(stores, adults=2)
+    fee = ids["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, fee, amount=Decimal("20.00"))
+        transfer(stores, emu.url)
+        edit_patron_of(stores, fee, cpr=fr.ADULT_CPR)                   # was ADULT2_CPR (U2)
+        edit_liability(stores, fee, status="closed")
+        transfer(stores, emu.url)
+    with stores.fbs.begin() as conn:   # a payment written back by the payments flow (P2)
+        conn.execute(text("INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
+                          "VALUES ('KMD-1', :l, 'payment', 5, :d, 'nightly file')"),
+                     {"l": fee, "d": db_value(dt.date.today(), is_sqlite(conn))})
+    out = format_history(stores, fee)
+    lines = out.splitlines()
+    for step in (f"{fee}:1", f"{fee}:2", "write_down", "20.00 DKK", f"{fee}:3", "identity",
+                 f"identification {fr.ADULT_CPR[:6]}-****", "status closed", "task claim_change",
+                 f"CHG-closed-{fee}", "payment payment", "5.00 DKK (KMD-1, nightly file)"):
+        assert step in out, step
+    timeline = lines[lines.index("Timeline:") + 1:]
+    order = [next(i for i, line in enumerate(timeline) if marker in line)
+             for marker in (f"recorded                       [{fee}:1]", f"accepted                       [{fee}:1]",
+                            f"change_recorded                [{fee}:2]", f"accepted                       [{fee}:2]")]
+    assert order == sorted(order)
+    assert full_cpr_numbers(out) == []
+    assert format_history(stores, 987654321) is None

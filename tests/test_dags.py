@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
 
 import debtor
 import fbs_rows as fr
@@ -94,10 +95,22 @@ def test_transfer_dag_delivers_through_airflow_exactly_once_and_records_the_run(
         assert state == "success", output[-4000:]
         run = ledger.get_run(stores.ledger, kind="transfer")
         requests = emu.request_count
+        # Between the runs staff lower the sent fee (U1) and a new fee arrives: the next run sends
+        # the new claim, then the write-down, in that order, and nothing else.
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET amount = 12.50 WHERE liability_id = :l"),
+                         {"l": eligible["liability_id"]})
+            new = fr.liability(conn, p["patron_id"])
         state2, output2 = dags_test(env, "debitor_transfer")
         assert state2 == "success", output2[-4000:]
-        assert emu.request_count == requests                        # the second run sent nothing
-    assert [c["fordring_id"] for c in emulator.claims(emu_db)] == [f"FBS-715100-{eligible['liability_id']}"]
+        assert emu.request_count == requests + 2                    # one creation batch, one change batch
+    held = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert sorted(held) == sorted(f"FBS-715100-{x['liability_id']}" for x in (eligible, new))
+    assert held[f"FBS-715100-{eligible['liability_id']}"]["amount"] == Decimal("12.50")
+    with stores.ledger.connect() as conn:
+        sent = [r.message_key for r in conn.execute(text("SELECT message_key FROM event WHERE kind = 'sent' "
+                                                         "ORDER BY occurred_at, seq"))]
+    assert sent[-2:] == [f"{new['liability_id']}:1", f"{eligible['liability_id']}:2"]
 
     assert run is not None and run.status == "success" and run.airflow_run_id
     counts = ledger.run_counts(stores.ledger, run.run_id)
@@ -113,8 +126,10 @@ def test_transfer_dag_delivers_through_airflow_exactly_once_and_records_the_run(
     assert full_cpr_numbers(output + output2) == []
     assert "Debitorkonto>" not in output + output2
     second = ledger.get_run(stores.ledger, kind="transfer")
-    assert second.run_id != run.run_id and ledger.run_counts(stores.ledger, second.run_id)[
-        ("715100", "already_sent", "-")] == 1
+    counts2 = ledger.run_counts(stores.ledger, second.run_id)
+    assert second.run_id != run.run_id and counts2[("715100", "already_sent", "-")] == 1
+    assert counts2[("715100", "accepted", "-")] == 1
+    assert counts2[("715100", "change_recorded", "write_down")] == counts2[("715100", "changes_accepted", "write_down")] == 1
 
 
 @pytest.mark.airflow

@@ -155,6 +155,15 @@ def refund_cancelled_message(number: str) -> str:
             "debtor office that the citizen was paid back.")
 
 
+def increase_not_open_message(number: str, status: str) -> str:
+    return (f"Beløbet på mellemværende {number} er sat op i FBS, men mellemværendet har status {status}. En forhøjelse "
+            "sendes som annullering plus ny fordring (U1), og en ny fordring sendes kun for åbne mellemværender; der "
+            "sendes intet. Opret et nyt mellemværende for forskellen, hvis borgeren skal betale den. / "
+            f"The amount of liability {number} was raised in FBS while its status is {status}. An increase goes as a "
+            "cancellation plus a new claim (U1), and new claims go only for open liabilities; nothing is sent. "
+            "Create a new liability for the difference if the citizen is to pay it.")
+
+
 def identity_blocked_message(number: str, why: str) -> str:
     return (f"Debitors CPR/CVR-oplysninger for mellemværende {number} er ændret i FBS, men ændringen kan ikke sendes "
             f"til debitorsystemet (U2): {why}. Ret data i FBS; så sendes ændringen ved næste kørsel. / "
@@ -265,6 +274,10 @@ def _compare_page(stores: Stores, claims, states: dict, secret: bytes, today: dt
         elif live and amount < told:
             u.messages.append(Planned(WRITE_DOWN, c.fordring_id, amount, f"write-down {told} -> {amount} (U1)"))
             u.values["debtor_amount"] = amount
+        elif live and amount > told and st.status != "open":
+            tasks.append(_task(st, "increase", increase_not_open_message(st.number, st.status)))
+            u.events.append(("change_not_sent", f"amount raised {told} -> {amount} while {st.status} in FBS: no new "
+                                                "claim, staff task"))
         elif live and amount > told:
             generation += 1
             new_id = fordring_id(c.agency_id, c.liability_id, generation)
@@ -273,7 +286,7 @@ def _compare_page(stores: Stores, claims, states: dict, secret: bytes, today: dt
             u.messages.append(Planned(INCREASE_CREATE, new_id, amount,
                                       f"increase {told} -> {amount}: new claim {new_id} (U1)", depends_on_previous=True))
             u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id)
-        elif not live and st.status != "cancelled" and amount is not None and amount > 0:
+        elif not live and st.status == "open" and amount is not None and amount > 0:
             generation += 1
             new_id = fordring_id(c.agency_id, c.liability_id, generation)
             u.messages.append(Planned(INCREASE_CREATE, new_id, amount,

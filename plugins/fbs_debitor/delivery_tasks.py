@@ -45,6 +45,13 @@ REASONS = {
            "The claim type is not mapped in the debtor system, so every claim of this type fails (M3). The "
            "municipality's debtor-system administrator must map it."),
 }
+CHANGE_KINDS_DA = {"cancel": "annullering", "increase_cancel": "annullering (forhøjelse)", "write_down": "nedskrivning",
+                   "identity": "ændring af CPR/CVR", "repayment": "tilbagebetaling",
+                   "increase_create": "ny fordring (forhøjelse)"}
+CHANGE_GENERIC = ("Debitorsystemet afviste ændringen, så kravet dér svarer ikke længere til FBS. Afklar med kommunens "
+                  "debitorafdeling, hvordan kravet skal rettes i debitorsystemet.",
+                  "The debtor system rejected the change, so its claim no longer matches FBS. Agree with the "
+                  "municipality's debtor office how to correct the claim in the debtor system.")
 GENERIC = ("Debitorsystemet afviste fordringen. Se begrundelsen og ret data, eller kontakt kommunens "
            "debitorafdeling.",
            "The debtor system rejected the claim. See the reason, correct the data or contact the "
@@ -56,10 +63,16 @@ def delayed_after_attempts() -> int:
     return int(os.environ.get("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "24"))
 
 
-def rejection_message(number: str, fordring_id: str, vendor: str | None, code: str | None, reason: str | None) -> str:
-    da, en = REASONS.get(rule_of(code), GENERIC)
+def rejection_message(number: str, fordring_id: str, vendor: str | None, code: str | None, reason: str | None,
+                      change_kind: str | None = None) -> str:
     system = VENDOR_NAMES.get(vendor or "", vendor or "debitorsystemet")
     said = f" ({mask_cprs_in(reason)[:300]})" if reason else ""
+    if change_kind and change_kind != "create":
+        da, en = REASONS.get(rule_of(code), CHANGE_GENERIC)
+        return (f"Ændringen af mellemværende {number} ({CHANGE_KINDS_DA.get(change_kind, change_kind)}, fordring "
+                f"{fordring_id}) blev afvist af {system}: {code}{said}. {da} / The change of liability {number} "
+                f"({change_kind}, claim {fordring_id}) was rejected by {system}: {code}. {en}")
+    da, en = REASONS.get(rule_of(code), GENERIC)
     return (f"Mellemværende {number} (fordring {fordring_id}) blev afvist af {system}: {code}{said}. {da} / "
             f"Liability {number} (claim {fordring_id}) was rejected by {system}: {code}. {en}")
 
@@ -86,7 +99,8 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
     """Tasks for every rejected message and every long-unconfirmed one without a task yet.
     Returns how many tasks are new in FBS."""
     threshold = delayed_after_attempts()
-    query = text("SELECT message_key, liability_id, fordring_id, state, error_code, last_error, attempts FROM outbox "
+    query = text("SELECT message_key, liability_id, fordring_id, state, error_code, last_error, attempts, change_kind "
+                 "FROM outbox "
                  "WHERE ((state = 'rejected' AND (task_id IS NULL OR task_id NOT LIKE 'REJ-%')) "
                  "OR (state IN ('pending', 'sent') AND error_code = :nr AND (task_id IS NULL OR task_id LIKE 'DLY-%')) "
                  "OR (state IN ('pending', 'sent') AND attempts >= :n AND task_id IS NULL)) "
@@ -113,7 +127,8 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
                 continue
             if r.state == "rejected":
                 kind, task_id = REJECTED_KIND, f"REJ-{r.message_key}"
-                message = rejection_message(f.number, r.fordring_id, f.debtor_vendor, r.error_code, r.last_error)
+                message = rejection_message(f.number, r.fordring_id, f.debtor_vendor, r.error_code, r.last_error,
+                                            r.change_kind)
             elif r.error_code == NOT_REBUILDABLE:
                 kind, task_id = BLOCKED_KIND, f"BLK-{r.message_key}"
                 message = blocked_message(f.number, r.fordring_id, r.last_error)

@@ -180,11 +180,6 @@ def change_request(changes: Iterable[Change], transaction_id: uuid.UUID, at: dt.
     return root
 
 
-def change_keys_in(element: etree._Element) -> list[str]:
-    """The AendringIDs inside a change request (to name liabilities in errors)."""
-    return [el.text for el in element.iter(_dr("AendringID"))]
-
-
 def claim_ids_in(element: etree._Element) -> list[str]:
     """The FordringIDs inside an element of a create request (to name liabilities in errors)."""
     return [el.text for el in element.iter(_dr(CLAIM_ID_ELEMENT))]

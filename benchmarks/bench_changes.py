@@ -1,0 +1,103 @@
+"""Benchmark: keeping sent claims true (U1-U4) over a large municipality's sent claims.
+
+    python benchmarks/bench_changes.py --patrons 20000 [--per-kind 200] [--seed 1]
+
+Generates a synthetic municipality, moves every cut-off back and repairs the age limits (so most
+open liabilities are sent), delivers them to the emulator on loopback, then measures what the
+hourly run adds for changes:
+
+1. the change detection over every sent claim when nothing changed (the steady-state hourly cost:
+   one narrow query per page, keyed prints compared, nothing rebuilt),
+2. detection + sending after ``simulate-changes`` changed ``--per-kind`` liabilities of each kind
+   (cancellations, write-downs, increases, new CPRs (each touches all of a patron's claims),
+   repayments, closed, sent to collection),
+3. the reconciliation of every claim against FBS.
+Prints seconds, claims/second and peak memory. Not a test: figures go in closing notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
+os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
+
+from sqlalchemy import text  # noqa: E402
+
+from fbs_debitor import change_delivery, change_detection, emulator, fingerprints, ledger, serviceplatformen  # noqa: E402
+from fbs_debitor.change_simulator import simulate  # noqa: E402
+from fbs_debitor.generator import generate  # noqa: E402
+from fbs_debitor.reconciliation import reconcile  # noqa: E402
+from fbs_debitor.settings import DatabaseUrls  # noqa: E402
+from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
+from fbs_debitor.transfer import run_transfer  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patrons", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--per-kind", type=int, default=200)
+    parser.add_argument("--as-of", default="2026-11-20")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = open_stores(DatabaseUrls(fbs=f"sqlite:///{tmp}/fbs.sqlite", ledger=f"sqlite:///{tmp}/ledger.sqlite"))
+        init_stores(stores)
+        generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=dt.date.fromisoformat(args.as_of))
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE agency SET cut_off_date = '1990-01-01', age_limit = 18"))
+        emu_db = f"sqlite:///{tmp}/emulator.sqlite"
+        with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(
+                f"sqlite:///{tmp}/fbs.sqlite")) as emu:
+            config = serviceplatformen.config_from_connection(emu.url, None, None, {
+                "service_agreement_uuid": "11111111-1111-4111-8111-111111111111",
+                "user_system_uuid": "22222222-2222-4222-8222-222222222222",
+                "user_uuid": "33333333-3333-4333-8333-333333333333", "operation_timeout": 120})
+            with serviceplatformen.Client(config) as client:
+                t = time.perf_counter()
+                run_transfer(stores, client, data_quality=False)
+                delivered = time.perf_counter() - t
+                with stores.ledger.connect() as conn:
+                    sent = conn.execute(text("SELECT COUNT(*) FROM claim WHERE state = 'accepted'")).scalar_one()
+                run_id = ledger.start_run(stores.ledger, "manual")
+                t = time.perf_counter()
+                idle = change_detection.detect_changes(stores, run_id)
+                steady = time.perf_counter() - t
+                changed = simulate(stores, seed=args.seed, per_kind=args.per_kind)
+                t = time.perf_counter()
+                recorded = change_detection.detect_changes(stores, run_id)
+                detect = time.perf_counter() - t
+                t = time.perf_counter()
+                n = change_delivery.send_changes(stores, client, run_id, 500)
+                send = time.perf_counter() - t
+                ledger.finish_run(stores.ledger, run_id, "success")
+        t = time.perf_counter()
+        report = reconcile(stores, emulator.holdings(emu_db, fingerprints.verify_key(stores.ledger)))
+        check = time.perf_counter() - t
+        print(f"patrons {args.patrons}: {sent:,} claims sent and accepted (in {delivered:.1f} s)")
+        print(f"change detection, nothing changed: {sum(idle.values())} recorded in {steady:.1f} s = "
+              f"{sent / steady:,.0f} claims/s")
+        print(f"after simulate-changes ({sum(changed.values())} liabilities/patrons changed): "
+              f"{sum(recorded.values()):,} change messages recorded in {detect:.1f} s, {n:,} sent in {send:.1f} s")
+        print(f"reconciliation of {report.checked:,} liabilities in {check:.1f} s: "
+              + ("OK" if report.ok else f"{len(report.differences)} differences"))
+        print(f"peak RSS: {peak_rss_mb():.0f} MB")
+        stores.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
