@@ -81,6 +81,14 @@ def ledger_claim(stores, liability_id: int) -> dict:
                                  {"l": liability_id}).mappings().one())
 
 
+def change_tasks(stores) -> dict[str, dict]:
+    """claim_change tasks by their kind and liability (the id ends with the run that raised it);
+    raising the same one twice is an error here."""
+    found = [(t["task_id"].rsplit("-", 1)[0], t) for t in tasks(stores, "claim_change")]
+    assert len({k for k, _ in found}) == len(found), [k for k, _ in found]
+    return dict(found)
+
+
 def row_counts(stores) -> tuple[int, int]:
     with stores.ledger.connect() as conn:
         return (conn.execute(text("SELECT COUNT(*) FROM outbox")).scalar_one(),
@@ -208,7 +216,7 @@ def test_compensation_marked_for_repayment_is_repaid_and_a_fee_is_not_but_gets_a
     # a fee: nothing sent, a task for staff (M1)
     assert claims[fid(fee)]["changes"] == [] and summary(stores, fee) == [(1, "create", "accepted")]
     (task,) = tasks(stores, "claim_change")
-    assert (task["task_id"], task["liability_id"]) == (f"CHG-refund-{fee}", fee)
+    assert (task["task_id"].rsplit("-", 1)[0], task["liability_id"]) == (f"CHG-refund-{fee}", fee)
     assert "tilbagebetaling" in task["message"] and "repayment" in task["message"]
 
 
@@ -285,7 +293,7 @@ def test_closed_or_sent_to_collection_after_sending_sends_nothing_but_gives_staf
         transfer(stores, emu.url)
         transfer(stores, emu.url)
         assert emu.request_count == requests                                       # nothing went
-        found = {t["task_id"]: t for t in tasks(stores, "claim_change")}
+        found = change_tasks(stores)
         assert sorted(found) == sorted([f"CHG-closed-{closed}", f"CHG-collection-{collected}"])
         assert found[f"CHG-closed-{closed}"]["liability_id"] == closed and "P2" in found[f"CHG-closed-{closed}"]["message"]
         assert "PSRM" in found[f"CHG-collection-{collected}"]["message"]
@@ -369,7 +377,7 @@ def test_no_full_cpr_in_ledger_outbox_tasks_or_logs_of_the_change_flows(stores, 
         transfer(stores, emu.url)
         transfer(stores, emu.url)
     assert summary(stores, a[0])[-1] == (2, "identity", "accepted")
-    assert {t["task_id"] for t in tasks(stores, "claim_change")} == {
+    assert set(change_tasks(stores)) == {
         f"CHG-identity-{a[1]}", f"CHG-refund-{a[3]}", f"CHG-closed-{a[4]}", f"CHG-collection-{a[5]}"}
     with stores.ledger.connect() as conn:
         # every text column the change flows write; not outbox.fingerprint (a hex digest) nor
@@ -419,7 +427,7 @@ def test_raised_amount_of_a_closed_liability_sends_no_new_claim_but_a_task_U1_P2
         transfer(stores, emu.url)
         assert emu.request_count == requests
     assert summary(stores, fee) == [(1, "create", "accepted")]
-    assert {t["task_id"] for t in tasks(stores, "claim_change")} == {f"CHG-closed-{fee}", f"CHG-increase-{fee}"}
+    assert set(change_tasks(stores)) == {f"CHG-closed-{fee}", f"CHG-increase-{fee}"}
 
 
 def test_another_fingerprint_key_stops_the_change_detection_instead_of_sending_every_claim_U2(stores, emu_db,
@@ -466,3 +474,138 @@ def test_history_shows_every_step_of_a_liability_in_order_with_cpr_masked_M2(sto
     assert order == sorted(order)
     assert full_cpr_numbers(out) == []
     assert format_history(stores, 987654321) is None
+
+
+# --- found in review: rejections, repeats and blocked changes ------------------------------------------
+
+def _reject_cancellations(monkeypatch, code="FORDRING_I_INDDRIVELSE"):
+    """A debtor system that refuses cancellations (the claim is at PSRM, ...) and keeps the claim live."""
+    import copy
+
+    from fbs_debitor.emulator import _dr, _text
+
+    original = emulator.Emulator._change
+
+    def change(self, conn, request):
+        out = []
+        for ch in request.iterfind(_dr("FordringAendring")):
+            what = [c for c in ch if isinstance(c.tag, str)][2]
+            aid = _text(ch, _dr("AendringID"))
+            if what.tag.endswith("Annullering"):
+                first = self._first_answer(conn, "RetFordringTilstand", aid)
+                out.append(first or self._record(conn, "RetFordringTilstand", aid, "AFVIST", None, code, "nej"))
+                continue
+            one = copy.deepcopy(request)
+            for other in list(one.iterfind(_dr("FordringAendring"))):
+                if _text(other, _dr("AendringID")) != aid:
+                    one.remove(other)
+            out += original(self, conn, one)
+        return out
+
+    monkeypatch.setattr(emulator.Emulator, "_change", change)
+
+
+def live_claims(emu_db: str, liability_id: int) -> list[str]:
+    return sorted(f for f, c in held(emu_db).items()
+                  if (f == fid(liability_id) or f.startswith(fid(liability_id) + "-")) and c["status"] == "ACTIVE")
+
+
+def test_reopened_after_a_rejected_cancellation_keeps_one_live_claim_U1(stores, emu_db, monkeypatch):
+    fee = municipality(stores, adults=1)["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, fee, status="cancelled")
+        with monkeypatch.context() as m:
+            _reject_cancellations(m)
+            transfer(stores, emu.url)
+        edit_liability(stores, fee, status="open")
+        transfer(stores, emu.url)
+    assert live_claims(emu_db, fee) == [fid(fee)]              # never a second live claim
+    assert [(k, s) for _, k, s in summary(stores, fee)] == [
+        ("create", "accepted"), ("cancel", "rejected"), ("increase_create", "rejected")]
+    claim = ledger_claim(stores, fee)
+    assert (claim["fordring_id"], claim["debtor_status"]) == (fid(fee), "live")
+
+
+def test_after_a_rejected_increase_a_later_cancellation_reaches_the_claim_still_live_U1(stores, emu_db, monkeypatch):
+    fee = municipality(stores, adults=1)["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, fee, amount=Decimal("75.00"))
+        with monkeypatch.context() as m:
+            _reject_cancellations(m)
+            transfer(stores, emu.url)
+        assert live_claims(emu_db, fee) == [fid(fee)] and ledger_claim(stores, fee)["fordring_id"] == fid(fee)
+        edit_liability(stores, fee, status="cancelled")
+        transfer(stores, emu.url)
+    assert held(emu_db)[fid(fee)]["status"] == "CANCELLED" and fid(fee, 1) not in held(emu_db)
+    assert messages_of(stores, fee)[-1]["fordring_id"] == fid(fee)
+
+
+def test_claim_from_before_the_change_tracking_at_amount_zero_is_cancelled_once_U1(stores, emu_db):
+    fee = municipality(stores, adults=1)["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        with stores.ledger.begin() as conn:   # as recorded before ledger 0004
+            conn.execute(text("UPDATE claim SET debtor_amount = NULL, debtor_status = NULL, identity_print = NULL, "
+                              "source_print = NULL, fbs_status = NULL WHERE liability_id = :l"), {"l": fee})
+        edit_liability(stores, fee, amount=Decimal("0.00"))
+        for _ in range(3):
+            transfer(stores, emu.url)
+    assert held(emu_db)[fid(fee)]["status"] == "CANCELLED"
+    with stores.ledger.connect() as conn:
+        baselines = conn.execute(text("SELECT COUNT(*) FROM event WHERE liability_id = :l AND kind = 'change_baseline'"),
+                                 {"l": fee}).scalar_one()
+    assert baselines == 1 and [k for _, k, _ in summary(stores, fee)] == ["create", "cancel"]
+
+
+def test_closed_again_after_reopening_is_a_new_task_and_a_negative_amount_is_told_once_M1(stores, emu_db):
+    a, b = municipality(stores, adults=2)["adult"]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, a, status="closed")
+        edit_liability(stores, b, amount=Decimal("-5.00"))
+        transfer(stores, emu.url)
+        with stores.fbs.begin() as conn:   # staff handle the first one
+            conn.execute(text("UPDATE task SET resolved_at = created_at WHERE kind = 'claim_change'"))
+        edit_liability(stores, a, status="open")
+        transfer(stores, emu.url)
+        edit_liability(stores, a, status="closed")
+        transfer(stores, emu.url)
+    closed = [t for t in tasks(stores, "claim_change") if t["task_id"].startswith(f"CHG-closed-{a}-")]
+    assert len(closed) == 2 and [t["resolved_at"] is None for t in closed].count(True) == 1
+    negative = [t for t in tasks(stores, "claim_change") if t["task_id"].startswith(f"CHG-negative-{b}-")]
+    with stores.ledger.connect() as conn:
+        told = conn.execute(text("SELECT COUNT(*) FROM event WHERE liability_id = :l AND kind = 'change_not_sent'"),
+                            {"l": b}).scalar_one()
+    assert len(negative) == 1 and told == 1                     # not every hour
+    assert summary(stores, b) == [(1, "create", "accepted")]
+
+
+def test_repayment_marked_again_is_not_paid_out_twice_U3(stores, emu_db):
+    comp = municipality(stores, adults=1)["company"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_liability(stores, comp, refund_requested_at=dt.datetime(2026, 11, 19, 9, 0))
+        transfer(stores, emu.url)
+        edit_liability(stores, comp, refund_requested_at=dt.datetime(2026, 11, 19, 9, 5))
+        transfer(stores, emu.url)
+    assert kinds(held(emu_db)[fid(comp)]) == ["Tilbagebetaling"]
+    assert set(change_tasks(stores)) == {f"CHG-refund-{comp}"}
+
+
+def test_identity_change_that_no_longer_builds_does_not_hold_back_a_cancellation_U1_U2(stores, emu_db):
+    fee = municipality(stores, adults=1)["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        edit_patron_of(stores, fee, cpr=fr.ADULT_CPR)
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("http503",)) as emu:
+        transfer(stores, emu.url, max_attempts=1)               # an outage: the identity change waits
+    edit_patron_of(stores, fee, cpr="3102811234")                # then the CPR becomes impossible
+    edit_liability(stores, fee, status="cancelled")
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    assert held(emu_db)[fid(fee)]["status"] == "CANCELLED"
+    box = {m["change_kind"]: m for m in messages_of(stores, fee)}
+    assert box["identity"]["error_code"] == "NOT_REBUILDABLE" and box["cancel"]["state"] == "accepted"
+    assert f"BLK-{fee}:2" in {t["task_id"] for t in tasks(stores, "delivery_blocked")}

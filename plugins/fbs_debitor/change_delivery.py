@@ -2,7 +2,9 @@
 
 A change message (version > 1 of a liability) is sent only when every earlier version of the same
 liability is answered: a write-down never overtakes the creation it applies to, and two changes
-recorded in different runs arrive in the order they were made. So each round sends at most the
+recorded in different runs arrive in the order they were made. The one exception: an identity
+change whose parties no longer build (NOT_REBUILDABLE, a staff task) does not hold back a later
+cancellation or write-down of the same claim; it goes when the data is fixed. So each round sends at most the
 oldest unanswered message of every liability, in batches per agency; the next round the ones
 that became next; until nothing more can go. The same outbox steps as creations apply (marked
 ``sent`` with the attempt before each transmission, then ``accepted``/``rejected`` per receipt;
@@ -15,7 +17,9 @@ no answer leaves them for the next run, sent again under the same AendringID).
   own FordringID, built from FBS with the recorded amount; it goes only after the cancellation it
   depends on was ACCEPTED. If that cancellation was rejected the new claim is not sent (the old
   one is still live there: two live claims would bill twice); it is rejected locally with
-  ``U1_ANNULLERING_AFVIST`` and staff get a task like for any rejection.
+  ``U1_ANNULLERING_AFVIST`` and staff get a task like for any rejection; the ledger's claim goes
+  back to the one still live there, so later changes reach it. A cancelled claim opened again in
+  FBS waits for its cancellation the same way.
 """
 
 from __future__ import annotations
@@ -62,12 +66,14 @@ REASONS = {"cancel": "cancelled in FBS", "increase_cancel": "amount increased in
 
 _NEXT = text(
     "SELECT o.message_key, o.liability_id, o.version, o.operation, o.change_kind, o.fordring_id, o.amount, "
-    "o.depends_on, o.attempts, c.agency_id, d.state AS depends_state FROM outbox o "
+    "o.depends_on, o.attempts, c.agency_id, d.state AS depends_state, d.fordring_id AS depends_fordring_id "
+    "FROM outbox o "
     "JOIN claim c ON c.liability_id = o.liability_id "
     "LEFT JOIN outbox d ON d.message_key = o.depends_on "
     "WHERE o.state IN ('pending', 'sent') AND o.version > 1 AND o.liability_id > :last "
     "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.liability_id = o.liability_id AND p.version < o.version "
-    "AND p.state IN ('pending', 'sent')) ORDER BY o.liability_id LIMIT :n")
+    "AND p.state IN ('pending', 'sent') "
+    "AND NOT (p.change_kind = 'identity' AND p.error_code = 'NOT_REBUILDABLE')) ORDER BY o.liability_id LIMIT :n")
 
 
 def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
@@ -78,6 +84,7 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
     link = link or Link()
     tried: set[str] = set()
     total = 0
+    registry: list[ReplacementCprRegistry] = []       # loaded once, when a message needs rebuilding
     while not link.down:
         sent_this_round, last = 0, -1
         while not link.down:
@@ -88,7 +95,7 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
             last = rows[-1].liability_id
             rows = [r for r in rows if r.message_key not in tried]
             tried.update(r.message_key for r in rows)
-            sent_this_round += _send_page(stores, client, run_id, rows, batch_size, today, link)
+            sent_this_round += _send_page(stores, client, run_id, rows, batch_size, today, link, registry)
         total += sent_this_round
         if not sent_this_round:
             break
@@ -98,7 +105,7 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
 
 
 def _send_page(stores: Stores, client: Client, run_id: str, rows, batch_size: int, today: dt.date,
-               link: Link) -> int:
+               link: Link, registry: list[ReplacementCprRegistry]) -> int:
     blocked = [r for r in rows if r.depends_on and r.depends_state == "rejected"]
     if blocked:
         _reject_dependants(stores.ledger, run_id, blocked)
@@ -107,7 +114,7 @@ def _send_page(stores: Stores, client: Client, run_id: str, rows, batch_size: in
         return 0
     agencies = _agencies(stores.fbs, {r.agency_id for r in rows})
     needs_fbs = [r for r in rows if r.operation == CREATE_OPERATION or r.change_kind == IDENTITY]
-    built = _rebuild(stores, run_id, needs_fbs, today)
+    built = _rebuild(stores, run_id, needs_fbs, today, registry)
     changes: dict[str, list[tuple[Change, object]]] = defaultdict(list)
     creations: dict[str, list] = defaultdict(list)
     for r in rows:
@@ -173,14 +180,16 @@ def _send_changes(ledger_engine: Engine, client: Client, run_id: str, agency: di
     return len(keys)
 
 
-def _rebuild(stores: Stores, run_id: str, rows, today: dt.date) -> dict[str, object]:
+def _rebuild(stores: Stores, run_id: str, rows, today: dt.date,
+             registry: list[ReplacementCprRegistry]) -> dict[str, object]:
     """Accounts built from FBS for messages that carry parties (identity changes, new claims);
     those that cannot be built as recorded stay unconfirmed with NOT_REBUILDABLE (staff task)."""
     if not rows:
         return {}
     fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, sorted({r.liability_id for r in rows}),
                                                                    today)}
-    registry = ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
+    if not registry:
+        registry.append(ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs)))
     with stores.ledger.connect() as conn:
         told = dict(conn.execute(text("SELECT liability_id, debtor_amount FROM claim WHERE liability_id IN :ids")
                                  .bindparams(bindparam("ids", expanding=True)),
@@ -197,7 +206,7 @@ def _rebuild(stores: Stores, run_id: str, rows, today: dt.date) -> dict[str, obj
         else:
             amount = as_amount(r.amount) if r.amount is not None else as_amount(told.get(r.liability_id))
             b = build(claim_stream.RowWith(row, amount=amount if amount and amount > 0 else as_amount("0.01")),
-                      registry, today, generation)
+                      registry[0], today, generation)
             if b.problem or b.new_replacement_cprs:
                 why = (f"it no longer builds ({b.problem.rule}: {b.problem.message})" if b.problem
                        else "it no longer builds (I1: the debtor has neither CPR nor replacement CPR)")
@@ -229,6 +238,14 @@ def _reject_dependants(ledger_engine: Engine, run_id: str, rows) -> None:
                      [{"c": DEPENDENCY_REJECTED, "e": why, "t": t, "r": run_id, "k": r.message_key} for r in rows])
         add_events(conn, [(r.liability_id, "rejected", r.message_key, f"{DEPENDENCY_REJECTED}: {why}") for r in rows],
                    run_id, at)
+        # The claim whose cancellation was rejected is still live at the debtor system: the ledger
+        # points at it again, so later changes reach it (unless a newer claim was recorded since).
+        back = [{"l": r.liability_id, "new": r.fordring_id, "old": r.depends_fordring_id, "t": t,
+                 "g": generation_of(r.depends_fordring_id, r.agency_id, r.liability_id) or 0} for r in rows]
+        conn.execute(text("UPDATE claim SET fordring_id = :old, generation = :g, debtor_status = 'live', "
+                          "updated_at = :t WHERE liability_id = :l AND fordring_id = :new"), back)
+        add_events(conn, [(b["l"], "claim_still_live", None, f"{b['old']} is still live at the debtor system; "
+                           f"{b['new']} was not created") for b in back], run_id, at)
     log.error("%d new claim(s) of increases not sent: the cancellation before them was rejected", len(rows))
 
 

@@ -96,6 +96,7 @@ class Planned:
     detail: str = ""
     fingerprint: str | None = None
     depends_on_previous: bool = False
+    depends_on: str | None = None
 
 
 @dataclass
@@ -106,11 +107,7 @@ class Update:
     messages: list[Planned] = field(default_factory=list)
     values: dict = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _task(state, key: str, message: str) -> StaffTask:
-    return StaffTask(f"CHG-{key}-{state.liability_id}", state.agency_id, state.b_branch_id, state.patron_id,
-                     state.liability_id, TASK_KIND, message)
+    notice: str | None = None
 
 
 def closed_message(number: str) -> str:
@@ -164,6 +161,15 @@ def increase_not_open_message(number: str, status: str) -> str:
             "Create a new liability for the difference if the citizen is to pay it.")
 
 
+def refund_again_message(number: str) -> str:
+    return (f"Erstatning {number} er markeret til tilbagebetaling igen i FBS. Tilbagebetalingen er allerede sendt til "
+            "debitorsystemet én gang (U3); der sendes ikke en ny. Afklar med debitorafdelingen, om mere skal betales "
+            "tilbage. / "
+            f"Compensation {number} was marked for repayment again in FBS. The repayment was already sent to the "
+            "debtor system once (U3); no second one is sent. Check with the debtor office whether more is to be "
+            "paid back.")
+
+
 def identity_blocked_message(number: str, why: str) -> str:
     return (f"Debitors CPR/CVR-oplysninger for mellemværende {number} er ændret i FBS, men ændringen kan ikke sendes "
             f"til debitorsystemet (U2): {why}. Ret data i FBS; så sendes ændringen ved næste kørsel. / "
@@ -171,15 +177,37 @@ def identity_blocked_message(number: str, why: str) -> str:
             f"debtor system (U2): {why}. Correct the data in FBS and it goes with the next run.")
 
 
+@dataclass
+class _Context:
+    """What one detection run shares between its pages."""
+
+    stores: Stores
+    run_id: str
+    secret: bytes
+    today: dt.date
+    registry: ReplacementCprRegistry | None = None
+
+    def replacement_registry(self) -> ReplacementCprRegistry:
+        if self.registry is None:      # loaded once per run, only when a claim has to be rebuilt
+            self.registry = ReplacementCprRegistry(claim_stream.taken_replacement_cprs(self.stores.fbs))
+        return self.registry
+
+    def task(self, state, key: str, message: str) -> StaffTask:
+        """A staff task about this occurrence: the run is part of its id, so the same situation
+        arising again later (closed, reopened, closed again) is a new task, while a retried run
+        raises the same one."""
+        return StaffTask(f"CHG-{key}-{state.liability_id}-{self.run_id[:8]}", state.agency_id, state.b_branch_id,
+                         state.patron_id, state.liability_id, TASK_KIND, message)
+
+
 def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None) -> Counter:
     """Compare every accepted claim with FBS and record the changes as outbox messages.
     Returns counts (agency, 'change_recorded', kind)."""
-    today = today or dt.date.today()
-    secret = fingerprints.verify_key(stores.ledger)
+    ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
     counts: Counter = Counter()
     claims_query = text(
         "SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
-        "refund_requested_at, identity_print, source_print, fbs_status FROM claim "
+        "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim "
         "WHERE state = 'accepted' AND liability_id > :last ORDER BY liability_id LIMIT :n")
     state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
     last = -1
@@ -191,14 +219,14 @@ def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt
         last = claims[-1].liability_id
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
-        updates, tasks = _compare_page(stores, claims, states, secret, today)
+        updates, tasks = _compare_page(ctx, claims, states)
         if tasks:
             with stores.fbs.begin() as conn:     # FBS first: idempotent by task id
                 new = raise_tasks(conn, tasks)
             if new:
                 log.warning("%d staff task(s) raised about sent claims changed in FBS in a way that is not sent on", new)
         if updates:
-            _record(stores.ledger, run_id, updates)
+            _record(stores.ledger, run_id, updates, ctx.secret)
             for u in updates:
                 for m in u.messages:
                     counts[(u.claim.agency_id, RECORDED, m.kind)] += 1
@@ -207,67 +235,85 @@ def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt
     return counts
 
 
-def _compare_page(stores: Stores, claims, states: dict, secret: bytes, today: dt.date):
+def _notice(u: Update, tasks: list[StaffTask], key: str, task: StaffTask, event: str) -> None:
+    """Tell staff once about a change that is not sent on: again only when it is a different one."""
+    u.notice = key[:120]
+    if (u.claim.notice or "").strip() != u.notice:
+        tasks.append(task)
+        u.events.append(("change_not_sent", event))
+
+
+def _compare_page(ctx: _Context, claims, states: dict):
     updates: list[Update] = []
     tasks: list[StaffTask] = []
-    rebuild: dict[int, tuple[Update, str]] = {}
-    paid = _payments(stores.fbs, [c.liability_id for c in claims
-                                  if (s := states.get(c.liability_id)) is not None and s.status == "closed"
-                                  and c.fbs_status != "closed"])
+    rebuild: dict[int, tuple[Update, str, bool]] = {}
+    paid = _payments(ctx.stores.fbs, [c.liability_id for c in claims
+                                      if (s := states.get(c.liability_id)) is not None and s.status == "closed"
+                                      and c.fbs_status != "closed"])
+    cancels = _last_cancellations(ctx.stores.ledger, [c.liability_id for c in claims if c.debtor_status == "cancelled"
+                                                      and (s := states.get(c.liability_id)) is not None
+                                                      and s.status == "open"])
     for c in claims:
         st = states.get(c.liability_id)
         u = Update(c)
+        updates.append(u)
         if st is None:
             if c.fbs_status != "missing":
                 u.values["fbs_status"] = "missing"
                 u.events.append(("fbs_liability_missing", "the liability is no longer in FBS; nothing is sent"))
                 log.error("liability %s (claim %s) is no longer in FBS; nothing is sent about it", c.liability_id,
                           c.fordring_id)
-            if u.values:
-                updates.append(u)
             continue
         amount = as_amount(st.amount)
-        if c.debtor_amount is None:       # recorded before 0004: today's FBS state is the baseline
-            u.values.update(debtor_amount=amount if amount and amount > 0 else None, debtor_status="live",
-                            refund_requested_at=as_datetime(st.refund_requested_at), fbs_status=st.status)
-            u.events.append(("change_baseline", "what the debtor system holds was not recorded (ledger before "
-                                                "0004): FBS's state now is the baseline; nothing sent"))
-            rebuild[c.liability_id] = (u, source_print(st, secret), False)
-            updates.append(u)
-            continue
-        told = as_amount(c.debtor_amount)
-        live = c.debtor_status == "live"
-        if st.status != c.fbs_status:
-            u.values["fbs_status"] = st.status
-            if live and st.status == "closed" and paid.get(c.liability_id, Decimal(0)) < told:
-                tasks.append(_task(st, "closed", closed_message(st.number)))
-                u.events.append(("fbs_closed", "closed in FBS without being reported paid; nothing sent (P2), "
-                                               "staff task"))
-            elif live and st.status == "sent_to_collection":
-                tasks.append(_task(st, "collection", collection_message(st.number)))
-                u.events.append(("fbs_sent_to_collection", "sent to collection in FBS after the transfer; nothing "
-                                                           "sent, staff task"))
         refund = as_datetime(st.refund_requested_at)
-        if refund is not None and refund != as_datetime(c.refund_requested_at):
+        if c.debtor_amount is None:
+            # Recorded before 0004: what the debtor system holds was not kept. FBS's amount and
+            # repayment mark now are the baseline; its status is compared as usual (a cancellation
+            # or an amount of 0 still goes, a negative amount is still a task).
+            told, live, told_refund = amount, True, refund
+            u.values.update(debtor_amount=amount, debtor_status="live", refund_requested_at=refund,
+                            fbs_status=st.status)
+            u.events.append(("change_baseline", "what the debtor system holds was not recorded (ledger before "
+                                                "0004): FBS's amount now is the baseline"))
+        else:
+            told, live, told_refund = as_amount(c.debtor_amount), c.debtor_status == "live", \
+                as_datetime(c.refund_requested_at)
+            if st.status != c.fbs_status:
+                u.values["fbs_status"] = st.status
+                if live and st.status == "closed" and paid.get(c.liability_id, Decimal(0)) < told:
+                    tasks.append(ctx.task(st, "closed", closed_message(st.number)))
+                    u.events.append(("fbs_closed", "closed in FBS without being reported paid; nothing sent (P2), "
+                                                   "staff task"))
+                elif live and st.status == "sent_to_collection":
+                    tasks.append(ctx.task(st, "collection", collection_message(st.number)))
+                    u.events.append(("fbs_sent_to_collection", "sent to collection in FBS after the transfer; "
+                                                               "nothing sent, staff task"))
+        notice = None
+        if refund is not None and refund != told_refund:
             u.values["refund_requested_at"] = refund
             if not live:
-                tasks.append(_task(st, "refund", refund_cancelled_message(st.number)))
+                tasks.append(ctx.task(st, "refund", refund_cancelled_message(st.number)))
                 u.events.append(("change_not_sent", "marked for repayment after the claim was cancelled at the "
                                                     "debtor system; nothing sent, staff task"))
-            elif st.kind == "compensation":
-                u.messages.append(Planned(REPAYMENT, c.fordring_id, told,
-                                          f"repayment of {told} marked in FBS {refund:%Y-%m-%d} (U3)"))
-            else:
-                tasks.append(_task(st, "refund", fee_refund_message(st.number)))
+            elif st.kind != "compensation":
+                tasks.append(ctx.task(st, "refund", fee_refund_message(st.number)))
                 u.events.append(("change_not_sent", "a fee marked for repayment: only compensations (U3); "
                                                     "staff task"))
+            elif told_refund is not None:     # one repayment per claim: a new mark is for staff to settle
+                tasks.append(ctx.task(st, "refund", refund_again_message(st.number)))
+                u.events.append(("change_not_sent", "marked for repayment again; the first repayment was sent; "
+                                                    "staff task"))
+            else:
+                u.messages.append(Planned(REPAYMENT, c.fordring_id, told,
+                                          f"repayment of {told} marked in FBS {refund:%Y-%m-%d} (U3)"))
         generation = c.generation
         if live and st.status == "cancelled":
             u.messages.append(Planned(CANCEL, c.fordring_id, None, "cancelled in FBS (U1, U4)"))
             u.values["debtor_status"] = "cancelled"
         elif live and amount is not None and amount < 0:
-            tasks.append(_task(st, "negative", negative_message(st.number, amount)))
-            u.events.append(("change_not_sent", f"negative amount {amount} in FBS: nothing sent (U1), staff task"))
+            notice = f"negative:{amount}"
+            _notice(u, tasks, notice, ctx.task(st, "negative", negative_message(st.number, amount)),
+                    f"negative amount {amount} in FBS: nothing sent (U1), staff task")
         elif live and amount == 0:
             u.messages.append(Planned(CANCEL, c.fordring_id, None, f"amount {told} -> 0.00 in FBS: cancelled (U1)"))
             u.values["debtor_status"] = "cancelled"
@@ -275,9 +321,9 @@ def _compare_page(stores: Stores, claims, states: dict, secret: bytes, today: dt
             u.messages.append(Planned(WRITE_DOWN, c.fordring_id, amount, f"write-down {told} -> {amount} (U1)"))
             u.values["debtor_amount"] = amount
         elif live and amount > told and st.status != "open":
-            tasks.append(_task(st, "increase", increase_not_open_message(st.number, st.status)))
-            u.events.append(("change_not_sent", f"amount raised {told} -> {amount} while {st.status} in FBS: no new "
-                                                "claim, staff task"))
+            notice = f"increase:{st.status}:{amount}"
+            _notice(u, tasks, notice, ctx.task(st, "increase", increase_not_open_message(st.number, st.status)),
+                    f"amount raised {told} -> {amount} while {st.status} in FBS: no new claim, staff task")
         elif live and amount > told:
             generation += 1
             new_id = fordring_id(c.agency_id, c.liability_id, generation)
@@ -289,45 +335,63 @@ def _compare_page(stores: Stores, claims, states: dict, secret: bytes, today: dt
         elif not live and st.status == "open" and amount is not None and amount > 0:
             generation += 1
             new_id = fordring_id(c.agency_id, c.liability_id, generation)
+            # Only once the cancellation is accepted: if it was rejected, the claim is still live there.
             u.messages.append(Planned(INCREASE_CREATE, new_id, amount,
-                                      f"open again in FBS after the cancellation: new claim {new_id} (U1)"))
+                                      f"open again in FBS after the cancellation: new claim {new_id} (U1)",
+                                      depends_on=cancels.get(c.liability_id)))
             u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, debtor_status="live")
-        now_source = source_print(st, secret)
+        now_source = source_print(st, ctx.secret)
         if now_source != (c.source_print or "").strip():
             if not live or any(m.kind == CANCEL for m in u.messages):
                 u.values["source_print"] = now_source   # a cancelled claim has no parties to fix
             else:   # a new claim (increase) carries the parties as they are: no identity change for it
                 rebuild[c.liability_id] = (u, now_source, not any(m.kind == INCREASE_CREATE for m in u.messages))
-        if u.messages or u.values or u.events or c.liability_id in rebuild:
-            updates.append(u)
+        if notice is None and c.liability_id not in rebuild and (c.notice or "").strip():
+            u.notice = None                          # the situation is over
     if rebuild:
-        tasks += _compare_parties(stores, rebuild, secret, today)
-    return [u for u in updates if u.messages or u.values or u.events], tasks
+        tasks += _compare_parties(ctx, rebuild)
+    return [u for u in updates if u.messages or u.values or u.events or u.notice != _stripped(u.claim.notice)], tasks
 
 
-def _compare_parties(stores: Stores, rebuild: dict[int, tuple[Update, str, bool]], secret: bytes,
-                     today: dt.date) -> list[StaffTask]:
+def _stripped(value) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _last_cancellations(ledger_engine: Engine, liability_ids: list[int]) -> dict[int, str]:
+    """The newest cancellation message of each liability (a reopened claim waits for it)."""
+    if not liability_ids:
+        return {}
+    query = text("SELECT liability_id, message_key, version FROM outbox WHERE change_kind IN ('cancel', "
+                 "'increase_cancel') AND liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    newest: dict[int, tuple[int, str]] = {}
+    with ledger_engine.connect() as conn:
+        for r in conn.execute(query, {"ids": liability_ids}):
+            if r.liability_id not in newest or r.version > newest[r.liability_id][0]:
+                newest[r.liability_id] = (r.version, r.message_key)
+    return {lid: key for lid, (_, key) in newest.items()}
+
+
+def _compare_parties(ctx: _Context, rebuild: dict[int, tuple[Update, str, bool]]) -> list[StaffTask]:
     """Rebuild the parties of claims whose source fields changed; an identity change where the
     parties differ from what was told (U2)."""
     tasks: list[StaffTask] = []
-    registry = None
-    for row in claim_stream.claim_rows(stores.fbs, sorted(rebuild), today):
+    for row in claim_stream.claim_rows(ctx.stores.fbs, sorted(rebuild), ctx.today):
         u, now_source, send = rebuild[row.liability_id]
         c = u.claim
         told = as_amount(u.values.get("debtor_amount", c.debtor_amount))
-        if registry is None:
-            registry = ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
-        built = build(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")), registry, today)
+        built = build(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")),
+                      ctx.replacement_registry(), ctx.today)
         if built.problem or built.new_replacement_cprs:
             why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
                    else "I1: the debtor has neither CPR nor replacement CPR any more")
-            tasks.append(StaffTask(f"CHG-identity-{row.liability_id}", row.agency_id, row.b_branch_id, row.b_patron_id,
-                                   row.liability_id, TASK_KIND, identity_blocked_message(row.number, why)))
-            u.events.append(("change_not_sent", f"parties changed but do not build ({why[:300]}); staff task"))
+            task = StaffTask(f"CHG-identity-{row.liability_id}-{ctx.run_id[:8]}", row.agency_id, row.b_branch_id,
+                             row.b_patron_id, row.liability_id, TASK_KIND, identity_blocked_message(row.number, why))
+            _notice(u, tasks, f"identity:{now_source[:32]}", task,
+                    f"parties changed but do not build ({why[:300]}); staff task")
             continue
         account = built.account
         now_identity = fingerprints.identity_print(account.identification.id_kind, account.identification.number,
-                                                   account.responsible.id_kind, account.responsible.number, secret)
+                                                   account.responsible.id_kind, account.responsible.number, ctx.secret)
         u.values["source_print"] = now_source
         if c.identity_print is None or not send:
             u.values["identity_print"] = now_identity       # a baseline, or a new claim carries them
@@ -350,7 +414,7 @@ def _payments(fbs: Engine, liability_ids: list[int]) -> dict[int, Decimal]:
         return {r.liability_id: as_amount(r.paid) or Decimal(0) for r in conn.execute(query, {"ids": liability_ids})}
 
 
-def _record(ledger_engine: Engine, run_id: str, updates: list[Update]) -> None:
+def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: bytes) -> None:
     """One transaction: the messages (pending, versions after the claim's newest), the claim's new
     'what the debtor system is told', and the audit trail."""
     from fbs_debitor.delivery import add_events, message_key
@@ -368,13 +432,14 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update]) -> None:
                 key = message_key(c.liability_id, version)
                 outbox.append({"k": key, "l": c.liability_id, "v": version, "o": OPERATION_OF[m.kind],
                                "f": m.fordring_id, "p": m.fingerprint or fingerprints.keyed(
-                                   "change", m.kind, m.fordring_id, m.amount), "r": run_id, "t": t, "ck": m.kind,
+                                   "change", m.kind, m.fordring_id, m.amount, secret=secret), "r": run_id, "t": t,
+                               "ck": m.kind,
                                "m": db_value(m.amount, is_sqlite(conn)),
-                               "d": previous_key if m.depends_on_previous else None})
+                               "d": previous_key if m.depends_on_previous else m.depends_on})
                 events.append((c.liability_id, RECORDED, key, f"{m.kind}: {m.detail}"))
                 previous_key = key
             events += [(c.liability_id, kind, None, detail) for kind, detail in u.events]
-            values = {**u.values, "current_version": version}
+            values = {**u.values, "current_version": version, "notice": u.notice}
             claims.append((c.liability_id, values))
         if outbox:
             conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, "

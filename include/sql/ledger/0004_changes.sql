@@ -16,6 +16,8 @@
 --   fbs_status           FBS's status when last compared (closed / sent to collection are told
 --                        to staff once, not to the debtor system)
 --   checked_at           when the comparison last changed the row
+--   notice               what staff were last told about a change that is not sent on (a negative
+--                        amount, parties that do not build, ...): told once, not every hour
 -- outbox: change_kind (create, cancel, write_down, increase_cancel, increase_create, identity,
 -- repayment), the amount the message sets or pays back, and depends_on: the message that must be
 -- accepted first (the cancellation of an increase's original claim).
@@ -30,11 +32,13 @@ ALTER TABLE claim ADD COLUMN identity_print CHAR(64);
 ALTER TABLE claim ADD COLUMN source_print CHAR(64);
 ALTER TABLE claim ADD COLUMN fbs_status VARCHAR(20);
 ALTER TABLE claim ADD COLUMN checked_at TIMESTAMP;
+ALTER TABLE claim ADD COLUMN notice VARCHAR(120);
 ALTER TABLE outbox ADD COLUMN change_kind VARCHAR(20);
 ALTER TABLE outbox ADD COLUMN amount NUMERIC(12,2);
 ALTER TABLE outbox ADD COLUMN depends_on VARCHAR(100);
 ALTER TABLE event ADD COLUMN seq BIGINT;
 CREATE INDEX ix_outbox_liability_state ON outbox (liability_id, state);
+CREATE INDEX ix_outbox_open ON outbox (state, liability_id);
 CREATE TABLE secret_check (
     name        VARCHAR(40) NOT NULL PRIMARY KEY,
     check_value CHAR(64)    NOT NULL,
