@@ -87,10 +87,16 @@ def strip_comments(sql: str) -> str:
     return "\n".join(re.sub(r"--.*$", "", line).rstrip() for line in sql.splitlines())
 
 
+_INCLUDE = re.compile(r"^[ \t]*--[ \t]*@include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
+
+
 @cache
 def sql_file(relpath: str) -> str:
-    """The text of ``include/sql/<relpath>``, comments removed."""
-    return strip_comments((SQL_DIR / relpath).read_text(encoding="utf-8"))
+    """The text of ``include/sql/<relpath>``, comments removed; a line ``-- @include <relpath>``
+    is replaced by that file (one level: shared clauses, e.g. the joins two queries must agree on)."""
+    text_ = (SQL_DIR / relpath).read_text(encoding="utf-8")
+    text_ = _INCLUDE.sub(lambda m: (SQL_DIR / m.group(1)).read_text(encoding="utf-8"), text_)
+    return strip_comments(text_)
 
 
 def split_statements(script: str) -> list[str]:

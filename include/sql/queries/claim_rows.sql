@@ -24,18 +24,7 @@ SELECT l.liability_id, l.agency_id, l.kind, l.number, l.amount, l.status, l.crea
            AND (gn.valid_to IS NULL OR gn.valid_to > :today)) AS gnow_patron_id,
        o.loan_date, o.due_date, o.reloan_date,
        m.classification, m.author, m.title
-FROM liability l
-JOIN agency a ON a.agency_id = l.agency_id
-JOIN patron b ON b.patron_id = l.patron_id
-LEFT JOIN patron d
-       ON d.patron_id = CASE WHEN b.kind = 'group' THEN b.responsible_patron_id ELSE b.patron_id END
-LEFT JOIN guardianship g
-       ON g.child_patron_id = d.patron_id
-      AND g.valid_from = (SELECT MAX(g2.valid_from) FROM guardianship g2
-                          WHERE g2.child_patron_id = d.patron_id
-                            AND g2.valid_from <= l.created_at
-                            AND (g2.valid_to IS NULL OR g2.valid_to > l.created_at))
-LEFT JOIN patron gp ON gp.patron_id = g.guardian_patron_id
+-- @include queries/claim_source.sql
 LEFT JOIN loan o ON o.loan_id = l.loan_id
 LEFT JOIN material m ON m.item_number = COALESCE(o.item_number, l.item_number)
 WHERE l.liability_id IN :ids
