@@ -18,7 +18,6 @@ Prints seconds, claims/second and peak memory. Not a test: figures go in closing
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import resource
 import sys
@@ -30,14 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
 
+from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from fbs_debitor import change_delivery, change_detection, emulator, fingerprints, ledger, serviceplatformen  # noqa: E402
 from fbs_debitor.change_simulator import simulate  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
 from fbs_debitor.reconciliation import reconcile  # noqa: E402
-from fbs_debitor.settings import DatabaseUrls  # noqa: E402
-from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
 from fbs_debitor.transfer import run_transfer  # noqa: E402
 
 
@@ -54,18 +51,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        stores = open_stores(DatabaseUrls(fbs=f"sqlite:///{tmp}/fbs.sqlite", ledger=f"sqlite:///{tmp}/ledger.sqlite"))
-        init_stores(stores)
-        generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=dt.date.fromisoformat(args.as_of))
-        with stores.fbs.begin() as conn:
-            conn.execute(text("UPDATE agency SET cut_off_date = '1990-01-01', age_limit = 18"))
+        stores, fbs_url = backfill_municipality(tmp, args.patrons, args.seed, args.as_of)
         emu_db = f"sqlite:///{tmp}/emulator.sqlite"
-        with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(
-                f"sqlite:///{tmp}/fbs.sqlite")) as emu:
-            config = serviceplatformen.config_from_connection(emu.url, None, None, {
-                "service_agreement_uuid": "11111111-1111-4111-8111-111111111111",
-                "user_system_uuid": "22222222-2222-4222-8222-222222222222",
-                "user_uuid": "33333333-3333-4333-8333-333333333333", "operation_timeout": 120})
+        with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(fbs_url)) as emu:
+            config = emulator_config(emu.url)
             with serviceplatformen.Client(config) as client:
                 t = time.perf_counter()
                 run_transfer(stores, client, data_quality=False)

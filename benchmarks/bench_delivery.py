@@ -13,7 +13,6 @@ Not a test: figures go in closing notes, never into assertions.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import resource
 import sys
 import tempfile
@@ -23,12 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
-from sqlalchemy import text  # noqa: E402
+from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
 
 from fbs_debitor import emulator, ledger, serviceplatformen  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
-from fbs_debitor.settings import DatabaseUrls  # noqa: E402
-from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
 from fbs_debitor.transfer import run_transfer  # noqa: E402
 
 
@@ -56,18 +52,10 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        stores = open_stores(DatabaseUrls(fbs=f"sqlite:///{tmp}/fbs.sqlite", ledger=f"sqlite:///{tmp}/ledger.sqlite"))
-        init_stores(stores)
-        generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=dt.date.fromisoformat(args.as_of))
-        with stores.fbs.begin() as conn:
-            conn.execute(text("UPDATE agency SET cut_off_date = '1990-01-01', age_limit = 18"))
+        stores, fbs_url = backfill_municipality(tmp, args.patrons, args.seed, args.as_of)
         emu_db = f"sqlite:///{tmp}/emulator.sqlite"
-        with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(
-                f"sqlite:///{tmp}/fbs.sqlite")) as emu:
-            config = serviceplatformen.config_from_connection(emu.url, None, None, {
-                "service_agreement_uuid": "11111111-1111-4111-8111-111111111111",
-                "user_system_uuid": "22222222-2222-4222-8222-222222222222",
-                "user_uuid": "33333333-3333-4333-8333-333333333333", "operation_timeout": 120})
+        with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(fbs_url)) as emu:
+            config = emulator_config(emu.url)
             with TimedClient(config) as client:
                 t0 = time.perf_counter()
                 run_id, _ = run_transfer(stores, client, batch_size=args.batch_size, data_quality=False)
