@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 
 from fbs_debitor import claim_stream, ledger, messages
 from fbs_debitor import sf1590_mapping as mapping
-from fbs_debitor.change_detection import CHANGE_OPERATION, CREATE_OPERATION, RECORDED
+from fbs_debitor.change_detection import CREATE_OPERATION, RECORDED
 from fbs_debitor.claim_builder import build
 from fbs_debitor.claim_fields import generation_of
 from fbs_debitor.claims import IDENTITY, Change
@@ -43,7 +43,6 @@ from fbs_debitor.delivery import (
     ACCEPTED,
     NOT_REBUILDABLE,
     REJECTED,
-    UNCONFIRMED,
     Link,
     add_events,
     answered,
@@ -273,5 +272,3 @@ def change_counts(ledger_engine: Engine, run_id: str) -> Counter:
             counts[(r.agency_id, CHANGES_UNCONFIRMED, r.change_kind or "-")] += r.n
     return counts
 
-
-__all__ = ["CHANGE_CATEGORIES", "CHANGE_OPERATION", "UNCONFIRMED", "change_counts", "send_changes"]
