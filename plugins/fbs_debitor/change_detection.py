@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -200,11 +201,10 @@ class _Context:
                          state.patron_id, state.liability_id, TASK_KIND, message)
 
 
-def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None) -> Counter:
-    """Compare every accepted claim with FBS and record the changes as outbox messages.
-    Returns counts (agency, 'change_recorded', kind)."""
-    ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
-    counts: Counter = Counter()
+def sent_claim_pages(stores: Stores, page_size: int = 5000) -> Iterator[tuple[list, dict]]:
+    """Every claim the debtor system accepted (its ledger row), page by page in liability order,
+    with FBS's state of those liabilities now (``claim_state.sql``, by liability id; a liability
+    gone from FBS is absent)."""
     claims_query = text(
         "SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
         "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim "
@@ -215,10 +215,19 @@ def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt
         with stores.ledger.connect() as conn:
             claims = conn.execute(claims_query, {"last": last, "n": page_size}).all()
         if not claims:
-            break
+            return
         last = claims[-1].liability_id
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
+        yield claims, states
+
+
+def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None) -> Counter:
+    """Compare every accepted claim with FBS and record the changes as outbox messages.
+    Returns counts (agency, 'change_recorded', kind)."""
+    ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
+    counts: Counter = Counter()
+    for claims, states in sent_claim_pages(stores, page_size):
         updates, tasks = _compare_page(ctx, claims, states)
         if tasks:
             with stores.fbs.begin() as conn:     # FBS first: idempotent by task id

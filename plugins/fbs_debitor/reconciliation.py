@@ -32,9 +32,10 @@ from pathlib import Path
 from sqlalchemy import bindparam, text
 
 from fbs_debitor import claim_stream, fingerprints
+from fbs_debitor.change_detection import sent_claim_pages
 from fbs_debitor.claim_builder import build
 from fbs_debitor.claim_fields import fordring_id
-from fbs_debitor.db import as_amount, sql_file
+from fbs_debitor.db import as_amount
 from fbs_debitor.identity import ReplacementCprRegistry
 from fbs_debitor.stores import Stores
 
@@ -103,26 +104,16 @@ def reconcile(stores: Stores, held: dict[str, dict], page_size: int = 5000, toda
     report.unconfirmed = states["pending"] + states["sent"]
     report.missing = sorted(accepted - set(held))
     report.unknown = sorted(set(held) - accepted)
-    claims_query = text("SELECT liability_id, agency_id, fordring_id, generation FROM claim WHERE state = 'accepted' "
-                        "AND liability_id > :last ORDER BY liability_id LIMIT :n")
     notes_query = text("SELECT liability_id, state, change_kind, error_code FROM outbox "
                        "WHERE state <> 'accepted' AND liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
-    state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
     registry = ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
-    last = -1
-    while True:
+    for claims, fbs in sent_claim_pages(stores, page_size):
+        ids = [c.liability_id for c in claims]
+        notes: dict[int, list[str]] = {}
         with stores.ledger.connect() as conn:
-            claims = conn.execute(claims_query, {"last": last, "n": page_size}).all()
-            if not claims:
-                break
-            ids = [c.liability_id for c in claims]
-            notes: dict[int, list[str]] = {}
             for r in conn.execute(notes_query, {"ids": ids}):
                 notes.setdefault(r.liability_id, []).append(
                     f"{r.change_kind or 'create'} {r.state}" + (f" {r.error_code}" if r.error_code else ""))
-        last = claims[-1].liability_id
-        with stores.fbs.connect() as conn:
-            fbs = {r.liability_id: r for r in conn.execute(state_query, {"ids": ids})}
         rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, ids, today)}
         for c in claims:
             report.checked += 1
