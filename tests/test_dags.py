@@ -30,12 +30,41 @@ def test_all_dags_import_without_errors(dagbag):
     assert "debitor_transfer" in dagbag.dags
 
 
+LIGHT = "from fbs_debitor.payment_rhythm import pickup_crons"   # the schedule is configuration, read at parse time
+
+
 def test_dag_files_keep_heavy_imports_out_of_module_level():
-    """DAG files are parsed every few seconds: no pandas/lxml/zeep/GX/domain imports at top level."""
+    """DAG files are parsed every few seconds: no pandas/lxml/zeep/GX/domain imports at top level
+    (the payments schedule module is the one exception, and it imports only the standard library)."""
     for path in (HOME / "dags").glob("*.py"):
         top_level = [line for line in path.read_text().splitlines() if re.match(r"^(import|from) ", line)]
-        heavy = [line for line in top_level if re.search(r"\b(pandas|lxml|zeep|great_expectations|fbs_debitor|sqlalchemy)\b", line)]
+        heavy = [line for line in top_level if line != LIGHT
+                 and re.search(r"\b(pandas|lxml|zeep|great_expectations|fbs_debitor|sqlalchemy)\b", line)]
         assert heavy == [], f"{path.name}: {heavy}"
+    rhythm_imports = [line for line in (HOME / "plugins/fbs_debitor/payment_rhythm.py").read_text().splitlines()
+                      if re.match(r"^(import|from) ", line)]
+    assert {line.split()[1] for line in rhythm_imports} <= {"__future__", "datetime", "os", "dataclasses", "zoneinfo",
+                                                            "fbs_debitor.settings"}
+
+
+def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypatch):
+    dag = dagbag.dags["debitor_payments"]
+    assert sorted(t.expression for t in dag.timetable.timetables) == [
+        "0 5 * * *", "10 * * * *", "5-59/15 * * * *"]          # KMD OPUS nightly, Prisme hourly, EG every 15
+    assert dag.max_active_runs == 1 and dag.catchup is False and dag.doc_md
+    assert [t.task_id for t in dag.topological_sort()] == ["open_run", "ingest", "reconcile", "differences"]
+    assert dag.get_task("differences").retries == 0 and dag.get_task("ingest").retries >= 1
+    from fbs_debitor.payment_rhythm import pickup_crons
+
+    monkeypatch.setenv("FBS_DEBITOR_PAYMENT_VENDORS", "KMD_OPUS")
+    assert pickup_crons() == ["0 5 * * *"]
+    monkeypatch.setenv("FBS_DEBITOR_PAYMENT_VENDORS", "PRISME,EG")
+    monkeypatch.setenv("FBS_DEBITOR_PRISME_PAYMENT_RHYTHM", "nightly")
+    monkeypatch.setenv("FBS_DEBITOR_EG_PAYMENT_MINUTES", "5")
+    assert pickup_crons() == ["0 5 * * *", "0-59/5 * * * *"]
+    monkeypatch.setenv("FBS_DEBITOR_EG_PAYMENT_MINUTES", "7")
+    with pytest.raises(ValueError, match="divide 60"):
+        pickup_crons()
 
 
 def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag):
@@ -191,3 +220,45 @@ def test_daily_report_dag_emails_each_branch_its_report_M4(stores, db_urls, tmp_
     assert "Virksomhed uden gyldigt CVR-nummer" in html and str(company["patron_id"]) in html
     assert any((p.get_filename() or "").startswith("datakvalitet-715100-01-") for p in message.walk())
     assert full_cpr_numbers(raw.decode("utf-8", "replace") + html) == [] and full_cpr_numbers(output) == []
+
+
+@pytest.mark.airflow
+def test_payments_dag_applies_the_files_writes_fbs_and_reconciles_through_airflow(stores, db_urls, tmp_path, request):
+    """debitor_payments through `airflow dags test`: the emulator's nightly file and a truncated file
+    in the inbox; the good one is applied to the ledger and FBS, the bad one quarantined (the run
+    still succeeds), and the run's reconciliation report is written."""
+    from fbs_debitor import emulator_payments
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        for _ in range(6):
+            fr.liability(conn, fr.patron(conn)["patron_id"])
+        conn.commit()
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        from fbs_debitor.transfer import run_transfer
+
+        run_transfer(stores, client, data_quality=False)
+    inbox = tmp_path / "inbox"
+    files = emulator_payments.deliver(emu_db, inbox, dt.datetime(2026, 11, 20, 9, 0).astimezone(), {"715100": "KMD_OPUS"},
+                                      seed=2, mix=emulator_payments.Mix(rate=3.0))
+    assert len(files) == 1
+    (inbox / "DA-broken.xml").write_bytes(files[0].read_bytes()[:200])
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    env.update(FBS_DEBITOR_PAYMENT_INBOX=str(inbox), FBS_DEBITOR_VAR=str(tmp_path / "var"))
+    state, output = dags_test(env, "debitor_payments")
+    assert state == "success", output[-4000:]
+    run = ledger.get_run(stores.ledger, kind="payments")
+    assert run.status == "success" and run.airflow_run_id
+    counts = ledger.run_counts(stores.ledger, run.run_id)
+    delivered = emulator_payments.movements(emu_db)
+    applied = sum(n for (_a, c, _r), n in counts.items() if c == "movements_applied")
+    held = sum(n for (_a, c, _r), n in counts.items() if c == "movements_held")
+    assert applied + held == len(delivered) and held == 2                     # the two on unknown claims
+    assert counts[("-", "files_applied", "-")] == 1 and counts[("-", "files_quarantined", "P_MALFORMED")] == 1
+    with stores.fbs.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM payment")).scalar() == applied
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == [files[0].name]
+    assert (tmp_path / "quarantine" / "DA-broken.xml").exists()
+    assert (tmp_path / "var" / "reports" / "payments" / f"reconciliation-{run.run_id}.csv").exists()
+    assert full_cpr_numbers(output) == []

@@ -464,4 +464,10 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
             sets = ", ".join(f"{col} = :{col}" for col in cols)
             conn.execute(text(f"UPDATE claim SET {sets}, checked_at = :t, updated_at = :t "  # noqa: S608 - column names from code
                               "WHERE liability_id = :lid"), params)
+        # what the debtor system holds changed: the claim's balance and settlement follow (P2)
+        moved = [lid for lid, values in claims if {"debtor_amount", "debtor_status"} & set(values)]
+        if moved:
+            from fbs_debitor.payments import update_settlement
+
+            update_settlement(conn, moved)
         add_events(conn, events, run_id, at)

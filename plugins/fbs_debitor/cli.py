@@ -122,7 +122,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from fbs_debitor.summary import format_run
+    from fbs_debitor.summary import format_payments_run, format_run
 
     stores = _stores()
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
@@ -132,31 +132,103 @@ def cmd_summary(args) -> int:
     if args.since and run.started_at < dt.datetime.fromisoformat(args.since):
         print(f"no run recorded since {args.since} (the newest started {run.started_at})", file=sys.stderr)
         return 1
-    print(format_run(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs))
+    fmt = format_payments_run if run.kind == "payments" else format_run
+    print(fmt(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs))
     return 0 if run.status == "success" else 1
 
 
 def cmd_reconcile(args) -> int:
-    """The ledger and FBS against what the debtor emulator holds: exactly once, and FBS's current
-    truth (U1-U4) for every transferred liability; every difference listed."""
+    """Claims (with --emulator-db: exactly once, and FBS's current truth, U1-U4) and payments (what
+    was sent, what the debtor system reported paid or written off, what FBS shows); every
+    difference listed and written to a CSV."""
     from pathlib import Path
 
-    from fbs_debitor import emulator, fingerprints, reconciliation
+    from fbs_debitor import emulator, emulator_payments, fingerprints, payment_reconciliation, reconciliation
 
     stores = _stores()
-    held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
-    report = reconciliation.reconcile(stores, held)
+    init_stores(stores)
+    stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S}"
+    out = Path(args.out) if args.out else settings.var_dir() / "reports"
+    ok = True
+    if args.emulator_db:
+        held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
+        report = reconciliation.reconcile(stores, held)
+        print(report.summary())
+        if not report.ok:
+            ok = False
+            for d in report.differences[:args.show]:
+                print(f"  liability {d.liability_id} {d.fordring_id}: {d.what}: FBS {d.fbs}; debtor side {d.debtor}; "
+                      f"ledger {d.ledger}")
+            if len(report.differences) > args.show:
+                print(f"  ... and {len(report.differences) - args.show} more")
+            print(f"every difference: {report.write_csv(out / f'reconciliation-{stamp}.csv')}")
+    debtor = emulator_payments.movements(args.emulator_db) if args.emulator_db else None
+    payments = payment_reconciliation.reconcile_payments(stores, debtor)
+    print(payments.summary())
+    path = payments.write_csv(out / f"payments-reconciliation-{stamp}.csv")
+    if not payments.ok:
+        ok = False
+        for d in payments.differences[:args.show]:
+            print(f"  liability {d.liability_id or '-'} {d.fordring_id}: {d.what}: sent {d.sent}; debtor reported "
+                  f"{d.reported}; ledger {d.ledger}; FBS {d.fbs}")
+        if len(payments.differences) > args.show:
+            print(f"  ... and {len(payments.differences) - args.show} more")
+    print(f"payments report (every difference): {path}")
+    return 0 if ok else 1
+
+
+def cmd_payments(args) -> int:
+    """Apply the debtor system's waiting payment files now (what the debitor_payments DAG runs)."""
+    from fbs_debitor import inbox, payment_reconciliation, payments
+    from fbs_debitor.summary import format_payments_run
+
+    stores = _stores()
+    init_stores(stores)
+    if args.dismiss:
+        if not args.note:
+            print("--dismiss needs --note (who reviewed it and why)", file=sys.stderr)
+            return 2
+        found = payments.dismiss(stores.ledger, stores.fbs, args.dismiss, args.note)
+        print(f"movement {args.dismiss} dismissed after review" if found else
+              f"no held movement {args.dismiss}", file=sys.stdout if found else sys.stderr)
+        return 0 if found else 1
+    box = inbox.open_inbox(args.inbox)
+    run_id = ledger.start_run(stores.ledger, "payments")
+    try:
+        payments.ingest(stores, box, run_id)
+        counts = payments.record_run_counts(stores.ledger, run_id)
+    except BaseException as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    ledger.finish_run(stores.ledger, run_id, "success")
+    print(format_payments_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs))
+    report = payment_reconciliation.reconcile_payments(stores)
     print(report.summary())
-    if not report.ok:
-        for d in report.differences[:args.show]:
-            print(f"  liability {d.liability_id} {d.fordring_id}: {d.what}: FBS {d.fbs}; debtor side {d.debtor}; "
-                  f"ledger {d.ledger}")
-        if len(report.differences) > args.show:
-            print(f"  ... and {len(report.differences) - args.show} more")
-        out = Path(args.out) if args.out else (settings.var_dir() / "reports" /
-                                               f"reconciliation-{dt.datetime.now():%Y%m%dT%H%M%S}.csv")
-        print(f"every difference: {report.write_csv(out)}")
     return 0 if report.ok else 1
+
+
+def cmd_emulator_payments(args) -> int:
+    """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
+    from pathlib import Path
+
+    from fbs_debitor import emulator, emulator_payments, inbox
+
+    stores = _stores()
+    with stores.fbs.connect() as conn:
+        vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
+    until = dt.datetime.fromisoformat(args.until).astimezone() if args.until else dt.datetime.now().astimezone()
+    since = dt.datetime.fromisoformat(args.since).astimezone() if args.since else None
+    folder = inbox.default_inbox_dir() if args.inbox is None else Path(args.inbox)
+    mix = emulator_payments.Mix(rate=args.rate, overpayments=args.overpayments, on_cancelled=args.on_cancelled)
+    files = emulator_payments.deliver(args.db or emulator._default_db(), folder, until, vendors, args.seed, mix, since)
+    per_vendor: dict[str, int] = {}
+    for f in files:
+        vendor = f.name.split("-")[1]
+        per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
+    print(f"debtor emulator delivered {len(files)} payment file(s) into {folder}"
+          + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if files else
+             " (no delivery due since the last one, or nothing to pay)"))
+    return 0
 
 
 def cmd_history(args) -> int:
@@ -219,10 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
                                          "what FBS shows now; list every difference")
-    p.add_argument("--emulator-db", required=True, help="SQLAlchemy URL of the emulator's database")
+    p.add_argument("--emulator-db", help="SQLAlchemy URL of the emulator's database: also compare with what the "
+                                         "debtor side holds and delivered")
     p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
-    p.add_argument("--out", help="CSV of every difference (default var/reports/reconciliation-<time>.csv)")
+    p.add_argument("--out", help="folder for the CSV reports (default var/reports)")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("payments", help="apply the debtor system's waiting payment files (P1, P2) and write them to "
+                                        "FBS; --dismiss a held movement after review")
+    p.add_argument("--inbox", help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox)")
+    p.add_argument("--dismiss", metavar="BEVAEGELSE_ID", help="a held movement reviewed and not to be applied")
+    p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
+    p.set_defaults(func=cmd_payments)
+
+    p = sub.add_parser("emulator-payments", help="demo: the debtor emulator delivers payment files into the inbox, "
+                                                 "each vendor on its rhythm (KMD OPUS nightly, Prisme hourly, EG "
+                                                 "every 15 minutes)")
+    p.add_argument("--db", help="the emulator's database (default var/emulator/emulator.sqlite)")
+    p.add_argument("--inbox", help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
+    p.add_argument("--until", help="deliver what is due up to this time (default now)")
+    p.add_argument("--since", help="on the first call: from this time (default one day before --until)")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--rate", type=float, default=0.05, help="share of open claims paid or written off per day")
+    p.add_argument("--overpayments", type=int, default=0, help="payments above the balance, per vendor")
+    p.add_argument("--on-cancelled", type=int, default=0, help="payments on cancelled claims, per vendor")
+    p.set_defaults(func=cmd_emulator_payments)
 
     p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
                                        "task and payment, oldest first (CPR masked)")

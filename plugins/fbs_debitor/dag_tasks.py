@@ -165,3 +165,51 @@ def close_run(run_id: str) -> str:
         return run_id
     finally:
         stores.dispose()
+
+
+# --- debitor_payments ----------------------------------------------------------------------------
+
+def ingest_payments(run_id: str) -> dict[str, int]:
+    """The debtor system's waiting files applied (each in one transaction, bad ones quarantined),
+    held movements looked at again, everything written back to FBS; the run's counts."""
+    from fbs_debitor import inbox, payments
+
+    stores = _stores()
+    try:
+        box = inbox.open_inbox()
+        done = payments.ingest(stores, box, run_id)
+        log.info("payments from %s: %s", box.describe(), dict(sorted(done.items())))
+        return payments.totals(payments.record_run_counts(stores.ledger, run_id))
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
+        ledger.finish_run(stores.ledger, run_id, "failed", f"payments: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
+def reconcile_payments(run_id: str) -> dict[str, int]:
+    """The run's reconciliation report (CSV under var/reports/payments/), and the run closed."""
+    from fbs_debitor import payment_reconciliation, settings
+    from fbs_debitor.summary import format_payments_run
+
+    stores = _stores()
+    try:
+        report = payment_reconciliation.reconcile_payments(stores)
+        path = report.write_csv(settings.var_dir() / "reports" / "payments" / f"reconciliation-{run_id}.csv")
+        log.info("%s\nreport: %s", report.summary(), path)
+        ledger.finish_run(stores.ledger, run_id, "success")
+        log.info("run summary\n%s", format_payments_run(ledger.get_run(stores.ledger, run_id),
+                                                        ledger.run_counts(stores.ledger, run_id), stores.fbs))
+        return {"differences": len(report.differences), "held": report.movements["held"]}
+    finally:
+        stores.dispose()
+
+
+def payment_differences(result: dict[str, int]) -> int:
+    """Fail loudly (last) when reconciliation found differences; the report names each one."""
+    if result.get("differences"):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"payments reconciliation: {result['differences']} difference(s); see "
+                                   "var/reports/payments/reconciliation-<run>.csv")
+    return 0

@@ -40,6 +40,38 @@ def schema_for(root: etree._Element) -> etree.XMLSchema:
     return schema(mapping.SCHEMAS[root.tag])
 
 
+class UnsafeXml(ValueError):
+    """A document type declaration or an entity: never parsed (XXE, entity expansion)."""
+
+
+_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def safe_parser() -> etree.XMLParser:
+    """For XML from outside: no DTD loaded, no entity resolved, nothing read from the network,
+    no huge trees."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
+                           dtd_validation=False, remove_comments=True, remove_pis=True)
+
+
+def parse_untrusted(data: bytes) -> etree._Element:
+    """Parse XML received from outside. A DTD or entity declaration raises UnsafeXml before the
+    parser sees it (and again if the parser finds one the pattern missed, e.g. in UTF-16); not
+    well-formed XML raises lxml's XMLSyntaxError."""
+    if _DTD.search(data):
+        raise UnsafeXml("DTDs and entities are not allowed")
+    doc = etree.fromstring(data, safe_parser()).getroottree()
+    if doc.docinfo.doctype or doc.docinfo.internalDTD is not None:
+        raise UnsafeXml("DTDs and entities are not allowed")
+    return doc.getroot()
+
+
+def schema_error(xsd: etree.XMLSchema) -> str:
+    """The schema's last error, line and reason, with quoted values dropped (never an identifier)."""
+    error = xsd.error_log.last_error
+    return f"line {error.line}: " + re.sub(r"'[^']*'", "'…'", error.message)
+
+
 @dataclass
 class Batch:
     """One OpretDebitorkonto message: its transaction id is derived from the claims it holds, so

@@ -86,3 +86,45 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         "T1 created before the cut-off date; T3 closed or sent to collection.",
     ]
     return "\n".join(lines)
+
+
+def format_payments_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
+    """A payments run: files, movements applied per kind and held per reason, per agency."""
+    agencies = _agencies(fbs)
+
+    def n(category: str, agency: str | None = None, rule: str | None = None) -> int:
+        return sum(v for (a, c, r), v in counts.items()
+                   if c == category and (agency is None or a == agency) and (rule is None or r == rule))
+
+    def by_rule(category: str) -> str:
+        rules = Counter()
+        for (_a, c, r), v in counts.items():
+            if c == category:
+                rules[r] += v
+        return f"{sum(rules.values())}" + (f" ({', '.join(f'{r} {v}' for r, v in sorted(rules.items()))})"
+                                           if rules else "")
+
+    lines = [f"fbs-debitor payments run {run.run_id} ({run.kind}): {run.status}" + (f" - {run.error}" if run.error
+                                                                                   else ""), ""]
+    header = f"{'agency':<8} {'vendor':<8} {'payment':>8} {'write_off':>9} {'reversal':>8} {'repaid':>6} {'held':>5}"
+    lines += [header, "-" * len(header)]
+    ids = sorted({a for a, _, _ in counts if a != "-"} | set(agencies))
+    for a in [*ids, "-", None]:
+        if a == "-" and not (n("movements_applied", "-") or n("movements_held", "-")):
+            continue
+        label = "total" if a is None else ("unknown" if a == "-" else a)
+        vendor = agencies.get(a, ("", "", ""))[1] if a else ""
+        lines.append(f"{label:<8} {vendor:<8} {n('movements_applied', a, 'payment'):>8} "
+                     f"{n('movements_applied', a, 'write_off'):>9} {n('movements_applied', a, 'reversal'):>8} "
+                     f"{n('movements_applied', a, 'repayment'):>6} {n('movements_held', a):>5}")
+    lines += [
+        "",
+        f"files: applied {n('files_applied')}, quarantined {by_rule('files_quarantined')}",
+        f"movements: applied {by_rule('movements_applied')}, held for review {by_rule('movements_held')}, released "
+        f"after an earlier hold {n('movements_released')}, delivered again and skipped {n('movements_again')}",
+        "Held movements are not booked in FBS; each is a staff task (P_UNKNOWN_CLAIM claim not known, P_OVERPAYMENT "
+        "more than the balance, P_CLAIM_CANCELLED, P_REVERSAL_* a reversal that does not match, ...). A quarantined "
+        "file (not well-formed, not the schema, DTD/entities, a movement delivered before with other content) "
+        "is a staff task too; nothing in it is booked.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""debitor_payments: payments and write-offs back from the debtor system (SF1590_B_01A, P1, P2)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import MultipleCronTriggerTimetable, dag, task
+
+from fbs_debitor.payment_rhythm import pickup_crons
+
+DOC_MD = """
+### debitor_payments — payments and write-offs back to FBS (SF1590_B_01A DækningAfskrivning)
+
+**Schedule, from the vendors' rhythms (P1)**: the debtor system delivers files on its own rhythm and
+this DAG picks them up after each delivery: KMD OPUS nightly (picked up 05:00, visible the next
+morning), Fujitsu Prisme hourly (10 past) or nightly (`FBS_DEBITOR_PRISME_PAYMENT_RHYTHM`), EG every
+`FBS_DEBITOR_EG_PAYMENT_MINUTES` (default 15). `FBS_DEBITOR_PAYMENT_VENDORS` names the vendors in
+use; the schedule is the union of their pick-up times (Europe/Copenhagen). One run at a time.
+Each run takes every file waiting, whichever vendor delivered it.
+
+1. **open_run** — records the run in the ledger (kind `payments`).
+2. **ingest** — every waiting file in the inbox (`FBS_DEBITOR_PAYMENT_INBOX`, default
+   `var/payments/inbox`; a local or mounted folder behind one small interface) is read with a
+   safe parser (no DTD, no entities, no network) and validated against the schema. A bad file
+   (truncated, not the schema, XXE / entity expansion, a movement delivered before with other
+   content) is **quarantined** with its reason and a staff task; the other files still go on. A
+   good file is applied in **one ledger transaction**: each movement (payment, write-off,
+   repayment, reversal) applied to its claim's sums, balance and settlement (unpaid, partly paid,
+   paid, written off, repaid), or **held for review** with a staff task (unknown or cancelled claim,
+   overpayment, a reversal that does not match); a file or movement delivered again is
+   recognised and skipped. Then held movements whose reason may have gone are looked at again,
+   and everything is written back to FBS: `fbs.payment` rows keyed by the movement (exactly once),
+   tasks for held movements, and liabilities paid in full closed in FBS.
+3. **reconcile** — compares per claim what was sent, what the debtor system reported and what FBS
+   shows; writes `var/reports/payments/reconciliation-<run>.csv` and closes the run.
+4. **differences** — fails, last and loudly, when reconciliation found any.
+
+A retry of `ingest` is safe at any point: applied files are known by their SHA-256, movements by
+their BevaegelseID, write-backs by their key.
+"""
+
+
+@dag(
+    dag_id="debitor_payments",
+    schedule=MultipleCronTriggerTimetable(*pickup_crons(), timezone="Europe/Copenhagen"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(minutes=50)},
+    tags=["fbs-debitor", "sf1590", "payments"],
+    doc_md=DOC_MD,
+)
+def debitor_payments():
+    @task(task_id="open_run")
+    def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.open_run("payments", dag.dag_id, run_id, data_interval_start, data_interval_end)
+
+    @task(task_id="ingest")
+    def ingest(ledger_run_id: str) -> dict[str, int]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.ingest_payments(ledger_run_id)
+
+    @task(task_id="reconcile")
+    def reconcile(ledger_run_id: str, ingested: dict[str, int]) -> dict[str, int]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.reconcile_payments(ledger_run_id)
+
+    @task(task_id="differences", retries=0)
+    def differences(result: dict[str, int]) -> int:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.payment_differences(result)
+
+    ledger_run_id = open_run()
+    differences(reconcile(ledger_run_id, ingest(ledger_run_id)))
+
+
+debitor_payments()

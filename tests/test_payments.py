@@ -1,0 +1,381 @@
+"""Payments back (P1, P2) on SQLite and PostgreSQL: the emulator delivers DaekningAfskrivning files
+on each vendor's rhythm into a real folder, the payments run applies each movement once to the
+ledger and FBS, holds what it must not apply, quarantines bad files, survives crashes, and the
+reconciliation is clean after all of it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from leaks import full_cpr_numbers
+from sqlalchemy import text
+from test_delivery import municipality, tasks, transfer
+
+from fbs_debitor import emulator, emulator_payments, ledger, payment_reconciliation, payments
+from fbs_debitor.inbox import FolderInbox
+from fbs_debitor.payment_files import Movement, to_xml, write_atomically
+from fbs_debitor.payment_rhythm import rhythm
+
+AGENCY = "715100"
+UNTIL = dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Copenhagen"))
+
+
+class Crash(BaseException):
+    """A process dying at an exact point (not an Exception: no handler catches it)."""
+
+
+@pytest.fixture
+def emu_db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+
+
+@pytest.fixture
+def inbox(tmp_path) -> FolderInbox:
+    return FolderInbox(tmp_path / "payments" / "inbox")
+
+
+def sent(stores, emu_db, vendor="KMD_OPUS", **kw) -> dict[str, list[int]]:
+    ids = municipality(stores, vendor=vendor, **kw)
+    with emulator.Emulator(vendor, emu_db) as emu:
+        transfer(stores, emu.url)
+    return ids
+
+
+def fid(lid: int) -> str:
+    return f"FBS-{AGENCY}-{lid}"
+
+
+def amount_of(stores, lid: int) -> Decimal:
+    with stores.fbs.connect() as conn:
+        return Decimal(str(conn.execute(text("SELECT amount FROM liability WHERE liability_id = :l"),
+                                        {"l": lid}).scalar())).quantize(Decimal("0.01"))
+
+
+def deliver(inbox, name: str, *movements: Movement) -> None:
+    write_atomically(inbox.inbox, name, to_xml(movements, UNTIL))
+
+
+def mv(mid: str, lid_or_fid, kind: str, amount, ref: str | None = None, booked=dt.date(2026, 11, 19)) -> Movement:
+    f = lid_or_fid if isinstance(lid_or_fid, str) else fid(lid_or_fid)
+    return Movement(mid, f, kind, Decimal(str(amount)).quantize(Decimal("0.01")), booked, ref)
+
+
+def run(stores, inbox) -> dict[str, int]:
+    run_id = ledger.start_run(stores.ledger, "payments")
+    payments.ingest(stores, inbox, run_id)
+    counts = payments.record_run_counts(stores.ledger, run_id)
+    ledger.finish_run(stores.ledger, run_id, "success")
+    return payments.totals(counts)
+
+
+def claim(stores, lid: int) -> dict:
+    with stores.ledger.connect() as conn:
+        row = conn.execute(text("SELECT * FROM claim WHERE liability_id = :l"), {"l": lid}).mappings().one()
+    return {**row, "balance": Decimal(str(row["balance"])).quantize(Decimal("0.01"))
+            if row["balance"] is not None else None}
+
+
+def fbs_payments(stores, lid: int | None = None) -> list[dict]:
+    with stores.fbs.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM payment ORDER BY payment_id")).mappings().all()
+    return [dict(r) for r in rows if lid is None or r["liability_id"] == lid]
+
+
+def fbs_status(stores, lid: int) -> str:
+    with stores.fbs.connect() as conn:
+        return conn.execute(text("SELECT status FROM liability WHERE liability_id = :l"), {"l": lid}).scalar()
+
+
+def movement_states(stores) -> dict[str, tuple[str, str | None]]:
+    with stores.ledger.connect() as conn:
+        return {r.movement_id: (r.state, r.hold_reason) for r in conn.execute(text("SELECT * FROM movement"))}
+
+
+def clean(stores, emu_db=None) -> payment_reconciliation.PaymentReport:
+    report = payment_reconciliation.reconcile_payments(
+        stores, emulator_payments.movements(emu_db) if emu_db else None, page_size=3)
+    assert report.ok, report.differences
+    return report
+
+
+# --- each vendor's rhythm (P1) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("vendor, prisme, expect", [
+    ("KMD_OPUS", None, "nightly"), ("PRISME", "hourly", "hourly"), ("PRISME", "nightly", "nightly"),
+    ("EG", None, "every 15 minutes")])
+def test_P1_each_vendor_delivers_on_its_rhythm_and_every_file_is_applied(stores, emu_db, inbox, monkeypatch, vendor,
+                                                                          prisme, expect):
+    if prisme:
+        monkeypatch.setenv("FBS_DEBITOR_PRISME_PAYMENT_RHYTHM", prisme)
+    sent(stores, emu_db, vendor=vendor, adults=20)
+    assert rhythm(vendor).name == expect
+    files = emulator_payments.deliver(emu_db, inbox.inbox, UNTIL, {AGENCY: vendor}, seed=3,
+                                      mix=emulator_payments.Mix(rate=4.0))
+    times = [dt.datetime.strptime(f.name.split("-")[2][:13], "%Y%m%dT%H%M") for f in files]
+    if expect == "nightly":                  # one file, the night's delivery at 02:00
+        assert [(t.hour, t.minute) for t in times] == [(2, 0)]
+    elif expect == "hourly":
+        assert len(files) > 2 and all(t.minute == 0 for t in times) and len(set(times)) == len(times)
+    else:                                    # EG: frequent small files
+        assert len(files) > 4 and all(t.minute % 15 == 0 for t in times)
+        assert len(emulator_payments.movements(emu_db)) / len(files) < 5      # a few movements each
+    totals = run(stores, inbox)
+    assert totals["files_applied"] == len(files) and inbox.waiting() == []
+    assert sorted(p.name for p in inbox.archive_dir.iterdir()) == sorted(f.name for f in files)
+    delivered = emulator_payments.movements(emu_db)
+    states = movement_states(stores)
+    assert set(states) == set(delivered)                          # every movement arrived, once
+    unknown = {m for m, d in delivered.items() if d["fordring_id"].startswith(f"FBS-{AGENCY}-9")}
+    assert len(unknown) == 2 and {states[m] for m in unknown} == {("held", payments.UNKNOWN_CLAIM)}
+    assert all(s == ("applied", None) for m, s in states.items() if m not in unknown)
+    assert len(fbs_payments(stores)) == len(delivered) - len(unknown)
+    # a second call delivers only what fell due since (nothing for a nightly rhythm within the hour)
+    later = emulator_payments.deliver(emu_db, inbox.inbox, UNTIL + dt.timedelta(minutes=59), {AGENCY: vendor},
+                                      seed=4, mix=emulator_payments.Mix(rate=4.0))
+    assert (later == []) if expect == "nightly" else len(later) <= 4
+    run(stores, inbox)
+    clean(stores, emu_db)
+
+
+# --- partial, full and over-payments, write-offs (P2) --------------------------------------------
+
+def test_P2_partial_full_and_over_payments_and_write_offs(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=3)
+    a, b, c = ids["adult"]
+    x, y = amount_of(stores, a), amount_of(stores, b)
+    deliver(inbox, "DA_KMD_OPUS_1.xml", mv("M1", a, "payment", 10), mv("M2", b, "payment", y + Decimal("5.00")),
+            mv("M3", c, "write_off", amount_of(stores, c)))
+    totals = run(stores, inbox)
+    assert (totals["movements_applied"], totals["movements_held"]) == (2, 1)
+    first = claim(stores, a)
+    assert (first["settlement"], first["balance"]) == ("partly_paid", x - 10) and fbs_status(stores, a) == "open"
+    over = claim(stores, b)
+    assert (over["settlement"], over["balance"], over["paid_amount"]) == ("unpaid", None, 0)   # held, not applied
+    assert movement_states(stores)["M2"] == ("held", payments.OVERPAYMENT)
+    held_task = [t for t in tasks(stores, payments.TASK_KIND_MOVEMENT) if t["liability_id"] == b]
+    assert len(held_task) == 1 and "P_OVERPAYMENT" in held_task[0]["message"] and "M2" in held_task[0]["message"]
+    assert (claim(stores, c)["settlement"], fbs_status(stores, c)) == ("written_off", "closed")
+    assert fbs_payments(stores, b) == []
+
+    deliver(inbox, "DA_KMD_OPUS_2.xml", mv("M4", a, "payment", x - 10))
+    run(stores, inbox)
+    paid = claim(stores, a)
+    assert (paid["settlement"], paid["balance"], fbs_status(stores, a)) == ("paid", Decimal("0.00"), "closed")
+    assert [(p["kind"], Decimal(str(p["amount"]))) for p in fbs_payments(stores, a)] == [
+        ("payment", Decimal("10.00")), ("payment", x - 10)]
+    assert all(p["source_ref"].startswith(f"SF1590_B_01A {fid(a)}") for p in fbs_payments(stores, a))
+    # a paid claim closed in FBS is not a "closed without payment" task for the change detection
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    assert not [t for t in tasks(stores) if t["liability_id"] == a and t["kind"] != payments.TASK_KIND_MOVEMENT]
+    clean(stores)
+
+
+# --- a reversal ------------------------------------------------------------------------------------
+
+def test_reversal_undoes_a_payment_and_opens_the_liability_again(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    x = amount_of(stores, a)
+    deliver(inbox, "f1.xml", mv("P1", a, "payment", x))
+    run(stores, inbox)
+    assert fbs_status(stores, a) == "closed"
+    deliver(inbox, "f2.xml", mv("R1", a, "reversal", x, ref="P1"), mv("R2", a, "reversal", x, ref="P1"),
+            mv("R3", b, "reversal", 1, ref="P-not-yet"))
+    run(stores, inbox)
+    states = movement_states(stores)
+    assert states["R1"] == ("applied", None)
+    assert states["R2"] == ("held", payments.REVERSAL_MISMATCH)          # already reversed
+    assert states["R3"] == ("held", payments.REVERSAL_UNKNOWN)
+    back = claim(stores, a)
+    assert (back["settlement"], back["balance"], fbs_status(stores, a)) == ("unpaid", x, "open")
+    assert sorted(p["kind"] for p in fbs_payments(stores, a)) == ["payment", "reversal"]
+    # the reversed payment arrives later: both applied in the same run, the hold task resolved
+    deliver(inbox, "f3.xml", mv("P-not-yet", b, "payment", 1))
+    run(stores, inbox)
+    assert movement_states(stores)["R3"][0] == "applied" and claim(stores, b)["paid_amount"] in (0, Decimal(0))
+    resolved = [t for t in tasks(stores, payments.TASK_KIND_MOVEMENT) if "R3" in t["message"]]
+    assert resolved and all(t["resolved_at"] is not None for t in resolved)
+    clean(stores)
+
+
+# --- delivered again -------------------------------------------------------------------------------
+
+def test_same_file_twice_and_a_movement_again_are_applied_once(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=3)
+    a, b, c = ids["adult"]
+    deliver(inbox, "DA_1.xml", mv("M1", a, "payment", 5), mv("M2", b, "payment", 6))
+    run(stores, inbox)
+    (inbox.inbox / "DA_1_again.xml").write_bytes((inbox.archive_dir / "DA_1.xml").read_bytes())
+    totals = run(stores, inbox)
+    assert totals.get("files_applied", 0) == 0 and inbox.waiting() == []
+    deliver(inbox, "DA_2.xml", mv("M2", b, "payment", 6), mv("M3", c, "payment", 7))
+    totals = run(stores, inbox)
+    assert (totals["movements_applied"], totals["movements_again"]) == (1, 1)
+    deliver(inbox, "DA_3.xml", mv("M4", c, "payment", 1), mv("M1", a, "payment", 50))   # M1 with another amount
+    totals = run(stores, inbox)
+    assert totals["files_quarantined"] == 1 and "M4" not in movement_states(stores)
+    assert [len(fbs_payments(stores, lid)) for lid in (a, b, c)] == [1, 1, 1]
+    assert claim(stores, a)["paid_amount"] in (5, Decimal("5.00"))
+    with stores.ledger.connect() as conn:
+        reason = conn.execute(text("SELECT reason FROM payment_file WHERE name = 'DA_3.xml'")).scalar()
+    assert reason.startswith(payments.CONFLICT) and "M1" in reason
+    clean(stores)
+
+
+# --- bad files ------------------------------------------------------------------------------------
+
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<da:ForetagIndbetalingAnmodning xmlns:da="urn:fbs-debitor:modelled:sf1590:DaekningAfskrivningRegistreringAfsend:1">&x;
+</da:ForetagIndbetalingAnmodning>"""
+LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol9 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>
+<lolz>&lol9;</lolz>"""
+
+
+def test_bad_files_are_quarantined_and_a_good_file_in_the_same_run_is_applied(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    good = to_xml([mv("G1", a, "payment", 3)], UNTIL)
+    wrong = to_xml([mv("W1", b, "payment", 4)], UNTIL).replace(b"DAEKNING", b"GAVE")
+    inbox.inbox.mkdir(parents=True, exist_ok=True)
+    (inbox.inbox / "a_truncated.xml").write_bytes(to_xml([mv("T1", b, "payment", 2)], UNTIL)[:300])
+    (inbox.inbox / "b_wrong_schema.xml").write_bytes(wrong)
+    (inbox.inbox / "c_other_document.xml").write_bytes(b"<OpretDebitorkontoAnmodning/>")
+    (inbox.inbox / "d_xxe.xml").write_bytes(XXE)
+    (inbox.inbox / "e_laughs.xml").write_bytes(LAUGHS)
+    (inbox.inbox / "f_good.xml").write_bytes(good)
+    (inbox.inbox / "g_half_written.xml.part").write_bytes(good[:100])       # still being written: not read
+    totals = run(stores, inbox)
+    assert totals["files_applied"] == 1 and totals["files_quarantined"] == 5
+    assert movement_states(stores) == {"G1": ("applied", None)} and len(fbs_payments(stores)) == 1
+    with stores.ledger.connect() as conn:
+        reasons = dict(conn.execute(text("SELECT name, reason FROM payment_file WHERE state = 'quarantined'")).all())
+    assert {n: r.split(":")[0] for n, r in reasons.items()} == {
+        "a_truncated.xml": "P_MALFORMED", "b_wrong_schema.xml": "P_SCHEMA_INVALID",
+        "c_other_document.xml": "P_WRONG_DOCUMENT", "d_xxe.xml": "P_UNSAFE_XML", "e_laughs.xml": "P_UNSAFE_XML"}
+    quarantined = sorted(p.name for p in inbox.quarantine_dir.iterdir())
+    assert quarantined == sorted([*reasons, *(n + ".reason.txt" for n in reasons)])
+    assert inbox.waiting() == [] and (inbox.inbox / "g_half_written.xml.part").exists()
+    file_tasks = tasks(stores, payments.TASK_KIND_FILE)
+    assert {t["agency_id"] for t in file_tasks} == {AGENCY} and len(file_tasks) == 5
+    assert all("root:" not in t["message"] for t in file_tasks)          # nothing of /etc/passwd read
+    # the same bad file again: recognised, quarantined again, no second task
+    (inbox.inbox / "d_xxe_again.xml").write_bytes(XXE)
+    run(stores, inbox)
+    assert len(tasks(stores, payments.TASK_KIND_FILE)) == 5
+    report = clean(stores)
+    assert report.files["quarantined"] == 5 and "d_xxe.xml" in report.summary()
+
+
+# --- crashes -----------------------------------------------------------------------------------------
+
+def test_crash_in_the_middle_of_a_file_leaves_nothing_applied_and_the_rerun_applies_it_once(stores, emu_db, inbox,
+                                                                                             monkeypatch):
+    ids = sent(stores, emu_db, adults=3)
+    a, b, c = ids["adult"]
+    deliver(inbox, "DA_1.xml", mv("M1", a, "payment", 5), mv("M2", b, "write_off", amount_of(stores, b)),
+            mv("M3", c, "payment", 1))
+
+    def crash(*_a, **_k):
+        raise Crash("killed after the movements were inserted, before the claims were updated")
+
+    with monkeypatch.context() as m:
+        m.setattr(payments, "_save_claims", crash)
+        with pytest.raises(Crash):
+            run(stores, inbox)
+    assert movement_states(stores) == {} and fbs_payments(stores) == []
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM payment_file")).scalar() == 0
+    assert inbox.waiting() == ["DA_1.xml"] and claim(stores, a)["paid_amount"] in (0, Decimal(0))
+
+    # the next run applies it; then dies after FBS was written, before the ledger marked it
+    with monkeypatch.context() as m:
+        m.setattr(payments, "_mark_written_back", crash)
+        with pytest.raises(Crash):
+            run(stores, inbox)
+    assert len(fbs_payments(stores)) == 3 and inbox.waiting() == []
+    run(stores, inbox)                                   # finishes the write-back: nothing doubled
+    assert len(fbs_payments(stores)) == 3
+    assert (claim(stores, a)["settlement"], claim(stores, b)["settlement"]) == ("partly_paid", "written_off")
+    clean(stores)
+
+
+# --- held for review --------------------------------------------------------------------------------
+
+def test_movements_on_unknown_or_cancelled_claims_are_held_with_a_task_and_can_be_dismissed(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    with stores.fbs.connect() as conn:
+        conn.execute(text("UPDATE liability SET status = 'cancelled' WHERE liability_id = :l"), {"l": b})
+        conn.commit()
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)                              # the cancellation goes (U1)
+    assert claim(stores, b)["debtor_status"] == "cancelled"
+    deliver(inbox, "f.xml", mv("U1", f"FBS-{AGENCY}-987654321", "payment", 40), mv("C1", b, "payment", 5),
+            mv("X1", "OTHER-SYSTEM-1", "write_off", 2), mv("A1", a, "payment", 1))
+    run(stores, inbox)
+    states = movement_states(stores)
+    assert states == {"U1": ("held", payments.UNKNOWN_CLAIM), "C1": ("held", payments.CANCELLED),
+                      "X1": ("held", payments.UNKNOWN_CLAIM), "A1": ("applied", None)}
+    held = tasks(stores, payments.TASK_KIND_MOVEMENT)
+    assert {t["liability_id"] for t in held} == {None, b} and len(held) == 3
+    assert all("bevægelse" in t["message"] and "movement" in t["message"] for t in held)
+    assert payments.dismiss(stores.ledger, stores.fbs, "U1", "checked with the debtor system: a test posting")
+    assert movement_states(stores)["U1"] == ("dismissed", payments.UNKNOWN_CLAIM)
+    assert [t["resolved_at"] is not None for t in tasks(stores, payments.TASK_KIND_MOVEMENT) if "U1" in t["message"]] \
+        == [True]
+    assert not payments.dismiss(stores.ledger, stores.fbs, "A1", "applied movements cannot be dismissed")
+    report = clean(stores)
+    assert report.movements["held"] == 2 and report.held == {payments.UNKNOWN_CLAIM: 1, payments.CANCELLED: 1}
+
+
+def test_U3_repayment_of_what_was_paid(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=1)
+    comp = ids["company"][0]
+    x = amount_of(stores, comp)
+    deliver(inbox, "f1.xml", mv("P", comp, "payment", x), mv("TB-too-much", comp, "repayment", x + 1),
+            mv("TB", comp, "repayment", x))
+    run(stores, inbox)
+    states = movement_states(stores)
+    assert states["TB-too-much"] == ("held", payments.REPAY_TOO_MUCH) and states["TB"] == ("applied", None)
+    assert claim(stores, comp)["settlement"] == "repaid"
+    assert sorted(p["kind"] for p in fbs_payments(stores, comp)) == ["payment", "repayment"]
+    clean(stores)
+
+
+# --- reconciliation ----------------------------------------------------------------------------------
+
+def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in_FBS(stores, emu_db, inbox, caplog):
+    caplog.set_level(logging.DEBUG)
+    sent(stores, emu_db, adults=12)
+    vendors = {AGENCY: "EG"}
+    mix = emulator_payments.Mix(rate=3.0, overpayments=1, reversals=2)
+    emulator_payments.deliver(emu_db, inbox.inbox, UNTIL, vendors, seed=5, mix=mix)
+    run(stores, inbox)
+    for step in (1, 2):        # more deliveries, one of them delivered twice
+        files = emulator_payments.deliver(emu_db, inbox.inbox, UNTIL + dt.timedelta(hours=step), vendors, seed=5 + step,
+                                          mix=mix)
+        if files:
+            files[0].with_name("again_" + files[0].name).write_bytes(files[0].read_bytes())
+        run(stores, inbox)
+    report = clean(stores, emu_db)
+    assert report.debtor_movements == len(emulator_payments.movements(emu_db)) > 10
+    assert report.held.get(payments.OVERPAYMENT, 0) >= 1 and report.movements["applied"] > 5
+    assert full_cpr_numbers(caplog.text) == [] and full_cpr_numbers(str(tasks(stores))) == []
+
+    victim = fbs_payments(stores)[0]
+    with stores.fbs.connect() as conn:
+        conn.execute(text("DELETE FROM payment WHERE payment_id = :p"), {"p": victim["payment_id"]})
+        conn.commit()
+    broken = payment_reconciliation.reconcile_payments(stores, emulator_payments.movements(emu_db))
+    assert [d.what for d in broken.differences] == ["applied, not in FBS"]
+    assert broken.differences[0].liability_id == victim["liability_id"]
+
