@@ -76,6 +76,25 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     assert "held exactly once and holds FBS's current truth: OK" in check.stdout
     assert full_cpr_numbers(first.stdout + first.stderr + second.stdout + second.stderr) == []
 
+    # P1/P2: the emulator delivers the day's files (each agency's vendor on its rhythm), the payments
+    # run applies them, reconciliation covers payments too; a second payments run finds nothing new.
+    inbox = tmp_path / "var" / "payments" / "inbox"
+    files = cli(db_urls, tmp_path, "emulator-payments", "--db", emu_db, "--until", "2026-11-20T12:00:00+01:00",
+                "--rate", "0.5")
+    assert files.returncode == 0, files.stderr[-2000:]
+    delivered = re.search(r"delivered (\d+) payment file\(s\)", files.stdout)
+    assert delivered and int(delivered.group(1)) == len(list(inbox.iterdir())) > 0
+    pay = cli(db_urls, tmp_path, "payments")
+    assert pay.returncode == 0, pay.stdout[-2000:] + pay.stderr[-2000:]
+    applied = re.search(r"^movements: applied (\d+)", pay.stdout, re.M)
+    assert applied and int(applied.group(1)) > 0 and list(inbox.iterdir()) == []
+    again = cli(db_urls, tmp_path, "payments")
+    assert again.returncode == 0 and re.search(r"^movements: applied 0,", again.stdout, re.M)
+    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert "every movement reported reached FBS exactly once or is held for review: OK" in check.stdout
+    assert full_cpr_numbers(files.stdout + pay.stdout + pay.stderr + check.stdout) == []
+
 
 def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1_U2_U3_M2(db_urls, tmp_path):
     from debtor import connection_json

@@ -148,7 +148,7 @@ def cmd_reconcile(args) -> int:
     stores = _stores()
     init_stores(stores)
     stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S}"
-    out = Path(args.out) if args.out else settings.var_dir() / "reports"
+    reports = settings.var_dir() / "reports"
     ok = True
     if args.emulator_db:
         held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
@@ -161,11 +161,13 @@ def cmd_reconcile(args) -> int:
                       f"ledger {d.ledger}")
             if len(report.differences) > args.show:
                 print(f"  ... and {len(report.differences) - args.show} more")
-            print(f"every difference: {report.write_csv(out / f'reconciliation-{stamp}.csv')}")
+            out = Path(args.out) if args.out else reports / f"reconciliation-{stamp}.csv"
+            print(f"every difference: {report.write_csv(out)}")
     debtor = emulator_payments.movements(args.emulator_db) if args.emulator_db else None
     payments = payment_reconciliation.reconcile_payments(stores, debtor)
     print(payments.summary())
-    path = payments.write_csv(out / f"payments-reconciliation-{stamp}.csv")
+    path = payments.write_csv(Path(args.payments_out) if args.payments_out
+                              else reports / f"payments-reconciliation-{stamp}.csv")
     if not payments.ok:
         ok = False
         for d in payments.differences[:args.show]:
@@ -294,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulator-db", help="SQLAlchemy URL of the emulator's database: also compare with what the "
                                          "debtor side holds and delivered")
     p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
-    p.add_argument("--out", help="folder for the CSV reports (default var/reports)")
+    p.add_argument("--out", help="CSV of every claim difference (default var/reports/reconciliation-<time>.csv)")
+    p.add_argument("--payments-out", help="CSV of the payments report (default "
+                                          "var/reports/payments-reconciliation-<time>.csv)")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("payments", help="apply the debtor system's waiting payment files (P1, P2) and write them to "
