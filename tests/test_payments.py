@@ -252,27 +252,35 @@ def test_bad_files_are_quarantined_and_a_good_file_in_the_same_run_is_applied(st
     (inbox.inbox / "d_xxe.xml").write_bytes(XXE)
     (inbox.inbox / "e_laughs.xml").write_bytes(LAUGHS)
     (inbox.inbox / "f_good.xml").write_bytes(good)
+    (inbox.inbox / "h_date_with_zone.xml").write_bytes(            # xs:date allows it; fbs-debitor does not
+        to_xml([mv("Z1", b, "payment", 1)], UNTIL).replace(b"2026-11-19<", b"2026-11-19+01:00<"))
+    (inbox.inbox / "i_amount_too_large.xml").write_bytes(
+        to_xml([mv("Z2", b, "payment", 1)], UNTIL).replace(b">1.00<", b">123456789012<"))
+    (inbox.inbox / "j_xxe_utf16.xml").write_bytes(XXE.decode().replace('version="1.0"', 'version="1.0" '
+                                                                       'encoding="UTF-16"').encode("utf-16"))
     (inbox.inbox / "g_half_written.xml.part").write_bytes(good[:100])       # still being written: not read
     totals = run(stores, inbox)
-    assert totals["files_applied"] == 1 and totals["files_quarantined"] == 5
+    assert totals["files_applied"] == 1 and totals["files_quarantined"] == 8
     assert movement_states(stores) == {"G1": ("applied", None)} and len(fbs_payments(stores)) == 1
     with stores.ledger.connect() as conn:
         reasons = dict(conn.execute(text("SELECT name, reason FROM payment_file WHERE state = 'quarantined'")).all())
     assert {n: r.split(":")[0] for n, r in reasons.items()} == {
         "a_truncated.xml": "P_MALFORMED", "b_wrong_schema.xml": "P_SCHEMA_INVALID",
-        "c_other_document.xml": "P_WRONG_DOCUMENT", "d_xxe.xml": "P_UNSAFE_XML", "e_laughs.xml": "P_UNSAFE_XML"}
+        "c_other_document.xml": "P_WRONG_DOCUMENT", "d_xxe.xml": "P_UNSAFE_XML", "e_laughs.xml": "P_UNSAFE_XML",
+        "h_date_with_zone.xml": "P_SCHEMA_INVALID", "i_amount_too_large.xml": "P_SCHEMA_INVALID",
+        "j_xxe_utf16.xml": "P_UNSAFE_XML"}
     quarantined = sorted(p.name for p in inbox.quarantine_dir.iterdir())
     assert quarantined == sorted([*reasons, *(n + ".reason.txt" for n in reasons)])
     assert inbox.waiting() == [] and (inbox.inbox / "g_half_written.xml.part").exists()
     file_tasks = tasks(stores, payments.TASK_KIND_FILE)
-    assert {t["agency_id"] for t in file_tasks} == {AGENCY} and len(file_tasks) == 5
+    assert {t["agency_id"] for t in file_tasks} == {AGENCY} and len(file_tasks) == 8
     assert all("root:" not in t["message"] for t in file_tasks)          # nothing of /etc/passwd read
     # the same bad file again: recognised, quarantined again, no second task
     (inbox.inbox / "d_xxe_again.xml").write_bytes(XXE)
     run(stores, inbox)
-    assert len(tasks(stores, payments.TASK_KIND_FILE)) == 5
+    assert len(tasks(stores, payments.TASK_KIND_FILE)) == 8
     report = clean(stores)
-    assert report.files["quarantined"] == 5 and "d_xxe.xml" in report.summary()
+    assert report.files["quarantined"] == 8 and "d_xxe.xml" in report.summary()
 
 
 # --- crashes -----------------------------------------------------------------------------------------
@@ -305,6 +313,12 @@ def test_crash_in_the_middle_of_a_file_leaves_nothing_applied_and_the_rerun_appl
     run(stores, inbox)                                   # finishes the write-back: nothing doubled
     assert len(fbs_payments(stores)) == 3
     assert (claim(stores, a)["settlement"], claim(stores, b)["settlement"]) == ("partly_paid", "written_off")
+    assert fbs_status(stores, b) == "closed" and claim(stores, b)["fbs_closed_by_payment"]
+    clean(stores)
+    # the write-off reversed: the liability the interrupted run closed is opened again (P2)
+    deliver(inbox, "DA_2.xml", mv("R2", b, "reversal", amount_of(stores, b), ref="M2"))
+    run(stores, inbox)
+    assert (fbs_status(stores, b), claim(stores, b)["settlement"]) == ("open", "unpaid")
     clean(stores)
 
 
@@ -348,6 +362,9 @@ def test_U3_repayment_of_what_was_paid(stores, emu_db, inbox):
     assert states["TB-too-much"] == ("held", payments.REPAY_TOO_MUCH) and states["TB"] == ("applied", None)
     assert claim(stores, comp)["settlement"] == "repaid"
     assert sorted(p["kind"] for p in fbs_payments(stores, comp)) == ["payment", "repayment"]
+    deliver(inbox, "f2.xml", mv("R", comp, "reversal", x, ref="P"))       # the repaid payment bounces
+    run(stores, inbox)
+    assert movement_states(stores)["R"] == ("held", payments.REVERSAL_MISMATCH)
     clean(stores)
 
 
@@ -379,3 +396,46 @@ def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in
     assert [d.what for d in broken.differences] == ["applied, not in FBS"]
     assert broken.differences[0].liability_id == victim["liability_id"]
 
+
+
+# --- payments and changes to the claim (U1) ------------------------------------------------------------
+
+def test_U1_increase_starts_the_new_claim_unpaid_and_a_write_down_to_what_was_paid_settles_it(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    deliver(inbox, "f1.xml", mv("A1", a, "payment", 10), mv("B1", b, "payment", 10))
+    run(stores, inbox)
+    with stores.fbs.connect() as conn:                 # a raised to 75 (cancel + new claim), b lowered to 10
+        conn.execute(text("UPDATE liability SET amount = 75 WHERE liability_id = :l"), {"l": a})
+        conn.execute(text("UPDATE liability SET amount = 10 WHERE liability_id = :l"), {"l": b})
+        conn.commit()
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    new = claim(stores, a)
+    assert new["fordring_id"] == f"{fid(a)}-1" and (new["paid_amount"], new["balance"]) in (
+        (0, Decimal("75.00")), (Decimal(0), Decimal("75.00")))
+    deliver(inbox, "f2.xml", mv("A2", f"{fid(a)}-1", "payment", 75), mv("A3", a, "payment", 1))
+    run(stores, inbox)
+    assert movement_states(stores)["A2"] == ("applied", None)
+    assert movement_states(stores)["A3"] == ("held", payments.REPLACED)        # on the cancelled first claim
+    assert (claim(stores, a)["settlement"], fbs_status(stores, a)) == ("paid", "closed")
+    # b: written down to what was paid, so settled without a new movement; FBS shows it (P2)
+    assert (claim(stores, b)["settlement"], fbs_status(stores, b)) == ("paid", "closed")
+    clean(stores)
+
+
+def test_a_payment_on_a_liability_gone_from_FBS_is_held_and_does_not_stop_the_others(stores, emu_db, inbox):
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    with stores.fbs.connect() as conn:
+        conn.execute(text("DELETE FROM liability WHERE liability_id = :l"), {"l": a})
+        conn.commit()
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)                       # the change detection notes it missing
+    deliver(inbox, "f.xml", mv("GONE", a, "payment", 5), mv("OK", b, "payment", 5))
+    run(stores, inbox)
+    assert movement_states(stores) == {"GONE": ("held", payments.LIABILITY_MISSING), "OK": ("applied", None)}
+    assert [p["payment_id"] for p in fbs_payments(stores)] == ["OK"]
+    held = [t for t in tasks(stores, payments.TASK_KIND_MOVEMENT) if "GONE" in t["message"]]
+    assert len(held) == 1 and held[0]["liability_id"] is None and held[0]["agency_id"] == AGENCY
+    clean(stores)

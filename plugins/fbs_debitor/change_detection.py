@@ -76,6 +76,12 @@ RECORDED = "change_recorded"
 TASK_KIND = "claim_change"
 
 
+# A new claim (new FordringID) starts with nothing paid: payments on the earlier claim stay with it in
+# the movements (and are settled by the debtor system when it cancels it); the claim row's sums are
+# those of its current FordringID (P2).
+NEW_CLAIM_SUMS = {"paid_amount": 0, "written_off_amount": 0, "repaid_amount": 0, "settled_on": None}
+
+
 def source_print(row, secret: bytes) -> str:
     """Keyed print of the FBS fields a claim's parties are built from (``claim_rows.sql`` and
     ``claim_state.sql`` name them alike): when it is unchanged, so are the parties."""
@@ -340,7 +346,7 @@ def _compare_page(ctx: _Context, claims, states: dict):
                                       f"increase {told} -> {amount}: the claim is cancelled (U1)"))
             u.messages.append(Planned(INCREASE_CREATE, new_id, amount,
                                       f"increase {told} -> {amount}: new claim {new_id} (U1)", depends_on_previous=True))
-            u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id)
+            u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, **NEW_CLAIM_SUMS)
         elif not live and st.status == "open" and amount is not None and amount > 0:
             generation += 1
             new_id = fordring_id(c.agency_id, c.liability_id, generation)
@@ -348,7 +354,8 @@ def _compare_page(ctx: _Context, claims, states: dict):
             u.messages.append(Planned(INCREASE_CREATE, new_id, amount,
                                       f"open again in FBS after the cancellation: new claim {new_id} (U1)",
                                       depends_on=cancels.get(c.liability_id)))
-            u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, debtor_status="live")
+            u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, debtor_status="live",
+                            **NEW_CLAIM_SUMS)
         now_source = source_print(st, ctx.secret)
         if now_source != (c.source_print or "").strip():
             if not live or any(m.kind == CANCEL for m in u.messages):

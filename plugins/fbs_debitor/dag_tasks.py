@@ -194,7 +194,11 @@ def reconcile_payments(run_id: str) -> dict[str, int]:
 
     stores = _stores()
     try:
-        report = payment_reconciliation.reconcile_payments(stores)
+        try:
+            report = payment_reconciliation.reconcile_payments(stores)
+        except BaseException as exc:  # also Airflow's task timeout, a BaseException
+            ledger.finish_run(stores.ledger, run_id, "failed", f"reconcile: {type(exc).__name__}: {exc}")
+            raise
         path = report.write_csv(settings.var_dir() / "reports" / "payments" / f"reconciliation-{run_id}.csv")
         log.info("%s\nreport: %s", report.summary(), path)
         ledger.finish_run(stores.ledger, run_id, "success")

@@ -3,9 +3,11 @@
 ``Inbox`` is all the payments run needs: list the files waiting, read one, move it to the archive
 (applied, or recognised as delivered before) or to quarantine (not applied, with the reason next to
 it). ``FolderInbox`` is a local (or mounted) folder; an SFTP folder in production implements the
-same five methods (paramiko's ``listdir``/``open``/``rename`` map one to one) and is chosen by the
+same six methods (paramiko's ``listdir``/``open``/``rename`` map one to one) and is chosen by the
 ``FBS_DEBITOR_PAYMENT_INBOX`` URL scheme. Nothing is ever deleted: a file leaves the inbox only by
-a rename into ``archive/`` or ``quarantine/``.
+a rename into ``archive/`` or ``quarantine/``. The writer must write under another name (``*.part``
+or a dot-file) and rename when done, as SFTP drop folders are usually set up: a file is read as it
+is found.
 
 | variable                     | default                    | meaning                                 |
 |------------------------------|----------------------------|-----------------------------------------|
@@ -29,6 +31,9 @@ class Inbox(Protocol):
     def waiting(self) -> list[str]:
         """Names of the files waiting, oldest name first (files being written are not listed)."""
 
+    def size(self, name: str) -> int:
+        """Bytes, before reading: a file too large is quarantined unread."""
+
     def read(self, name: str) -> bytes: ...
 
     def archive(self, name: str) -> None: ...
@@ -49,6 +54,9 @@ class FolderInbox:
             return []
         return sorted(p.name for p in self.inbox.iterdir()
                       if p.is_file() and not p.name.startswith(".") and not p.name.endswith(PARTIAL_SUFFIX))
+
+    def size(self, name: str) -> int:
+        return (self.inbox / name).stat().st_size
 
     def read(self, name: str) -> bytes:
         return (self.inbox / name).read_bytes()

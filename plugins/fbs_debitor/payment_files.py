@@ -31,6 +31,7 @@ KINDS = {"DAEKNING": "payment", "AFSKRIVNING": "write_off", "TILBAGEBETALING": "
          "TILBAGEFOERSEL": "reversal"}
 TYPES = {kind: code for code, kind in KINDS.items()}
 PARTIAL_SUFFIX = ".part"          # a file still being written; never read
+MAX_AMOUNT = Decimal("10000000000")   # NUMERIC(12,2) in the ledger and FBS
 
 
 def max_file_bytes() -> int:
@@ -104,10 +105,16 @@ def parse(data: bytes) -> PaymentFile:
             raise BadFile(DUPLICATE_IN_FILE, f"movement number {number} repeats a BevaegelseID used earlier in "
                                              "the same file")
         seen.add(mid)
+        try:   # what xs:date / xs:decimal allow beyond a plain date and an amount the ledger can hold
+            amount = Decimal(el.findtext(_da("Beloeb")))
+            booked = dt.date.fromisoformat(el.findtext(_da("BogfoeringsDato")))
+            if amount >= MAX_AMOUNT:
+                raise ValueError("amount")
+        except (ValueError, ArithmeticError):
+            raise BadFile(SCHEMA_INVALID, f"movement number {number}: the booking date must be a plain date "
+                                          f"(YYYY-MM-DD) and the amount below {MAX_AMOUNT}") from None
         movements.append(Movement(mid, el.findtext(_da("FordringID")), KINDS[el.findtext(_da("BevaegelseType"))],
-                                  Decimal(el.findtext(_da("Beloeb"))),
-                                  dt.date.fromisoformat(el.findtext(_da("BogfoeringsDato"))),
-                                  el.findtext(_da("ReferenceBevaegelseID"))))
+                                  amount, booked, el.findtext(_da("ReferenceBevaegelseID"))))
     header = root.find(_da("Hovedoplysninger"))
     return PaymentFile(header.findtext(f"{{{NS_F}}}TransaktionsId"), movements)
 

@@ -4,12 +4,13 @@ expected result.
 
 Checks, streamed page by page:
 
-1. **The ledger against itself**: each claim's paid / written-off / repaid sums are the sums of its
-   applied movements (reversals netted), and its balance is what was sent (the amount the debtor
-   system holds) less what was paid and written off; no claim is overpaid.
+1. **The ledger against itself**: each claim's paid / written-off / repaid sums are the sums of the
+   applied movements on its current FordringID (reversals netted), its balance is what was sent
+   (the amount the debtor system holds) less what was paid and written off, no claim is overpaid,
+   and nothing more was repaid than paid.
 2. **The ledger against FBS**: every applied movement is in ``fbs.payment`` once, with the same
    liability, kind and amount; nothing is in ``fbs.payment`` from the debtor system that the
-   ledger did not apply; a claim paid or written off in full is closed (or cancelled) in FBS; a
+   ledger did not apply; a claim paid or written off in full is not open in FBS; a
    liability fbs-debitor closed has no balance left; nothing is waiting to be written back.
 3. **The debtor side against the ledger** (when its movements are given, e.g. ``emulator_payments.
    movements``): every movement it delivered arrived exactly once with the same content (applied,
@@ -125,8 +126,9 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
     page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
                 "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
                 "settled_on IS NOT NULL ORDER BY liability_id LIMIT :n")
-    sums = _in("SELECT liability_id, kind, reversed_by, SUM(amount) AS s FROM movement WHERE state = 'applied' AND "
-               "liability_id IN :ids GROUP BY liability_id, kind, reversed_by", "ids")
+    sums = _in("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
+               "ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id WHERE m.state = 'applied' AND "
+               "m.liability_id IN :ids GROUP BY m.liability_id, m.kind, m.reversed_by", "ids")
     while True:
         with stores.ledger.connect() as conn:
             claims = conn.execute(page, {"a": after, "n": page_size}).all()
@@ -162,10 +164,13 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
 
             if (paid, off, repaid) != (t["payment"], t["write_off"], t["repayment"]):
                 d("ledger sums differ from the movements")
+            if c.debtor_status != "cancelled" and as_amount(c.balance) != as_amount(c.debtor_amount) - paid - off:
+                d("balance is not the amount less paid and written off")
+            if repaid > paid:
+                d("more repaid than paid")
             if c.settlement == "overpaid":
                 d("overpaid: more paid or written off than the claim holds")
-            if c.settlement in ("paid", "written_off") and c.debtor_status != "cancelled" \
-                    and fbs not in ("closed", "cancelled"):
+            if c.settlement in ("paid", "written_off") and c.debtor_status != "cancelled" and fbs == "open":
                 d("settled, but open in FBS")
             if as_bool(c.fbs_closed_by_payment) and (as_amount(c.balance) or ZERO) > 0 and fbs == "closed":
                 d("closed in FBS by fbs-debitor, but a balance is left")

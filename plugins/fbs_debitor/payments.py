@@ -39,6 +39,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -50,8 +51,9 @@ from fbs_debitor import ledger
 from fbs_debitor.claims import StaffTask
 from fbs_debitor.db import as_amount, as_date, chunked, db_value, is_sqlite, sql_file
 from fbs_debitor.delivery import add_events
+from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.inbox import Inbox
-from fbs_debitor.payment_files import BadFile, Movement, PaymentFile, parse
+from fbs_debitor.payment_files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse
 from fbs_debitor.stores import Stores
 from fbs_debitor.writeback import raise_tasks
 
@@ -63,8 +65,11 @@ UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, CANCELLED = (
 OVERPAYMENT, REPAY_TOO_MUCH = "P_OVERPAYMENT", "P_REPAYMENT_EXCEEDS_PAID"
 REVERSAL_NO_REFERENCE, REVERSAL_UNKNOWN, REVERSAL_MISMATCH = (
     "P_REVERSAL_NO_REFERENCE", "P_REVERSAL_UNKNOWN", "P_REVERSAL_MISMATCH")
+LIABILITY_MISSING = "P_LIABILITY_MISSING"
 CONFLICT = "P_CONFLICTING_REDELIVERY"
-LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REVERSAL_UNKNOWN)
+# decided again every run: the claim may be confirmed or point back at this FordringID (a rejected
+# increase), the reversed movement may arrive, a reversal may make room for a payment
+LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, REVERSAL_UNKNOWN, OVERPAYMENT, REPAY_TOO_MUCH)
 TASK_KIND_MOVEMENT, TASK_KIND_FILE = "payment_held", "payment_file_quarantined"
 CHUNK = 2000
 
@@ -85,8 +90,9 @@ REASONS = {  # code -> (Danish, English): why a movement is held for review
     REVERSAL_UNKNOWN: ("den tilbageførte bevægelse er ikke modtaget eller ikke bogført",
                        "the movement it reverses was not received or not applied"),
     REVERSAL_MISMATCH: ("tilbageførslen passer ikke til den bevægelse den tilbagefører (fordring, beløb, art, "
-                        "eller allerede tilbageført)", "the reversal does not match the movement it reverses "
-                        "(claim, amount, kind, or already reversed)"),
+                        "allerede tilbageført, eller allerede tilbagebetalt)", "the reversal does not match the "
+                        "movement it reverses (claim, amount, kind, already reversed, or already repaid)"),
+    LIABILITY_MISSING: ("mellemværendet findes ikke længere i FBS", "the liability is no longer in FBS"),
 }
 
 
@@ -105,6 +111,7 @@ class _Claim:
     paid: Decimal
     written_off: Decimal
     repaid: Decimal
+    fbs_status: str | None = None
     last_booked: dt.date | None = None
     touched: bool = False
 
@@ -140,11 +147,12 @@ class _Book:
         for part in chunked(fids, CHUNK):
             for r in conn.execute(_in(
                     "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "
-                    "written_off_amount, repaid_amount, settled_on FROM claim WHERE fordring_id IN :f", "f"), {"f": part}):
+                    "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN :f", "f"),
+                    {"f": part}):
                 self.claims[r.fordring_id] = _Claim(
                     r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
                     r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
-                    as_amount(r.repaid_amount), as_date(r.settled_on))
+                    as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
             for r in conn.execute(_in(
                     "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "
                     "ON c.liability_id = o.liability_id WHERE o.fordring_id IN :f AND o.fordring_id <> c.fordring_id",
@@ -173,6 +181,8 @@ class _Book:
             return held(UNCONFIRMED)
         if c.state != "accepted":
             return held(UNKNOWN_CLAIM)
+        if c.fbs_status == "missing":
+            return held(LIABILITY_MISSING)
         if m.kind == "reversal":
             if not m.reference_id:
                 return held(REVERSAL_NO_REFERENCE)
@@ -181,8 +191,8 @@ class _Book:
                 return held(REVERSAL_UNKNOWN)
             r = ref.movement
             if (ref.reversed_by or r.fordring_id != m.fordring_id or r.kind not in ("payment", "write_off")
-                    or r.amount != m.amount):
-                return held(REVERSAL_MISMATCH)
+                    or r.amount != m.amount or (r.kind == "payment" and c.paid - m.amount < c.repaid)):
+                return held(REVERSAL_MISMATCH)      # (the last: the citizen was repaid money that bounced)
             if r.kind == "payment":
                 c.paid -= m.amount
             else:
@@ -294,7 +304,7 @@ def _save_claims(book: _Book) -> list[int]:
 def _event_detail(m: Movement, file_name: str, reason: str | None) -> str:
     what = f"{m.kind} {m.amount:.2f} booked {m.booked_on:%Y-%m-%d} (movement {m.movement_id}, {m.fordring_id}"
     what += f", reverses {m.reference_id}" if m.reference_id else ""
-    return what + f", file {file_name})" + (f": held for review, {reason}" if reason else "")
+    return mask_cprs_in(what + f", file {file_name})" + (f": held for review, {reason}" if reason else ""))
 
 
 def record_quarantine(ledger_engine: Engine, name: str, sha: str, code: str, reason: str, run_id: str,
@@ -302,7 +312,7 @@ def record_quarantine(ledger_engine: Engine, name: str, sha: str, code: str, rea
     with ledger_engine.begin() as conn:
         conn.execute(text("INSERT INTO payment_file (sha256, name, state, reason, run_id, received_at) "
                           "VALUES (:s, :n, 'quarantined', :why, :r, :t) ON CONFLICT (sha256) DO NOTHING"),
-                     {"s": sha, "n": name, "why": f"{code}: {reason}", "r": run_id,
+                     {"s": sha, "n": name, "why": mask_cprs_in(f"{code}: {reason}"), "r": run_id,
                       "t": db_value(at, is_sqlite(conn))})
 
 
@@ -313,7 +323,7 @@ def file_tasks(fbs: Engine, name: str, sha: str, why: str, data: bytes) -> list[
         agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
     named = {a.decode() for a in re.findall(rb"FBS-([A-Za-z0-9]{1,20})-\d", data[:5_000_000])}
     to = [a for a in agencies if a in named] or agencies
-    message = (f"Betalingsfilen {name} fra debitorsystemet er ikke indlæst og er lagt i karantæne: {why}. Ingen "
+    message = mask_cprs_in(f"Betalingsfilen {name} fra debitorsystemet er ikke indlæst og er lagt i karantæne: {why}. Ingen "
                "betalinger fra filen er bogført i FBS. Bed debitorsystemet om at sende den igen, rettet. / "
                f"The payment file {name} from the debtor system was not read and is in quarantine: {why}. No payment "
                "in it is booked in FBS. Ask the debtor system to deliver it again, corrected.")
@@ -337,17 +347,44 @@ def payment_id(movement_id: str) -> str:
 
 def ingest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None) -> Counter:
     """Every waiting file, then the held movements again, then the write-back. Returns what was
-    done (the run's recorded counts come from the ledger, ``payment_counts``)."""
+    done (the run's recorded counts come from the ledger, ``payment_counts``). One run at a time:
+    the DAG and the CLI wait for each other (a PostgreSQL advisory lock; SQLite serialises its
+    writers itself)."""
     at = at or ledger.now()
     done: Counter = Counter()
-    for name in inbox.waiting():
-        done += ingest_file(stores, inbox, name, run_id, at)
-    done["released"] += look_again(stores, run_id, at)
-    done += write_back(stores, run_id, at)
+    with one_run_at_a_time(stores.ledger):
+        for name in inbox.waiting():
+            done += ingest_file(stores, inbox, name, run_id, at)
+        done["released"] += look_again(stores, run_id, at)
+        done += write_back(stores, run_id, at)
     return done
 
 
+LOCK_KEY = 1590_0001
+
+
+@contextmanager
+def one_run_at_a_time(ledger_engine: Engine):
+    if is_sqlite(ledger_engine):
+        yield
+        return
+    with ledger_engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            conn.commit()
+
+
 def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime) -> Counter:
+    size = inbox.size(name)
+    if size > max_file_bytes():         # not even read: recorded under its name and size
+        sha = hashlib.sha256(f"too large: {name} {size}".encode()).hexdigest()
+        return _quarantine(stores, inbox, name, sha, b"", TOO_LARGE,
+                           f"the file has {size} bytes, more than the {max_file_bytes()} accepted "
+                           "(FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES); not read", run_id, at)
     data = inbox.read(name)
     sha = hashlib.sha256(data).hexdigest()
     with stores.ledger.connect() as conn:
@@ -365,11 +402,7 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         counts = apply_file(stores.ledger, name, sha, parsed, run_id, at)
     except (BadFile, Conflict) as exc:
         code, why = (exc.code, exc.reason) if isinstance(exc, BadFile) else (CONFLICT, str(exc))
-        log.error("payment file %s quarantined: %s: %s", name, code, why)
-        record_quarantine(stores.ledger, name, sha, code, why, run_id, at)
-        raise_tasks_fbs(stores.fbs, file_tasks(stores.fbs, name, sha, f"{code}: {why}", data), at)
-        inbox.quarantine(name, f"{code}: {why}")
-        return Counter({"files_quarantined": 1})
+        return _quarantine(stores, inbox, name, sha, data, code, why, run_id, at)
     except IntegrityError:
         # another run applied the same file or movement at the same moment: its transaction won
         log.warning("payment file %s was applied concurrently by another run; left for the next run", name)
@@ -378,6 +411,17 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
     log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", name,
              counts[APPLIED], counts[HELD], counts["movements_again"])
     return Counter({"files_applied": 1, **counts})
+
+
+def _quarantine(stores: Stores, inbox: Inbox, name: str, sha: str, data: bytes, code: str, why: str, run_id: str,
+                at: dt.datetime) -> Counter:
+    """Recorded in the ledger first, then the staff task, then the file moved (each step repeatable)."""
+    why = mask_cprs_in(why)
+    log.error("payment file %s quarantined: %s: %s", name, code, why)
+    record_quarantine(stores.ledger, name, sha, code, why, run_id, at)
+    raise_tasks_fbs(stores.fbs, file_tasks(stores.fbs, name, sha, f"{code}: {why}", data), at)
+    inbox.quarantine(name, f"{code}: {why}")
+    return Counter({"files_quarantined": 1})
 
 
 def raise_tasks_fbs(fbs: Engine, tasks: list[StaffTask], at: dt.datetime) -> int:
@@ -422,35 +466,38 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
 # --- write-back to FBS ---------------------------------------------------------------------------
 
 def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK) -> Counter:
-    """Applied movements to ``fbs.payment``, held ones as staff tasks, settled liabilities closed
-    (and reopened by a reversal), chunk by chunk; every write keyed, so a repeat changes nothing."""
+    """Applied movements to ``fbs.payment``, held ones as staff tasks, chunk by chunk, then the FBS
+    status of settled claims; every write keyed, so a repeat changes nothing."""
     done: Counter = Counter()
     query = text("SELECT movement_id, fordring_id, liability_id, agency_id, kind, amount, booked_on, reference_id, "
                  "state, hold_reason FROM movement WHERE written_back_at IS NULL AND state IN ('applied', 'held') "
-                 "ORDER BY received_at, movement_id LIMIT :n")
+                 "AND movement_id > :a ORDER BY movement_id LIMIT :n")
+    after = ""
     while True:
         with stores.ledger.connect() as conn:
-            rows = conn.execute(query, {"n": batch}).all()
+            rows = conn.execute(query, {"a": after, "n": batch}).all()
         if not rows:
-            return done
-        done += _write_chunk(stores, rows, run_id, at)
+            break
+        after = rows[-1].movement_id
+        done += _write_chunk(stores, rows, at)
+    return done + settle_fbs_status(stores, run_id, at)
 
 
-def _write_chunk(stores: Stores, rows: list, run_id: str, at: dt.datetime) -> Counter:
+def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     applied = [r for r in rows if r.state == APPLIED]
     held = [r for r in rows if r.state == HELD]
-    lids = sorted({r.liability_id for r in applied})
-    with stores.ledger.connect() as conn:
-        claims = {r.liability_id: r for part in chunked(lids, CHUNK) for r in conn.execute(_in(
-            "SELECT liability_id, balance, settlement, debtor_status, fbs_closed_by_payment FROM claim "
-            "WHERE liability_id IN :l", "l"), {"l": part})}
-    close = [lid for lid, c in claims.items() if c.settlement in ("paid", "written_off")
-             and c.debtor_status != "cancelled" and not c.fbs_closed_by_payment]
-    reopen = [lid for lid, c in claims.items() if c.fbs_closed_by_payment and (as_amount(c.balance) or 0) > 0]
     counts: Counter = Counter()
     with stores.fbs.begin() as conn:
         sqlite = is_sqlite(conn)
         t = db_value(at, sqlite)
+        lids = sorted({r.liability_id for r in applied})
+        present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(_in(
+            "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
+        gone = [r for r in applied if r.liability_id not in present]
+        if gone:    # deleted from FBS since it was applied: left unwritten, reconciliation shows it
+            log.error("%d applied movement(s) on liabilities no longer in FBS are not written back: %s", len(gone),
+                      ", ".join(sorted({str(r.liability_id) for r in gone})[:20]))
+        applied = [r for r in applied if r.liability_id in present]
         if applied:
             conn.execute(text("INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
                               "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING"),
@@ -462,22 +509,10 @@ def _write_chunk(stores: Stores, rows: list, run_id: str, at: dt.datetime) -> Co
             if released:
                 conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
                              released)
-        closed = _set_status(conn, close, "open", "closed", t)
-        reopened = _set_status(conn, reopen, "closed", "open", t)
         counts["written_back"] = len(applied)
         counts["hold_tasks"] = raise_tasks(conn, _hold_tasks(conn, held), at)
     with stores.ledger.begin() as conn:
-        sqlite = is_sqlite(conn)
-        _mark_written_back(conn, [r.movement_id for r in rows], db_value(at, sqlite))
-        flags = [{"l": lid, "f": db_value(True, sqlite)} for lid in closed]
-        flags += [{"l": lid, "f": db_value(False, sqlite)} for lid in reopened]
-        if flags:
-            conn.execute(text("UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l"), flags)
-        add_events(conn, [(lid, "fbs_closed_settled", None, "paid or written off in full: closed in FBS (P2)")
-                          for lid in closed]
-                   + [(lid, "fbs_reopened", None, "a reversal left a balance: opened again in FBS (P2)")
-                      for lid in reopened], run_id, at)
-    counts["fbs_closed"], counts["fbs_reopened"] = len(closed), len(reopened)
+        _mark_written_back(conn, [r.movement_id for r in [*applied, *held]], db_value(at, is_sqlite(conn)))
     return counts
 
 
@@ -486,17 +521,51 @@ def _mark_written_back(conn: Connection, movement_ids: list[str], t) -> None:
         conn.execute(_in("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
 
 
-def _set_status(conn: Connection, liability_ids: list[int], old: str, new: str, t) -> list[int]:
-    """Liabilities moved from ``old`` to ``new`` status in FBS (others are left as staff set them)."""
+def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime) -> Counter:
+    """FBS shows the result (P2): a live claim paid or written off in full (by movements, or by a
+    write-down to what was paid) closes its liability where FBS has it open; one fbs-debitor closed
+    that has a balance again (a reversal) is opened again. Worked out from the ledger's claims each
+    time, so a crash between the FBS and the ledger commit is finished by the next run."""
+    with stores.ledger.connect() as conn:
+        close = [r[0] for r in conn.execute(text(
+            "SELECT liability_id FROM claim WHERE settlement IN ('paid', 'written_off') AND debtor_status <> 'cancelled' "
+            "AND fbs_closed_by_payment = FALSE"))]
+        reopen = [r[0] for r in conn.execute(text(
+            "SELECT liability_id FROM claim WHERE fbs_closed_by_payment = TRUE AND balance > 0"))]
+    if not close and not reopen:
+        return Counter()
+    with stores.fbs.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        closed, now_closed = _set_status(conn, close, "open", "closed", t)
+        reopened, _ = _set_status(conn, reopen, "closed", "open", t)
+    with stores.ledger.begin() as conn:
+        sqlite = is_sqlite(conn)
+        flags = [{"l": lid, "f": db_value(True, sqlite)} for lid in now_closed]
+        flags += [{"l": lid, "f": db_value(False, sqlite)} for lid in reopen]   # no longer ours to reopen
+        if flags:
+            conn.execute(text("UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l"), flags)
+        add_events(conn, [(lid, "fbs_closed_settled", None, "paid or written off in full: closed in FBS (P2)")
+                          for lid in closed]
+                   + [(lid, "fbs_reopened", None, "a reversal left a balance: opened again in FBS (P2)")
+                      for lid in reopened], run_id, at)
+    return Counter({"fbs_closed": len(closed), "fbs_reopened": len(reopened)})
+
+
+def _set_status(conn: Connection, liability_ids: list[int], old: str, new: str, t) -> tuple[list[int], list[int]]:
+    """Liabilities moved from ``old`` to ``new`` status in FBS (others are left as staff set them),
+    and all of the given ones that have ``new`` now (moved now, or by an earlier, interrupted run)."""
     changed: list[int] = []
+    target: list[int] = []
     for part in chunked(liability_ids, CHUNK):
-        now_old = [r[0] for r in conn.execute(_in("SELECT liability_id FROM liability WHERE status = :s AND "
-                                                  "liability_id IN :l", "l"), {"s": old, "l": part})]
+        status = dict(conn.execute(_in("SELECT liability_id, status FROM liability WHERE liability_id IN :l", "l"),
+                                   {"l": part}).all())
+        now_old = [lid for lid, s in status.items() if s == old]
         if now_old:
             conn.execute(_in("UPDATE liability SET status = :n, updated_at = :t WHERE liability_id IN :l", "l"),
                          {"n": new, "t": t, "l": now_old})
         changed += now_old
-    return changed
+        target += [lid for lid, s in status.items() if s in (old, new)]
+    return changed, target
 
 
 def _hold_tasks(conn: Connection, held: list) -> list[StaffTask]:
@@ -513,7 +582,7 @@ def _hold_tasks(conn: Connection, held: list) -> list[StaffTask]:
     for r in held:
         da, en = REASONS.get(r.hold_reason, (r.hold_reason, r.hold_reason))
         amount = as_amount(r.amount)
-        message = (f"Debitorsystemet har meldt en {KIND_DA[r.kind]} på {amount} kr. (bevægelse {r.movement_id}, "
+        message = mask_cprs_in(f"Debitorsystemet har meldt en {KIND_DA[r.kind]} på {amount} kr. (bevægelse {r.movement_id}, "
                    f"fordring {r.fordring_id}), som ikke er bogført i FBS, fordi {da} ({r.hold_reason}). Afklar den med "
                    f"debitorsystemet. / The debtor system reported a {r.kind.replace('_', '-')} of {amount} DKK "
                    f"(movement {r.movement_id}, claim {r.fordring_id}) that is not booked in FBS because {en} "
@@ -546,10 +615,10 @@ def dismiss(ledger_engine: Engine, fbs: Engine, movement_id: str, note: str, at:
                                f"movement {movement_id} (held as {row.hold_reason}) dismissed after review: {note}")],
                        "manual", at)
     with fbs.begin() as conn:
-        conn.execute(text("UPDATE task SET resolved_at = :t WHERE (task_id = :i OR task_id LIKE :p) "
-                          "AND resolved_at IS NULL"),
-                     {"t": db_value(at, is_sqlite(conn)), "i": _task_id("PAY", movement_id),
-                      "p": _task_id("PAY", movement_id) + "-%"})
+        agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency"))]
+        ids = [_task_id("PAY", movement_id), *(_task_id("PAY", movement_id, a) for a in agencies)]
+        conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
+                     [{"t": db_value(at, is_sqlite(conn)), "i": i} for i in ids])
     return True
 
 
