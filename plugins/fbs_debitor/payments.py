@@ -664,9 +664,3 @@ def totals(counts: Counter) -> dict[str, int]:
     for (_a, category, _r), n in counts.items():
         out[category] = out.get(category, 0) + n
     return out
-
-
-def held_by_reason(ledger_engine: Engine) -> dict[str, int]:
-    with ledger_engine.connect() as conn:
-        return dict(conn.execute(text("SELECT hold_reason, COUNT(*) FROM movement WHERE state = 'held' "
-                                      "GROUP BY hold_reason")).all())
