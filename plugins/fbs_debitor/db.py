@@ -15,8 +15,9 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.sql.elements import TextClause
 
 from fbs_debitor.settings import SQL_DIR
 
@@ -159,6 +160,11 @@ def db_value(value, sqlite: bool):
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def in_query(sql: str, *names: str) -> TextClause:
+    """``text(sql)`` whose ``:name`` parameters take a list (``... IN :name``)."""
+    return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

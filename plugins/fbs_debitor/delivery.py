@@ -46,14 +46,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lxml import etree
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from fbs_debitor import claim_stream, fingerprints, ledger, messages
 from fbs_debitor import sf1590_mapping as mapping
 from fbs_debitor.claim_builder import build
 from fbs_debitor.claims import Account
-from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.db import db_value, in_query, is_sqlite
 from fbs_debitor.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.serviceplatformen import Client, DeliveryError
 from fbs_debitor.stores import Stores
@@ -93,10 +93,6 @@ def rule_of(error_code: str | None) -> str:
         return "-"
     m = re.match(r"^([A-Z]\d+)_", error_code)
     return m.group(1) if m else error_code[:30]
-
-
-def _in(sql: str, *names: str):
-    return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
 
 def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
@@ -162,10 +158,10 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     with ledger_engine.begin() as conn:
         t = db_value(at, is_sqlite(conn))
         message_keys = [k for k, _ in keys.values()]
-        conn.execute(_in("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
+        conn.execute(in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
                          "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
                      {"t": t, "r": run_id, "keys": message_keys})
-        conn.execute(_in("UPDATE claim SET state = 'sent', updated_at = :t "
+        conn.execute(in_query("UPDATE claim SET state = 'sent', updated_at = :t "
                          "WHERE liability_id IN :ids AND state = 'pending'", "ids"),
                      {"t": t, "ids": [lid for _, lid in keys.values()]})
         add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
@@ -218,7 +214,7 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
     if not keys:
         return
     with ledger_engine.begin() as conn:
-        conn.execute(_in("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+        conn.execute(in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
                          "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
                      {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": keys})
 

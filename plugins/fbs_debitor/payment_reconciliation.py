@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
-from fbs_debitor.db import as_amount, as_bool
+from fbs_debitor.db import as_amount, as_bool, in_query
 from fbs_debitor.payments import payment_id
 from fbs_debitor.stores import Stores
 
@@ -99,9 +99,6 @@ class PaymentReport:
         return path
 
 
-def _in(sql: str, name: str):
-    return text(sql).bindparams(bindparam(name, expanding=True))
-
 
 def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, page_size: int = 5000) -> PaymentReport:
     report = PaymentReport()
@@ -126,7 +123,7 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
     page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
                 "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
                 "settled_on IS NOT NULL ORDER BY liability_id LIMIT :n")
-    sums = _in("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
+    sums = in_query("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
                "ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id WHERE m.state = 'applied' AND "
                "m.liability_id IN :ids GROUP BY m.liability_id, m.kind, m.reversed_by", "ids")
     while True:
@@ -144,7 +141,7 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
                     if r.reversed_by:       # undone by a reversal: counts neither way
                         totals[r.liability_id][r.kind] -= amount
         with stores.fbs.connect() as conn:
-            status = dict(conn.execute(_in("SELECT liability_id, status FROM liability WHERE liability_id IN :ids",
+            status = dict(conn.execute(in_query("SELECT liability_id, status FROM liability WHERE liability_id IN :ids",
                                            "ids"), {"ids": ids}).all())
         for c in claims:
             report.claims += 1
@@ -188,7 +185,7 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
             return
         after = rows[-1].movement_id
         with stores.fbs.connect() as conn:
-            fbs = {r.payment_id: r for r in conn.execute(_in(
+            fbs = {r.payment_id: r for r in conn.execute(in_query(
                 "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :p", "p"),
                 {"p": [payment_id(r.movement_id) for r in rows]})}
         for r in rows:
@@ -219,7 +216,7 @@ def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
         after = rows[-1].payment_id
         ids = {r.source_ref.split(" ")[-1]: r for r in rows}
         with stores.ledger.connect() as conn:
-            applied = {m[0] for m in conn.execute(_in("SELECT movement_id FROM movement WHERE state = 'applied' AND "
+            applied = {m[0] for m in conn.execute(in_query("SELECT movement_id FROM movement WHERE state = 'applied' AND "
                                                       "movement_id IN :m", "m"), {"m": list(ids)})}
         for mid, r in ids.items():
             if mid not in applied:
@@ -236,7 +233,7 @@ def _debtor_side(stores: Stores, report: PaymentReport, debtor: dict[str, dict],
     for start in range(0, len(ids), page_size):
         part = ids[start:start + page_size]
         with stores.ledger.connect() as conn:
-            got = {r.movement_id: r for r in conn.execute(_in(
+            got = {r.movement_id: r for r in conn.execute(in_query(
                 "SELECT movement_id, fordring_id, liability_id, kind, amount, state FROM movement "
                 "WHERE movement_id IN :m", "m"), {"m": part})}
         for mid in part:
@@ -256,7 +253,7 @@ def _debtor_side(stores: Stores, report: PaymentReport, debtor: dict[str, dict],
     for start in range(0, len(fids), page_size):
         part = fids[start:start + page_size]
         with stores.ledger.connect() as conn:
-            claims = {r.fordring_id: r for r in conn.execute(_in(
+            claims = {r.fordring_id: r for r in conn.execute(in_query(
                 "SELECT c.liability_id, c.fordring_id, c.debtor_amount, c.debtor_status, c.balance, "
                 "(SELECT COUNT(*) FROM movement m WHERE m.fordring_id = c.fordring_id AND m.state <> 'applied') "
                 "AS not_applied FROM claim c WHERE c.fordring_id IN :f", "f"), {"f": part})}

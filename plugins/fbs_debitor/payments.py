@@ -43,13 +43,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor import ledger
 from fbs_debitor.claims import StaffTask
-from fbs_debitor.db import as_amount, as_date, chunked, db_value, is_sqlite, sql_file
+from fbs_debitor.db import as_amount, as_date, chunked, db_value, in_query, is_sqlite, sql_file
 from fbs_debitor.delivery import add_events
 from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.inbox import Inbox
@@ -129,9 +129,6 @@ class _Known:
     reversed_by: str | None = None
 
 
-def _in(sql: str, *names: str):
-    return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
-
 
 class _Book:
     """What deciding a set of movements needs, loaded inside the ledger transaction and kept in
@@ -145,7 +142,7 @@ class _Book:
         self.reversed: dict[str, str] = {}        # movement id -> the reversal now undoing it
         fids = sorted({m.fordring_id for m in movements})
         for part in chunked(fids, CHUNK):
-            for r in conn.execute(_in(
+            for r in conn.execute(in_query(
                     "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "
                     "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN :f", "f"),
                     {"f": part}):
@@ -153,14 +150,14 @@ class _Book:
                     r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
                     r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
                     as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
-            for r in conn.execute(_in(
+            for r in conn.execute(in_query(
                     "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "
                     "ON c.liability_id = o.liability_id WHERE o.fordring_id IN :f AND o.fordring_id <> c.fordring_id",
                     "f"), {"f": part}):
                 self.replaced[r.fordring_id] = (r.liability_id, r.agency_id)
         ids = sorted({m.movement_id for m in movements} | {m.reference_id for m in movements if m.reference_id})
         for part in chunked(ids, CHUNK):
-            for r in conn.execute(_in(
+            for r in conn.execute(in_query(
                     "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "
                     "reversed_by FROM movement WHERE movement_id IN :i", "i"), {"i": part}):
                 self.known[r.movement_id] = _Known(_movement(r), r.state, r.liability_id, r.reversed_by)
@@ -237,7 +234,7 @@ class _Book:
 
 def update_settlement(conn: Connection, liability_ids: list[int]) -> None:
     """Balance and settlement of these claims again (``claim_settlement.sql``)."""
-    statement = _in(sql_file("queries/claim_settlement.sql"), "ids")
+    statement = in_query(sql_file("queries/claim_settlement.sql"), "ids")
     for part in chunked(liability_ids, CHUNK):
         conn.execute(statement, {"ids": part})
 
@@ -433,7 +430,7 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
     """Held movements whose reason may have gone (claim confirmed or arrived, reversed movement
     arrived) decided again, oldest first, in one transaction; returns how many are now applied."""
     with stores.ledger.begin() as conn:
-        rows = conn.execute(_in("SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, hold_reason "
+        rows = conn.execute(in_query("SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, hold_reason "
                                 "FROM movement WHERE state = 'held' AND hold_reason IN :why "
                                 "ORDER BY received_at, movement_id", "why"), {"why": list(LOOKED_AT_AGAIN)}).all()
         if not rows:
@@ -491,7 +488,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
         sqlite = is_sqlite(conn)
         t = db_value(at, sqlite)
         lids = sorted({r.liability_id for r in applied})
-        present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(_in(
+        present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
         gone = [r for r in applied if r.liability_id not in present]
         if gone:    # deleted from FBS since it was applied: left unwritten, reconciliation shows it
@@ -518,7 +515,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
 
 def _mark_written_back(conn: Connection, movement_ids: list[str], t) -> None:
     for part in chunked(movement_ids, CHUNK):
-        conn.execute(_in("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
+        conn.execute(in_query("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
 
 
 def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime) -> Counter:
@@ -557,11 +554,11 @@ def _set_status(conn: Connection, liability_ids: list[int], old: str, new: str, 
     changed: list[int] = []
     target: list[int] = []
     for part in chunked(liability_ids, CHUNK):
-        status = dict(conn.execute(_in("SELECT liability_id, status FROM liability WHERE liability_id IN :l", "l"),
+        status = dict(conn.execute(in_query("SELECT liability_id, status FROM liability WHERE liability_id IN :l", "l"),
                                    {"l": part}).all())
         now_old = [lid for lid, s in status.items() if s == old]
         if now_old:
-            conn.execute(_in("UPDATE liability SET status = :n, updated_at = :t WHERE liability_id IN :l", "l"),
+            conn.execute(in_query("UPDATE liability SET status = :n, updated_at = :t WHERE liability_id IN :l", "l"),
                          {"n": new, "t": t, "l": now_old})
         changed += now_old
         target += [lid for lid, s in status.items() if s in (old, new)]
@@ -574,7 +571,7 @@ def _hold_tasks(conn: Connection, held: list) -> list[StaffTask]:
     if not held:
         return []
     lids = sorted({r.liability_id for r in held if r.liability_id is not None})
-    who = {r.liability_id: r for part in chunked(lids, CHUNK) for r in conn.execute(_in(
+    who = {r.liability_id: r for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
         "SELECT l.liability_id, l.agency_id, l.number, l.patron_id, p.branch_id FROM liability l "
         "JOIN patron p ON p.patron_id = l.patron_id WHERE l.liability_id IN :l", "l"), {"l": part})}
     agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
