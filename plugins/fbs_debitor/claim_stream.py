@@ -59,10 +59,11 @@ def claim_rows(fbs: Engine, liability_ids: list[int], today: dt.date) -> list:
     return rows
 
 
-def iter_pages(fbs: Engine, ledger: Engine, page_size: int | None = None, today: dt.date | None = None) -> Iterator[Page]:
+def iter_pages(fbs: Engine, ledger: Engine, page_size: int | None = None, today: dt.date | None = None,
+               scope=None) -> Iterator[Page]:
     today = today or dt.date.today()
     registry = ReplacementCprRegistry(taken_replacement_cprs(fbs))
-    for verdicts in eligibility.iter_verdicts(fbs, ledger, page_size):
+    for verdicts in eligibility.iter_verdicts(fbs, ledger, page_size, scope):
         eligible = [v.liability_id for v in verdicts if v.category == eligibility.ELIGIBLE]
         rows = claim_rows(fbs, eligible, today) if eligible else []
         yield Page(verdicts, [(row, build(row, registry, today)) for row in rows])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -202,3 +203,38 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iter
             copy.write_row(row)
             n += 1
     return n
+
+
+# --- one at a time -----------------------------------------------------------------------------
+
+LOCKS = {"payments": 1590_0001, "sending": 1590_0002}
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """Hold the named lock of this database while the block runs, waiting for whoever holds it
+    (an Airflow task, the CLI, another worker). PostgreSQL: a session advisory lock. SQLite: an
+    exclusive ``flock`` on a file next to the database. Not re-entrant: take it once, at the top."""
+    key = LOCKS[name]
+    if is_sqlite(engine):
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(f"{database}.{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()

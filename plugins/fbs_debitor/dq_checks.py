@@ -1,8 +1,9 @@
 """Data-quality checks with Great Expectations, run in-process on the extracted batch.
 
-The batch is every in-scope liability not yet sent (open, on or after the cut-off; eligibility's
-pages) plus the agencies. Each check is computed page by page from the same set-based extract the
-claims are built from (``claim_rows.sql``), as one boolean column ``ok_<check>`` per check. GX then
+The batch is every in-scope liability not yet sent (open, on or after the cut-off, within the
+run's scope: eligibility's pages) plus the agencies. Each check is computed page by page from the
+same set-based extract the claims are built from (``claim_rows.sql``), as one boolean column
+``ok_<check>`` per check. GX then
 validates the accumulated frame once: one expectation per check that the column is all True, with
 the failing rows returned by liability id. The frame GX sees holds ids and booleans only, so no
 identifier can reach GX's results or its Data Docs.
@@ -179,9 +180,10 @@ def _validate(frame, context_dir: Path | None):
 
 
 def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_docs_dir: Path | None = None,
-               page_size: int | None = None) -> DQResult:
+               page_size: int | None = None, scope=None) -> DQResult:
     """Check the batch, record every failing row as a finding (keyed by liability; agency checks by
-    agency) and return the counts and the agencies whose run is blocked (C3)."""
+    agency) and return the counts and the agencies whose run is blocked (C3). The batch is the
+    run's scope (default the hourly run's; a backfill chunk checks its own month and agency)."""
     import pandas as pd
 
     today = today or dt.date.today()
@@ -189,7 +191,7 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     result = DQResult()
     clock = time.perf_counter()
     parts, masks = [], []
-    for verdicts in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size):
+    for verdicts in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size, scope):
         ids = [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
         if not ids:
             continue
@@ -201,7 +203,9 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
         masks.append(masked)
     with stores.fbs.connect() as conn:
         agencies = pd.DataFrame([r._mapping for r in conn.execute(text(
-            "SELECT agency_id, age_limit FROM agency ORDER BY agency_id"))])
+            "SELECT agency_id, age_limit FROM agency WHERE CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a "
+            "ORDER BY agency_id"),
+            {"a": scope.agency_id if scope is not None else None})])
     low, high = age_limit_range()
     frame = pd.concat(parts, ignore_index=True) if parts else None
     masked_cpr = pd.concat(masks, ignore_index=True) if masks else None

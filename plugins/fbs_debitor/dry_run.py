@@ -29,19 +29,27 @@ def batch_size_default() -> int:
 
 
 def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size: int | None = None,
-        today: dt.date | None = None) -> dict:
+        today: dt.date | None = None, scope=None) -> dict:
+    """Everything the run's scope would send (default: the hourly run's), as files; counts per
+    category and rule (out of scope too), per account type and claim type."""
+    from fbs_debitor import scope as scopes
+
     batch_size = batch_size or batch_size_default()
+    scope = scope if scope is not None else scopes.hourly(stores.ledger)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Counter] = defaultdict(Counter)
+    for (agency_id, category, rule), n in eligibility.out_of_scope_counts(stores.fbs, scope).items():
+        counts[agency_id][f"{category}:{rule}"] += n
     next_batch: dict[str, int] = defaultdict(lambda: 1)
     files = 0
     with (out_dir / "problems.csv").open("w", newline="", encoding="utf-8") as problems_file:
         problems = csv.writer(problems_file)
         problems.writerow(["liability_id", "agency_id", "patron_id", "rule", "message"])
-        for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today):
+        for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today, scope=scope):
             files += _write_page(page, out_dir, batch_size, counts, next_batch, problems)
     summary = {
         "dry_run": True,
+        "scope": scope.describe(),
         "out_dir": str(out_dir),
         "batch_size": batch_size,
         "files": files,
@@ -104,6 +112,7 @@ def format_summary(summary: dict) -> str:
              f"  amount {t.get('amount_ore', 0) / 100:.2f} DKK; nothing was sent, the ledger and FBS are untouched"]
     for key in sorted(t):
         if key.split(":")[0] in ("account", "claim", "not_built", "warning", "tasks", "blocked",
-                                 "awaiting_verification") or key in ("already_sent", "new_replacement_cprs"):
+                                 "awaiting_verification", "out_of_scope") or key in ("already_sent",
+                                                                                     "new_replacement_cprs"):
             lines.append(f"  {key}: {t[key]}")
     return "\n".join(lines)

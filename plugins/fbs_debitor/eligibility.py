@@ -13,7 +13,8 @@ Categories:
                          agency's age limit is corrected (C3: the whole agency is held)
   already_sent           in the ledger already (sent or being sent): never sent again as new
   out_of_scope           not for transfer: before cut-off (T1), closed or sent to collection (T3),
-                         cancelled before it was due
+                         cancelled before it was due; or not this run's: in a range that waits
+                         for debitor_backfill (T3-backfill)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.db import as_bool, sql_file
+from fbs_debitor import scope as scopes
+from fbs_debitor.db import as_bool, is_sqlite
 from fbs_debitor.identity import check_cpr, check_cvr, mask_cpr
 from fbs_debitor.settings import age_limit_range, chunk_size
 
@@ -129,15 +131,19 @@ def in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000)
     return found
 
 
-def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> Iterator[list[Verdict]]:
-    """Every in-scope liability's verdict, one page (list) at a time, in liability_id order."""
+def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
+                  scope: scopes.Scope | None = None) -> Iterator[list[Verdict]]:
+    """Every in-scope liability's verdict, one page (list) at a time, in liability_id order. The
+    scope is the run's (default: the hourly run's, which leaves ranges awaiting a backfill alone)."""
     page_size = page_size or chunk_size()
-    query = text(sql_file("queries/eligibility_candidates.sql"))
+    scope = scope if scope is not None else scopes.hourly(ledger)
+    sql, params = scope.render("queries/eligibility_candidates.sql", is_sqlite(fbs))
+    query = text(sql)
     low, high = age_limit_range()
     after = -1
     while True:
         with fbs.connect() as conn:
-            rows = conn.execute(query, {"after_id": after, "page_size": page_size,
+            rows = conn.execute(query, {**params, "after_id": after, "page_size": page_size,
                                         "min_age_limit": low, "max_age_limit": high}).all()
         if not rows:
             return
@@ -146,8 +152,10 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None) -> 
         after = rows[-1].liability_id
 
 
-def out_of_scope_counts(fbs: Engine) -> Counter:
-    """(agency_id, OUT_OF_SCOPE, rule) -> n for liabilities not for transfer (T1, T3)."""
+def out_of_scope_counts(fbs: Engine, scope: scopes.Scope = scopes.EVERYTHING) -> Counter:
+    """(agency_id, OUT_OF_SCOPE, rule) -> n for the liabilities of the run's scope that are not
+    for transfer (T1, T3; T3-backfill: waiting for debitor_backfill)."""
+    sql, params = scope.render("queries/eligibility_out_of_scope.sql", is_sqlite(fbs))
     with fbs.connect() as conn:
-        rows = conn.execute(text(sql_file("queries/eligibility_out_of_scope.sql"))).all()
+        rows = conn.execute(text(sql), params).all()
     return Counter({(r.agency_id, OUT_OF_SCOPE, r.rule): int(r.n) for r in rows})

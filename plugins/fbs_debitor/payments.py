@@ -39,7 +39,6 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -49,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor import ledger
 from fbs_debitor.claims import StaffTask
-from fbs_debitor.db import as_amount, as_date, chunked, db_value, in_query, is_sqlite, sql_file
+from fbs_debitor.db import as_amount, as_date, chunked, db_value, exclusive, in_query, is_sqlite, sql_file
 from fbs_debitor.delivery import add_events
 from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.inbox import Inbox
@@ -345,34 +344,15 @@ def payment_id(movement_id: str) -> str:
 def ingest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None) -> Counter:
     """Every waiting file, then the held movements again, then the write-back. Returns what was
     done (the run's recorded counts come from the ledger, ``payment_counts``). One run at a time:
-    the DAG and the CLI wait for each other (a PostgreSQL advisory lock; SQLite serialises its
-    writers itself)."""
+    the DAG and the CLI wait for each other (``db.exclusive``)."""
     at = at or ledger.now()
     done: Counter = Counter()
-    with one_run_at_a_time(stores.ledger):
+    with exclusive(stores.ledger, "payments"):
         for name in inbox.waiting():
             done += ingest_file(stores, inbox, name, run_id, at)
         done["released"] += look_again(stores, run_id, at)
         done += write_back(stores, run_id, at)
     return done
-
-
-LOCK_KEY = 1590_0001
-
-
-@contextmanager
-def one_run_at_a_time(ledger_engine: Engine):
-    if is_sqlite(ledger_engine):
-        yield
-        return
-    with ledger_engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-            conn.commit()
 
 
 def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime) -> Counter:

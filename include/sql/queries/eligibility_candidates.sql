@@ -1,4 +1,6 @@
--- Liabilities in scope for transfer (T1, T3): open, created on or after the agency's cut-off date.
+-- Liabilities in scope for transfer (T1, T3): open, created on or after the agency's cut-off date,
+-- within the run's scope ({universe}, {t1}, {held}: filled by fbs_debitor.scope; the hourly run
+-- leaves ranges waiting for debitor_backfill alone, a backfill chunk covers one agency's month).
 -- One keyset page at a time (liability_id > :after_id, LIMIT :page_size), so a million liabilities
 -- stream in flat memory. `gate` is the structural rule decided here, set-based:
 --   C3  the agency's age limit is outside :min_age_limit..:max_age_limit (0 and 100 are seen in
@@ -32,7 +34,9 @@ JOIN patron p ON p.patron_id = l.patron_id
 LEFT JOIN patron d
        ON d.patron_id = CASE WHEN p.kind = 'group' THEN p.responsible_patron_id ELSE p.patron_id END
 WHERE l.status = 'open'
-  AND l.created_at >= a.cut_off_date
+  AND {universe}
+  AND {t1}
+  AND NOT {held}
   AND l.liability_id > :after_id
 ORDER BY l.liability_id
 LIMIT :page_size
