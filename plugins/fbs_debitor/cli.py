@@ -253,6 +253,76 @@ def cmd_simulate_changes(args) -> int:
     return 0
 
 
+def cmd_backfill(args) -> int:
+    from fbs_debitor import backfill
+
+    stores = _stores()
+    init_stores(stores)
+    if args.status:
+        for b in backfill.status(stores.ledger, args.agency):
+            print(f"{b['backfill_id']}  agency {b['agency']}  {b['from']} - {b['to']}  "
+                  f"{'dry run' if b['dry_run'] else 'real'}  {b['status']}  ({b['requested_by']}): "
+                  f"{b['done']}/{b['chunks']} month(s) done, {b['claims']} claim(s)\n    {b['note'] or ''}")
+        return 0
+    try:
+        request = backfill.parse_request(args.agency, args.cut_off_date, args.dry_run, args.batch_size)
+        plan = backfill.plan(stores, request)
+    except backfill.BackfillError as exc:
+        print(f"not started: {exc}", file=sys.stderr)
+        return 2
+    print(plan.note)
+    if not plan.backfill_id:
+        return 0
+    client = None
+    if not plan.dry_run:
+        from fbs_debitor import serviceplatformen
+
+        try:
+            client = serviceplatformen.Client(serviceplatformen.config_from_env())
+        except serviceplatformen.ConfigError as exc:
+            print(f"not sent: {exc}", file=sys.stderr)
+            return 2
+    from fbs_debitor import send_rate
+
+    pacer = None if plan.dry_run else send_rate.pacer_for_backfill()
+    failed = 0
+    try:
+        for chunk in plan.chunks:
+            try:
+                result = backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], client=client,
+                                            pacer=pacer)
+            except Exception as exc:  # the chunk is recorded as failed; the others still run
+                failed += 1
+                print(f"  {chunk['chunk_from'][:7]}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            print(f"  {chunk['chunk_from'][:7]}: {result['status']}, {result.get('claims', 0)} claim(s)"
+                  + (" (done earlier)" if result.get("earlier") else ""))
+    finally:
+        if client is not None:
+            client.close()
+    try:
+        result = backfill.finish(stores, plan.backfill_id)
+    except backfill.ChunkIncomplete as exc:
+        print(f"not complete: {exc}", file=sys.stderr)
+        return 1
+    print(f"backfill {plan.backfill_id} {result['status']}: {result['claims']} claim(s) "
+          f"{'written' if plan.dry_run else 'sent'}, {result['in_range']} liabilities in range"
+          + (f"; summary {result['summary']}" if result.get("summary") else "")
+          + (f"; the hourly run now transfers from {result['hourly_from']}" if result.get("hourly_from") else ""))
+    return 1 if failed else 0
+
+
+def cmd_simulate_cut_off(args) -> int:
+    from fbs_debitor.cut_off import simulate_move
+
+    moved = simulate_move(_stores(), dt.date.fromisoformat(args.to) if args.to else None, args.agency or None)
+    for agency_id, (old, new) in moved.items():
+        print(f"agency {agency_id}: cut-off date {old} -> {new} in the synthetic FBS")
+    if not moved:
+        print("no agency's cut-off date changed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fbs_debitor", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -331,6 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--per-kind", type=int, default=10, help="liabilities changed per kind of change")
     p.set_defaults(func=cmd_simulate_changes)
+
+    p = sub.add_parser("backfill", help="send an agency's older liabilities month by month after its cut-off date "
+                                        "moved back (T3), as DAG debitor_backfill does; --dry-run sends nothing")
+    p.add_argument("--agency", help="FBS agency (ISIL number without DK-)")
+    p.add_argument("--cut-off-date", help="the new cut-off date, YYYY-MM-DD")
+    p.add_argument("--dry-run", action="store_true", help="write what would be sent under var/backfill/<id>/")
+    p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
+    p.add_argument("--status", action="store_true", help="list the newest backfills and their months")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "
+                                                "next transfer run notices and hands the range to the backfill)")
+    p.add_argument("--to", help="the new cut-off date (default: the first of the month of the oldest liability)")
+    p.add_argument("--agency", action="append", help="agency to move (repeatable; default every agency whose age "
+                                                     "limit is sane, C3)")
+    p.set_defaults(func=cmd_simulate_cut_off)
 
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")

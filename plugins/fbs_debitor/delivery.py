@@ -55,6 +55,7 @@ from fbs_debitor.claim_builder import build
 from fbs_debitor.claims import Account
 from fbs_debitor.db import db_value, in_query, is_sqlite
 from fbs_debitor.identity import ReplacementCprRegistry, mask_cprs_in
+from fbs_debitor.send_rate import Pacer
 from fbs_debitor.serviceplatformen import Client, DeliveryError
 from fbs_debitor.stores import Stores
 from fbs_debitor.writeback import persist_replacement_cprs, raise_tasks
@@ -71,9 +72,11 @@ DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
 
 @dataclass
 class Link:
-    """The line to the debtor system within one run: ``down`` says why it was given up."""
+    """The line to the debtor system within one run: ``down`` says why it was given up; ``pacer``
+    (a backfill's) holds each batch back to the configured maximum send rate."""
 
     down: str | None = None
+    pacer: Pacer | None = None
 
 
 def message_key(liability_id: int, version: int = CREATE_VERSION) -> str:
@@ -296,6 +299,8 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
             for agency_id, n in deferred_outage.items():
                 deferred[(agency_id, "outage")] += n
             continue
+        if link.pacer is not None:
+            link.pacer.wait(len(batch.liability_ids))
         record_batch(stores.ledger, run_id, batch, prints)
         send_batch(stores.ledger, client, run_id, batch, link)
     if deferred:

@@ -12,7 +12,7 @@ from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, O
 from fbs_debitor.ledger import RunInfo
 
 BLOCK_RULES = ("C3", "T4", "T5", "T6")          # own columns; other rules are summed under "blk other"
-OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled")
+OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled", "T3-backfill")
 
 
 def _agencies(fbs: Engine) -> dict[str, tuple[str, str, int]]:
@@ -75,7 +75,9 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         f"eligible {n(None, ELIGIBLE)}, blocked {n(None, BLOCKED)} "
         f"({', '.join(f'{r} {n(None, BLOCKED, r)}' for r in blocked_rules)}), "
         f"already sent in earlier runs {n(None, ALREADY_SENT)}, awaiting verification (T2) {n(None, AWAITING)}, "
-        f"not for transfer {n(None, OUT_OF_SCOPE)}",
+        f"not for transfer {n(None, OUT_OF_SCOPE)}"
+        + (f" (of which {n(None, OUT_OF_SCOPE, 'T3-backfill')} wait for debitor_backfill: the cut-off moved back)"
+           if n(None, OUT_OF_SCOPE, "T3-backfill") else ""),
         "Delivery: accepted/rejected are the debtor system's receipts; a rejection (I3 replacement CPR at Prisme, "
         "M3 claim type not mapped, ...) is not sent again and becomes a staff task in FBS (M1).",
         "Rules: C3 agency age limit outside the sane range (whole agency held); "
@@ -83,7 +85,7 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         "T5 company without valid CVR; T6 person (or a minor's guardian) without usable CPR; "
         "claims that cannot be built: F2 amount not positive, F3 fee without its loan, I1 replacement "
         "CPR impossible or malformed, I2 replacement CPR without name, C4 minor without name; "
-        "T1 created before the cut-off date; T3 closed or sent to collection.",
+        "T1 created before the cut-off date; T3 closed or sent to collection; T3-backfill in a range a backfill sends.",
     ]
     return "\n".join(lines)
 

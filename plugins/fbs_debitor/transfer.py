@@ -7,6 +7,11 @@ rule. Every blocked liability is recorded as a finding in the ledger (nothing is
 skipped), and the run with its counts. With a client, each page's claims are delivered as soon
 as they are built (``delivery``): first whatever earlier runs left unconfirmed, then the new ones;
 rejections become staff tasks (``delivery_tasks``).
+
+Which liabilities a run looks at is its ``scope``: the hourly run's is everything from each
+agency's cut-off date except ranges waiting for ``debitor_backfill`` (``cut_off``); a backfill
+chunk's is one agency's month (``backfill``). Whoever sends (the hourly run, a backfill chunk,
+the CLI) holds the ledger's ``sending`` lock meanwhile, so two senders never interleave.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from fbs_debitor import claim_stream, eligibility, ledger
+from fbs_debitor import scope as scopes
 from fbs_debitor.claims import Problem
+from fbs_debitor.db import chunked, exclusive, in_query, is_sqlite
 from fbs_debitor.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -45,14 +52,17 @@ def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
 
 
 def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None,
-                       on_page: Callable[[claim_stream.Page], Counter] | None = None) -> Counter:
+                       on_page: Callable[[claim_stream.Page], Counter] | None = None,
+                       scope: scopes.Scope | None = None) -> Counter:
     """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
     as findings and the run's counts. ``on_page`` (delivery) gets each page after it is counted and
-    may return more counts. Returns the counts (agency, category, rule) -> n."""
+    may return more counts. The scope is the run's (default: the hourly run's). Returns the counts
+    (agency, category, rule) -> n."""
     seen_at = ledger.now()
-    counts = eligibility.out_of_scope_counts(stores.fbs)
+    scope = scope if scope is not None else scopes.hourly(stores.ledger)
+    counts = eligibility.out_of_scope_counts(stores.fbs, scope)
     pages = 0
-    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size):
+    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, scope=scope):
         pages += 1
         not_buildable = {row.liability_id: (built.problem, row.b_branch_id) for row, built in page.built
                          if built.problem}
@@ -73,39 +83,52 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
     return counts
 
 
-def resolve_findings(stores: Stores, run_id: str) -> int:
+def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = None) -> int:
     """At the end of a run, findings this run did not see again are resolved, saying why:
     ``fixed`` when the liability still waits to go (the data was corrected) or for agency checks,
     ``left_batch`` when it no longer waits (sent, closed, cancelled, before the cut-off): that is
-    nothing staff fixed. Agencies held under C3 in this run are left alone: nothing was checked
-    or built there, so absence proves nothing."""
+    nothing staff fixed. Only what the run looked at is decided: agencies held under C3 in this
+    run are left alone (nothing was checked or built there, so absence proves nothing), and so are
+    liabilities outside the run's scope: the hourly run leaves a range waiting for the backfill
+    alone, a backfill chunk everything outside its month (and the agency checks)."""
     from fbs_debitor import dq_catalog
 
+    scope = scope if scope is not None else scopes.hourly(stores.ledger)
     with stores.ledger.connect() as conn:
         held = {r[0] for r in conn.execute(text(
             "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
             {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
     unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held)
-    waiting = _still_waiting(stores, {r.liability_id for r in unseen if r.liability_id is not None})
-    fixed = [r.finding_key for r in unseen if r.liability_id is None or r.liability_id in waiting]
-    left = [r.finding_key for r in unseen if r.liability_id is not None and r.liability_id not in waiting]
+    if scope.is_chunk:
+        unseen = [r for r in unseen if r.liability_id is not None and r.agency_id == scope.agency_id]
+    here, elsewhere = _standing(stores, scope, {r.liability_id for r in unseen if r.liability_id is not None})
+    fixed = [r.finding_key for r in unseen if r.liability_id is None or r.liability_id in here]
+    left = [r.finding_key for r in unseen if r.liability_id is not None and r.liability_id not in here
+            and r.liability_id not in elsewhere]
     at = ledger.now()
     return (ledger.resolve_findings(stores.ledger, fixed, "fixed", at)
             + ledger.resolve_findings(stores.ledger, left, "left_batch", at))
 
 
-def _still_waiting(stores: Stores, liability_ids: set[int]) -> set[int]:
-    """Which of these liabilities still wait to go: open, on or after the cut-off, not in the ledger."""
+def _standing(stores: Stores, scope: scopes.Scope, liability_ids: set[int]) -> tuple[set[int], set[int]]:
+    """(still waiting and this run's, not this run's to decide) among these liabilities. The rest
+    no longer wait at all (sent, closed, cancelled, before the cut-off, gone from FBS)."""
     if not liability_ids:
-        return set()
-    query = text("SELECT l.liability_id FROM liability l JOIN agency a ON a.agency_id = l.agency_id "
-                 "WHERE l.status = 'open' AND l.created_at >= a.cut_off_date AND l.liability_id IN :ids"
-                 ).bindparams(bindparam("ids", expanding=True))
-    ids, found = sorted(liability_ids), set()
+        return set(), set()
+    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(stores.fbs))
+    query = in_query(sql, "ids")
+    ids = sorted(liability_ids)
+    rows = []
     with stores.fbs.connect() as conn:
-        for start in range(0, len(ids), 10_000):
-            found.update(r[0] for r in conn.execute(query, {"ids": ids[start:start + 10_000]}))
-    return found - eligibility.in_ledger(stores.ledger, sorted(found))
+        for part in chunked(ids, 10_000):
+            rows += conn.execute(query, {**params, "ids": part}).all()
+    sent = eligibility.in_ledger(stores.ledger, [r.liability_id for r in rows if r.waiting])
+    here = {r.liability_id for r in rows if r.in_universe and r.due and r.liability_id not in sent}
+    elsewhere = {r.liability_id for r in rows if not r.in_universe
+                 or (r.waiting and not r.due and r.liability_id not in sent)}
+    if scope.is_chunk:   # a liability gone from FBS: the hourly run decides, it sees every agency
+        elsewhere |= liability_ids - {r.liability_id for r in rows}
+    return here, elsewhere
 
 
 def totals(counts: Counter) -> dict[str, int]:
@@ -121,16 +144,19 @@ def totals(counts: Counter) -> dict[str, int]:
 
 
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
-            page_size: int | None = None) -> Counter:
-    """Assess, build and send the new claims page by page (what earlier runs left unconfirmed
-    goes first: ``resend_unconfirmed``). Returns the assessment's counts."""
+            page_size: int | None = None, scope: scopes.Scope | None = None, link=None) -> Counter:
+    """Assess, build and send the new claims of the run's scope page by page (what earlier runs
+    left unconfirmed goes first: ``resend_unconfirmed``). ``link`` may carry a send-rate limit.
+    Returns the assessment's counts."""
     from fbs_debitor import delivery
     from fbs_debitor.dry_run import batch_size_default
 
     size = batch_size or batch_size_default()
-    link = delivery.Link()
-    counts = assess_eligibility(stores, run_id, page_size,
-                                on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size, link))
+    link = link or delivery.Link()
+    with exclusive(stores.ledger, "sending"):
+        counts = assess_eligibility(stores, run_id, page_size, scope=scope,
+                                    on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size,
+                                                                               link))
     if link.down:
         log.error("the debtor system stopped answering (%s); what was not sent waits for the next run", link.down)
     return counts
@@ -140,7 +166,8 @@ def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | No
     from fbs_debitor import delivery
     from fbs_debitor.dry_run import batch_size_default
 
-    n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
+    with exclusive(stores.ledger, "sending"):
+        n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
     if n:
         log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
     return n
@@ -152,8 +179,9 @@ def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None
     from fbs_debitor import change_delivery, change_detection
     from fbs_debitor.dry_run import batch_size_default
 
-    counts = change_detection.detect_changes(stores, run_id)
-    sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
+    with exclusive(stores.ledger, "sending"):
+        counts = change_detection.detect_changes(stores, run_id)
+        sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
     if sent:
         log.info("%d change message(s) sent to the debtor system", sent)
     return counts
@@ -177,10 +205,12 @@ def close_delivery(stores: Stores, run_id: str) -> Counter:
 def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
                  data_quality: bool = True, **run_fields) -> tuple[str, Counter]:
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
-    leaves out the GX checks, which only feed the staff reports)."""
-    from fbs_debitor import dq_checks
+    leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
+    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG."""
+    from fbs_debitor import cut_off, dq_checks
 
     with _recorded_run(stores, kind, **run_fields) as run_id:
+        cut_off.detect(stores, run_id)
         if data_quality:
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         resend_unconfirmed(stores, client, run_id, batch_size)
@@ -194,9 +224,10 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
 def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:
     """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
     finish (failed with the error if anything raises)."""
-    from fbs_debitor import dq_checks
+    from fbs_debitor import cut_off, dq_checks
 
     with _recorded_run(stores, kind, **run_fields) as run_id:
+        cut_off.detect(stores, run_id)
         dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
         counts = assess_eligibility(stores, run_id)
         resolve_findings(stores, run_id)
