@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -15,15 +16,24 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
 
 1. **open_run** — records the run in the ledger (id derived from the Airflow run, so retries reuse it)
    and brings the ledger schema to its newest version.
-2. **data_quality** — Great Expectations checks on the batch (every open liability not yet sent,
+2. **detect_cut_off** — compares each agency's cut-off date in FBS with the one the ledger last saw
+   (T3). Moved **back**: the change is recorded and the older range (new date up to where the
+   hourly run transfers from) is handed to **debitor_backfill**, which **trigger_backfill** starts
+   (one run per backfill, run id `detected__<backfill>`); this DAG leaves that range alone until
+   the backfill completes, so an hour is never spent on years of backlog. Moved **forward**: the
+   change is recorded with a warning; liabilities now before the cut-off are no longer sent (T1),
+   an unfinished backfill of that range is stopped, nothing already sent is recalled.
+   **regular_run** — a run made by `airflow backfill create` stops here (the rest is skipped):
+   transfer is by state, not by window, so a regular run already sends everything due.
+3. **data_quality** — Great Expectations checks on the batch (every open liability not yet sent,
    and the agencies): company without valid CVR, minor without guardian, person without CPR or
    birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
    dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
    the GX Data Docs site is rebuilt under `var/data_docs/`.
-3. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
+4. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
    crash, a timeout, an outage) are rebuilt from FBS and sent again **under their own keys**; the
    debtor system answers a repeated key with its first answer, so nothing is billed twice.
-4. **build_and_send** — selects every open liability created on or after the agency's cut-off
+5. **build_and_send** — selects every open liability created on or after the agency's cut-off
    date (T1, T3) that is not yet in the ledger; fees at once, compensations on creation or once
    verified (T2). Liabilities that cannot go (T4, T5, T6, and what the builder finds) are kept as
    findings with their rule, never dropped. The rest are built into claims; new replacement CPRs
@@ -31,29 +41,35 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    (`pending`), marked `sent` before every transmission and `accepted`/`rejected` from the debtor
    system's receipts. Transient faults are retried with backoff inside the call; when a batch
    still gets no answer, the rest of the run sends nothing new (it waits for the next run).
-5. **send_changes** — keeps claims already sent true (U1-U4): every accepted claim is compared
+6. **send_changes** — keeps claims already sent true (U1-U4): every accepted claim is compared
    with FBS now (amount, status, repayment mark, and keyed fingerprints of the CPR/CVR fields of
    its parties); each difference is recorded as its own versioned message (cancellation,
    write-down, increase = cancellation + new claim with a new FordringID, identifier change,
    repayment) and sent in order per liability: a change never overtakes the creation or the
    change before it. Closed or sent-to-collection after sending is told to staff, not to the
    debtor system. `python -m fbs_debitor history <liability>` shows a liability's whole trail.
-6. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
+7. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
    Danish and English; rejections are never sent again. Claims unanswered after many attempts,
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
    run's accepted / rejected / unconfirmed counts, of new claims and of changes. Runs even when
    sending failed part-way.
-7. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
+8. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
    counts per agency and rule.
-8. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
+9. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
    age limit is outside 15-21 (C3), or when claims or changes are still unconfirmed after every
    retry (they go again next run). Everything else has run.
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
+The sending tasks share the pool `debitor_debtor_system` (1 slot) with debitor_backfill's chunks,
+at a higher priority: a backfill never holds the hourly run back by more than one month's chunk.
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
 (endpoint, service agreement / user system / user UUIDs, client certificate; see the README).
 """
+
+
+# The steps that talk to the debtor system: one at a time with debitor_backfill's chunks, first.
+SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule": "absolute"}
 
 
 @dag(
@@ -80,19 +96,31 @@ def debitor_transfer():
 
         return dag_tasks.data_quality(ledger_run_id)
 
-    @task(task_id="resend_unconfirmed")
+    @task(task_id="detect_cut_off")
+    def detect_cut_off(ledger_run_id: str) -> list[dict]:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.detect_cut_off(ledger_run_id)
+
+    @task.short_circuit(task_id="regular_run")
+    def regular_run(ledger_run_id: str, requests: list[dict], dag_run=None) -> bool:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.regular_run(ledger_run_id, dag_run.run_type)
+
+    @task(task_id="resend_unconfirmed", **SENDING)
     def resend_unconfirmed(ledger_run_id: str) -> int:
         from fbs_debitor import dag_tasks
 
         return dag_tasks.resend_unconfirmed(ledger_run_id)
 
-    @task(task_id="build_and_send")
+    @task(task_id="build_and_send", **SENDING)
     def build_and_send(ledger_run_id: str, resent: int, ti=None) -> dict[str, int]:
         from fbs_debitor import dag_tasks
 
         return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
-    @task(task_id="send_changes")
+    @task(task_id="send_changes", **SENDING)
     def send_changes(ledger_run_id: str, sent: dict[str, int]) -> dict[str, int]:
         from fbs_debitor import dag_tasks
 
@@ -123,7 +151,13 @@ def debitor_transfer():
         return dag_tasks.undelivered(delivered)
 
     ledger_run_id = open_run()
+    requests = detect_cut_off(ledger_run_id)
+    TriggerDagRunOperator.partial(task_id="trigger_backfill", trigger_dag_id="debitor_backfill",
+                                  skip_when_already_exists=True, wait_for_completion=False,
+                                  retries=1).expand_kwargs(requests)
+    regular = regular_run(ledger_run_id, requests)
     dq = data_quality(ledger_run_id)
+    regular >> dq
     resent = resend_unconfirmed(ledger_run_id)
     dq >> resent
     sent = build_and_send(ledger_run_id, resent)

@@ -217,3 +217,98 @@ def payment_differences(result: dict[str, int]) -> int:
         raise AirflowFailException(f"payments reconciliation: {result['differences']} difference(s); see "
                                    "var/reports/payments/reconciliation-<run>.csv")
     return 0
+
+
+# --- cut-off moved back: debitor_transfer's detection and debitor_backfill -----------------------
+
+POOL = "debitor_debtor_system"   # one sender towards the debtor system at a time (see README)
+
+
+def detect_cut_off(run_id: str) -> list[dict]:
+    """Record every agency whose cut-off date moved since the last run (T3); returns one trigger
+    of debitor_backfill per backfill detection handed over that no backfill run has taken up yet
+    (a deterministic run id: triggering it again next hour is skipped, not doubled)."""
+    from fbs_debitor import cut_off
+
+    stores = _stores()
+    try:
+        for change in cut_off.detect(stores, run_id):
+            log.info("cut-off change recorded: %s", change.as_dict())
+        waiting = cut_off.waiting_backfills(stores.ledger)
+        for b in waiting:
+            log.info("agency %s: the range from %s waits for debitor_backfill (backfill %s)", b["agency"],
+                     b["cut_off_date"], b["backfill_id"])
+        return [{"trigger_run_id": f"detected__{b['backfill_id']}",
+                 "conf": {"agency": b["agency"], "cut_off_date": b["cut_off_date"], "dry_run": False,
+                          "batch_size": b["batch_size"]}} for b in waiting]
+    except BaseException as exc:  # also Airflow's task timeout, a BaseException
+        ledger.finish_run(stores.ledger, run_id, "failed", f"cut-off detection: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        stores.dispose()
+
+
+def regular_run(run_id: str, run_type: str) -> bool:
+    """False (skip the rest) for a run made by ``airflow backfill create``: eligibility is by state,
+    not by window, so a run per past interval would only repeat the newest run's work N times.
+    The cut-off detection before this task has run: a cut-off moved back reaches debitor_backfill."""
+    if str(run_type) not in ("backfill", "DagRunType.BACKFILL_JOB"):
+        return True
+    stores = _stores()
+    try:
+        log.warning("this is an Airflow backfill run of debitor_transfer: nothing is sent for its interval. "
+                    "Transfer is by state, not by window: every regular run sends whatever is due, whenever it "
+                    "was created. To hand over older liabilities, move the agency's cut-off date back in FBS "
+                    "(the next run starts debitor_backfill) or trigger debitor_backfill; see the README")
+        ledger.finish_run(stores.ledger, run_id, "success")
+        return False
+    finally:
+        stores.dispose()
+
+
+def plan_backfill(params: dict, airflow_run_id: str) -> dict:
+    """debitor_backfill's first task: validate the params, record the backfill and its months."""
+    from fbs_debitor import backfill
+
+    request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"), params.get("dry_run", False),
+                                     params.get("batch_size"))
+    stores = _stores()
+    try:
+        applied = migrations.migrate(stores.ledger)
+        if applied:
+            log.info("ledger migrated to version %s", max(applied))
+        requested_by = "detected" if airflow_run_id.startswith("detected__") else "manual"
+        plan = backfill.plan(stores, request, requested_by=requested_by, airflow_run_id=airflow_run_id)
+        return {**plan.as_dict(), "chunk_list": plan.chunks}
+    finally:
+        stores.dispose()
+
+
+def backfill_chunk(chunk: dict, airflow_run_id: str) -> dict:
+    """One month of a backfill, sent at most at FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND."""
+    from fbs_debitor import backfill, send_rate
+
+    stores = _stores()
+    try:
+        bf_dry = backfill.is_dry_run(stores.ledger, chunk["backfill_id"])
+        if bf_dry:
+            return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], airflow_run_id=airflow_run_id)
+        with _client() as client:
+            return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], client=client,
+                                      pacer=send_rate.pacer_for_backfill(), airflow_run_id=airflow_run_id)
+    finally:
+        stores.dispose()
+
+
+def finish_backfill(plan: dict) -> dict:
+    """Complete the backfill (the hourly run takes its range over), or fail naming the months left."""
+    from fbs_debitor import backfill
+
+    if not plan.get("backfill_id"):
+        log.info("%s", plan.get("note"))
+        return {"status": "nothing to do"}
+    stores = _stores()
+    try:
+        return backfill.finish(stores, plan["backfill_id"])
+    finally:
+        stores.dispose()

@@ -1,0 +1,99 @@
+"""debitor_backfill: an agency's older liabilities sent month by month after its cut-off moved back (T3)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+DOC_MD = """
+### debitor_backfill — older liabilities after the cut-off date moved back (T3)
+
+Started by **debitor_transfer** when it notices that an agency's cut-off date moved back in FBS
+(run id `detected__<backfill>`), or by hand (*Trigger DAG w/ config*) with:
+
+* **agency** — the FBS agency (ISIL number without DK-);
+* **cut_off_date** — the new cut-off date (YYYY-MM-DD). A real run needs FBS's cut-off date to be
+  on or before it (move it in FBS first); a **dry run** may look at any date, to see what moving
+  the cut-off there would send;
+* **dry_run** — write what would be sent (schema-valid batch files under `var/backfill/<id>/`,
+  counts per rule, account type and claim type in `summary.json`) and send nothing;
+* **batch_size** — claims per SF1590 call.
+
+Tasks:
+
+1. **plan** — validates the request, records the backfill in the ledger (`backfill`) and cuts its
+   range (new date up to where the hourly run transfers from) into calendar months. Triggering
+   again with the same agency and date resumes an unfinished backfill: months already done are
+   not done again.
+2. **run_chunk** (mapped, one per month, labelled `YYYY-MM`) — the hourly run's own steps on that
+   month only: data-quality checks (findings reported like any other), eligibility T1-T6 (closed
+   and sent-to-collection liabilities are never sent, T3; ones already in the ledger never again),
+   claims built with responsibility as at each liability's creation (C5), sent through the
+   outbox exactly once, rejections as staff tasks. At most
+   `FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND` claims per second (default 200). One month at a
+   time, in the pool `debitor_debtor_system` at a lower priority than debitor_transfer's sending
+   tasks: the hourly run waits for at most the month in progress. A month that fails (the debtor
+   system not answering, a crash) fails its task; clear it (or trigger again) to resume: what it
+   recorded goes again under its own keys, nothing twice.
+3. **finish** — when every month is done the backfill is complete and the hourly run takes the
+   range over (and with it what could not go yet: verified later, data fixed later). Otherwise
+   fails, naming the months left. A cut-off moved forward meanwhile stops the months now before
+   it (T1), says so in the log and the ledger, and recalls nothing already sent.
+
+`python -m fbs_debitor backfill --agency A --cut-off-date D [--dry-run]` does the same outside
+Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their months.
+"""
+
+
+@dag(
+    dag_id="debitor_backfill",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "agency": Param(type="string", minLength=1, maxLength=20, pattern="^[0-9A-Za-z-]+$",
+                        description="FBS agency (ISIL number without DK-), e.g. 715100"),
+        "cut_off_date": Param(type="string", format="date",
+                              description="the new cut-off date, YYYY-MM-DD"),
+        "dry_run": Param(False, type="boolean", description="write what would be sent; send nothing"),
+        "batch_size": Param(500, type="integer", minimum=1, maximum=5000, description="claims per SF1590 call"),
+    },
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=3)},
+    tags=["fbs-debitor", "sf1590", "backfill"],
+    doc_md=DOC_MD,
+)
+def debitor_backfill():
+    @task(task_id="plan", retries=0)
+    def plan(params=None, dag_run=None) -> dict:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.plan_backfill(dict(params), dag_run.run_id)
+
+    @task(task_id="chunks")
+    def chunks(planned: dict) -> list[dict]:
+        return planned["chunk_list"]
+
+    @task(task_id="run_chunk", pool="debitor_debtor_system", priority_weight=1, weight_rule="absolute",
+          max_active_tis_per_dagrun=1, map_index_template="{{ chunk_label }}")
+    def run_chunk(chunk: dict, dag_run=None) -> dict:
+        from fbs_debitor import dag_tasks
+
+        get_current_context()["chunk_label"] = chunk["chunk_from"][:7]
+        return dag_tasks.backfill_chunk(chunk, dag_run.run_id)
+
+    @task(task_id="finish", trigger_rule="all_done", retries=0)
+    def finish(planned: dict) -> dict:
+        from fbs_debitor import dag_tasks
+
+        return dag_tasks.finish_backfill(planned)
+
+    planned = plan()
+    done = run_chunk.expand(chunk=chunks(planned))
+    done >> finish(planned)
+
+
+debitor_backfill()
