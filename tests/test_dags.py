@@ -9,7 +9,7 @@ from decimal import Decimal
 import debtor
 import fbs_rows as fr
 import pytest
-from airflow_env import airflow_env, dags_test
+from airflow_env import airflow_env, dags_test, run_airflow
 from leaks import full_cpr_numbers
 from sqlalchemy import text
 
@@ -80,15 +80,64 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "transfer"} <= set(dag.tags) and dag.doc_md
     order = [t.task_id for t in dag.topological_sort()]
-    # changes to claims already sent go after the new claims of the same run (U1-U4)
-    assert order[:7] == ["open_run", "data_quality", "resend_unconfirmed", "build_and_send", "send_changes",
-                         "raise_staff_tasks", "close_run"]
-    assert set(order[7:]) == {"held_agencies", "undelivered"}
+    # the cut-off check comes first (T3); changes to claims already sent go after the new claims of
+    # the same run (U1-U4)
+    assert order[:2] == ["open_run", "detect_cut_off"]
+    main = [t for t in order if t not in ("trigger_backfill", "held_agencies", "undelivered")]
+    assert main == ["open_run", "detect_cut_off", "regular_run", "data_quality", "resend_unconfirmed",
+                    "build_and_send", "send_changes", "raise_staff_tasks", "close_run"]
+    assert dag.get_task("trigger_backfill").upstream_task_ids == {"detect_cut_off"}
+    assert set(order[-2:]) == {"held_agencies", "undelivered"}
+    # the steps that talk to the debtor system share one pool with debitor_backfill's months, first
+    for task_id in ("resend_unconfirmed", "build_and_send", "send_changes"):
+        task = dag.get_task(task_id)
+        assert task.pool == "debitor_debtor_system" and task.priority_weight > 1
     # Transient work is retried (sending is safe to retry: the outbox keys it); the final alarms
     # (a held agency, C3; claims still unconfirmed) are facts to act on, so they are not.
     alarms = {"held_agencies", "undelivered"}
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms)
     assert all(dag.get_task(t).retries == 0 for t in alarms)
+
+
+def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_the_hourly_run(dagbag):
+    """T3: debitor_backfill is manual (or triggered by the transfer run), one run at a time; its
+    params are validated by Airflow; months are mapped tasks, one at a time, in the debtor-system
+    pool at a lower priority than debitor_transfer's sending tasks."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = dagbag.dags["debitor_backfill"]
+    assert type(dag.timetable).__name__ == "NullTimetable"          # never scheduled: by hand or triggered
+    assert dag.max_active_runs == 1 and dag.doc_md and "backfill" in dag.tags
+    assert [t.task_id for t in dag.topological_sort()] == ["plan", "chunks", "run_chunk", "finish"]
+    chunk = dag.get_task("run_chunk")
+    hourly = dagbag.dags["debitor_transfer"].get_task("build_and_send")
+    assert chunk.pool == hourly.pool == "debitor_debtor_system"
+    assert chunk.priority_weight < hourly.priority_weight and chunk.max_active_tis_per_dagrun == 1
+    assert dag.get_task("finish").trigger_rule == "all_done"
+    params = ParamsDict({k: v for k, v in dag.params.items()})
+    good = {"agency": "715100", "cut_off_date": "2023-01-01", "dry_run": True, "batch_size": 100}
+    params.update(good)
+    assert params.validate()["agency"] == "715100"
+    for bad in ({"agency": ""}, {"agency": "715100; DROP"}, {"batch_size": 0}, {"batch_size": 100000},
+                {"dry_run": "maybe"}):
+        wrong = ParamsDict({k: v for k, v in dag.params.items()})
+        with pytest.raises(Exception):   # noqa: B017 - Airflow's ParamValidationError
+            wrong.update({**good, **bad})
+            wrong.validate()
+
+
+def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_ledger_run(stores, monkeypatch):
+    """`airflow backfill create` on debitor_transfer: transfer is by state (T1), so a run per past
+    interval would repeat the newest run; such runs stop after the cut-off check (regular_run)."""
+    from fbs_debitor import dag_tasks
+
+    monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    run_id = ledger.start_run(stores.ledger, "transfer")
+    assert dag_tasks.regular_run(run_id, "scheduled") is True and dag_tasks.regular_run(run_id, "manual") is True
+    assert ledger.get_run(stores.ledger, run_id).status == "running"
+    assert dag_tasks.regular_run(run_id, "backfill") is False
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
 
 
 def _metadata_url(db_urls, tmp_path, request) -> str | None:
@@ -262,3 +311,54 @@ def test_payments_dag_applies_the_files_writes_fbs_and_reconciles_through_airflo
     assert (tmp_path / "quarantine" / "DA-broken.xml").exists()
     assert (tmp_path / "var" / "reports" / "payments" / f"reconciliation-{run.run_id}.csv").exists()
     assert full_cpr_numbers(output) == []
+
+
+@pytest.mark.airflow
+def test_cut_off_moved_back_is_handed_from_the_transfer_dag_to_the_backfill_dag_T3(stores, db_urls, tmp_path, request):
+    """T3 through Airflow: after the municipality moves the cut-off back, debitor_transfer sends
+    nothing of the older range, records the move and triggers debitor_backfill (a queued run with
+    the agency and date); debitor_backfill then sends the open liabilities of the range month by
+    month - not the closed or sent-to-collection ones - and the hourly run takes the range over."""
+    import json
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)                                                                   # cut-off 2026-01-01
+        p = fr.patron(conn)
+        new = fr.liability(conn, p["patron_id"])
+        old = [fr.liability(conn, p["patron_id"], kind="compensation", with_loan=False, acknowledged=True,
+                            created_at=dt.datetime(2025, month, 10, 9, 0)) for month in (3, 5)]
+        closed = fr.liability(conn, p["patron_id"], kind="compensation", with_loan=False, status="closed",
+                              created_at=dt.datetime(2025, 4, 10, 9, 0))
+        collection = fr.liability(conn, p["patron_id"], kind="compensation", with_loan=False,
+                                  status="sent_to_collection", created_at=dt.datetime(2025, 4, 11, 9, 0))
+        conn.commit()
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    env["FBS_DEBITOR_VAR"] = str(tmp_path / "var")
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        env["AIRFLOW_CONN_SERVICEPLATFORMEN"] = debtor.connection_json(emu.url)
+        state, output = dags_test(env, "debitor_transfer")
+        assert state == "success", output[-4000:]
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE agency SET cut_off_date = :d"), {"d": "2025-02-01"})
+        state, output2 = dags_test(env, "debitor_transfer")
+        assert state == "success", output2[-4000:]
+        assert [c["fordring_id"] for c in emulator.claims(emu_db)] == [f"FBS-715100-{new['liability_id']}"]
+        queued = run_airflow(env, "dags", "list-runs", "debitor_backfill", "-o", "json")
+        runs = json.loads(next(line for line in queued.stdout.splitlines() if line.startswith("[{")))
+        assert [r["state"] for r in runs] == ["queued"] and runs[0]["run_id"].startswith("detected__")
+        conf = json.dumps({"agency": "715100", "cut_off_date": "2025-02-01", "batch_size": 2})
+        state, output3 = dags_test(env, "debitor_backfill", runs[0]["logical_date"], "-c", conf)
+        assert state == "success", output3[-4000:]
+    held = sorted(c["fordring_id"] for c in emulator.claims(emu_db))
+    assert held == sorted(f"FBS-715100-{x['liability_id']}" for x in (new, *old))
+    assert f"FBS-715100-{closed['liability_id']}" not in held and f"FBS-715100-{collection['liability_id']}" not in held
+    with stores.ledger.connect() as conn:
+        backfill = conn.execute(text("SELECT status, requested_by, from_date FROM backfill")).one()
+        chunks = conn.execute(text("SELECT COUNT(*) FROM backfill_chunk WHERE status = 'done'")).scalar()
+        change = conn.execute(text("SELECT direction, old_cut_off, new_cut_off FROM cut_off_change")).one()
+    assert (backfill.status, backfill.requested_by) == ("complete", "detected")
+    assert chunks == 11                                             # February 2025 .. December 2025
+    assert change.direction == "back"
+    assert "map_index=10" in output3 or "2025-12" in output3        # one mapped task per month
+    assert full_cpr_numbers(output + output2 + output3) == []

@@ -37,7 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor import cut_off, eligibility, ledger, settings
-from fbs_debitor.db import as_bool, as_date, db_value, is_sqlite
+from fbs_debitor.db import as_bool, as_date, as_datetime, db_value, is_sqlite
 from fbs_debitor.identity import mask_cprs_in
 from fbs_debitor.scope import Scope
 from fbs_debitor.stores import Stores
@@ -434,13 +434,19 @@ def status(ledger_engine: Engine, agency_id: str | None = None, limit: int = 10)
             "b.created_at, b.finished_at, b.note, "
             "(SELECT COUNT(*) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS chunks, "
             "(SELECT COUNT(*) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id AND c.status = 'done') AS done, "
-            "(SELECT COALESCE(SUM(c.claims), 0) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS claims "
+            "(SELECT COALESCE(SUM(c.claims), 0) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS claims, "
+            "(SELECT COALESCE(SUM(c.in_range), 0) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) "
+            "AS in_range, "
+            "(SELECT MIN(c.started_at) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS first_start, "
+            "(SELECT MAX(c.finished_at) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS last_finish "
             "FROM backfill b WHERE CAST(:a AS VARCHAR(20)) IS NULL OR b.agency_id = :a "
             "ORDER BY b.created_at DESC LIMIT :n"), {"a": agency_id, "n": limit}).all()
     return [{"backfill_id": r.backfill_id, "agency": r.agency_id, "from": str(as_date(r.from_date)),
              "to": str(as_date(r.to_date)), "dry_run": as_bool(r.dry_run), "status": r.status,
              "requested_by": r.requested_by, "chunks": int(r.chunks), "done": int(r.done), "claims": int(r.claims),
-             "note": r.note} for r in rows]
+             "in_range": int(r.in_range), "note": r.note,
+             "seconds": (as_datetime(r.last_finish) - as_datetime(r.first_start)).total_seconds()
+             if r.first_start and r.last_finish else None} for r in rows]
 
 
 def is_dry_run(ledger_engine: Engine, backfill_id: str) -> bool:

@@ -40,7 +40,8 @@ def cmd_generate(args) -> int:
             return 0
     as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
     summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
-                       liabilities_per_patron=args.liabilities_per_patron)
+                       liabilities_per_patron=args.liabilities_per_patron, backlog_years=args.backlog_years,
+                       cut_off_days=args.cut_off_days)
     counts = summary.as_dict()
     print(f"generated a synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
           f"{counts['agency']} agencies, {counts['patron']} patrons, {counts['liability']} liabilities")
@@ -258,11 +259,19 @@ def cmd_backfill(args) -> int:
 
     stores = _stores()
     init_stores(stores)
+    if args.waiting:     # for scripts: one line per backfill detection handed over, not yet taken up
+        from fbs_debitor.cut_off import waiting_backfills
+
+        for b in waiting_backfills(stores.ledger):
+            print(b["backfill_id"], b["agency"], b["cut_off_date"], b["batch_size"])
+        return 0
     if args.status:
-        for b in backfill.status(stores.ledger, args.agency):
+        for b in backfill.status(stores.ledger, args.agency, args.limit):
             print(f"{b['backfill_id']}  agency {b['agency']}  {b['from']} - {b['to']}  "
                   f"{'dry run' if b['dry_run'] else 'real'}  {b['status']}  ({b['requested_by']}): "
-                  f"{b['done']}/{b['chunks']} month(s) done, {b['claims']} claim(s)\n    {b['note'] or ''}")
+                  f"{b['done']}/{b['chunks']} month(s) done, {b['in_range']} liabilities in range, {b['claims']} claim(s)"
+                  + (f" {'written' if b['dry_run'] else 'sent'}, months run over {b['seconds']:.0f} s"
+                     if b["seconds"] is not None else "") + f"\n    {b['note'] or ''}")
         return 0
     try:
         request = backfill.parse_request(args.agency, args.cut_off_date, args.dry_run, args.batch_size)
@@ -336,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--as-of", help="the generator's 'today' (YYYY-MM-DD); default today")
     p.add_argument("--liabilities-per-patron", type=float, default=10.0)
+    p.add_argument("--backlog-years", type=int, default=6, help="liabilities are created over this many years")
+    p.add_argument("--cut-off-days", type=int, default=365,
+                   help="each agency's cut-off date lies about this many days back; all before it is the "
+                        "pre-cut-off backlog (e.g. --backlog-years 10 for a large one)")
     p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
     p.set_defaults(func=cmd_generate)
 
@@ -409,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write what would be sent under var/backfill/<id>/")
     p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
     p.add_argument("--status", action="store_true", help="list the newest backfills and their months")
+    p.add_argument("--limit", type=int, default=10, help="with --status: how many")
+    p.add_argument("--waiting", action="store_true", help="list the backfills the transfer run handed over that "
+                                                          "no backfill run has taken up yet")
     p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "

@@ -308,12 +308,12 @@ class _Agencies:
     branch_count: np.ndarray
 
 
-def _agencies(seed: int, as_of: dt.date) -> _Agencies:
+def _agencies(seed: int, as_of: dt.date, cut_off_days: int = 365) -> _Agencies:
     rng = _rng(seed, 1)
     pyr = _pyrandom(rng)
     rows, cut_offs, branch_rows, branch_ids, starts, counts = [], [], [], [], [], []
     for spec in AGENCIES:
-        cut_off = as_of - dt.timedelta(days=365 + int(rng.integers(-45, 46)))
+        cut_off = as_of - dt.timedelta(days=cut_off_days + int(rng.integers(-45, 46)))
         cut_offs.append(cut_off)
         rows.append((spec.agency_id, f"{spec.municipality} Bibliotekerne", _cvr(pyr), spec.age_limit, cut_off,
                      spec.replacement_cpr_enabled, spec.verify_compensations, spec.auto_compensation_acknowledged,
@@ -913,11 +913,14 @@ def wipe(conn: Connection) -> None:
 
 
 def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabilities_per_patron: float = 10.0,
-             backlog_years: int = 6) -> GenerationSummary:
+             backlog_years: int = 6, cut_off_days: int = 365) -> GenerationSummary:
     """Empty the FBS tables and fill them with a reproducible synthetic population (one transaction).
 
     ``patrons`` patrons (at least MIN_PATRONS) and about ``patrons * liabilities_per_patron``
-    liabilities created over the ``backlog_years`` before ``as_of``.
+    liabilities created over the ``backlog_years`` before ``as_of``; each agency's cut-off date
+    lies about ``cut_off_days`` (+-45) before ``as_of``. Everything older is the pre-cut-off
+    backlog, in every status (T1, T3): a large one (for a backfill when the cut-off moves back)
+    is e.g. 100 000 patrons over 10 years, about 760 000 liabilities before the cut-off.
     """
     if patrons < MIN_PATRONS:
         raise ValueError(f"patrons must be at least {MIN_PATRONS}")
@@ -925,11 +928,13 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
         raise ValueError("seed must not be negative")
     if liabilities_per_patron <= 0 or backlog_years < 2:
         raise ValueError("liabilities_per_patron must be positive and backlog_years at least 2")
+    if not 46 <= cut_off_days <= backlog_years * 365 - 46:
+        raise ValueError("cut_off_days must put the cut-off inside the liability period (46 .. backlog_years*365-46)")
     if isinstance(as_of, dt.datetime):
         as_of = as_of.date()
     period_start = _add_years_date(as_of, -backlog_years)
 
-    agencies = _agencies(seed, as_of)
+    agencies = _agencies(seed, as_of, cut_off_days)
     pat = _patrons(seed, patrons, as_of, period_start, agencies)
     guard = _guardians(seed, pat, as_of, period_start)
     mat = _materials(seed, max(500, patrons // 4))
