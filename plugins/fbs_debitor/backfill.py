@@ -45,7 +45,6 @@ from fbs_debitor.stores import Stores
 log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 5000
-INCOMPLETE = ("deferred", "unconfirmed")
 
 
 class BackfillError(ValueError):
@@ -343,7 +342,10 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     totals = transfer.totals(counts)
-    missing = {k: v for k, v in totals.items() if k.split(":")[0] in INCOMPLETE and v}
+    # Only this month's own liabilities decide whether it is done: the resend at the start may have
+    # carried other runs' messages (other months, the hourly run's), whose outcome is theirs.
+    missing = {k: v for k, v in {"deferred": totals.get("deferred", 0),
+                                 "unconfirmed": len(_unconfirmed_in(stores, scope))}.items() if v}
     if missing or link.down:
         error = (f"not everything reached the debtor system ({missing}{'; ' + link.down if link.down else ''}); "
                  "run the chunk again: what was recorded goes again under its own keys, the rest is sent new")
@@ -351,11 +353,32 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
         raise ChunkIncomplete(f"backfill {bf.backfill_id} agency {bf.agency_id} month {scope.from_date}: {error}")
     ledger.finish_run(stores.ledger, run_id, "success")
     in_range = sum(n for (_a, c, _r), n in counts.items() if c in eligibility.CATEGORIES)
-    claims = totals.get("accepted", 0) + totals.get("rejected", 0)
-    return {"status": "done", "run_id": run_id, "in_range": in_range, "claims": claims,
-            "accepted": totals.get("accepted", 0), "rejected": totals.get("rejected", 0),
+    with stores.ledger.connect() as conn:   # the claims this month recorded (on every try of it)
+        states = Counter({r.state: int(r.n) for r in conn.execute(text(
+            "SELECT state, COUNT(*) AS n FROM claim WHERE first_run_id = :r GROUP BY state"), {"r": run_id})})
+    rejected = states.pop("rejected", 0)
+    return {"status": "done", "run_id": run_id, "in_range": in_range, "claims": rejected + sum(states.values()),
+            "accepted": sum(states.values()), "rejected": rejected,
             "eligible": totals.get("eligible", 0), "blocked": totals.get("blocked", 0),
             "already_sent": totals.get("already_sent", 0), "out_of_scope": totals.get("out_of_scope", 0)}
+
+
+def _unconfirmed_in(stores: Stores, scope: Scope) -> set[int]:
+    """This month's liabilities whose message still waits for an answer (pending or sent)."""
+    from fbs_debitor.db import chunked, in_query
+
+    with stores.ledger.connect() as conn:
+        waiting = sorted({r[0] for r in conn.execute(text("SELECT liability_id FROM outbox WHERE state IN "
+                                                          "('pending', 'sent')"))})
+    if not waiting:
+        return set()
+    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(stores.fbs))
+    found: set[int] = set()
+    with stores.fbs.connect() as conn:
+        for part in chunked(waiting, 10_000):
+            found |= {r.liability_id for r in conn.execute(in_query(sql, "ids"), {**params, "ids": part})
+                      if r.in_universe}
+    return found
 
 
 # --- finish -------------------------------------------------------------------------------------
