@@ -34,7 +34,7 @@ Tasks:
    outbox exactly once, rejections as staff tasks. At most
    `FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND` claims per second (default 200). One month at a
    time, in the pool `debitor_debtor_system` at a lower priority than debitor_transfer's sending
-   tasks: the hourly run waits for at most the month in progress. A month that fails (the debtor
+   tasks: each of those waits for at most the month in progress. A month that fails (the debtor
    system not answering, a crash) fails its task; clear it (or trigger again) to resume: what it
    recorded goes again under its own keys, nothing twice.
 3. **finish** — when every month is done the backfill is complete and the hourly run takes the
@@ -67,7 +67,7 @@ Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their
     doc_md=DOC_MD,
 )
 def debitor_backfill():
-    @task(task_id="plan", retries=0)
+    @task(task_id="plan")
     def plan(params=None, dag_run=None) -> dict:
         from fbs_debitor import dag_tasks
 

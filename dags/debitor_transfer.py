@@ -62,7 +62,7 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
 The sending tasks share the pool `debitor_debtor_system` (1 slot) with debitor_backfill's chunks,
-at a higher priority: a backfill never holds the hourly run back by more than one month's chunk.
+at a higher priority: each sending task waits for at most the backfill month in progress.
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
 (endpoint, service agreement / user system / user UUIDs, client certificate; see the README).
 """

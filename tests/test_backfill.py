@@ -729,3 +729,81 @@ def test_no_full_cpr_in_the_backfill_notes_the_ledger_or_the_log(stores, emu_db,
     assert full_cpr_numbers(" ".join(t.message for t in staff)) == []
     assert caplog.records and full_cpr_numbers(caplog.text) == []
     assert backfill.status(stores.ledger, AGENCY) and full_cpr_numbers(json.dumps(backfill.status(stores.ledger))) == []
+
+
+# --- review fixes: a detected run plans from where its backfill stands; no narrower manual backfill -----------
+
+def test_T3_a_detected_run_plans_its_backfill_as_it_stands_now_not_as_it_was_triggered(stores, emu_db):
+    """debitor_backfill run ``detected__<id>``: a cut-off moved forward after the trigger narrowed the
+    backfill, so the run plans from the new date (the trigger's conf still names the old one); once
+    the backfill is stopped, the run has nothing to do and says so."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)                                                  # cut-off 2026-01-01
+        p = adult(conn)
+        before, after = fee(conn, p, at(2024, 3, 10)), fee(conn, p, at(2025, 8, 10))
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, dt.date(2024, 1, 1))
+    cut_off.detect(stores)
+    (waiting,) = cut_off.waiting_backfills(stores.ledger)
+    assert waiting["cut_off_date"] == "2024-01-01"
+    move_cut_off(stores, dt.date(2025, 7, 1))                             # forward, before the run starts
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        plan = backfill.plan_detected(stores, waiting["backfill_id"], f"detected__{waiting['backfill_id']}")
+        assert plan.backfill_id == waiting["backfill_id"] and plan.from_date == dt.date(2025, 7, 1)
+        run_chunks(stores, emu.url, plan)
+        assert backfill.finish(stores, plan.backfill_id)["status"] == "complete"
+    assert set(held(emu_db)) == {fid(after)} and fid(before) not in held(emu_db)
+    move_cut_off(stores, dt.date(2026, 3, 1))                             # past everything: nothing left
+    cut_off.detect(stores)
+    again = backfill.plan_detected(stores, waiting["backfill_id"])
+    assert again.backfill_id is None and again.chunks == [] and "complete" in again.note
+
+
+def test_T3_a_real_backfill_from_a_later_date_than_an_unfinished_one_is_refused(stores):
+    """A manual backfill that starts later than the unfinished one would supersede it and leave the
+    months in between unsent for good (nothing would ever pick them up): refused, naming both dates."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, dt.date(2023, 1, 1))
+    cut_off.detect(stores)
+    (waiting,) = cut_off.waiting_backfills(stores.ledger)
+    with pytest.raises(BackfillError, match=r"715100: T3: .*covers from 2023-01-01.*2023-01-01 - 2024-06-01 unsent"):
+        backfill.plan(stores, Request(AGENCY, dt.date(2024, 6, 1)))
+    assert backfill_row(stores, waiting["backfill_id"])["status"] == "planned"     # untouched
+    resumed = backfill.plan(stores, Request(AGENCY, dt.date(2023, 1, 1)))
+    assert resumed.backfill_id == waiting["backfill_id"]
+    assert backfill_row(stores, resumed.backfill_id)["requested_by"] == "detected"
+
+
+def test_T3_narrowed_backfill_keeps_one_chunk_per_month_on_resume(stores):
+    """A cut-off moved forward into the middle of a month: planning again adds no second chunk for it."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, dt.date(2025, 1, 1))
+    first = backfill.plan(stores, Request(AGENCY, dt.date(2025, 1, 1)))
+    move_cut_off(stores, dt.date(2025, 3, 15))
+    cut_off.detect(stores)
+    again = backfill.plan(stores, Request(AGENCY, dt.date(2025, 3, 15)))
+    assert again.backfill_id == first.backfill_id
+    froms = [c["chunk_from"] for c in again.chunks]
+    assert len(froms) == len(set(froms)) == 12 and "2025-03-15" not in froms
+
+
+def test_airflow_backfill_run_type_from_the_task_sdk_is_recognised(stores, monkeypatch):
+    """The run type reaches the task as the Task SDK's enum, not a string: `airflow backfill create`
+    runs of debitor_transfer must still be told apart (and send nothing)."""
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    from fbs_debitor import dag_tasks
+
+    monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    run_id = ledger.start_run(stores.ledger, "transfer")
+    assert dag_tasks.regular_run(run_id, DagRunType.SCHEDULED) is True
+    assert dag_tasks.regular_run(run_id, DagRunType.MANUAL) is True
+    assert dag_tasks.regular_run(run_id, DagRunType.BACKFILL) is False

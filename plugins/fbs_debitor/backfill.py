@@ -161,6 +161,13 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
     sqlite = is_sqlite(stores.ledger)
     batch_size = request.batch_size or batch_size_default()
     existing = _find(stores.ledger, a, request, hourly_from, airflow_run_id)
+    if existing is None and not request.dry_run:
+        wider = _unfinished_from(stores.ledger, a)
+        if wider is not None and wider[1] < request.cut_off_date:
+            raise BackfillError(
+                f"agency {a}: T3: backfill {wider[0]} (not finished) covers from {wider[1]}; asking for "
+                f"{request.cut_off_date} would leave {wider[1]} - {request.cut_off_date} unsent. Resume it with "
+                f"cut_off_date {wider[1]} (or clear its failed months in Airflow)")
     if existing is None and request.cut_off_date >= hourly_from:
         note = (f"agency {a}: nothing to backfill: the hourly run already transfers everything from {hourly_from} "
                 f"(asked for {request.cut_off_date})")
@@ -193,9 +200,10 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
         bf = conn.execute(text("SELECT from_date, to_date FROM backfill WHERE backfill_id = :b"),
                           {"b": backfill_id}).one()
         from_date, to_date = as_date(bf.from_date), as_date(bf.to_date)
-        have = {as_date(r[0]) for r in conn.execute(text("SELECT chunk_from FROM backfill_chunk WHERE backfill_id = :b"),
-                                                    {"b": backfill_id})}
-        new = [(f, u) for f, u in months(from_date, to_date) if f not in have]
+        have = [(as_date(r[0]), as_date(r[1])) for r in conn.execute(text(
+            "SELECT chunk_from, chunk_to FROM backfill_chunk WHERE backfill_id = :b"), {"b": backfill_id})]
+        # (a backfill narrowed to a date inside a month keeps that month's chunk: T1 is applied live)
+        new = [(f, u) for f, u in months(from_date, to_date) if not any(hf <= f and u <= hu for hf, hu in have)]
         if new:
             conn.execute(text("INSERT INTO backfill_chunk (backfill_id, chunk_from, chunk_to, status) "
                               "VALUES (:b, :f, :u, 'pending')"),
@@ -210,6 +218,21 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
             + (f", {done} already done (resumed)" if done else ""))
     log.info(note)
     return Plan(backfill_id, a, from_date, to_date, request.dry_run, chunks, note)
+
+
+def plan_detected(stores: Stores, backfill_id: str, airflow_run_id: str | None = None,
+                  today: dt.date | None = None) -> Plan:
+    """The plan of a backfill detection handed over (debitor_backfill run ``detected__<id>``), from
+    where it stands now: narrowed by a cut-off moved forward, or stopped or superseded (nothing
+    to do: the run says so and finishes)."""
+    cut_off.detect(stores)
+    bf = _backfill(stores.ledger, backfill_id)
+    if bf.status not in cut_off.UNFINISHED:
+        note = f"agency {bf.agency_id}: backfill {backfill_id} is {bf.status}: {bf.note}"
+        log.warning(note)
+        return Plan(None, bf.agency_id, as_date(bf.from_date), as_date(bf.to_date), False, note=note)
+    request = Request(bf.agency_id, as_date(bf.from_date), False, int(bf.batch_size))
+    return plan(stores, request, requested_by="detected", airflow_run_id=airflow_run_id, today=today)
 
 
 def _find(ledger_engine: Engine, agency_id: str, request: Request, hourly_from: dt.date,
@@ -232,6 +255,16 @@ def _find(ledger_engine: Engine, agency_id: str, request: Request, hourly_from: 
             {"a": agency_id, "f": db_value(False, sqlite), "c": db_value(request.cut_off_date, sqlite),
              "u": db_value(hourly_from, sqlite)}).first()
     return row[0] if row else None
+
+
+def _unfinished_from(ledger_engine: Engine, agency_id: str) -> tuple[str, dt.date] | None:
+    """(backfill_id, from_date) of the agency's unfinished real backfill starting earliest."""
+    with ledger_engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT backfill_id, from_date FROM backfill WHERE agency_id = :a AND dry_run = :f "
+            "AND status IN ('planned', 'running', 'failed') ORDER BY from_date LIMIT 1"),
+            {"a": agency_id, "f": db_value(False, is_sqlite(ledger_engine))}).first()
+    return None if row is None else (row.backfill_id, as_date(row.from_date))
 
 
 # --- one chunk ----------------------------------------------------------------------------------
@@ -412,15 +445,29 @@ def finish(stores: Stores, backfill_id: str) -> dict:
                          {"n": note, "b": backfill_id})
         raise ChunkIncomplete(f"backfill {backfill_id} agency {bf.agency_id}: {note}")
     with stores.ledger.begin() as conn:
-        conn.execute(text("UPDATE backfill SET status = 'complete', finished_at = :t WHERE backfill_id = :b"),
-                     {"t": db_value(at, sqlite), "b": backfill_id})
+        closed = conn.execute(text("UPDATE backfill SET status = 'complete', finished_at = :t WHERE backfill_id = :b "
+                                   "AND status IN ('planned', 'running', 'failed')"),
+                              {"t": db_value(at, sqlite), "b": backfill_id}).rowcount
+        if not closed:    # stopped or superseded meanwhile (a cut-off moved): that stands
+            now = conn.execute(text("SELECT status FROM backfill WHERE backfill_id = :b"), {"b": backfill_id}).scalar()
+            result["status"] = now
+            return result
         if not as_bool(bf.dry_run):
+            # The hourly run takes the range over (never raising its start, whatever happened meanwhile).
             moved = conn.execute(text(
-                "UPDATE cut_off SET hourly_from = :f, updated_at = :t WHERE agency_id = :a AND hourly_from = :u "
-                "AND hourly_from > :f"),
+                "UPDATE cut_off SET hourly_from = :f, updated_at = :t WHERE agency_id = :a AND hourly_from > :f "
+                "AND hourly_from <= :u"),
                 {"f": db_value(as_date(bf.from_date), sqlite), "t": db_value(at, sqlite), "a": bf.agency_id,
                  "u": db_value(as_date(bf.to_date), sqlite)}).rowcount
             result["hourly_from"] = as_date(bf.from_date).isoformat() if moved else None
+            gap = conn.execute(text("SELECT seen_cut_off, hourly_from FROM cut_off WHERE agency_id = :a"),
+                               {"a": bf.agency_id}).first()
+            if gap is not None and as_date(gap.seen_cut_off) < as_date(gap.hourly_from) \
+                    and _unfinished_from(stores.ledger, bf.agency_id) is None:
+                log.warning("agency %s: liabilities created %s - %s still wait for a backfill (the cut-off date in "
+                            "FBS is earlier than this backfill's start): run debitor_backfill with cut_off_date %s",
+                            bf.agency_id, as_date(gap.seen_cut_off), as_date(gap.hourly_from),
+                            as_date(gap.seen_cut_off))
     result["status"] = "complete"
     if as_bool(bf.dry_run):
         result["summary"] = str(_add_up_dry_run(Path(bf.out_dir), chunks))

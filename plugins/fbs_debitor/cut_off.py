@@ -104,6 +104,9 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
                           "old": db_value(seen, sqlite)}).rowcount
     if taken != 1:
         return None
+    # Read again under the row lock just taken: a backfill finishing meanwhile may have moved it.
+    hourly_from = as_date(conn.execute(text("SELECT hourly_from FROM cut_off WHERE agency_id = :a"),
+                                       {"a": agency_id}).scalar())
     backfill_id = None
     if cut < seen:
         direction = "back"

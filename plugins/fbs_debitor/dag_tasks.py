@@ -252,7 +252,7 @@ def regular_run(run_id: str, run_type: str) -> bool:
     """False (skip the rest) for a run made by ``airflow backfill create``: eligibility is by state,
     not by window, so a run per past interval would only repeat the newest run's work N times.
     The cut-off detection before this task has run: a cut-off moved back reaches debitor_backfill."""
-    if str(run_type) not in ("backfill", "DagRunType.BACKFILL_JOB"):
+    if getattr(run_type, "value", run_type) != "backfill":   # the SDK's DagRunType enum, or its value
         return True
     stores = _stores()
     try:
@@ -270,15 +270,19 @@ def plan_backfill(params: dict, airflow_run_id: str) -> dict:
     """debitor_backfill's first task: validate the params, record the backfill and its months."""
     from fbs_debitor import backfill
 
-    request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"), params.get("dry_run", False),
-                                     params.get("batch_size"))
     stores = _stores()
     try:
         applied = migrations.migrate(stores.ledger)
         if applied:
             log.info("ledger migrated to version %s", max(applied))
-        requested_by = "detected" if airflow_run_id.startswith("detected__") else "manual"
-        plan = backfill.plan(stores, request, requested_by=requested_by, airflow_run_id=airflow_run_id)
+        if airflow_run_id.startswith("detected__"):
+            # Triggered by detection: the backfill it names, as it stands now (a cut-off moved
+            # forward since may have narrowed or stopped it), not the conf copied at trigger time.
+            plan = backfill.plan_detected(stores, airflow_run_id.removeprefix("detected__"), airflow_run_id)
+        else:
+            request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"),
+                                             params.get("dry_run", False), params.get("batch_size"))
+            plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
         return {**plan.as_dict(), "chunk_list": plan.chunks}
     finally:
         stores.dispose()

@@ -164,18 +164,21 @@ def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], se
 
 
 def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
-                    skip_agencies: Iterable[str] = ()) -> list:
+                    skip_agencies: Iterable[str] = (), agency_id: str | None = None) -> list:
     """Open findings of these checks that this run did not see again (finding_key, agency_id,
-    liability_id), leaving out the agencies named (e.g. held: nothing was checked there)."""
+    liability_id), leaving out the agencies named (e.g. held: nothing was checked there); of one
+    agency only when ``agency_id`` is given (a backfill month)."""
     codes = sorted(set(check_codes))
     if not codes:
         return []
     query = text("SELECT finding_key, agency_id, liability_id FROM finding WHERE resolved_at IS NULL "
-                 "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r)"
+                 "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r) "
+                 "AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
                  ).bindparams(bindparam("codes", expanding=True))
     skip = set(skip_agencies)
     with ledger.connect() as conn:
-        return [r for r in conn.execute(query, {"codes": codes, "r": run_id}) if r.agency_id not in skip]
+        return [r for r in conn.execute(query, {"codes": codes, "r": run_id, "a": agency_id})
+                if r.agency_id not in skip]
 
 
 def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resolved_at: dt.datetime,

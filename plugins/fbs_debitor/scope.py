@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.db import as_date, db_value, sql_file
+from fbs_debitor.db import as_date, db_value, is_sqlite, sql_file
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,22 @@ class Scope:
 EVERYTHING = Scope()   # every agency from its cut-off date: before any backfill was ever recorded
 
 
-def hourly(ledger: Engine) -> Scope:
+def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
     """The hourly run's scope: everything from each agency's cut-off date, except what lies before
     the date the hourly run has taken over (``cut_off.hourly_from``). Every known agency is listed,
     not only those with a backfill recorded: a cut-off moved back in FBS that no detection has seen
     yet is then still held back instead of sent at once. (Where ``hourly_from`` is not later than
     the cut-off, the condition excludes nothing T1 does not.) An agency never seen has no row: its
-    first run transfers everything from its cut-off date, as it always did."""
+    first run transfers everything from its cut-off date, as it always did.
+
+    ``since`` (a run's start): also hold what backfills completed since then had held, so that a
+    run resolving its findings at its end decides only about what it looked at."""
     with ledger.connect() as conn:
-        rows = conn.execute(text("SELECT agency_id, hourly_from FROM cut_off ORDER BY agency_id")).all()
-    return Scope(held=tuple((r.agency_id, as_date(r.hourly_from)) for r in rows))
+        rows = [(r.agency_id, as_date(r.hourly_from))
+                for r in conn.execute(text("SELECT agency_id, hourly_from FROM cut_off ORDER BY agency_id"))]
+        if since is not None:
+            rows += [(r.agency_id, as_date(r.to_date)) for r in conn.execute(text(
+                "SELECT agency_id, to_date FROM backfill WHERE status = 'complete' AND dry_run = :f "
+                "AND finished_at >= :t ORDER BY agency_id, to_date"),
+                {"f": db_value(False, is_sqlite(ledger)), "t": db_value(since, is_sqlite(ledger))})]
+    return Scope(held=tuple(rows))

@@ -93,12 +93,15 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
     alone, a backfill chunk everything outside its month (and the agency checks)."""
     from fbs_debitor import dq_catalog
 
-    scope = scope if scope is not None else scopes.hourly(stores.ledger)
+    if scope is None:
+        run = ledger.get_run(stores.ledger, run_id)
+        scope = scopes.hourly(stores.ledger, since=run.started_at if run else None)
     with stores.ledger.connect() as conn:
         held = {r[0] for r in conn.execute(text(
             "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
             {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
-    unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held)
+    unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held,
+                                    agency_id=scope.agency_id)
     if scope.is_chunk:
         unseen = [r for r in unseen if r.liability_id is not None and r.agency_id == scope.agency_id]
     here, elsewhere = _standing(stores, scope, {r.liability_id for r in unseen if r.liability_id is not None})
