@@ -633,3 +633,21 @@ def test_rare_data_quality_problems_present(population):
     early = [x for x in p.t["liability"] if p.created_before_loan(x)]
     for case in (zero, negative, early):
         assert 1 <= len(case) <= 0.005 * len(p.t["liability"])
+
+
+def test_large_pre_cut_off_backlog_in_every_status_for_a_backfill_T3(stores):
+    """--backlog-years / --cut-off-days: the older the data and the nearer the cut-off, the larger
+    the backlog before it (T1), in every status (T3), with children who have since come of age (C5)."""
+    summary = generate(stores.fbs, patrons=600, seed=5, as_of=AS_OF, backlog_years=10, cut_off_days=200)
+    with stores.fbs.connect() as conn:
+        cut_offs = {r.agency_id: str(r.cut_off_date)[:10] for r in conn.execute(text(
+            "SELECT agency_id, cut_off_date FROM agency"))}
+        rows = conn.execute(text(
+            "SELECT l.status, COUNT(*) AS n FROM liability l JOIN agency a ON a.agency_id = l.agency_id "
+            "WHERE l.created_at < a.cut_off_date GROUP BY l.status")).all()
+    assert all(155 <= (AS_OF - dt.date.fromisoformat(d)).days <= 245 for d in cut_offs.values())
+    before = {r.status: int(r.n) for r in rows}
+    assert set(before) == {"open", "closed", "sent_to_collection", "cancelled"}
+    assert sum(before.values()) == summary.population["before_cut_off"] > 0.75 * summary.liability
+    with pytest.raises(ValueError, match="cut_off_days"):
+        generate(stores.fbs, patrons=600, seed=5, as_of=AS_OF, backlog_years=2, cut_off_days=800)
