@@ -398,20 +398,11 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
 
 def _unconfirmed_in(stores: Stores, scope: Scope) -> set[int]:
     """This month's liabilities whose message still waits for an answer (pending or sent)."""
-    from fbs_debitor.db import chunked, in_query
+    from fbs_debitor.scope import standing
 
     with stores.ledger.connect() as conn:
-        waiting = sorted({r[0] for r in conn.execute(text("SELECT liability_id FROM outbox WHERE state IN "
-                                                          "('pending', 'sent')"))})
-    if not waiting:
-        return set()
-    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(stores.fbs))
-    found: set[int] = set()
-    with stores.fbs.connect() as conn:
-        for part in chunked(waiting, 10_000):
-            found |= {r.liability_id for r in conn.execute(in_query(sql, "ids"), {**params, "ids": part})
-                      if r.in_universe}
-    return found
+        waiting = {r[0] for r in conn.execute(text("SELECT liability_id FROM outbox WHERE state IN ('pending', 'sent')"))}
+    return {r.liability_id for r in standing(stores.fbs, scope, waiting) if r.in_universe} if waiting else set()
 
 
 # --- finish -------------------------------------------------------------------------------------

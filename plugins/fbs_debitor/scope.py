@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.db import as_date, db_value, is_sqlite, sql_file
+from fbs_debitor.db import as_date, chunked, db_value, in_query, is_sqlite, sql_file
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,18 @@ class Scope:
             return "every agency from its cut-off date"
         return "every agency from its cut-off date, except " + ", ".join(
             f"{a} before {d} (awaiting debitor_backfill)" for a, d in self.held)
+
+
+def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
+    """Where each of these liabilities stands against the scope (``liability_in_scope.sql``: rows
+    of liability_id, in_universe, due, waiting); ids no longer in FBS have no row."""
+    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(fbs))
+    query = in_query(sql, "ids")
+    rows: list = []
+    with fbs.connect() as conn:
+        for part in chunked(sorted(liability_ids), 10_000):
+            rows += conn.execute(query, {**params, "ids": part}).all()
+    return rows
 
 
 EVERYTHING = Scope()   # every agency from its cut-off date: before any backfill was ever recorded

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from fbs_debitor import claim_stream, eligibility, ledger
 from fbs_debitor import scope as scopes
 from fbs_debitor.claims import Problem
-from fbs_debitor.db import chunked, exclusive, in_query, is_sqlite
+from fbs_debitor.db import exclusive
 from fbs_debitor.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -118,13 +118,7 @@ def _standing(stores: Stores, scope: scopes.Scope, liability_ids: set[int]) -> t
     no longer wait at all (sent, closed, cancelled, before the cut-off, gone from FBS)."""
     if not liability_ids:
         return set(), set()
-    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(stores.fbs))
-    query = in_query(sql, "ids")
-    ids = sorted(liability_ids)
-    rows = []
-    with stores.fbs.connect() as conn:
-        for part in chunked(ids, 10_000):
-            rows += conn.execute(query, {**params, "ids": part}).all()
+    rows = scopes.standing(stores.fbs, scope, liability_ids)
     sent = eligibility.in_ledger(stores.ledger, [r.liability_id for r in rows if r.waiting])
     here = {r.liability_id for r in rows if r.in_universe and r.due and r.liability_id not in sent}
     elsewhere = {r.liability_id for r in rows if not r.in_universe
