@@ -183,11 +183,8 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
         else:
             backfill_id = str(uuid.uuid4())
             if not request.dry_run:
-                conn.execute(text(
-                    "UPDATE backfill SET status = 'superseded', finished_at = :t, note = :n WHERE agency_id = :a "
-                    "AND dry_run = :f AND status IN ('planned', 'running', 'failed')"),
-                    {"t": db_value(at, sqlite), "a": a, "f": db_value(False, sqlite),
-                     "n": f"superseded by backfill {backfill_id} (asked for from {request.cut_off_date})"})
+                cut_off.close_unfinished(conn, a, "superseded", f"superseded by backfill {backfill_id} (asked for "
+                                         f"from {request.cut_off_date})", at)
             out_dir = settings.var_dir() / "backfill" / backfill_id if request.dry_run else None
             conn.execute(text(
                 "INSERT INTO backfill (backfill_id, agency_id, from_date, to_date, dry_run, batch_size, requested_by, "
@@ -260,11 +257,8 @@ def _find(ledger_engine: Engine, agency_id: str, request: Request, hourly_from: 
 def _unfinished_from(ledger_engine: Engine, agency_id: str) -> tuple[str, dt.date] | None:
     """(backfill_id, from_date) of the agency's unfinished real backfill starting earliest."""
     with ledger_engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT backfill_id, from_date FROM backfill WHERE agency_id = :a AND dry_run = :f "
-            "AND status IN ('planned', 'running', 'failed') ORDER BY from_date LIMIT 1"),
-            {"a": agency_id, "f": db_value(False, is_sqlite(ledger_engine))}).first()
-    return None if row is None else (row.backfill_id, as_date(row.from_date))
+        rows = cut_off.unfinished(conn, agency_id)
+    return rows[0] if rows else None
 
 
 # --- one chunk ----------------------------------------------------------------------------------

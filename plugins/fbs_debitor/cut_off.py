@@ -112,7 +112,7 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
         direction = "back"
         if cut < hourly_from:
             backfill_id = str(uuid.uuid4())
-            superseded = _set_unfinished(conn, agency_id, "superseded",
+            superseded = close_unfinished(conn, agency_id, "superseded",
                                          f"superseded by backfill {backfill_id}: the cut-off moved back to {cut}",
                                          at)
             conn.execute(text(
@@ -134,7 +134,7 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
         if cut >= hourly_from:
             conn.execute(text("UPDATE cut_off SET hourly_from = :c WHERE agency_id = :a"),
                          {"c": db_value(cut, sqlite), "a": agency_id})
-            stopped = _set_unfinished(conn, agency_id, "stopped",
+            stopped = close_unfinished(conn, agency_id, "stopped",
                                       f"stopped: the cut-off moved forward to {cut}, the rest of the range is "
                                       "before it (T1); claims already sent stay sent (not recalled)", at)
             note = (f"cut-off date moved forward from {seen} to {cut}: liabilities created before {cut} are no "
@@ -152,12 +152,20 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
     return Change(agency_id, seen, cut, direction, backfill_id, note)
 
 
-def _set_unfinished(conn: Connection, agency_id: str, status: str, note: str, at: dt.datetime) -> int:
-    """Close the agency's unfinished real backfills (and their open chunks) with a status and why."""
+def unfinished(conn: Connection, agency_id: str) -> list[tuple[str, dt.date]]:
+    """(backfill_id, from_date) of the agency's unfinished real backfills, earliest start first."""
+    rows = conn.execute(text(
+        "SELECT backfill_id, from_date FROM backfill WHERE agency_id = :a AND dry_run = :f "
+        "AND status IN ('planned', 'running', 'failed') ORDER BY from_date, backfill_id"),
+        {"a": agency_id, "f": db_value(False, is_sqlite(conn))}).all()
+    return [(r.backfill_id, as_date(r.from_date)) for r in rows]
+
+
+def close_unfinished(conn: Connection, agency_id: str, status: str, note: str, at: dt.datetime) -> int:
+    """Close the agency's unfinished real backfills (and their open chunks) with a status
+    (stopped, superseded) and why."""
     sqlite = is_sqlite(conn)
-    ids = [r[0] for r in conn.execute(text(
-        "SELECT backfill_id FROM backfill WHERE agency_id = :a AND dry_run = :f AND status IN ('planned', 'running', "
-        "'failed')"), {"a": agency_id, "f": db_value(False, sqlite)})]
+    ids = [backfill_id for backfill_id, _ in unfinished(conn, agency_id)]
     for backfill_id in ids:
         conn.execute(text("UPDATE backfill SET status = :s, finished_at = :t, note = :n WHERE backfill_id = :b"),
                      {"s": status, "t": db_value(at, sqlite), "n": note, "b": backfill_id})
@@ -172,9 +180,7 @@ def _narrow_unfinished(conn: Connection, agency_id: str, cut: dt.date, at: dt.da
     is applied live)."""
     sqlite = is_sqlite(conn)
     note = f"the cut-off moved forward to {cut}: not sent (T1); claims already sent stay sent"
-    ids = [r[0] for r in conn.execute(text(
-        "SELECT backfill_id FROM backfill WHERE agency_id = :a AND dry_run = :f AND status IN ('planned', 'running', "
-        "'failed') AND from_date < :c"), {"a": agency_id, "f": db_value(False, sqlite), "c": db_value(cut, sqlite)})]
+    ids = [backfill_id for backfill_id, start in unfinished(conn, agency_id) if start < cut]
     for backfill_id in ids:
         conn.execute(text("UPDATE backfill SET from_date = :c, note = :n WHERE backfill_id = :b"),
                      {"c": db_value(cut, sqlite), "n": f"narrowed: {note}", "b": backfill_id})
