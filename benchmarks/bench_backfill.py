@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import resource
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
 from backfill_setup import emulator_config  # noqa: E402
+from common import peak_rss_mb  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from fbs_debitor import backfill, cut_off, emulator, serviceplatformen  # noqa: E402
@@ -39,10 +39,6 @@ from fbs_debitor.send_rate import Pacer  # noqa: E402
 from fbs_debitor.settings import DatabaseUrls  # noqa: E402
 from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
 from fbs_debitor.transfer import run_transfer  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -30,16 +29,13 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
 
 from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
+from common import peak_rss_mb  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from fbs_debitor import change_delivery, change_detection, emulator, fingerprints, ledger, serviceplatformen  # noqa: E402
 from fbs_debitor.change_simulator import simulate  # noqa: E402
 from fbs_debitor.reconciliation import reconcile  # noqa: E402
 from fbs_debitor.transfer import run_transfer  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:

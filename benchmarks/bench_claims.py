@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import resource
 import sys
 import tempfile
 import time
@@ -21,16 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
+from common import peak_rss_mb  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from fbs_debitor import dry_run  # noqa: E402
 from fbs_debitor.generator import generate  # noqa: E402
 from fbs_debitor.settings import DatabaseUrls  # noqa: E402
 from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ Not a test: figures go in closing notes, never into assertions.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -23,13 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
 from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
+from common import peak_rss_mb  # noqa: E402
 
 from fbs_debitor import emulator, ledger, serviceplatformen  # noqa: E402
 from fbs_debitor.transfer import run_transfer  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TimedClient(serviceplatformen.Client):

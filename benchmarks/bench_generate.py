@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -23,14 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
+from common import peak_rss_mb  # noqa: E402
+
 from fbs_debitor.db import make_engine, safe_url  # noqa: E402
 from fbs_debitor.generator import generate  # noqa: E402
 from fbs_debitor.settings import FBS_SCHEMA  # noqa: E402
 from fbs_debitor.stores import create_fbs_schema  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
 def run(url: str, args: argparse.Namespace) -> None:
