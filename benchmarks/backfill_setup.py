@@ -8,10 +8,10 @@ import datetime as dt
 
 from sqlalchemy import text
 
-from fbs_debitor import serviceplatformen
-from fbs_debitor.generator import generate
-from fbs_debitor.settings import DatabaseUrls
-from fbs_debitor.stores import Stores, init_stores, open_stores
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import Stores, init_stores, open_stores
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.sandbox.generator import generate
 
 
 def backfill_municipality(tmp: str, patrons: int, seed: int, as_of: str) -> tuple[Stores, str]:

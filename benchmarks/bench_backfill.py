@@ -29,16 +29,19 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
-from backfill_setup import emulator_config  # noqa: E402
-from common import peak_rss_mb  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from backfill_setup import emulator_config
+from common import peak_rss_mb
+from sqlalchemy import text
 
-from fbs_debitor import backfill, cut_off, emulator, serviceplatformen  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
-from fbs_debitor.send_rate import Pacer  # noqa: E402
-from fbs_debitor.settings import DatabaseUrls  # noqa: E402
-from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
-from fbs_debitor.transfer import run_transfer  # noqa: E402
+from fbs_debitor.backfill import months as backfill
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import init_stores, open_stores
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.delivery.send_rate import Pacer
+from fbs_debitor.eligibility import cut_off
+from fbs_debitor.sandbox import emulator
+from fbs_debitor.sandbox.generator import generate
+from fbs_debitor.transfer.run import run_transfer
 
 
 def main() -> int:
@@ -77,7 +80,7 @@ def main() -> int:
             run_transfer(stores, client, batch_size=args.batch_size, data_quality=False)
             print(f"cut-off moved back to {to} for {len(moved)} agencies; the next transfer sent "
                   f"{len(emulator.claims(emu_db)) - held_before} (must be 0) in {time.perf_counter() - t:.0f} s")
-            dq = mock.patch("fbs_debitor.dq_checks.run_checks") if not args.dq else contextlib.nullcontext()
+            dq = mock.patch("fbs_debitor.quality.checks.run_checks") if not args.dq else contextlib.nullcontext()
             in_range = claims = months = 0
             early_peak = None
             t0 = time.perf_counter()

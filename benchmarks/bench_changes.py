@@ -28,14 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
 
-from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
-from common import peak_rss_mb  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from backfill_setup import backfill_municipality, emulator_config
+from common import peak_rss_mb
+from sqlalchemy import text
 
-from fbs_debitor import change_delivery, change_detection, emulator, fingerprints, ledger, serviceplatformen  # noqa: E402
-from fbs_debitor.change_simulator import simulate  # noqa: E402
-from fbs_debitor.reconciliation import reconcile  # noqa: E402
-from fbs_debitor.transfer import run_transfer  # noqa: E402
+from fbs_debitor.changes import detection as change_detection
+from fbs_debitor.changes import sending as change_delivery
+from fbs_debitor.changes.reconciliation import reconcile
+from fbs_debitor.claims import fingerprints
+from fbs_debitor.core import ledger
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.sandbox import emulator
+from fbs_debitor.sandbox.change_simulator import simulate
+from fbs_debitor.transfer.run import run_transfer
 
 
 def main() -> int:

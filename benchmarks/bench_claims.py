@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from common import peak_rss_mb  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from common import peak_rss_mb
+from sqlalchemy import text
 
-from fbs_debitor import dry_run  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
-from fbs_debitor.settings import DatabaseUrls  # noqa: E402
-from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import init_stores, open_stores
+from fbs_debitor.sandbox.generator import generate
+from fbs_debitor.transfer import dry_run
 
 
 def main() -> int:

@@ -21,11 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
-from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
-from common import peak_rss_mb  # noqa: E402
+from backfill_setup import backfill_municipality, emulator_config
+from common import peak_rss_mb
 
-from fbs_debitor import emulator, ledger, serviceplatformen  # noqa: E402
-from fbs_debitor.transfer import run_transfer  # noqa: E402
+from fbs_debitor.core import ledger
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.sandbox import emulator
+from fbs_debitor.transfer.run import run_transfer
 
 
 class TimedClient(serviceplatformen.Client):

@@ -20,12 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
 
-from fbs_debitor import dq_checks, ledger  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
-from fbs_debitor.settings import DatabaseUrls  # noqa: E402
-from fbs_debitor.stores import init_stores, open_stores  # noqa: E402
+from fbs_debitor.core import ledger
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import init_stores, open_stores
+from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.sandbox.generator import generate
 
 
 def main() -> int:

@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 
-from common import peak_rss_mb  # noqa: E402
+from common import peak_rss_mb
 
-from fbs_debitor.db import make_engine, safe_url  # noqa: E402
-from fbs_debitor.generator import generate  # noqa: E402
-from fbs_debitor.settings import FBS_SCHEMA  # noqa: E402
-from fbs_debitor.stores import create_fbs_schema  # noqa: E402
+from fbs_debitor.core.db import make_engine, safe_url
+from fbs_debitor.core.settings import FBS_SCHEMA
+from fbs_debitor.core.stores import create_fbs_schema
+from fbs_debitor.sandbox.generator import generate
 
 
 def run(url: str, args: argparse.Namespace) -> None:

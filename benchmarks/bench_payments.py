@@ -31,12 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "tests")]
 os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
 
-from backfill_setup import backfill_municipality, emulator_config  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from backfill_setup import backfill_municipality, emulator_config
+from sqlalchemy import text
 
-from fbs_debitor import emulator, emulator_payments, ledger, payment_reconciliation, payments, serviceplatformen  # noqa: E402
-from fbs_debitor.inbox import FolderInbox  # noqa: E402
-from fbs_debitor.transfer import run_transfer  # noqa: E402
+from fbs_debitor.core import ledger
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.payments import apply as payments
+from fbs_debitor.payments import reconciliation as payment_reconciliation
+from fbs_debitor.payments.inbox import FolderInbox
+from fbs_debitor.sandbox import emulator, emulator_payments
+from fbs_debitor.transfer.run import run_transfer
 
 
 def peak_rss_mb() -> float:

@@ -45,13 +45,13 @@ CPR numbers never appear in full (`DDMMYY-****`). Databases: Airflow Connections
 def debitor_dq_report():
     @task(task_id="build_reports")
     def build_reports(data_interval_end=None) -> dict:
-        from fbs_debitor import dq_report
+        from fbs_debitor.quality import report as dq_report
 
         return dq_report.build_for_task(dq_report.report_date_for(data_interval_end).isoformat())
 
     @task(task_id="email_reports")
     def email_reports(built: dict) -> dict[str, int]:
-        from fbs_debitor import mailer
+        from fbs_debitor.quality import mailer
 
         return mailer.email_for_task(built["manifest"], built["report_date"])
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import MultipleCronTriggerTimetable, dag, task
 
-from fbs_debitor.payment_rhythm import pickup_crons
+from fbs_debitor.payments.rhythm import pickup_crons
 
 DOC_MD = """
 ### debitor_payments — payments and write-offs back to FBS (SF1590_B_01A DækningAfskrivning)
@@ -55,25 +55,25 @@ their BevaegelseID, write-backs by their key.
 def debitor_payments():
     @task(task_id="open_run")
     def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.open_run("payments", dag.dag_id, run_id, data_interval_start, data_interval_end)
 
     @task(task_id="ingest")
     def ingest(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.ingest_payments(ledger_run_id)
 
     @task(task_id="reconcile")
     def reconcile(ledger_run_id: str, ingested: dict[str, int]) -> dict[str, int]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.reconcile_payments(ledger_run_id)
 
     @task(task_id="differences", retries=0)
     def differences(result: dict[str, int]) -> int:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.payment_differences(result)
 

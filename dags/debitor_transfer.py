@@ -86,67 +86,67 @@ SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule"
 def debitor_transfer():
     @task(task_id="open_run")
     def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.open_run("transfer", dag.dag_id, run_id, data_interval_start, data_interval_end)
 
     @task(task_id="data_quality")
     def data_quality(ledger_run_id: str) -> dict:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.data_quality(ledger_run_id)
 
     @task(task_id="detect_cut_off")
     def detect_cut_off(ledger_run_id: str) -> list[dict]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.detect_cut_off(ledger_run_id)
 
     @task.short_circuit(task_id="regular_run")
     def regular_run(ledger_run_id: str, requests: list[dict], dag_run=None) -> bool:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.regular_run(ledger_run_id, dag_run.run_type)
 
     @task(task_id="resend_unconfirmed", **SENDING)
     def resend_unconfirmed(ledger_run_id: str) -> int:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.resend_unconfirmed(ledger_run_id)
 
     @task(task_id="build_and_send", **SENDING)
     def build_and_send(ledger_run_id: str, resent: int, ti=None) -> dict[str, int]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
     @task(task_id="send_changes", **SENDING)
     def send_changes(ledger_run_id: str, sent: dict[str, int]) -> dict[str, int]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.send_changes(ledger_run_id)
 
     @task(task_id="raise_staff_tasks", trigger_rule="all_done")
     def raise_staff_tasks(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.raise_staff_tasks(ledger_run_id)
 
     @task(task_id="close_run")
     def close_run(ledger_run_id: str, delivered: dict[str, int]) -> str:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.close_run(ledger_run_id)
 
     @task(task_id="held_agencies", retries=0)
     def held_agencies(dq: dict, closed: str) -> list[str]:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.held_agencies(dq)
 
     @task(task_id="undelivered", retries=0)
     def undelivered(delivered: dict[str, int], closed: str) -> int:
-        from fbs_debitor import dag_tasks
+        from fbs_debitor.airflow import tasks as dag_tasks
 
         return dag_tasks.undelivered(delivered)
 

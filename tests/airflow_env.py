@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fbs_debitor.settings import HOME, DatabaseUrls
+from fbs_debitor.core.settings import HOME, DatabaseUrls
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 

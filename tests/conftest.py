@@ -14,8 +14,8 @@ import os
 import pytest
 from aiosmtpd.controller import Controller
 
-from fbs_debitor.settings import DatabaseUrls
-from fbs_debitor.stores import init_stores, open_stores
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import init_stores, open_stores
 
 _db_counter = itertools.count()
 # One fingerprint key for the whole session (subprocesses and Airflow tasks inherit it), so a
@@ -110,7 +110,7 @@ def smtp_server():
                             loop=asyncio.new_event_loop())
     controller.start()
     try:
-        from fbs_debitor import mailer
+        from fbs_debitor.quality import mailer
 
         yield handler, mailer.SmtpSettings(host="127.0.0.1", port=port, from_email="fbs-debitor@kommune.example",
                                            timeout=10)

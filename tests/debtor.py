@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fbs_debitor import serviceplatformen
+from fbs_debitor.delivery import serviceplatformen
 
 UUIDS = {"service_agreement_uuid": "11111111-1111-4111-8111-111111111111",
          "user_system_uuid": "22222222-2222-4222-8222-222222222222",

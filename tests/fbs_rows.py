@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.core.db import db_value, is_sqlite
 
 _ids = itertools.count(1000)
 

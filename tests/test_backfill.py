@@ -22,11 +22,15 @@ from leaks import full_cpr_numbers
 from sqlalchemy import text
 from test_delivery import once_each, outbox, transfer
 
-from fbs_debitor import backfill, cut_off, delivery, emulator, ledger
-from fbs_debitor import claims as C
-from fbs_debitor.backfill import BackfillError, ChunkIncomplete, Request
-from fbs_debitor.db import as_date, db_value, is_sqlite
-from fbs_debitor.send_rate import Pacer
+from fbs_debitor.backfill import months as backfill
+from fbs_debitor.backfill.months import BackfillError, ChunkIncomplete, Request
+from fbs_debitor.claims import model as C
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import as_date, db_value, is_sqlite
+from fbs_debitor.delivery import outbox as delivery
+from fbs_debitor.delivery.send_rate import Pacer
+from fbs_debitor.eligibility import cut_off
+from fbs_debitor.sandbox import emulator
 
 AGENCY = "715100"
 BATCH = 3
@@ -589,7 +593,7 @@ def test_T3_pacer_holds_each_batch_after_the_first_to_the_rate():
 
 
 def test_T3_backfill_rate_setting(monkeypatch):
-    from fbs_debitor import send_rate
+    from fbs_debitor.delivery import send_rate
 
     monkeypatch.setenv("FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND", "0")
     assert send_rate.pacer_for_backfill() is None
@@ -799,7 +803,7 @@ def test_airflow_backfill_run_type_from_the_task_sdk_is_recognised(stores, monke
     runs of debitor_transfer must still be told apart (and send nothing)."""
     from airflow.sdk.api.datamodels._generated import DagRunType
 
-    from fbs_debitor import dag_tasks
+    from fbs_debitor.airflow import tasks as dag_tasks
 
     monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
     monkeypatch.setattr(stores, "dispose", lambda: None)

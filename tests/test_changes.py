@@ -16,8 +16,9 @@ from leaks import full_cpr_numbers
 from sqlalchemy import text
 from test_delivery import crash_at, municipality, tasks, transfer
 
-from fbs_debitor import emulator, ledger
-from fbs_debitor.db import db_value, is_sqlite
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import db_value, is_sqlite
+from fbs_debitor.sandbox import emulator
 
 AGENCY = "715100"
 REAL_CPR_1990 = "1705901003"   # born 17 May 1990 (the replacement patron's birth date), modulus-11 valid
@@ -432,7 +433,8 @@ def test_raised_amount_of_a_closed_liability_sends_no_new_claim_but_a_task_U1_P2
 
 def test_another_fingerprint_key_stops_the_change_detection_instead_of_sending_every_claim_U2(stores, emu_db,
                                                                                              monkeypatch):
-    from fbs_debitor import change_detection, fingerprints
+    from fbs_debitor.changes import detection as change_detection
+    from fbs_debitor.claims import fingerprints
 
     ids = municipality(stores, adults=2)
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
@@ -446,7 +448,7 @@ def test_another_fingerprint_key_stops_the_change_detection_instead_of_sending_e
 
 
 def test_history_shows_every_step_of_a_liability_in_order_with_cpr_masked_M2(stores, emu_db):
-    from fbs_debitor.history import format_history
+    from fbs_debitor.changes.history import format_history
 
     ids = municipality(stores, adults=2)
     fee = ids["adult"][0]
@@ -482,7 +484,7 @@ def _reject_cancellations(monkeypatch, code="FORDRING_I_INDDRIVELSE"):
     """A debtor system that refuses cancellations (the claim is at PSRM, ...) and keeps the claim live."""
     import copy
 
-    from fbs_debitor.emulator import _dr, _text
+    from fbs_debitor.sandbox.emulator import _dr, _text
 
     original = emulator.Emulator._change
 

@@ -15,11 +15,13 @@ from claim_rows import AGENCY, TODAY, representative_rows, row
 from lxml import etree
 from sqlalchemy import text
 
-from fbs_debitor import claim_stream, dry_run, messages
-from fbs_debitor import claims as C
-from fbs_debitor.claim_builder import build
-from fbs_debitor.identity import ReplacementCprRegistry
-from fbs_debitor.writeback import persist_replacement_cprs, raise_tasks
+from fbs_debitor.claims import messages
+from fbs_debitor.claims import model as C
+from fbs_debitor.claims import stream as claim_stream
+from fbs_debitor.claims.builder import build
+from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
+from fbs_debitor.core.identity import ReplacementCprRegistry
+from fbs_debitor.transfer import dry_run
 
 GOLDEN = Path(__file__).parent / "golden"
 CHILD_CPR = "0303154124"

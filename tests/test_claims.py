@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum.dk import cpr as std_cpr
 
-from fbs_debitor import claims as C
-from fbs_debitor.claim_builder import build
-from fbs_debitor.identity import (
+from fbs_debitor.claims import model as C
+from fbs_debitor.claims.builder import build
+from fbs_debitor.core.identity import (
     ReplacementCprRegistry,
     birth_date_from_cpr,
     century_digits,

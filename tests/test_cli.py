@@ -10,7 +10,7 @@ import sys
 
 from leaks import full_cpr_numbers
 
-from fbs_debitor.settings import HOME
+from fbs_debitor.core.settings import HOME
 
 
 def cli(db_urls, tmp_path, *args, **env_over):
@@ -57,7 +57,7 @@ def test_cli_transfer_without_a_serviceplatformen_connection_says_so_and_sends_n
 def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls, tmp_path):
     from debtor import connection_json
 
-    from fbs_debitor import emulator
+    from fbs_debitor.sandbox import emulator
 
     assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
     emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
@@ -100,8 +100,8 @@ def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1
     from debtor import connection_json
     from sqlalchemy import text
 
-    from fbs_debitor import emulator
-    from fbs_debitor.stores import open_stores
+    from fbs_debitor.core.stores import open_stores
+    from fbs_debitor.sandbox import emulator
 
     assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
     emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"

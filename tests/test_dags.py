@@ -13,9 +13,10 @@ from airflow_env import airflow_env, dags_test, run_airflow
 from leaks import full_cpr_numbers
 from sqlalchemy import text
 
-from fbs_debitor import emulator, ledger
-from fbs_debitor.eligibility import BLOCKED, ELIGIBLE, OUT_OF_SCOPE
-from fbs_debitor.settings import HOME
+from fbs_debitor.core import ledger
+from fbs_debitor.core.settings import HOME
+from fbs_debitor.eligibility.rules import BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.sandbox import emulator
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_all_dags_import_without_errors(dagbag):
     assert "debitor_transfer" in dagbag.dags
 
 
-LIGHT = "from fbs_debitor.payment_rhythm import pickup_crons"   # the schedule is configuration, read at parse time
+LIGHT = "from fbs_debitor.payments.rhythm import pickup_crons"   # the schedule is configuration, read at parse time
 
 
 def test_dag_files_keep_heavy_imports_out_of_module_level():
@@ -41,10 +42,10 @@ def test_dag_files_keep_heavy_imports_out_of_module_level():
         heavy = [line for line in top_level if line != LIGHT
                  and re.search(r"\b(pandas|lxml|zeep|great_expectations|fbs_debitor|sqlalchemy)\b", line)]
         assert heavy == [], f"{path.name}: {heavy}"
-    rhythm_imports = [line for line in (HOME / "plugins/fbs_debitor/payment_rhythm.py").read_text().splitlines()
+    rhythm_imports = [line for line in (HOME / "plugins/fbs_debitor/payments/rhythm.py").read_text().splitlines()
                       if re.match(r"^(import|from) ", line)]
     assert {line.split()[1] for line in rhythm_imports} <= {"__future__", "datetime", "os", "dataclasses", "zoneinfo",
-                                                            "fbs_debitor.settings"}
+                                                            "fbs_debitor.core.settings"}
 
 
 def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypatch):
@@ -54,7 +55,7 @@ def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypat
     assert dag.max_active_runs == 1 and dag.catchup is False and dag.doc_md
     assert [t.task_id for t in dag.topological_sort()] == ["open_run", "ingest", "reconcile", "differences"]
     assert dag.get_task("differences").retries == 0 and dag.get_task("ingest").retries >= 1
-    from fbs_debitor.payment_rhythm import pickup_crons
+    from fbs_debitor.payments.rhythm import pickup_crons
 
     monkeypatch.setenv("FBS_DEBITOR_PAYMENT_VENDORS", "KMD_OPUS")
     assert pickup_crons() == ["0 5 * * *"]
@@ -129,7 +130,7 @@ def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_
 def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_ledger_run(stores, monkeypatch):
     """`airflow backfill create` on debitor_transfer: transfer is by state (T1), so a run per past
     interval would repeat the newest run; such runs stop after the cut-off check (regular_run)."""
-    from fbs_debitor import dag_tasks
+    from fbs_debitor.airflow import tasks as dag_tasks
 
     monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
     monkeypatch.setattr(stores, "dispose", lambda: None)
@@ -243,7 +244,7 @@ def test_daily_report_dag_emails_each_branch_its_report_M4(stores, db_urls, tmp_
     import email
     import json
 
-    from fbs_debitor.transfer import run_assessment
+    from fbs_debitor.transfer.run import run_assessment
 
     with stores.fbs.connect() as conn:
         fr.agency(conn)
@@ -276,7 +277,7 @@ def test_payments_dag_applies_the_files_writes_fbs_and_reconciles_through_airflo
     """debitor_payments through `airflow dags test`: the emulator's nightly file and a truncated file
     in the inbox; the good one is applied to the ledger and FBS, the bad one quarantined (the run
     still succeeds), and the run's reconciliation report is written."""
-    from fbs_debitor import emulator_payments
+    from fbs_debitor.sandbox import emulator_payments
 
     with stores.fbs.connect() as conn:
         fr.agency(conn)
@@ -285,7 +286,7 @@ def test_payments_dag_applies_the_files_writes_fbs_and_reconciles_through_airflo
         conn.commit()
     emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
     with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
-        from fbs_debitor.transfer import run_transfer
+        from fbs_debitor.transfer.run import run_transfer
 
         run_transfer(stores, client, data_quality=False)
     inbox = tmp_path / "inbox"

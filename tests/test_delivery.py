@@ -20,9 +20,11 @@ from certs import certificates
 from leaks import full_cpr_numbers
 from sqlalchemy import text
 
-from fbs_debitor import delivery, emulator, ledger
-from fbs_debitor.settings import HOME
-from fbs_debitor.transfer import run_transfer
+from fbs_debitor.core import ledger
+from fbs_debitor.core.settings import HOME
+from fbs_debitor.delivery import outbox as delivery
+from fbs_debitor.sandbox import emulator
+from fbs_debitor.transfer.run import run_transfer
 
 CHILD_CPR = "0303154124"
 BATCH = 3

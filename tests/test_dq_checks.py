@@ -11,10 +11,12 @@ import pytest
 from leaks import full_cpr_numbers
 from sqlalchemy import text
 
-from fbs_debitor import dq_catalog, dq_checks, ledger
-from fbs_debitor.db import db_value, is_sqlite
-from fbs_debitor.eligibility import ELIGIBLE
-from fbs_debitor.transfer import run_assessment
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import db_value, is_sqlite
+from fbs_debitor.eligibility.rules import ELIGIBLE
+from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.transfer.run import run_assessment
 
 TODAY = dt.date(2026, 11, 20)
 CHILD_CPR = "0303154124"
@@ -216,7 +218,7 @@ def resolution_of(stores, liability_id):
 
 
 def test_lifecycle_a_data_fix_is_fixed_a_closed_liability_left_the_batch(stores, agencies, tmp_path):
-    from fbs_debitor import dq_report
+    from fbs_debitor.quality import report as dq_report
 
     fixed_company = fr.patron(agencies, kind="company", cvr=fr.INVALID_CVR, ean="5790000123452")
     fixed = fr.liability(agencies, fixed_company["patron_id"])["liability_id"]
@@ -259,10 +261,10 @@ def test_every_code_a_finding_can_carry_is_in_the_catalog_so_it_can_be_resolved(
     import re
     from pathlib import Path
 
-    from fbs_debitor import eligibility
+    from fbs_debitor.eligibility import rules as eligibility
 
     builder_rules = set(re.findall(r'_Stop\("([A-Z0-9]+)"',
-                                   (Path(dq_checks.__file__).parent / "claim_builder.py").read_text()))
+                                   (Path(dq_checks.__file__).parents[1] / "claims" / "builder.py").read_text()))
     assert builder_rules <= set(eligibility.CHECK_CODES)
     codes = set(eligibility.CHECK_CODES.values()) | set(dq_checks.LIABILITY_CHECKS) | {dq_checks.AGENCY_CHECK}
     assert codes <= set(dq_catalog.CHECKS)

@@ -22,9 +22,12 @@ from lxml import html as lxml_html
 from pgcluster import free_port
 from sqlalchemy import event, text
 
-from fbs_debitor import dq_catalog, dq_report, ledger, mailer
-from fbs_debitor.db import db_value, is_sqlite
-from fbs_debitor.settings import HOME
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import db_value, is_sqlite
+from fbs_debitor.core.settings import HOME
+from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality import mailer
+from fbs_debitor.quality import report as dq_report
 
 TODAY = dt.date(2026, 11, 20)
 A1, A2 = "715100", "751000"

@@ -9,10 +9,11 @@ import fbs_rows as fr
 import pytest
 from sqlalchemy import text
 
-from fbs_debitor import eligibility, ledger
-from fbs_debitor.db import db_value, is_sqlite
-from fbs_debitor.eligibility import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
-from fbs_debitor.transfer import run_assessment
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import db_value, is_sqlite
+from fbs_debitor.eligibility import rules as eligibility
+from fbs_debitor.eligibility.rules import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.transfer.run import run_assessment
 
 
 def verdicts(stores, page_size=None) -> dict[int, tuple[str, str]]:

@@ -18,10 +18,11 @@ from certs import certificates
 from claim_rows import AGENCY, TODAY, representative_rows
 from lxml import etree
 
-from fbs_debitor import emulator, messages
-from fbs_debitor.claim_builder import build
-from fbs_debitor.identity import ReplacementCprRegistry
-from fbs_debitor.sf1590_mapping import NS_DR, NS_F, NS_IC
+from fbs_debitor.claims import messages
+from fbs_debitor.claims.builder import build
+from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
+from fbs_debitor.core.identity import ReplacementCprRegistry
+from fbs_debitor.sandbox import emulator
 
 SOAP = emulator.SOAP_NS
 ACTION = emulator.ACTION_PREFIX
@@ -300,7 +301,7 @@ def test_emulator_refuses_non_loopback_and_unknown_settings(emu_db):
 
 def test_masking_and_logs_never_show_a_full_cpr(emu_db, caplog):
     assert fr.ADULT_CPR not in emulator.mask_payload(envelope(batch_root()))
-    caplog.set_level("DEBUG", logger="fbs_debitor.emulator")
+    caplog.set_level("DEBUG", logger="fbs_debitor.sandbox.emulator")
     with emulator.Emulator("PRISME", emu_db) as emu:
         post(emu.url, envelope(batch_root()))
     assert caplog.records

@@ -22,10 +22,10 @@ from stdnum import ean as stdnum_ean
 from stdnum.dk import cpr as stdnum_cpr
 from stdnum.dk import cvr as stdnum_cvr
 
-from fbs_debitor.db import as_amount, as_bool, as_date, as_datetime, make_engine
-from fbs_debitor.generator import MIN_PATRONS, generate
-from fbs_debitor.settings import FBS_SCHEMA
-from fbs_debitor.stores import FBS_TABLES, create_fbs_schema, init_stores, open_stores
+from fbs_debitor.core.db import as_amount, as_bool, as_date, as_datetime, make_engine
+from fbs_debitor.core.settings import FBS_SCHEMA
+from fbs_debitor.core.stores import FBS_TABLES, create_fbs_schema, init_stores, open_stores
+from fbs_debitor.sandbox.generator import MIN_PATRONS, generate
 
 AS_OF = dt.date(2025, 6, 1)
 AS_OF_START = dt.datetime(2025, 6, 1)

@@ -15,10 +15,13 @@ from leaks import full_cpr_numbers
 from sqlalchemy import text
 from test_delivery import municipality, tasks, transfer
 
-from fbs_debitor import emulator, emulator_payments, ledger, payment_reconciliation, payments
-from fbs_debitor.inbox import FolderInbox
-from fbs_debitor.payment_files import Movement, to_xml, write_atomically
-from fbs_debitor.payment_rhythm import rhythm
+from fbs_debitor.core import ledger
+from fbs_debitor.payments import apply as payments
+from fbs_debitor.payments import reconciliation as payment_reconciliation
+from fbs_debitor.payments.files import Movement, to_xml, write_atomically
+from fbs_debitor.payments.inbox import FolderInbox
+from fbs_debitor.payments.rhythm import rhythm
+from fbs_debitor.sandbox import emulator, emulator_payments
 
 AGENCY = "715100"
 UNTIL = dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Copenhagen"))

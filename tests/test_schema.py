@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import inspect, text
 
-from fbs_debitor import migrations
-from fbs_debitor.db import as_amount, as_bool, as_date, as_datetime, bulk_insert, split_statements
-from fbs_debitor.stores import FBS_TABLES, create_fbs_schema
+from fbs_debitor.core import migrations
+from fbs_debitor.core.db import as_amount, as_bool, as_date, as_datetime, bulk_insert, split_statements
+from fbs_debitor.core.stores import FBS_TABLES, create_fbs_schema
 
 # The column contract of the issue: other tools rely on these names.
 CONTRACT = {
@@ -153,7 +153,7 @@ def test_database_errors_never_show_the_cpr_numbers_they_were_writing(stores):
 
     from leaks import full_cpr_numbers
 
-    from fbs_debitor.writeback import ReplacementCprConflict, persist_replacement_cprs
+    from fbs_debitor.claims.writeback import ReplacementCprConflict, persist_replacement_cprs
 
     with stores.fbs.connect() as conn:
         fr.agency(conn)

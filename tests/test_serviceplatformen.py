@@ -20,9 +20,11 @@ from lxml import etree
 from test_emulator import REPLACEMENT_FID, batch_root
 from zeep.exceptions import Fault, TransportError
 
-from fbs_debitor import emulator, messages, serviceplatformen
-from fbs_debitor import sf1590_mapping as mapping
-from fbs_debitor.sf1590_mapping import NS_IC
+from fbs_debitor.claims import messages
+from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.claims.sf1590 import NS_IC
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.sandbox import emulator
 
 FIDS = {"FBS-715100-1", REPLACEMENT_FID, "FBS-715100-4"}
 PROD = "https://prod.serviceplatformen.dk/service/OIR/DebitorRegistreringAfsend/1"
@@ -242,7 +244,7 @@ def test_invocation_context_with_on_behalf_of_stays_schema_valid():
 
 
 def test_the_emulator_receives_the_invocation_context_header(emu_db, caplog):
-    caplog.set_level(logging.DEBUG, logger="fbs_debitor.emulator")
+    caplog.set_level(logging.DEBUG, logger="fbs_debitor.sandbox.emulator")
     upper = {k: v.upper() for k, v in {**UUIDS, "user_uuid": "abcdef12-3456-4abc-8def-abcdef123456"}.items()}
     with emulator.Emulator("KMD_OPUS", emu_db) as emu, make_client(emu.url, **upper) as client:
         answer = client.call(batch_root())
@@ -520,7 +522,7 @@ def test_a_call_logs_no_payload_and_no_full_cpr_at_debug(emu_db, caplog):
     assert full_cpr_numbers(caplog.text) == []
     assert fr.ADULT_CPR not in caplog.text and fr.ADULT2_CPR not in caplog.text
     # the emulator logs its (masked) payload by design; nothing on the client's side logs any envelope
-    client_side = [r for r in caplog.records if not r.name.startswith("fbs_debitor.emulator")]
+    client_side = [r for r in caplog.records if not r.name.startswith("fbs_debitor.sandbox.emulator")]
     assert client_side
     for record in client_side:
         text = record.getMessage()

@@ -9,9 +9,9 @@ import sys
 
 from sqlalchemy import text
 
-from fbs_debitor import ledger, settings
-from fbs_debitor.db import safe_url
-from fbs_debitor.stores import Stores, init_stores, open_stores
+from fbs_debitor.core import ledger, settings
+from fbs_debitor.core.db import safe_url
+from fbs_debitor.core.stores import Stores, init_stores, open_stores
 
 
 def _stores() -> Stores:
@@ -28,7 +28,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from fbs_debitor.generator import generate
+    from fbs_debitor.sandbox.generator import generate
 
     stores = _stores()
     init_stores(stores)
@@ -52,8 +52,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_assess(args) -> int:
-    from fbs_debitor.summary import format_run
-    from fbs_debitor.transfer import run_assessment
+    from fbs_debitor.transfer.run import run_assessment
+    from fbs_debitor.transfer.summary import format_run
 
     stores = _stores()
     init_stores(stores)
@@ -65,7 +65,7 @@ def cmd_assess(args) -> int:
 def cmd_transfer(args) -> int:
     from pathlib import Path
 
-    from fbs_debitor import dry_run
+    from fbs_debitor.transfer import dry_run
 
     stores = _stores()
     init_stores(stores)
@@ -73,9 +73,9 @@ def cmd_transfer(args) -> int:
         summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
         print(dry_run.format_summary(summary))
         return 0
-    from fbs_debitor import serviceplatformen
-    from fbs_debitor.summary import format_run
-    from fbs_debitor.transfer import run_transfer
+    from fbs_debitor.delivery import serviceplatformen
+    from fbs_debitor.transfer.run import run_transfer
+    from fbs_debitor.transfer.summary import format_run
 
     try:
         config = serviceplatformen.config_from_env()
@@ -97,7 +97,8 @@ def cmd_transfer(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from fbs_debitor import dq_report, mailer
+    from fbs_debitor.quality import mailer
+    from fbs_debitor.quality import report as dq_report
 
     stores = _stores()
     init_stores(stores)
@@ -123,7 +124,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from fbs_debitor.summary import format_payments_run, format_run
+    from fbs_debitor.transfer.summary import format_payments_run, format_run
 
     stores = _stores()
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
@@ -144,7 +145,10 @@ def cmd_reconcile(args) -> int:
     difference listed and written to a CSV."""
     from pathlib import Path
 
-    from fbs_debitor import emulator, emulator_payments, fingerprints, payment_reconciliation, reconciliation
+    from fbs_debitor.changes import reconciliation
+    from fbs_debitor.claims import fingerprints
+    from fbs_debitor.payments import reconciliation as payment_reconciliation
+    from fbs_debitor.sandbox import emulator, emulator_payments
 
     stores = _stores()
     init_stores(stores)
@@ -182,8 +186,10 @@ def cmd_reconcile(args) -> int:
 
 def cmd_payments(args) -> int:
     """Apply the debtor system's waiting payment files now (what the debitor_payments DAG runs)."""
-    from fbs_debitor import inbox, payment_reconciliation, payments
-    from fbs_debitor.summary import format_payments_run
+    from fbs_debitor.payments import apply as payments
+    from fbs_debitor.payments import inbox
+    from fbs_debitor.payments import reconciliation as payment_reconciliation
+    from fbs_debitor.transfer.summary import format_payments_run
 
     stores = _stores()
     init_stores(stores)
@@ -214,7 +220,8 @@ def cmd_emulator_payments(args) -> int:
     """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
     from pathlib import Path
 
-    from fbs_debitor import emulator, emulator_payments, inbox
+    from fbs_debitor.payments import inbox
+    from fbs_debitor.sandbox import emulator, emulator_payments
 
     stores = _stores()
     with stores.fbs.connect() as conn:
@@ -235,7 +242,7 @@ def cmd_emulator_payments(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from fbs_debitor.history import format_history
+    from fbs_debitor.changes.history import format_history
 
     text_ = format_history(_stores(), args.liability_id)
     if text_ is None:
@@ -246,7 +253,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_simulate_changes(args) -> int:
-    from fbs_debitor.change_simulator import simulate
+    from fbs_debitor.sandbox.change_simulator import simulate
 
     done = simulate(_stores(), seed=args.seed, per_kind=args.per_kind)
     print("changed in FBS after the transfer: " + (", ".join(f"{k} {n}" for k, n in sorted(done.items())) or "nothing "
@@ -255,12 +262,12 @@ def cmd_simulate_changes(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from fbs_debitor import backfill
+    from fbs_debitor.backfill import months as backfill
 
     stores = _stores()
     init_stores(stores)
     if args.waiting:     # for scripts: one line per backfill detection handed over, not yet taken up
-        from fbs_debitor.cut_off import waiting_backfills
+        from fbs_debitor.eligibility.cut_off import waiting_backfills
 
         for b in waiting_backfills(stores.ledger):
             print(b["backfill_id"], b["agency"], b["cut_off_date"], b["batch_size"])
@@ -284,14 +291,14 @@ def cmd_backfill(args) -> int:
         return 0
     client = None
     if not plan.dry_run:
-        from fbs_debitor import serviceplatformen
+        from fbs_debitor.delivery import serviceplatformen
 
         try:
             client = serviceplatformen.Client(serviceplatformen.config_from_env())
         except serviceplatformen.ConfigError as exc:
             print(f"not sent: {exc}", file=sys.stderr)
             return 2
-    from fbs_debitor import send_rate
+    from fbs_debitor.delivery import send_rate
 
     pacer = None if plan.dry_run else send_rate.pacer_for_backfill()
     failed = 0
@@ -322,7 +329,7 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_simulate_cut_off(args) -> int:
-    from fbs_debitor.cut_off import simulate_move
+    from fbs_debitor.eligibility.cut_off import simulate_move
 
     moved = simulate_move(_stores(), dt.date.fromisoformat(args.to) if args.to else None, args.agency or None)
     for agency_id, (old, new) in moved.items():
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
-        from fbs_debitor.emulator import serve
+        from fbs_debitor.sandbox.emulator import serve
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve(argv[1:])

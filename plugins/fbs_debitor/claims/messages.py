@@ -1,0 +1,190 @@
+"""SF1590 messages: built claims grouped into batches, and every message validated against the
+schema before anything leaves the process. An invalid message is a bug in fbs-debitor, reported
+with the liability and the failing element (never with the identifiers' values).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import cache
+
+from lxml import etree
+
+from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.claims.model import Account
+from fbs_debitor.core.settings import XSD_DIR
+
+BATCH_NAMESPACE = uuid.UUID("0f1f6d0c-6a52-4d57-9d0e-5a3f2f3c1590")
+
+
+class InvalidMessage(RuntimeError):
+    """A built message does not validate: a bug, never sent."""
+
+    def __init__(self, liability_ids: list[int], element: str, reason: str):
+        super().__init__(f"invalid SF1590 message for liabilities {liability_ids}: element {element}: {reason}")
+        self.liability_ids, self.element, self.reason = liability_ids, element, reason
+
+
+@cache
+def schema(filename: str) -> etree.XMLSchema:
+    # The schemas are the project's own files; the parser reads nothing from the network.
+    parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    return etree.XMLSchema(etree.parse(str(XSD_DIR / filename), parser))
+
+
+def schema_for(root: etree._Element) -> etree.XMLSchema:
+    return schema(mapping.SCHEMAS[root.tag])
+
+
+class UnsafeXml(ValueError):
+    """A document type declaration or an entity: never parsed (XXE, entity expansion)."""
+
+
+_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def safe_parser() -> etree.XMLParser:
+    """For XML from outside: no DTD loaded, no entity resolved, nothing read from the network,
+    no huge trees."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
+                           dtd_validation=False, remove_comments=True, remove_pis=True)
+
+
+def parse_untrusted(data: bytes) -> etree._Element:
+    """Parse XML received from outside. A DTD or entity declaration raises UnsafeXml before the
+    parser sees it (and again if the parser finds one the pattern missed, e.g. in UTF-16); not
+    well-formed XML raises lxml's XMLSyntaxError."""
+    if _DTD.search(data):
+        raise UnsafeXml("DTDs and entities are not allowed")
+    doc = etree.fromstring(data, safe_parser()).getroottree()
+    if doc.docinfo.doctype or doc.docinfo.internalDTD is not None:
+        raise UnsafeXml("DTDs and entities are not allowed")
+    return doc.getroot()
+
+
+def schema_error(xsd: etree.XMLSchema) -> str:
+    """The schema's last error, line and reason, with quoted values dropped (never an identifier)."""
+    error = xsd.error_log.last_error
+    return f"line {error.line}: " + re.sub(r"'[^']*'", "'…'", error.message)
+
+
+@dataclass
+class Batch:
+    """One OpretDebitorkonto message: its transaction id is derived from the claims it holds, so
+    the same batch built again has the same id."""
+
+    number: int
+    agency_id: str
+    accounts: list[Account]
+    root: etree._Element
+    transaction_id: uuid.UUID
+
+    @property
+    def liability_ids(self) -> list[int]:
+        return [c.liability_id for a in self.accounts for c in a.claims]
+
+    def to_bytes(self, pretty: bool = False) -> bytes:
+        return etree.tostring(self.root, xml_declaration=True, encoding="UTF-8", pretty_print=pretty)
+
+
+def agency_of(row) -> dict:
+    """What ``build_batches`` needs of an agency, from a claim row (``claim_rows.sql``)."""
+    return {"agency_id": row.agency_id, "sender_system_uuid": row.sender_system_uuid,
+            "org_unit_uuid": row.org_unit_uuid}
+
+
+def merge_accounts(accounts: Iterable[Account]) -> list[Account]:
+    """Claims of the same debtor account (same type, identification, responsible party) travel
+    under one Debitorkonto."""
+    merged: dict[tuple, Account] = {}
+    for account in accounts:
+        key = account.key
+        if key in merged:
+            prev = merged[key]
+            merged[key] = Account(prev.account_type, prev.identification, prev.responsible, prev.p_number,
+                                  prev.ean, prev.claims + account.claims)
+        else:
+            merged[key] = account
+    return list(merged.values())
+
+
+def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -> None:
+    """Raise InvalidMessage naming the liabilities and the failing element when ``root`` is invalid.
+    ``liability_of`` maps FordringID to liability id for the message's claims."""
+    xsd = schema_for(root)
+    if xsd.validate(root):
+        return
+    error = xsd.error_log.last_error
+    try:
+        namespaces = {prefix: uri for prefix, uri in root.nsmap.items() if prefix}
+        nodes = root.getroottree().xpath(error.path, namespaces=namespaces) if error.path else []
+    except etree.XPathError:
+        nodes = []
+    failing = nodes[0] if nodes and isinstance(nodes[0], etree._Element) else None
+    element, liability_ids = "?", sorted(set((liability_of or {}).values()))
+    if failing is not None:
+        chain = [failing, *failing.iterancestors()]
+        element = "/".join(etree.QName(e).localname for e in reversed(chain))
+        scope = next((e for e in chain if etree.QName(e).localname in (mapping.CLAIM_ELEMENT, "Debitorkonto")), None)
+        if scope is not None:
+            liability_ids = [liability_of[f] for f in mapping.claim_ids_in(scope) if f in (liability_of or {})]
+    # libxml2 quotes the offending value; identifiers must not reach a log, so drop quoted values.
+    reason = re.sub(r"'[^']*'", "'…'", error.message)
+    raise InvalidMessage(liability_ids, element, reason)
+
+
+def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime | None = None,
+                  first_number: int = 1, rejected: list[InvalidMessage] | None = None) -> Iterator[Batch]:
+    """Group one agency's accounts (one page of them: merging is per call) into validated batches
+    of at most ``batch_size`` claims.
+
+    An invalid message is a bug. Without ``rejected`` it raises InvalidMessage; with a list, the
+    claims the error points to are taken out of the batch and the error is appended to the list,
+    so one bad record cannot hold back the rest (nothing else is lost, nothing invalid is sent)."""
+    at = at or dt.datetime.now().astimezone()
+    number = first_number
+    pending: list[Account] = []
+    count = 0
+
+    def flush(accounts_in_batch: list[Account]) -> Batch | None:
+        while accounts_in_batch:
+            fordring_ids = sorted(c.fordring_id for a in accounts_in_batch for c in a.claims)
+            tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))
+            root = mapping.create_request(accounts_in_batch, tid, at, agency["sender_system_uuid"],
+                                          agency["org_unit_uuid"])
+            try:
+                validate(root, {c.fordring_id: c.liability_id for a in accounts_in_batch for c in a.claims})
+            except InvalidMessage as error:
+                if rejected is None:
+                    raise
+                rejected.append(error)
+                bad = set(error.liability_ids) or {c.liability_id for a in accounts_in_batch for c in a.claims}
+                accounts_in_batch = [replace(a, claims=tuple(c for c in a.claims if c.liability_id not in bad))
+                                     for a in accounts_in_batch]
+                accounts_in_batch = [a for a in accounts_in_batch if a.claims]
+                continue
+            return Batch(number, agency["agency_id"], accounts_in_batch, root, tid)
+        return None
+
+    for account in merge_accounts(accounts):
+        claims = list(account.claims)
+        while claims:
+            room = batch_size - count
+            if room <= 0:
+                batch = flush(pending)
+                if batch:
+                    yield batch
+                    number += 1
+                pending, count = [], 0
+                room = batch_size
+            part, claims = claims[:room], claims[room:]
+            pending.append(replace(account, claims=tuple(part)))
+            count += len(part)
+    if pending:
+        batch = flush(pending)
+        if batch:
+            yield batch

@@ -1,0 +1,207 @@
+"""Reading and writing the ledger: runs, their counts, and findings.
+
+Every write is keyed so that repeating it (a retried Airflow task, a rerun after a crash) leaves
+the same rows: runs by their id, counts by (run, agency, category, rule), findings by their key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.core.db import as_datetime, chunked, db_value, is_sqlite
+from fbs_debitor.core.identity import mask_cprs_in
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now().replace(microsecond=0)
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+def start_run(ledger: Engine, kind: str, *, airflow_dag_id: str | None = None, airflow_run_id: str | None = None,
+              interval: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
+              run_id: str | None = None) -> str:
+    """Record a run as started and return its id. Runs left 'running' by a killed worker are
+    closed as failed first, so the ledger never shows two live runs of the same kind."""
+    run_id = run_id or str(uuid.uuid4())
+    sqlite = is_sqlite(ledger)
+    started = now()
+    with ledger.begin() as conn:
+        conn.execute(text("UPDATE run SET status = 'failed', finished_at = :t, "
+                          "error = 'abandoned: a later run started while this one was still marked running' "
+                          "WHERE kind = :k AND status = 'running' AND run_id <> :r"),
+                     {"t": db_value(started, sqlite), "k": kind, "r": run_id})
+        exists = conn.execute(text("SELECT 1 FROM run WHERE run_id = :r"), {"r": run_id}).first()
+        if exists:
+            conn.execute(text("UPDATE run SET status = 'running', finished_at = NULL, error = NULL WHERE run_id = :r"),
+                         {"r": run_id})
+        else:
+            conn.execute(
+                text("INSERT INTO run (run_id, kind, airflow_dag_id, airflow_run_id, data_interval_start, "
+                     "data_interval_end, started_at, status) VALUES (:r, :k, :d, :a, :s, :e, :t, 'running')"),
+                {"r": run_id, "k": kind, "d": airflow_dag_id, "a": airflow_run_id,
+                 "s": db_value(_naive(interval[0]), sqlite), "e": db_value(_naive(interval[1]), sqlite),
+                 "t": db_value(started, sqlite)})
+    return run_id
+
+
+def _naive(value: dt.datetime | None) -> dt.datetime | None:
+    """Interval bounds are stored as naive UTC."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = None) -> None:
+    if status not in ("success", "failed"):
+        raise ValueError(status)
+    with ledger.begin() as conn:
+        conn.execute(text("UPDATE run SET status = :s, finished_at = :t, error = :e WHERE run_id = :r"),
+                     {"s": status, "t": db_value(now(), is_sqlite(ledger)),
+                      "e": mask_cprs_in(error)[:4000] if error else None, "r": run_id})
+
+
+def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:
+    """Replace the run's counts in these categories (a retried task writes the same run again, not
+    twice; the steps of a run each own their categories)."""
+    categories = sorted(set(categories) | {c for _, c, _ in counts})
+    with ledger.begin() as conn:
+        conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
+                     .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
+        if counts:
+            conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
+                              "VALUES (:r, :a, :c, :u, :n)"),
+                         [{"r": run_id, "a": a, "c": c, "u": u, "n": n} for (a, c, u), n in sorted(counts.items())])
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    kind: str
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    error: str | None
+    airflow_run_id: str | None
+
+
+def get_run(ledger: Engine, run_id: str | None = None, kind: str | None = None) -> RunInfo | None:
+    """A run by id, or the newest run (of ``kind`` when given)."""
+    sql = "SELECT run_id, kind, status, started_at, finished_at, error, airflow_run_id FROM run"
+    params: dict = {}
+    if run_id:
+        sql += " WHERE run_id = :r"
+        params["r"] = run_id
+    elif kind:
+        sql += " WHERE kind = :k"
+        params["k"] = kind
+    sql += " ORDER BY started_at DESC, run_id DESC LIMIT 1"
+    with ledger.connect() as conn:
+        row = conn.execute(text(sql), params).first()
+    if row is None:
+        return None
+    return RunInfo(row.run_id, row.kind, row.status, as_datetime(row.started_at), as_datetime(row.finished_at),
+                   row.error, row.airflow_run_id)
+
+
+def run_counts(ledger: Engine, run_id: str) -> Counter:
+    with ledger.connect() as conn:
+        rows = conn.execute(text("SELECT agency_id, category, rule, n FROM run_count WHERE run_id = :r"),
+                            {"r": run_id}).all()
+    return Counter({(r.agency_id, r.category, r.rule): int(r.n) for r in rows})
+
+
+# --- findings ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Finding:
+    check_code: str
+    rule: str
+    severity: str          # blocks_liability | blocks_agency | warning
+    agency_id: str
+    message: str           # never a full CPR number
+    subject: str           # what the finding is about, e.g. 'L123' or 'P45' or 'A715100'
+    branch_id: str | None = None
+    patron_id: int | None = None
+    liability_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.check_code}:{self.subject}"
+
+
+_UPSERT_FINDING = text(
+    "INSERT INTO finding (finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, "
+    "message, first_seen_at, last_seen_at, resolved_at, first_run_id, last_run_id) "
+    "VALUES (:k, :c, :u, :s, :a, :b, :p, :l, :m, :t, :t, NULL, :r, :r) "
+    "ON CONFLICT (finding_key) DO UPDATE SET last_seen_at = excluded.last_seen_at, "
+    "last_run_id = excluded.last_run_id, resolved_at = NULL, resolution = NULL, message = excluded.message, "
+    "severity = excluded.severity, branch_id = excluded.branch_id, patron_id = excluded.patron_id"
+)
+
+
+def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], seen_at: dt.datetime,
+                    batch: int = 5000) -> int:
+    """Record findings seen in this run: new ones get first_seen, known ones a new last_seen,
+    and a resolved one that is back is open again."""
+    sqlite = is_sqlite(ledger)
+    t = db_value(seen_at, sqlite)
+    n = 0
+    for part in chunked(findings, batch):
+        with ledger.begin() as conn:
+            conn.execute(_UPSERT_FINDING, [
+                {"k": f.key, "c": f.check_code, "u": f.rule, "s": f.severity, "a": f.agency_id, "b": f.branch_id,
+                 "p": f.patron_id, "l": f.liability_id, "m": f.message, "t": t, "r": run_id} for f in part])
+        n += len(part)
+    return n
+
+
+def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
+                    skip_agencies: Iterable[str] = (), agency_id: str | None = None) -> list:
+    """Open findings of these checks that this run did not see again (finding_key, agency_id,
+    liability_id), leaving out the agencies named (e.g. held: nothing was checked there); of one
+    agency only when ``agency_id`` is given (a backfill month)."""
+    codes = sorted(set(check_codes))
+    if not codes:
+        return []
+    query = text("SELECT finding_key, agency_id, liability_id FROM finding WHERE resolved_at IS NULL "
+                 "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r) "
+                 "AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
+                 ).bindparams(bindparam("codes", expanding=True))
+    skip = set(skip_agencies)
+    with ledger.connect() as conn:
+        return [r for r in conn.execute(query, {"codes": codes, "r": run_id, "a": agency_id})
+                if r.agency_id not in skip]
+
+
+def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resolved_at: dt.datetime,
+                     batch: int = 5000) -> int:
+    """Mark findings resolved, saying why (``fixed`` or ``left_batch``)."""
+    if resolution not in ("fixed", "left_batch"):
+        raise ValueError(resolution)
+    update = text("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
+                  "AND finding_key IN :keys").bindparams(bindparam("keys", expanding=True))
+    n = 0
+    t = db_value(resolved_at, is_sqlite(ledger))
+    for part in chunked(keys, batch):
+        with ledger.begin() as conn:
+            n += conn.execute(update, {"t": t, "why": resolution, "keys": part}).rowcount
+    return n
+
+
+def open_findings(ledger: Engine, agency_id: str | None = None) -> list:
+    sql = ("SELECT finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, message, "
+           "first_seen_at, last_seen_at FROM finding WHERE resolved_at IS NULL")
+    params = {}
+    if agency_id:
+        sql += " AND agency_id = :a"
+        params["a"] = agency_id
+    with ledger.connect() as conn:
+        return conn.execute(text(sql + " ORDER BY first_seen_at, finding_key"), params).all()

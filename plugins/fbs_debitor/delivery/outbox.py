@@ -1,0 +1,456 @@
+"""Delivery: built claims to the debtor system exactly once, through the ledger's outbox.
+
+The order of writes is what makes it exactly-once:
+
+1. FBS first: new replacement CPR numbers (I1: kept from the first transfer on) and C5 tasks are
+   written to FBS before a claim can reach the debtor system, so a claim rebuilt after a crash
+   carries the same number.
+2. Recorded: one ledger transaction per batch inserts the claim (its stable FordringID) and its
+   outbox message, key ``<liability>:<version>``, state ``pending``. Nothing has left the process.
+3. Sent: before every transmission the messages are marked ``sent`` and their attempts counted
+   (committed), then the batch goes out. The receiver keys every claim by its FordringID and
+   answers a repeat with its first answer, so a repeat never bills twice.
+4. Answered: each receipt moves its message to ``accepted`` (with the debtor system's reference)
+   or ``rejected`` (with its code and text). A rejection is permanent: it is not sent again but
+   becomes a staff task (``delivery_tasks``, M1).
+
+A crash or timeout anywhere leaves messages ``pending`` or ``sent``; the next run's
+``resend_unconfirmed`` rebuilds exactly those from FBS and sends them again under the same keys
+before anything new goes. Whatever the receiver did with the lost attempt, the claim ends up
+there once. Every step is in the audit trail (``event``, M2); no event holds a full CPR number.
+
+Rebuilt content: messages are not stored (they hold CPR numbers); a resend is rebuilt from FBS
+under its RECORDED FordringID and its fingerprint compared with the recorded one. If FBS changed in
+between, the content as it is now goes under the same key (a receiver that already had the first
+keeps the first); the recorded fingerprint then stays the first one unless the message never left
+(0 attempts), and the change is recorded as an event so that keeping sent claims true (U1/U2) can
+reconcile it. A message that never left and whose liability is no longer open is withdrawn
+(as if never recorded). One that cannot be sent again as it was (the liability moved agency,
+vanished from FBS, or no longer builds) is never sent under another key: it stays unconfirmed
+with ``error_code`` NOT_REBUILDABLE, staff get a task at once, and it goes when the data is fixed.
+
+An outage is rarely one batch's: once a batch got no answer despite every retry, the rest of the
+run records and sends nothing new (``Link``); those liabilities simply wait for the next run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lxml import etree
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from fbs_debitor.claims import fingerprints, messages
+from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.claims import stream as claim_stream
+from fbs_debitor.claims.builder import build
+from fbs_debitor.claims.model import Account
+from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import db_value, in_query, is_sqlite
+from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
+from fbs_debitor.core.stores import Stores
+from fbs_debitor.delivery.send_rate import Pacer
+from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError
+
+log = logging.getLogger(__name__)
+
+CREATE = "OpretDebitorkonto"
+NOT_REBUILDABLE = "NOT_REBUILDABLE"
+CREATE_VERSION = 1
+UNCONFIRMED_STATES = ("pending", "sent")
+ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
+DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
+
+
+@dataclass
+class Link:
+    """The line to the debtor system within one run: ``down`` says why it was given up; ``pacer``
+    (a backfill's) holds each batch back to the configured maximum send rate."""
+
+    down: str | None = None
+    pacer: Pacer | None = None
+
+
+def message_key(liability_id: int, version: int = CREATE_VERSION) -> str:
+    return f"{liability_id}:{version}"
+
+
+def fingerprint(account: Account) -> str:
+    """SHA-256 of the canonical XML of one claim's debtor account: what the message says."""
+    holder = etree.Element("x")
+    mapping.account_element(holder, account)
+    return hashlib.sha256(etree.tostring(holder[0], method="c14n")).hexdigest()
+
+
+def rule_of(error_code: str | None) -> str:
+    """The rule behind a rejection code (``I3_ERSTATNINGS_CPR`` -> ``I3``), else the code itself."""
+    if not error_code:
+        return "-"
+    m = re.match(r"^([A-Z]\d+)_", error_code)
+    return m.group(1) if m else error_code[:30]
+
+
+def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
+               at: dt.datetime) -> None:
+    """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
+    since the epoch when written, plus the row's place in the call)."""
+    base = time.time_ns()
+    params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
+               "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
+    if params:
+        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
+                          "seq) VALUES (:e, :l, :t, :k, :m, :r, :d, :s)"), params)
+
+
+# --- the outbox's state changes -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tracked:
+    """What a creation tells the debtor system, kept on the claim for the change detection: the
+    message's fingerprint, and the keyed prints of its parties and of the FBS fields they came from."""
+
+    fingerprint: str
+    identity_print: str
+    source_print: str
+
+
+def tracked(account: Account, row, secret: bytes) -> Tracked:
+    from fbs_debitor.changes.detection import source_print
+
+    ident, resp = account.identification, account.responsible
+    return Tracked(fingerprint(account),
+                   fingerprints.identity_print(ident.id_kind, ident.number, resp.id_kind, resp.number, secret),
+                   source_print(row, secret))
+
+
+def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:
+    """Step 2: the batch's claims and messages, ``pending``, in one transaction. The claim keeps
+    what the debtor system is being told (amount, live, parties' prints) for the change detection."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        claims = [c for a in batch.accounts for c in a.claims]
+        conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                          "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
+                          "identity_print, source_print, fbs_status, checked_at) "
+                          "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)"),
+                     [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
+                       "r": run_id, "t": t, "m": db_value(c.amount, is_sqlite(conn)), "ip": prints[c.liability_id].identity_print,
+                       "sp": prints[c.liability_id].source_print} for c in claims])
+        conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
+                          "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
+                          "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)"),
+                     [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
+                       "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": t,
+                       "m": db_value(c.amount, is_sqlite(conn))} for c in claims])
+        add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
+                        f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
+
+
+def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], attempt: int) -> None:
+    """Step 3, before each transmission: ``sent``, one more attempt (committed before the call)."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        message_keys = [k for k, _ in keys.values()]
+        conn.execute(in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
+                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
+                     {"t": t, "r": run_id, "keys": message_keys})
+        conn.execute(in_query("UPDATE claim SET state = 'sent', updated_at = :t "
+                         "WHERE liability_id IN :ids AND state = 'pending'", "ids"),
+                     {"t": t, "ids": [lid for _, lid in keys.values()]})
+        add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
+
+
+def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
+                   receipts: list[mapping.Receipt]) -> Counter:
+    """Step 4: each receipt to its message. Returns accepted/rejected/unconfirmed counts."""
+    at = ledger.now()
+    by_key = {r.key: r for r in receipts if r.key in keys}
+    unknown = len({r.key for r in receipts} - set(keys))
+    if unknown:
+        log.warning("%d receipt(s) for claims not in the batch were ignored", unknown)
+    counts: Counter = Counter()
+    with ledger_engine.begin() as conn:
+        t = db_value(at, is_sqlite(conn))
+        accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id}
+                    for r in by_key.values() if r.accepted]
+        rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id,
+                     "c": mask_cprs_in(r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
+                    for r in by_key.values() if not r.accepted]
+        missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
+        if accepted:
+            conn.execute(text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
+                              "last_error = NULL, error_code = NULL, last_run_id = :r "
+                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), accepted)
+            conn.execute(text("UPDATE claim SET state = 'accepted', updated_at = :t "
+                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), accepted)
+        if rejected:
+            conn.execute(text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
+                              "error_code = :c, last_error = :e, last_run_id = :r "
+                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), rejected)
+            conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t "
+                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), rejected)
+        if missing:
+            conn.execute(text("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
+                              "last_run_id = :r WHERE message_key = :k"), missing)
+        add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {mask_cprs_in(p['ref'])}") for p in accepted]
+                + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
+    counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
+    return counts
+
+
+def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str,
+                   code: str | None = None) -> None:
+    """No answer: the messages stay where they are (``pending``/``sent``) with the error (and
+    NOT_REBUILDABLE as ``code`` when they cannot be sent again as they were); the next run tries
+    them again under the same keys."""
+    keys = list(keys)
+    if not keys:
+        return
+    with ledger_engine.begin() as conn:
+        conn.execute(in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
+                     {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": keys})
+
+
+# --- sending --------------------------------------------------------------------------------------
+
+def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
+               link: Link | None = None, versions: dict[str, int] | None = None) -> Counter:
+    """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
+    marked down: the caller sends nothing more this run. ``versions`` (FordringID -> message
+    version) for the later claims of a liability (an increase, U1); creations are version 1."""
+    versions = versions or {}
+    keys = {c.fordring_id: (message_key(c.liability_id, versions.get(c.fordring_id, CREATE_VERSION)), c.liability_id)
+            for a in batch.accounts for c in a.claims}
+    try:
+        answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
+    except DeliveryError as exc:
+        log.warning("batch %s (%d claims, agency %s) not confirmed: %s; it is sent again next run, and nothing "
+                    "more is sent in this one", batch.transaction_id, len(keys), batch.agency_id, exc)
+        record_failure(ledger_engine, run_id, [k for k, _ in keys.values()], str(exc))
+        if link is not None:
+            link.down = str(exc)
+        return Counter({UNCONFIRMED: len(keys)})
+    return answered(ledger_engine, run_id, keys, answer, f"batch {batch.transaction_id} (agency {batch.agency_id})")
+
+
+def answered(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], answer, what: str) -> Counter:
+    """Step 4 for one answered call (creations and changes alike), logged."""
+    counts = record_answers(ledger_engine, run_id, keys, answer.receipts)
+    log.info("%s: %d accepted, %d rejected, %d unconfirmed after %d attempt(s)", what, counts[ACCEPTED],
+             counts[REJECTED], counts[UNCONFIRMED], answer.attempts)
+    return counts
+
+
+def _batches(accounts_by_agency: dict[str, list[Account]], agencies: dict[str, dict], batch_size: int,
+             invalid: Counter):
+    for agency_id, accounts in accounts_by_agency.items():
+        errors: list[messages.InvalidMessage] = []
+        yield from messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors)
+        for error in errors:  # a bug in fbs-debitor, not in the data: loud, never sent
+            log.error("invalid SF1590 message, not sent (a bug): %s", error)
+            invalid[agency_id] += len(error.liability_ids) or 1
+
+
+def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream.Page, batch_size: int,
+                 link: Link | None = None) -> Counter:
+    """Write back, record and send one eligibility page's built claims. Returns counts keyed
+    (agency, category, rule) for what did not get as far as the debtor system (XSD bugs, a
+    replacement CPR taken meanwhile); the delivery outcome itself is read from the outbox."""
+    usable = [(row, built) for row, built in page.built if built.account is not None]
+    if not usable:
+        return Counter()
+    link = link or Link()
+    if link.down:     # the debtor system is not answering: these wait for the next run, unrecorded
+        return Counter((row.agency_id, "deferred", "outage") for row, _ in usable)
+    numbers = {p: n for _, b in usable for p, n in b.new_replacement_cprs.items()}
+    with stores.fbs.begin() as conn:   # step 1: FBS before the debtor system
+        stored = persist_replacement_cprs(conn, numbers)
+        new_tasks = raise_tasks(conn, [t for _, b in usable for t in b.tasks])
+    if new_tasks:
+        log.info("%d staff task(s) raised for minors' claims sent without a guardian (C5)", new_tasks)
+    lost = {p for p, n in numbers.items() if stored.get(p) != n}
+    secret = fingerprints.verify_key(stores.ledger)
+    deferred: Counter = Counter()
+    by_agency: dict[str, list[Account]] = defaultdict(list)
+    agencies: dict[str, dict] = {}
+    prints: dict[int, Tracked] = {}
+    for row, built in usable:
+        if lost & set(built.new_replacement_cprs):
+            deferred[(row.agency_id, "I1")] += 1     # another number won the race: rebuilt next run
+            continue
+        by_agency[row.agency_id].append(built.account)
+        agencies[row.agency_id] = messages.agency_of(row)
+        prints[row.liability_id] = tracked(built.account, row, secret)
+    invalid: Counter = Counter()
+    for batch in _batches(by_agency, agencies, batch_size, invalid):
+        if link.down:
+            deferred_outage = Counter(c.agency_id for a in batch.accounts for c in a.claims)
+            for agency_id, n in deferred_outage.items():
+                deferred[(agency_id, "outage")] += n
+            continue
+        if link.pacer is not None:
+            link.pacer.wait(len(batch.liability_ids))
+        record_batch(stores.ledger, run_id, batch, prints)
+        send_batch(stores.ledger, client, run_id, batch, link)
+    if deferred:
+        log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
+                    "meanwhile; outage: the debtor system stopped answering)", sum(deferred.values()))
+    return Counter({**{(a, "deferred", why): n for (a, why), n in deferred.items()},
+                    **{(a, "blocked", "XSD"): n for a, n in invalid.items()}})
+
+
+def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
+                       today: dt.date | None = None, link: Link | None = None) -> int:
+    """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
+    run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent."""
+    today = today or dt.date.today()
+    link = link or Link()
+    registry: ReplacementCprRegistry | None = None
+    last, total = -1, 0
+    query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, o.amount, "
+                 "c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
+                 "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.version = 1 "
+                 "AND o.liability_id > :last ORDER BY o.liability_id LIMIT :n")
+    while not link.down:
+        with stores.ledger.connect() as conn:
+            rows = conn.execute(query, {"o": CREATE, "last": last, "n": page_size}).all()
+        if not rows:
+            break
+        last = rows[-1].liability_id
+        registry = registry or ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
+        recorded = {r.liability_id: r for r in rows}
+        fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, list(recorded), today)}
+        blocked: dict[str, str] = {}
+        withdraw: list[tuple[int, str, str]] = []
+        changed: list[tuple[int, str, str, bool]] = []
+        by_agency: dict[str, list[Account]] = defaultdict(list)
+        agencies: dict[str, dict] = {}
+        for lid, rec in recorded.items():
+            row = fbs_rows.get(lid)
+            if row is None:
+                blocked[rec.message_key] = "the liability is no longer in FBS"
+                continue
+            if rec.attempts == 0 and (row.status != "open" or row.agency_id != rec.agency_id):
+                why = f"status {row.status}" if row.status != "open" else f"moved to agency {row.agency_id}"
+                withdraw.append((lid, rec.message_key, why))    # it never left: as if never recorded
+                continue
+            if row.agency_id != rec.agency_id:
+                blocked[rec.message_key] = (f"the liability moved from agency {rec.agency_id} to {row.agency_id} "
+                                            "after it was sent; it is not sent again under another FordringID")
+                continue
+            if rec.amount is not None:    # the amount recorded goes; a change since goes as a change (U1)
+                row = claim_stream.RowWith(row, amount=rec.amount)
+            built = build(row, registry, today)
+            if built.problem or built.new_replacement_cprs:
+                why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
+                       else "I1: its replacement CPR is gone from FBS")
+                blocked[rec.message_key] = f"it no longer builds ({why})"
+                continue
+            claim = built.account.claims[0]
+            if claim.fordring_id != rec.fordring_id:
+                blocked[rec.message_key] = "its FordringID would differ from the one recorded"
+                continue
+            now_print = fingerprint(built.account)
+            if now_print != rec.fingerprint:
+                changed.append((lid, rec.message_key, now_print, rec.attempts == 0))
+            by_agency[row.agency_id].append(built.account)
+            agencies[row.agency_id] = messages.agency_of(row)
+        if withdraw:
+            _withdraw(stores.ledger, run_id, withdraw)
+        for key, why in blocked.items():
+            record_failure(stores.ledger, run_id, [key], f"cannot be sent again as it was: {why}", NOT_REBUILDABLE)
+        if blocked:
+            log.error("%d unconfirmed message(s) cannot be sent again as they were; staff get a task for each "
+                      "(outbox.error_code %s)", len(blocked), NOT_REBUILDABLE)
+        if changed:
+            _record_changed(stores.ledger, run_id, changed)
+        errors: list[messages.InvalidMessage] = []
+        for agency_id, accounts in by_agency.items():
+            for batch in messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors):
+                if link.down:
+                    break
+                send_batch(stores.ledger, client, run_id, batch, link)
+                total += len(batch.liability_ids)
+        for error in errors:   # a bug: never sent, never silent
+            log.error("invalid SF1590 message on resend, not sent (a bug): %s", error)
+            keys = [message_key(lid) for lid in error.liability_ids]
+            record_failure(stores.ledger, run_id, keys, f"invalid message (a bug in fbs-debitor): {error.element}",
+                           NOT_REBUILDABLE)
+    return total
+
+
+def _withdraw(ledger_engine: Engine, run_id: str, rows: list[tuple[int, str, str]]) -> None:
+    """Messages that never left the process (0 attempts) for liabilities no longer to be sent."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        conn.execute(text("DELETE FROM outbox WHERE message_key = :k AND attempts = 0 AND state = 'pending'"),
+                     [{"k": k} for _, k, _ in rows])
+        conn.execute(text("DELETE FROM claim WHERE liability_id = :l AND NOT EXISTS "
+                          "(SELECT 1 FROM outbox o WHERE o.liability_id = claim.liability_id)"),
+                     [{"l": lid} for lid, _, _ in rows])
+        add_events(conn, [(lid, "withdrawn_before_sending", k, f"never sent; {why}") for lid, k, why in rows],
+                   run_id, at)
+    log.info("%d recorded message(s) withdrawn before they were ever sent: the liability is no longer to go "
+             "(or goes from its new agency)", len(rows))
+
+
+def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int, str, str, bool]]) -> None:
+    """FBS changed since the message was built. If it never left (0 attempts), what goes now is
+    what the receiver will hold; otherwise the receiver may hold the first, so the recorded
+    fingerprint stays and the event tells the change flow to reconcile."""
+    at = ledger.now()
+    with ledger_engine.begin() as conn:
+        never_left = [{"p": p, "k": k} for _, k, p, fresh in changed if fresh]
+        if never_left:
+            conn.execute(text("UPDATE outbox SET fingerprint = :p WHERE message_key = :k AND attempts = 0"),
+                         never_left)
+        # The receiver may hold either version: the change detection rebuilds the parties and
+        # compares them with the first ones (the claim's identity_print), so it converges either way.
+        conn.execute(text("UPDATE claim SET source_print = NULL WHERE liability_id = :l"),
+                     [{"l": lid} for lid, _, _, _ in changed])
+        add_events(conn, [(lid, "content_changed_before_answer", k,
+                           "FBS changed before the debtor system confirmed the claim; sent again as it is now"
+                           + ("" if fresh else "; the receiver may hold the first version: reconcile"))
+                          for lid, k, _, fresh in changed], run_id, at)
+    log.warning("%d unconfirmed claim(s) changed in FBS since they were built; sent again as they are now",
+                len(changed))
+
+
+# --- counts ---------------------------------------------------------------------------------------
+
+def delivery_counts(ledger_engine: Engine, run_id: str) -> Counter:
+    """What this run sent of new claims and how it ended, per agency: accepted, rejected (per rule
+    of the debtor system's code) and unconfirmed (no answer yet: sent again next run). From the
+    outbox, so a retried or crashed task counts right. Changes are counted by ``change_delivery``."""
+    with ledger_engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.agency_id, o.state, o.error_code, COUNT(*) AS n FROM outbox o "
+            "JOIN claim c ON c.liability_id = o.liability_id WHERE o.last_run_id = :r AND o.version = 1 "
+            "GROUP BY c.agency_id, o.state, o.error_code"), {"r": run_id}).all()
+    counts: Counter = Counter()
+    for r in rows:
+        if r.state == "accepted":
+            counts[(r.agency_id, ACCEPTED, "-")] += r.n
+        elif r.state == "rejected":
+            counts[(r.agency_id, REJECTED, rule_of(r.error_code))] += r.n
+        else:
+            counts[(r.agency_id, UNCONFIRMED, "-")] += r.n
+    return counts
+
+
+def unconfirmed_total(ledger_engine: Engine) -> int:
+    with ledger_engine.connect() as conn:
+        return conn.execute(text("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sent')")).scalar_one()

@@ -1,0 +1,406 @@
+"""The SOAP client for KOMBIT's Serviceplatformen (SF1590_B_01 DebitorRegistreringAfsend).
+
+Everything about where and as whom to call comes from the Airflow Connection ``serviceplatformen``
+(outside Airflow: the same JSON in the environment variable ``AIRFLOW_CONN_SERVICEPLATFORMEN``),
+never from code:
+
+    {"conn_type": "http",
+     "host": "https://prod.serviceplatformen.dk/service/OIR/DebitorRegistreringAfsend/1",
+     "extra": {"service_agreement_uuid": "…", "user_system_uuid": "…", "user_uuid": "…",
+               "service_uuid": "e354a6d1-500b-49c6-916a-510623e12fba",
+               "client_cert": "/secrets/foces.crt", "client_key": "/secrets/foces.key",
+               "ca_bundle": "/secrets/serviceplatformen-ca.pem",
+               "connect_timeout": 10, "operation_timeout": 120, "max_attempts": 4, "backoff_seconds": 2,
+               "auth": "invocation_context"}}
+
+Transport: zeep on a ``requests`` session with the client certificate (mutual TLS) and explicit
+connect and read timeouts (zeep's own default is no timeout at all). Plain HTTP is refused except
+to a loopback address (the local emulator). The WSDL is the project's file in ``include/xsd/``;
+nothing is fetched from the network to build the client.
+
+Authentication is a seam (``Auth``): ``InvocationContextAuth`` adds Serviceplatformen's
+InvocationContext header block and relies on the client certificate; ``SamlTokenAuth`` (KOMBIT STS,
+WS-Trust holder-of-key with a signed WS-Security header) is the place for the token mode and
+refuses clearly until it is built.
+
+Retries: a call is repeated after a transient failure (timeout, dropped connection, HTTP 5xx,
+SOAP Server fault) with exponential backoff, ONLY for operations whose every item carries its own
+idempotency key that the receiver answers repeats of with its first answer (``IDEMPOTENT``): a
+repeat can then never create a second claim. Client faults, HTTP 4xx and TLS failures are not
+retried: repeating them cannot help.
+
+Payloads are never logged: zeep's transport logs whole envelopes at DEBUG, so this module's
+transport leaves that out; the requests and answers hold CPR numbers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.core.identity import mask_cprs_in
+from fbs_debitor.core.settings import XSD_DIR
+
+log = logging.getLogger(__name__)
+
+CONN_ID = "serviceplatformen"
+ENV_VAR = "AIRFLOW_CONN_SERVICEPLATFORMEN"
+SERVICE_UUID = "e354a6d1-500b-49c6-916a-510623e12fba"       # SF1590_B_01 DebitorRegistreringAfsend
+DEFAULT_PATH = "service/OIR/DebitorRegistreringAfsend/1"
+WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
+BINDING = "{urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:wsdl}DebitorRegistreringAfsendBinding"
+IDEMPOTENT = frozenset({"OpretDebitorkonto", "RetFordringTilstand"})  # keyed per FordringID / AendringID
+AUTH_MODES = ("invocation_context", "saml")
+
+
+class ConfigError(ValueError):
+    """The ``serviceplatformen`` connection is missing or wrong; says which field."""
+
+
+class DeliveryError(RuntimeError):
+    """A call that did not get an answer. ``transient``: a later attempt may succeed."""
+
+    def __init__(self, message: str, transient: bool, attempts: int):
+        super().__init__(message)
+        self.transient, self.attempts = transient, attempts
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    endpoint: str
+    service_agreement_uuid: str
+    user_system_uuid: str
+    user_uuid: str
+    service_uuid: str = SERVICE_UUID
+    client_cert: str | None = None
+    client_key: str | None = None
+    ca_bundle: str | None = None
+    connect_timeout: float = 10.0
+    operation_timeout: float = 120.0
+    max_attempts: int = 4
+    backoff_seconds: float = 2.0
+    auth: str = "invocation_context"
+    on_behalf_of: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        for name in ("service_agreement_uuid", "user_system_uuid", "user_uuid", "service_uuid"):
+            value = getattr(self, name)
+            try:   # kept in the one form the InvocationContext schema accepts: 8-4-4-4-12, lower case
+                object.__setattr__(self, name, str(uuid.UUID(str(value))))
+            except ValueError:
+                raise ConfigError(f"connection {CONN_ID!r}: {name} must be a UUID") from None
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"connection {CONN_ID!r}: the endpoint must be an https:// URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ConfigError(f"connection {CONN_ID!r}: plain http is only allowed to a loopback address "
+                              "(the local emulator); Serviceplatformen needs https with the client certificate")
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ConfigError(f"connection {CONN_ID!r}: client_cert and client_key go together")
+        for name in ("client_cert", "client_key", "ca_bundle"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"connection {CONN_ID!r}: {name} {path!r} is not a readable file")
+        for name in ("connect_timeout", "operation_timeout"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"connection {CONN_ID!r}: {name} must be a positive number of seconds")
+        if not (math.isfinite(self.backoff_seconds) and self.backoff_seconds >= 0):
+            raise ConfigError(f"connection {CONN_ID!r}: backoff_seconds must be zero or a positive number")
+        if self.max_attempts < 1:
+            raise ConfigError(f"connection {CONN_ID!r}: max_attempts must be at least 1")
+        if self.auth not in AUTH_MODES:
+            raise ConfigError(f"connection {CONN_ID!r}: auth must be one of {', '.join(AUTH_MODES)}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_FLOATS = ("connect_timeout", "operation_timeout", "backoff_seconds")
+
+
+def config_from_connection(host: str | None, port: int | None, schema: str | None, extra: dict,
+                           conn_type: str | None = None) -> Config:
+    """A Config from an Airflow Connection's fields. The endpoint is ``extra.endpoint``, or ``host``
+    when it is a whole URL, or ``https://host[:port]/<path>`` where the path is ``schema`` (Airflow's
+    URI form puts it there), or the service's standard path. A ``schema`` of ``http``/``https`` is
+    read as the scheme, as Airflow's HTTP connections use it; plain http only to loopback."""
+    if not isinstance(extra or {}, dict):
+        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
+    extra = dict(extra or {})
+    endpoint = extra.pop("endpoint", None)
+    if not endpoint:
+        if not host:
+            raise ConfigError(f"connection {CONN_ID!r}: no endpoint (set host to the service URL)")
+        if "://" in host:
+            endpoint = host
+        else:
+            path = (schema or "").strip("/")
+            scheme = "https"
+            if path.lower() in ("http", "https"):
+                scheme, path = path.lower(), ""
+            elif (conn_type or "").lower() == "http" and _is_loopback(host):
+                scheme = "http"
+            name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            endpoint = f"{scheme}://{name}{f':{port}' if port else ''}/{path or DEFAULT_PATH}"
+    known = set(Config.__dataclass_fields__) - {"endpoint"}
+    unknown = set(extra) - known
+    if unknown:
+        raise ConfigError(f"connection {CONN_ID!r}: unknown extra field(s) {sorted(unknown)}")
+    missing = [k for k in ("service_agreement_uuid", "user_system_uuid", "user_uuid") if not extra.get(k)]
+    if missing:
+        raise ConfigError(f"connection {CONN_ID!r}: extra is missing {', '.join(missing)}")
+    return Config(endpoint=endpoint, **{k: _convert(k, v) for k, v in extra.items()})
+
+
+def _convert(name: str, value):
+    try:
+        if name in _FLOATS:
+            return float(value)
+        if name == "max_attempts":
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+    except (TypeError, ValueError):
+        kind = "a whole number" if name == "max_attempts" else "a number of seconds"
+        raise ConfigError(f"connection {CONN_ID!r}: {name} must be {kind}") from None
+    return value
+
+
+def config_from_env(environ: dict | None = None) -> Config:
+    """The connection as JSON in ``AIRFLOW_CONN_SERVICEPLATFORMEN`` (Airflow's own format), for the
+    CLI outside Airflow."""
+    raw = (environ if environ is not None else os.environ).get(ENV_VAR)
+    if not raw:
+        raise ConfigError(f"no Serviceplatformen connection: define the Airflow Connection {CONN_ID!r} "
+                          f"(or {ENV_VAR} as JSON)")
+    try:
+        data = json.loads(raw)
+        extra = data.get("extra") or {} if isinstance(data, dict) else None
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{ENV_VAR} must be the connection as JSON") from None
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise ConfigError(f"{ENV_VAR} must be a JSON object with 'host' and an 'extra' object")
+    return config_from_connection(data.get("host"), data.get("port"), data.get("schema"), extra,
+                                  data.get("conn_type"))
+
+
+def config_for_task() -> Config:
+    """Inside an Airflow task: the Connection (Airflow also reads the environment variable)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(CONN_ID)
+    except AirflowNotFoundException:
+        raise ConfigError(f"the Airflow Connection {CONN_ID!r} is not defined") from None
+    return config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson, conn.conn_type)
+
+
+# --- authentication seam ------------------------------------------------------------------------
+
+class Auth(Protocol):
+    """How a call proves who it is: set up the HTTP session, and the SOAP header blocks per call."""
+
+    name: str
+
+    def prepare(self, session) -> None: ...
+
+    def soap_headers(self) -> list[etree._Element]: ...
+
+
+class InvocationContextAuth:
+    """Client certificate (mutual TLS) plus the InvocationContext header block."""
+
+    name = "invocation_context"
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def prepare(self, session) -> None:
+        if self.config.client_cert:
+            session.cert = (self.config.client_cert, self.config.client_key)
+
+    def soap_headers(self) -> list[etree._Element]:
+        return [invocation_context(self.config)]
+
+
+class SamlTokenAuth:
+    """KOMBIT STS mode: a SAML token (WS-Trust, holder-of-key) in a signed WS-Security header. Not
+    built yet: this is where it goes (``prepare`` fetches/caches the token, ``soap_headers`` returns
+    the signed Security block)."""
+
+    name = "saml"
+
+    def __init__(self, config: Config):
+        raise ConfigError(f"connection {CONN_ID!r}: auth 'saml' (KOMBIT STS token) is not implemented yet; "
+                          "use auth 'invocation_context' with the client certificate")
+
+    def prepare(self, session) -> None:  # pragma: no cover - see __init__
+        raise NotImplementedError
+
+    def soap_headers(self) -> list[etree._Element]:  # pragma: no cover - see __init__
+        raise NotImplementedError
+
+
+def make_auth(config: Config) -> Auth:
+    return {"invocation_context": InvocationContextAuth, "saml": SamlTokenAuth}[config.auth](config)
+
+
+def invocation_context(config: Config) -> etree._Element:
+    ns = mapping.NS_IC
+    root = etree.Element(f"{{{ns}}}InvocationContext", nsmap={"ic": ns})
+    for name, value in (("ServiceAgreementUUID", config.service_agreement_uuid),
+                        ("UserSystemUUID", config.user_system_uuid), ("UserUUID", config.user_uuid),
+                        ("OnBehalfOfUser", config.on_behalf_of), ("ServiceUUID", config.service_uuid)):
+        if value:
+            etree.SubElement(root, f"{{{ns}}}{name}").text = str(value).lower() if "UUID" in name else value
+    return root
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Answer:
+    receipts: list[mapping.Receipt]
+    attempts: int
+
+
+def _quiet_transport_class():
+    from zeep.transports import Transport
+
+    class QuietTransport(Transport):
+        """zeep's transport without its DEBUG log of whole envelopes (they hold CPR numbers)."""
+
+        def post(self, address, message, headers):
+            return self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout)
+
+    return QuietTransport
+
+
+def _settings():
+    from zeep import Settings
+
+    return Settings(strict=True, xml_huge_tree=False, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+
+
+@cache
+def _wsdl_document():
+    """The project's WSDL and schemas, read once per process from include/xsd/."""
+    from zeep.wsdl import Document
+
+    return Document(str(XSD_DIR / WSDL_FILE), _quiet_transport_class()(timeout=10), settings=_settings())
+
+
+class Client:
+    """``with Client(config) as c: c.call(request_root)``."""
+
+    def __init__(self, config: Config, auth: Auth | None = None, sleep: Callable[[float], None] = time.sleep):
+        import requests
+        from zeep import Client as ZeepClient
+
+        self.config = config
+        self.auth = auth or make_auth(config)
+        self._sleep = sleep
+        session = requests.Session()
+        session.verify = config.ca_bundle or True
+        session.trust_env = False        # no proxy or CA bundle from the environment by surprise
+        self.auth.prepare(session)
+        transport = _quiet_transport_class()(session=session, timeout=config.connect_timeout,
+                                             operation_timeout=(config.connect_timeout, config.operation_timeout))
+        self._zeep = ZeepClient(_wsdl_document(), transport=transport, settings=_settings())
+        self._service = self._zeep.create_service(BINDING, config.endpoint)
+        self._session = session
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, request: etree._Element, on_attempt: Callable[[int], None] | None = None) -> Answer:
+        """Send one request (a validated SF1590 request element) and return the debtor system's
+        receipts. ``on_attempt(n)`` runs before each transmission (the outbox counts attempts).
+        Raises DeliveryError when no answer came."""
+        operation = mapping.operation_of(request)
+        element = self._zeep.get_element(request.tag)
+        values = element.parse(request, self._zeep.wsdl.types)
+        kwargs = {name: values[name] for name in values}
+        retry = operation in IDEMPOTENT
+        attempts = self.config.max_attempts if retry else 1
+        for attempt in range(1, attempts + 1):
+            if on_attempt:
+                on_attempt(attempt)
+            try:
+                answer = getattr(self._service, operation)(_soapheaders=self.auth.soap_headers(), **kwargs)
+                return Answer(mapping.receipts(answer), attempt)
+            except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+                transient, reason = classify(exc)
+                if not transient or attempt == attempts:
+                    raise DeliveryError(f"{operation} to {self.config.endpoint}: {reason} "
+                                        f"(attempt {attempt} of {attempts})", transient, attempt) from None
+                delay = self.config.backoff_seconds * 2 ** (attempt - 1)
+                log.warning("%s: %s; attempt %d of %d, retrying in %.1f s", operation, reason, attempt, attempts,
+                            delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def classify(exc: BaseException) -> tuple[bool, str]:
+    """(transient?, a one-line reason without payload) for an exception from a call."""
+    import requests
+    from zeep.exceptions import Fault, TransportError, XMLSyntaxError
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False, f"TLS failure ({_first_line(exc)})"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return True, f"timeout ({type(exc).__name__})"
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return True, "connection failed or dropped"
+    if isinstance(exc, Fault):
+        code = (exc.code or "").rsplit(":", 1)[-1]
+        # A Server fault (also a dotted SOAP 1.1 subcode, Server.Busy) is the receiver's trouble
+        # (retry); a Client fault is ours (do not).
+        return code.split(".", 1)[0] == "Server", f"SOAP fault {code or '?'}: {_first_line(exc.message)[:200]}"
+    if isinstance(exc, TransportError):
+        status = getattr(exc, "status_code", 0) or 0
+        if status == 200:   # an answer that is not SOAP (cut off, or a proxy's page): ask again, by key
+            return True, "HTTP 200 without a SOAP answer"
+        return status >= 500 or status in (408, 429), f"HTTP {status}"
+    if isinstance(exc, XMLSyntaxError):
+        return True, "the answer was not well-formed XML"
+    return False, f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+
+
+def _first_line(value) -> str:
+    """The first line of a receiver's or library's text, safe for a log: quoted values dropped (a
+    schema-validation fault quotes the offending value) and any CPR number masked."""
+    line = str(value).strip().splitlines()[0] if str(value).strip() else ""
+    return mask_cprs_in(re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", line))

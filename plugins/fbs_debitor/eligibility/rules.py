@@ -1,0 +1,161 @@
+"""Which liabilities are due for transfer now (rules T1–T6), and which cannot go and why.
+
+The selection is set-based SQL (``include/sql/queries/eligibility_*.sql``), streamed from FBS in
+keyset pages; each page's ids are then looked up in the ledger (FBS and the ledger are separate
+connections, so there is no cross-database join) and its debtors' identifiers
+are checked with python-stdnum. Nothing is dropped silently: every liability in scope ends in
+exactly one category, and the blocked ones carry the rule that stops them.
+
+Categories:
+  eligible               due for transfer now
+  awaiting_verification  compensation not yet verified while the agency verifies (T2)
+  blocked                cannot be transferred until the data is fixed (T4, T5, T6), or until the
+                         agency's age limit is corrected (C3: the whole agency is held)
+  already_sent           in the ledger already (sent or being sent): never sent again as new
+  out_of_scope           not for transfer: before cut-off (T1), closed or sent to collection (T3),
+                         cancelled before it was due; or not this run's: in a range that waits
+                         for debitor_backfill (T3-backfill)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.core.db import as_bool, is_sqlite
+from fbs_debitor.core.identity import check_cpr, check_cvr, mask_cpr
+from fbs_debitor.core.settings import age_limit_range, chunk_size
+from fbs_debitor.eligibility import scope as scopes
+
+ELIGIBLE = "eligible"
+AWAITING = "awaiting_verification"
+BLOCKED = "blocked"
+ALREADY_SENT = "already_sent"
+OUT_OF_SCOPE = "out_of_scope"
+CATEGORIES = (ELIGIBLE, AWAITING, BLOCKED, ALREADY_SENT, OUT_OF_SCOPE)
+
+# Finding check codes for the rules that block a liability (stored in ledger.finding): those
+# decided here, and those only building the claim can find (claim_builder's problems).
+CHECK_CODES = {
+    "C3": "C3_agency_age_limit_out_of_range",
+    "T4": "T4_group_without_responsible_patron",
+    "T5": "T5_company_without_valid_cvr",
+    "T6": "T6_person_without_usable_cpr",
+    "I1": "I1_replacement_cpr_not_possible",
+    "I2": "I2_replacement_cpr_without_name",
+    "C4": "C4_minor_without_name",
+    "F2": "F2_amount_not_positive",
+    "F3": "F3_fee_without_loan",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    liability_id: int
+    agency_id: str
+    patron_id: int                 # the borrower (for a group: the group)
+    debtor_patron_id: int | None   # the borrower, or a group's responsible patron
+    branch_id: str | None
+    kind: str
+    category: str
+    rule: str = "-"
+    reason: str | None = None      # Danish / English, CPR masked
+
+    @property
+    def subject_patron_id(self) -> int | None:
+        """The patron whose data must be fixed: the group itself for T4, none for the agency's C3,
+        otherwise the debtor."""
+        if self.rule == "C3":
+            return None
+        return self.patron_id if self.rule == "T4" else (self.debtor_patron_id or self.patron_id)
+
+
+def _identity_verdict(row) -> tuple[str, str, str | None]:
+    """(category, rule, reason) for a structurally eligible row, from its debtor's identifiers."""
+    if row.debtor_kind == "company":
+        cvr = check_cvr(row.debtor_cvr)
+        if not cvr.ok:
+            return BLOCKED, "T5", f"Virksomhed uden gyldigt CVR-nummer: {cvr.error}"
+        return ELIGIBLE, "-", None
+    # A person: a real CPR, or a replacement CPR where the agency has them enabled (T6, I1).
+    if row.debtor_cpr:
+        cpr = check_cpr(row.debtor_cpr)
+        if not cpr.ok:
+            return BLOCKED, "T6", f"Person med ugyldigt CPR-nummer: {cpr.error}"
+        return ELIGIBLE, "-", None
+    if as_bool(row.replacement_cpr_enabled):
+        return ELIGIBLE, "-", None
+    if row.debtor_replacement_cpr:
+        return BLOCKED, "T6", (
+            f"Person uden CPR-nummer; erstatnings-CPR {mask_cpr(row.debtor_replacement_cpr)} findes, men "
+            "erstatnings-CPR er slået fra for biblioteket / replacement CPR exists but is disabled for the agency")
+    return BLOCKED, "T6", ("Person uden CPR-nummer, og erstatnings-CPR er slået fra / "
+                           "no CPR number and replacement CPR is disabled")
+
+
+def _verdict(row, sent: set[int]) -> Verdict:
+    if row.liability_id in sent:
+        category, rule, reason = ALREADY_SENT, "-", None
+    elif row.gate == "C3":
+        low, high = age_limit_range()
+        category, rule, reason = BLOCKED, "C3", (
+            f"Bibliotekets myndighedsalder er {row.age_limit} (forventet {low}-{high}): alle ville blive "
+            f"klassificeret forkert / the agency's age limit {row.age_limit} is outside {low}-{high}")
+    elif row.gate == "T2":
+        category, rule, reason = AWAITING, "T2", None
+    elif row.gate == "T4":
+        category, rule, reason = BLOCKED, "T4", ("Lånergruppe uden navngiven ansvarlig låner / "
+                                                 "patron group without a named responsible patron")
+    else:
+        category, rule, reason = _identity_verdict(row)
+    return Verdict(liability_id=row.liability_id, agency_id=row.agency_id, patron_id=row.patron_id,
+                   debtor_patron_id=row.debtor_patron_id, branch_id=row.branch_id, kind=row.kind,
+                   category=category, rule=rule, reason=reason)
+
+
+_IN_LEDGER = text("SELECT liability_id FROM claim WHERE liability_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+
+
+def in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000) -> set[int]:
+    """Which of these liabilities the ledger already has: one query per 10,000 ids of the page
+    (only the page's own ids, so the cost follows the page, not the size of the ledger)."""
+    found: set[int] = set()
+    with ledger.connect() as conn:
+        for start in range(0, len(liability_ids), per_query):
+            found.update(r[0] for r in conn.execute(_IN_LEDGER, {"ids": liability_ids[start:start + per_query]}))
+    return found
+
+
+def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
+                  scope: scopes.Scope | None = None) -> Iterator[list[Verdict]]:
+    """Every in-scope liability's verdict, one page (list) at a time, in liability_id order. The
+    scope is the run's (default: the hourly run's, which leaves ranges awaiting a backfill alone)."""
+    page_size = page_size or chunk_size()
+    scope = scope if scope is not None else scopes.hourly(ledger)
+    sql, params = scope.render("queries/eligibility_candidates.sql", is_sqlite(fbs))
+    query = text(sql)
+    low, high = age_limit_range()
+    after = -1
+    while True:
+        with fbs.connect() as conn:
+            rows = conn.execute(query, {**params, "after_id": after, "page_size": page_size,
+                                        "min_age_limit": low, "max_age_limit": high}).all()
+        if not rows:
+            return
+        sent = in_ledger(ledger, [r.liability_id for r in rows])
+        yield [_verdict(row, sent) for row in rows]
+        after = rows[-1].liability_id
+
+
+def out_of_scope_counts(fbs: Engine, scope: scopes.Scope = scopes.EVERYTHING) -> Counter:
+    """(agency_id, OUT_OF_SCOPE, rule) -> n for the liabilities of the run's scope that are not
+    for transfer (T1, T3; T3-backfill: waiting for debitor_backfill)."""
+    sql, params = scope.render("queries/eligibility_out_of_scope.sql", is_sqlite(fbs))
+    with fbs.connect() as conn:
+        rows = conn.execute(text(sql), params).all()
+    return Counter({(r.agency_id, OUT_OF_SCOPE, r.rule): int(r.n) for r in rows})

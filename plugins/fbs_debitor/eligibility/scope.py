@@ -1,0 +1,120 @@
+"""Which liabilities a run covers: the hourly run's, or one backfill chunk's (T1, T3).
+
+The queries that select, count and check liabilities (``include/sql/queries/eligibility_*.sql``)
+carry three placeholders that a ``Scope`` fills with SQL conditions on ``liability l`` joined
+with ``agency a``, values always as bound parameters:
+
+  {universe}  the liabilities this run accounts for: all of them (hourly), or one agency's
+              liabilities created in [from, to) (a backfill chunk)
+  {t1}        on or after the cut-off date (T1): FBS's own setting, read live, so a cut-off moved
+              forward in the middle of a backfill stops it at the next page; a dry-run preview of
+              a cut-off not yet moved in FBS counts from its own date instead
+  {held}      the ranges the hourly run leaves to debitor_backfill: per agency, created before
+              the ledger's ``cut_off.hourly_from`` (with {t1}: the range between FBS's cut-off
+              date and that date)
+
+Nothing here decides a rule's outcome; it only says which liabilities a run is about, so that an
+hourly run never sends a backlog that waits for the backfill, and a chunk never reaches outside
+its month.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.core.db import as_date, chunked, db_value, in_query, is_sqlite, sql_file
+
+
+@dataclass(frozen=True)
+class Scope:
+    held: tuple[tuple[str, dt.date], ...] = ()   # hourly: (agency, hourly_from) awaiting the backfill
+    agency_id: str | None = None                  # a chunk: one agency's [from_date, to_date)
+    from_date: dt.date | None = None
+    to_date: dt.date | None = None
+    follow_cut_off: bool = True                   # False only for a dry-run preview (see above)
+
+    @property
+    def is_chunk(self) -> bool:
+        return self.agency_id is not None
+
+    @classmethod
+    def chunk(cls, agency_id: str, from_date: dt.date, to_date: dt.date, follow_cut_off: bool = True) -> Scope:
+        if not from_date < to_date:
+            raise ValueError(f"empty chunk {from_date} - {to_date}")
+        return cls(agency_id=agency_id, from_date=from_date, to_date=to_date, follow_cut_off=follow_cut_off)
+
+    def conditions(self, sqlite: bool) -> tuple[dict[str, str], dict]:
+        """The three placeholders' SQL and their parameters."""
+        params: dict = {}
+        if self.is_chunk:
+            universe = ("(l.agency_id = :scope_agency AND l.created_at >= :scope_from "
+                        "AND l.created_at < :scope_to)")
+            params.update(scope_agency=self.agency_id, scope_from=db_value(self.from_date, sqlite),
+                          scope_to=db_value(self.to_date, sqlite))
+        else:
+            universe = "(1 = 1)"
+        t1 = "(l.created_at >= a.cut_off_date)" if self.follow_cut_off else "(1 = 1)"
+        parts = []
+        for i, (agency_id, until) in enumerate(self.held):
+            parts.append(f"(l.agency_id = :scope_held_{i} AND l.created_at < :scope_until_{i})")
+            params[f"scope_held_{i}"] = agency_id
+            params[f"scope_until_{i}"] = db_value(until, sqlite)
+        held = "(" + " OR ".join(parts) + ")" if parts else "(1 = 0)"
+        return {"{universe}": universe, "{t1}": t1, "{held}": held}, params
+
+    def render(self, relpath: str, sqlite: bool) -> tuple[str, dict]:
+        """``include/sql/<relpath>`` with the placeholders filled, and the parameters they bind."""
+        sql = sql_file(relpath)
+        fragments, params = self.conditions(sqlite)
+        for marker, condition in fragments.items():
+            sql = sql.replace(marker, condition)
+        return sql, params
+
+    def describe(self) -> str:
+        if self.is_chunk:
+            return (f"agency {self.agency_id}, created {self.from_date} - {self.to_date} (exclusive)"
+                    + ("" if self.follow_cut_off else ", counted from its own start (dry-run preview)"))
+        if not self.held:
+            return "every agency from its cut-off date"
+        return "every agency from its cut-off date, except " + ", ".join(
+            f"{a} before {d} (awaiting debitor_backfill)" for a, d in self.held)
+
+
+def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
+    """Where each of these liabilities stands against the scope (``liability_in_scope.sql``: rows
+    of liability_id, in_universe, due, waiting); ids no longer in FBS have no row."""
+    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(fbs))
+    query = in_query(sql, "ids")
+    rows: list = []
+    with fbs.connect() as conn:
+        for part in chunked(sorted(liability_ids), 10_000):
+            rows += conn.execute(query, {**params, "ids": part}).all()
+    return rows
+
+
+EVERYTHING = Scope()   # every agency from its cut-off date: before any backfill was ever recorded
+
+
+def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
+    """The hourly run's scope: everything from each agency's cut-off date, except what lies before
+    the date the hourly run has taken over (``cut_off.hourly_from``). Every known agency is listed,
+    not only those with a backfill recorded: a cut-off moved back in FBS that no detection has seen
+    yet is then still held back instead of sent at once. (Where ``hourly_from`` is not later than
+    the cut-off, the condition excludes nothing T1 does not.) An agency never seen has no row: its
+    first run transfers everything from its cut-off date, as it always did.
+
+    ``since`` (a run's start): also hold what backfills completed since then had held, so that a
+    run resolving its findings at its end decides only about what it looked at."""
+    with ledger.connect() as conn:
+        rows = [(r.agency_id, as_date(r.hourly_from))
+                for r in conn.execute(text("SELECT agency_id, hourly_from FROM cut_off ORDER BY agency_id"))]
+        if since is not None:
+            rows += [(r.agency_id, as_date(r.to_date)) for r in conn.execute(text(
+                "SELECT agency_id, to_date FROM backfill WHERE status = 'complete' AND dry_run = :f "
+                "AND finished_at >= :t ORDER BY agency_id, to_date"),
+                {"f": db_value(False, is_sqlite(ledger)), "t": db_value(since, is_sqlite(ledger))})]
+    return Scope(held=tuple(rows))

@@ -1,0 +1,153 @@
+"""The file the debtor system delivers (SF1590_B_01A DaekningAfskrivningRegistreringAfsend, P1):
+one ``ForetagIndbetalingAnmodning`` per file, one ``Bevaegelse`` per movement.
+
+Reading is for files from outside: the bytes are parsed with the safe parser (no DTD, no entity,
+no network, no huge tree: XXE and entity-expansion attempts are refused before parsing), checked
+against the project's schema, and only then turned into movements. Anything wrong raises
+``BadFile`` with a reason code and a plain reason that quotes no value from the file.
+
+Writing is what the emulator (the debtor side) uses; the file is built with lxml, validated, and
+written under a temporary name first, then renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from lxml import etree
+
+from fbs_debitor.claims import messages
+from fbs_debitor.claims.sf1590 import NS_DA, NS_F
+
+ROOT = f"{{{NS_DA}}}ForetagIndbetalingAnmodning"
+SCHEMA_FILE = "DaekningAfskrivningRegistreringAfsend.xsd"
+KINDS = {"DAEKNING": "payment", "AFSKRIVNING": "write_off", "TILBAGEBETALING": "repayment",
+         "TILBAGEFOERSEL": "reversal"}
+TYPES = {kind: code for code, kind in KINDS.items()}
+PARTIAL_SUFFIX = ".part"          # a file still being written; never read
+MAX_AMOUNT = Decimal("10000000000")   # NUMERIC(12,2) in the ledger and FBS
+
+
+def max_file_bytes() -> int:
+    return int(os.environ.get("FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES", str(50 * 1024 * 1024)))
+
+
+@dataclass(frozen=True)
+class Movement:
+    movement_id: str          # BevaegelseID: unique at the debtor system
+    fordring_id: str
+    kind: str                 # payment | write_off | repayment | reversal
+    amount: Decimal
+    booked_on: dt.date
+    reference_id: str | None = None    # the movement a reversal undoes
+
+    def same_as(self, other) -> bool:
+        """The same movement (a delivery again), compared field by field with a ledger row."""
+        return (self.fordring_id == other.fordring_id and self.kind == other.kind
+                and Decimal(str(self.amount)) == Decimal(str(other.amount))
+                and self.booked_on == other.booked_on and (self.reference_id or None) == (other.reference_id or None))
+
+
+@dataclass(frozen=True)
+class PaymentFile:
+    transaction_id: str
+    movements: list[Movement]
+
+
+class BadFile(ValueError):
+    """A delivered file that is not applied at all; ``code`` is the reason's rule-like code."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+UNSAFE, MALFORMED, WRONG_DOCUMENT, SCHEMA_INVALID, TOO_LARGE, DUPLICATE_IN_FILE = (
+    "P_UNSAFE_XML", "P_MALFORMED", "P_WRONG_DOCUMENT", "P_SCHEMA_INVALID", "P_TOO_LARGE", "P_DUPLICATE_IN_FILE")
+
+
+def _da(name: str) -> str:
+    return f"{{{NS_DA}}}{name}"
+
+
+def parse(data: bytes) -> PaymentFile:
+    """The movements of a delivered file, or BadFile."""
+    if len(data) > max_file_bytes():
+        raise BadFile(TOO_LARGE, f"the file has {len(data)} bytes, more than the {max_file_bytes()} accepted "
+                                 "(FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES)")
+    try:
+        root = messages.parse_untrusted(data)
+    except messages.UnsafeXml:
+        raise BadFile(UNSAFE, "the file declares a DTD or entities; they are refused (XXE / entity expansion)") \
+            from None
+    except etree.XMLSyntaxError as exc:
+        line = getattr(exc, "lineno", None)
+        raise BadFile(MALFORMED, f"not well-formed XML (truncated or damaged) near line {line}") from None
+    if root.tag != ROOT:
+        raise BadFile(WRONG_DOCUMENT, f"the document is {etree.QName(root).localname} in "
+                                      f"{etree.QName(root).namespace or 'no namespace'}, not "
+                                      "ForetagIndbetalingAnmodning of DaekningAfskrivningRegistreringAfsend")
+    xsd = messages.schema(SCHEMA_FILE)
+    if not xsd.validate(root):
+        raise BadFile(SCHEMA_INVALID, f"does not follow the DaekningAfskrivningRegistreringAfsend schema at "
+                                      f"{messages.schema_error(xsd)}"[:500])
+    movements = []
+    seen: set[str] = set()
+    for number, el in enumerate(root.iterfind(_da("Bevaegelse")), start=1):
+        mid = el.findtext(_da("BevaegelseID"))
+        if mid in seen:
+            raise BadFile(DUPLICATE_IN_FILE, f"movement number {number} repeats a BevaegelseID used earlier in "
+                                             "the same file")
+        seen.add(mid)
+        try:   # what xs:date / xs:decimal allow beyond a plain date and an amount the ledger can hold
+            amount = Decimal(el.findtext(_da("Beloeb")))
+            booked = dt.date.fromisoformat(el.findtext(_da("BogfoeringsDato")))
+            if amount >= MAX_AMOUNT:
+                raise ValueError("amount")
+        except (ValueError, ArithmeticError):
+            raise BadFile(SCHEMA_INVALID, f"movement number {number}: the booking date must be a plain date "
+                                          f"(YYYY-MM-DD) and the amount below {MAX_AMOUNT}") from None
+        movements.append(Movement(mid, el.findtext(_da("FordringID")), KINDS[el.findtext(_da("BevaegelseType"))],
+                                  amount, booked, el.findtext(_da("ReferenceBevaegelseID"))))
+    header = root.find(_da("Hovedoplysninger"))
+    return PaymentFile(header.findtext(f"{{{NS_F}}}TransaktionsId"), movements)
+
+
+def to_xml(movements: Iterable[Movement], at: dt.datetime, transaction_id: uuid.UUID | None = None) -> bytes:
+    """A schema-valid file of these movements."""
+    root = etree.Element(ROOT, nsmap={"da": NS_DA, "f": NS_F})
+    head = etree.SubElement(root, _da("Hovedoplysninger"))
+    etree.SubElement(head, f"{{{NS_F}}}TransaktionsId").text = str(transaction_id or uuid.uuid4())
+    etree.SubElement(head, f"{{{NS_F}}}TransaktionsTid").text = at.isoformat(timespec="seconds")
+    for m in movements:
+        el = etree.SubElement(root, _da("Bevaegelse"))
+        etree.SubElement(el, _da("BevaegelseID")).text = m.movement_id
+        etree.SubElement(el, _da("FordringID")).text = m.fordring_id
+        etree.SubElement(el, _da("BevaegelseType")).text = TYPES[m.kind]
+        etree.SubElement(el, _da("Beloeb")).text = f"{Decimal(m.amount):.2f}"
+        etree.SubElement(el, _da("BogfoeringsDato")).text = m.booked_on.isoformat()
+        if m.reference_id:
+            etree.SubElement(el, _da("ReferenceBevaegelseID")).text = m.reference_id
+    xsd = messages.schema(SCHEMA_FILE)
+    if not xsd.validate(root):
+        raise ValueError(f"a payment file that does not validate: {messages.schema_error(xsd)}")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def write_atomically(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` as ``folder/name`` so that it appears whole or not at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (name + PARTIAL_SUFFIX)
+    with part.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    final = folder / name
+    os.replace(part, final)
+    return final

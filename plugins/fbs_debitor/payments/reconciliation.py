@@ -1,0 +1,268 @@
+"""Reconciliation of payments (P1, P2): per claim, what was sent, what the debtor system reported
+paid or written off, and what FBS shows; every difference listed. Zero differences is the
+expected result.
+
+Checks, streamed page by page:
+
+1. **The ledger against itself**: each claim's paid / written-off / repaid sums are the sums of the
+   applied movements on its current FordringID (reversals netted), its balance is what was sent
+   (the amount the debtor system holds) less what was paid and written off, no claim is overpaid,
+   and nothing more was repaid than paid.
+2. **The ledger against FBS**: every applied movement is in ``fbs.payment`` once, with the same
+   liability, kind and amount; nothing is in ``fbs.payment`` from the debtor system that the
+   ledger did not apply; a claim paid or written off in full is not open in FBS; a
+   liability fbs-debitor closed has no balance left; nothing is waiting to be written back.
+3. **The debtor side against the ledger** (when its movements are given, e.g. ``emulator_payments.
+   movements``): every movement it delivered arrived exactly once with the same content (applied,
+   or held for review with a staff task), and each claim's balance there equals the ledger's,
+   for claims with nothing held.
+
+Movements held for review and quarantined files are not differences: each has a staff task and
+is listed on its own. (What a quarantined file of the debtor side held is a difference, "reported,
+not received", when the debtor side's movements are given.)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import text
+
+from fbs_debitor.core.db import as_amount, as_bool, in_query
+from fbs_debitor.core.stores import Stores
+from fbs_debitor.payments.apply import payment_id
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Difference:
+    liability_id: int | None
+    fordring_id: str
+    what: str
+    sent: str          # what the debtor system was told (the claim's amount)
+    reported: str      # what the debtor system reported (paid / written off / the movement)
+    ledger: str
+    fbs: str
+
+
+@dataclass
+class PaymentReport:
+    claims: int = 0
+    files: Counter = field(default_factory=Counter)
+    movements: Counter = field(default_factory=Counter)
+    held: Counter = field(default_factory=Counter)
+    paid: Decimal = ZERO
+    written_off: Decimal = ZERO
+    repaid: Decimal = ZERO
+    debtor_movements: int | None = None
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def summary(self) -> str:
+        kinds = Counter(d.what for d in self.differences)
+        held = ", ".join(f"{k} {n}" for k, n in sorted(self.held.items())) or "none"
+        lines = [
+            f"payments reconciliation: {self.files['applied']} file(s) applied, {self.files['quarantined']} quarantined; "
+            f"movements applied {self.movements['applied']}, held for review {self.movements['held']} ({held}; each "
+            f"a staff task), dismissed {self.movements['dismissed']}; {self.claims} claim(s) with payments compared "
+            f"(paid {self.paid:.2f}, written off {self.written_off:.2f}, repaid {self.repaid:.2f} DKK)"
+            + (f"; {self.debtor_movements} movement(s) delivered by the debtor side checked"
+               if self.debtor_movements is not None else ""),
+        ]
+        for name, reason in self.quarantined[:20]:
+            lines.append(f"  quarantined (staff task; nothing in it booked; to be delivered again): {name}: {reason}")
+        if len(self.quarantined) > 20:
+            lines.append(f"  ... and {len(self.quarantined) - 20} more quarantined file(s)")
+        if self.ok:
+            lines.append("every movement reported reached FBS exactly once or is held for review: OK")
+        else:
+            lines.append(f"MISMATCH: {len(self.differences)} difference(s) ("
+                         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
+        return "\n".join(lines)
+
+    def write_csv(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["liability_id", "fordring_id", "difference", "sent", "debtor_reported", "ledger", "fbs"])
+            for d in self.differences:
+                w.writerow([d.liability_id or "", d.fordring_id, d.what, d.sent, d.reported, d.ledger, d.fbs])
+        return path
+
+
+
+def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, page_size: int = 5000) -> PaymentReport:
+    report = PaymentReport()
+    with stores.ledger.connect() as conn:
+        report.files.update(dict(conn.execute(text("SELECT state, COUNT(*) FROM payment_file GROUP BY state")).all()))
+        report.movements.update(dict(conn.execute(text("SELECT state, COUNT(*) FROM movement GROUP BY state")).all()))
+        report.held.update(dict(conn.execute(text("SELECT hold_reason, COUNT(*) FROM movement WHERE state = 'held' "
+                                                  "GROUP BY hold_reason")).all()))
+        report.quarantined = [(r.name, r.reason or "-") for r in conn.execute(text(
+            "SELECT name, reason FROM payment_file WHERE state = 'quarantined' ORDER BY name"))]
+    _claims(stores, report, page_size)
+    _movements(stores, report, page_size)
+    _fbs_only(stores, report, page_size)
+    if debtor is not None:
+        _debtor_side(stores, report, debtor, page_size)
+    return report
+
+
+def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
+    """1 and the FBS status of settled claims (2)."""
+    after = -1
+    page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
+                "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
+                "settled_on IS NOT NULL ORDER BY liability_id LIMIT :n")
+    sums = in_query("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
+               "ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id WHERE m.state = 'applied' AND "
+               "m.liability_id IN :ids GROUP BY m.liability_id, m.kind, m.reversed_by", "ids")
+    while True:
+        with stores.ledger.connect() as conn:
+            claims = conn.execute(page, {"a": after, "n": page_size}).all()
+            if not claims:
+                return
+            after = claims[-1].liability_id
+            ids = [c.liability_id for c in claims]
+            totals: dict[int, Counter] = defaultdict(Counter)
+            for r in conn.execute(sums, {"ids": ids}):
+                amount = as_amount(r.s)
+                if r.kind in ("payment", "write_off", "repayment"):
+                    totals[r.liability_id][r.kind] += amount
+                    if r.reversed_by:       # undone by a reversal: counts neither way
+                        totals[r.liability_id][r.kind] -= amount
+        with stores.fbs.connect() as conn:
+            status = dict(conn.execute(in_query("SELECT liability_id, status FROM liability WHERE liability_id IN :ids",
+                                           "ids"), {"ids": ids}).all())
+        for c in claims:
+            report.claims += 1
+            t = totals[c.liability_id]
+            paid, off, repaid = as_amount(c.paid_amount), as_amount(c.written_off_amount), as_amount(c.repaid_amount)
+            report.paid += paid
+            report.written_off += off
+            report.repaid += repaid
+            sent = f"{c.debtor_status or 'live'} {as_amount(c.debtor_amount)}"
+            ledger_says = f"paid {paid} written off {off} repaid {repaid} balance {as_amount(c.balance)} ({c.settlement})"
+            reported = f"paid {t['payment']:.2f} written off {t['write_off']:.2f} repaid {t['repayment']:.2f}"
+            fbs = status.get(c.liability_id, "missing")
+
+            def d(what: str, c=c, sent=sent, reported=reported, ledger_says=ledger_says, fbs=fbs) -> None:
+                report.differences.append(Difference(c.liability_id, c.fordring_id, what, sent, reported,
+                                                     ledger_says, fbs))
+
+            if (paid, off, repaid) != (t["payment"], t["write_off"], t["repayment"]):
+                d("ledger sums differ from the movements")
+            if c.debtor_status != "cancelled" and as_amount(c.balance) != as_amount(c.debtor_amount) - paid - off:
+                d("balance is not the amount less paid and written off")
+            if repaid > paid:
+                d("more repaid than paid")
+            if c.settlement == "overpaid":
+                d("overpaid: more paid or written off than the claim holds")
+            if c.settlement in ("paid", "written_off") and c.debtor_status != "cancelled" and fbs == "open":
+                d("settled, but open in FBS")
+            if as_bool(c.fbs_closed_by_payment) and (as_amount(c.balance) or ZERO) > 0 and fbs == "closed":
+                d("closed in FBS by fbs-debitor, but a balance is left")
+
+
+def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
+    """2: every applied movement in fbs.payment once, the same; nothing left to write back."""
+    after = ""
+    page = text("SELECT movement_id, fordring_id, liability_id, kind, amount, written_back_at FROM movement "
+                "WHERE state = 'applied' AND movement_id > :a ORDER BY movement_id LIMIT :n")
+    while True:
+        with stores.ledger.connect() as conn:
+            rows = conn.execute(page, {"a": after, "n": page_size}).all()
+        if not rows:
+            return
+        after = rows[-1].movement_id
+        with stores.fbs.connect() as conn:
+            fbs = {r.payment_id: r for r in conn.execute(in_query(
+                "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :p", "p"),
+                {"p": [payment_id(r.movement_id) for r in rows]})}
+        for r in rows:
+            f = fbs.get(payment_id(r.movement_id))
+            reported = f"{r.kind} {as_amount(r.amount)} (movement {r.movement_id})"
+            if r.written_back_at is None:
+                what = "applied, not yet written to FBS"
+            elif f is None:
+                what = "applied, not in FBS"
+            elif (f.liability_id, f.kind, as_amount(f.amount)) != (r.liability_id, r.kind, as_amount(r.amount)):
+                what = "applied, different in FBS"
+            else:
+                continue
+            report.differences.append(Difference(r.liability_id, r.fordring_id, what, "-", reported, "applied",
+                                                 "-" if f is None else f"{f.kind} {as_amount(f.amount)} on {f.liability_id}"))
+
+
+def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
+    """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply."""
+    after = ""
+    page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "
+                "AND source_ref LIKE 'SF1590_B_01A %' ORDER BY payment_id LIMIT :n")
+    while True:
+        with stores.fbs.connect() as conn:
+            rows = conn.execute(page, {"a": after, "n": page_size}).all()
+        if not rows:
+            return
+        after = rows[-1].payment_id
+        ids = {r.source_ref.split(" ")[-1]: r for r in rows}
+        with stores.ledger.connect() as conn:
+            applied = {m[0] for m in conn.execute(in_query("SELECT movement_id FROM movement WHERE state = 'applied' AND "
+                                                      "movement_id IN :m", "m"), {"m": list(ids)})}
+        for mid, r in ids.items():
+            if mid not in applied:
+                report.differences.append(Difference(r.liability_id, r.source_ref.split(" ")[1], "in FBS, not applied "
+                                                     "in the ledger", "-", f"movement {mid}", "not applied",
+                                                     f"{r.kind} {as_amount(r.amount)}"))
+
+
+def _debtor_side(stores: Stores, report: PaymentReport, debtor: dict[str, dict], page_size: int) -> None:
+    """3: what the debtor side delivered, arrived once and the same; balances agree."""
+    report.debtor_movements = len(debtor)
+    ids = sorted(debtor)
+    balances: dict[str, Decimal] = defaultdict(Decimal)
+    for start in range(0, len(ids), page_size):
+        part = ids[start:start + page_size]
+        with stores.ledger.connect() as conn:
+            got = {r.movement_id: r for r in conn.execute(in_query(
+                "SELECT movement_id, fordring_id, liability_id, kind, amount, state FROM movement "
+                "WHERE movement_id IN :m", "m"), {"m": part})}
+        for mid in part:
+            m = debtor[mid]
+            r = got.get(mid)
+            reported = f"{m['kind']} {m['amount']} in {m['file_name']}"
+            if r is None:
+                report.differences.append(Difference(None, m["fordring_id"], "reported, not received", "-", reported,
+                                                     "nothing", "-"))
+            elif (r.fordring_id, r.kind, as_amount(r.amount)) != (m["fordring_id"], m["kind"], m["amount"]):
+                report.differences.append(Difference(r.liability_id, m["fordring_id"], "received differently", "-",
+                                                     reported, f"{r.kind} {as_amount(r.amount)} on {r.fordring_id}",
+                                                     "-"))
+            sign = {"payment": -1, "write_off": -1, "reversal": 1}.get(m["kind"], 0)
+            balances[m["fordring_id"]] += sign * m["amount"]
+    fids = sorted(balances)
+    for start in range(0, len(fids), page_size):
+        part = fids[start:start + page_size]
+        with stores.ledger.connect() as conn:
+            claims = {r.fordring_id: r for r in conn.execute(in_query(
+                "SELECT c.liability_id, c.fordring_id, c.debtor_amount, c.debtor_status, c.balance, "
+                "(SELECT COUNT(*) FROM movement m WHERE m.fordring_id = c.fordring_id AND m.state <> 'applied') "
+                "AS not_applied FROM claim c WHERE c.fordring_id IN :f", "f"), {"f": part})}
+        for fid in part:
+            c = claims.get(fid)
+            if c is None or c.not_applied or c.debtor_status == "cancelled":
+                continue        # unknown or cancelled claims: held for review, each with its task
+            theirs = as_amount(c.debtor_amount) + balances[fid]
+            if theirs != as_amount(c.balance):
+                report.differences.append(Difference(c.liability_id, fid, "balance differs from the debtor side",
+                                                     f"{as_amount(c.debtor_amount)}", f"balance {theirs}",
+                                                     f"balance {as_amount(c.balance)}", "-"))

@@ -1,0 +1,317 @@
+"""Emailing the data-quality reports to each branch's ``staff_email`` (stdlib ``smtplib``).
+
+The SMTP server is described by an Airflow Connection (``smtp_default``) inside a DAG task, with
+the same meaning as Airflow's SMTP provider: host, port, login, password; extra ``from_email``,
+``disable_ssl`` (default false: implicit TLS, port 465), ``disable_tls`` (default false: STARTTLS
+when not on implicit TLS) and ``timeout`` (seconds, default 30). Outside Airflow (CLI, tests) the
+environment describes it:
+
+| variable                   | default                      | meaning                                  |
+|----------------------------|------------------------------|------------------------------------------|
+| FBS_DEBITOR_SMTP_HOST      | (required)                   | SMTP server                              |
+| FBS_DEBITOR_SMTP_PORT      | 25                           | port                                     |
+| FBS_DEBITOR_SMTP_FROM      | the user, if it is an address | sender address                          |
+| FBS_DEBITOR_SMTP_USER      | none (no login)              | login                                    |
+| FBS_DEBITOR_SMTP_PASSWORD  | none                         | password                                 |
+| FBS_DEBITOR_SMTP_STARTTLS  | 1 with a user, else 0        | 0/1: STARTTLS before login               |
+| FBS_DEBITOR_SMTP_SSL       | 0                            | 0/1: implicit TLS (SMTP over SSL)        |
+| FBS_DEBITOR_SMTP_TIMEOUT   | 30                           | seconds per connection                   |
+
+One mail per branch: the HTML report as the body (with a short plain-text alternative) and the CSV
+attached. A branch without a usable address is skipped with a warning; a send that fails is
+recorded and the others still go. Results come back per branch; nothing here logs a report's
+contents, only branch ids, addresses, sizes and the server's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import smtplib
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+
+from fbs_debitor.quality.report import BranchReport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_ID = "smtp_default"
+DEFAULT_TIMEOUT = 30.0
+STATE_NAME = "email-status.json"
+
+SENT, SKIPPED, FAILED, ALREADY_SENT = "sent", "skipped", "failed", "already_sent"
+
+
+class SmtpNotConfigured(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    from_email: str
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class SendResult:
+    agency_id: str
+    branch_id: str
+    status: str                         # sent | skipped | failed | already_sent
+    recipients: tuple[str, ...] = ()
+    detail: str = ""                    # why skipped or failed; refused addresses when partly sent
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["recipients"] = list(self.recipients)
+        return d
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+def _flag(value, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> SmtpSettings:
+    """SMTP settings from ``FBS_DEBITOR_SMTP_*`` (the CLI and tests)."""
+    env = os.environ if env is None else env
+    host = (env.get("FBS_DEBITOR_SMTP_HOST") or "").strip()
+    if not host:
+        raise SmtpNotConfigured("no SMTP server: set FBS_DEBITOR_SMTP_HOST (and _PORT, _FROM, ...)")
+    user = env.get("FBS_DEBITOR_SMTP_USER") or None
+    return SmtpSettings(
+        host=host, port=int(env.get("FBS_DEBITOR_SMTP_PORT") or 25),
+        from_email=_sender(env.get("FBS_DEBITOR_SMTP_FROM"), user, "FBS_DEBITOR_SMTP_FROM"),
+        user=user, password=env.get("FBS_DEBITOR_SMTP_PASSWORD") or None,
+        starttls=_flag(env.get("FBS_DEBITOR_SMTP_STARTTLS"), default=user is not None),
+        ssl=_flag(env.get("FBS_DEBITOR_SMTP_SSL")),
+        timeout=float(env.get("FBS_DEBITOR_SMTP_TIMEOUT") or DEFAULT_TIMEOUT))
+
+
+def settings_from_connection(conn) -> SmtpSettings:
+    """SMTP settings from an Airflow Connection (or any object with host, port, login, password and
+    ``extra_dejson``), read as Airflow's SMTP provider reads it."""
+    extra = getattr(conn, "extra_dejson", None) or {}
+    if not conn.host:
+        raise SmtpNotConfigured(f"connection {getattr(conn, 'conn_id', '?')!r} has no host")
+    use_ssl = not _flag(extra.get("disable_ssl"))
+    return SmtpSettings(
+        host=conn.host, port=int(conn.port or (465 if use_ssl else 25)),
+        from_email=_sender(extra.get("from_email"), conn.login, "the connection's extra from_email"),
+        user=conn.login or None, password=conn.password or None,
+        starttls=not use_ssl and not _flag(extra.get("disable_tls")), ssl=use_ssl,
+        timeout=float(extra.get("timeout") or DEFAULT_TIMEOUT))
+
+
+def settings_for_task(conn_id: str = DEFAULT_CONN_ID) -> SmtpSettings:
+    """Inside an Airflow task: the Connection ``conn_id``, else the environment."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        log.info("no Airflow connection %r; SMTP settings from FBS_DEBITOR_SMTP_*", conn_id)
+        try:
+            return settings_from_env()
+        except SmtpNotConfigured as exc:
+            raise SmtpNotConfigured(f"no Airflow connection {conn_id!r} and {exc}") from None
+    log.info("SMTP settings from Airflow connection %r", conn_id)
+    return settings_from_connection(conn)
+
+
+def _sender(from_email: str | None, user: str | None, where: str) -> str:
+    if from_email:
+        return from_email.strip()
+    if user and "@" in user:
+        return user.strip()
+    raise SmtpNotConfigured(f"no sender address: set {where}")
+
+
+_SPLIT = re.compile(r"[,;\s]+")
+
+
+def recipients_of(staff_email: str | None) -> list[str]:
+    """The addresses in a branch's ``staff_email`` (one, or several separated by , or ;)."""
+    out = []
+    for part in _SPLIT.split(staff_email or ""):
+        _name, addr = parseaddr(part)
+        if addr and re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", addr) and addr not in out:
+            out.append(addr)
+    return out
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+def build_message(report: BranchReport, from_email: str, recipients: Sequence[str]) -> EmailMessage:
+    """The branch's mail: plain-text summary, the HTML report as the HTML body, the CSV attached."""
+    html_body = Path(report.html_path).read_text(encoding="utf-8")
+    csv_bytes = Path(report.csv_path).read_bytes()
+    date = report.report_date
+    msg = EmailMessage()
+    branch_name = " ".join(str(report.branch_name).split())   # no line breaks in a header
+    msg["Subject"] = (f"Datakvalitet {date}: {branch_name} – {report.open_count} åbne fund"
+                      f" ({report.blocking_count} blokerende)")
+    msg["From"] = from_email
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid("fbs-debitor", domain=from_email.rpartition("@")[2] or "localhost")
+    msg.set_content(
+        f"Datakvalitet for {report.branch_name} ({report.agency_name}) pr. {date}\n\n"
+        f"{report.open_count} åbne fund: {report.blocking_count} blokerende og {report.warning_count} advarsler.\n"
+        f"{report.new_count} nye siden i går, {report.resolved_count} rettet de seneste 7 dage.\n"
+        + ("\nHELE BIBLIOTEKETS OVERFØRSEL ER STANDSET, indtil fejlen er rettet (se rapporten).\n"
+           if report.agency_blocked else "")
+        + "\nRapporten står i denne mail (HTML). Alle åbne fund er vedhæftet som CSV-fil, der åbner i Excel.\n"
+        "Blokerende fund sendes ikke til debitorsystemet, før oplysningerne er rettet i FBS; derefter sendes "
+        "de automatisk.\n", cte="quoted-printable")
+    # 7-bit safe on any relay (no 8BITMIME needed); quoted-printable keeps the text readable in the raw mail.
+    msg.add_alternative(html_body, subtype="html", cte="quoted-printable")
+    safe_branch = re.sub(r"[^A-Za-z0-9._-]", "_", report.branch_id)
+    msg.add_attachment(csv_bytes, maintype="text", subtype="csv", params={"charset": "utf-8"},
+                       filename=f"datakvalitet-{safe_branch}-{date}.csv")   # bytes as written: BOM kept
+    return msg
+
+
+def _deliver(smtp: SmtpSettings, msg: EmailMessage, recipients: Sequence[str]) -> dict:
+    """One connection, one message; returns the recipients the server refused (others accepted)."""
+    context = ssl.create_default_context()
+    if smtp.ssl:
+        client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+    else:
+        client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+    with client:
+        client.ehlo()
+        if smtp.starttls and not smtp.ssl:
+            client.starttls(context=context)
+            client.ehlo()
+        if smtp.user:
+            client.login(smtp.user, smtp.password or "")
+        return client.send_message(msg, from_addr=smtp.from_email, to_addrs=list(recipients))
+
+
+def _describe(exc: Exception) -> str:
+    """What went wrong, without the message body (server answers and error types only)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "alle modtagere afvist / all recipients refused: " + "; ".join(
+            f"{addr}: {code} {_text(reply)}" for addr, (code, reply) in exc.recipients.items())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{type(exc).__name__}: {exc.smtp_code} {_text(exc.smtp_error)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _text(reply) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *,
+                 state_file: Path | None = None) -> list[SendResult]:
+    """Send each branch its report; never raises for one branch. With ``state_file``, branches
+    already sent (by an earlier attempt of the same run) are not sent again."""
+    done = _load_state(state_file)
+    results = []
+    for report in reports:
+        key = f"{report.agency_id}/{report.branch_id}"
+        recipients = recipients_of(report.staff_email)
+        if key in done:
+            results.append(SendResult(report.agency_id, report.branch_id, ALREADY_SENT, tuple(recipients),
+                                      "sendt ved et tidligere forsøg / sent by an earlier attempt"))
+            continue
+        if not recipients:
+            detail = ("filialen har ingen e-mailadresse i FBS (branch.staff_email) / no staff_email"
+                      if not (report.staff_email or "").strip()
+                      else "ugyldig e-mailadresse i FBS (branch.staff_email) / invalid staff_email")
+            log.warning("report for branch %s not emailed: %s", key, detail)
+            results.append(SendResult(report.agency_id, report.branch_id, SKIPPED, (), detail))
+            continue
+        try:
+            msg = build_message(report, smtp.from_email, recipients)
+            refused = _deliver(smtp, msg, recipients)
+        except Exception as exc:   # one branch's failure never stops the others
+            detail = _describe(exc)
+            log.warning("report for branch %s to %s not sent: %s", key, ", ".join(recipients), detail)
+            results.append(SendResult(report.agency_id, report.branch_id, FAILED, tuple(recipients), detail))
+            continue
+        accepted = tuple(a for a in recipients if a not in refused)
+        detail = ("; ".join(f"afvist / refused {a}: {code} {_text(reply)}" for a, (code, reply) in refused.items())
+                  if refused else "")
+        log.info("report for branch %s sent to %s (%d bytes)%s", key, ", ".join(accepted), len(msg.as_bytes()),
+                 f"; {detail}" if detail else "")
+        results.append(SendResult(report.agency_id, report.branch_id, SENT, accepted, detail))
+        done.add(key)
+        _save_state(state_file, done)
+    return results
+
+
+def _load_state(path: Path | None) -> set[str]:
+    if path is None or not Path(path).exists():
+        return set()
+    return set(json.loads(Path(path).read_text(encoding="utf-8")).get("sent", []))
+
+
+def _save_state(path: Path | None, done: set[str]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"sent": sorted(done)}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def totals(results: Iterable[SendResult]) -> dict[str, int]:
+    out = {SENT: 0, SKIPPED: 0, FAILED: 0, ALREADY_SENT: 0}
+    for r in results:
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
+
+
+def format_results(results: Sequence[SendResult]) -> str:
+    lines = [f"{r.agency_id}/{r.branch_id}: {r.status}"
+             + (f" to {', '.join(r.recipients)}" if r.recipients and r.status != SKIPPED else "")
+             + (f" ({r.detail})" if r.detail else "") for r in results]
+    t = totals(results)
+    lines.append(f"emails: {t[SENT]} sent, {t[SKIPPED]} skipped, {t[FAILED]} failed"
+                 + (f", {t[ALREADY_SENT]} already sent" if t[ALREADY_SENT] else ""))
+    return "\n".join(lines)
+
+
+# --- the Airflow side --------------------------------------------------------------------------
+
+def email_for_task(manifest_path: str, report_date: str, conn_id: str = DEFAULT_CONN_ID) -> dict[str, int]:
+    """The DAG's ``email_reports`` task. Reads the manifest the build task wrote (rebuilding the
+    reports when this worker cannot see them), sends, and records who got theirs next to the
+    manifest, so a retry sends only what failed. Fails after trying every branch if any send
+    failed; a branch without address is a warning, not a failure."""
+    from fbs_debitor.quality import report as dq_report
+
+    manifest = Path(manifest_path)
+    if not manifest.exists():
+        log.warning("manifest %s not on this worker: building the reports again", manifest)
+        manifest = Path(dq_report.build_for_task(report_date)["manifest"])
+    reports = dq_report.load_manifest(manifest)
+    results = send_reports(reports, settings_for_task(conn_id), state_file=manifest.with_name(STATE_NAME))
+    log.info("email results\n%s", format_results(results))
+    counts = totals(results)
+    failed = [f"{r.agency_id}/{r.branch_id}" for r in results if r.status == FAILED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} report(s) could not be emailed: {', '.join(failed)} "
+                           f"(the others were sent; a retry sends only these)")
+    return counts

@@ -1,0 +1,665 @@
+"""Staff reports on data quality (M4): per branch, in Danish, an HTML page and a CSV.
+
+``build_reports(stores, out_dir, today)`` writes, for every branch in FBS,
+
+    out_dir/<agency_id>/<branch_id>/datakvalitet.html   the report staff read (self-contained)
+    out_dir/<agency_id>/<branch_id>/datakvalitet.csv    every open finding, for Danish Excel
+    out_dir/<agency_id>/index.html                      the agency's branches, linked
+
+from the ledger's ``finding`` table. The report is "as of the end of ``today``": a finding is open
+on day d when it was first seen on or before d and not resolved on or before d, so the chart's
+last day is the number of open findings in the table.
+
+Which branch sees a finding: its own ``branch_id``; else the patron's branch in FBS; else (an
+agency-level finding such as C3, or a patron/branch FBS does not know) every branch of the agency,
+so nothing is left out.
+
+Set-based and streamed: one ledger query (server-side cursor, in chunks) for the findings of the
+last 30 days and all open ones, and per chunk one FBS query for the patrons (number, name, branch)
+and one for the liabilities' numbers. Open rows go straight to each branch's CSV and to a table
+fragment on disk, in the order they are shown (blocking before warnings, oldest first), so memory
+stays flat however many findings there are. CPR numbers are never read; free text is scrubbed of
+anything shaped like a full CPR number all the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import heapq
+import html
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import bindparam, text
+
+from fbs_debitor.core.db import as_datetime, db_value, is_sqlite
+from fbs_debitor.core.stores import Stores
+from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality.catalog import BLOCKS_AGENCY, BLOCKS_LIABILITY, WARNING
+
+log = logging.getLogger(__name__)
+
+CHART_DAYS = 30          # the chart's window, today included
+FIXED_DAYS = 7           # "rettet de seneste 7 dage", today included
+HTML_ROW_LIMIT = 5000    # open rows shown in the HTML; the CSV always has them all
+FIXED_LIST_LIMIT = 200   # newest fixed findings listed in the HTML
+STREAM_CHUNK = 5000      # findings per streamed chunk (and per FBS lookup)
+
+HTML_NAME = "datakvalitet.html"
+CSV_NAME = "datakvalitet.csv"
+MANIFEST_NAME = "manifest.json"
+
+SEVERITY_LABEL = {BLOCKS_AGENCY: "Standser hele biblioteket", BLOCKS_LIABILITY: "Blokerer", WARNING: "Advarsel"}
+BLOCKING = frozenset({BLOCKS_AGENCY, BLOCKS_LIABILITY})
+
+CSV_COLUMNS = ("Alvor", "Regel", "Tjek", "Lånernummer", "Lånernavn", "Mellemværende-id", "Gebyr-/erstatningsnr.",
+               "Hvad er galt", "Hvorfor det betyder noget", "Først set", "Sidst set", "Ny siden i går", "Fund-id")
+
+# A full CPR or replacement CPR (DDMMYY-SSSS, with or without the dash): masked wherever it shows up.
+_CPR_SHAPE = re.compile(r"(?<!\d)((?:0[1-9]|[12]\d|3[01]|6[1-9]|[78]\d|9[01])(?:0[1-9]|1[0-2])\d{2})-?\d{4}(?!\d)")
+_CATALOG_ORDER = {code: i for i, code in enumerate(dq_catalog.CHECKS)}
+
+_BRANCHES = text("SELECT b.branch_id, b.agency_id, b.name, b.staff_email, a.name AS agency_name "
+                 "FROM branch b JOIN agency a ON a.agency_id = b.agency_id ORDER BY b.agency_id, b.branch_id")
+# Every finding that is open, or was open at some point in the chart's window; shown order.
+_FINDINGS = text(
+    "SELECT finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, message, "
+    "first_seen_at, last_seen_at, resolved_at, resolution FROM finding "
+    "WHERE first_seen_at < :until AND (resolved_at IS NULL OR resolved_at >= :since) "
+    "ORDER BY CASE WHEN severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
+_PATRONS = text("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+_LIABILITIES = text("SELECT liability_id, number FROM liability WHERE liability_id IN :ids").bindparams(
+    bindparam("ids", expanding=True))
+
+
+@dataclass
+class BranchReport:
+    agency_id: str
+    branch_id: str
+    branch_name: str
+    staff_email: str | None
+    html_path: Path
+    csv_path: Path
+    counts: dict[str, dict[str, int]]   # check code -> {"open", "new", "resolved"}
+    open_count: int
+    new_count: int                      # open and first seen since yesterday
+    resolved_count: int                 # fixed in the last 7 days
+    blocking_count: int = 0             # open and blocking (liability or agency)
+    warning_count: int = 0
+    agency_blocked: bool = False        # an open finding holds the agency's whole run (C3)
+    agency_name: str = ""
+    report_date: str = ""               # YYYY-MM-DD
+
+    def as_dict(self) -> dict:
+        """JSON-safe: paths and counts only (for XCom and the manifest), never finding data."""
+        d = asdict(self)
+        d["html_path"], d["csv_path"] = str(self.html_path), str(self.csv_path)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BranchReport:
+        return cls(**{**d, "html_path": Path(d["html_path"]), "csv_path": Path(d["csv_path"])})
+
+
+def build_reports(stores: Stores, out_dir: Path, today: dt.date, *, html_row_limit: int = HTML_ROW_LIMIT,
+                  chunk: int = STREAM_CHUNK) -> list[BranchReport]:
+    """Write every branch's report for ``today`` under ``out_dir``; returns them in branch order."""
+    out_dir = Path(out_dir)
+    builder = _Builder(stores, out_dir, today, html_row_limit)
+    try:
+        builder.load_branches()
+        builder.stream_findings(chunk)
+        reports = builder.finish()
+    finally:
+        builder.close()
+    _write_indexes(out_dir, reports, today)
+    log.info("data-quality reports for %s: %d branch(es), %d open finding row(s) in %s", today, len(reports),
+             sum(r.open_count for r in reports), out_dir)
+    return reports
+
+
+# --- building ----------------------------------------------------------------------------------
+
+@dataclass
+class _Row:
+    """One finding as shown (computed once, written to every branch it belongs to)."""
+    key: str
+    check: dq_catalog.Check
+    severity: str
+    patron_id: int | None
+    patron_name: str
+    liability_id: int | None
+    liability_number: str
+    message: str
+    first_seen: dt.date
+    last_seen: dt.date
+    resolved: dt.datetime | None
+    is_new: bool
+    left_batch: bool = False      # resolved because the liability no longer waits to go: not "fixed"
+
+
+@dataclass
+class _Branch:
+    branch_id: str
+    agency_id: str
+    name: str
+    staff_email: str | None
+    agency_name: str
+    folder: Path
+    counts: dict[str, list[int]] = field(default_factory=dict)   # code -> [open, new, resolved]
+    blocking: int = 0
+    warning: int = 0
+    agency_blocked: bool = False
+    chart_blocking: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))   # difference arrays
+    chart_warning: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))
+    fixed: list = field(default_factory=list)   # min-heap of (resolved, seq, row): the newest kept
+    html_rows: int = 0
+    csv_file: object = None
+    csv_writer: object = None
+    rows_file: object = None
+
+    @property
+    def open_count(self) -> int:
+        return self.blocking + self.warning
+
+
+class _Builder:
+    def __init__(self, stores: Stores, out_dir: Path, today: dt.date, html_row_limit: int):
+        self.stores, self.out_dir, self.today, self.html_row_limit = stores, out_dir, today, html_row_limit
+        self.chart_start = today - dt.timedelta(days=CHART_DAYS - 1)
+        self.fixed_since = today - dt.timedelta(days=FIXED_DAYS - 1)
+        self.new_since = today - dt.timedelta(days=1)
+        self.branches: dict[str, _Branch] = {}
+        self.by_agency: dict[str, list[_Branch]] = {}
+        self.unplaced = 0
+        self._seq = 0
+
+    def load_branches(self) -> None:
+        with self.stores.fbs.connect() as conn:
+            rows = conn.execute(_BRANCHES).all()
+        used: set[Path] = set()
+        for r in rows:
+            folder = self.out_dir / _safe_part(r.agency_id) / _safe_part(r.branch_id)
+            while folder in used:   # two ids that only differ in characters a file name cannot hold
+                folder = folder.with_name(folder.name + "_")
+            used.add(folder)
+            b = _Branch(str(r.branch_id), str(r.agency_id), r.name or str(r.branch_id),
+                        (r.staff_email or "").strip() or None, r.agency_name or str(r.agency_id), folder)
+            self.branches[b.branch_id] = b
+            self.by_agency.setdefault(b.agency_id, []).append(b)
+
+    def stream_findings(self, chunk: int) -> None:
+        sqlite = is_sqlite(self.stores.ledger)
+        until = dt.datetime.combine(self.today + dt.timedelta(days=1), dt.time())
+        since = dt.datetime.combine(self.chart_start, dt.time())
+        params = {"until": db_value(until, sqlite), "since": db_value(since, sqlite)}
+        with self.stores.ledger.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=chunk).execute(_FINDINGS, params)
+            for part in result.partitions(chunk):
+                self._add_chunk(part)
+        if self.unplaced:
+            log.warning("%d finding(s) belong to agencies without any branch in FBS and are in no report",
+                        self.unplaced)
+
+    def _add_chunk(self, part: Sequence) -> None:
+        patron_ids = sorted({r.patron_id for r in part if r.patron_id is not None})
+        liability_ids = sorted({r.liability_id for r in part if r.liability_id is not None})
+        patrons, numbers = {}, {}
+        with self.stores.fbs.connect() as conn:
+            if patron_ids:
+                patrons = {int(p.patron_id): p for p in conn.execute(_PATRONS, {"ids": patron_ids})}
+            if liability_ids:
+                numbers = {int(x.liability_id): x.number for x in conn.execute(_LIABILITIES, {"ids": liability_ids})}
+        for r in part:
+            patron = patrons.get(int(r.patron_id)) if r.patron_id is not None else None
+            targets = self._targets(r, patron)
+            if not targets:
+                self.unplaced += 1
+                continue
+            row = self._row(r, patron, numbers)
+            for b in targets:
+                self._add(b, row)
+
+    def _targets(self, r, patron) -> list[_Branch]:
+        branch_id = r.branch_id or (patron.branch_id if patron is not None else None)
+        if branch_id and str(branch_id) in self.branches:
+            return [self.branches[str(branch_id)]]
+        return self.by_agency.get(str(r.agency_id), [])
+
+    def _row(self, r, patron, numbers: dict) -> _Row:
+        first, last, resolved = as_datetime(r.first_seen_at), as_datetime(r.last_seen_at), as_datetime(r.resolved_at)
+        is_open = resolved is None or resolved.date() > self.today
+        return _Row(
+            key=r.finding_key, check=dq_catalog.check(r.check_code), severity=r.severity,
+            patron_id=int(r.patron_id) if r.patron_id is not None else None,
+            patron_name=scrub(patron.name) if patron is not None and patron.name else "",
+            liability_id=int(r.liability_id) if r.liability_id is not None else None,
+            liability_number=scrub(numbers.get(int(r.liability_id), "")) if r.liability_id is not None else "",
+            message=_own_words(scrub(r.message or ""), dq_catalog.check(r.check_code)),
+            first_seen=first.date(), last_seen=last.date(),
+            resolved=None if is_open else resolved, is_new=is_open and first.date() >= self.new_since,
+            left_batch=getattr(r, "resolution", None) == "left_batch")
+
+    def _add(self, b: _Branch, row: _Row) -> None:
+        counts = b.counts.setdefault(row.check.code, [0, 0, 0])
+        blocking = row.severity in BLOCKING
+        # The chart: open on day d when first seen on or before d and not resolved on or before d.
+        lo = max(0, (row.first_seen - self.chart_start).days)
+        end = row.resolved.date() if row.resolved is not None else self.today + dt.timedelta(days=1)
+        hi = min(CHART_DAYS, (end - self.chart_start).days)
+        if lo < hi:
+            diff = b.chart_blocking if blocking else b.chart_warning
+            diff[lo] += 1
+            diff[hi] -= 1
+        if row.resolved is None:
+            counts[0] += 1
+            counts[1] += row.is_new
+            if blocking:
+                b.blocking += 1
+            else:
+                b.warning += 1
+            b.agency_blocked |= row.severity == BLOCKS_AGENCY
+            self._write_open(b, row)
+        elif not row.left_batch and row.resolved.date() >= self.fixed_since:
+            counts[2] += 1
+            self._seq += 1
+            item = (row.resolved, self._seq, row)
+            if len(b.fixed) < FIXED_LIST_LIMIT:
+                heapq.heappush(b.fixed, item)
+            else:
+                heapq.heappushpop(b.fixed, item)
+
+    def _write_open(self, b: _Branch, row: _Row) -> None:
+        if b.csv_writer is None:
+            self._open_files(b)
+        b.csv_writer.writerow(_csv_cells(row))
+        if b.html_rows < self.html_row_limit:
+            b.rows_file.write(_html_row(row))
+            b.html_rows += 1
+
+    def _open_files(self, b: _Branch) -> None:
+        b.folder.mkdir(parents=True, exist_ok=True)
+        # utf-8-sig: the BOM tells Danish Excel the file is UTF-8; ';' is its list separator.
+        b.csv_file = open(b.folder / (CSV_NAME + ".tmp"), "w", encoding="utf-8-sig", newline="")
+        b.csv_writer = csv.writer(b.csv_file, delimiter=";", lineterminator="\r\n")
+        b.csv_writer.writerow(CSV_COLUMNS)
+        b.rows_file = open(b.folder / ".rows.html.tmp", "w", encoding="utf-8")
+
+    def finish(self) -> list[BranchReport]:
+        reports = []
+        for b in self.branches.values():
+            if b.csv_writer is None:
+                self._open_files(b)   # a branch with nothing open still gets its (empty) report
+            b.csv_file.close()
+            b.rows_file.close()
+            os.replace(b.folder / (CSV_NAME + ".tmp"), b.folder / CSV_NAME)
+            self._write_html(b)
+            (b.folder / ".rows.html.tmp").unlink()
+            reports.append(self._report(b))
+        return reports
+
+    def close(self) -> None:
+        """Close what is still open (after an error); temporary files are left for inspection."""
+        for b in self.branches.values():
+            for f in (b.csv_file, b.rows_file):
+                if f is not None and not f.closed:
+                    f.close()
+
+    def _report(self, b: _Branch) -> BranchReport:
+        counts = {code: {"open": c[0], "new": c[1], "resolved": c[2]} for code, c in sorted(b.counts.items())}
+        return BranchReport(
+            agency_id=b.agency_id, branch_id=b.branch_id, branch_name=b.name, staff_email=b.staff_email,
+            html_path=b.folder / HTML_NAME, csv_path=b.folder / CSV_NAME, counts=counts,
+            open_count=b.open_count, new_count=sum(c[1] for c in b.counts.values()),
+            resolved_count=sum(c[2] for c in b.counts.values()), blocking_count=b.blocking,
+            warning_count=b.warning, agency_blocked=b.agency_blocked, agency_name=b.agency_name,
+            report_date=self.today.isoformat())
+
+    # --- the HTML page ---------------------------------------------------------------------
+
+    def _write_html(self, b: _Branch) -> None:
+        tmp = b.folder / (HTML_NAME + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(self._head(b))
+            out.write(self._summary(b))
+            out.write(self._chart(b))
+            out.write(self._open_table_start(b))
+            with open(b.folder / ".rows.html.tmp", encoding="utf-8") as rows:
+                shutil.copyfileobj(rows, out)
+            out.write("</tbody></table>\n")
+            if b.open_count > b.html_rows:
+                out.write(f'<p class="note">Listen viser de første {_n(b.html_rows)} af {_n(b.open_count)} åbne '
+                          f"fund. Alle står i CSV-filen {CSV_NAME}, som kan åbnes i Excel.</p>\n")
+            out.write("</section>\n")
+            out.write(self._fixed(b))
+            out.write(_FOOT.format(generated=_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))))
+        os.replace(tmp, b.folder / HTML_NAME)
+
+    def _head(self, b: _Branch) -> str:
+        title = f"Datakvalitet – {b.name} – {self.today.isoformat()}"
+        parts = [_HEAD.format(title=_e(title), css=_CSS),
+                 f"<header><h1>Datakvalitet: {_e(b.name)}</h1>"
+                 f"<p>{_e(b.agency_name)} (bibliotek {_e(b.agency_id)}) · filial {_e(b.branch_id)} · "
+                 f"status pr. {_e(self.today.isoformat())}</p></header>\n"]
+        if b.agency_blocked:
+            parts.append('<p class="banner">Hele bibliotekets overførsel til debitorsystemet er standset, indtil '
+                         "fejlen markeret <b>Standser hele biblioteket</b> nedenfor er rettet. Intet sendes for "
+                         "nogen filial i mellemtiden.</p>\n")
+        return "".join(parts)
+
+    def _summary(self, b: _Branch) -> str:
+        new = sum(c[1] for c in b.counts.values())
+        fixed = sum(c[2] for c in b.counts.values())
+        lines = ['<section id="overblik"><h2>Overblik</h2>\n',
+                 f'<p class="totals"><b>{_n(b.open_count)} åbne fund</b>: {_n(b.blocking)} blokerende og '
+                 f"{_n(b.warning)} advarsler. {_n(new)} nye siden i går. {_n(fixed)} rettet de seneste "
+                 f"{FIXED_DAYS} dage.</p>\n",
+                 "<p>Blokerende fund holder mellemværendet tilbage, så det ikke sendes til kommunens "
+                 "debitorsystem. Når data er rettet i FBS, forsvinder fundet ved næste kørsel, og "
+                 "mellemværendet sendes automatisk. Advarsler stopper ikke overførslen, men bør rettes.</p>\n"]
+        if not b.counts:
+            lines.append('<p class="ok">Ingen fund – der er intet at rette.</p></section>\n')
+            return "".join(lines)
+        lines.append('<table id="tjek"><thead><tr><th>Tjek</th><th>Regel</th><th>Alvor</th><th class="n">Åbne</th>'
+                     '<th class="n">Nye siden i går</th><th class="n">Rettet (7 dage)</th>'
+                     "<th>Hvorfor det betyder noget</th></tr></thead><tbody>\n")
+        for code in sorted(b.counts, key=lambda c: (dq_catalog.check(c).severity not in BLOCKING,
+                                                     _CATALOG_ORDER.get(c, len(_CATALOG_ORDER)), c)):
+            c, counts = dq_catalog.check(code), b.counts[code]
+            lines.append(f'<tr data-check="{_e(code)}"><td>{_e(c.title)}</td><td>{_e(c.rule)}</td>'
+                         f'<td><span class="sev {_e(c.severity)}">{_e(SEVERITY_LABEL.get(c.severity, c.severity))}'
+                         f'</span></td><td class="n">{_n(counts[0])}</td><td class="n">{_n(counts[1])}</td>'
+                         f'<td class="n">{_n(counts[2])}</td><td>{_e(c.why)}</td></tr>\n')
+        lines.append("</tbody></table></section>\n")
+        return "".join(lines)
+
+    def _series(self, b: _Branch) -> list[tuple[dt.date, int, int]]:
+        out, blocking, warning = [], 0, 0
+        for i in range(CHART_DAYS):
+            blocking += b.chart_blocking[i]
+            warning += b.chart_warning[i]
+            out.append((self.chart_start + dt.timedelta(days=i), blocking, warning))
+        return out
+
+    def _chart(self, b: _Branch) -> str:
+        series = self._series(b)
+        return (f'<section id="udvikling"><h2>Åbne fund de seneste {CHART_DAYS} dage</h2>\n'
+                + svg_chart(series)
+                + f'<p class="note">For {CHART_DAYS} dage siden ({_e(series[0][0].isoformat())}): '
+                f"{_n(series[0][1] + series[0][2])} åbne. I dag: {_n(series[-1][1] + series[-1][2])} åbne "
+                f"({_n(series[-1][1])} blokerende, {_n(series[-1][2])} advarsler).</p></section>\n")
+
+    def _open_table_start(self, b: _Branch) -> str:
+        return ('<section id="aabne-fund"><h2>Det skal rettes</h2>\n'
+                "<p>Blokerende fund først, derefter advarsler; de ældste øverst. Ret oplysningerne på låneren "
+                "i FBS. CPR-numre vises kun som fødselsdato (DDMMÅÅ-****).</p>\n"
+                '<table id="aabne"><thead><tr><th>Først set</th><th>Alvor</th><th>Hvad skal rettes</th>'
+                "<th>Låner (nr. og navn)</th><th>Mellemværende</th></tr></thead><tbody>\n")
+
+    def _fixed(self, b: _Branch) -> str:
+        items = sorted(b.fixed, reverse=True)
+        total = sum(c[2] for c in b.counts.values())
+        parts = [f'<section id="rettet"><h2>Rettet de seneste {FIXED_DAYS} dage</h2>\n']
+        if not items:
+            parts.append("<p>Intet rettet i perioden.</p></section>\n")
+            return "".join(parts)
+        parts.append('<ul id="rettet-liste">\n')
+        for resolved, _seq, row in items:
+            parts.append(f'<li data-key="{_e(row.key)}">{_e(resolved.date().isoformat())}: {_e(row.check.title)} – '
+                         f"{_e(_patron_text(row))}{_e(_liability_text(row, ', '))}</li>\n")
+        parts.append("</ul>\n")
+        if total > len(items):
+            parts.append(f'<p class="note">De {_n(len(items))} senest rettede af {_n(total)} vises.</p>\n')
+        parts.append("</section>\n")
+        return "".join(parts)
+
+
+# --- rendering helpers -------------------------------------------------------------------------
+
+def scrub(value) -> str:
+    """Free text with anything shaped like a full CPR number masked (DDMMYY-****)."""
+    return _CPR_SHAPE.sub(r"\1-****", str(value)) if value else ""
+
+
+def _own_words(message: str, check: dq_catalog.Check) -> str:
+    """The finding's message without the catalog's title and reason, which the report shows anyway."""
+    if check.why:
+        message = message.replace(check.why, "")
+    message = message.strip()
+    return "" if message.rstrip(".").strip() == check.title else message
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _n(value: int) -> str:
+    """A count the Danish way: 12.345."""
+    return f"{value:,}".replace(",", ".")
+
+
+def _patron_text(row: _Row) -> str:
+    if row.patron_id is None:
+        return "Hele biblioteket"
+    return f"{row.patron_id} {row.patron_name}".strip()
+
+
+def _liability_text(row: _Row, prefix: str = "") -> str:
+    if row.liability_id is None:
+        return ""
+    number = f"nr. {row.liability_number} " if row.liability_number else ""
+    return f"{prefix}mellemværende {number}(id {row.liability_id})"
+
+
+def _excel_safe(value: str) -> str:
+    """Text Excel would read as a formula gets a leading apostrophe (CSV injection)."""
+    return "'" + value if value and value[0] in "=+-@\t\r" else value
+
+
+def _csv_cells(row: _Row) -> list:
+    return [SEVERITY_LABEL.get(row.severity, row.severity), row.check.rule, row.check.title,
+            "" if row.patron_id is None else row.patron_id, _excel_safe(row.patron_name),
+            "" if row.liability_id is None else row.liability_id, _excel_safe(row.liability_number),
+            _excel_safe(row.message), row.check.why, row.first_seen.isoformat(), row.last_seen.isoformat(),
+            "ja" if row.is_new else "nej", row.key]
+
+
+def _html_row(row: _Row) -> str:
+    new = ' <span class="new">ny</span>' if row.is_new else ""
+    patron = ("<i>Hele biblioteket</i>" if row.patron_id is None
+              else f'<span class="nr">{row.patron_id}</span> {_e(row.patron_name)}')
+    if row.liability_id is None:
+        liability = ""
+    else:
+        number = f"{_e(row.liability_number)}<br>" if row.liability_number else ""
+        liability = f'{number}<span class="id">id {row.liability_id}</span>'
+    return (f'<tr data-key="{_e(row.key)}" class="{_e(row.severity)}"><td>{row.first_seen.isoformat()}{new}</td>'
+            f'<td><span class="sev {_e(row.severity)}">{_e(SEVERITY_LABEL.get(row.severity, row.severity))}</span> '
+            f"{_e(row.check.rule)}</td><td><b>{_e(row.check.title)}</b><br>{_e(row.message)}"
+            f'<div class="why">{_e(row.check.why)}</div></td><td>{patron}</td><td>{liability}</td></tr>\n')
+
+
+def svg_chart(series: Sequence[tuple[dt.date, int, int]], width: int = 640, height: int = 180) -> str:
+    """Stacked bars (blocking below, warnings above) per day, drawn as inline SVG; one <g> per day
+    carries the numbers (data-day, data-open, ...) and a tooltip."""
+    left, right, top, bottom = 44, 8, 10, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((bl + wa for _, bl, wa in series), default=0) or 1
+    step = plot_w / max(len(series), 1)
+    bar = max(step - 3, 1)
+    scale = plot_h / peak
+    base = top + plot_h
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="Åbne fund pr. dag, de seneste {len(series)} dage">',
+           f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#888"/>',
+           f'<text x="{left - 6}" y="{base + 4}" text-anchor="end" class="ax">0</text>',
+           f'<text x="{left - 6}" y="{top + 9}" text-anchor="end" class="ax">{_n(peak)}</text>',
+           f'<line x1="{left}" y1="{top}" x2="{width - right}" y2="{top}" stroke="#ddd"/>']
+    for i, (day, blocking, warning) in enumerate(series):
+        x = left + i * step + 1.5
+        total = blocking + warning
+        out.append(f'<g data-day="{day.isoformat()}" data-open="{total}" data-blocking="{blocking}" '
+                   f'data-warning="{warning}"><title>{day.isoformat()}: {total} åbne ({blocking} blokerende, '
+                   f"{warning} advarsler)</title>")
+        hb, hw = blocking * scale, warning * scale
+        if blocking:
+            out.append(f'<rect x="{x:.1f}" y="{base - hb:.1f}" width="{bar:.1f}" height="{hb:.1f}" fill="#b3261e"/>')
+        if warning:
+            out.append(f'<rect x="{x:.1f}" y="{base - hb - hw:.1f}" width="{bar:.1f}" height="{hw:.1f}" '
+                       'fill="#e8a33d"/>')
+        out.append("</g>")
+    for i in sorted({0, len(series) // 2, len(series) - 1}) if series else []:
+        x = left + i * step + step / 2
+        out.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle" class="ax">'
+                   f"{series[i][0].strftime('%d.%m')}</text>")
+    out.append(f'<rect x="{left}" y="{height - 11}" width="10" height="10" fill="#b3261e"/>'
+               f'<text x="{left + 14}" y="{height - 2}" class="ax">blokerende</text>'
+               f'<rect x="{left + 100}" y="{height - 11}" width="10" height="10" fill="#e8a33d"/>'
+               f'<text x="{left + 114}" y="{height - 2}" class="ax">advarsler</text></svg>\n')
+    return "".join(out)
+
+
+_CSS = """
+body{font-family:"Segoe UI",Calibri,Arial,sans-serif;font-size:14px;color:#1d1d1d;margin:24px;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ccc}
+header p{color:#555;margin:0}
+table{border-collapse:collapse;width:100%}th,td{border:1px solid #d6d6d6;padding:5px 7px;vertical-align:top;
+text-align:left}th{background:#f0f0f0}td.n,th.n{text-align:right}tbody tr:nth-child(even){background:#fafafa}
+.sev{display:inline-block;padding:1px 6px;border-radius:3px;font-size:12px;white-space:nowrap}
+.sev.blocks_agency{background:#5c0b07;color:#fff}.sev.blocks_liability{background:#b3261e;color:#fff}
+.sev.warning{background:#f6d58e;color:#3a2a00}
+.new{background:#1a5fb4;color:#fff;border-radius:3px;padding:0 4px;font-size:11px}
+.why{color:#555;font-size:12px;margin-top:3px}.nr{font-family:Consolas,monospace}.id{color:#666;font-size:12px}
+.banner{background:#5c0b07;color:#fff;padding:10px 12px;border-radius:4px}
+.note{color:#555}.ok{color:#1e6b1e;font-weight:bold}svg .ax{font-size:11px;fill:#555}
+footer{margin-top:32px;color:#777;font-size:12px}
+@media print{body{margin:0}tr{page-break-inside:avoid}}
+"""
+
+_HEAD = ('<!DOCTYPE html>\n<html lang="da"><head><meta charset="utf-8">'
+         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+         "<title>{title}</title><style>{css}</style></head><body>\n")
+
+_FOOT = ('<footer>Dannet {generated} af fbs-debitor ud fra integrationens fund. CPR-numre vises aldrig fuldt. '
+         "Spørgsmål om rapporten: kontakt kommunens it-afdeling.</footer>\n</body></html>\n")
+
+
+def _safe_part(value) -> str:
+    """An FBS id as one safe path component (ids are not trusted to be file names)."""
+    part = re.sub(r"[^A-Za-z0-9._-]", "_", str(value))
+    return part if part.strip(".") else "_" + part
+
+
+# --- the agency index and the manifest -------------------------------------------------------
+
+def _write_indexes(out_dir: Path, reports: Iterable[BranchReport], today: dt.date) -> None:
+    by_agency: dict[str, list[BranchReport]] = {}
+    for r in reports:
+        by_agency.setdefault(r.agency_id, []).append(r)
+    for agency_id, items in by_agency.items():
+        folder = out_dir / _safe_part(agency_id)
+        name = items[0].agency_name or agency_id
+        rows = []
+        for r in items:
+            rel_html = quote(r.html_path.relative_to(folder).as_posix())
+            rel_csv = quote(r.csv_path.relative_to(folder).as_posix())
+            rows.append(f'<tr><td><a href="{_e(rel_html)}">{_e(r.branch_name)}</a></td><td>{_e(r.branch_id)}</td>'
+                        f'<td class="n">{_n(r.open_count)}</td><td class="n">{_n(r.blocking_count)}</td>'
+                        f'<td class="n">{_n(r.warning_count)}</td><td class="n">{_n(r.new_count)}</td>'
+                        f'<td class="n">{_n(r.resolved_count)}</td><td><a href="{_e(rel_csv)}">CSV</a></td>'
+                        f"<td>{_e(r.staff_email or 'ingen e-mail i FBS')}</td></tr>\n")
+        page = [_HEAD.format(title=_e(f"Datakvalitet – {name} – {today.isoformat()}"), css=_CSS),
+                f"<header><h1>Datakvalitet: {_e(name)}</h1><p>bibliotek {_e(agency_id)} · status pr. "
+                f"{_e(today.isoformat())}</p></header>\n"]
+        if any(r.agency_blocked for r in items):
+            page.append('<p class="banner">Hele bibliotekets overførsel er standset (se filialernes rapporter).</p>\n')
+        page.append('<table id="filialer"><thead><tr><th>Filial</th><th>Id</th><th class="n">Åbne</th>'
+                    '<th class="n">Blokerende</th><th class="n">Advarsler</th><th class="n">Nye</th>'
+                    '<th class="n">Rettet (7 dage)</th><th>Alle åbne</th><th>Sendes til</th></tr></thead><tbody>\n')
+        page += rows
+        page.append("</tbody></table>\n")
+        page.append(_FOOT.format(generated=_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))))
+        tmp = folder / "index.html.tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("".join(page), encoding="utf-8")
+        os.replace(tmp, folder / "index.html")
+
+
+def write_manifest(out_dir: Path, reports: Sequence[BranchReport], today: dt.date) -> Path:
+    """``out_dir/manifest.json``: every branch report's paths and counts (what the email step reads)."""
+    path = Path(out_dir) / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"report_date": today.isoformat(), "reports": [r.as_dict() for r in reports]},
+                              ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(path: Path) -> list[BranchReport]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [BranchReport.from_dict(d) for d in data["reports"]]
+
+
+def format_reports(reports: Sequence[BranchReport]) -> str:
+    """One line per branch report, for the CLI and the task log (paths and counts only)."""
+    lines = [f"{r.agency_id}/{r.branch_id} {r.branch_name}: {r.open_count} open ({r.blocking_count} blocking, "
+             f"{r.warning_count} warnings), {r.new_count} new, {r.resolved_count} fixed in 7 days"
+             + (" [AGENCY BLOCKED]" if r.agency_blocked else "") + f"\n  {r.html_path}\n  {r.csv_path}"
+             for r in reports]
+    lines.append(f"{len(reports)} branch report(s), {sum(r.open_count for r in reports)} open finding row(s)")
+    return "\n".join(lines)
+
+
+# --- the Airflow side: plain arguments in, paths and counts out ------------------------------
+
+def report_dir(today: dt.date) -> Path:
+    from fbs_debitor.core import settings
+
+    return settings.var_dir() / "reports" / today.isoformat()
+
+
+def report_date_for(interval_end: dt.datetime | None) -> dt.date:
+    """The report's day: the run's data-interval end in Copenhagen time (today for a run without one)."""
+    from zoneinfo import ZoneInfo
+
+    from fbs_debitor.core.settings import TIMEZONE
+
+    zone = ZoneInfo(TIMEZONE)
+    if interval_end is None:
+        return dt.datetime.now(zone).date()
+    if interval_end.tzinfo is None:
+        interval_end = interval_end.replace(tzinfo=dt.UTC)
+    return interval_end.astimezone(zone).date()
+
+
+def build_for_task(report_date: str) -> dict:
+    """The DAG's ``build_reports`` task: stores from the Airflow Connections, reports under
+    ``var/reports/<date>``, a manifest next to them. Returns the manifest path and totals."""
+    from fbs_debitor.airflow.connections import urls_for_task
+    from fbs_debitor.core import migrations
+    from fbs_debitor.core.stores import open_stores
+
+    today = dt.date.fromisoformat(report_date)
+    out = report_dir(today)
+    stores = open_stores(urls_for_task())
+    try:
+        migrations.migrate(stores.ledger)
+        reports = build_reports(stores, out, today)
+    finally:
+        stores.dispose()
+    manifest = write_manifest(out, reports, today)
+    log.info("reports\n%s", format_reports(reports))
+    return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
+            "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
+            "resolved": sum(r.resolved_count for r in reports),
+            "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}

@@ -1,0 +1,111 @@
+"""Life after the hand-over, for the synthetic municipality: what library staff and patrons do to
+liabilities that were already transferred (``python -m fbs_debitor simulate-changes``).
+
+It changes FBS the way FBS would (amount, status, repayment mark, ``updated_at``; a patron's CPR)
+on a seeded random sample of the liabilities the debtor system accepted, so the next transfer run
+has every kind of change to send (U1-U4) and the reconciliation can prove the result:
+
+* compensations cancelled (the book was found, U1/U4) and fees cancelled;
+* amounts lowered (U1) and raised (U1: cancellation plus a new claim);
+* replacement CPRs replaced by the patron's real CPR, and real CPRs corrected (U2);
+* compensations marked for repayment (U3);
+* liabilities closed in FBS without a payment, and set to sent to collection (told to staff,
+  not to the debtor system).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import Counter
+from decimal import Decimal
+
+from sqlalchemy import bindparam, text
+
+from fbs_debitor.core.db import as_amount, as_date, db_value, is_sqlite
+from fbs_debitor.core.identity import birth_date_from_cpr
+from fbs_debitor.core.stores import Stores
+from fbs_debitor.sandbox import generator
+
+KINDS = ("cancel_compensation", "cancel_fee", "write_down", "increase", "real_cpr", "cpr_corrected",
+         "repayment", "closed", "sent_to_collection")
+
+
+def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime | None = None) -> Counter:
+    """Change up to ``per_kind`` transferred liabilities of each kind; returns what was changed.
+    Each liability is changed at most once per call."""
+    rng = random.Random(seed)
+    at = at or dt.datetime.now().replace(microsecond=0)
+    with stores.ledger.connect() as conn:
+        sent = [r[0] for r in conn.execute(text(
+            "SELECT liability_id FROM claim WHERE state = 'accepted' AND debtor_status = 'live' ORDER BY liability_id"))]
+    query = text("SELECT l.liability_id, l.kind, l.amount, l.status, l.patron_id, p.kind AS p_kind, p.cpr, "
+                 "p.replacement_cpr, p.birth_date FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
+                 "WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    rows = []
+    with stores.fbs.connect() as conn:
+        for start in range(0, len(sent), 10_000):
+            rows += conn.execute(query, {"ids": sent[start:start + 10_000]}).all()
+    rows = [r for r in rows if r.status == "open"]
+    rng.shuffle(rows)
+    used: set[int] = set()
+    patrons_used: set[int] = set()
+
+    def take(pred) -> list:
+        picked = []
+        for r in rows:
+            if len(picked) >= per_kind:
+                break
+            if r.liability_id not in used and pred(r):
+                picked.append(r)
+                used.add(r.liability_id)
+        return picked
+
+    def person(r) -> bool:
+        return r.p_kind == "person" and r.patron_id not in patrons_used
+
+    done: Counter = Counter()
+    with stores.fbs.begin() as conn:
+        sqlite = is_sqlite(conn)
+        t = db_value(at, sqlite)
+
+        def update(sql: str, params: list[dict], kind: str) -> None:
+            if params:
+                conn.execute(text(sql), params)
+                done[kind] += len(params)
+
+        update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "compensation")],
+               "cancel_compensation")
+        update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "fee")], "cancel_fee")
+        update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t, "a": db_value((as_amount(r.amount) / 2).quantize(Decimal("0.01")), sqlite)}
+                for r in take(lambda r: as_amount(r.amount) >= Decimal("2.00"))], "write_down")
+        update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t, "a": db_value(as_amount(r.amount) + Decimal("25.00"), sqlite)}
+                for r in take(lambda r: True)], "increase")
+        update("UPDATE liability SET refund_requested_at = :t, updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "compensation")], "repayment")
+        update("UPDATE liability SET status = 'closed', updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t} for r in take(lambda r: True)], "closed")
+        update("UPDATE liability SET status = 'sent_to_collection', updated_at = :t WHERE liability_id = :l",
+               [{"l": r.liability_id, "t": t} for r in take(lambda r: True)], "sent_to_collection")
+        taken = {r[0] for r in conn.execute(text("SELECT cpr FROM patron WHERE cpr IS NOT NULL"))}
+        pyr = random.Random(seed + 1)
+
+        def new_cpr(r) -> str:
+            born = as_date(r.birth_date) or (birth_date_from_cpr(r.cpr) if r.cpr else None) or dt.date(1980, 1, 1)
+            return generator._cpr(pyr, born, pyr.random() < 0.5, True, taken)
+
+        params = []
+        for r in take(lambda r: person(r) and not r.cpr and r.replacement_cpr):
+            patrons_used.add(r.patron_id)
+            params.append({"p": r.patron_id, "c": new_cpr(r)})
+        update("UPDATE patron SET cpr = :c WHERE patron_id = :p", params, "real_cpr")
+        params = []
+        for r in take(lambda r: person(r) and r.cpr and birth_date_from_cpr(r.cpr) is not None):
+            patrons_used.add(r.patron_id)
+            params.append({"p": r.patron_id, "c": new_cpr(r)})
+        update("UPDATE patron SET cpr = :c WHERE patron_id = :p", params, "cpr_corrected")
+    return done

@@ -1,0 +1,701 @@
+"""A local debtor system: a real SOAP 1.1 server on loopback serving the modelled SF1590
+DebitorRegistreringAfsend service (OpretDebitorkonto, RetFordringTilstand).
+
+It behaves like a careful receiver: every request is parsed safely (no DTDs, no entities, no
+network), must carry Serviceplatformen's InvocationContext header and the operation's SOAPAction,
+and is validated against the project's schema; every answer is built with lxml and validated
+before it is sent. Accounts, claims and first answers live in its own tables (SQLite or
+PostgreSQL, schema ``emulator``), so a repeated FordringID / AendringID is answered with its first
+answer, also after a restart.
+
+Changes (RetFordringTilstand, U1-U4) are applied to the stored claim: a cancellation, a
+write-down (only to a lower amount above zero), an identification change (the claim moves to the
+account of the new parties), a repayment (compensations only, at most the original amount). A
+change to a cancelled or unknown claim is rejected, so tests prove the end state on this side.
+
+Vendor behaviour: claim types outside ``accepted_claim_types`` are rejected (M3); PRISME rejects
+claims on a replacement CPR (I3); KMD_OPUS and EG accept them. Like Serviceplatformen routing each
+municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
+OrganisatoriskEnhedUUID -> vendor; ``--vendors-from-fbs`` reads it from the FBS agencies) lets
+one emulator behave as each agency's vendor; ``vendor`` is the default.
+
+Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``slow``,
+``drop`` and ``soapfault`` are applied BEFORE the request is processed (nothing stored);
+``drop_after_store`` processes and stores, then closes the connection without an answer (the
+crash-after-processing case the client survives through idempotency).
+
+Nothing here logs a full CPR number; payloads are logged at DEBUG only, masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import logging
+import random
+import re
+import signal
+import ssl
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal, InvalidOperation
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import sqlalchemy as sa
+from lxml import etree
+
+from fbs_debitor.claims import messages
+from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
+from fbs_debitor.core.db import as_amount, make_engine
+from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
+from fbs_debitor.core.settings import XSD_DIR
+
+log = logging.getLogger(__name__)
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+SCHEMA_FILE = "DebitorRegistreringAfsend.xsd"
+WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
+SERVED_FILES = frozenset({SCHEMA_FILE, "SF1590_Faelles.xsd", "InvocationContext.xsd", "AuthorityContext.xsd"})
+ACTION_PREFIX = "urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:"
+OPERATIONS = {  # request root -> (operation, answer root), from the mapping's list of operations
+    tag: (operation, f"{{{NS_DR}}}{operation}Svar") for tag, operation in mapping.OPERATIONS.items()}
+VENDORS = ("KMD_OPUS", "PRISME", "EG")
+CLAIM_TYPES = frozenset({"BIBLIOTEKSGEBYR_OVERSKREDET_LAANETID", "ERSTATNING_MED_ANERKENDELSE",
+                         "ERSTATNING_UDEN_ANERKENDELSE"})
+FAULT_KINDS = frozenset({"http500", "http503", "slow", "drop", "soapfault", "drop_after_store"})
+MAX_BODY = 20 * 1024 * 1024
+ACTIVE, CANCELLED = "ACTIVE", "CANCELLED"
+MODTAGET, AFVIST = "MODTAGET", "AFVIST"
+REFERENCE_NAMESPACE = uuid.UUID("6c1b0a8e-2f4d-4e51-9a55-1590e0e0d0b1")
+
+_ID_KINDS = {"CPRNummer": "CPR", "ErstatningCPRNummer": "ERSTATNING_CPR", "CVRNummer": "CVR"}
+
+metadata = sa.MetaData()
+emu_account = sa.Table(
+    "emu_account", metadata,
+    sa.Column("account_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_type", sa.String(60), nullable=False),
+    sa.Column("ident_kind", sa.String(20), nullable=False),
+    sa.Column("ident_number", sa.String(20), nullable=False),
+    sa.Column("resp_kind", sa.String(20), nullable=False),
+    sa.Column("resp_number", sa.String(20), nullable=False),
+    sa.UniqueConstraint("account_type", "ident_kind", "ident_number", "resp_kind", "resp_number",
+                        name="emu_account_key"),
+)
+emu_claim = sa.Table(
+    "emu_claim", metadata,
+    sa.Column("fordring_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("emu_account.account_id"), nullable=False),
+    sa.Column("kravtype", sa.String(60), nullable=False),
+    sa.Column("amount", sa.String(20), nullable=False),          # text: portable, exact
+    sa.Column("original_amount", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("debitor_reference", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+)
+emu_change = sa.Table(
+    "emu_change", metadata,
+    sa.Column("aendring_id", sa.String(100), primary_key=True),
+    sa.Column("fordring_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("amount", sa.String(20)),
+    sa.Column("applied_at", sa.DateTime, nullable=False),
+)
+emu_answer = sa.Table(  # the FIRST answer per key, replayed for a repeated key
+    "emu_answer", metadata,
+    sa.Column("operation", sa.String(40), primary_key=True),
+    sa.Column("noegle", sa.String(100), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("debitor_reference", sa.String(200)),
+    sa.Column("fejl_kode", sa.String(200)),
+    sa.Column("fejl_tekst", sa.String(500)),
+    sa.Column("answered_at", sa.DateTime, nullable=False),
+)
+
+
+class SoapFault(Exception):
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def mask_payload(data: bytes | str) -> str:
+    """The payload with every run of 10 digits (CPR, P-number) cut to DDMMYY-****."""
+    return mask_cprs_in(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+
+
+def _mask_ident(kind: str, number: str) -> str:
+    return number if kind == "CVR" else mask_cpr(number)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _engine(db_url: str) -> sa.Engine:
+    engine = make_engine(db_url, "emulator")
+    metadata.create_all(engine)
+    return engine
+
+
+def claims(db_url: str) -> list[dict]:
+    """Every stored claim, for tests and reconciliation; identifications masked."""
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(emu_claim, emu_account.c.account_type, emu_account.c.ident_kind,
+                          emu_account.c.ident_number, emu_account.c.resp_kind, emu_account.c.resp_number)
+                .join(emu_account, emu_account.c.account_id == emu_claim.c.account_id)
+                .order_by(emu_claim.c.fordring_id)).mappings().all()
+            changes = conn.execute(sa.select(emu_change).order_by(emu_change.c.aendring_id)).mappings().all()
+    finally:
+        engine.dispose()
+    by_claim: dict[str, list[dict]] = {}
+    for c in changes:
+        by_claim.setdefault(c["fordring_id"], []).append(
+            {"aendring_id": c["aendring_id"], "kind": c["kind"], "amount": as_amount(c["amount"])})
+    return [{"fordring_id": r["fordring_id"], "kravtype": r["kravtype"], "amount": as_amount(r["amount"]),
+             "original_amount": as_amount(r["original_amount"]), "status": r["status"],
+             "debitor_reference": r["debitor_reference"], "account_type": r["account_type"],
+             "identification_kind": r["ident_kind"],
+             "identification": _mask_ident(r["ident_kind"], r["ident_number"]),
+             "responsible_kind": r["resp_kind"], "responsible": _mask_ident(r["resp_kind"], r["resp_number"]),
+             "changes": by_claim.get(r["fordring_id"], [])} for r in rows]
+
+
+def holdings(db_url: str, secret: bytes) -> dict[str, dict]:
+    """What the debtor side holds per FordringID, for reconciliation: status, amount, the keyed
+    print of the account's parties (``fingerprints.identity_print``: no CPR leaves this function)
+    and the repayments applied."""
+    from fbs_debitor.claims.fingerprints import identity_print
+
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(emu_claim.c.fordring_id, emu_claim.c.status, emu_claim.c.amount, emu_account.c.ident_kind,
+                          emu_account.c.ident_number, emu_account.c.resp_kind, emu_account.c.resp_number)
+                .join(emu_account, emu_account.c.account_id == emu_claim.c.account_id)).all()
+            repaid = conn.execute(sa.select(emu_change.c.fordring_id, emu_change.c.amount)
+                                  .where(emu_change.c.kind == "Tilbagebetaling")).all()
+    finally:
+        engine.dispose()
+    out = {r.fordring_id: {"status": r.status, "amount": as_amount(r.amount), "repaid": Decimal(0),
+                           "identity": identity_print(r.ident_kind, r.ident_number, r.resp_kind, r.resp_number,
+                                                      secret)} for r in rows}
+    for fid, amount in repaid:
+        if fid in out:
+            out[fid]["repaid"] += as_amount(amount)
+    return out
+
+
+# --- XML ---------------------------------------------------------------------------------------
+
+def _parser() -> etree.XMLParser:
+    return messages.safe_parser()
+
+
+def _parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, etree._Element]:
+    """The operation and the validated request element, or a SoapFault."""
+    try:
+        env = messages.parse_untrusted(body)
+    except messages.UnsafeXml:
+        raise SoapFault("Client", "DTDs and entities are not allowed") from None
+    except etree.XMLSyntaxError:
+        raise SoapFault("Client", "the request is not well-formed XML") from None
+    if env.tag != f"{{{SOAP_NS}}}Envelope":
+        raise SoapFault("VersionMismatch" if etree.QName(env).localname == "Envelope" else "Client",
+                        "a SOAP 1.1 Envelope is required")
+    header = env.find(f"{{{SOAP_NS}}}Header")
+    if header is None or header.find(f"{{{NS_IC}}}InvocationContext") is None:
+        raise SoapFault("Client", "the InvocationContext header is required")
+    soap_body = env.find(f"{{{SOAP_NS}}}Body")
+    children = [] if soap_body is None else [c for c in soap_body if isinstance(c.tag, str)]
+    if len(children) != 1 or children[0].tag not in OPERATIONS:
+        raise SoapFault("Client", "the Body must hold one OpretDebitorkontoAnmodning or RetFordringTilstandAnmodning")
+    request = children[0]
+    operation = OPERATIONS[request.tag][0]
+    if (soap_action or "").strip().strip('"') != ACTION_PREFIX + operation:
+        raise SoapFault("Client", f"the SOAPAction must be {ACTION_PREFIX + operation}")
+    # Validate the body element on its own document (the schema knows nothing of the envelope).
+    standalone = etree.fromstring(etree.tostring(request), _parser())
+    xsd = messages.schema(SCHEMA_FILE)
+    if not xsd.validate(standalone):
+        raise SoapFault("Client", f"schema validation failed at {messages.schema_error(xsd)}"[:500])
+    return operation, standalone
+
+
+def _dr(name: str) -> str:
+    return f"{{{NS_DR}}}{name}"
+
+
+def _f(name: str) -> str:
+    return f"{{{NS_F}}}{name}"
+
+
+def _text(el: etree._Element, path: str) -> str:
+    found = el.find(path)
+    return (found.text or "").strip() if found is not None else ""
+
+
+def _party(el: etree._Element | None) -> tuple[str, str] | None:
+    if el is None:
+        return None
+    for child in el:
+        if isinstance(child.tag, str) and etree.QName(child).localname in _ID_KINDS:
+            return _ID_KINDS[etree.QName(child).localname], (child.text or "").strip()
+    return None
+
+
+def _envelope(payload: etree._Element) -> bytes:
+    env = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS})
+    etree.SubElement(env, f"{{{SOAP_NS}}}Body").append(payload)
+    return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
+
+
+def fault_envelope(code: str, text: str) -> bytes:
+    env = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS})
+    fault = etree.SubElement(etree.SubElement(env, f"{{{SOAP_NS}}}Body"), f"{{{SOAP_NS}}}Fault")
+    etree.SubElement(fault, "faultcode").text = f"soap:{code}"
+    etree.SubElement(fault, "faultstring").text = text
+    return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
+
+
+def _answer_element(answer_tag: str, transaction_id: str, answers: list[dict]) -> etree._Element:
+    root = etree.Element(answer_tag, nsmap={None: NS_DR, "f": NS_F})
+    head = etree.SubElement(root, _dr("Hovedoplysninger"))
+    etree.SubElement(head, _f("TransaktionsId")).text = transaction_id
+    etree.SubElement(head, _f("TransaktionsTid")).text = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    for a in answers:
+        k = etree.SubElement(root, _dr("Kvittering"))
+        etree.SubElement(k, _f("Noegle")).text = a["noegle"]
+        etree.SubElement(k, _f("StatusKode")).text = a["status"]
+        for key, tag in (("debitor_reference", "DebitorReference"), ("fejl_kode", "FejlKode"),
+                         ("fejl_tekst", "FejlTekst")):
+            if a.get(key):
+                etree.SubElement(k, _f(tag)).text = a[key]
+    if not messages.schema(SCHEMA_FILE).validate(root):
+        raise SoapFault("Server", "the emulator built an invalid answer")
+    return root
+
+
+# --- the debtor system -------------------------------------------------------------------------
+
+class Emulator:
+    """The debtor-system emulator. ``with Emulator(...) as emu: post to emu.url``."""
+
+    def __init__(self, vendor: str, db_url: str, host: str = "127.0.0.1", port: int = 0,
+                 accepted_claim_types: set[str] | None = None, fault_rate: float = 0.0,
+                 fault_kinds: tuple = (), slow_seconds: float = 5.0, seed: int = 0,
+                 tls: ssl.SSLContext | None = None, vendor_by_org_unit: dict[str, str] | None = None):
+        for v in {vendor, *(vendor_by_org_unit or {}).values()}:
+            if v not in VENDORS:
+                raise ValueError(f"unknown vendor {v!r}: one of {', '.join(VENDORS)}")
+        self.vendor_by_org_unit = {k.lower(): v for k, v in (vendor_by_org_unit or {}).items()}
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError("the emulator binds to loopback only")
+        unknown = set(fault_kinds) - FAULT_KINDS
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}: choose from {sorted(FAULT_KINDS)}")
+        if fault_rate and not fault_kinds:
+            raise ValueError("a fault rate needs fault kinds")
+        self.vendor, self.db_url, self.host, self.port = vendor, db_url, host, port
+        self.accepted_claim_types = set(CLAIM_TYPES if accepted_claim_types is None else accepted_claim_types)
+        self.fault_rate, self.fault_kinds, self.slow_seconds = fault_rate, tuple(fault_kinds), slow_seconds
+        self.tls = tls
+        self.request_count = 0
+        self.faults: dict[str, int] = {}
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()           # one request processed at a time: first answer wins
+        self._count_lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._engine: sa.Engine | None = None
+
+    # lifecycle
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running")
+        host, port = self._server.server_address[:2]
+        return f"{'https' if self.tls else 'http'}://{host}:{port}/service/OIR/DebitorRegistreringAfsend/1"
+
+    def start(self) -> Emulator:
+        self._engine = _engine(self.db_url)
+        emulator = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.emulator = emulator
+        self._server = _Server((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="debtor-emulator", daemon=True)
+        self._thread.start()
+        log.info("debtor emulator (%s) listening on %s", self.vendor, self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # faults
+    def choose_fault(self) -> str | None:
+        with self._count_lock:
+            self.request_count += 1
+            if self.fault_rate <= 0 or self._rng.random() >= self.fault_rate:
+                return None
+            kind = self._rng.choice(self.fault_kinds)
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            return kind
+
+    # operations
+    def handle(self, operation: str, request: etree._Element) -> bytes:
+        answer_tag = f"{{{NS_DR}}}{operation}Svar"
+        transaction_id = _text(request, f"{_dr('Hovedoplysninger')}/{_f('TransaktionsId')}")
+        with self._lock, self._engine.begin() as conn:
+            if operation == "OpretDebitorkonto":
+                answers = self._create(conn, request)
+            else:
+                answers = self._change(conn, request)
+        rejected = sum(a["status"] == AFVIST for a in answers)
+        log.info("%s: %d answered, %d accepted, %d rejected", operation, len(answers), len(answers) - rejected,
+                 rejected)
+        return _envelope(_answer_element(answer_tag, transaction_id, answers))
+
+    @staticmethod
+    def _first_answer(conn, operation: str, key: str) -> dict | None:
+        row = conn.execute(sa.select(emu_answer).where(emu_answer.c.operation == operation,
+                                                       emu_answer.c.noegle == key)).mappings().first()
+        return dict(row) if row else None
+
+    @staticmethod
+    def _record(conn, operation: str, key: str, status: str, reference: str | None = None,
+                code: str | None = None, text: str | None = None) -> dict:
+        answer = {"operation": operation, "noegle": key, "status": status, "debitor_reference": reference,
+                  "fejl_kode": code, "fejl_tekst": text, "answered_at": _now()}
+        conn.execute(emu_answer.insert().values(**answer))
+        return answer
+
+    @staticmethod
+    def _account_id(conn, account_type: str, ident: tuple[str, str], resp: tuple[str, str]) -> int:
+        key = dict(account_type=account_type, ident_kind=ident[0], ident_number=ident[1], resp_kind=resp[0],
+                   resp_number=resp[1])
+        found = conn.execute(sa.select(emu_account.c.account_id).filter_by(**key)).scalar()
+        if found is not None:
+            return found
+        return conn.execute(emu_account.insert().values(**key).returning(emu_account.c.account_id)).scalar_one()
+
+    def vendor_for(self, request: etree._Element) -> str:
+        org_unit = _text(request, f"{_dr('Afsender')}/{_f('OrganisatoriskEnhedUUID')}").lower()
+        return self.vendor_by_org_unit.get(org_unit, self.vendor)
+
+    def _create(self, conn, request: etree._Element) -> list[dict]:
+        answers = []
+        vendor = self.vendor_for(request)
+        for account in request.iterfind(_dr("Debitorkonto")):
+            account_type = _text(account, _dr("DebitorkontoType"))
+            ident = _party(account.find(_dr("DebitorkontoIdentifikation")))
+            resp = _party(account.find(_dr("JuridiskAnsvarlig")))
+            for claim in account.iterfind(_dr("Fordring")):
+                fid = _text(claim, _dr("FordringID"))
+                first = self._first_answer(conn, "OpretDebitorkonto", fid)
+                if first:
+                    answers.append(first)
+                    continue
+                kravtype = _text(claim, _dr("FordringKravtype"))
+                if kravtype not in self.accepted_claim_types:
+                    answers.append(self._record(
+                        conn, "OpretDebitorkonto", fid, AFVIST, code="M3_UMAPPET_KRAVTYPE",
+                        text=f"Kravtypen {kravtype} er ikke mappet i debitorsystemet / claim type not mapped"))
+                    continue
+                if vendor == "PRISME" and "ERSTATNING_CPR" in (ident[0], resp[0]):
+                    answers.append(self._record(
+                        conn, "OpretDebitorkonto", fid, AFVIST, code="I3_ERSTATNINGS_CPR",
+                        text="Prisme modtager ikke fordringer på erstatningspersonnummer / "
+                             "Prisme does not accept claims on a replacement CPR"))
+                    continue
+                amount = _text(claim, _dr("Beloeb"))
+                reference = f"{vendor}-{uuid.uuid5(REFERENCE_NAMESPACE, fid).hex[:12].upper()}"
+                conn.execute(emu_claim.insert().values(
+                    fordring_id=fid, account_id=self._account_id(conn, account_type, ident, resp),
+                    kravtype=kravtype, amount=str(as_amount(amount)), original_amount=str(as_amount(amount)),
+                    status=ACTIVE, debitor_reference=reference, received_at=_now()))
+                answers.append(self._record(conn, "OpretDebitorkonto", fid, MODTAGET, reference=reference))
+        return answers
+
+    def _change(self, conn, request: etree._Element) -> list[dict]:
+        answers = []
+        op = "RetFordringTilstand"
+        for change in request.iterfind(_dr("FordringAendring")):
+            aid, fid = _text(change, _dr("AendringID")), _text(change, _dr("FordringID"))
+            first = self._first_answer(conn, op, aid)
+            if first:
+                answers.append(first)
+                continue
+            what = [c for c in change if isinstance(c.tag, str)][2]
+            kind = etree.QName(what).localname
+            claim = conn.execute(sa.select(emu_claim).where(emu_claim.c.fordring_id == fid)).mappings().first()
+            if claim is None:
+                answers.append(self._record(conn, op, aid, AFVIST, code="UKENDT_FORDRING",
+                                            text="Fordringen findes ikke / unknown claim"))
+                continue
+            reference = claim["debitor_reference"]
+            if claim["status"] == CANCELLED:
+                answers.append(self._record(conn, op, aid, AFVIST, reference, "FORDRING_ANNULLERET",
+                                            "Fordringen er annulleret / the claim is cancelled"))
+                continue
+            amount = None
+            update: dict = {}
+            if kind == "Annullering":
+                update = {"status": CANCELLED}
+            elif kind == "Nedskrivning":
+                try:
+                    amount = as_amount(_text(what, _dr("NytBeloeb")))
+                except InvalidOperation:  # pragma: no cover - the schema checked it
+                    amount = Decimal(0)
+                if amount <= 0:     # the schema says so too; a receiver checks anyway
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "NEDSKRIVNING_UNDER_NUL",
+                                                "Et beløb kan ikke nedskrives til nul eller derunder / "
+                                                "a claim cannot be written down to zero or below"))
+                    continue
+                if amount >= as_amount(claim["amount"]):
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "NEDSKRIVNING_IKKE_LAVERE",
+                                                "Nyt beløb skal være lavere end det nuværende / "
+                                                "the new amount must be lower than the current one"))
+                    continue
+                update = {"amount": str(amount)}
+            elif kind == "Identifikationsaendring":
+                current = conn.execute(sa.select(emu_account).where(
+                    emu_account.c.account_id == claim["account_id"])).mappings().one()
+                ident = _party(what.find(_dr("DebitorkontoIdentifikation"))) or (current["ident_kind"],
+                                                                                 current["ident_number"])
+                resp = _party(what.find(_dr("JuridiskAnsvarlig"))) or (current["resp_kind"], current["resp_number"])
+                update = {"account_id": self._account_id(conn, current["account_type"], ident, resp)}
+            elif kind == "Tilbagebetaling":
+                amount = as_amount(_text(what, _dr("Beloeb")))
+                if not claim["kravtype"].startswith("ERSTATNING"):
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "U3_KUN_ERSTATNING",
+                                                "Kun erstatninger kan tilbagebetales / only compensations are repaid"))
+                    continue
+                if amount > as_amount(claim["original_amount"]):
+                    answers.append(self._record(conn, op, aid, AFVIST, reference, "TILBAGEBETALING_FOR_STOR",
+                                                "Tilbagebetalingen er større end fordringen / the repayment exceeds "
+                                                "the claim"))
+                    continue
+            if update:
+                conn.execute(emu_claim.update().where(emu_claim.c.fordring_id == fid).values(**update))
+            conn.execute(emu_change.insert().values(aendring_id=aid, fordring_id=fid, kind=kind,
+                                                    amount=None if amount is None else str(amount),
+                                                    applied_at=_now()))
+            answers.append(self._record(conn, op, aid, MODTAGET, reference))
+        return answers
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # e.g. a refused TLS handshake (no or a wrong client certificate): one line, no traceback
+        log.info("connection from %s failed: %s", client_address[0], sys.exc_info()[0].__name__)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: Emulator
+    protocol_version = "HTTP/1.1"
+    server_version = "fbs-debitor-emulator/1"
+
+    def setup(self) -> None:
+        tls = self.emulator.tls
+        if tls is not None:  # handshake in this connection's thread, never in the accept loop
+            self.request.settimeout(30)
+            self.request = tls.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.info("connection closed: %s", type(exc).__name__)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/xml; charset=utf-8",
+              extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        """``<url>?wsdl`` gives the project's WSDL with this emulator's address; the schema files it
+        imports are served next to it by name. Nothing else."""
+        path, _, query = self.path.partition("?")
+        name = path.rsplit("/", 1)[-1]
+        if query.lower() == "wsdl":
+            text = (XSD_DIR / WSDL_FILE).read_text(encoding="utf-8")
+            text = re.sub(r'(<soap:address location=")[^"]*(")', lambda m: m.group(1) + self.emulator.url + m.group(2),
+                          text)
+            self._send(200, text.encode("utf-8"))
+        elif name in SERVED_FILES:
+            self._send(200, (XSD_DIR / name).read_bytes())
+        else:
+            self._send(405, b"POST a SOAP 1.1 envelope, or GET ?wsdl\n", "text/plain", {"Allow": "GET, POST"})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        emu = self.emulator
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            self._send(411, b"Content-Length required\n", "text/plain")
+            return
+        if length > MAX_BODY:
+            self.close_connection = True
+            self._send(413, b"request too large\n", "text/plain")
+            return
+        body = self.rfile.read(length)
+        fault = emu.choose_fault()
+        if fault:
+            log.info("injected fault: %s", fault)
+        if fault == "drop":
+            self._drop()
+            return
+        if fault == "http500":
+            self._send(500, b"Internal Server Error\n", "text/plain")
+            return
+        if fault == "http503":
+            self._send(503, b"Service Unavailable\n", "text/plain", {"Retry-After": "1"})
+            return
+        if fault == "soapfault":
+            self._send(500, fault_envelope("Server", "midlertidig fejl / temporary failure (injected)"))
+            return
+        if fault == "slow":
+            time.sleep(emu.slow_seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request payload (masked): %s", mask_payload(body))
+        try:
+            operation, request = _parse_envelope(body, self.headers.get("SOAPAction"))
+            answer = emu.handle(operation, request)
+        except SoapFault as exc:
+            log.info("SOAP fault %s: %s", exc.code, exc.text)
+            self._send(500, fault_envelope(exc.code, exc.text))
+            return
+        except Exception:  # a bug: answer as a server fault, never with the payload
+            log.exception("emulator failure")
+            self._send(500, fault_envelope("Server", "internal error in the debtor emulator"))
+            return
+        if fault == "drop_after_store":
+            self._drop()
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("answer payload (masked): %s", mask_payload(answer))
+        self._send(200, answer)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def _default_db() -> str:
+    from fbs_debitor.core.settings import var_dir
+
+    return f"sqlite:///{var_dir() / 'emulator' / 'emulator.sqlite'}"
+
+
+def vendors_from_fbs(fbs_url: str | None = None) -> dict[str, str]:
+    """Each FBS agency's debtor vendor by its org-unit UUID (the sender of its requests)."""
+    from fbs_debitor.core.settings import FBS_SCHEMA, database_urls
+
+    engine = make_engine(fbs_url or database_urls().fbs, FBS_SCHEMA)
+    try:
+        with engine.connect() as conn:
+            return {r.org_unit_uuid.lower(): r.debtor_vendor for r in conn.execute(
+                sa.text("SELECT org_unit_uuid, debtor_vendor FROM agency WHERE org_unit_uuid IS NOT NULL"))}
+    finally:
+        engine.dispose()
+
+
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server context; with ``client_ca`` every client must present a certificate chaining to it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """``python -m fbs_debitor emulator --vendor KMD_OPUS ...``: run until Ctrl-C."""
+    p = argparse.ArgumentParser(prog="fbs_debitor emulator", description="Local SF1590 debtor-system emulator")
+    p.add_argument("--vendor", choices=VENDORS, required=True, help="the debtor system (the default vendor with "
+                   "--vendors-from-fbs)")
+    p.add_argument("--vendors-from-fbs", action="store_true",
+                   help="behave as each FBS agency's own vendor (agency.debtor_vendor, by the sender's org unit), "
+                        "reading the agencies from FBS_DEBITOR_FBS_URL")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    p.add_argument("--port", type=int, default=8590)
+    p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database")
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--fault-kinds", default="", help=f"comma list of {','.join(sorted(FAULT_KINDS))}")
+    p.add_argument("--slow-seconds", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accept", default=None, help="comma list of accepted claim types (default: all three)")
+    p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
+    p.add_argument("--tls-key", help="server key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to; requires client certs")
+    args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
+    accept = None if args.accept is None else {t.strip() for t in args.accept.split(",") if t.strip()}
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    by_org_unit = vendors_from_fbs() if args.vendors_from_fbs else None
+    emu = Emulator(args.vendor, args.db or _default_db(), args.host, args.port, accept, args.fault_rate, kinds,
+                   args.slow_seconds, args.seed, tls, by_org_unit)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def _terminate(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)   # a container stop ends it like Ctrl-C
+    with emu:
+        print(f"debtor emulator ({args.vendor}) on {emu.url}  (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+    return 0

@@ -1,0 +1,252 @@
+"""The transfer run: the steps the hourly DAG ``debitor_transfer`` and the CLI share.
+
+A run assesses eligibility (T1–T6) and builds every eligible claim, so that a liability is only
+counted eligible when its claim can really be built: problems only the builder can see (a guardian
+without CPR, an amount of zero, a fee without its loan, ...) are counted as blocked with their
+rule. Every blocked liability is recorded as a finding in the ledger (nothing is silently
+skipped), and the run with its counts. With a client, each page's claims are delivered as soon
+as they are built (``delivery``): first whatever earlier runs left unconfirmed, then the new ones;
+rejections become staff tasks (``delivery_tasks``).
+
+Which liabilities a run looks at is its ``scope``: the hourly run's is everything from each
+agency's cut-off date except ranges waiting for ``debitor_backfill`` (``cut_off``); a backfill
+chunk's is one agency's month (``backfill``). Whoever sends (the hourly run, a backfill chunk,
+the CLI) holds the ledger's ``sending`` lock meanwhile, so two senders never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+
+from fbs_debitor.claims import stream as claim_stream
+from fbs_debitor.claims.model import Problem
+from fbs_debitor.core import ledger
+from fbs_debitor.core.db import exclusive
+from fbs_debitor.core.stores import Stores
+from fbs_debitor.eligibility import rules as eligibility
+from fbs_debitor.eligibility import scope as scopes
+
+log = logging.getLogger(__name__)
+
+
+def _finding(v: eligibility.Verdict) -> ledger.Finding:
+    if v.rule == "C3":  # one finding for the agency, not one per liability
+        return ledger.Finding(check_code=eligibility.CHECK_CODES["C3"], rule="C3", severity="blocks_agency",
+                              agency_id=v.agency_id, subject=f"A{v.agency_id}", message=v.reason or "C3")
+    return ledger.Finding(
+        check_code=eligibility.CHECK_CODES[v.rule], rule=v.rule, severity="blocks_liability",
+        agency_id=v.agency_id, branch_id=v.branch_id, patron_id=v.subject_patron_id,
+        liability_id=v.liability_id, subject=f"L{v.liability_id}", message=v.reason or v.rule)
+
+
+def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
+    # Every rule the builder can stop on has a catalog code (tests/test_dq_checks.py checks it), so
+    # the finding is resolved at the end of a run like any other.
+    return ledger.Finding(check_code=eligibility.CHECK_CODES[p.rule],
+                          rule=p.rule, severity="blocks_liability", agency_id=p.agency_id, branch_id=branch_id,
+                          patron_id=p.patron_id, liability_id=p.liability_id, subject=f"L{p.liability_id}",
+                          message=p.message)
+
+
+def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None,
+                       on_page: Callable[[claim_stream.Page], Counter] | None = None,
+                       scope: scopes.Scope | None = None) -> Counter:
+    """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
+    as findings and the run's counts. ``on_page`` (delivery) gets each page after it is counted and
+    may return more counts. The scope is the run's (default: the hourly run's). Returns the counts
+    (agency, category, rule) -> n."""
+    seen_at = ledger.now()
+    scope = scope if scope is not None else scopes.hourly(stores.ledger)
+    counts = eligibility.out_of_scope_counts(stores.fbs, scope)
+    pages = 0
+    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, scope=scope):
+        pages += 1
+        not_buildable = {row.liability_id: (built.problem, row.b_branch_id) for row, built in page.built
+                         if built.problem}
+        for v in page.verdicts:
+            if v.liability_id in not_buildable:
+                counts[(v.agency_id, eligibility.BLOCKED, not_buildable[v.liability_id][0].rule)] += 1
+            else:
+                counts[(v.agency_id, v.category, v.rule)] += 1
+        findings = [_finding(v) for v in page.verdicts if v.category == eligibility.BLOCKED]
+        findings += [_problem_finding(problem, branch) for problem, branch in not_buildable.values()]
+        blocked = list({f.key: f for f in findings}.values())
+        if blocked:
+            ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
+        if on_page is not None:
+            counts.update(on_page(page))
+    ledger.record_counts(stores.ledger, run_id, counts, eligibility.CATEGORIES)
+    log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
+    return counts
+
+
+def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = None) -> int:
+    """At the end of a run, findings this run did not see again are resolved, saying why:
+    ``fixed`` when the liability still waits to go (the data was corrected) or for agency checks,
+    ``left_batch`` when it no longer waits (sent, closed, cancelled, before the cut-off): that is
+    nothing staff fixed. Only what the run looked at is decided: agencies held under C3 in this
+    run are left alone (nothing was checked or built there, so absence proves nothing), and so are
+    liabilities outside the run's scope: the hourly run leaves a range waiting for the backfill
+    alone, a backfill chunk everything outside its month (and the agency checks)."""
+    from fbs_debitor.quality import catalog as dq_catalog
+
+    if scope is None:
+        run = ledger.get_run(stores.ledger, run_id)
+        scope = scopes.hourly(stores.ledger, since=run.started_at if run else None)
+    with stores.ledger.connect() as conn:
+        held = {r[0] for r in conn.execute(text(
+            "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
+            {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
+    unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held,
+                                    agency_id=scope.agency_id)
+    if scope.is_chunk:
+        unseen = [r for r in unseen if r.liability_id is not None and r.agency_id == scope.agency_id]
+    here, elsewhere = _standing(stores, scope, {r.liability_id for r in unseen if r.liability_id is not None})
+    fixed = [r.finding_key for r in unseen if r.liability_id is None or r.liability_id in here]
+    left = [r.finding_key for r in unseen if r.liability_id is not None and r.liability_id not in here
+            and r.liability_id not in elsewhere]
+    at = ledger.now()
+    return (ledger.resolve_findings(stores.ledger, fixed, "fixed", at)
+            + ledger.resolve_findings(stores.ledger, left, "left_batch", at))
+
+
+def _standing(stores: Stores, scope: scopes.Scope, liability_ids: set[int]) -> tuple[set[int], set[int]]:
+    """(still waiting and this run's, not this run's to decide) among these liabilities. The rest
+    no longer wait at all (sent, closed, cancelled, before the cut-off, gone from FBS)."""
+    if not liability_ids:
+        return set(), set()
+    rows = scopes.standing(stores.fbs, scope, liability_ids)
+    sent = eligibility.in_ledger(stores.ledger, [r.liability_id for r in rows if r.waiting])
+    here = {r.liability_id for r in rows if r.in_universe and r.due and r.liability_id not in sent}
+    elsewhere = {r.liability_id for r in rows if not r.in_universe
+                 or (r.waiting and not r.due and r.liability_id not in sent)}
+    if scope.is_chunk:   # a liability gone from FBS: the hourly run decides, it sees every agency
+        elsewhere |= liability_ids - {r.liability_id for r in rows}
+    return here, elsewhere
+
+
+def totals(counts: Counter) -> dict[str, int]:
+    """Counts per category, and per rule for blocked and out-of-scope: small enough for XCom."""
+    out: dict[str, int] = {}
+    for (_agency, category, rule), n in counts.items():
+        out[category] = out.get(category, 0) + n
+        if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected",
+                        "change_recorded", "changes_accepted", "changes_rejected"):
+            key = f"{category}:{rule}"
+            out[key] = out.get(key, 0) + n
+    return dict(sorted(out.items()))
+
+
+def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
+            page_size: int | None = None, scope: scopes.Scope | None = None, link=None) -> Counter:
+    """Assess, build and send the new claims of the run's scope page by page (what earlier runs
+    left unconfirmed goes first: ``resend_unconfirmed``). ``link`` may carry a send-rate limit.
+    Returns the assessment's counts."""
+    from fbs_debitor.delivery import outbox as delivery
+    from fbs_debitor.transfer.dry_run import batch_size_default
+
+    size = batch_size or batch_size_default()
+    link = link or delivery.Link()
+    with exclusive(stores.ledger, "sending"):
+        counts = assess_eligibility(stores, run_id, page_size, scope=scope,
+                                    on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size,
+                                                                               link))
+    if link.down:
+        log.error("the debtor system stopped answering (%s); what was not sent waits for the next run", link.down)
+    return counts
+
+
+def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
+    from fbs_debitor.delivery import outbox as delivery
+    from fbs_debitor.transfer.dry_run import batch_size_default
+
+    with exclusive(stores.ledger, "sending"):
+        n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
+    if n:
+        log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
+    return n
+
+
+def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None) -> Counter:
+    """After the new claims: what changed in FBS on claims already sent (U1-U4) is recorded as
+    versioned messages and sent in order per liability, with whatever earlier runs left unsent."""
+    from fbs_debitor.changes import detection as change_detection
+    from fbs_debitor.changes import sending as change_delivery
+    from fbs_debitor.transfer.dry_run import batch_size_default
+
+    with exclusive(stores.ledger, "sending"):
+        counts = change_detection.detect_changes(stores, run_id)
+        sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
+    if sent:
+        log.info("%d change message(s) sent to the debtor system", sent)
+    return counts
+
+
+def close_delivery(stores: Stores, run_id: str) -> Counter:
+    """Staff tasks for rejections and long delays; the run's delivery counts (new claims and
+    changes) from the outbox."""
+    from fbs_debitor.changes import sending as change_delivery
+    from fbs_debitor.delivery import outbox as delivery
+    from fbs_debitor.delivery import staff_tasks as delivery_tasks
+
+    new = delivery_tasks.raise_delivery_tasks(stores, run_id)
+    if new:
+        log.info("%d staff task(s) raised in FBS for rejected or long-unconfirmed claims (M1)", new)
+    counts = delivery.delivery_counts(stores.ledger, run_id)
+    ledger.record_counts(stores.ledger, run_id, counts, delivery.DELIVERY_CATEGORIES)
+    changes = change_delivery.change_counts(stores.ledger, run_id)
+    ledger.record_counts(stores.ledger, run_id, changes, change_delivery.CHANGE_CATEGORIES)
+    return counts + changes
+
+
+def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
+                 data_quality: bool = True, **run_fields) -> tuple[str, Counter]:
+    """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
+    leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
+    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG."""
+    from fbs_debitor.eligibility import cut_off
+    from fbs_debitor.quality import checks as dq_checks
+
+    with _recorded_run(stores, kind, **run_fields) as run_id:
+        cut_off.detect(stores, run_id)
+        if data_quality:
+            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
+        resend_unconfirmed(stores, client, run_id, batch_size)
+        counts = deliver(stores, client, run_id, batch_size)
+        keep_claims_true(stores, client, run_id, batch_size)
+        counts.update(close_delivery(stores, run_id))
+        resolve_findings(stores, run_id)
+    return run_id, counts
+
+
+def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:
+    """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
+    finish (failed with the error if anything raises)."""
+    from fbs_debitor.eligibility import cut_off
+    from fbs_debitor.quality import checks as dq_checks
+
+    with _recorded_run(stores, kind, **run_fields) as run_id:
+        cut_off.detect(stores, run_id)
+        dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
+        counts = assess_eligibility(stores, run_id)
+        resolve_findings(stores, run_id)
+    return run_id, counts
+
+
+@contextmanager
+def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[str]:
+    """A run in the ledger: started, then finished as success, or as failed with the error when
+    anything (an interrupt too) ends it early."""
+    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
+    try:
+        yield run_id
+    except BaseException as exc:
+        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    ledger.finish_run(stores.ledger, run_id, "success")
+
