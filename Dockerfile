@@ -36,7 +36,8 @@ RUN pip install --no-cache-dir \
         -c /opt/airflow/fbs-debitor-requirements/constraints.txt \
         "apache-airflow==${AIRFLOW_VERSION}"
 
-# The project's code, owned by root and read-only for the airflow user.
+# The project's code, owned by root and read-only for the airflow user. .dockerignore leaves the
+# sandbox (plugins/fbs_debitor/sandbox/: generator, emulators, simulators) out of the image.
 COPY dags/ /opt/airflow/dags/
 COPY plugins/ /opt/airflow/plugins/
 COPY include/ /opt/airflow/include/
@@ -50,4 +51,6 @@ ENV FBS_DEBITOR_HOME=/opt/airflow \
 
 # Smoke test: the pinned libraries import and the project's CLI starts.
 RUN python -c "import airflow, great_expectations, lxml.etree, pandas, psycopg, sqlalchemy, stdnum, zeep" \
-    && python -m fbs_debitor --help >/dev/null
+    && python -m fbs_debitor --help >/dev/null \
+    && python -c "import fbs_debitor.airflow.tasks, fbs_debitor.airflow.notifications" \
+    && ! python -c "import fbs_debitor.sandbox" 2>/dev/null

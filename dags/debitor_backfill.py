@@ -69,9 +69,9 @@ Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their
 def debitor_backfill():
     @task(task_id="plan")
     def plan(params=None, dag_run=None) -> dict:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.plan_backfill(dict(params), dag_run.run_id)
+        return tasks.plan_backfill(dict(params), dag_run.run_id)
 
     @task(task_id="chunks")
     def chunks(planned: dict) -> list[dict]:
@@ -80,16 +80,16 @@ def debitor_backfill():
     @task(task_id="run_chunk", pool="debitor_debtor_system", priority_weight=1, weight_rule="absolute",
           max_active_tis_per_dagrun=1, map_index_template="{{ chunk_label }}")
     def run_chunk(chunk: dict, dag_run=None) -> dict:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
         get_current_context()["chunk_label"] = chunk["chunk_from"][:7]
-        return dag_tasks.backfill_chunk(chunk, dag_run.run_id)
+        return tasks.backfill_chunk(chunk, dag_run.run_id)
 
     @task(task_id="finish", trigger_rule="all_done", retries=0)
     def finish(planned: dict) -> dict:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.finish_backfill(planned)
+        return tasks.finish_backfill(planned)
 
     planned = plan()
     done = run_chunk.expand(chunk=chunks(planned))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 DOC_MD = """
 ### debitor_dq_report — what library staff must fix in FBS, per branch (M4)
@@ -45,15 +44,15 @@ CPR numbers never appear in full (`DDMMYY-****`). Databases: Airflow Connections
 def debitor_dq_report():
     @task(task_id="build_reports")
     def build_reports(data_interval_end=None) -> dict:
-        from fbs_debitor.quality import report as dq_report
+        from fbs_debitor.airflow import tasks
 
-        return dq_report.build_for_task(dq_report.report_date_for(data_interval_end).isoformat())
+        return tasks.build_reports(tasks.report_day(data_interval_end))
 
     @task(task_id="email_reports")
     def email_reports(built: dict) -> dict[str, int]:
-        from fbs_debitor.quality import mailer
+        from fbs_debitor.airflow import tasks
 
-        return mailer.email_for_task(built["manifest"], built["report_date"])
+        return tasks.email_reports(built["manifest"], built["report_date"])
 
     email_reports(build_reports())
 

@@ -55,30 +55,32 @@ their BevaegelseID, write-backs by their key.
 def debitor_payments():
     @task(task_id="open_run")
     def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.open_run("payments", dag.dag_id, run_id, data_interval_start, data_interval_end)
+        return tasks.open_run("payments", dag.dag_id, run_id, data_interval_start, data_interval_end)
 
     @task(task_id="ingest")
     def ingest(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.ingest_payments(ledger_run_id)
+        return tasks.ingest_payments(ledger_run_id)
 
     @task(task_id="reconcile")
-    def reconcile(ledger_run_id: str, ingested: dict[str, int]) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def reconcile(ledger_run_id: str) -> dict[str, int]:
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.reconcile_payments(ledger_run_id)
+        return tasks.reconcile_payments(ledger_run_id)
 
     @task(task_id="differences", retries=0)
     def differences(result: dict[str, int]) -> int:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import notifications
 
-        return dag_tasks.payment_differences(result)
+        return notifications.payment_differences(result)
 
-    ledger_run_id = open_run()
-    differences(reconcile(ledger_run_id, ingest(ledger_run_id)))
+    run_id = open_run()
+    reconciled = reconcile(run_id)
+    ingest(run_id) >> reconciled
+    differences(reconciled)
 
 
 debitor_payments()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+
+# TriggerDagRunOperator is the one import from outside airflow.sdk: the SDK does not export it.
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 DOC_MD = """
 ### debitor_transfer — FBS liabilities to the municipal debtor system (SF1590_B_01)
@@ -86,90 +87,82 @@ SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule"
 def debitor_transfer():
     @task(task_id="open_run")
     def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.open_run("transfer", dag.dag_id, run_id, data_interval_start, data_interval_end)
-
-    @task(task_id="data_quality")
-    def data_quality(ledger_run_id: str) -> dict:
-        from fbs_debitor.airflow import tasks as dag_tasks
-
-        return dag_tasks.data_quality(ledger_run_id)
+        return tasks.open_run("transfer", dag.dag_id, run_id, data_interval_start, data_interval_end)
 
     @task(task_id="detect_cut_off")
     def detect_cut_off(ledger_run_id: str) -> list[dict]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.detect_cut_off(ledger_run_id)
+        return tasks.detect_cut_off(ledger_run_id)
 
     @task.short_circuit(task_id="regular_run")
-    def regular_run(ledger_run_id: str, requests: list[dict], dag_run=None) -> bool:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def regular_run(ledger_run_id: str, dag_run=None) -> bool:
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.regular_run(ledger_run_id, dag_run.run_type)
+        return tasks.regular_run(ledger_run_id, dag_run.run_type)
+
+    @task(task_id="data_quality")
+    def data_quality(ledger_run_id: str) -> dict:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.data_quality(ledger_run_id)
 
     @task(task_id="resend_unconfirmed", **SENDING)
     def resend_unconfirmed(ledger_run_id: str) -> int:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.resend_unconfirmed(ledger_run_id)
+        return tasks.resend_unconfirmed(ledger_run_id)
 
     @task(task_id="build_and_send", **SENDING)
-    def build_and_send(ledger_run_id: str, resent: int, ti=None) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def build_and_send(ledger_run_id: str, ti=None) -> dict[str, int]:
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
+        return tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
 
     @task(task_id="send_changes", **SENDING)
-    def send_changes(ledger_run_id: str, sent: dict[str, int]) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def send_changes(ledger_run_id: str) -> dict[str, int]:
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.send_changes(ledger_run_id)
+        return tasks.send_changes(ledger_run_id)
 
     @task(task_id="raise_staff_tasks", trigger_rule="all_done")
     def raise_staff_tasks(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.raise_staff_tasks(ledger_run_id)
+        return tasks.raise_staff_tasks(ledger_run_id)
 
     @task(task_id="close_run")
-    def close_run(ledger_run_id: str, delivered: dict[str, int]) -> str:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def close_run(ledger_run_id: str) -> str:
+        from fbs_debitor.airflow import tasks
 
-        return dag_tasks.close_run(ledger_run_id)
+        return tasks.close_run(ledger_run_id)
 
     @task(task_id="held_agencies", retries=0)
-    def held_agencies(dq: dict, closed: str) -> list[str]:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def held_agencies(dq: dict) -> list[str]:
+        from fbs_debitor.airflow import notifications
 
-        return dag_tasks.held_agencies(dq)
+        return notifications.held_agencies(dq)
 
     @task(task_id="undelivered", retries=0)
-    def undelivered(delivered: dict[str, int], closed: str) -> int:
-        from fbs_debitor.airflow import tasks as dag_tasks
+    def undelivered(delivered: dict[str, int]) -> int:
+        from fbs_debitor.airflow import notifications
 
-        return dag_tasks.undelivered(delivered)
+        return notifications.undelivered(delivered)
 
-    ledger_run_id = open_run()
-    requests = detect_cut_off(ledger_run_id)
+    run_id = open_run()
+    detected = detect_cut_off(run_id)
     TriggerDagRunOperator.partial(task_id="trigger_backfill", trigger_dag_id="debitor_backfill",
                                   skip_when_already_exists=True, wait_for_completion=False,
-                                  retries=1).expand_kwargs(requests)
-    regular = regular_run(ledger_run_id, requests)
-    dq = data_quality(ledger_run_id)
-    regular >> dq
-    resent = resend_unconfirmed(ledger_run_id)
-    dq >> resent
-    sent = build_and_send(ledger_run_id, resent)
-    changed = send_changes(ledger_run_id, sent)
-    # Rejections already answered become staff tasks even when sending failed part-way (all_done);
-    # the run is only closed as successful when sending itself succeeded.
-    delivered = raise_staff_tasks(ledger_run_id)
-    changed >> delivered
-    closed = close_run(ledger_run_id, delivered)
-    changed >> closed
-    held_agencies(dq, closed)
-    undelivered(delivered, closed)
+                                  retries=1).expand_kwargs(detected)
+    dq = data_quality(run_id)
+    changed = send_changes(run_id)
+    delivered = raise_staff_tasks(run_id)   # all_done: rejections become tasks even when sending failed
+    closed = close_run(run_id)              # only when sending itself succeeded
+    detected >> regular_run(run_id) >> dq >> resend_unconfirmed(run_id) >> build_and_send(run_id) >> changed
+    changed >> [delivered, closed]
+    delivered >> closed >> [held_agencies(dq), undelivered(delivered)]
 
 
 debitor_transfer()

@@ -13,19 +13,24 @@ from leaks import full_cpr_numbers
 from fbs_debitor.core.settings import HOME
 
 
-def cli(db_urls, tmp_path, *args, **env_over):
+def cli(db_urls, tmp_path, *args, module: str = "fbs_debitor", **env_over):
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_SERVICEPLATFORMEN"}
     env.update(FBS_DEBITOR_FBS_URL=db_urls.fbs, FBS_DEBITOR_LEDGER_URL=db_urls.ledger,
                FBS_DEBITOR_VAR=str(tmp_path / "var"), PYTHONPATH=str(HOME / "plugins"), **env_over)
-    return subprocess.run([sys.executable, "-m", "fbs_debitor", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 
+def sandbox(db_urls, tmp_path, *args, **env_over):
+    """The sandbox's command line (``python -m fbs_debitor.sandbox``): generator, emulator, simulators."""
+    return cli(db_urls, tmp_path, *args, module="fbs_debitor.sandbox", **env_over)
+
+
 def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
-    gen = cli(db_urls, tmp_path, "generate", "--patrons", "400", "--seed", "3", "--as-of", "2026-11-20")
+    gen = sandbox(db_urls, tmp_path, "generate", "--patrons", "400", "--seed", "3", "--as-of", "2026-11-20")
     assert gen.returncode == 0, gen.stderr
     assert re.search(r"5 agencies, 400 patrons, \d+ liabilities", gen.stdout)
-    again = cli(db_urls, tmp_path, "generate", "--if-empty")
+    again = sandbox(db_urls, tmp_path, "generate", "--if-empty")
     assert again.returncode == 0 and "not regenerating" in again.stdout
 
     assess = cli(db_urls, tmp_path, "assess")
@@ -59,7 +64,7 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
 
     from fbs_debitor.sandbox import emulator
 
-    assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
     emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
     with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
         conn = connection_json(emu.url)
@@ -71,7 +76,7 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     assert re.search(r"^sent 0: accepted 0, rejected 0, unconfirmed 0", second.stdout, re.M)
     held = len(emulator.claims(emu_db))
     assert held == int(sent.group(2))
-    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    check = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
     assert check.returncode == 0 and f"holds {held} claim(s)" in check.stdout
     assert "held exactly once and holds FBS's current truth: OK" in check.stdout
     assert full_cpr_numbers(first.stdout + first.stderr + second.stdout + second.stderr) == []
@@ -79,7 +84,7 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     # P1/P2: the emulator delivers the day's files (each agency's vendor on its rhythm), the payments
     # run applies them, reconciliation covers payments too; a second payments run finds nothing new.
     inbox = tmp_path / "var" / "payments" / "inbox"
-    files = cli(db_urls, tmp_path, "emulator-payments", "--db", emu_db, "--until", "2026-11-20T12:00:00+01:00",
+    files = sandbox(db_urls, tmp_path, "emulator-payments", "--db", emu_db, "--until", "2026-11-20T12:00:00+01:00",
                 "--rate", "0.5")
     assert files.returncode == 0, files.stderr[-2000:]
     delivered = re.search(r"delivered (\d+) payment file\(s\)", files.stdout)
@@ -90,7 +95,7 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     assert applied and int(applied.group(1)) > 0 and list(inbox.iterdir()) == []
     again = cli(db_urls, tmp_path, "payments")
     assert again.returncode == 0 and re.search(r"^movements: applied 0,", again.stdout, re.M)
-    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    check = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
     assert check.returncode == 0, check.stdout[-3000:]
     assert "every movement reported reached FBS exactly once or is held for review: OK" in check.stdout
     assert full_cpr_numbers(files.stdout + pay.stdout + pay.stderr + check.stdout) == []
@@ -103,14 +108,14 @@ def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1
     from fbs_debitor.core.stores import open_stores
     from fbs_debitor.sandbox import emulator
 
-    assert cli(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
     emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
     with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
         conn = connection_json(emu.url)
         assert cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn).returncode == 0
-        changed = cli(db_urls, tmp_path, "simulate-changes", "--per-kind", "3")
+        changed = sandbox(db_urls, tmp_path, "simulate-changes", "--per-kind", "3")
         # FBS changed, the debtor side not yet: the reconciliation lists the differences and fails
-        stale = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db, "--out", str(tmp_path / "diff.csv"))
+        stale = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db, "--out", str(tmp_path / "diff.csv"))
         run = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
         again = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=conn)
     assert changed.returncode == 0 and "increase 3" in changed.stdout and "write_down 3" in changed.stdout
@@ -122,7 +127,7 @@ def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1
     assert recorded and int(recorded.group(1)) == int(recorded.group(3)) > 0
     assert "increase_create 3" in recorded.group(2) and "write_down 3" in recorded.group(2)
     assert re.search(r"changes to claims already sent \(U1-U4\): recorded 0, accepted 0", again.stdout)
-    check = cli(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    check = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
     assert check.returncode == 0 and "holds FBS's current truth: OK" in check.stdout, check.stdout
     # M2: one command shows the whole trail of an increased liability, CPR masked
     stores = open_stores(db_urls)

@@ -6,12 +6,24 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from pathlib import Path
 
-from sqlalchemy import text
-
+from fbs_debitor.backfill import months as backfill
+from fbs_debitor.changes import reconciliation
+from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
+from fbs_debitor.delivery import send_rate, serviceplatformen
+from fbs_debitor.eligibility.cut_off import waiting_backfills
+from fbs_debitor.payments import apply as payments
+from fbs_debitor.payments import inbox
+from fbs_debitor.payments import reconciliation as payment_reconciliation
+from fbs_debitor.quality import mailer
+from fbs_debitor.quality import report as dq_report
+from fbs_debitor.transfer import dry_run
+from fbs_debitor.transfer.run import run_assessment, run_transfer
+from fbs_debitor.transfer.summary import format_payments_run, format_run
 
 
 def _stores() -> Stores:
@@ -27,34 +39,7 @@ def cmd_init(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from fbs_debitor.sandbox.generator import generate
-
-    stores = _stores()
-    init_stores(stores)
-    if args.if_empty:
-        with stores.fbs.connect() as conn:
-            existing = conn.execute(text("SELECT COUNT(*) FROM liability")).scalar()
-        if existing:
-            print(f"FBS extract already holds {existing} liabilities; not regenerating (drop --if-empty to regenerate)")
-            return 0
-    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
-    summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
-                       liabilities_per_patron=args.liabilities_per_patron, backlog_years=args.backlog_years,
-                       cut_off_days=args.cut_off_days)
-    counts = summary.as_dict()
-    print(f"generated a synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
-          f"{counts['agency']} agencies, {counts['patron']} patrons, {counts['liability']} liabilities")
-    if args.verbose:
-        for key, value in counts.items():
-            print(f"  {key}: {value}")
-    return 0
-
-
 def cmd_assess(args) -> int:
-    from fbs_debitor.transfer.run import run_assessment
-    from fbs_debitor.transfer.summary import format_run
-
     stores = _stores()
     init_stores(stores)
     run_id, counts = run_assessment(stores, kind="manual", data_docs_dir=settings.var_dir() / "data_docs")
@@ -65,17 +50,12 @@ def cmd_assess(args) -> int:
 def cmd_transfer(args) -> int:
     from pathlib import Path
 
-    from fbs_debitor.transfer import dry_run
-
     stores = _stores()
     init_stores(stores)
     if args.dry_run:
         summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
         print(dry_run.format_summary(summary))
         return 0
-    from fbs_debitor.delivery import serviceplatformen
-    from fbs_debitor.transfer.run import run_transfer
-    from fbs_debitor.transfer.summary import format_run
 
     try:
         config = serviceplatformen.config_from_env()
@@ -96,9 +76,6 @@ def cmd_transfer(args) -> int:
 
 def cmd_report(args) -> int:
     from pathlib import Path
-
-    from fbs_debitor.quality import mailer
-    from fbs_debitor.quality import report as dq_report
 
     stores = _stores()
     init_stores(stores)
@@ -124,8 +101,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from fbs_debitor.transfer.summary import format_payments_run, format_run
-
     stores = _stores()
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
     if run is None:
@@ -139,57 +114,50 @@ def cmd_summary(args) -> int:
     return 0 if run.status == "success" else 1
 
 
-def cmd_reconcile(args) -> int:
-    """Claims (with --emulator-db: exactly once, and FBS's current truth, U1-U4) and payments (what
-    was sent, what the debtor system reported paid or written off, what FBS shows); every
-    difference listed and written to a CSV."""
-    from pathlib import Path
-
-    from fbs_debitor.changes import reconciliation
-    from fbs_debitor.claims import fingerprints
-    from fbs_debitor.payments import reconciliation as payment_reconciliation
-    from fbs_debitor.sandbox import emulator, emulator_payments
-
-    stores = _stores()
-    init_stores(stores)
+def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int = 20, out: str | None = None,
+              payments_out: str | None = None) -> bool:
+    """Claims against what the debtor side holds (``held``: exactly once, and FBS's current truth,
+    U1-U4), and payments (what was sent, what the debtor system reported paid or written off
+    (``debtor``), what FBS shows); every difference printed (the first ``show``) and written to a
+    CSV. True when there is none."""
     stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S}"
     reports = settings.var_dir() / "reports"
     ok = True
-    if args.emulator_db:
-        held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
+    if held is not None:
         report = reconciliation.reconcile(stores, held)
         print(report.summary())
         if not report.ok:
             ok = False
-            for d in report.differences[:args.show]:
+            for d in report.differences[:show]:
                 print(f"  liability {d.liability_id} {d.fordring_id}: {d.what}: FBS {d.fbs}; debtor side {d.debtor}; "
                       f"ledger {d.ledger}")
-            if len(report.differences) > args.show:
-                print(f"  ... and {len(report.differences) - args.show} more")
-            out = Path(args.out) if args.out else reports / f"reconciliation-{stamp}.csv"
-            print(f"every difference: {report.write_csv(out)}")
-    debtor = emulator_payments.movements(args.emulator_db) if args.emulator_db else None
+            if len(report.differences) > show:
+                print(f"  ... and {len(report.differences) - show} more")
+            print(f"every difference: {report.write_csv(Path(out) if out else reports / f'reconciliation-{stamp}.csv')}")
     payments = payment_reconciliation.reconcile_payments(stores, debtor)
     print(payments.summary())
-    path = payments.write_csv(Path(args.payments_out) if args.payments_out
-                              else reports / f"payments-reconciliation-{stamp}.csv")
+    path = payments.write_csv(Path(payments_out) if payments_out else reports / f"payments-reconciliation-{stamp}.csv")
     if not payments.ok:
         ok = False
-        for d in payments.differences[:args.show]:
+        for d in payments.differences[:show]:
             print(f"  liability {d.liability_id or '-'} {d.fordring_id}: {d.what}: sent {d.sent}; debtor reported "
                   f"{d.reported}; ledger {d.ledger}; FBS {d.fbs}")
-        if len(payments.differences) > args.show:
-            print(f"  ... and {len(payments.differences) - args.show} more")
+        if len(payments.differences) > show:
+            print(f"  ... and {len(payments.differences) - show} more")
     print(f"payments report (every difference): {path}")
-    return 0 if ok else 1
+    return ok
+
+
+def cmd_reconcile(args) -> int:
+    """Payments: what was sent, what the debtor system reported, what FBS shows (the sandbox's
+    ``reconcile --emulator-db`` also compares the claims the emulator holds)."""
+    stores = _stores()
+    init_stores(stores)
+    return 0 if reconcile(stores, show=args.show, payments_out=args.payments_out) else 1
 
 
 def cmd_payments(args) -> int:
     """Apply the debtor system's waiting payment files now (what the debitor_payments DAG runs)."""
-    from fbs_debitor.payments import apply as payments
-    from fbs_debitor.payments import inbox
-    from fbs_debitor.payments import reconciliation as payment_reconciliation
-    from fbs_debitor.transfer.summary import format_payments_run
 
     stores = _stores()
     init_stores(stores)
@@ -216,34 +184,7 @@ def cmd_payments(args) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_emulator_payments(args) -> int:
-    """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
-    from pathlib import Path
-
-    from fbs_debitor.payments import inbox
-    from fbs_debitor.sandbox import emulator, emulator_payments
-
-    stores = _stores()
-    with stores.fbs.connect() as conn:
-        vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
-    until = dt.datetime.fromisoformat(args.until).astimezone() if args.until else dt.datetime.now().astimezone()
-    since = dt.datetime.fromisoformat(args.since).astimezone() if args.since else None
-    folder = inbox.default_inbox_dir() if args.inbox is None else Path(args.inbox)
-    mix = emulator_payments.Mix(rate=args.rate, overpayments=args.overpayments, on_cancelled=args.on_cancelled)
-    files = emulator_payments.deliver(args.db or emulator._default_db(), folder, until, vendors, args.seed, mix, since)
-    per_vendor: dict[str, int] = {}
-    for f in files:
-        vendor = f.name.split("-")[1]
-        per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
-    print(f"debtor emulator delivered {len(files)} payment file(s) into {folder}"
-          + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if files else
-             " (no delivery due since the last one, or nothing to pay)"))
-    return 0
-
-
 def cmd_history(args) -> int:
-    from fbs_debitor.changes.history import format_history
-
     text_ = format_history(_stores(), args.liability_id)
     if text_ is None:
         print(f"liability {args.liability_id} is known neither in FBS nor in the ledger", file=sys.stderr)
@@ -252,22 +193,10 @@ def cmd_history(args) -> int:
     return 0
 
 
-def cmd_simulate_changes(args) -> int:
-    from fbs_debitor.sandbox.change_simulator import simulate
-
-    done = simulate(_stores(), seed=args.seed, per_kind=args.per_kind)
-    print("changed in FBS after the transfer: " + (", ".join(f"{k} {n}" for k, n in sorted(done.items())) or "nothing "
-          "(no accepted claims yet: run the transfer first)"))
-    return 0
-
-
 def cmd_backfill(args) -> int:
-    from fbs_debitor.backfill import months as backfill
-
     stores = _stores()
     init_stores(stores)
     if args.waiting:     # for scripts: one line per backfill detection handed over, not yet taken up
-        from fbs_debitor.eligibility.cut_off import waiting_backfills
 
         for b in waiting_backfills(stores.ledger):
             print(b["backfill_id"], b["agency"], b["cut_off_date"], b["batch_size"])
@@ -291,14 +220,12 @@ def cmd_backfill(args) -> int:
         return 0
     client = None
     if not plan.dry_run:
-        from fbs_debitor.delivery import serviceplatformen
 
         try:
             client = serviceplatformen.Client(serviceplatformen.config_from_env())
         except serviceplatformen.ConfigError as exc:
             print(f"not sent: {exc}", file=sys.stderr)
             return 2
-    from fbs_debitor.delivery import send_rate
 
     pacer = None if plan.dry_run else send_rate.pacer_for_backfill()
     failed = 0
@@ -328,17 +255,6 @@ def cmd_backfill(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_simulate_cut_off(args) -> int:
-    from fbs_debitor.eligibility.cut_off import simulate_move
-
-    moved = simulate_move(_stores(), dt.date.fromisoformat(args.to) if args.to else None, args.agency or None)
-    for agency_id, (old, new) in moved.items():
-        print(f"agency {agency_id}: cut-off date {old} -> {new} in the synthetic FBS")
-    if not moved:
-        print("no agency's cut-off date changed")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fbs_debitor", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
@@ -346,18 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the FBS extract tables (demo) and migrate the ledger")
     p.set_defaults(func=cmd_init)
-
-    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality")
-    p.add_argument("--patrons", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--as-of", help="the generator's 'today' (YYYY-MM-DD); default today")
-    p.add_argument("--liabilities-per-patron", type=float, default=10.0)
-    p.add_argument("--backlog-years", type=int, default=6, help="liabilities are created over this many years")
-    p.add_argument("--cut-off-days", type=int, default=365,
-                   help="each agency's cut-off date lies about this many days back; all before it is the "
-                        "pre-cut-off backlog (e.g. --backlog-years 10 for a large one)")
-    p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
-    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("assess", help="data-quality checks and eligibility now (T1-T6), record the run, "
                                       "print the summary")
@@ -377,16 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", action="store_true", help="email each branch its report (FBS_DEBITOR_SMTP_* settings)")
     p.set_defaults(func=cmd_report)
 
-    sub.add_parser("emulator", add_help=False,
-                   help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
-                        "'emulator --help' for its options)")
-
-    p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
-                                         "what FBS shows now; list every difference")
-    p.add_argument("--emulator-db", help="SQLAlchemy URL of the emulator's database: also compare with what the "
-                                         "debtor side holds and delivered")
+    p = sub.add_parser("reconcile", help="compare, per claim with payments, what was sent, what the debtor system "
+                                         "reported and what FBS shows now; list every difference")
     p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
-    p.add_argument("--out", help="CSV of every claim difference (default var/reports/reconciliation-<time>.csv)")
     p.add_argument("--payments-out", help="CSV of the payments report (default "
                                           "var/reports/payments-reconciliation-<time>.csv)")
     p.set_defaults(func=cmd_reconcile)
@@ -398,29 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
     p.set_defaults(func=cmd_payments)
 
-    p = sub.add_parser("emulator-payments", help="demo: the debtor emulator delivers payment files into the inbox, "
-                                                 "each vendor on its rhythm (KMD OPUS nightly, Prisme hourly, EG "
-                                                 "every 15 minutes)")
-    p.add_argument("--db", help="the emulator's database (default var/emulator/emulator.sqlite)")
-    p.add_argument("--inbox", help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
-    p.add_argument("--until", help="deliver what is due up to this time (default now)")
-    p.add_argument("--since", help="on the first call: from this time (default one day before --until)")
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--rate", type=float, default=0.05, help="share of open claims paid or written off per day")
-    p.add_argument("--overpayments", type=int, default=0, help="payments above the balance, per vendor")
-    p.add_argument("--on-cancelled", type=int, default=0, help="payments on cancelled claims, per vendor")
-    p.set_defaults(func=cmd_emulator_payments)
-
     p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
                                        "task and payment, oldest first (CPR masked)")
     p.add_argument("liability_id", type=int)
     p.set_defaults(func=cmd_history)
-
-    p = sub.add_parser("simulate-changes", help="demo: change transferred liabilities in the synthetic FBS "
-                                                "(cancel, write down, increase, new CPR, repayment, close, ...)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--per-kind", type=int, default=10, help="liabilities changed per kind of change")
-    p.set_defaults(func=cmd_simulate_changes)
 
     p = sub.add_parser("backfill", help="send an agency's older liabilities month by month after its cut-off date "
                                         "moved back (T3), as DAG debitor_backfill does; --dry-run sends nothing")
@@ -434,13 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "no backfill run has taken up yet")
     p.set_defaults(func=cmd_backfill)
 
-    p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "
-                                                "next transfer run notices and hands the range to the backfill)")
-    p.add_argument("--to", help="the new cut-off date (default: the first of the month of the oldest liability)")
-    p.add_argument("--agency", action="append", help="agency to move (repeatable; default every agency whose age "
-                                                     "limit is sane, C3)")
-    p.set_defaults(func=cmd_simulate_cut_off)
-
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")
     p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
@@ -450,14 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["emulator"]:
-        # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
-        from fbs_debitor.sandbox.emulator import serve
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return serve(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -1,18 +1,29 @@
-"""Database URLs from Airflow Connections, for code running inside an Airflow task.
+"""Airflow Connections turned into the package's own settings, for code running inside a task.
 
-Connection ``fbs_db`` (the FBS extract) and ``debitor_ledger`` (the ledger) win when defined:
-conn_type ``postgres`` (host, port, login, password, schema = the database name) or ``sqlite``
-(host = the database file path). Where one is not defined, the environment settings apply
-(``FBS_DEBITOR_FBS_URL`` / ``FBS_DEBITOR_LEDGER_URL``, default: SQLite files under ``var/``).
+| Connection           | what                              | where it is not defined                        |
+|----------------------|-----------------------------------|------------------------------------------------|
+| ``fbs_db``           | the FBS extract                   | ``FBS_DEBITOR_FBS_URL`` (default SQLite)       |
+| ``debitor_ledger``   | the ledger                        | ``FBS_DEBITOR_LEDGER_URL`` (default SQLite)    |
+| ``serviceplatformen``| SF1590 endpoint, UUIDs, certificate | the task fails: nothing is sent without it   |
+| ``smtp_default``     | the staff reports' mail server    | ``FBS_DEBITOR_SMTP_*``                         |
+
+Database connections: conn_type ``postgres`` (host, port, login, password, schema = the database
+name) or ``sqlite`` (host = the database file path). The meaning of the ``serviceplatformen`` and
+``smtp_default`` fields is documented where they are read (``delivery.serviceplatformen``,
+``quality.mailer``); this module only looks them up.
 """
 
 from __future__ import annotations
 
 import logging
 
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy.engine import URL
 
 from fbs_debitor.core.settings import DatabaseUrls, database_urls
+from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.quality import mailer
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +44,14 @@ def connection_url(conn) -> str:
 
 
 def _lookup(conn_id: str):
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
     try:
         return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
 
 
-def urls_for_task() -> DatabaseUrls:
+def database_urls_for_task() -> DatabaseUrls:
+    """The two databases: the Connections where defined, else the settings."""
     defaults = database_urls()
     fbs_conn, ledger_conn = _lookup(FBS_CONN_ID), _lookup(LEDGER_CONN_ID)
     urls = DatabaseUrls(fbs=connection_url(fbs_conn) if fbs_conn else defaults.fbs,
@@ -51,3 +60,25 @@ def urls_for_task() -> DatabaseUrls:
              f"connection {FBS_CONN_ID}" if fbs_conn else "settings",
              f"connection {LEDGER_CONN_ID}" if ledger_conn else "settings")
     return urls
+
+
+def serviceplatformen_config() -> serviceplatformen.Config:
+    """The Connection ``serviceplatformen`` (Airflow also reads ``AIRFLOW_CONN_SERVICEPLATFORMEN``)."""
+    conn = _lookup(serviceplatformen.CONN_ID)
+    if conn is None:
+        raise serviceplatformen.ConfigError(f"the Airflow Connection {serviceplatformen.CONN_ID!r} is not defined")
+    return serviceplatformen.config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
+                                                    conn.conn_type)
+
+
+def smtp_settings(conn_id: str = mailer.DEFAULT_CONN_ID) -> mailer.SmtpSettings:
+    """The Connection ``conn_id``, else the environment (``FBS_DEBITOR_SMTP_*``)."""
+    conn = _lookup(conn_id)
+    if conn is None:
+        log.info("no Airflow connection %r; SMTP settings from FBS_DEBITOR_SMTP_*", conn_id)
+        try:
+            return mailer.settings_from_env()
+        except mailer.SmtpNotConfigured as exc:
+            raise mailer.SmtpNotConfigured(f"no Airflow connection {conn_id!r} and {exc}") from None
+    log.info("SMTP settings from Airflow connection %r", conn_id)
+    return mailer.settings_from_connection(conn)

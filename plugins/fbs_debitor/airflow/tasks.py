@@ -1,7 +1,9 @@
-"""What the DAG tasks do, as plain functions of plain arguments (keys and counts, never data).
+"""The DAG tasks' bodies, as plain functions of plain arguments (keys and counts, never data).
 
-The DAG files only wire these together; each opens the stores from the Airflow Connections
-(falling back to the settings), so a task retried on another worker behaves the same.
+The DAG files call these and nothing else of the package; each DAG's ``doc_md`` says what its
+steps do. Every task opens the stores from the Airflow Connections (``connections``, falling back
+to the settings) through ``task_stores``, so a task retried on another worker behaves the same,
+and a task that fails marks its ledger run failed with the reason.
 """
 
 from __future__ import annotations
@@ -9,17 +11,51 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from fbs_debitor.core import ledger, migrations
+from fbs_debitor.airflow import connections
+from fbs_debitor.backfill import months as backfill
+from fbs_debitor.core import ledger, migrations, settings
 from fbs_debitor.core.stores import Stores, open_stores
+from fbs_debitor.delivery import send_rate, serviceplatformen
+from fbs_debitor.eligibility import cut_off
+from fbs_debitor.payments import apply as payments
+from fbs_debitor.payments import inbox
+from fbs_debitor.payments import reconciliation as payment_reconciliation
+from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.quality import mailer
+from fbs_debitor.quality import report as dq_report
+from fbs_debitor.transfer import run as transfer
+from fbs_debitor.transfer.summary import format_payments_run, format_run
 
 log = logging.getLogger(__name__)
 
 
 def _stores() -> Stores:
-    from fbs_debitor.airflow.connections import urls_for_task
+    return open_stores(connections.database_urls_for_task())
 
-    return open_stores(urls_for_task())
+
+@contextmanager
+def task_stores(run_id: str | None = None, step: str | None = None) -> Iterator[Stores]:
+    """The stores for one task: opened, and disposed of however the task ends. With ``run_id``,
+    anything that ends the task early (an error, or Airflow's task timeout, a BaseException) also
+    marks that ledger run failed, the reason prefixed by ``step``, before it goes on up."""
+    stores = _stores()
+    try:
+        yield stores
+    except BaseException as exc:
+        if run_id is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            ledger.finish_run(stores.ledger, run_id, "failed", f"{step}: {reason}" if step else reason)
+        raise
+    finally:
+        stores.dispose()
+
+
+def _client() -> serviceplatformen.Client:
+    return serviceplatformen.Client(connections.serviceplatformen_config())
 
 
 def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:
@@ -27,257 +63,122 @@ def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fbs-debitor/{dag_id}/{airflow_run_id}"))
 
 
+def _migrate(stores: Stores) -> None:
+    applied = migrations.migrate(stores.ledger)
+    if applied:
+        log.info("ledger migrated to version %s", max(applied))
+
+
 def open_run(kind: str, dag_id: str, airflow_run_id: str,
              interval_start: dt.datetime | None, interval_end: dt.datetime | None) -> str:
-    stores = _stores()
-    try:
-        applied = migrations.migrate(stores.ledger)
-        if applied:
-            log.info("ledger migrated to version %s", max(applied))
+    with task_stores() as stores:
+        _migrate(stores)
         run_id = ledger.start_run(stores.ledger, kind, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id,
                                   interval=(interval_start, interval_end),
                                   run_id=ledger_run_id(dag_id, airflow_run_id))
-        log.info("ledger run %s opened for %s / %s (window %s - %s)", run_id, dag_id, airflow_run_id,
-                 interval_start, interval_end)
-        return run_id
-    finally:
-        stores.dispose()
+    log.info("ledger run %s opened for %s / %s (window %s - %s)", run_id, dag_id, airflow_run_id,
+             interval_start, interval_end)
+    return run_id
+
+
+# --- debitor_transfer ----------------------------------------------------------------------------
+
+def detect_cut_off(run_id: str) -> list[dict]:
+    """Cut-off moves recorded; one trigger of debitor_backfill per detected backfill not yet taken
+    up (a deterministic run id: triggering it again next hour is skipped, not doubled)."""
+    with task_stores(run_id, "cut-off detection") as stores:
+        for change in cut_off.detect(stores, run_id):
+            log.info("cut-off change recorded: %s", change.as_dict())
+        waiting = cut_off.waiting_backfills(stores.ledger)
+    for b in waiting:
+        log.info("agency %s: the range from %s waits for debitor_backfill (backfill %s)", b["agency"],
+                 b["cut_off_date"], b["backfill_id"])
+    return [{"trigger_run_id": f"detected__{b['backfill_id']}",
+             "conf": {"agency": b["agency"], "cut_off_date": b["cut_off_date"], "dry_run": False,
+                      "batch_size": b["batch_size"]}} for b in waiting]
+
+
+def regular_run(run_id: str, run_type: str) -> bool:
+    """False (skip the rest) for a run made by ``airflow backfill create``: eligibility is by state,
+    not by window, so a run per past interval would only repeat the newest run's work N times."""
+    if getattr(run_type, "value", run_type) != "backfill":   # the SDK's DagRunType enum, or its value
+        return True
+    with task_stores() as stores:
+        log.warning("this is an Airflow backfill run of debitor_transfer: nothing is sent for its interval. "
+                    "Transfer is by state, not by window: every regular run sends whatever is due, whenever it "
+                    "was created. To hand over older liabilities, move the agency's cut-off date back in FBS "
+                    "(the next run starts debitor_backfill) or trigger debitor_backfill; see docs/operations.md")
+        ledger.finish_run(stores.ledger, run_id, "success")
+    return False
 
 
 def data_quality(run_id: str) -> dict:
-    """GX checks on the batch; findings to the ledger; returns counts and the held agencies."""
-    from fbs_debitor.core import settings
-    from fbs_debitor.quality import checks as dq_checks
-
-    stores = _stores()
-    try:
-        result = dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs")
-        return result.as_dict()
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"data quality: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
-
-
-def held_agencies(dq: dict) -> list[str]:
-    """Fail loudly (after every other agency has run) when an agency's run is held (C3)."""
-    held = dq.get("blocked_agencies") or {}
-    if held:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        reasons = "; ".join(f"agency {a}: {r}" for a, r in sorted(held.items()))
-        raise AirflowFailException(f"{len(held)} agency run(s) held until the setting is fixed: {reasons}")
-    return []
-
-
-def _client():
-    from fbs_debitor.delivery import serviceplatformen
-
-    return serviceplatformen.Client(serviceplatformen.config_for_task())
+    with task_stores(run_id, "data quality") as stores:
+        return dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs").as_dict()
 
 
 def resend_unconfirmed(run_id: str) -> int:
-    """Messages earlier runs left pending or sent without an answer, sent again under their keys."""
-    from fbs_debitor.transfer import run as transfer
-
-    stores = _stores()
-    try:
-        with _client() as client:
-            return transfer.resend_unconfirmed(stores, client, run_id)
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"resend: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
+    with task_stores(run_id, "resend") as stores, _client() as client:
+        return transfer.resend_unconfirmed(stores, client, run_id)
 
 
 def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
-    """Eligible liabilities built into claims, recorded in the outbox and sent in batches. A retry
-    of this task first sends what its killed try left recorded but unconfirmed (those are in the
-    ledger, so the eligibility step would not pick them up again)."""
-    from fbs_debitor.transfer import run as transfer
-
-    stores = _stores()
-    try:
-        with _client() as client:
-            if try_number > 1:
-                transfer.resend_unconfirmed(stores, client, run_id)
-            counts = transfer.deliver(stores, client, run_id)
-        return transfer.totals(counts)
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
+    """A retry of this task first sends what its killed try left recorded but unconfirmed (those
+    are in the ledger, so the eligibility step would not pick them up again)."""
+    with task_stores(run_id) as stores, _client() as client:
+        if try_number > 1:
+            transfer.resend_unconfirmed(stores, client, run_id)
+        return transfer.totals(transfer.deliver(stores, client, run_id))
 
 
 def send_changes(run_id: str) -> dict[str, int]:
-    """Changes in FBS to claims already sent (U1-U4), recorded and sent in order per liability,
-    after the new claims of the same run."""
-    from fbs_debitor.transfer import run as transfer
-
-    stores = _stores()
-    try:
-        with _client() as client:
-            return transfer.totals(transfer.keep_claims_true(stores, client, run_id))
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"changes: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
+    with task_stores(run_id, "changes") as stores, _client() as client:
+        return transfer.totals(transfer.keep_claims_true(stores, client, run_id))
 
 
 def raise_staff_tasks(run_id: str) -> dict[str, int]:
-    """Rejections (and long-unconfirmed claims) as staff tasks in FBS; the run's delivery counts."""
-    from fbs_debitor.transfer import run as transfer
-
-    stores = _stores()
-    try:
+    with task_stores() as stores:
         return transfer.totals(transfer.close_delivery(stores, run_id))
-    finally:
-        stores.dispose()
-
-
-def undelivered(delivered: dict[str, int]) -> int:
-    """Fail loudly (last) when claims of this run are still unconfirmed: the next run sends them
-    again under the same keys, but the integration team should know the debtor side is failing."""
-    n, changes = delivered.get("unconfirmed", 0), delivered.get("changes_unconfirmed", 0)
-    if n or changes:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"{n} claim(s) and {changes} change(s) got no answer from the debtor system after "
-                                   "every retry; they are kept in the outbox and sent again under the same keys next run")
-    return 0
 
 
 def close_run(run_id: str) -> str:
-    from fbs_debitor.transfer.summary import format_run
-
-    stores = _stores()
-    try:
-        from fbs_debitor.transfer.run import resolve_findings
-
-        resolved = resolve_findings(stores, run_id)
+    with task_stores() as stores:
+        resolved = transfer.resolve_findings(stores, run_id)
         log.info("%d finding(s) resolved: the data was fixed or the liability left the batch", resolved)
         ledger.finish_run(stores.ledger, run_id, "success")
         text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
-        log.info("run summary\n%s", text)
-        return run_id
-    finally:
-        stores.dispose()
+    log.info("run summary\n%s", text)
+    return run_id
 
 
 # --- debitor_payments ----------------------------------------------------------------------------
 
 def ingest_payments(run_id: str) -> dict[str, int]:
-    """The debtor system's waiting files applied (each in one transaction, bad ones quarantined),
-    held movements looked at again, everything written back to FBS; the run's counts."""
-    from fbs_debitor.payments import apply as payments
-    from fbs_debitor.payments import inbox
-
-    stores = _stores()
-    try:
+    with task_stores(run_id, "payments") as stores:
         box = inbox.open_inbox()
         done = payments.ingest(stores, box, run_id)
         log.info("payments from %s: %s", box.describe(), dict(sorted(done.items())))
         return payments.totals(payments.record_run_counts(stores.ledger, run_id))
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"payments: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
 
 
 def reconcile_payments(run_id: str) -> dict[str, int]:
     """The run's reconciliation report (CSV under var/reports/payments/), and the run closed."""
-    from fbs_debitor.core import settings
-    from fbs_debitor.payments import reconciliation as payment_reconciliation
-    from fbs_debitor.transfer.summary import format_payments_run
-
-    stores = _stores()
-    try:
-        try:
-            report = payment_reconciliation.reconcile_payments(stores)
-        except BaseException as exc:  # also Airflow's task timeout, a BaseException
-            ledger.finish_run(stores.ledger, run_id, "failed", f"reconcile: {type(exc).__name__}: {exc}")
-            raise
+    with task_stores(run_id, "reconcile") as stores:
+        report = payment_reconciliation.reconcile_payments(stores)
         path = report.write_csv(settings.var_dir() / "reports" / "payments" / f"reconciliation-{run_id}.csv")
         log.info("%s\nreport: %s", report.summary(), path)
         ledger.finish_run(stores.ledger, run_id, "success")
         log.info("run summary\n%s", format_payments_run(ledger.get_run(stores.ledger, run_id),
                                                         ledger.run_counts(stores.ledger, run_id), stores.fbs))
-        return {"differences": len(report.differences), "held": report.movements["held"]}
-    finally:
-        stores.dispose()
+    return {"differences": len(report.differences), "held": report.movements["held"]}
 
 
-def payment_differences(result: dict[str, int]) -> int:
-    """Fail loudly (last) when reconciliation found differences; the report names each one."""
-    if result.get("differences"):
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"payments reconciliation: {result['differences']} difference(s); see "
-                                   "var/reports/payments/reconciliation-<run>.csv")
-    return 0
-
-
-# --- cut-off moved back: debitor_transfer's detection and debitor_backfill -----------------------
-
-POOL = "debitor_debtor_system"   # one sender towards the debtor system at a time (see README)
-
-
-def detect_cut_off(run_id: str) -> list[dict]:
-    """Record every agency whose cut-off date moved since the last run (T3); returns one trigger
-    of debitor_backfill per backfill detection handed over that no backfill run has taken up yet
-    (a deterministic run id: triggering it again next hour is skipped, not doubled)."""
-    from fbs_debitor.eligibility import cut_off
-
-    stores = _stores()
-    try:
-        for change in cut_off.detect(stores, run_id):
-            log.info("cut-off change recorded: %s", change.as_dict())
-        waiting = cut_off.waiting_backfills(stores.ledger)
-        for b in waiting:
-            log.info("agency %s: the range from %s waits for debitor_backfill (backfill %s)", b["agency"],
-                     b["cut_off_date"], b["backfill_id"])
-        return [{"trigger_run_id": f"detected__{b['backfill_id']}",
-                 "conf": {"agency": b["agency"], "cut_off_date": b["cut_off_date"], "dry_run": False,
-                          "batch_size": b["batch_size"]}} for b in waiting]
-    except BaseException as exc:  # also Airflow's task timeout, a BaseException
-        ledger.finish_run(stores.ledger, run_id, "failed", f"cut-off detection: {type(exc).__name__}: {exc}")
-        raise
-    finally:
-        stores.dispose()
-
-
-def regular_run(run_id: str, run_type: str) -> bool:
-    """False (skip the rest) for a run made by ``airflow backfill create``: eligibility is by state,
-    not by window, so a run per past interval would only repeat the newest run's work N times.
-    The cut-off detection before this task has run: a cut-off moved back reaches debitor_backfill."""
-    if getattr(run_type, "value", run_type) != "backfill":   # the SDK's DagRunType enum, or its value
-        return True
-    stores = _stores()
-    try:
-        log.warning("this is an Airflow backfill run of debitor_transfer: nothing is sent for its interval. "
-                    "Transfer is by state, not by window: every regular run sends whatever is due, whenever it "
-                    "was created. To hand over older liabilities, move the agency's cut-off date back in FBS "
-                    "(the next run starts debitor_backfill) or trigger debitor_backfill; see the README")
-        ledger.finish_run(stores.ledger, run_id, "success")
-        return False
-    finally:
-        stores.dispose()
-
+# --- debitor_backfill ----------------------------------------------------------------------------
 
 def plan_backfill(params: dict, airflow_run_id: str) -> dict:
-    """debitor_backfill's first task: validate the params, record the backfill and its months."""
-    from fbs_debitor.backfill import months as backfill
-
-    stores = _stores()
-    try:
-        applied = migrations.migrate(stores.ledger)
-        if applied:
-            log.info("ledger migrated to version %s", max(applied))
+    """Validate the params, record the backfill and its months."""
+    with task_stores() as stores:
+        _migrate(stores)
         if airflow_run_id.startswith("detected__"):
             # Triggered by detection: the backfill it names, as it stands now (a cut-off moved
             # forward since may have narrowed or stopped it), not the conf copied at trigger time.
@@ -286,37 +187,64 @@ def plan_backfill(params: dict, airflow_run_id: str) -> dict:
             request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"),
                                              params.get("dry_run", False), params.get("batch_size"))
             plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
-        return {**plan.as_dict(), "chunk_list": plan.chunks}
-    finally:
-        stores.dispose()
+    return {**plan.as_dict(), "chunk_list": plan.chunks}
 
 
 def backfill_chunk(chunk: dict, airflow_run_id: str) -> dict:
-    """One month of a backfill, sent at most at FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND."""
-    from fbs_debitor.backfill import months as backfill
-    from fbs_debitor.delivery import send_rate
-
-    stores = _stores()
-    try:
-        bf_dry = backfill.is_dry_run(stores.ledger, chunk["backfill_id"])
-        if bf_dry:
+    """One month, sent at most at FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND."""
+    with task_stores() as stores:
+        if backfill.is_dry_run(stores.ledger, chunk["backfill_id"]):
             return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], airflow_run_id=airflow_run_id)
         with _client() as client:
             return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], client=client,
                                       pacer=send_rate.pacer_for_backfill(), airflow_run_id=airflow_run_id)
-    finally:
-        stores.dispose()
 
 
 def finish_backfill(plan: dict) -> dict:
-    """Complete the backfill (the hourly run takes its range over), or fail naming the months left."""
-    from fbs_debitor.backfill import months as backfill
-
     if not plan.get("backfill_id"):
         log.info("%s", plan.get("note"))
         return {"status": "nothing to do"}
-    stores = _stores()
-    try:
+    with task_stores() as stores:
         return backfill.finish(stores, plan["backfill_id"])
-    finally:
-        stores.dispose()
+
+
+# --- debitor_dq_report ---------------------------------------------------------------------------
+
+def report_day(data_interval_end: dt.datetime | None) -> str:
+    """The report's day: the run's data-interval end in Copenhagen time (YYYY-MM-DD)."""
+    return dq_report.report_date_for(data_interval_end).isoformat()
+
+
+def build_reports(report_date: str) -> dict:
+    """Reports under ``var/reports/<date>``, a manifest next to them; the manifest path and totals."""
+    today = dt.date.fromisoformat(report_date)
+    out = dq_report.report_dir(today)
+    with task_stores() as stores:
+        migrations.migrate(stores.ledger)
+        reports = dq_report.build_reports(stores, out, today)
+    manifest = dq_report.write_manifest(out, reports, today)
+    log.info("reports\n%s", dq_report.format_reports(reports))
+    return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
+            "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
+            "resolved": sum(r.resolved_count for r in reports),
+            "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}
+
+
+def email_reports(manifest_path: str, report_date: str, conn_id: str = mailer.DEFAULT_CONN_ID) -> dict[str, int]:
+    """Reads the manifest the build task wrote (rebuilding the reports when this worker cannot see
+    them), sends, and records who got theirs next to the manifest, so a retry sends only what
+    failed. Fails after trying every branch if any send failed; a branch without address is a
+    warning, not a failure."""
+    manifest = Path(manifest_path)
+    if not manifest.exists():
+        log.warning("manifest %s not on this worker: building the reports again", manifest)
+        manifest = Path(build_reports(report_date)["manifest"])
+    reports = dq_report.load_manifest(manifest)
+    results = mailer.send_reports(reports, connections.smtp_settings(conn_id),
+                                  state_file=manifest.with_name(mailer.STATE_NAME))
+    log.info("email results\n%s", mailer.format_results(results))
+    failed = [f"{r.agency_id}/{r.branch_id}" for r in results if r.status == mailer.FAILED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} report(s) could not be emailed: {', '.join(failed)} "
+                           f"(the others were sent; a retry sends only these)")
+    return mailer.totals(results)

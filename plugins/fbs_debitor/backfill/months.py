@@ -39,10 +39,15 @@ from sqlalchemy.engine import Engine
 from fbs_debitor.core import ledger, settings
 from fbs_debitor.core.db import as_bool, as_date, as_datetime, db_value, is_sqlite
 from fbs_debitor.core.identity import mask_cprs_in
+from fbs_debitor.core.settings import age_limit_range, batch_size_default
 from fbs_debitor.core.stores import Stores
+from fbs_debitor.delivery import outbox as delivery
 from fbs_debitor.eligibility import cut_off
 from fbs_debitor.eligibility import rules as eligibility
-from fbs_debitor.eligibility.scope import Scope
+from fbs_debitor.eligibility.scope import Scope, standing
+from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.transfer import dry_run
+from fbs_debitor.transfer import run as transfer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +121,6 @@ def parse_request(agency: str | None, cut_off_date: str | dt.date | None, dry_ru
 def _validate(stores: Stores, request: Request, today: dt.date) -> None:
     """Against FBS: the agency exists, the date is not in the future, a real backfill starts on or
     after the cut-off date FBS holds (T1/T3), and the agency is not held for its age limit (C3)."""
-    from fbs_debitor.core.settings import age_limit_range
 
     a = request.agency_id
     with stores.fbs.connect() as conn:
@@ -153,7 +157,6 @@ def months(from_date: dt.date, to_date: dt.date) -> list[tuple[dt.date, dt.date]
 def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow_run_id: str | None = None,
          today: dt.date | None = None) -> Plan:
     """Record (or find again) the backfill the request asks for and its chunks."""
-    from fbs_debitor.transfer.dry_run import batch_size_default
 
     today = today or dt.date.today()
     cut_off.detect(stores)
@@ -340,8 +343,6 @@ def run_chunk(stores: Stores, backfill_id: str, chunk_from: dt.date | str, clien
 
 
 def _dry_chunk(stores: Stores, bf, scope: Scope, today: dt.date | None) -> dict:
-    from fbs_debitor.transfer import dry_run
-
     out = Path(bf.out_dir) / scope.from_date.isoformat()
     summary = dry_run.run(stores, out, batch_size=int(bf.batch_size), today=today, scope=scope)
     totals = summary["totals"]
@@ -351,10 +352,6 @@ def _dry_chunk(stores: Stores, bf, scope: Scope, today: dt.date | None) -> dict:
 
 
 def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id: str | None) -> dict:
-    from fbs_debitor.delivery import outbox as delivery
-    from fbs_debitor.quality import checks as dq_checks
-    from fbs_debitor.transfer import run as transfer
-
     if client is None:
         raise BackfillError(f"backfill {bf.backfill_id}: a real backfill needs the debtor system's client")
     run_id = ledger.start_run(stores.ledger, "backfill", airflow_dag_id="debitor_backfill",
@@ -396,7 +393,6 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
 
 def _unconfirmed_in(stores: Stores, scope: Scope) -> set[int]:
     """This month's liabilities whose message still waits for an answer (pending or sent)."""
-    from fbs_debitor.eligibility.scope import standing
 
     with stores.ledger.connect() as conn:
         waiting = {r[0] for r in conn.execute(text("SELECT liability_id FROM outbox WHERE state IN ('pending', 'sent')"))}

@@ -63,9 +63,11 @@ from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_bool, as_date, as_datetime, db_value, is_sqlite, sql_file
+from fbs_debitor.core.db import as_amount, as_datetime, db_value, is_sqlite, sql_file
 from fbs_debitor.core.identity import ReplacementCprRegistry
+from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
+from fbs_debitor.delivery.outbox import message_key
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +84,6 @@ TASK_KIND = "claim_change"
 # the movements (and are settled by the debtor system when it cancels it); the claim row's sums are
 # those of its current FordringID (P2).
 NEW_CLAIM_SUMS = {"paid_amount": 0, "written_off_amount": 0, "repaid_amount": 0, "settled_on": None}
-
-
-def source_print(row, secret: bytes) -> str:
-    """Keyed print of the FBS fields a claim's parties are built from (``claim_rows.sql`` and
-    ``claim_state.sql`` name them alike): when it is unchanged, so are the parties."""
-    return fingerprints.keyed(
-        "source", row.agency_id, row.b_kind, row.d_patron_id, row.d_kind, _s(row.d_cpr), _s(row.d_replacement_cpr),
-        as_date(row.d_birth_date), _s(row.d_cvr), row.g_patron_id, _s(row.g_cpr), _s(row.g_replacement_cpr),
-        as_date(row.g_birth_date), as_bool(row.replacement_cpr_enabled), row.age_limit, secret=secret)
-
-
-def _s(value) -> str | None:
-    return value.strip() if isinstance(value, str) else value
 
 
 @dataclass
@@ -358,7 +347,7 @@ def _compare_page(ctx: _Context, claims, states: dict):
                                       depends_on=cancels.get(c.liability_id)))
             u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, debtor_status="live",
                             **NEW_CLAIM_SUMS)
-        now_source = source_print(st, ctx.secret)
+        now_source = fingerprints.source_print(st, ctx.secret)
         if now_source != (c.source_print or "").strip():
             if not live or any(m.kind == CANCEL for m in u.messages):
                 u.values["source_print"] = now_source   # a cancelled claim has no parties to fix
@@ -435,7 +424,6 @@ def _payments(fbs: Engine, liability_ids: list[int]) -> dict[int, Decimal]:
 def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: bytes) -> None:
     """One transaction: the messages (pending, versions after the claim's newest), the claim's new
     'what the debtor system is told', and the audit trail."""
-    from fbs_debitor.delivery.outbox import add_events, message_key
 
     at = ledger.now()
     with ledger_engine.begin() as conn:
@@ -476,7 +464,5 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
         # what the debtor system holds changed: the claim's balance and settlement follow (P2)
         moved = [lid for lid, values in claims if {"debtor_amount", "debtor_status"} & set(values)]
         if moved:
-            from fbs_debitor.payments.apply import update_settlement
-
             update_settlement(conn, moved)
         add_events(conn, events, run_id, at)

@@ -42,13 +42,13 @@ from fbs_debitor.claims.model import IDENTITY, Change
 from fbs_debitor.core import ledger
 from fbs_debitor.core.db import as_amount, db_value, is_sqlite
 from fbs_debitor.core.identity import ReplacementCprRegistry
+from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.outbox import (
     ACCEPTED,
     NOT_REBUILDABLE,
     REJECTED,
     Link,
-    add_events,
     answered,
     mark_attempt,
     record_failure,

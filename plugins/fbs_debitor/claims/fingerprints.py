@@ -28,7 +28,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import db_value, is_sqlite
+from fbs_debitor.core.db import as_bool, as_date, db_value, is_sqlite
+from fbs_debitor.core.settings import var_dir
 
 KEY_NAME = "fingerprint_key"
 
@@ -38,8 +39,6 @@ class KeyMismatch(RuntimeError):
 
 
 def key_file() -> Path:
-    from fbs_debitor.core.settings import var_dir
-
     return Path(os.environ.get("FBS_DEBITOR_FINGERPRINT_KEY_FILE") or var_dir() / "secrets" / "fingerprint.key")
 
 
@@ -94,3 +93,16 @@ def verify_key(ledger: Engine) -> bytes:
                               "ledger's claims were fingerprinted with; nothing is compared or sent as a change. "
                               "Restore the key, or rotate it as described in docs/deployment.md")
     return secret
+
+
+def source_print(row, secret: bytes) -> str:
+    """Keyed print of the FBS fields a claim's parties are built from (``claim_rows.sql`` and
+    ``claim_state.sql`` name them alike): when it is unchanged, so are the parties."""
+    return keyed(
+        "source", row.agency_id, row.b_kind, row.d_patron_id, row.d_kind, _s(row.d_cpr), _s(row.d_replacement_cpr),
+        as_date(row.d_birth_date), _s(row.d_cvr), row.g_patron_id, _s(row.g_cpr), _s(row.g_replacement_cpr),
+        as_date(row.g_birth_date), as_bool(row.replacement_cpr_enabled), row.age_limit, secret=secret)
+
+
+def _s(value) -> str | None:
+    return value.strip() if isinstance(value, str) else value

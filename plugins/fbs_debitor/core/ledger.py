@@ -7,15 +7,16 @@ the same rows: runs by their id, counts by (run, agency, category, rule), findin
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from fbs_debitor.core.db import as_datetime, chunked, db_value, is_sqlite
+from fbs_debitor.core.db import as_datetime, chunked, db_value, in_query, is_sqlite, sql_file
 from fbs_debitor.core.identity import mask_cprs_in
 
 
@@ -205,3 +206,24 @@ def open_findings(ledger: Engine, agency_id: str | None = None) -> list:
         params["a"] = agency_id
     with ledger.connect() as conn:
         return conn.execute(text(sql + " ORDER BY first_seen_at, finding_key"), params).all()
+
+
+# --- the audit trail (M2) and a claim's settlement ------------------------------------------------
+
+def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
+               at: dt.datetime) -> None:
+    """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
+    since the epoch when written, plus the row's place in the call)."""
+    base = time.time_ns()
+    params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
+               "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
+    if params:
+        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
+                          "seq) VALUES (:e, :l, :t, :k, :m, :r, :d, :s)"), params)
+
+
+def update_settlement(conn: Connection, liability_ids: list[int]) -> None:
+    """Balance and settlement of these claims again (``claim_settlement.sql``)."""
+    statement = in_query(sql_file("queries/claim_settlement.sql"), "ids")
+    for part in chunked(liability_ids, 2000):
+        conn.execute(statement, {"ids": part})

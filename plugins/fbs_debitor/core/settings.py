@@ -55,3 +55,7 @@ def age_limit_range() -> tuple[int, int]:
     """Agency age limits outside this range are misconfigurations (C3) that hold the agency."""
     low, high = os.environ.get("FBS_DEBITOR_AGE_LIMIT_RANGE", "15-21").split("-")
     return int(low), int(high)
+
+
+def batch_size_default() -> int:
+    return int(os.environ.get("FBS_DEBITOR_BATCH_SIZE", "500"))

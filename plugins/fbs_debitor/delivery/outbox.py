@@ -39,15 +39,13 @@ import datetime as dt
 import hashlib
 import logging
 import re
-import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lxml import etree
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims import fingerprints, messages
 from fbs_debitor.claims import sf1590 as mapping
@@ -58,6 +56,7 @@ from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
 from fbs_debitor.core.db import db_value, in_query, is_sqlite
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
+from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.send_rate import Pacer
 from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError
@@ -100,18 +99,6 @@ def rule_of(error_code: str | None) -> str:
     return m.group(1) if m else error_code[:30]
 
 
-def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
-               at: dt.datetime) -> None:
-    """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
-    since the epoch when written, plus the row's place in the call)."""
-    base = time.time_ns()
-    params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
-               "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
-    if params:
-        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
-                          "seq) VALUES (:e, :l, :t, :k, :m, :r, :d, :s)"), params)
-
-
 # --- the outbox's state changes -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -125,12 +112,10 @@ class Tracked:
 
 
 def tracked(account: Account, row, secret: bytes) -> Tracked:
-    from fbs_debitor.changes.detection import source_print
-
     ident, resp = account.identification, account.responsible
     return Tracked(fingerprint(account),
                    fingerprints.identity_print(ident.id_kind, ident.number, resp.id_kind, resp.number, secret),
-                   source_print(row, secret))
+                   fingerprints.source_print(row, secret))
 
 
 def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:

@@ -209,18 +209,6 @@ def config_from_env(environ: dict | None = None) -> Config:
                                   data.get("conn_type"))
 
 
-def config_for_task() -> Config:
-    """Inside an Airflow task: the Connection (Airflow also reads the environment variable)."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = BaseHook.get_connection(CONN_ID)
-    except AirflowNotFoundException:
-        raise ConfigError(f"the Airflow Connection {CONN_ID!r} is not defined") from None
-    return config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson, conn.conn_type)
-
-
 # --- authentication seam ------------------------------------------------------------------------
 
 class Auth(Protocol):

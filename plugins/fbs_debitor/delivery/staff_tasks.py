@@ -24,8 +24,9 @@ from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
 from fbs_debitor.core.identity import mask_cprs_in
+from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.delivery.outbox import NOT_REBUILDABLE, add_events, rule_of
+from fbs_debitor.delivery.outbox import NOT_REBUILDABLE, rule_of
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
 from fbs_debitor.core.db import as_date, db_value, is_sqlite
+from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ def state(ledger_engine: Engine, agency_id: str) -> tuple[dt.date, dt.date] | No
 def detect(stores: Stores, run_id: str | None = None, batch_size: int | None = None) -> list[Change]:
     """Compare every agency's cut-off date in FBS with the ledger's; record and act on each move.
     Safe to run concurrently: each agency's move is taken by exactly one caller."""
-    from fbs_debitor.transfer.dry_run import batch_size_default
 
     changes = []
     for agency_id, cut in fbs_cut_offs(stores.fbs).items():
@@ -200,28 +200,3 @@ def waiting_backfills(ledger_engine: Engine) -> list[dict]:
             {"f": db_value(False, is_sqlite(ledger_engine))}).all()
     return [{"backfill_id": r.backfill_id, "agency": r.agency_id, "cut_off_date": as_date(r.from_date).isoformat(),
              "batch_size": int(r.batch_size)} for r in rows]
-
-
-def simulate_move(stores: Stores, to: dt.date | None = None, agencies: list[str] | None = None
-                  ) -> dict[str, tuple[dt.date, dt.date]]:
-    """Demo only (the synthetic FBS): set agencies' cut-off date, as a municipality would in FBS.
-    Default date: the first of the month of the oldest liability; default agencies: those whose
-    age limit is sane (C3 agencies are held whatever their cut-off). Returns {agency: (old, new)}."""
-    from fbs_debitor.core.settings import age_limit_range
-
-    low, high = age_limit_range()
-    with stores.fbs.begin() as conn:
-        if to is None:
-            oldest = conn.execute(text("SELECT MIN(created_at) FROM liability")).scalar()
-            if oldest is None:
-                return {}
-            to = as_date(oldest).replace(day=1)
-        rows = conn.execute(text("SELECT agency_id, cut_off_date, age_limit FROM agency ORDER BY agency_id")).all()
-        chosen = [r for r in rows if (r.agency_id in agencies if agencies else low <= int(r.age_limit) <= high)]
-        moved = {}
-        for r in chosen:
-            if as_date(r.cut_off_date) != to:
-                conn.execute(text("UPDATE agency SET cut_off_date = :d WHERE agency_id = :a"),
-                             {"d": db_value(to, is_sqlite(conn)), "a": r.agency_id})
-                moved[r.agency_id] = (as_date(r.cut_off_date), to)
-    return moved

@@ -49,10 +49,10 @@ from sqlalchemy.exc import IntegrityError
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_date, chunked, db_value, exclusive, in_query, is_sqlite, sql_file
+from fbs_debitor.core.db import as_amount, as_date, chunked, db_value, exclusive, in_query, is_sqlite
 from fbs_debitor.core.identity import mask_cprs_in
+from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.delivery.outbox import add_events
 from fbs_debitor.payments.files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse
 from fbs_debitor.payments.inbox import Inbox
 
@@ -229,13 +229,6 @@ class _Book:
             self.conn.execute(text("UPDATE movement SET reversed_by = :by WHERE movement_id = :m"),
                               [{"m": m, "by": by} for m, by in self.reversed.items()])
         return ids
-
-
-def update_settlement(conn: Connection, liability_ids: list[int]) -> None:
-    """Balance and settlement of these claims again (``claim_settlement.sql``)."""
-    statement = in_query(sql_file("queries/claim_settlement.sql"), "ids")
-    for part in chunked(liability_ids, CHUNK):
-        conn.execute(statement, {"ids": part})
 
 
 def _movement(r) -> Movement:

@@ -119,23 +119,6 @@ def settings_from_connection(conn) -> SmtpSettings:
         timeout=float(extra.get("timeout") or DEFAULT_TIMEOUT))
 
 
-def settings_for_task(conn_id: str = DEFAULT_CONN_ID) -> SmtpSettings:
-    """Inside an Airflow task: the Connection ``conn_id``, else the environment."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        log.info("no Airflow connection %r; SMTP settings from FBS_DEBITOR_SMTP_*", conn_id)
-        try:
-            return settings_from_env()
-        except SmtpNotConfigured as exc:
-            raise SmtpNotConfigured(f"no Airflow connection {conn_id!r} and {exc}") from None
-    log.info("SMTP settings from Airflow connection %r", conn_id)
-    return settings_from_connection(conn)
-
-
 def _sender(from_email: str | None, user: str | None, where: str) -> str:
     if from_email:
         return from_email.strip()
@@ -291,27 +274,3 @@ def format_results(results: Sequence[SendResult]) -> str:
     lines.append(f"emails: {t[SENT]} sent, {t[SKIPPED]} skipped, {t[FAILED]} failed"
                  + (f", {t[ALREADY_SENT]} already sent" if t[ALREADY_SENT] else ""))
     return "\n".join(lines)
-
-
-# --- the Airflow side --------------------------------------------------------------------------
-
-def email_for_task(manifest_path: str, report_date: str, conn_id: str = DEFAULT_CONN_ID) -> dict[str, int]:
-    """The DAG's ``email_reports`` task. Reads the manifest the build task wrote (rebuilding the
-    reports when this worker cannot see them), sends, and records who got theirs next to the
-    manifest, so a retry sends only what failed. Fails after trying every branch if any send
-    failed; a branch without address is a warning, not a failure."""
-    from fbs_debitor.quality import report as dq_report
-
-    manifest = Path(manifest_path)
-    if not manifest.exists():
-        log.warning("manifest %s not on this worker: building the reports again", manifest)
-        manifest = Path(dq_report.build_for_task(report_date)["manifest"])
-    reports = dq_report.load_manifest(manifest)
-    results = send_reports(reports, settings_for_task(conn_id), state_file=manifest.with_name(STATE_NAME))
-    log.info("email results\n%s", format_results(results))
-    counts = totals(results)
-    failed = [f"{r.agency_id}/{r.branch_id}" for r in results if r.status == FAILED]
-    if failed:
-        raise RuntimeError(f"{len(failed)} report(s) could not be emailed: {', '.join(failed)} "
-                           f"(the others were sent; a retry sends only these)")
-    return counts

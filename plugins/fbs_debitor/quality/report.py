@@ -40,7 +40,9 @@ from urllib.parse import quote
 
 from sqlalchemy import bindparam, text
 
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_datetime, db_value, is_sqlite
+from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality.catalog import BLOCKS_AGENCY, BLOCKS_LIABILITY, WARNING
@@ -620,11 +622,9 @@ def format_reports(reports: Sequence[BranchReport]) -> str:
     return "\n".join(lines)
 
 
-# --- the Airflow side: plain arguments in, paths and counts out ------------------------------
+# --- where and for which day ------------------------------------------------------------------
 
 def report_dir(today: dt.date) -> Path:
-    from fbs_debitor.core import settings
-
     return settings.var_dir() / "reports" / today.isoformat()
 
 
@@ -632,34 +632,9 @@ def report_date_for(interval_end: dt.datetime | None) -> dt.date:
     """The report's day: the run's data-interval end in Copenhagen time (today for a run without one)."""
     from zoneinfo import ZoneInfo
 
-    from fbs_debitor.core.settings import TIMEZONE
-
     zone = ZoneInfo(TIMEZONE)
     if interval_end is None:
         return dt.datetime.now(zone).date()
     if interval_end.tzinfo is None:
         interval_end = interval_end.replace(tzinfo=dt.UTC)
     return interval_end.astimezone(zone).date()
-
-
-def build_for_task(report_date: str) -> dict:
-    """The DAG's ``build_reports`` task: stores from the Airflow Connections, reports under
-    ``var/reports/<date>``, a manifest next to them. Returns the manifest path and totals."""
-    from fbs_debitor.airflow.connections import urls_for_task
-    from fbs_debitor.core import migrations
-    from fbs_debitor.core.stores import open_stores
-
-    today = dt.date.fromisoformat(report_date)
-    out = report_dir(today)
-    stores = open_stores(urls_for_task())
-    try:
-        migrations.migrate(stores.ledger)
-        reports = build_reports(stores, out, today)
-    finally:
-        stores.dispose()
-    manifest = write_manifest(out, reports, today)
-    log.info("reports\n%s", format_reports(reports))
-    return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
-            "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
-            "resolved": sum(r.resolved_count for r in reports),
-            "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}

@@ -49,10 +49,11 @@ from lxml import etree
 
 from fbs_debitor.claims import messages
 from fbs_debitor.claims import sf1590 as mapping
+from fbs_debitor.claims.fingerprints import identity_print
 from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
 from fbs_debitor.core.db import as_amount, make_engine
 from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
-from fbs_debitor.core.settings import XSD_DIR
+from fbs_debitor.core.settings import FBS_SCHEMA, XSD_DIR, database_urls, var_dir
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,6 @@ def holdings(db_url: str, secret: bytes) -> dict[str, dict]:
     """What the debtor side holds per FordringID, for reconciliation: status, amount, the keyed
     print of the account's parties (``fingerprints.identity_print``: no CPR leaves this function)
     and the repayments applied."""
-    from fbs_debitor.claims.fingerprints import identity_print
 
     engine = _engine(db_url)
     try:
@@ -627,14 +627,11 @@ class _Handler(BaseHTTPRequestHandler):
 # --- CLI ---------------------------------------------------------------------------------------
 
 def _default_db() -> str:
-    from fbs_debitor.core.settings import var_dir
-
     return f"sqlite:///{var_dir() / 'emulator' / 'emulator.sqlite'}"
 
 
 def vendors_from_fbs(fbs_url: str | None = None) -> dict[str, str]:
     """Each FBS agency's debtor vendor by its org-unit UUID (the sender of its requests)."""
-    from fbs_debitor.core.settings import FBS_SCHEMA, database_urls
 
     engine = make_engine(fbs_url or database_urls().fbs, FBS_SCHEMA)
     try:

@@ -18,23 +18,18 @@ from pathlib import Path
 
 from fbs_debitor.claims import messages
 from fbs_debitor.claims import stream as claim_stream
+from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.eligibility import rules as eligibility
+from fbs_debitor.eligibility import scope as scopes
 
 log = logging.getLogger(__name__)
-
-
-def batch_size_default() -> int:
-    import os
-
-    return int(os.environ.get("FBS_DEBITOR_BATCH_SIZE", "500"))
 
 
 def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size: int | None = None,
         today: dt.date | None = None, scope=None) -> dict:
     """Everything the run's scope would send (default: the hourly run's), as files; counts per
     category and rule (out of scope too), per account type and claim type."""
-    from fbs_debitor.eligibility import scope as scopes
 
     batch_size = batch_size or batch_size_default()
     scope = scope if scope is not None else scopes.hourly(stores.ledger)

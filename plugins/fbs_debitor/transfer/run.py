@@ -23,13 +23,21 @@ from contextlib import contextmanager
 
 from sqlalchemy import text
 
+from fbs_debitor.changes import detection as change_detection
+from fbs_debitor.changes import sending as change_delivery
 from fbs_debitor.claims import stream as claim_stream
 from fbs_debitor.claims.model import Problem
 from fbs_debitor.core import ledger
 from fbs_debitor.core.db import exclusive
+from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
+from fbs_debitor.delivery import outbox as delivery
+from fbs_debitor.delivery import staff_tasks as delivery_tasks
+from fbs_debitor.eligibility import cut_off
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility import scope as scopes
+from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality import checks as dq_checks
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +101,6 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
     run are left alone (nothing was checked or built there, so absence proves nothing), and so are
     liabilities outside the run's scope: the hourly run leaves a range waiting for the backfill
     alone, a backfill chunk everything outside its month (and the agency checks)."""
-    from fbs_debitor.quality import catalog as dq_catalog
 
     if scope is None:
         run = ledger.get_run(stores.ledger, run_id)
@@ -147,8 +154,6 @@ def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
     """Assess, build and send the new claims of the run's scope page by page (what earlier runs
     left unconfirmed goes first: ``resend_unconfirmed``). ``link`` may carry a send-rate limit.
     Returns the assessment's counts."""
-    from fbs_debitor.delivery import outbox as delivery
-    from fbs_debitor.transfer.dry_run import batch_size_default
 
     size = batch_size or batch_size_default()
     link = link or delivery.Link()
@@ -162,9 +167,6 @@ def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
 
 
 def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
-    from fbs_debitor.delivery import outbox as delivery
-    from fbs_debitor.transfer.dry_run import batch_size_default
-
     with exclusive(stores.ledger, "sending"):
         n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
     if n:
@@ -175,9 +177,6 @@ def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | No
 def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None) -> Counter:
     """After the new claims: what changed in FBS on claims already sent (U1-U4) is recorded as
     versioned messages and sent in order per liability, with whatever earlier runs left unsent."""
-    from fbs_debitor.changes import detection as change_detection
-    from fbs_debitor.changes import sending as change_delivery
-    from fbs_debitor.transfer.dry_run import batch_size_default
 
     with exclusive(stores.ledger, "sending"):
         counts = change_detection.detect_changes(stores, run_id)
@@ -190,9 +189,6 @@ def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None
 def close_delivery(stores: Stores, run_id: str) -> Counter:
     """Staff tasks for rejections and long delays; the run's delivery counts (new claims and
     changes) from the outbox."""
-    from fbs_debitor.changes import sending as change_delivery
-    from fbs_debitor.delivery import outbox as delivery
-    from fbs_debitor.delivery import staff_tasks as delivery_tasks
 
     new = delivery_tasks.raise_delivery_tasks(stores, run_id)
     if new:
@@ -209,8 +205,6 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
     leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
     and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG."""
-    from fbs_debitor.eligibility import cut_off
-    from fbs_debitor.quality import checks as dq_checks
 
     with _recorded_run(stores, kind, **run_fields) as run_id:
         cut_off.detect(stores, run_id)
@@ -227,8 +221,6 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
 def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:
     """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
     finish (failed with the error if anything raises)."""
-    from fbs_debitor.eligibility import cut_off
-    from fbs_debitor.quality import checks as dq_checks
 
     with _recorded_run(stores, kind, **run_fields) as run_id:
         cut_off.detect(stores, run_id)

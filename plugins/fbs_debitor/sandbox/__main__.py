@@ -1,0 +1,6 @@
+import sys
+
+from fbs_debitor.sandbox.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""``python -m fbs_debitor.sandbox …``: the demo's and the tests' tools, outside the runtime CLI.
+
+The synthetic municipality (``generate``), the debtor-system emulator (``emulator``) and its payment
+files (``emulator-payments``), changes and cut-off moves in the synthetic FBS, and ``reconcile``
+against what the emulator holds. Nothing here is needed to run the integration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from fbs_debitor import cli
+from fbs_debitor.claims import fingerprints
+from fbs_debitor.core import settings
+from fbs_debitor.core.db import safe_url
+from fbs_debitor.core.stores import Stores, init_stores, open_stores
+from fbs_debitor.payments import inbox
+from fbs_debitor.sandbox import emulator, emulator_payments
+from fbs_debitor.sandbox.change_simulator import simulate
+from fbs_debitor.sandbox.cut_off_simulator import simulate_move
+from fbs_debitor.sandbox.generator import generate
+
+
+def _stores() -> Stores:
+    return open_stores(settings.database_urls())
+
+
+def cmd_generate(args) -> int:
+    stores = _stores()
+    init_stores(stores)
+    if args.if_empty:
+        with stores.fbs.connect() as conn:
+            existing = conn.execute(text("SELECT COUNT(*) FROM liability")).scalar()
+        if existing:
+            print(f"FBS extract already holds {existing} liabilities; not regenerating (drop --if-empty to regenerate)")
+            return 0
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
+                       liabilities_per_patron=args.liabilities_per_patron, backlog_years=args.backlog_years,
+                       cut_off_days=args.cut_off_days)
+    counts = summary.as_dict()
+    print(f"generated a synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
+          f"{counts['agency']} agencies, {counts['patron']} patrons, {counts['liability']} liabilities")
+    if args.verbose:
+        for key, value in counts.items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_emulator_payments(args) -> int:
+    """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
+    stores = _stores()
+    with stores.fbs.connect() as conn:
+        vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
+    until = dt.datetime.fromisoformat(args.until).astimezone() if args.until else dt.datetime.now().astimezone()
+    since = dt.datetime.fromisoformat(args.since).astimezone() if args.since else None
+    folder = inbox.default_inbox_dir() if args.inbox is None else Path(args.inbox)
+    mix = emulator_payments.Mix(rate=args.rate, overpayments=args.overpayments, on_cancelled=args.on_cancelled)
+    files = emulator_payments.deliver(args.db or emulator._default_db(), folder, until, vendors, args.seed, mix, since)
+    per_vendor: dict[str, int] = {}
+    for f in files:
+        vendor = f.name.split("-")[1]
+        per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
+    print(f"debtor emulator delivered {len(files)} payment file(s) into {folder}"
+          + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if files else
+             " (no delivery due since the last one, or nothing to pay)"))
+    return 0
+
+
+def cmd_simulate_changes(args) -> int:
+    done = simulate(_stores(), seed=args.seed, per_kind=args.per_kind)
+    print("changed in FBS after the transfer: " + (", ".join(f"{k} {n}" for k, n in sorted(done.items())) or "nothing "
+          "(no accepted claims yet: run the transfer first)"))
+    return 0
+
+
+def cmd_simulate_cut_off(args) -> int:
+    moved = simulate_move(_stores(), dt.date.fromisoformat(args.to) if args.to else None, args.agency or None)
+    for agency_id, (old, new) in moved.items():
+        print(f"agency {agency_id}: cut-off date {old} -> {new} in the synthetic FBS")
+    if not moved:
+        print("no agency's cut-off date changed")
+    return 0
+
+
+def cmd_reconcile(args) -> int:
+    """Claims against what the emulator holds (exactly once, and FBS's current truth, U1-U4), and
+    payments against what it delivered."""
+    stores = _stores()
+    init_stores(stores)
+    held = emulator.holdings(args.emulator_db, fingerprints.verify_key(stores.ledger))
+    ok = cli.reconcile(stores, held, emulator_payments.movements(args.emulator_db), show=args.show, out=args.out,
+                       payments_out=args.payments_out)
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fbs_debitor.sandbox", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality")
+    p.add_argument("--patrons", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--as-of", help="the generator's 'today' (YYYY-MM-DD); default today")
+    p.add_argument("--liabilities-per-patron", type=float, default=10.0)
+    p.add_argument("--backlog-years", type=int, default=6, help="liabilities are created over this many years")
+    p.add_argument("--cut-off-days", type=int, default=365,
+                   help="each agency's cut-off date lies about this many days back; all before it is the "
+                        "pre-cut-off backlog (e.g. --backlog-years 10 for a large one)")
+    p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
+    p.set_defaults(func=cmd_generate)
+
+    sub.add_parser("emulator", add_help=False,
+                   help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
+                        "'emulator --help' for its options)")
+
+    p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
+                                         "what FBS shows now; list every difference")
+    p.add_argument("--emulator-db", required=True, help="SQLAlchemy URL of the emulator's database")
+    p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
+    p.add_argument("--out", help="CSV of every claim difference (default var/reports/reconciliation-<time>.csv)")
+    p.add_argument("--payments-out", help="CSV of the payments report (default "
+                                          "var/reports/payments-reconciliation-<time>.csv)")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("emulator-payments", help="demo: the debtor emulator delivers payment files into the inbox, "
+                                                 "each vendor on its rhythm (KMD OPUS nightly, Prisme hourly, EG "
+                                                 "every 15 minutes)")
+    p.add_argument("--db", help="the emulator's database (default var/emulator/emulator.sqlite)")
+    p.add_argument("--inbox", help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
+    p.add_argument("--until", help="deliver what is due up to this time (default now)")
+    p.add_argument("--since", help="on the first call: from this time (default one day before --until)")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--rate", type=float, default=0.05, help="share of open claims paid or written off per day")
+    p.add_argument("--overpayments", type=int, default=0, help="payments above the balance, per vendor")
+    p.add_argument("--on-cancelled", type=int, default=0, help="payments on cancelled claims, per vendor")
+    p.set_defaults(func=cmd_emulator_payments)
+
+    p = sub.add_parser("simulate-changes", help="demo: change transferred liabilities in the synthetic FBS "
+                                                "(cancel, write down, increase, new CPR, repayment, close, ...)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--per-kind", type=int, default=10, help="liabilities changed per kind of change")
+    p.set_defaults(func=cmd_simulate_changes)
+
+    p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "
+                                                "next transfer run notices and hands the range to the backfill)")
+    p.add_argument("--to", help="the new cut-off date (default: the first of the month of the oldest liability)")
+    p.add_argument("--agency", action="append", help="agency to move (repeatable; default every agency whose age "
+                                                     "limit is sane, C3)")
+    p.set_defaults(func=cmd_simulate_cut_off)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return emulator.serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
