@@ -13,8 +13,6 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from fbs_debitor.core.db import db_value, is_sqlite
-
 _ids = itertools.count(1000)
 
 ADULT_CPR = "0707811234"       # born 7 Jul 1981, modulus-11 valid
@@ -27,11 +25,10 @@ CUT_OFF = dt.date(2026, 1, 1)
 
 
 def insert(conn, table: str, **values) -> dict:
-    sqlite = is_sqlite(conn)
     cols = ", ".join(values)
     params = ", ".join(f":{k}" for k in values)
     conn.execute(text(f"INSERT INTO {table} ({cols}) VALUES ({params})"),  # noqa: S608 - test helper
-                 {k: db_value(v, sqlite) for k, v in values.items()})
+                 {k: v for k, v in values.items()})
     return values
 
 

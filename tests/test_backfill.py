@@ -26,7 +26,7 @@ from fbs_debitor.backfill import months as backfill
 from fbs_debitor.backfill.months import BackfillError, ChunkIncomplete, Request
 from fbs_debitor.claims import model as C
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_date, db_value, is_sqlite
+from fbs_debitor.core.db import as_date
 from fbs_debitor.delivery import outbox as delivery
 from fbs_debitor.delivery.send_rate import Pacer
 from fbs_debitor.eligibility import cut_off
@@ -77,7 +77,7 @@ def move_cut_off(stores, day: dt.date, agency_id: str = AGENCY) -> None:
     """The municipality changes the cut-off date in FBS."""
     with stores.fbs.begin() as conn:
         conn.execute(text("UPDATE agency SET cut_off_date = :d WHERE agency_id = :a"),
-                     {"d": db_value(day, is_sqlite(conn)), "a": agency_id})
+                     {"d": day, "a": agency_id})
 
 
 # --- ledger and emulator views --------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def chunk_status(stores, backfill_id: str) -> dict[str, str]:
 
 def chunk_note(stores, backfill_id: str, chunk_from: dt.date) -> str | None:
     (row,) = query(stores.ledger, "SELECT note FROM backfill_chunk WHERE backfill_id = :b AND chunk_from = :f",
-                   b=backfill_id, f=db_value(chunk_from, is_sqlite(stores.ledger)))
+                   b=backfill_id, f=chunk_from)
     return row["note"]
 
 

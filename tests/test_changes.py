@@ -17,7 +17,6 @@ from sqlalchemy import text
 from test_delivery import crash_at, municipality, tasks, transfer
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import db_value, is_sqlite
 from fbs_debitor.sandbox import emulator
 
 AGENCY = "715100"
@@ -46,10 +45,9 @@ def kinds(claim: dict) -> list[str]:
 
 def _update(stores, table: str, key: str, key_value, values: dict) -> None:
     with stores.fbs.begin() as conn:
-        sqlite = is_sqlite(conn)
         sets = ", ".join(f"{col} = :{col}" for col in values)
         conn.execute(text(f"UPDATE {table} SET {sets} WHERE {key} = :key_value"),  # noqa: S608 - test helper
-                     {**{k: db_value(v, sqlite) for k, v in values.items()}, "key_value": key_value})
+                     {**{k: v for k, v in values.items()}, "key_value": key_value})
 
 
 def edit_liability(stores, liability_id: int, **values) -> None:
@@ -462,7 +460,7 @@ def test_history_shows_every_step_of_a_liability_in_order_with_cpr_masked_M2(sto
     with stores.fbs.begin() as conn:   # a payment written back by the payments flow (P2)
         conn.execute(text("INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
                           "VALUES ('KMD-1', :l, 'payment', 5, :d, 'nightly file')"),
-                     {"l": fee, "d": db_value(dt.date.today(), is_sqlite(conn))})
+                     {"l": fee, "d": dt.date.today()})
     out = format_history(stores, fee)
     lines = out.splitlines()
     for step in (f"{fee}:1", f"{fee}:2", "write_down", "20.00 DKK", f"{fee}:3", "identity",

@@ -12,7 +12,6 @@ from leaks import full_cpr_numbers
 from sqlalchemy import text
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import db_value, is_sqlite
 from fbs_debitor.eligibility.rules import ELIGIBLE
 from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import checks as dq_checks
@@ -158,7 +157,7 @@ def test_F2_amounts_and_F3_dates_out_of_order(stores, agencies):
     agencies.commit()
     agencies.execute(text("UPDATE loan SET reloan_date = :r WHERE loan_id = "
                           "(SELECT loan_id FROM liability WHERE liability_id = :l)"),
-                     {"r": db_value(dt.date(2026, 4, 15), is_sqlite(agencies)), "l": reloaned_late})
+                     {"r": dt.date(2026, 4, 15), "l": reloaned_late})
     agencies.commit()
     _, found = check(stores)
     assert codes_for(found, zero) == {"F2_amount_not_positive"} == codes_for(found, negative)
@@ -171,7 +170,7 @@ def test_already_sent_liabilities_are_not_checked_again(stores, agencies):
     lid = add(agencies, kind="company", cvr=None)
     agencies.commit()
     with stores.ledger.begin() as conn:
-        t = db_value(dt.datetime(2026, 4, 1), is_sqlite(conn))
+        t = dt.datetime(2026, 4, 1)
         conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
                           "created_at, updated_at) VALUES (:l, '715100', :f, 'accepted', 1, :t, :t)"),
                      {"l": lid, "f": f"FBS-715100-{lid}", "t": t})

@@ -23,7 +23,6 @@ from pgcluster import free_port
 from sqlalchemy import event, text
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import db_value, is_sqlite
 from fbs_debitor.core.settings import HOME
 from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import mailer
@@ -42,7 +41,7 @@ def put(stores, finding: ledger.Finding, first_seen: dt.datetime, resolved: dt.d
     if resolved is not None:
         with stores.ledger.begin() as conn:
             conn.execute(text("UPDATE finding SET resolved_at = :t WHERE finding_key = :k"),
-                         {"t": db_value(resolved, is_sqlite(stores.ledger)), "k": finding.key})
+                         {"t": resolved, "k": finding.key})
     return finding.key
 
 
@@ -415,13 +414,15 @@ def test_staff_email_may_hold_several_addresses_and_junk_is_no_address():
 def test_dq_report_dag_runs_daily_at_six_with_a_real_window():
     import pendulum
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.timetables.interval import CronDataIntervalTimetable
+    from airflow.sdk import CronDataIntervalTimetable
+    from airflow.serialization.encoders import coerce_to_core_timetable
 
     bag = DagBag(dag_folder=str(HOME / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["debitor_dq_report"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
-    interval = dag.timetable.infer_manual_data_interval(run_after=pendulum.datetime(2026, 11, 20, 10, 0, tz="UTC"))
+    # the window as the scheduler computes it from the DAG's timetable
+    interval = coerce_to_core_timetable(dag.timetable).infer_manual_data_interval(run_after=pendulum.datetime(2026, 11, 20, 10, 0, tz="UTC"))
     assert interval.end - interval.start == dt.timedelta(days=1)
     assert interval.end.in_timezone("Europe/Copenhagen").hour == 6
     assert dag.max_active_runs == 1 and dag.catchup is False

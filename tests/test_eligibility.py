@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import text
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import db_value, is_sqlite
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility.rules import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.transfer.run import run_assessment
@@ -92,7 +91,7 @@ def test_T3_moving_cut_off_back_transfers_older_open_ones_only(stores, fbs):
                             status="sent_to_collection")
     commit(fbs)
     assert old_open["liability_id"] not in verdicts(stores)
-    fbs.execute(text("UPDATE agency SET cut_off_date = :d"), {"d": db_value(dt.date(2024, 1, 1), is_sqlite(fbs))})
+    fbs.execute(text("UPDATE agency SET cut_off_date = :d"), {"d": dt.date(2024, 1, 1)})
     commit(fbs)
     v = verdicts(stores)
     assert v[old_open["liability_id"]] == (ELIGIBLE, "-")
@@ -180,7 +179,7 @@ def test_already_in_ledger_is_never_eligible_again(stores, fbs):
     new = fr.liability(fbs, p["patron_id"])
     commit(fbs)
     with stores.ledger.begin() as conn:
-        t = db_value(dt.datetime(2026, 4, 1, 10, 0), is_sqlite(conn))
+        t = dt.datetime(2026, 4, 1, 10, 0)
         conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
                           "created_at, updated_at) VALUES (:l, '715100', :f, 'accepted', 1, :t, :t)"),
                      {"l": sent["liability_id"], "f": f"FBS-{sent['liability_id']}", "t": t})
@@ -198,7 +197,7 @@ def test_paging_gives_the_same_verdicts_as_one_page(stores, fbs):
                                 verified_at=dt.datetime(2026, 4, 2) if i % 4 == 1 else None)["liability_id"])
     commit(fbs)
     with stores.ledger.begin() as conn:   # some already sent, spread over the pages
-        t = db_value(dt.datetime(2026, 4, 1, 10, 0), is_sqlite(conn))
+        t = dt.datetime(2026, 4, 1, 10, 0)
         for lid in ids[1::3]:
             conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
                               "created_at, updated_at) VALUES (:l, '715500', :f, 'accepted', 1, :t, :t)"),

@@ -19,8 +19,8 @@ import logging
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
-from sqlalchemy.engine import URL
 
+from fbs_debitor.core.db import url_for
 from fbs_debitor.core.settings import DatabaseUrls, database_urls
 from fbs_debitor.delivery import serviceplatformen
 from fbs_debitor.quality import mailer
@@ -33,14 +33,8 @@ LEDGER_CONN_ID = "debitor_ledger"
 
 def connection_url(conn) -> str:
     """A SQLAlchemy URL for an Airflow Connection object."""
-    conn_type = (conn.conn_type or "").lower()
-    if conn_type in ("postgres", "postgresql"):
-        return URL.create("postgresql+psycopg", username=conn.login or None, password=conn.password or None,
-                          host=conn.host or None, port=conn.port or None,
-                          database=conn.schema or None).render_as_string(hide_password=False)
-    if conn_type == "sqlite":
-        return f"sqlite:///{conn.host}"
-    raise ValueError(f"connection {conn.conn_id!r}: type {conn_type!r} is not supported (use postgres or sqlite)")
+    return url_for(conn.conn_type, host=conn.host, port=conn.port, login=conn.login, password=conn.password,
+                   database=conn.schema, name=conn.conn_id)
 
 
 def _lookup(conn_id: str):

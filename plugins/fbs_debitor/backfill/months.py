@@ -37,7 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.core import ledger, settings
-from fbs_debitor.core.db import as_bool, as_date, as_datetime, db_value, is_sqlite
+from fbs_debitor.core.db import as_bool, as_date, as_datetime
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import age_limit_range, batch_size_default
 from fbs_debitor.core.stores import Stores
@@ -163,7 +163,6 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
     _validate(stores, request, today)
     a = request.agency_id
     _seen, hourly_from = cut_off.state(stores.ledger, a)
-    sqlite = is_sqlite(stores.ledger)
     batch_size = request.batch_size or batch_size_default()
     existing = _find(stores.ledger, a, request, hourly_from, airflow_run_id)
     if existing is None and not request.dry_run:
@@ -195,10 +194,10 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
                 "INSERT INTO backfill (backfill_id, agency_id, from_date, to_date, dry_run, batch_size, requested_by, "
                 "status, airflow_run_id, out_dir, created_at, note) VALUES (:b, :a, :f, :u, :d, :n, :by, 'running', "
                 ":r, :o, :t, :note)"),
-                {"b": backfill_id, "a": a, "f": db_value(request.cut_off_date, sqlite),
-                 "u": db_value(hourly_from, sqlite), "d": db_value(request.dry_run, sqlite), "n": batch_size,
+                {"b": backfill_id, "a": a, "f": request.cut_off_date,
+                 "u": hourly_from, "d": request.dry_run, "n": batch_size,
                  "by": requested_by, "r": airflow_run_id, "o": str(out_dir) if out_dir else None,
-                 "t": db_value(at, sqlite), "note": f"requested ({requested_by}) from {request.cut_off_date}"})
+                 "t": at, "note": f"requested ({requested_by}) from {request.cut_off_date}"})
         bf = conn.execute(text("SELECT from_date, to_date FROM backfill WHERE backfill_id = :b"),
                           {"b": backfill_id}).one()
         from_date, to_date = as_date(bf.from_date), as_date(bf.to_date)
@@ -209,7 +208,7 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
         if new:
             conn.execute(text("INSERT INTO backfill_chunk (backfill_id, chunk_from, chunk_to, status) "
                               "VALUES (:b, :f, :u, 'pending')"),
-                         [{"b": backfill_id, "f": db_value(f, sqlite), "u": db_value(u, sqlite)} for f, u in new])
+                         [{"b": backfill_id, "f": f, "u": u} for f, u in new])
         rows = conn.execute(text("SELECT chunk_from, chunk_to, status FROM backfill_chunk WHERE backfill_id = :b "
                                  "ORDER BY chunk_from"), {"b": backfill_id}).all()
     chunks = [{"backfill_id": backfill_id, "chunk_from": as_date(r.chunk_from).isoformat(),
@@ -241,7 +240,6 @@ def _find(ledger_engine: Engine, agency_id: str, request: Request, hourly_from: 
           airflow_run_id: str | None) -> str | None:
     """The backfill this request continues: the same Airflow run's (a retried plan), or an
     unfinished real backfill of the same range (a resume)."""
-    sqlite = is_sqlite(ledger_engine)
     with ledger_engine.connect() as conn:
         if airflow_run_id:
             row = conn.execute(text("SELECT backfill_id FROM backfill WHERE airflow_run_id = :r AND agency_id = :a "
@@ -254,8 +252,8 @@ def _find(ledger_engine: Engine, agency_id: str, request: Request, hourly_from: 
         row = conn.execute(text(
             "SELECT backfill_id FROM backfill WHERE agency_id = :a AND dry_run = :f AND from_date = :c "
             "AND to_date = :u AND status IN ('planned', 'running', 'failed') ORDER BY created_at DESC"),
-            {"a": agency_id, "f": db_value(False, sqlite), "c": db_value(request.cut_off_date, sqlite),
-             "u": db_value(hourly_from, sqlite)}).first()
+            {"a": agency_id, "f": False, "c": request.cut_off_date,
+             "u": hourly_from}).first()
     return row[0] if row else None
 
 
@@ -279,17 +277,16 @@ def _backfill(ledger_engine: Engine, backfill_id: str):
 def _chunk(ledger_engine: Engine, backfill_id: str, chunk_from: dt.date):
     with ledger_engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM backfill_chunk WHERE backfill_id = :b AND chunk_from = :f"),
-                           {"b": backfill_id, "f": db_value(chunk_from, is_sqlite(ledger_engine))}).first()
+                           {"b": backfill_id, "f": chunk_from}).first()
     if row is None:
         raise BackfillError(f"backfill {backfill_id} has no chunk from {chunk_from}")
     return row
 
 
 def _set_chunk(ledger_engine: Engine, backfill_id: str, chunk_from: dt.date, status: str, **fields) -> None:
-    sqlite = is_sqlite(ledger_engine)
     sets = ["status = :s"] + [f"{k} = :{k}" for k in fields]
-    params = {"s": status, "b": backfill_id, "f": db_value(chunk_from, sqlite),
-              **{k: db_value(v, sqlite) for k, v in fields.items()}}
+    params = {"s": status, "b": backfill_id, "f": chunk_from,
+              **{k: v for k, v in fields.items()}}
     with ledger_engine.begin() as conn:
         conn.execute(text(f"UPDATE backfill_chunk SET {', '.join(sets)} "  # noqa: S608 - fixed column names
                           "WHERE backfill_id = :b AND chunk_from = :f"), params)
@@ -406,7 +403,6 @@ def finish(stores: Stores, backfill_id: str) -> dict:
     forward (a real one then hands its range to the hourly run), failed otherwise; a dry run's
     chunk summaries are added up in ``summary.json``."""
     bf = _backfill(stores.ledger, backfill_id)
-    sqlite = is_sqlite(stores.ledger)
     with stores.ledger.connect() as conn:
         chunks = conn.execute(text("SELECT chunk_from, status, claims, in_range, note FROM backfill_chunk "
                                    "WHERE backfill_id = :b ORDER BY chunk_from"), {"b": backfill_id}).all()
@@ -432,7 +428,7 @@ def finish(stores: Stores, backfill_id: str) -> dict:
     with stores.ledger.begin() as conn:
         closed = conn.execute(text("UPDATE backfill SET status = 'complete', finished_at = :t WHERE backfill_id = :b "
                                    "AND status IN ('planned', 'running', 'failed')"),
-                              {"t": db_value(at, sqlite), "b": backfill_id}).rowcount
+                              {"t": at, "b": backfill_id}).rowcount
         if not closed:    # stopped or superseded meanwhile (a cut-off moved): that stands
             now = conn.execute(text("SELECT status FROM backfill WHERE backfill_id = :b"), {"b": backfill_id}).scalar()
             result["status"] = now
@@ -442,8 +438,8 @@ def finish(stores: Stores, backfill_id: str) -> dict:
             moved = conn.execute(text(
                 "UPDATE cut_off SET hourly_from = :f, updated_at = :t WHERE agency_id = :a AND hourly_from > :f "
                 "AND hourly_from <= :u"),
-                {"f": db_value(as_date(bf.from_date), sqlite), "t": db_value(at, sqlite), "a": bf.agency_id,
-                 "u": db_value(as_date(bf.to_date), sqlite)}).rowcount
+                {"f": as_date(bf.from_date), "t": at, "a": bf.agency_id,
+                 "u": as_date(bf.to_date)}).rowcount
             result["hourly_from"] = as_date(bf.from_date).isoformat() if moved else None
             gap = conn.execute(text("SELECT seen_cut_off, hourly_from FROM cut_off WHERE agency_id = :a"),
                                {"a": bf.agency_id}).first()

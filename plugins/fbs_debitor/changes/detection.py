@@ -63,7 +63,7 @@ from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_datetime, db_value, is_sqlite, sql_file
+from fbs_debitor.core.db import as_amount, as_datetime, sql_file
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
@@ -427,7 +427,7 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
 
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         outbox, claims, events = [], [], []
         for u in updates:
             c = u.claim
@@ -440,7 +440,7 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
                                "f": m.fordring_id, "p": m.fingerprint or fingerprints.keyed(
                                    "change", m.kind, m.fordring_id, m.amount, secret=secret), "r": run_id, "t": t,
                                "ck": m.kind,
-                               "m": db_value(m.amount, is_sqlite(conn)),
+                               "m": m.amount,
                                "d": previous_key if m.depends_on_previous else m.depends_on})
                 events.append((c.liability_id, RECORDED, key, f"{m.kind}: {m.detail}"))
                 previous_key = key
@@ -455,7 +455,7 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
         by_columns: dict[tuple, list[dict]] = {}
         for lid, values in claims:
             cols = tuple(sorted(values))
-            params = {k: db_value(v, is_sqlite(conn)) for k, v in values.items()}
+            params = {k: v for k, v in values.items()}
             by_columns.setdefault(cols, []).append({**params, "lid": lid, "t": t})
         for cols, params in by_columns.items():
             sets = ", ".join(f"{col} = :{col}" for col in cols)

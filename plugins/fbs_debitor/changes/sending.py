@@ -40,7 +40,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import generation_of
 from fbs_debitor.claims.model import IDENTITY, Change
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, db_value, is_sqlite
+from fbs_debitor.core.db import as_amount
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -233,7 +233,7 @@ def _reject_dependants(ledger_engine: Engine, run_id: str, rows) -> None:
     why = ("not sent: the cancellation of the claim it replaces was rejected by the debtor system, and two live claims "
            "would bill the citizen twice (U1)")
     with ledger_engine.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         conn.execute(text("UPDATE outbox SET state = 'rejected', error_code = :c, last_error = :e, answered_at = :t, "
                           "last_run_id = :r WHERE message_key = :k AND state IN ('pending', 'sent')"),
                      [{"c": DEPENDENCY_REJECTED, "e": why, "t": t, "r": run_id, "k": r.message_key} for r in rows])

@@ -28,7 +28,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import as_bool, as_date, db_value, is_sqlite
+from fbs_debitor.core.db import as_bool, as_date
 from fbs_debitor.core.settings import var_dir
 
 KEY_NAME = "fingerprint_key"
@@ -87,7 +87,7 @@ def verify_key(ledger: Engine) -> bytes:
         if found is None:
             conn.execute(text("INSERT INTO secret_check (name, check_value, created_at) VALUES (:n, :v, :t)"),
                          {"n": KEY_NAME, "v": want,
-                          "t": db_value(dt.datetime.now().replace(microsecond=0), is_sqlite(conn))})
+                          "t": dt.datetime.now().replace(microsecond=0)})
         elif found.strip() != want:
             raise KeyMismatch("the fingerprint key (FBS_DEBITOR_FINGERPRINT_KEY or its key file) is not the one the "
                               "ledger's claims were fingerprinted with; nothing is compared or sent as a change. "

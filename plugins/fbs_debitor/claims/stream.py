@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Built
-from fbs_debitor.core.db import db_value, is_sqlite, sql_file
+from fbs_debitor.core.db import sql_file
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.eligibility import rules as eligibility
 
@@ -55,7 +55,7 @@ def claim_rows(fbs: Engine, liability_ids: list[int], today: dt.date) -> list:
     with fbs.connect() as conn:
         for start in range(0, len(liability_ids), IN_LIST_MAX):
             part = liability_ids[start:start + IN_LIST_MAX]
-            rows += conn.execute(query, {"ids": part, "today": db_value(today, is_sqlite(conn))}).all()
+            rows += conn.execute(query, {"ids": part, "today": today}).all()
     return rows
 
 

@@ -15,7 +15,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.claims.model import StaffTask
-from fbs_debitor.core.db import db_value, is_sqlite
 from fbs_debitor.core.identity import mask_cpr
 
 
@@ -52,7 +51,6 @@ def persist_replacement_cprs(conn: Connection, numbers: Mapping[int, str]) -> di
 def raise_tasks(conn: Connection, tasks: Iterable[StaffTask], at: dt.datetime | None = None) -> int:
     """Insert tasks that do not exist yet; returns how many were new."""
     at = at or dt.datetime.now().replace(microsecond=0)
-    sqlite = is_sqlite(conn)
     insert = text("INSERT INTO task (task_id, agency_id, branch_id, patron_id, liability_id, kind, message, created_at) "
                   "VALUES (:task_id, :agency_id, :branch_id, :patron_id, :liability_id, :kind, :message, :created_at) "
                   "ON CONFLICT (task_id) DO NOTHING")
@@ -61,6 +59,6 @@ def raise_tasks(conn: Connection, tasks: Iterable[StaffTask], at: dt.datetime | 
         result = conn.execute(insert, {"task_id": task.task_id, "agency_id": task.agency_id, "branch_id": task.branch_id,
                                        "patron_id": task.patron_id, "liability_id": task.liability_id,
                                        "kind": task.kind, "message": task.message,
-                                       "created_at": db_value(at, sqlite)})
+                                       "created_at": at})
         new += result.rowcount
     return new

@@ -4,6 +4,16 @@ Two stores, two connections: the FBS extract (schema ``fbs``) and the integratio
 (schema ``ledger``). On PostgreSQL each engine gets its schema as ``search_path``, so SQL in
 ``include/sql`` uses unqualified table names and runs unchanged on SQLite, where each store is its
 own database file.
+
+This is the one module that knows which database it talks to. Everything that differs between
+PostgreSQL and SQLite is decided here, once:
+
+* bound values: callers bind Python values (``date``, ``datetime``, ``Decimal``, ``bool``); a SQLite
+  engine turns them into the ISO text and numbers SQLite stores, before every statement
+  (``_sqlite_parameters``), so no caller converts or asks which database it is;
+* values read back: ``as_date``, ``as_datetime``, ``as_amount`` and ``as_bool`` accept either
+  database's representation;
+* bulk loading (``bulk_insert``, ``bulk_load``, ``empty_tables``) and locks (``exclusive``).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ def make_engine(url: str | URL, schema: str) -> Engine:
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(u, connect_args={"timeout": 60}, hide_parameters=True)
+        event.listen(engine, "before_cursor_execute", _sqlite_parameters, retval=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -70,7 +81,20 @@ def make_engine(url: str | URL, schema: str) -> Engine:
     return engine
 
 
-def is_sqlite(bind: Engine | Connection) -> bool:
+def url_for(kind: str | None, host: str | None = None, port: int | None = None, login: str | None = None,
+            password: str | None = None, database: str | None = None, name: str = "?") -> str:
+    """A SQLAlchemy URL from a connection's parts (an Airflow Connection's conn_type, host, ...):
+    ``postgres`` (host, port, login, password, database) or ``sqlite`` (host = the file path)."""
+    kind = (kind or "").lower()
+    if kind in ("postgres", "postgresql"):
+        return URL.create("postgresql+psycopg", username=login or None, password=password or None, host=host or None,
+                          port=port or None, database=database or None).render_as_string(hide_password=False)
+    if kind == "sqlite":
+        return f"sqlite:///{host}"
+    raise ValueError(f"connection {name!r}: type {kind!r} is not supported (use postgres or sqlite)")
+
+
+def _is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
 
 
@@ -118,7 +142,8 @@ def run_script(conn: Connection, script: str) -> int:
 
 # --- Values ------------------------------------------------------------------------------------
 # SQLite hands dates, timestamps and amounts back as text or float; PostgreSQL as objects. These
-# turn either into the Python type, so domain code never branches on the dialect.
+# turn either into the Python type, so domain code never branches on the dialect. Going in, a
+# SQLite engine converts bound values itself (``_sqlite_parameters``).
 
 def as_date(value) -> dt.date | None:
     if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -148,10 +173,9 @@ def as_bool(value) -> bool | None:
     return None if value is None else bool(value)
 
 
-def db_value(value, sqlite: bool):
-    """A Python value as the driver should bind it: SQLite gets ISO text for dates and amounts."""
-    if not sqlite:
-        return value
+def _sqlite_value(value):
+    """A Python value as SQLite stores it: ISO text for dates and timestamps, text for amounts
+    (exact; a NUMERIC column turns it into its number), 0/1 for booleans."""
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ", timespec="seconds" if not value.microsecond else "microseconds")
     if isinstance(value, dt.date):
@@ -161,6 +185,17 @@ def db_value(value, sqlite: bool):
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def _sqlite_parameters(conn, cursor, statement, parameters, context, executemany):
+    """``before_cursor_execute`` on SQLite engines: every bound value as SQLite stores it, for one
+    statement (a tuple or dict of values) or many (a list of them)."""
+    def one(params):
+        if isinstance(params, dict):
+            return {k: _sqlite_value(v) for k, v in params.items()}
+        return tuple(_sqlite_value(v) for v in params)
+
+    return statement, ([one(p) for p in parameters] if executemany else one(parameters))
 
 
 def in_query(sql: str, *names: str) -> TextClause:
@@ -185,16 +220,15 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iter
 
     Rows are streamed in chunks, so memory stays flat however many rows come.
     """
-    if not re.fullmatch(r"[a-z_]+", table) or not all(re.fullmatch(r"[a-z_]+", c) for c in columns):
-        raise ValueError("bad identifier")
+    _check_identifiers([table, *columns])
     n = 0
     cols = ", ".join(columns)
     dbapi = conn.connection.dbapi_connection
-    if is_sqlite(conn):
+    if _is_sqlite(conn):
         sql = f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 - identifiers checked above
         cur = dbapi.cursor()
         for batch in chunked(rows, chunk_size):
-            cur.executemany(sql, [tuple(db_value(v, True) for v in row) for row in batch])
+            cur.executemany(sql, [tuple(_sqlite_value(v) for v in row) for row in batch])
             n += len(batch)
         cur.close()
         return n
@@ -203,6 +237,44 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iter
             copy.write_row(row)
             n += 1
     return n
+
+
+@contextmanager
+def bulk_load(conn: Connection, tables: Sequence[str]) -> Iterator[None]:
+    """Around a large load into ``tables``: on SQLite a 256 MB page cache while a million rows go
+    into randomly ordered indexes (the default 2 MB thrashes), the connection's own setting back
+    afterwards; on PostgreSQL fresh planner statistics for the loaded tables when the load is done."""
+    _check_identifiers(tables)
+    if _is_sqlite(conn):
+        cache_size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        conn.exec_driver_sql("PRAGMA cache_size = -262144")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"PRAGMA cache_size = {int(cache_size)}")
+        return
+    yield
+    for table in tables:
+        conn.exec_driver_sql(f"ANALYZE {table}")
+
+
+def empty_tables(conn: Connection, tables: Sequence[str], self_references: dict[str, str] | None = None) -> None:
+    """Delete every row of ``tables``, given children first. PostgreSQL: one TRUNCATE of them all
+    (DELETE would check unindexed foreign keys row by row). SQLite: the self-referencing columns
+    (``{table: column}``) set to NULL first, then DELETE in the given order."""
+    _check_identifiers([*tables, *(self_references or {}), *(self_references or {}).values()])
+    if not _is_sqlite(conn):
+        conn.exec_driver_sql(f"TRUNCATE TABLE {', '.join(tables)}")
+        return
+    for table, column in (self_references or {}).items():
+        conn.exec_driver_sql(f"UPDATE {table} SET {column} = NULL WHERE {column} IS NOT NULL")  # noqa: S608 - checked
+    for table in tables:
+        conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - identifiers checked above
+
+
+def _check_identifiers(names: Iterable[str]) -> None:
+    if not all(re.fullmatch(r"[a-z_]+", n) for n in names):
+        raise ValueError("bad identifier")
 
 
 # --- one at a time -----------------------------------------------------------------------------
@@ -216,7 +288,7 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
     (an Airflow task, the CLI, another worker). PostgreSQL: a session advisory lock. SQLite: an
     exclusive ``flock`` on a file next to the database. Not re-entrant: take it once, at the top."""
     key = LOCKS[name]
-    if is_sqlite(engine):
+    if _is_sqlite(engine):
         database = engine.url.database
         if not database or database == ":memory:":
             yield

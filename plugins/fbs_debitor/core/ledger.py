@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
 
-from fbs_debitor.core.db import as_datetime, chunked, db_value, in_query, is_sqlite, sql_file
+from fbs_debitor.core.db import as_datetime, chunked, in_query, sql_file
 from fbs_debitor.core.identity import mask_cprs_in
 
 
@@ -32,13 +32,12 @@ def start_run(ledger: Engine, kind: str, *, airflow_dag_id: str | None = None, a
     """Record a run as started and return its id. Runs left 'running' by a killed worker are
     closed as failed first, so the ledger never shows two live runs of the same kind."""
     run_id = run_id or str(uuid.uuid4())
-    sqlite = is_sqlite(ledger)
     started = now()
     with ledger.begin() as conn:
         conn.execute(text("UPDATE run SET status = 'failed', finished_at = :t, "
                           "error = 'abandoned: a later run started while this one was still marked running' "
                           "WHERE kind = :k AND status = 'running' AND run_id <> :r"),
-                     {"t": db_value(started, sqlite), "k": kind, "r": run_id})
+                     {"t": started, "k": kind, "r": run_id})
         exists = conn.execute(text("SELECT 1 FROM run WHERE run_id = :r"), {"r": run_id}).first()
         if exists:
             conn.execute(text("UPDATE run SET status = 'running', finished_at = NULL, error = NULL WHERE run_id = :r"),
@@ -48,8 +47,8 @@ def start_run(ledger: Engine, kind: str, *, airflow_dag_id: str | None = None, a
                 text("INSERT INTO run (run_id, kind, airflow_dag_id, airflow_run_id, data_interval_start, "
                      "data_interval_end, started_at, status) VALUES (:r, :k, :d, :a, :s, :e, :t, 'running')"),
                 {"r": run_id, "k": kind, "d": airflow_dag_id, "a": airflow_run_id,
-                 "s": db_value(_naive(interval[0]), sqlite), "e": db_value(_naive(interval[1]), sqlite),
-                 "t": db_value(started, sqlite)})
+                 "s": _naive(interval[0]), "e": _naive(interval[1]),
+                 "t": started})
     return run_id
 
 
@@ -65,7 +64,7 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
         raise ValueError(status)
     with ledger.begin() as conn:
         conn.execute(text("UPDATE run SET status = :s, finished_at = :t, error = :e WHERE run_id = :r"),
-                     {"s": status, "t": db_value(now(), is_sqlite(ledger)),
+                     {"s": status, "t": now(),
                       "e": mask_cprs_in(error)[:4000] if error else None, "r": run_id})
 
 
@@ -152,8 +151,7 @@ def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], se
                     batch: int = 5000) -> int:
     """Record findings seen in this run: new ones get first_seen, known ones a new last_seen,
     and a resolved one that is back is open again."""
-    sqlite = is_sqlite(ledger)
-    t = db_value(seen_at, sqlite)
+    t = seen_at
     n = 0
     for part in chunked(findings, batch):
         with ledger.begin() as conn:
@@ -190,7 +188,7 @@ def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resol
     update = text("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
                   "AND finding_key IN :keys").bindparams(bindparam("keys", expanding=True))
     n = 0
-    t = db_value(resolved_at, is_sqlite(ledger))
+    t = resolved_at
     for part in chunked(keys, batch):
         with ledger.begin() as conn:
             n += conn.execute(update, {"t": t, "why": resolution, "keys": part}).rowcount
@@ -215,7 +213,7 @@ def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str 
     """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
     since the epoch when written, plus the row's place in the call)."""
     base = time.time_ns()
-    params = [{"e": str(uuid.uuid4()), "l": lid, "t": db_value(at, is_sqlite(conn)), "k": kind, "m": key,
+    params = [{"e": str(uuid.uuid4()), "l": lid, "t": at, "k": kind, "m": key,
                "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
     if params:
         conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "

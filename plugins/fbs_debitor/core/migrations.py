@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import db_value, is_sqlite, run_script
+from fbs_debitor.core.db import run_script
 from fbs_debitor.core.settings import SQL_DIR
 
 MIGRATIONS_DIR = SQL_DIR / "ledger"
@@ -82,7 +82,7 @@ def migrate(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[int]:
             conn.execute(
                 text("INSERT INTO schema_migration (version, name, checksum, applied_at) VALUES (:v, :n, :c, :t)"),
                 {"v": migration.version, "n": migration.name, "c": migration.checksum,
-                 "t": db_value(dt.datetime.now().replace(microsecond=0), is_sqlite(conn))},
+                 "t": dt.datetime.now().replace(microsecond=0)},
             )
         newly.append(migration.version)
     return newly

@@ -54,7 +54,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import db_value, in_query, is_sqlite
+from fbs_debitor.core.db import in_query
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -123,21 +123,21 @@ def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prin
     what the debtor system is being told (amount, live, parties' prints) for the change detection."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         claims = [c for a in batch.accounts for c in a.claims]
         conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
                           "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
                           "identity_print, source_print, fbs_status, checked_at) "
                           "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)"),
                      [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
-                       "r": run_id, "t": t, "m": db_value(c.amount, is_sqlite(conn)), "ip": prints[c.liability_id].identity_print,
+                       "r": run_id, "t": t, "m": c.amount, "ip": prints[c.liability_id].identity_print,
                        "sp": prints[c.liability_id].source_print} for c in claims])
         conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
                           "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
                           "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)"),
                      [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
                        "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": t,
-                       "m": db_value(c.amount, is_sqlite(conn))} for c in claims])
+                       "m": c.amount} for c in claims])
         add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
                         f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
 
@@ -146,7 +146,7 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     """Step 3, before each transmission: ``sent``, one more attempt (committed before the call)."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         message_keys = [k for k, _ in keys.values()]
         conn.execute(in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
                          "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
@@ -167,7 +167,7 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
         log.warning("%d receipt(s) for claims not in the batch were ignored", unknown)
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id}
                     for r in by_key.values() if r.accepted]
         rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id,

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_date, db_value, is_sqlite
+from fbs_debitor.core.db import as_date
 from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 
@@ -85,14 +85,13 @@ def detect(stores: Stores, run_id: str | None = None, batch_size: int | None = N
 
 def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | None,
                 batch_size: int) -> Change | None:
-    sqlite = is_sqlite(conn)
     at = ledger.now()
     row = conn.execute(text("SELECT seen_cut_off, hourly_from FROM cut_off WHERE agency_id = :a"),
                        {"a": agency_id}).first()
     if row is None:
         conn.execute(text("INSERT INTO cut_off (agency_id, seen_cut_off, hourly_from, updated_at) "
                           "VALUES (:a, :c, :c, :t)"),
-                     {"a": agency_id, "c": db_value(cut, sqlite), "t": db_value(at, sqlite)})
+                     {"a": agency_id, "c": cut, "t": at})
         return None
     seen, hourly_from = as_date(row.seen_cut_off), as_date(row.hourly_from)
     if cut == seen:
@@ -100,8 +99,8 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
     # Taken by whoever moves seen_cut_off from the value it read (a concurrent detection gets 0 rows).
     taken = conn.execute(text("UPDATE cut_off SET seen_cut_off = :c, updated_at = :t "
                               "WHERE agency_id = :a AND seen_cut_off = :old"),
-                         {"c": db_value(cut, sqlite), "t": db_value(at, sqlite), "a": agency_id,
-                          "old": db_value(seen, sqlite)}).rowcount
+                         {"c": cut, "t": at, "a": agency_id,
+                          "old": seen}).rowcount
     if taken != 1:
         return None
     # Read again under the row lock just taken: a backfill finishing meanwhile may have moved it.
@@ -118,8 +117,8 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
             conn.execute(text(
                 "INSERT INTO backfill (backfill_id, agency_id, from_date, to_date, dry_run, batch_size, requested_by, "
                 "status, created_at, note) VALUES (:b, :a, :f, :u, :d, :n, 'detected', 'planned', :t, :note)"),
-                {"b": backfill_id, "a": agency_id, "f": db_value(cut, sqlite), "u": db_value(hourly_from, sqlite),
-                 "d": db_value(False, sqlite), "n": batch_size, "t": db_value(at, sqlite),
+                {"b": backfill_id, "a": agency_id, "f": cut, "u": hourly_from,
+                 "d": False, "n": batch_size, "t": at,
                  "note": f"cut-off moved back from {seen} to {cut}"})
             note = (f"cut-off date moved back from {seen} to {cut}: liabilities created {cut} - {hourly_from} "
                     f"(exclusive) are handed to debitor_backfill (backfill {backfill_id}); the hourly run leaves "
@@ -133,7 +132,7 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
         direction = "forward"
         if cut >= hourly_from:
             conn.execute(text("UPDATE cut_off SET hourly_from = :c WHERE agency_id = :a"),
-                         {"c": db_value(cut, sqlite), "a": agency_id})
+                         {"c": cut, "a": agency_id})
             stopped = close_unfinished(conn, agency_id, "stopped",
                                       f"stopped: the cut-off moved forward to {cut}, the rest of the range is "
                                       "before it (T1); claims already sent stay sent (not recalled)", at)
@@ -147,8 +146,8 @@ def _detect_one(conn: Connection, agency_id: str, cut: dt.date, run_id: str | No
                     f"({n} unfinished backfill(s) narrowed, months before {cut} stopped)")
     conn.execute(text("INSERT INTO cut_off_change (change_id, agency_id, old_cut_off, new_cut_off, direction, "
                       "detected_at, run_id, backfill_id, note) VALUES (:i, :a, :o, :n, :d, :t, :r, :b, :note)"),
-                 {"i": str(uuid.uuid4()), "a": agency_id, "o": db_value(seen, sqlite), "n": db_value(cut, sqlite),
-                  "d": direction, "t": db_value(at, sqlite), "r": run_id, "b": backfill_id, "note": note})
+                 {"i": str(uuid.uuid4()), "a": agency_id, "o": seen, "n": cut,
+                  "d": direction, "t": at, "r": run_id, "b": backfill_id, "note": note})
     return Change(agency_id, seen, cut, direction, backfill_id, note)
 
 
@@ -157,18 +156,17 @@ def unfinished(conn: Connection, agency_id: str) -> list[tuple[str, dt.date]]:
     rows = conn.execute(text(
         "SELECT backfill_id, from_date FROM backfill WHERE agency_id = :a AND dry_run = :f "
         "AND status IN ('planned', 'running', 'failed') ORDER BY from_date, backfill_id"),
-        {"a": agency_id, "f": db_value(False, is_sqlite(conn))}).all()
+        {"a": agency_id, "f": False}).all()
     return [(r.backfill_id, as_date(r.from_date)) for r in rows]
 
 
 def close_unfinished(conn: Connection, agency_id: str, status: str, note: str, at: dt.datetime) -> int:
     """Close the agency's unfinished real backfills (and their open chunks) with a status
     (stopped, superseded) and why."""
-    sqlite = is_sqlite(conn)
     ids = [backfill_id for backfill_id, _ in unfinished(conn, agency_id)]
     for backfill_id in ids:
         conn.execute(text("UPDATE backfill SET status = :s, finished_at = :t, note = :n WHERE backfill_id = :b"),
-                     {"s": status, "t": db_value(at, sqlite), "n": note, "b": backfill_id})
+                     {"s": status, "t": at, "n": note, "b": backfill_id})
         conn.execute(text("UPDATE backfill_chunk SET status = 'stopped', note = :n "
                           "WHERE backfill_id = :b AND status IN ('pending', 'failed')"), {"n": note, "b": backfill_id})
     return len(ids)
@@ -178,15 +176,14 @@ def _narrow_unfinished(conn: Connection, agency_id: str, cut: dt.date, at: dt.da
     """A cut-off moved forward into an unfinished backfill's range: it continues from the new date;
     its months wholly before it are stopped (a month straddling it sends only from the date: T1
     is applied live)."""
-    sqlite = is_sqlite(conn)
     note = f"the cut-off moved forward to {cut}: not sent (T1); claims already sent stay sent"
     ids = [backfill_id for backfill_id, start in unfinished(conn, agency_id) if start < cut]
     for backfill_id in ids:
         conn.execute(text("UPDATE backfill SET from_date = :c, note = :n WHERE backfill_id = :b"),
-                     {"c": db_value(cut, sqlite), "n": f"narrowed: {note}", "b": backfill_id})
+                     {"c": cut, "n": f"narrowed: {note}", "b": backfill_id})
         conn.execute(text("UPDATE backfill_chunk SET status = 'stopped', note = :n WHERE backfill_id = :b "
                           "AND chunk_to <= :c AND status IN ('pending', 'failed')"),
-                     {"n": note, "b": backfill_id, "c": db_value(cut, sqlite)})
+                     {"n": note, "b": backfill_id, "c": cut})
     return len(ids)
 
 
@@ -197,6 +194,6 @@ def waiting_backfills(ledger_engine: Engine) -> list[dict]:
         rows = conn.execute(text(
             "SELECT backfill_id, agency_id, from_date, batch_size FROM backfill WHERE requested_by = 'detected' "
             "AND status = 'planned' AND dry_run = :f ORDER BY created_at, agency_id"),
-            {"f": db_value(False, is_sqlite(ledger_engine))}).all()
+            {"f": False}).all()
     return [{"backfill_id": r.backfill_id, "agency": r.agency_id, "cut_off_date": as_date(r.from_date).isoformat(),
              "batch_size": int(r.batch_size)} for r in rows]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import as_bool, is_sqlite
+from fbs_debitor.core.db import as_bool
 from fbs_debitor.core.identity import check_cpr, check_cvr, mask_cpr
 from fbs_debitor.core.settings import age_limit_range, chunk_size
 from fbs_debitor.eligibility import scope as scopes
@@ -137,7 +137,7 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
     scope is the run's (default: the hourly run's, which leaves ranges awaiting a backfill alone)."""
     page_size = page_size or chunk_size()
     scope = scope if scope is not None else scopes.hourly(ledger)
-    sql, params = scope.render("queries/eligibility_candidates.sql", is_sqlite(fbs))
+    sql, params = scope.render("queries/eligibility_candidates.sql")
     query = text(sql)
     low, high = age_limit_range()
     after = -1
@@ -155,7 +155,7 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
 def out_of_scope_counts(fbs: Engine, scope: scopes.Scope = scopes.EVERYTHING) -> Counter:
     """(agency_id, OUT_OF_SCOPE, rule) -> n for the liabilities of the run's scope that are not
     for transfer (T1, T3; T3-backfill: waiting for debitor_backfill)."""
-    sql, params = scope.render("queries/eligibility_out_of_scope.sql", is_sqlite(fbs))
+    sql, params = scope.render("queries/eligibility_out_of_scope.sql")
     with fbs.connect() as conn:
         rows = conn.execute(text(sql), params).all()
     return Counter({(r.agency_id, OUT_OF_SCOPE, r.rule): int(r.n) for r in rows})

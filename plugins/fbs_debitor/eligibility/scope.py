@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import as_date, chunked, db_value, in_query, is_sqlite, sql_file
+from fbs_debitor.core.db import as_date, chunked, in_query, sql_file
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,14 @@ class Scope:
             raise ValueError(f"empty chunk {from_date} - {to_date}")
         return cls(agency_id=agency_id, from_date=from_date, to_date=to_date, follow_cut_off=follow_cut_off)
 
-    def conditions(self, sqlite: bool) -> tuple[dict[str, str], dict]:
+    def conditions(self) -> tuple[dict[str, str], dict]:
         """The three placeholders' SQL and their parameters."""
         params: dict = {}
         if self.is_chunk:
             universe = ("(l.agency_id = :scope_agency AND l.created_at >= :scope_from "
                         "AND l.created_at < :scope_to)")
-            params.update(scope_agency=self.agency_id, scope_from=db_value(self.from_date, sqlite),
-                          scope_to=db_value(self.to_date, sqlite))
+            params.update(scope_agency=self.agency_id, scope_from=self.from_date,
+                          scope_to=self.to_date)
         else:
             universe = "(1 = 1)"
         t1 = "(l.created_at >= a.cut_off_date)" if self.follow_cut_off else "(1 = 1)"
@@ -62,14 +62,14 @@ class Scope:
         for i, (agency_id, until) in enumerate(self.held):
             parts.append(f"(l.agency_id = :scope_held_{i} AND l.created_at < :scope_until_{i})")
             params[f"scope_held_{i}"] = agency_id
-            params[f"scope_until_{i}"] = db_value(until, sqlite)
+            params[f"scope_until_{i}"] = until
         held = "(" + " OR ".join(parts) + ")" if parts else "(1 = 0)"
         return {"{universe}": universe, "{t1}": t1, "{held}": held}, params
 
-    def render(self, relpath: str, sqlite: bool) -> tuple[str, dict]:
+    def render(self, relpath: str) -> tuple[str, dict]:
         """``include/sql/<relpath>`` with the placeholders filled, and the parameters they bind."""
         sql = sql_file(relpath)
-        fragments, params = self.conditions(sqlite)
+        fragments, params = self.conditions()
         for marker, condition in fragments.items():
             sql = sql.replace(marker, condition)
         return sql, params
@@ -87,7 +87,7 @@ class Scope:
 def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
     """Where each of these liabilities stands against the scope (``liability_in_scope.sql``: rows
     of liability_id, in_universe, due, waiting); ids no longer in FBS have no row."""
-    sql, params = scope.render("queries/liability_in_scope.sql", is_sqlite(fbs))
+    sql, params = scope.render("queries/liability_in_scope.sql")
     query = in_query(sql, "ids")
     rows: list = []
     with fbs.connect() as conn:
@@ -116,5 +116,5 @@ def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
             rows += [(r.agency_id, as_date(r.to_date)) for r in conn.execute(text(
                 "SELECT agency_id, to_date FROM backfill WHERE status = 'complete' AND dry_run = :f "
                 "AND finished_at >= :t ORDER BY agency_id, to_date"),
-                {"f": db_value(False, is_sqlite(ledger)), "t": db_value(since, is_sqlite(ledger))})]
+                {"f": False, "t": since})]
     return Scope(held=tuple(rows))

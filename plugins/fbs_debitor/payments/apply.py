@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_date, chunked, db_value, exclusive, in_query, is_sqlite
+from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
@@ -217,11 +217,10 @@ class _Book:
         touched = [c for c in self.claims.values() if c.touched]
         if not touched:
             return []
-        sqlite = is_sqlite(self.conn)
         self.conn.execute(text("UPDATE claim SET paid_amount = :p, written_off_amount = :w, repaid_amount = :r, "
                                "settled_on = :d WHERE liability_id = :l"),
-                          [{"p": db_value(c.paid, sqlite), "w": db_value(c.written_off, sqlite),
-                            "r": db_value(c.repaid, sqlite), "d": db_value(c.last_booked, sqlite),
+                          [{"p": c.paid, "w": c.written_off,
+                            "r": c.repaid, "d": c.last_booked,
                             "l": c.liability_id} for c in touched])
         ids = [c.liability_id for c in touched]
         update_settlement(self.conn, ids)
@@ -248,8 +247,7 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     """Every movement of a valid file decided and recorded in ONE ledger transaction, or none."""
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
-        sqlite = is_sqlite(conn)
-        t = db_value(at, sqlite)
+        t = at
         book = _Book(conn, parsed.movements)
         rows, events = [], []
         for m in parsed.movements:
@@ -263,8 +261,8 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
             state, reason, lid, agency = book.decide(m)
             book.known[m.movement_id] = _Known(m, state, lid)
             rows.append({"id": m.movement_id, "sha": sha, "f": m.fordring_id, "l": lid,
-                         "a": agency or _agency_of(m.fordring_id), "k": m.kind, "m": db_value(m.amount, sqlite),
-                         "b": db_value(m.booked_on, sqlite), "ref": m.reference_id, "s": state, "h": reason,
+                         "a": agency or _agency_of(m.fordring_id), "k": m.kind, "m": m.amount,
+                         "b": m.booked_on, "ref": m.reference_id, "s": state, "h": reason,
                          "r": run_id, "t": t})
             counts[state] += 1
             if lid is not None:
@@ -302,7 +300,7 @@ def record_quarantine(ledger_engine: Engine, name: str, sha: str, code: str, rea
         conn.execute(text("INSERT INTO payment_file (sha256, name, state, reason, run_id, received_at) "
                           "VALUES (:s, :n, 'quarantined', :why, :r, :t) ON CONFLICT (sha256) DO NOTHING"),
                      {"s": sha, "n": name, "why": mask_cprs_in(f"{code}: {reason}"), "r": run_id,
-                      "t": db_value(at, is_sqlite(conn))})
+                      "t": at})
 
 
 def file_tasks(fbs: Engine, name: str, sha: str, why: str, data: bytes) -> list[StaffTask]:
@@ -410,8 +408,7 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
             return 0
         movements = [_movement(r) for r in rows]
         book = _Book(conn, movements)
-        sqlite = is_sqlite(conn)
-        t = db_value(at, sqlite)
+        t = at
         released, events = [], []
         for m, r in zip(movements, rows, strict=True):
             book.known.pop(m.movement_id, None)     # decided again, as if new
@@ -458,8 +455,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     held = [r for r in rows if r.state == HELD]
     counts: Counter = Counter()
     with stores.fbs.begin() as conn:
-        sqlite = is_sqlite(conn)
-        t = db_value(at, sqlite)
+        t = at
         lids = sorted({r.liability_id for r in applied})
         present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
@@ -472,7 +468,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
             conn.execute(text("INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
                               "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING"),
                          [{"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
-                           "a": db_value(as_amount(r.amount), sqlite), "b": db_value(as_date(r.booked_on), sqlite),
+                           "a": as_amount(r.amount), "b": as_date(r.booked_on),
                            "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]} for r in applied])
             # a movement released after review: its hold task is done
             released = [{"t": t, "i": _task_id("PAY", r.movement_id)} for r in applied if r.hold_reason]
@@ -482,7 +478,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
         counts["written_back"] = len(applied)
         counts["hold_tasks"] = raise_tasks(conn, _hold_tasks(conn, held), at)
     with stores.ledger.begin() as conn:
-        _mark_written_back(conn, [r.movement_id for r in [*applied, *held]], db_value(at, is_sqlite(conn)))
+        _mark_written_back(conn, [r.movement_id for r in [*applied, *held]], at)
     return counts
 
 
@@ -505,13 +501,12 @@ def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime) -> Counter:
     if not close and not reopen:
         return Counter()
     with stores.fbs.begin() as conn:
-        t = db_value(at, is_sqlite(conn))
+        t = at
         closed, now_closed = _set_status(conn, close, "open", "closed", t)
         reopened, _ = _set_status(conn, reopen, "closed", "open", t)
     with stores.ledger.begin() as conn:
-        sqlite = is_sqlite(conn)
-        flags = [{"l": lid, "f": db_value(True, sqlite)} for lid in now_closed]
-        flags += [{"l": lid, "f": db_value(False, sqlite)} for lid in reopen]   # no longer ours to reopen
+        flags = [{"l": lid, "f": True} for lid in now_closed]
+        flags += [{"l": lid, "f": False} for lid in reopen]   # no longer ours to reopen
         if flags:
             conn.execute(text("UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l"), flags)
         add_events(conn, [(lid, "fbs_closed_settled", None, "paid or written off in full: closed in FBS (P2)")
@@ -579,7 +574,7 @@ def dismiss(ledger_engine: Engine, fbs: Engine, movement_id: str, note: str, at:
         if row is None:
             return False
         conn.execute(text("UPDATE movement SET state = 'dismissed', decided_at = :t WHERE movement_id = :m"),
-                     {"t": db_value(at, is_sqlite(conn)), "m": movement_id})
+                     {"t": at, "m": movement_id})
         if row.liability_id is not None:
             add_events(conn, [(row.liability_id, "payment_dismissed", None,
                                f"movement {movement_id} (held as {row.hold_reason}) dismissed after review: {note}")],
@@ -588,7 +583,7 @@ def dismiss(ledger_engine: Engine, fbs: Engine, movement_id: str, note: str, at:
         agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency"))]
         ids = [_task_id("PAY", movement_id), *(_task_id("PAY", movement_id, a) for a in agencies)]
         conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
-                     [{"t": db_value(at, is_sqlite(conn)), "i": i} for i in ids])
+                     [{"t": at, "i": i} for i in ids])
     return True
 
 

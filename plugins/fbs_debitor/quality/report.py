@@ -41,7 +41,7 @@ from urllib.parse import quote
 from sqlalchemy import bindparam, text
 
 from fbs_debitor.core import settings
-from fbs_debitor.core.db import as_datetime, db_value, is_sqlite
+from fbs_debitor.core.db import as_datetime
 from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.quality import catalog as dq_catalog
@@ -200,10 +200,9 @@ class _Builder:
             self.by_agency.setdefault(b.agency_id, []).append(b)
 
     def stream_findings(self, chunk: int) -> None:
-        sqlite = is_sqlite(self.stores.ledger)
         until = dt.datetime.combine(self.today + dt.timedelta(days=1), dt.time())
         since = dt.datetime.combine(self.chart_start, dt.time())
-        params = {"until": db_value(until, sqlite), "since": db_value(since, sqlite)}
+        params = {"until": until, "since": since}
         with self.stores.ledger.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=chunk).execute(_FINDINGS, params)
             for part in result.partitions(chunk):

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from sqlalchemy import bindparam, text
 
-from fbs_debitor.core.db import as_amount, as_date, db_value, is_sqlite
+from fbs_debitor.core.db import as_amount, as_date
 from fbs_debitor.core.identity import birth_date_from_cpr
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.sandbox import generator
@@ -66,8 +66,7 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
 
     done: Counter = Counter()
     with stores.fbs.begin() as conn:
-        sqlite = is_sqlite(conn)
-        t = db_value(at, sqlite)
+        t = at
 
         def update(sql: str, params: list[dict], kind: str) -> None:
             if params:
@@ -80,10 +79,10 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
         update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
                [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "fee")], "cancel_fee")
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t, "a": db_value((as_amount(r.amount) / 2).quantize(Decimal("0.01")), sqlite)}
+               [{"l": r.liability_id, "t": t, "a": (as_amount(r.amount) / 2).quantize(Decimal("0.01"))}
                 for r in take(lambda r: as_amount(r.amount) >= Decimal("2.00"))], "write_down")
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t, "a": db_value(as_amount(r.amount) + Decimal("25.00"), sqlite)}
+               [{"l": r.liability_id, "t": t, "a": as_amount(r.amount) + Decimal("25.00")}
                 for r in take(lambda r: True)], "increase")
         update("UPDATE liability SET refund_requested_at = :t, updated_at = :t WHERE liability_id = :l",
                [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "compensation")], "repayment")

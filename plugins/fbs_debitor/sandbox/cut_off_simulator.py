@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy import text
 
-from fbs_debitor.core.db import as_date, db_value, is_sqlite
+from fbs_debitor.core.db import as_date
 from fbs_debitor.core.settings import age_limit_range
 from fbs_debitor.core.stores import Stores
 
@@ -29,6 +29,6 @@ def simulate_move(stores: Stores, to: dt.date | None = None, agencies: list[str]
         for r in chosen:
             if as_date(r.cut_off_date) != to:
                 conn.execute(text("UPDATE agency SET cut_off_date = :d WHERE agency_id = :a"),
-                             {"d": db_value(to, is_sqlite(conn)), "a": r.agency_id})
+                             {"d": to, "a": r.agency_id})
                 moved[r.agency_id] = (as_date(r.cut_off_date), to)
     return moved

@@ -33,7 +33,7 @@ from decimal import Decimal
 import numpy as np
 from sqlalchemy.engine import Connection, Engine
 
-from fbs_debitor.core.db import bulk_insert, is_sqlite
+from fbs_debitor.core.db import bulk_insert, bulk_load, empty_tables
 from fbs_debitor.sandbox import names as words
 
 MIN_PATRONS = 50
@@ -897,19 +897,8 @@ def _liability_rows(lia: _Liabilities, items: np.ndarray) -> Iterator[tuple]:
 
 
 def wipe(conn: Connection) -> None:
-    """Delete every row of the FBS tables, children first.
-
-    PostgreSQL: one TRUNCATE of all nine tables (DELETE would check unindexed foreign keys row by
-    row). SQLite: DELETE in FK-safe order, with a temporary index on patron.responsible_patron_id
-    for the self-reference (without it each deleted patron scans the whole table), dropped again in
-    the same transaction.
-    """
-    if not is_sqlite(conn):
-        conn.exec_driver_sql(f"TRUNCATE TABLE {', '.join(WIPE_ORDER)}")
-        return
-    conn.exec_driver_sql("UPDATE patron SET responsible_patron_id = NULL WHERE responsible_patron_id IS NOT NULL")
-    for table in WIPE_ORDER:
-        conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+    """Delete every row of the FBS tables, children first (``db.empty_tables``)."""
+    empty_tables(conn, WIPE_ORDER, self_references={"patron": "responsible_patron_id"})
 
 
 def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabilities_per_patron: float = 10.0,
@@ -942,27 +931,14 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
 
     summary = GenerationSummary(seed=seed, as_of=as_of, liabilities_per_patron=liabilities_per_patron,
                                 backlog_years=backlog_years)
-    with fbs_engine.begin() as conn:
-        # SQLite: a 256 MB page cache while a million rows go into randomly ordered indexes (the
-        # default 2 MB thrashes); the connection's own setting comes back afterwards.
-        cache_size = conn.exec_driver_sql("PRAGMA cache_size").scalar() if is_sqlite(conn) else None
-        try:
-            if cache_size is not None:
-                conn.exec_driver_sql("PRAGMA cache_size = -262144")
-            wipe(conn)
-            summary.agency = bulk_insert(conn, "agency", AGENCY_COLUMNS, agencies.rows)
-            summary.branch = bulk_insert(conn, "branch", BRANCH_COLUMNS, agencies.branch_rows)
-            summary.patron = bulk_insert(conn, "patron", PATRON_COLUMNS, _patron_rows(pat, agencies, True))
-            summary.guardianship = bulk_insert(conn, "guardianship", GUARDIANSHIP_COLUMNS, guard.rows)
-            summary.material = bulk_insert(conn, "material", MATERIAL_COLUMNS, mat.rows)
-            summary.loan = bulk_insert(conn, "loan", LOAN_COLUMNS, _loan_rows(lia, mat.item_numbers))
-            summary.liability = bulk_insert(conn, "liability", LIABILITY_COLUMNS,
-                                            _liability_rows(lia, mat.item_numbers))
-            if cache_size is None:  # PostgreSQL: planner statistics for the freshly loaded tables
-                for table in WIPE_ORDER:
-                    conn.exec_driver_sql(f"ANALYZE {table}")
-        finally:
-            if cache_size is not None:
-                conn.exec_driver_sql(f"PRAGMA cache_size = {int(cache_size)}")
+    with fbs_engine.begin() as conn, bulk_load(conn, WIPE_ORDER):
+        wipe(conn)
+        summary.agency = bulk_insert(conn, "agency", AGENCY_COLUMNS, agencies.rows)
+        summary.branch = bulk_insert(conn, "branch", BRANCH_COLUMNS, agencies.branch_rows)
+        summary.patron = bulk_insert(conn, "patron", PATRON_COLUMNS, _patron_rows(pat, agencies, True))
+        summary.guardianship = bulk_insert(conn, "guardianship", GUARDIANSHIP_COLUMNS, guard.rows)
+        summary.material = bulk_insert(conn, "material", MATERIAL_COLUMNS, mat.rows)
+        summary.loan = bulk_insert(conn, "loan", LOAN_COLUMNS, _loan_rows(lia, mat.item_numbers))
+        summary.liability = bulk_insert(conn, "liability", LIABILITY_COLUMNS, _liability_rows(lia, mat.item_numbers))
     summary.population = {**pat.population, **lia.population}
     return summary
