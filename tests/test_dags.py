@@ -101,6 +101,32 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert all(dag.get_task(t).retries == 0 for t in alarms)
 
 
+@pytest.mark.airflow
+def test_every_pool_the_dags_use_is_declared_and_imports_into_airflow(dagbag, tmp_path):
+    """The pools are declarative (include/airflow/pools.json, imported by ./run and docker-compose's
+    airflow-init): every pool a task names is declared there, and Airflow accepts the file."""
+    import json
+
+    from airflow_env import airflow_env, run_airflow
+
+    from fbs_debitor.core.settings import DatabaseUrls
+
+    declared = json.loads((HOME / "include/airflow/pools.json").read_text())
+    used = {t.pool for d in dagbag.dags.values() for t in d.tasks} - {"default_pool"}
+    assert used == set(declared) == {"debitor_debtor_system"}
+    assert declared["debitor_debtor_system"]["slots"] == 1     # one sender towards the debtor system
+    env = airflow_env(tmp_path, DatabaseUrls(fbs="sqlite://", ledger="sqlite://"))
+    assert run_airflow(env, "db", "migrate").returncode == 0
+    imported = run_airflow(env, "pools", "import", str(HOME / "include/airflow/pools.json"))
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    listed = run_airflow(env, "pools", "get", "debitor_debtor_system", "-o", "json")
+    assert listed.returncode == 0 and int(json.loads(listed.stdout)[0]["slots"]) == 1
+    # The local Serviceplatformen connection is declared too (./run puts the emulator's URL in).
+    local = json.loads((HOME / "include/airflow/local_connections.json").read_text())
+    assert set(local["serviceplatformen"]["extra"]) >= {"service_agreement_uuid", "user_system_uuid", "user_uuid",
+                                                         "connect_timeout", "operation_timeout"}
+
+
 def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_the_hourly_run(dagbag):
     """T3: debitor_backfill is manual (or triggered by the transfer run), one run at a time; its
     params are validated by Airflow; months are mapped tasks, one at a time, in the debtor-system
