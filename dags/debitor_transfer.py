@@ -65,7 +65,7 @@ only now (late arrival) is still picked up. The data interval is recorded with t
 The sending tasks share the pool `debitor_debtor_system` (1 slot) with debitor_backfill's chunks,
 at a higher priority: each sending task waits for at most the backfill month in progress.
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
-(endpoint, service agreement / user system / user UUIDs, client certificate; see the README).
+(endpoint, service agreement / user system / user UUIDs, client certificate; see docs/deployment.md#connections).
 """
 
 

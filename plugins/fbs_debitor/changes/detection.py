@@ -7,7 +7,7 @@ RECORDED message, answered or not). Set-based and streamed: one narrow query
 (``fingerprints``) of the FBS fields they are built from, so claims are only rebuilt where those
 fields changed. Each difference is recorded as its own outbox message, versioned per liability
 (``<liability>:<version>``, the AendringID) in one ledger transaction per page, and sent in
-version order by ``change_delivery``:
+version order by ``changes.sending``:
 
 =================================  =========================================================
 FBS now (against what was told)     message(s)
@@ -29,7 +29,7 @@ status cancelled (U1, U4)           ``cancel``: Annullering (for a compensation 
 open again after a cancellation     ``increase_create`` alone: a new claim, new FordringID
 =================================  =========================================================
 
-Decided, where the rules are silent (documented in the README):
+Decided, where the rules are silent (documented in docs/design.md):
 
 * **closed** in FBS after sending: nothing goes to the debtor system. Transferred liabilities are
   paid only there (P2), so FBS closing one is normally the result of the payments the debtor

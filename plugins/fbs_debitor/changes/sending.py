@@ -1,4 +1,4 @@
-"""Sending the recorded changes (``change_detection``) exactly once, in order per liability.
+"""Sending the recorded changes (``changes.detection``) exactly once, in order per liability.
 
 A change message (version > 1 of a liability) is sent only when every earlier version of the same
 liability is answered: a write-down never overtakes the creation it applies to, and two changes

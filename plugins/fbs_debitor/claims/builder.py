@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 from fbs_debitor.claims import classification as cls
-from fbs_debitor.claims import fields as fields
+from fbs_debitor.claims import fields
 from fbs_debitor.claims.model import (
     ACCOUNT_ADULT,
     ACCOUNT_MINOR_WITH_GUARDIAN,

@@ -13,7 +13,7 @@ The ledger keeps a check value of the key (``secret_check``). Comparing prints m
 another key would make every claim look changed and send thousands of identifier changes; so a
 different key stops the change detection with a clear error instead (``KeyMismatch``). Rotating
 the key means clearing ``claim.source_print``/``identity_print`` and the check value together,
-after which the next run re-derives them (and sends one harmless identifier change per claim).
+after which the next run re-derives them as a new baseline and sends nothing (see docs/deployment.md).
 """
 
 from __future__ import annotations

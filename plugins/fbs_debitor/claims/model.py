@@ -1,5 +1,5 @@
 """What one FBS liability becomes on the debtor side: a debtor account (Debitorkonto) and a claim
-(Fordring), as plain values independent of any XML schema (``sf1590_mapping`` turns them into the
+(Fordring), as plain values independent of any XML schema (``claims.sf1590`` turns them into the
 schema's elements).
 
 Identifier fields never appear in ``repr``: a claim that ends up in a log line or an exception

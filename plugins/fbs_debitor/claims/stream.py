@@ -1,7 +1,7 @@
 """Eligible liabilities to built claims, streamed page by page (set-based extracts, flat memory).
 
 Each eligibility page (``eligibility.iter_verdicts``) is followed by one query of
-``claim_rows.sql`` for exactly its eligible liabilities, whose rows ``claim_builder.build`` turns
+``claim_rows.sql`` for exactly its eligible liabilities, whose rows ``claims.builder.build`` turns
 into claims. Replacement CPR numbers already in FBS are loaded once, so new ones never
 collide with them or with each other.
 """

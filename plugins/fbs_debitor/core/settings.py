@@ -1,7 +1,7 @@
 """Where things are and how they are reached, read from the environment with embedded defaults.
 
 Nothing here imports Airflow. Inside Airflow the DAG tasks resolve the two databases from the
-Connections ``fbs_db`` and ``debitor_ledger`` when they exist (see ``airflow_connections``) and
+Connections ``fbs_db`` and ``debitor_ledger`` when they exist (see ``fbs_debitor.airflow.connections``) and
 fall back to these settings, so the demo needs no Airflow configuration at all.
 
 | variable                  | default                      | meaning                                  |

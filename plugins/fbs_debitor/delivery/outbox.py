@@ -12,7 +12,7 @@ The order of writes is what makes it exactly-once:
    answers a repeat with its first answer, so a repeat never bills twice.
 4. Answered: each receipt moves its message to ``accepted`` (with the debtor system's reference)
    or ``rejected`` (with its code and text). A rejection is permanent: it is not sent again but
-   becomes a staff task (``delivery_tasks``, M1).
+   becomes a staff task (``delivery.staff_tasks``, M1).
 
 A crash or timeout anywhere leaves messages ``pending`` or ``sent``; the next run's
 ``resend_unconfirmed`` rebuilds exactly those from FBS and sends them again under the same keys
@@ -419,7 +419,7 @@ def _record_changed(ledger_engine: Engine, run_id: str, changed: list[tuple[int,
 def delivery_counts(ledger_engine: Engine, run_id: str) -> Counter:
     """What this run sent of new claims and how it ended, per agency: accepted, rejected (per rule
     of the debtor system's code) and unconfirmed (no answer yet: sent again next run). From the
-    outbox, so a retried or crashed task counts right. Changes are counted by ``change_delivery``."""
+    outbox, so a retried or crashed task counts right. Changes are counted by ``changes.sending``."""
     with ledger_engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT c.agency_id, o.state, o.error_code, COUNT(*) AS n FROM outbox o "

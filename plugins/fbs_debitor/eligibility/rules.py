@@ -39,7 +39,7 @@ OUT_OF_SCOPE = "out_of_scope"
 CATEGORIES = (ELIGIBLE, AWAITING, BLOCKED, ALREADY_SENT, OUT_OF_SCOPE)
 
 # Finding check codes for the rules that block a liability (stored in ledger.finding): those
-# decided here, and those only building the claim can find (claim_builder's problems).
+# decided here, and those only building the claim can find (``claims.builder``'s problems).
 CHECK_CODES = {
     "C3": "C3_agency_age_limit_out_of_range",
     "T4": "T4_group_without_responsible_patron",

@@ -5,7 +5,7 @@ A run, step by step:
 
 1. **files**, oldest name first. A file whose bytes (SHA-256) were seen before is recognised and
    only moved out of the inbox again. A new file is parsed safely and validated
-   (``payment_files.parse``); a bad one is recorded as quarantined with its reason, staff get a
+   (``payments.files.parse``); a bad one is recorded as quarantined with its reason, staff get a
    task, and the file moves to ``quarantine/``: the other files of the run still go on. A good
    file is applied in ONE ledger transaction: the file, every movement (applied or held, with its
    reason), the claims' sums, balance and settlement, and the audit trail; a crash anywhere in it

@@ -1,7 +1,7 @@
 """The data-quality checks staff can act on: code, rule, severity, and what to tell library staff.
 
-One catalog for the checks (``dq_checks``), the eligibility and claim-building rules that record
-findings with the same codes (so one problem is one finding), and the staff report (``dq_report``),
+One catalog for the checks (``quality.checks``), the eligibility and claim-building rules that record
+findings with the same codes (so one problem is one finding), and the staff report (``quality.report``),
 which shows the Danish title and the one-sentence reason.
 
 Severities: ``blocks_liability`` (held until fixed, then sent automatically), ``blocks_agency``

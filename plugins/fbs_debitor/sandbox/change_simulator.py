@@ -1,5 +1,5 @@
 """Life after the hand-over, for the synthetic municipality: what library staff and patrons do to
-liabilities that were already transferred (``python -m fbs_debitor simulate-changes``).
+liabilities that were already transferred (``python -m fbs_debitor.sandbox simulate-changes``).
 
 It changes FBS the way FBS would (amount, status, repayment mark, ``updated_at``; a patron's CPR)
 on a seeded random sample of the liabilities the debtor system accepted, so the next transfer run

@@ -654,8 +654,8 @@ def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLCon
 
 
 def serve(argv: list[str] | None = None) -> int:
-    """``python -m fbs_debitor emulator --vendor KMD_OPUS ...``: run until Ctrl-C."""
-    p = argparse.ArgumentParser(prog="fbs_debitor emulator", description="Local SF1590 debtor-system emulator")
+    """``python -m fbs_debitor.sandbox emulator --vendor KMD_OPUS ...``: run until Ctrl-C."""
+    p = argparse.ArgumentParser(prog="python -m fbs_debitor.sandbox emulator", description="Local SF1590 debtor-system emulator")
     p.add_argument("--vendor", choices=VENDORS, required=True, help="the debtor system (the default vendor with "
                    "--vendors-from-fbs)")
     p.add_argument("--vendors-from-fbs", action="store_true",

@@ -1,6 +1,6 @@
 """The debtor side of payments (P1): the emulator's citizens pay, the municipality writes off, and
 the debtor system delivers DaekningAfskrivningRegistreringAfsend files into the inbox on its
-vendor's rhythm (``payment_rhythm``): KMD OPUS one file per night, Prisme hourly or nightly, EG
+vendor's rhythm (``payments.rhythm``): KMD OPUS one file per night, Prisme hourly or nightly, EG
 small files every few minutes.
 
 Movements are made from the claims the emulator holds (``emulator.emu_claim``), seeded, with the

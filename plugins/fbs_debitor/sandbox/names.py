@@ -1,4 +1,4 @@
-"""Small word lists for the synthetic FBS population (see ``fbs_debitor.generator``).
+"""Small word lists for the synthetic FBS population (see ``fbs_debitor.sandbox.generator``).
 
 Everything here is invented or common Danish vocabulary: the municipalities, postal districts and
 institutions do not exist, so generated data can never be mistaken for a real library's patrons.

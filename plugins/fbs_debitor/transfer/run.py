@@ -6,7 +6,7 @@ without CPR, an amount of zero, a fee without its loan, ...) are counted as bloc
 rule. Every blocked liability is recorded as a finding in the ledger (nothing is silently
 skipped), and the run with its counts. With a client, each page's claims are delivered as soon
 as they are built (``delivery``): first whatever earlier runs left unconfirmed, then the new ones;
-rejections become staff tasks (``delivery_tasks``).
+rejections become staff tasks (``delivery.staff_tasks``).
 
 Which liabilities a run looks at is its ``scope``: the hourly run's is everything from each
 agency's cut-off date except ranges waiting for ``debitor_backfill`` (``cut_off``); a backfill
