@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import email
 import re
+import shutil
 from dataclasses import dataclass
 from email import policy
 from pathlib import Path
 from types import SimpleNamespace
 
 import fbs_rows as fr
+import jinja2
 import pytest
 from leaks import full_cpr_numbers
 from lxml import html as lxml_html
@@ -225,15 +227,139 @@ def test_M4_html_escapes_all_text_and_needs_nothing_from_outside(stores, world, 
     with stores.fbs.begin() as conn:
         conn.execute(text("UPDATE branch SET name = :n WHERE branch_id = :b"),
                      {"n": '<script>alert("x")</script> Filial', "b": B2})
-    put(stores, finding("F3_dates_out_of_order", A1, "L-esc", '<img src=x onerror="alert(1)"> & "datoer"',
-                        branch_id=B2), dt.datetime(2026, 11, 19, 8))
+    key = put(stores, finding("F3_dates_out_of_order", A1, "L-esc", '<img src=x onerror="alert(1)"> & "datoer"',
+                              branch_id=B2), dt.datetime(2026, 11, 19, 8))
     page = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B2].html_path.read_text(encoding="utf-8")
     assert "<script" not in page and "<img" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; Filial" in page
-    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &quot;datoer&quot;" in page
+    # Escaped (a quote may be spelled &quot; or &#34;), and so shown as the very text FBS holds.
+    q = "(?:&quot;|&#34;)"
+    assert re.search(rf"&lt;script&gt;alert\({q}x{q}\)&lt;/script&gt; Filial", page)
+    assert re.search(rf"&lt;img src=x onerror={q}alert\(1\){q}&gt; &amp; {q}datoer{q}", page)
+    doc = lxml_html.fromstring(page)
+    assert doc.xpath("//h1")[0].text_content() == 'Datakvalitet: <script>alert("x")</script> Filial'
+    assert '<img src=x onerror="alert(1)"> & "datoer"' in doc.xpath(f'//tr[@data-key="{key}"]')[0].text_content()
     # Self-contained: inline CSS and SVG, no external stylesheet, script, image or font.
     assert "<style>" in page and "<svg" in page
     assert not re.search(r"<link|<script|<img|@import|url\(|src=\"|href=\"https?:", page)
+
+
+EVIL_NAME = '<script>alert(1)</script> "><img src=x onerror=alert(2)> Eva'
+EVIL_MESSAGE = '"><img src=x onerror=alert(3)> <script>alert(4)</script> & co'
+EVIL_SUBJECT = 'x"><img src=x onerror=alert(5)>'      # the finding key, which goes into an attribute
+EVIL_NUMBER = '"><svg onload=x>'                     # a liability number (VARCHAR(20) in FBS)
+EVIL_MAIL = '<b onmouseover=alert(6)>hoved</b>@x.dk'
+EVIL_AGENCY = "<script>alert(7)</script> Testby"
+
+
+def markup_from_data(doc) -> list[str]:
+    """Elements and attributes no report template writes: any of them came from the data."""
+    return [el.tag for el in doc.xpath("//script | //img | //iframe | //object | //embed | //link")] + \
+        [f"@{a.attrname}" for a in doc.xpath("//@*") if a.attrname.lower().startswith("on")]
+
+
+def test_M4_hostile_names_messages_and_ids_are_shown_as_text_on_every_page(stores, world, tmp_path):
+    """M4 (autoescaping): what FBS or a finding holds is shown as text, in element text and in
+    attributes, on the branch page (open rows, fixed list, header) and the agency index."""
+    with stores.fbs.begin() as conn:
+        evil = fr.patron(conn, name=EVIL_NAME)                                    # branch B1
+        evil_li = fr.liability(conn, evil["patron_id"], number=EVIL_NUMBER)
+        conn.execute(text("UPDATE branch SET staff_email = :m WHERE branch_id = :b"), {"m": EVIL_MAIL, "b": B1})
+        conn.execute(text("UPDATE agency SET name = :n WHERE agency_id = :a"), {"n": EVIL_AGENCY, "a": A1})
+    ids = {"patron_id": evil["patron_id"], "liability_id": evil_li["liability_id"]}
+    key = put(stores, finding("T6_person_without_usable_cpr", A1, EVIL_SUBJECT, EVIL_MESSAGE, branch_id=B1, **ids),
+              dt.datetime(2026, 11, 19, 8))
+    fixed = put(stores, finding("F2_amount_not_positive", A1, "L-evil-fixed", EVIL_MESSAGE, branch_id=B1, **ids),
+                dt.datetime(2026, 11, 1, 8), resolved=dt.datetime(2026, 11, 19, 9))
+    report = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B1]
+
+    page = report.html_path.read_text(encoding="utf-8")
+    doc = lxml_html.fromstring(page)
+    assert markup_from_data(doc) == []
+    assert "<script" not in page and "<img" not in page and "<svg onload" not in page
+    rows = {tr.get("data-key"): tr for tr in doc.xpath('//table[@id="aabne"]/tbody/tr')}
+    assert key in rows                                       # the attribute holds the key exactly
+    cells = [td.text_content() for td in rows[key].xpath("td")]
+    assert EVIL_MESSAGE in cells[2]
+    assert cells[3] == f"{evil['patron_id']} {EVIL_NAME}" and EVIL_NUMBER in cells[4]
+    (li,) = doc.xpath(f'//ul[@id="rettet-liste"]/li[@data-key="{fixed}"]')
+    assert EVIL_NAME in li.text_content() and f"nr. {EVIL_NUMBER} " in li.text_content()
+    assert doc.xpath("//header/p")[0].text_content().startswith(f"{EVIL_AGENCY} (bibliotek {A1})")
+
+    index = lxml_html.fromstring((tmp_path / A1 / "index.html").read_text(encoding="utf-8"))
+    assert markup_from_data(index) == []
+    assert index.xpath("//h1")[0].text_content() == f"Datakvalitet: {EVIL_AGENCY}"
+    assert EVIL_MAIL in [td.text_content() for td in index.xpath('//table[@id="filialer"]/tbody/tr/td')]
+
+
+def edited_templates(tmp_path: Path, edits: dict[str, tuple[str, str]]) -> Path:
+    """A copy of the report's template folder with ``file: (old text, new text)`` edits made."""
+    folder = tmp_path / "templates"
+    shutil.copytree(dq_report.TEMPLATE_DIR, folder)
+    for name, (old, new) in edits.items():
+        path = folder / name
+        content = path.read_text(encoding="utf-8")
+        assert old in content, (name, old)
+        path.write_text(content.replace(old, new), encoding="utf-8")
+    return folder
+
+
+def test_M4_staff_texts_come_from_the_templates_and_an_edited_copy_changes_them(stores, world, tmp_path,
+                                                                                  smtp_server):
+    """M4/M1: every Danish text of the page and the mail is in the template folder; an edited copy
+    changes what staff see without touching Python, and the package's own folder is the default."""
+    handler, smtp = smtp_server
+    folder = edited_templates(tmp_path, {
+        "datakvalitet.html.j2": ("<h2>Det skal rettes</h2>", "<h2>Ret disse i FBS</h2>"),
+        "open_rows.html.j2": ("<i>Hele biblioteket</i>", "<i>Alle filialer</i>"),
+        "chart.svg.j2": (">blokerende</text>", ">stopper</text>"),
+        "_layout.html.j2": ("kontakt kommunens it-afdeling", "ring til biblioteksservice"),
+        "index.html.j2": ("<th>Sendes til</th>", "<th>Modtager</th>"),
+        "mail_subject.txt.j2": ("Datakvalitet {{", "Fejl i FBS-data {{"),
+        "mail.txt.j2": ("Rapporten står i denne mail (HTML).", "Se rapporten nedenfor."),
+    })
+    edited = by_branch(dq_report.build_reports(stores, tmp_path / "edited", TODAY, template_dir=folder))
+    plain = by_branch(dq_report.build_reports(stores, tmp_path / "plain", TODAY))
+    for reports, texts, others in [(edited, ("Ret disse i FBS", "Alle filialer", ">stopper<", "biblioteksservice",
+                                             "<th>Modtager</th>"), ("Det skal rettes", "Sendes til")),
+                                   (plain, ("Det skal rettes", "Hele biblioteket", ">blokerende<",
+                                            "kommunens it-afdeling", "<th>Sendes til</th>"),
+                                    ("Ret disse i FBS", "Modtager"))]:
+        page = reports[B1].html_path.read_text(encoding="utf-8") + \
+            (reports[B1].html_path.parent.parent / "index.html").read_text(encoding="utf-8")
+        assert all(t in page for t in texts) and not any(t in page for t in others)
+        # ... and the same findings, in the same order, either way.
+        assert open_keys(reports[B1].html_path) == [world.keys["t6"], world.keys["c3"], world.keys["i4"]]
+
+    mailer.send_reports([edited[B1]], smtp, template_dir=folder)
+    mailer.send_reports([plain[B1]], smtp)
+    (msg_edited, _b, text_edited, *_), (msg_plain, _b2, text_plain, *_) = [parts(raw) for *_x, raw in handler.received]
+    assert msg_edited["Subject"].startswith(f"Fejl i FBS-data {TODAY.isoformat()}: Hovedbiblioteket")
+    assert msg_plain["Subject"].startswith(f"Datakvalitet {TODAY.isoformat()}: Hovedbiblioteket")
+    assert "Se rapporten nedenfor." in text_edited and "Rapporten står i denne mail (HTML)." in text_plain
+    assert "3 åbne fund" in text_edited and "3 åbne fund" in text_plain
+
+
+def test_M4_a_folder_with_one_edited_template_takes_the_rest_from_the_package(stores, world, tmp_path):
+    """M4: a municipality keeps only the templates it changed; the others are the package's."""
+    folder = tmp_path / "egne"
+    folder.mkdir()
+    (folder / "index.html.j2").write_text(
+        (dq_report.TEMPLATE_DIR / "index.html.j2").read_text(encoding="utf-8").replace("Alle åbne", "Hent CSV"),
+        encoding="utf-8")
+    dq_report.build_reports(stores, tmp_path / "out", TODAY, template_dir=folder)
+    index = (tmp_path / "out" / A1 / "index.html").read_text(encoding="utf-8")
+    page = (tmp_path / "out" / A1 / B1 / "datakvalitet.html").read_text(encoding="utf-8")
+    assert "<th>Hent CSV</th>" in index and "Alle åbne" not in index
+    assert "Det skal rettes" in page and "<svg" in page
+
+
+def test_M4_an_edited_template_naming_an_unknown_value_stops_the_report_rather_than_leave_a_gap(
+        stores, world, tmp_path):
+    """M4: a typo in an edited template is an error, not a report silently missing its text."""
+    folder = edited_templates(tmp_path, {"datakvalitet.html.j2": ("{{ branch.name }}</h1>", "{{ branch.nmae }}</h1>")})
+    with pytest.raises(jinja2.UndefinedError, match="nmae"):
+        dq_report.build_reports(stores, tmp_path / "out", TODAY, template_dir=folder)
+    assert not list((tmp_path / "out").rglob("datakvalitet.html"))
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -327,6 +453,7 @@ def test_M1_M4_each_branch_with_an_address_gets_its_report_by_email(stores, worl
         assert body.replace("\r\n", "\n") == report.html_path.read_text(encoding="utf-8")
         assert csv_bytes == report.csv_path.read_bytes() and filename.endswith(".csv")
         assert f"{report.open_count} åbne fund" in plain
+        assert report.agency_blocked and "HELE BIBLIOTEKETS OVERFØRSEL ER STANDSET" in plain    # C3 holds 715100
         for k in open_keys(report.html_path):
             assert k in body
         # No full CPR number in the raw message nor in any decoded part.

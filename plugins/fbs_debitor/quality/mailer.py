@@ -18,7 +18,8 @@ environment describes it:
 | FBS_DEBITOR_SMTP_TIMEOUT   | 30                           | seconds per connection                   |
 
 One mail per branch: the HTML report as the body (with a short plain-text alternative) and the CSV
-attached. A branch without a usable address is skipped with a warning; a send that fails is
+attached. The subject and the plain-text part are the report's templates ``mail_subject.txt.j2`` and
+``mail.txt.j2`` (plain text, not escaped), so their Danish texts are edited where the report's are. A branch without a usable address is skipped with a warning; a send that fails is
 recorded and the others still go. Results come back per branch; nothing here logs a report's
 contents, only branch ids, addresses, sizes and the server's answer.
 """
@@ -37,7 +38,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from fbs_debitor.quality.report import BranchReport
+from fbs_debitor.quality.report import BranchReport, templates
 
 log = logging.getLogger(__name__)
 
@@ -142,28 +143,22 @@ def recipients_of(staff_email: str | None) -> list[str]:
 
 # --- messages ----------------------------------------------------------------------------------
 
-def build_message(report: BranchReport, from_email: str, recipients: Sequence[str]) -> EmailMessage:
-    """The branch's mail: plain-text summary, the HTML report as the HTML body, the CSV attached."""
+def build_message(report: BranchReport, from_email: str, recipients: Sequence[str], *,
+                  template_dir: Path | None = None) -> EmailMessage:
+    """The branch's mail: plain-text summary, the HTML report as the HTML body, the CSV attached.
+    ``template_dir`` as for ``report.build_reports``."""
     html_body = Path(report.html_path).read_text(encoding="utf-8")
     csv_bytes = Path(report.csv_path).read_bytes()
     date = report.report_date
+    env = templates(template_dir)
     msg = EmailMessage()
-    branch_name = " ".join(str(report.branch_name).split())   # no line breaks in a header
-    msg["Subject"] = (f"Datakvalitet {date}: {branch_name} – {report.open_count} åbne fund"
-                      f" ({report.blocking_count} blokerende)")
+    # One line: no line breaks in a header (a branch name could hold one).
+    msg["Subject"] = " ".join(env.get_template("mail_subject.txt.j2").render(report=report).split())
     msg["From"] = from_email
     msg["To"] = ", ".join(recipients)
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid("fbs-debitor", domain=from_email.rpartition("@")[2] or "localhost")
-    msg.set_content(
-        f"Datakvalitet for {report.branch_name} ({report.agency_name}) pr. {date}\n\n"
-        f"{report.open_count} åbne fund: {report.blocking_count} blokerende og {report.warning_count} advarsler.\n"
-        f"{report.new_count} nye siden i går, {report.resolved_count} rettet de seneste 7 dage.\n"
-        + ("\nHELE BIBLIOTEKETS OVERFØRSEL ER STANDSET, indtil fejlen er rettet (se rapporten).\n"
-           if report.agency_blocked else "")
-        + "\nRapporten står i denne mail (HTML). Alle åbne fund er vedhæftet som CSV-fil, der åbner i Excel.\n"
-        "Blokerende fund sendes ikke til debitorsystemet, før oplysningerne er rettet i FBS; derefter sendes "
-        "de automatisk.\n", cte="quoted-printable")
+    msg.set_content(env.get_template("mail.txt.j2").render(report=report), cte="quoted-printable")
     # 7-bit safe on any relay (no 8BITMIME needed); quoted-printable keeps the text readable in the raw mail.
     msg.add_alternative(html_body, subtype="html", cte="quoted-printable")
     safe_branch = re.sub(r"[^A-Za-z0-9._-]", "_", report.branch_id)
@@ -205,8 +200,8 @@ def _text(reply) -> str:
 
 # --- sending -----------------------------------------------------------------------------------
 
-def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *,
-                 state_file: Path | None = None) -> list[SendResult]:
+def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *, state_file: Path | None = None,
+                 template_dir: Path | None = None) -> list[SendResult]:
     """Send each branch its report; never raises for one branch. With ``state_file``, branches
     already sent (by an earlier attempt of the same run) are not sent again."""
     done = _load_state(state_file)
@@ -226,7 +221,7 @@ def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *,
             results.append(SendResult(report.agency_id, report.branch_id, SKIPPED, (), detail))
             continue
         try:
-            msg = build_message(report, smtp.from_email, recipients)
+            msg = build_message(report, smtp.from_email, recipients, template_dir=template_dir)
             refused = _deliver(smtp, msg, recipients)
         except Exception as exc:   # one branch's failure never stops the others
             detail = _describe(exc)

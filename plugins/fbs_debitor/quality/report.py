@@ -20,24 +20,31 @@ and one for the liabilities' numbers. Open rows go straight to each branch's CSV
 fragment on disk, in the order they are shown (blocking before warnings, oldest first), so memory
 stays flat however many findings there are. CPR numbers are never read; free text is scrubbed of
 anything shaped like a full CPR number all the same.
+
+The pages come from the Jinja2 templates in ``templates/`` (every Danish text of the HTML is
+there; see its README.md), with autoescaping on: nothing from the data is ever marked safe. The
+open rows are rendered per chunk by ``open_rows.html.j2`` into the fragment, which the page
+template then includes as it is (markup our own template made, already escaped). Texts the CSV
+shares (``SEVERITY_LABEL``, ``CSV_COLUMNS``, the catalog's titles and reasons) stay in Python.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import heapq
-import html
 import json
 import logging
 import os
 import re
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import bindparam, text
 
 from fbs_debitor.core import settings
@@ -58,6 +65,8 @@ STREAM_CHUNK = 5000      # findings per streamed chunk (and per FBS lookup)
 HTML_NAME = "datakvalitet.html"
 CSV_NAME = "datakvalitet.csv"
 MANIFEST_NAME = "manifest.json"
+ROWS_NAME = ".rows.html.tmp"   # the open rows' fragment while the report is built
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 SEVERITY_LABEL = {BLOCKS_AGENCY: "Standser hele biblioteket", BLOCKS_LIABILITY: "Blokerer", WARNING: "Advarsel"}
 BLOCKING = frozenset({BLOCKS_AGENCY, BLOCKS_LIABILITY})
@@ -113,17 +122,19 @@ class BranchReport:
 
 
 def build_reports(stores: Stores, out_dir: Path, today: dt.date, *, html_row_limit: int = HTML_ROW_LIMIT,
-                  chunk: int = STREAM_CHUNK) -> list[BranchReport]:
-    """Write every branch's report for ``today`` under ``out_dir``; returns them in branch order."""
+                  chunk: int = STREAM_CHUNK, template_dir: Path | None = None) -> list[BranchReport]:
+    """Write every branch's report for ``today`` under ``out_dir``; returns them in branch order.
+    ``template_dir``: a folder whose templates are used before the package's own (see ``templates``)."""
     out_dir = Path(out_dir)
-    builder = _Builder(stores, out_dir, today, html_row_limit)
+    env = templates(template_dir)
+    builder = _Builder(stores, out_dir, today, html_row_limit, env)
     try:
         builder.load_branches()
         builder.stream_findings(chunk)
         reports = builder.finish()
     finally:
         builder.close()
-    _write_indexes(out_dir, reports, today)
+    _write_indexes(out_dir, reports, today, env)
     log.info("data-quality reports for %s: %d branch(es), %d open finding row(s) in %s", today, len(reports),
              sum(r.open_count for r in reports), out_dir)
     return reports
@@ -165,6 +176,7 @@ class _Branch:
     chart_warning: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))
     fixed: list = field(default_factory=list)   # min-heap of (resolved, seq, row): the newest kept
     html_rows: int = 0
+    pending: list = field(default_factory=list)   # this chunk's rows for the HTML, not yet rendered
     csv_file: object = None
     csv_writer: object = None
     rows_file: object = None
@@ -175,8 +187,10 @@ class _Branch:
 
 
 class _Builder:
-    def __init__(self, stores: Stores, out_dir: Path, today: dt.date, html_row_limit: int):
+    def __init__(self, stores: Stores, out_dir: Path, today: dt.date, html_row_limit: int, env: Environment):
         self.stores, self.out_dir, self.today, self.html_row_limit = stores, out_dir, today, html_row_limit
+        self.rows_template = env.get_template("open_rows.html.j2")
+        self.page_template = env.get_template("datakvalitet.html.j2")
         self.chart_start = today - dt.timedelta(days=CHART_DAYS - 1)
         self.fixed_since = today - dt.timedelta(days=FIXED_DAYS - 1)
         self.new_since = today - dt.timedelta(days=1)
@@ -229,6 +243,14 @@ class _Builder:
             row = self._row(r, patron, numbers)
             for b in targets:
                 self._add(b, row)
+        self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        """The chunk's open rows, rendered by the row template and appended to each branch's fragment."""
+        for b in self.branches.values():
+            if b.pending:
+                self.rows_template.stream(rows=b.pending).dump(b.rows_file)
+                b.pending.clear()
 
     def _targets(self, r, patron) -> list[_Branch]:
         branch_id = r.branch_id or (patron.branch_id if patron is not None else None)
@@ -284,7 +306,7 @@ class _Builder:
             self._open_files(b)
         b.csv_writer.writerow(_csv_cells(row))
         if b.html_rows < self.html_row_limit:
-            b.rows_file.write(_html_row(row))
+            b.pending.append(row)
             b.html_rows += 1
 
     def _open_files(self, b: _Branch) -> None:
@@ -293,7 +315,7 @@ class _Builder:
         b.csv_file = open(b.folder / (CSV_NAME + ".tmp"), "w", encoding="utf-8-sig", newline="")
         b.csv_writer = csv.writer(b.csv_file, delimiter=";", lineterminator="\r\n")
         b.csv_writer.writerow(CSV_COLUMNS)
-        b.rows_file = open(b.folder / ".rows.html.tmp", "w", encoding="utf-8")
+        b.rows_file = open(b.folder / ROWS_NAME, "w", encoding="utf-8")
 
     def finish(self) -> list[BranchReport]:
         reports = []
@@ -304,7 +326,7 @@ class _Builder:
             b.rows_file.close()
             os.replace(b.folder / (CSV_NAME + ".tmp"), b.folder / CSV_NAME)
             self._write_html(b)
-            (b.folder / ".rows.html.tmp").unlink()
+            (b.folder / ROWS_NAME).unlink()
             reports.append(self._report(b))
         return reports
 
@@ -328,60 +350,19 @@ class _Builder:
     # --- the HTML page ---------------------------------------------------------------------
 
     def _write_html(self, b: _Branch) -> None:
+        """The page from ``datakvalitet.html.j2``, streamed to disk with the rows' fragment spliced in."""
+        checks = [(dq_catalog.check(code), b.counts[code])
+                  for code in sorted(b.counts, key=lambda c: (dq_catalog.check(c).severity not in BLOCKING,
+                                                              _CATALOG_ORDER.get(c, len(_CATALOG_ORDER)), c))]
+        fixed = [(resolved, row) for resolved, _seq, row in sorted(b.fixed, reverse=True)]
         tmp = b.folder / (HTML_NAME + ".tmp")
         with open(tmp, "w", encoding="utf-8") as out:
-            out.write(self._head(b))
-            out.write(self._summary(b))
-            out.write(self._chart(b))
-            out.write(self._open_table_start(b))
-            with open(b.folder / ".rows.html.tmp", encoding="utf-8") as rows:
-                shutil.copyfileobj(rows, out)
-            out.write("</tbody></table>\n")
-            if b.open_count > b.html_rows:
-                out.write(f'<p class="note">Listen viser de første {_n(b.html_rows)} af {_n(b.open_count)} åbne '
-                          f"fund. Alle står i CSV-filen {CSV_NAME}, som kan åbnes i Excel.</p>\n")
-            out.write("</section>\n")
-            out.write(self._fixed(b))
-            out.write(_FOOT.format(generated=_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))))
+            self.page_template.stream(
+                branch=b, today=self.today, generated=_generated(), checks=checks,
+                new_count=sum(c[1] for c in b.counts.values()), fixed_count=sum(c[2] for c in b.counts.values()),
+                chart=_chart(self._series(b)), open_rows=_fragment(b.folder / ROWS_NAME), shown=b.html_rows,
+                fixed=fixed).dump(out)
         os.replace(tmp, b.folder / HTML_NAME)
-
-    def _head(self, b: _Branch) -> str:
-        title = f"Datakvalitet – {b.name} – {self.today.isoformat()}"
-        parts = [_HEAD.format(title=_e(title), css=_CSS),
-                 f"<header><h1>Datakvalitet: {_e(b.name)}</h1>"
-                 f"<p>{_e(b.agency_name)} (bibliotek {_e(b.agency_id)}) · filial {_e(b.branch_id)} · "
-                 f"status pr. {_e(self.today.isoformat())}</p></header>\n"]
-        if b.agency_blocked:
-            parts.append('<p class="banner">Hele bibliotekets overførsel til debitorsystemet er standset, indtil '
-                         "fejlen markeret <b>Standser hele biblioteket</b> nedenfor er rettet. Intet sendes for "
-                         "nogen filial i mellemtiden.</p>\n")
-        return "".join(parts)
-
-    def _summary(self, b: _Branch) -> str:
-        new = sum(c[1] for c in b.counts.values())
-        fixed = sum(c[2] for c in b.counts.values())
-        lines = ['<section id="overblik"><h2>Overblik</h2>\n',
-                 f'<p class="totals"><b>{_n(b.open_count)} åbne fund</b>: {_n(b.blocking)} blokerende og '
-                 f"{_n(b.warning)} advarsler. {_n(new)} nye siden i går. {_n(fixed)} rettet de seneste "
-                 f"{FIXED_DAYS} dage.</p>\n",
-                 "<p>Blokerende fund holder mellemværendet tilbage, så det ikke sendes til kommunens "
-                 "debitorsystem. Når data er rettet i FBS, forsvinder fundet ved næste kørsel, og "
-                 "mellemværendet sendes automatisk. Advarsler stopper ikke overførslen, men bør rettes.</p>\n"]
-        if not b.counts:
-            lines.append('<p class="ok">Ingen fund – der er intet at rette.</p></section>\n')
-            return "".join(lines)
-        lines.append('<table id="tjek"><thead><tr><th>Tjek</th><th>Regel</th><th>Alvor</th><th class="n">Åbne</th>'
-                     '<th class="n">Nye siden i går</th><th class="n">Rettet (7 dage)</th>'
-                     "<th>Hvorfor det betyder noget</th></tr></thead><tbody>\n")
-        for code in sorted(b.counts, key=lambda c: (dq_catalog.check(c).severity not in BLOCKING,
-                                                     _CATALOG_ORDER.get(c, len(_CATALOG_ORDER)), c)):
-            c, counts = dq_catalog.check(code), b.counts[code]
-            lines.append(f'<tr data-check="{_e(code)}"><td>{_e(c.title)}</td><td>{_e(c.rule)}</td>'
-                         f'<td><span class="sev {_e(c.severity)}">{_e(SEVERITY_LABEL.get(c.severity, c.severity))}'
-                         f'</span></td><td class="n">{_n(counts[0])}</td><td class="n">{_n(counts[1])}</td>'
-                         f'<td class="n">{_n(counts[2])}</td><td>{_e(c.why)}</td></tr>\n')
-        lines.append("</tbody></table></section>\n")
-        return "".join(lines)
 
     def _series(self, b: _Branch) -> list[tuple[dt.date, int, int]]:
         out, blocking, warning = [], 0, 0
@@ -390,38 +371,6 @@ class _Builder:
             warning += b.chart_warning[i]
             out.append((self.chart_start + dt.timedelta(days=i), blocking, warning))
         return out
-
-    def _chart(self, b: _Branch) -> str:
-        series = self._series(b)
-        return (f'<section id="udvikling"><h2>Åbne fund de seneste {CHART_DAYS} dage</h2>\n'
-                + svg_chart(series)
-                + f'<p class="note">For {CHART_DAYS} dage siden ({_e(series[0][0].isoformat())}): '
-                f"{_n(series[0][1] + series[0][2])} åbne. I dag: {_n(series[-1][1] + series[-1][2])} åbne "
-                f"({_n(series[-1][1])} blokerende, {_n(series[-1][2])} advarsler).</p></section>\n")
-
-    def _open_table_start(self, b: _Branch) -> str:
-        return ('<section id="aabne-fund"><h2>Det skal rettes</h2>\n'
-                "<p>Blokerende fund først, derefter advarsler; de ældste øverst. Ret oplysningerne på låneren "
-                "i FBS. CPR-numre vises kun som fødselsdato (DDMMÅÅ-****).</p>\n"
-                '<table id="aabne"><thead><tr><th>Først set</th><th>Alvor</th><th>Hvad skal rettes</th>'
-                "<th>Låner (nr. og navn)</th><th>Mellemværende</th></tr></thead><tbody>\n")
-
-    def _fixed(self, b: _Branch) -> str:
-        items = sorted(b.fixed, reverse=True)
-        total = sum(c[2] for c in b.counts.values())
-        parts = [f'<section id="rettet"><h2>Rettet de seneste {FIXED_DAYS} dage</h2>\n']
-        if not items:
-            parts.append("<p>Intet rettet i perioden.</p></section>\n")
-            return "".join(parts)
-        parts.append('<ul id="rettet-liste">\n')
-        for resolved, _seq, row in items:
-            parts.append(f'<li data-key="{_e(row.key)}">{_e(resolved.date().isoformat())}: {_e(row.check.title)} – '
-                         f"{_e(_patron_text(row))}{_e(_liability_text(row, ', '))}</li>\n")
-        parts.append("</ul>\n")
-        if total > len(items):
-            parts.append(f'<p class="note">De {_n(len(items))} senest rettede af {_n(total)} vises.</p>\n')
-        parts.append("</section>\n")
-        return "".join(parts)
 
 
 # --- rendering helpers -------------------------------------------------------------------------
@@ -439,26 +388,13 @@ def _own_words(message: str, check: dq_catalog.Check) -> str:
     return "" if message.rstrip(".").strip() == check.title else message
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _n(value: int) -> str:
-    """A count the Danish way: 12.345."""
+    """A count the Danish way: 12.345 (the templates' filter ``n``)."""
     return f"{value:,}".replace(",", ".")
 
 
-def _patron_text(row: _Row) -> str:
-    if row.patron_id is None:
-        return "Hele biblioteket"
-    return f"{row.patron_id} {row.patron_name}".strip()
-
-
-def _liability_text(row: _Row, prefix: str = "") -> str:
-    if row.liability_id is None:
-        return ""
-    number = f"nr. {row.liability_number} " if row.liability_number else ""
-    return f"{prefix}mellemværende {number}(id {row.liability_id})"
+def _generated() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d %H:%M")
 
 
 def _excel_safe(value: str) -> str:
@@ -474,84 +410,53 @@ def _csv_cells(row: _Row) -> list:
             "ja" if row.is_new else "nej", row.key]
 
 
-def _html_row(row: _Row) -> str:
-    new = ' <span class="new">ny</span>' if row.is_new else ""
-    patron = ("<i>Hele biblioteket</i>" if row.patron_id is None
-              else f'<span class="nr">{row.patron_id}</span> {_e(row.patron_name)}')
-    if row.liability_id is None:
-        liability = ""
-    else:
-        number = f"{_e(row.liability_number)}<br>" if row.liability_number else ""
-        liability = f'{number}<span class="id">id {row.liability_id}</span>'
-    return (f'<tr data-key="{_e(row.key)}" class="{_e(row.severity)}"><td>{row.first_seen.isoformat()}{new}</td>'
-            f'<td><span class="sev {_e(row.severity)}">{_e(SEVERITY_LABEL.get(row.severity, row.severity))}</span> '
-            f"{_e(row.check.rule)}</td><td><b>{_e(row.check.title)}</b><br>{_e(row.message)}"
-            f'<div class="why">{_e(row.check.why)}</div></td><td>{patron}</td><td>{liability}</td></tr>\n')
-
-
-def svg_chart(series: Sequence[tuple[dt.date, int, int]], width: int = 640, height: int = 180) -> str:
-    """Stacked bars (blocking below, warnings above) per day, drawn as inline SVG; one <g> per day
-    carries the numbers (data-day, data-open, ...) and a tooltip."""
+def _chart(series: Sequence[tuple[dt.date, int, int]], width: int = 640, height: int = 180) -> dict:
+    """The geometry of ``chart.svg.j2``: stacked bars (blocking below, warnings above) per day."""
     left, right, top, bottom = 44, 8, 10, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((bl + wa for _, bl, wa in series), default=0) or 1
     step = plot_w / max(len(series), 1)
-    bar = max(step - 3, 1)
     scale = plot_h / peak
-    base = top + plot_h
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="Åbne fund pr. dag, de seneste {len(series)} dage">',
-           f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#888"/>',
-           f'<text x="{left - 6}" y="{base + 4}" text-anchor="end" class="ax">0</text>',
-           f'<text x="{left - 6}" y="{top + 9}" text-anchor="end" class="ax">{_n(peak)}</text>',
-           f'<line x1="{left}" y1="{top}" x2="{width - right}" y2="{top}" stroke="#ddd"/>']
-    for i, (day, blocking, warning) in enumerate(series):
-        x = left + i * step + 1.5
-        total = blocking + warning
-        out.append(f'<g data-day="{day.isoformat()}" data-open="{total}" data-blocking="{blocking}" '
-                   f'data-warning="{warning}"><title>{day.isoformat()}: {total} åbne ({blocking} blokerende, '
-                   f"{warning} advarsler)</title>")
-        hb, hw = blocking * scale, warning * scale
-        if blocking:
-            out.append(f'<rect x="{x:.1f}" y="{base - hb:.1f}" width="{bar:.1f}" height="{hb:.1f}" fill="#b3261e"/>')
-        if warning:
-            out.append(f'<rect x="{x:.1f}" y="{base - hb - hw:.1f}" width="{bar:.1f}" height="{hw:.1f}" '
-                       'fill="#e8a33d"/>')
-        out.append("</g>")
-    for i in sorted({0, len(series) // 2, len(series) - 1}) if series else []:
-        x = left + i * step + step / 2
-        out.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle" class="ax">'
-                   f"{series[i][0].strftime('%d.%m')}</text>")
-    out.append(f'<rect x="{left}" y="{height - 11}" width="10" height="10" fill="#b3261e"/>'
-               f'<text x="{left + 14}" y="{height - 2}" class="ax">blokerende</text>'
-               f'<rect x="{left + 100}" y="{height - 11}" width="10" height="10" fill="#e8a33d"/>'
-               f'<text x="{left + 114}" y="{height - 2}" class="ax">advarsler</text></svg>\n')
-    return "".join(out)
+    days = [{"day": day, "total": blocking + warning, "blocking": blocking, "warning": warning,
+             "x": left + i * step + 1.5, "bar": max(step - 3, 1), "hb": blocking * scale, "hw": warning * scale}
+            for i, (day, blocking, warning) in enumerate(series)]
+    ticks = [(left + i * step + step / 2, series[i][0])
+             for i in (sorted({0, len(series) // 2, len(series) - 1}) if series else [])]
+    return {"width": width, "height": height, "left": left, "right": right, "top": top, "base": top + plot_h,
+            "peak": peak, "days": days, "ticks": ticks}
 
 
-_CSS = """
-body{font-family:"Segoe UI",Calibri,Arial,sans-serif;font-size:14px;color:#1d1d1d;margin:24px;max-width:1200px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ccc}
-header p{color:#555;margin:0}
-table{border-collapse:collapse;width:100%}th,td{border:1px solid #d6d6d6;padding:5px 7px;vertical-align:top;
-text-align:left}th{background:#f0f0f0}td.n,th.n{text-align:right}tbody tr:nth-child(even){background:#fafafa}
-.sev{display:inline-block;padding:1px 6px;border-radius:3px;font-size:12px;white-space:nowrap}
-.sev.blocks_agency{background:#5c0b07;color:#fff}.sev.blocks_liability{background:#b3261e;color:#fff}
-.sev.warning{background:#f6d58e;color:#3a2a00}
-.new{background:#1a5fb4;color:#fff;border-radius:3px;padding:0 4px;font-size:11px}
-.why{color:#555;font-size:12px;margin-top:3px}.nr{font-family:Consolas,monospace}.id{color:#666;font-size:12px}
-.banner{background:#5c0b07;color:#fff;padding:10px 12px;border-radius:4px}
-.note{color:#555}.ok{color:#1e6b1e;font-weight:bold}svg .ax{font-size:11px;fill:#555}
-footer{margin-top:32px;color:#777;font-size:12px}
-@media print{body{margin:0}tr{page-break-inside:avoid}}
-"""
+def _fragment(path: Path, size: int = 1 << 16) -> Iterator[Markup]:
+    """The open rows' fragment, read in pieces: markup ``open_rows.html.j2`` wrote (every value in it
+    escaped there), so the page includes it as it is. This is the only ``Markup`` in the report."""
+    with open(path, encoding="utf-8") as f:
+        while piece := f.read(size):
+            yield Markup(piece)   # our own template's output, escaped when it was rendered
 
-_HEAD = ('<!DOCTYPE html>\n<html lang="da"><head><meta charset="utf-8">'
-         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-         "<title>{title}</title><style>{css}</style></head><body>\n")
 
-_FOOT = ('<footer>Dannet {generated} af fbs-debitor ud fra integrationens fund. CPR-numre vises aldrig fuldt. '
-         "Spørgsmål om rapporten: kontakt kommunens it-afdeling.</footer>\n</body></html>\n")
+# --- the templates ------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _environment(template_dir: str | None) -> Environment:
+    loader = FileSystemLoader(TEMPLATE_DIR)
+    if template_dir is not None:
+        loader = ChoiceLoader([FileSystemLoader(template_dir), loader])
+    env = Environment(
+        loader=loader,
+        # HTML and SVG (and anything else) escaped; only the mail's plain-text parts are not.
+        autoescape=select_autoescape(enabled_extensions=("html.j2", "svg.j2"), disabled_extensions=("txt.j2",),
+                                     default=True),
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["n"] = _n
+    env.globals.update(severity_label=SEVERITY_LABEL, chart_days=CHART_DAYS, fixed_days=FIXED_DAYS,
+                       csv_name=CSV_NAME)
+    return env
+
+
+def templates(template_dir: Path | str | None = None) -> Environment:
+    """The report's and the mail's Jinja2 templates: the package's ``templates/`` folder, or first
+    ``template_dir`` (a folder holding edited copies of some of them) and then the package's."""
+    return _environment(None if template_dir is None else str(Path(template_dir).resolve()))
 
 
 def _safe_part(value) -> str:
@@ -562,36 +467,21 @@ def _safe_part(value) -> str:
 
 # --- the agency index and the manifest -------------------------------------------------------
 
-def _write_indexes(out_dir: Path, reports: Iterable[BranchReport], today: dt.date) -> None:
+def _write_indexes(out_dir: Path, reports: Iterable[BranchReport], today: dt.date, env: Environment) -> None:
     by_agency: dict[str, list[BranchReport]] = {}
     for r in reports:
         by_agency.setdefault(r.agency_id, []).append(r)
+    page = env.get_template("index.html.j2")
     for agency_id, items in by_agency.items():
         folder = out_dir / _safe_part(agency_id)
-        name = items[0].agency_name or agency_id
-        rows = []
-        for r in items:
-            rel_html = quote(r.html_path.relative_to(folder).as_posix())
-            rel_csv = quote(r.csv_path.relative_to(folder).as_posix())
-            rows.append(f'<tr><td><a href="{_e(rel_html)}">{_e(r.branch_name)}</a></td><td>{_e(r.branch_id)}</td>'
-                        f'<td class="n">{_n(r.open_count)}</td><td class="n">{_n(r.blocking_count)}</td>'
-                        f'<td class="n">{_n(r.warning_count)}</td><td class="n">{_n(r.new_count)}</td>'
-                        f'<td class="n">{_n(r.resolved_count)}</td><td><a href="{_e(rel_csv)}">CSV</a></td>'
-                        f"<td>{_e(r.staff_email or 'ingen e-mail i FBS')}</td></tr>\n")
-        page = [_HEAD.format(title=_e(f"Datakvalitet – {name} – {today.isoformat()}"), css=_CSS),
-                f"<header><h1>Datakvalitet: {_e(name)}</h1><p>bibliotek {_e(agency_id)} · status pr. "
-                f"{_e(today.isoformat())}</p></header>\n"]
-        if any(r.agency_blocked for r in items):
-            page.append('<p class="banner">Hele bibliotekets overførsel er standset (se filialernes rapporter).</p>\n')
-        page.append('<table id="filialer"><thead><tr><th>Filial</th><th>Id</th><th class="n">Åbne</th>'
-                    '<th class="n">Blokerende</th><th class="n">Advarsler</th><th class="n">Nye</th>'
-                    '<th class="n">Rettet (7 dage)</th><th>Alle åbne</th><th>Sendes til</th></tr></thead><tbody>\n')
-        page += rows
-        page.append("</tbody></table>\n")
-        page.append(_FOOT.format(generated=_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))))
+        branches = [(r, quote(r.html_path.relative_to(folder).as_posix()),
+                     quote(r.csv_path.relative_to(folder).as_posix())) for r in items]
         tmp = folder / "index.html.tmp"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("".join(page), encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as out:
+            page.stream(agency_id=agency_id, agency_name=items[0].agency_name or agency_id, today=today,
+                        generated=_generated(), blocked=any(r.agency_blocked for r in items),
+                        branches=branches).dump(out)
         os.replace(tmp, folder / "index.html")
 
 

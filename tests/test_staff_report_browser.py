@@ -1,0 +1,192 @@
+"""The staff data-quality report (M4) as a person sees it: Debian's headless Chromium, offline.
+
+One agency (715100, branch -01 Hovedbiblioteket, plus -02 Filial Nord) with hand-built findings:
+blocking and warning ones, one that holds the whole agency (C3), one fixed this week, one message
+that (wrongly) holds a full CPR number, and a patron whose name is hostile markup. The page must
+render from nothing but itself (no network: every host name is unresolvable), show the title,
+the counts, the 30-day chart and the rows with patron numbers and masked CPR numbers only.
+SQLite only: the page does not depend on the database (test_dq_report.py runs both).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import fbs_rows as fr
+import pytest
+from browser import rendered_dom, screenshot
+from leaks import full_cpr_numbers
+from lxml import html as lxml_html
+from sqlalchemy import text
+
+from fbs_debitor.core import ledger
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality import report as dq_report
+
+pytestmark = pytest.mark.browser
+
+TODAY = dt.date(2026, 11, 20)
+A1, B1, B2 = "715100", "715100-01", "715100-02"
+HOSTILE = '<script>document.title="hacked"</script>"><img src=x onerror=alert(1)> Eva'
+RED, ORANGE, BANNER = (0xB3, 0x26, 0x1E), (0xE8, 0xA3, 0x3D), (0x5C, 0x0B, 0x07)   # chart bars, C3 banner
+
+
+@pytest.fixture
+def db_urls(tmp_path) -> DatabaseUrls:
+    return DatabaseUrls(fbs=f"sqlite:///{tmp_path / 'fbs.sqlite'}", ledger=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+
+
+def put(stores, code: str, subject: str, message: str, first_seen: dt.datetime,
+        resolved: dt.datetime | None = None, **ids) -> str:
+    c = dq_catalog.check(code)
+    f = ledger.Finding(check_code=code, rule=c.rule, severity=c.severity, agency_id=A1, subject=subject,
+                       message=message, **ids)
+    ledger.upsert_findings(stores.ledger, "browser-run", [f], first_seen)
+    if resolved is not None:
+        with stores.ledger.begin() as conn:
+            conn.execute(text("UPDATE finding SET resolved_at = :t WHERE finding_key = :k"),
+                         {"t": resolved, "k": f.key})
+    return f.key
+
+
+@pytest.fixture
+def reports(stores, tmp_path) -> dict[str, dq_report.BranchReport]:
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, A1)
+        fr.insert(conn, "branch", branch_id=B2, agency_id=A1, name="Filial Nord", staff_email=None)
+        anna = fr.patron(conn, name="Anna Andersen", cpr=fr.ADULT_CPR)
+        eva = fr.patron(conn, name=HOSTILE)
+        firm = fr.patron(conn, kind="company", cvr=None)
+        li = {n: fr.liability(conn, p["patron_id"]) for n, p in [("anna", anna), ("eva", eva), ("firm", firm),
+                                                                   ("anna2", anna)]}
+        conn.commit()
+
+    def on(name):
+        return {"branch_id": B1, "patron_id": li[name]["patron_id"], "liability_id": li[name]["liability_id"]}
+
+    put(stores, "C3_agency_age_limit_out_of_range", f"A{A1}", "Bibliotekets myndighedsalder er 0 (forventet 15-21)",
+        dt.datetime(2026, 11, 10, 8))
+    put(stores, "T6_person_without_usable_cpr", "L-anna", f"CPR {fr.ADULT_CPR} kunne ikke bruges",
+        dt.datetime(2026, 10, 1, 8), **on("anna"))
+    put(stores, "T5_company_without_valid_cvr", "L-firm", "Virksomhed uden CVR-nummer", dt.datetime(2026, 11, 19, 9),
+        **on("firm"))
+    put(stores, "I4_cpr_fails_modulus_11", "L-eva", "CPR 070781-**** fejler modulus-11", dt.datetime(2026, 11, 2, 8),
+        **on("eva"))
+    put(stores, "F2_amount_not_positive", "L-anna2", "Beløbet er 0,00", dt.datetime(2026, 11, 1, 8),
+        resolved=dt.datetime(2026, 11, 18, 8), **on("anna2"))
+    out = tmp_path / "reports"
+    return {r.branch_id: r for r in dq_report.build_reports(stores, out, TODAY)}
+
+
+def png_pixels(path: Path) -> tuple[int, int, set[tuple[int, int, int]]]:
+    """Width, height and the set of RGB colours of an 8-bit RGB/RGBA PNG (what Chromium writes)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, colour, _c, _f, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0, header
+    bpp = 3 if colour == 2 else 4
+    raw, stride, colours = zlib.decompress(idat), width * bpp, set()
+    prev = bytearray(stride)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        colours.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp))
+        prev = line
+    return width, height, {tuple(c) for c in colours}
+
+
+def external_references(doc) -> list[str]:
+    """Anything the page would fetch: elements that load, src attributes, absolute or protocol-relative
+    links, CSS imports and url()."""
+    found = [el.tag for el in doc.xpath("//link | //script | //img | //iframe | //object | //embed | //source"
+                                        " | //video | //audio | //base")]
+    found += [f"src={v}" for v in doc.xpath("//@src")]
+    found += [f"href={v}" for v in doc.xpath("//@href | //@*[local-name()='href']") if re.match(r"[a-z]+:|//", v)]
+    found += [f"css:{m}" for s in doc.xpath("//style/text()") for m in re.findall(r"@import|url\(", s)]
+    return found
+
+
+def test_M4_branch_report_renders_offline_in_chromium_with_counts_chart_and_masked_cprs_only(reports, tmp_path):
+    report = reports[B1]
+    dom = rendered_dom(report.html_path)          # after Chromium parsed and laid it out, offline
+    doc = lxml_html.fromstring(dom)
+
+    assert doc.findtext(".//title") == f"Datakvalitet – Hovedbiblioteket – {TODAY.isoformat()}"   # not "hacked"
+    assert doc.xpath("//h1")[0].text_content() == "Datakvalitet: Hovedbiblioteket"
+    assert "Hele bibliotekets overførsel til debitorsystemet er standset" in doc.xpath('//p[@class="banner"]')[0] \
+        .text_content()
+    # The counts: 4 open (C3, T6, T5 blocking; I4 a warning), T5 new since yesterday, F2 fixed this week.
+    assert (report.open_count, report.blocking_count, report.warning_count, report.new_count,
+            report.resolved_count) == (4, 3, 1, 1, 1)
+    assert doc.xpath('//p[@class="totals"]')[0].text_content() == (
+        "4 åbne fund: 3 blokerende og 1 advarsler. 1 nye siden i går. 1 rettet de seneste 7 dage.")
+
+    # The chart: inline SVG, one group per day of the last 30, today's bar = the open findings.
+    days = doc.xpath('//section[@id="udvikling"]//*[local-name()="svg"]//*[local-name()="g"][@data-day]')
+    assert len(days) == 30 and days[-1].get("data-day") == TODAY.isoformat()
+    assert (days[-1].get("data-open"), days[-1].get("data-blocking"), days[-1].get("data-warning")) == ("4", "3", "1")
+    assert len(doc.xpath('//*[local-name()="svg"]//*[local-name()="rect"]')) > 30
+
+    # The rows: blocking first, oldest first; patron number and name, or the whole library (C3).
+    rows = [[td.text_content() for td in tr.xpath("td")] for tr in doc.xpath('//table[@id="aabne"]/tbody/tr')]
+    expected = [("T6_person_without_usable_cpr", "CPR 070781-**** kunne ikke bruges"),
+                ("C3_agency_age_limit_out_of_range", "Bibliotekets myndighedsalder er 0 (forventet 15-21)"),
+                ("T5_company_without_valid_cvr", "Virksomhed uden CVR-nummer"),
+                ("I4_cpr_fails_modulus_11", "CPR 070781-**** fejler modulus-11")]
+    assert [r[2] for r in rows] == [dq_catalog.check(c).title + m + dq_catalog.check(c).why for c, m in expected]
+    patron_cells = [r[3] for r in rows]
+    assert patron_cells[1] == "Hele biblioteket"
+    assert all(re.fullmatch(r"\d+ .+", c) for i, c in enumerate(patron_cells) if i != 1), patron_cells
+    assert patron_cells[3].endswith(HOSTILE)                       # the hostile name is text ...
+    assert not doc.xpath("//script | //img") and doc.findtext(".//title") != "hacked"   # ... and ran nothing
+    # CPR numbers: masked as the birth date only, never in full (FBS holds Anna's full CPR).
+    assert full_cpr_numbers(dom) == [] and "070781-****" in dom
+    (fixed,) = [li.text_content() for li in doc.xpath('//ul[@id="rettet-liste"]/li')]
+    assert re.fullmatch(rf"2026-11-18: {dq_catalog.check('F2_amount_not_positive').title} – \d+ Anna Andersen, "
+                        r"mellemværende nr\. G(\d+) \(id \1\)", fixed), fixed
+    assert external_references(doc) == []
+
+    png = screenshot(report.html_path, tmp_path / "datakvalitet.png", size=(1280, 1400))
+    width, height, colours = png_pixels(png)
+    assert (width, height) == (1280, 1400)
+    # Painted, with its own CSS and SVG: the C3 banner, and the chart's blocking and warning bars.
+    assert {BANNER, RED, ORANGE} <= colours
+
+
+def test_M4_agency_index_renders_offline_and_links_every_branch_report(reports):
+    index = reports[B1].html_path.parent.parent / "index.html"
+    doc = lxml_html.fromstring(rendered_dom(index))
+    assert doc.findtext(".//title") == f"Datakvalitet – Testby Bibliotek {A1} – {TODAY.isoformat()}"
+    rows = {tr.xpath("td")[1].text_content(): [td.text_content() for td in tr.xpath("td")]
+            for tr in doc.xpath('//table[@id="filialer"]/tbody/tr')}
+    assert rows[B1][:7] == ["Hovedbiblioteket", B1, "4", "3", "1", "1", "1"]
+    assert rows[B2][0] == "Filial Nord" and rows[B2][-1] == "ingen e-mail i FBS"
+    assert external_references(doc) == []
+    for href in doc.xpath("//a/@href"):
+        assert (index.parent / href).is_file(), href
