@@ -50,7 +50,7 @@ ENV FBS_DEBITOR_HOME=/opt/airflow \
     PYTHONPATH=/opt/airflow/plugins
 
 # Smoke test: the pinned libraries import and the project's CLI starts.
-RUN python -c "import airflow, great_expectations, lxml.etree, pandas, psycopg, sqlalchemy, stdnum, zeep" \
+RUN python -c "import airflow, great_expectations, jinja2, lxml.etree, markupsafe, pandas, psycopg, sqlalchemy, stdnum, zeep" \
     && python -m fbs_debitor --help >/dev/null \
     && python -c "import fbs_debitor.airflow.tasks, fbs_debitor.airflow.notifications" \
     && ! python -c "import fbs_debitor.sandbox" 2>/dev/null
