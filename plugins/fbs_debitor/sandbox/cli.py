@@ -101,9 +101,7 @@ def cmd_reconcile(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fbs_debitor.sandbox", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = cli.new_parser("python -m fbs_debitor.sandbox", __doc__)
 
     p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality")
     p.add_argument("--patrons", type=int, default=5000)
@@ -162,9 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["emulator"]:
         # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.INFO, format=cli.LOG_FORMAT)
         return emulator.serve(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    return cli.run_command(build_parser(), argv)
