@@ -20,7 +20,7 @@ import fbs_rows as fr
 import pytest
 from leaks import full_cpr_numbers
 from sqlalchemy import text
-from test_delivery import once_each, outbox, transfer
+from transfers import crash_at, once_each, outbox, transfer
 
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.backfill.months import BackfillError, ChunkIncomplete, Request
@@ -35,11 +35,6 @@ from fbs_debitor.sandbox import emulator
 AGENCY = "715100"
 BATCH = 3
 TEEN_CPR = "0303064001"   # born 3 Mar 2006 (18 on 3 Mar 2024), modulus-11 valid; never printed
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 @pytest.fixture(autouse=True)
@@ -536,8 +531,6 @@ def test_T3_a_month_whose_claims_all_arrived_is_not_failed_by_another_agencys_st
                                                                                           monkeypatch):
     """Only a month's own liabilities decide whether it is done: a message of another agency that
     cannot be sent again (NOT_REBUILDABLE) is the hourly run's to sort out, not a reason to fail."""
-    from test_delivery import crash_at
-
     old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
     with stores.fbs.connect() as conn:
         fr.agency(conn, cut_off_date=old_cut)

@@ -13,19 +13,15 @@ from decimal import Decimal
 import fbs_rows as fr
 import pytest
 from leaks import full_cpr_numbers
+from municipality import municipality
 from sqlalchemy import text
-from test_delivery import crash_at, municipality, tasks, transfer
+from transfers import crash_at, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.sandbox import emulator
 
 AGENCY = "715100"
 REAL_CPR_1990 = "1705901003"   # born 17 May 1990 (the replacement patron's birth date), modulus-11 valid
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 # --- helpers ------------------------------------------------------------------------------------------

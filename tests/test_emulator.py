@@ -4,7 +4,6 @@ restart), vendor rules M3/I3, RetFordringTilstand, fault injection and mutual TL
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import http.client
 import ssl
 import time
@@ -15,33 +14,15 @@ from decimal import Decimal
 import fbs_rows as fr
 import pytest
 from certs import certificates
-from claim_rows import AGENCY, TODAY, representative_rows
+from claim_rows import AGENCY, REPLACEMENT_FID, batch_root
 from lxml import etree
 
 from fbs_debitor.claims import messages
-from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
-from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.sandbox import emulator
 
 SOAP = emulator.SOAP_NS
 ACTION = emulator.ACTION_PREFIX
-AT = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
-REPLACEMENT_FID = "FBS-715100-2"
-
-
-def accounts():
-    """An adult fee (CPR), a minor on a replacement CPR with a guardian (compensation), a company."""
-    registry = ReplacementCprRegistry()
-    rows = [representative_rows()[i] for i in (1, 2, 4)]
-    return [build(r, registry, TODAY).account for r in rows]
-
-
-def batch_root() -> etree._Element:
-    (batch,) = messages.build_batches(accounts(), AGENCY, batch_size=500, at=AT)
-    return batch.root
-
-
 def envelope(payload: etree._Element, header: bool = True) -> bytes:
     env = etree.Element(f"{{{SOAP}}}Envelope", nsmap={"soap": SOAP})
     if header:
@@ -107,11 +88,6 @@ def change_request(*changes: tuple[str, str, str, dict]) -> etree._Element:
                 etree.SubElement(what, dr(name)).text = value
     assert messages.schema(emulator.SCHEMA_FILE).validate(root), messages.schema(emulator.SCHEMA_FILE).error_log
     return root
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 # --- OpretDebitorkonto ---------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from leaks import full_cpr_numbers
+from municipality import municipality
 from sqlalchemy import text
-from test_delivery import municipality, tasks, transfer
+from transfers import Crash, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.payments import apply as payments
@@ -25,15 +26,6 @@ from fbs_debitor.sandbox import emulator, emulator_payments
 
 AGENCY = "715100"
 UNTIL = dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Copenhagen"))
-
-
-class Crash(BaseException):
-    """A process dying at an exact point (not an Exception: no handler catches it)."""
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import fbs_rows as fr
 import pytest
 import requests
 from certs import certificates
+from claim_rows import REPLACEMENT_FID, batch_root
 from debtor import UUIDS, connection_extra, connection_json
 from leaks import full_cpr_numbers
 from lxml import etree
-from test_emulator import REPLACEMENT_FID, batch_root
 from zeep.exceptions import Fault, TransportError
 
 from fbs_debitor.claims import messages
@@ -28,11 +28,6 @@ from fbs_debitor.sandbox import emulator
 
 FIDS = {"FBS-715100-1", REPLACEMENT_FID, "FBS-715100-4"}
 PROD = "https://prod.serviceplatformen.dk/service/OIR/DebitorRegistreringAfsend/1"
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 class Recorder:
