@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import debtor
 import fbs_rows as fr
+import pytest
 from certs import certificates
 from leaks import full_cpr_numbers
 from municipality import fordring_ids, municipality, sendable
@@ -225,6 +226,7 @@ def test_unconfirmed_claim_that_no_longer_builds_gets_a_task_at_once_and_goes_wh
     assert once_each(emu_db).count(f"FBS-715100-{broken}") == 1
 
 
+@pytest.mark.slow
 def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(stores, db_urls, emu_db, tmp_path):
     """A real SIGKILL of `python -m fbs_debitor transfer` while its first batch is on the wire."""
     ids = municipality(stores)
@@ -263,6 +265,7 @@ def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(
 
 # --- faults -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_20_percent_transient_faults_end_with_every_claim_delivered_once(stores, emu_db):
     ids = municipality(stores, adults=30)
     kinds = ("http500", "http503", "drop", "drop_after_store", "soapfault", "slow")

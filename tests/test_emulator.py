@@ -108,6 +108,7 @@ def test_valid_batch_is_accepted_and_stored(db_urls):
     assert fr.ADULT_CPR not in repr(stored) and fr.ADULT2_CPR not in repr(stored)
 
 
+@pytest.mark.slow
 def test_repeated_batch_gets_identical_answers_and_no_duplicates_also_after_restart(db_urls):
     body = envelope(batch_root())
     with emulator.Emulator("KMD_OPUS", db_urls.ledger) as emu:
@@ -219,7 +220,7 @@ def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them_U1_U2_U3
 
 # --- faults --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["http500", "http503", "soapfault", "drop", "slow"])
+@pytest.mark.parametrize("kind", ["http500", "http503", "soapfault", "drop", pytest.param("slow", marks=pytest.mark.slow)])
 def test_each_fault_kind_at_rate_one(emu_db, kind):
     with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=(kind,), slow_seconds=0.6) as emu:
         started = time.monotonic()
@@ -244,6 +245,7 @@ def test_each_fault_kind_at_rate_one(emu_db, kind):
     assert len(emulator.claims(emu_db)) == (3 if kind == "slow" else 0)
 
 
+@pytest.mark.slow
 def test_drop_after_store_stores_although_the_client_saw_no_answer(emu_db):
     body = envelope(batch_root())
     with emulator.Emulator("PRISME", emu_db, fault_rate=1.0, fault_kinds=("drop_after_store",)) as emu:
