@@ -307,7 +307,8 @@ def test_airflow_checker_flags_airflow_imported_by_another_stage(tmp_path):
 #    ``"postgres" in url``);
 #  * a database driver or SQLAlchemy dialect imported (``sqlite3``, ``psycopg``, ``sqlalchemy.dialects``).
 # A default URL such as ``f"sqlite:///{var}/fbs.sqlite"`` in the settings is data handed to core.db,
-# not a branch: a string that only contains a dialect's name is not compared, so it is not flagged.
+# not a branch: a string that merely starts with or contains a dialect's name is flagged only where
+# it is compared or tested, and a docstring or comment naming PostgreSQL is prose, not code.
 DIALECT_NAMES = re.compile(r"^_?(dialects?|is_sqlite|is_postgres(?:ql)?|db_value|get_backend_name|backend_name|"
                            r"get_driver_name|drivername)$")
 DIALECT_VALUE = re.compile(r"^(sqlite|postgres|postgresql|psycopg2?|pg8000|asyncpg)(?:\+\w+)?$", re.IGNORECASE)
