@@ -138,6 +138,7 @@ def test_P1_each_vendor_delivers_on_its_rhythm_and_every_file_is_applied(stores,
 
 # --- partial, full and over-payments, write-offs (P2) --------------------------------------------
 
+@pytest.mark.slow
 def test_P2_partial_full_and_over_payments_and_write_offs(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=3)
     a, b, c = ids["adult"]
@@ -319,6 +320,7 @@ def test_crash_in_the_middle_of_a_file_leaves_nothing_applied_and_the_rerun_appl
 
 # --- held for review --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_movements_on_unknown_or_cancelled_claims_are_held_with_a_task_and_can_be_dismissed(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]
@@ -395,6 +397,7 @@ def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in
 
 # --- payments and changes to the claim (U1) ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_U1_increase_starts_the_new_claim_unpaid_and_a_write_down_to_what_was_paid_settles_it(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]
@@ -419,6 +422,7 @@ def test_U1_increase_starts_the_new_claim_unpaid_and_a_write_down_to_what_was_pa
     clean(stores)
 
 
+@pytest.mark.slow
 def test_a_payment_on_a_liability_gone_from_FBS_is_held_and_does_not_stop_the_others(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]
