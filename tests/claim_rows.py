@@ -1,4 +1,5 @@
-"""Hand-built rows in the shape of ``claim_rows.sql`` for the pure builder tests."""
+"""Hand-built rows in the shape of ``claim_rows.sql`` for the pure builder tests, and the SF1590
+batch (OpretDebitorkonto) built from representative ones for the emulator and client tests."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 from fbs_rows import ADULT2_CPR, ADULT_CPR, VALID_CVR
+from lxml import etree
+
+from fbs_debitor.claims import messages
+from fbs_debitor.claims.builder import build
+from fbs_debitor.core.identity import ReplacementCprRegistry
 
 TODAY = dt.date(2026, 11, 20)
+AT = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)     # when the batch was built
+REPLACEMENT_FID = "FBS-715100-2"                          # the minor on a replacement CPR in ``batch_root``
 
 
 def row(**over) -> SimpleNamespace:
@@ -63,3 +71,16 @@ def representative_rows() -> dict[int, SimpleNamespace]:
                d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR,
                d_p_number="1003388394", d_ean="5790000123452", d_name="Tømrerfirmaet Holm ApS"),
     }
+
+
+def accounts():
+    """An adult fee (CPR), a minor on a replacement CPR with a guardian (compensation), a company."""
+    registry = ReplacementCprRegistry()
+    rows = [representative_rows()[i] for i in (1, 2, 4)]
+    return [build(r, registry, TODAY).account for r in rows]
+
+
+def batch_root() -> etree._Element:
+    """The one OpretDebitorkonto batch of ``accounts()`` from the default agency, built at ``AT``."""
+    (batch,) = messages.build_batches(accounts(), AGENCY, batch_size=500, at=AT)
+    return batch.root

@@ -1,4 +1,5 @@
-"""Shared fixtures: the two stores on SQLite and on a real PostgreSQL.
+"""Shared fixtures: the two stores on SQLite and on a real PostgreSQL, the emulator's database, the
+project's DAGs parsed by Airflow, and a real SMTP server on loopback.
 
 PostgreSQL comes from FBS_DEBITOR_TEST_PG_URL (an admin URL) or a throwaway cluster started for the
 session. When neither is possible the PostgreSQL cases are skipped locally but FAIL under CI=true:
@@ -8,16 +9,15 @@ a CI run that skips them proves nothing.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 
 import pytest
 from aiosmtpd.controller import Controller
+from database_urls import make_urls
 
-from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.settings import HOME, DatabaseUrls
 from fbs_debitor.core.stores import init_stores, open_stores
 
-_db_counter = itertools.count()
 # One fingerprint key for the whole session (subprocesses and Airflow tasks inherit it), so a
 # test's ledger is never compared under a key other than the one it was written with.
 os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "fbs-debitor-test-fingerprint-key-0001")
@@ -44,18 +44,6 @@ def pg_admin_url():
         cluster.stop()
 
 
-def make_urls(kind: str, tmp_path, pg_admin_url_factory) -> DatabaseUrls:
-    if kind == "sqlite":
-        return DatabaseUrls(fbs=f"sqlite:///{tmp_path / 'fbs.sqlite'}", ledger=f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    from pgcluster import create_database
-
-    admin = pg_admin_url_factory()
-    n = next(_db_counter)
-    # FBS and the ledger in separate databases, as a municipality would run them.
-    return DatabaseUrls(fbs=create_database(admin, f"fbs_{os.getpid()}_{n}"),
-                        ledger=create_database(admin, f"ledger_{os.getpid()}_{n}"))
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def db_urls(request, tmp_path) -> DatabaseUrls:
     return make_urls(request.param, tmp_path, lambda: request.getfixturevalue("pg_admin_url"))
@@ -78,6 +66,20 @@ def fbs(stores):
         fbs_rows.agency(conn)
         yield conn
         conn.rollback()
+
+
+@pytest.fixture
+def emu_db(tmp_path) -> str:
+    """The debtor-system emulator's own database (the claims it holds), in the test's folder."""
+    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    """The project's DAG files as Airflow parses them (once per session: parsing takes seconds)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(HOME / "dags"))
 
 
 # --- a real SMTP server on loopback (aiosmtpd) ------------------------------------------------------

@@ -20,7 +20,7 @@ import fbs_rows as fr
 import pytest
 from leaks import full_cpr_numbers
 from sqlalchemy import text
-from test_delivery import once_each, outbox, transfer
+from transfers import crash_at, once_each, outbox, transfer
 
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.backfill.months import BackfillError, ChunkIncomplete, Request
@@ -35,11 +35,6 @@ from fbs_debitor.sandbox import emulator
 AGENCY = "715100"
 BATCH = 3
 TEEN_CPR = "0303064001"   # born 3 Mar 2006 (18 on 3 Mar 2024), modulus-11 valid; never printed
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +136,7 @@ def first_sight(stores) -> None:
 
 # --- T3: everything from the new cut-off, except closed, collection and cancelled --------------------------
 
+@pytest.mark.slow
 def test_T3_cut_off_moved_back_is_left_to_the_backfill_which_sends_only_open_liabilities_once(stores, emu_db):
     new_cut = dt.date(2024, 1, 1)
     with stores.fbs.connect() as conn:
@@ -229,6 +225,7 @@ def test_T3_cut_off_moved_back_is_left_to_the_backfill_which_sends_only_open_lia
 
 # --- a failed month resumes -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_T3_failed_month_fails_the_backfill_and_a_resume_sends_each_claim_exactly_once(stores, emu_db, monkeypatch):
     old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
     with stores.fbs.connect() as conn:
@@ -305,6 +302,7 @@ def test_T3_failed_month_fails_the_backfill_and_a_resume_sends_each_claim_exactl
 
 # --- a dry run counts what a real run sends ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_T3_dry_run_counts_exactly_what_the_real_backfill_then_sends_and_sends_nothing(stores, emu_db):
     old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
     with stores.fbs.connect() as conn:
@@ -375,6 +373,7 @@ def test_T3_dry_run_counts_exactly_what_the_real_backfill_then_sends_and_sends_n
 
 # --- C5: responsibility as it was when the liability was created ---------------------------------------
 
+@pytest.mark.slow
 def test_C5_backfilled_liability_from_before_the_18th_birthday_stays_with_the_guardian_of_that_time(stores, emu_db):
     old_cut, new_cut = dt.date(2024, 6, 1), dt.date(2023, 11, 1)
     born, eighteen = dt.date(2006, 3, 3), dt.date(2024, 3, 3)
@@ -416,6 +415,7 @@ def test_C5_backfilled_liability_from_before_the_18th_birthday_stays_with_the_gu
 
 # --- T1: moving the cut-off forward stops what is not sent yet, recalls nothing ---------------------------
 
+@pytest.mark.slow
 def test_T1_cut_off_moved_forward_during_a_backfill_stops_the_earlier_months_and_recalls_nothing(stores, emu_db):
     start, forward = dt.date(2023, 1, 1), dt.date(2025, 6, 1)
     with stores.fbs.connect() as conn:
@@ -468,6 +468,7 @@ def test_T1_cut_off_moved_forward_during_a_backfill_stops_the_earlier_months_and
     assert {outbox(stores)[i]["state"] for i in sent_early} == {"accepted"}
 
 
+@pytest.mark.slow
 def test_T1_cut_off_moved_forward_into_a_month_sends_that_month_only_from_the_new_date(stores, emu_db):
     old_cut, new_cut, forward = dt.date(2025, 8, 1), dt.date(2025, 5, 1), dt.date(2025, 6, 15)
     with stores.fbs.connect() as conn:
@@ -536,8 +537,6 @@ def test_T3_a_month_whose_claims_all_arrived_is_not_failed_by_another_agencys_st
                                                                                           monkeypatch):
     """Only a month's own liabilities decide whether it is done: a message of another agency that
     cannot be sent again (NOT_REBUILDABLE) is the hourly run's to sort out, not a reason to fail."""
-    from test_delivery import crash_at
-
     old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
     with stores.fbs.connect() as conn:
         fr.agency(conn, cut_off_date=old_cut)
@@ -678,6 +677,7 @@ def test_T3_plan_refuses_unknown_agencies_future_dates_and_C3_agencies(stores):
 
 # --- no CPR number leaks --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_full_cpr_in_the_backfill_notes_the_ledger_or_the_log(stores, emu_db, monkeypatch, caplog):
     old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
     with stores.fbs.connect() as conn:
@@ -737,6 +737,7 @@ def test_no_full_cpr_in_the_backfill_notes_the_ledger_or_the_log(stores, emu_db,
 
 # --- review fixes: a detected run plans from where its backfill stands; no narrower manual backfill -----------
 
+@pytest.mark.slow
 def test_T3_a_detected_run_plans_its_backfill_as_it_stands_now_not_as_it_was_triggered(stores, emu_db):
     """debitor_backfill run ``detected__<id>``: a cut-off moved forward after the trigger narrowed the
     backfill, so the run plans from the new date (the trigger's conf still names the old one); once
@@ -798,6 +799,7 @@ def test_T3_narrowed_backfill_keeps_one_chunk_per_month_on_resume(stores):
     assert len(froms) == len(set(froms)) == 12 and "2025-03-15" not in froms
 
 
+@pytest.mark.slow
 def test_airflow_backfill_run_type_from_the_task_sdk_is_recognised(stores, monkeypatch):
     """The run type reaches the task as the Task SDK's enum, not a string: `airflow backfill create`
     runs of debitor_transfer must still be told apart (and send nothing)."""

@@ -13,19 +13,15 @@ from decimal import Decimal
 import fbs_rows as fr
 import pytest
 from leaks import full_cpr_numbers
+from municipality import municipality
 from sqlalchemy import text
-from test_delivery import crash_at, municipality, tasks, transfer
+from transfers import crash_at, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.sandbox import emulator
 
 AGENCY = "715100"
 REAL_CPR_1990 = "1705901003"   # born 17 May 1990 (the replacement patron's birth date), modulus-11 valid
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -329,6 +325,7 @@ def test_cancelled_claim_gets_a_new_claim_only_when_reopened_not_when_closed_or_
 
 # --- a change never overtakes its creation -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_write_down_of_an_unconfirmed_creation_waits_until_the_creation_is_answered_U1(stores, emu_db, monkeypatch):
     municipality(stores, adults=2)
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
@@ -527,6 +524,7 @@ def test_reopened_after_a_rejected_cancellation_keeps_one_live_claim_U1(stores, 
     assert (claim["fordring_id"], claim["debtor_status"]) == (fid(fee), "live")
 
 
+@pytest.mark.slow
 def test_after_a_rejected_increase_a_later_cancellation_reaches_the_claim_still_live_U1(stores, emu_db, monkeypatch):
     fee = municipality(stores, adults=1)["adult"][0]
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
@@ -594,6 +592,7 @@ def test_repayment_marked_again_is_not_paid_out_twice_U3(stores, emu_db):
     assert set(change_tasks(stores)) == {f"CHG-refund-{comp}"}
 
 
+@pytest.mark.slow
 def test_identity_change_that_no_longer_builds_does_not_hold_back_a_cancellation_U1_U2(stores, emu_db):
     fee = municipality(stores, adults=1)["adult"][0]
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:

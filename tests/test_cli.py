@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from leaks import full_cpr_numbers
 
 from fbs_debitor.core.settings import HOME
@@ -26,6 +27,7 @@ def sandbox(db_urls, tmp_path, *args, **env_over):
     return cli(db_urls, tmp_path, *args, module="fbs_debitor.sandbox", **env_over)
 
 
+@pytest.mark.slow
 def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
     gen = sandbox(db_urls, tmp_path, "generate", "--patrons", "400", "--seed", "3", "--as-of", "2026-11-20")
     assert gen.returncode == 0, gen.stderr
@@ -54,11 +56,13 @@ def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
         assert full_cpr_numbers(proc.stdout + proc.stderr) == []
 
 
+@pytest.mark.slow
 def test_cli_transfer_without_a_serviceplatformen_connection_says_so_and_sends_nothing(db_urls, tmp_path):
     proc = cli(db_urls, tmp_path, "transfer")
     assert proc.returncode == 2 and "serviceplatformen" in proc.stderr and "AIRFLOW_CONN_SERVICEPLATFORMEN" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls, tmp_path):
     from debtor import connection_json
 
@@ -101,6 +105,7 @@ def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls
     assert full_cpr_numbers(files.stdout + pay.stdout + pay.stderr + check.stdout) == []
 
 
+@pytest.mark.slow
 def test_cli_changes_after_sending_reach_the_emulator_and_reconcile_proves_it_U1_U2_U3_M2(db_urls, tmp_path):
     from debtor import connection_json
     from sqlalchemy import text

@@ -19,13 +19,6 @@ from fbs_debitor.eligibility.rules import BLOCKED, ELIGIBLE, OUT_OF_SCOPE
 from fbs_debitor.sandbox import emulator
 
 
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(HOME / "dags"))
-
-
 def test_all_dags_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
     assert "debitor_transfer" in dagbag.dags

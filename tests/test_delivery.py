@@ -18,89 +18,14 @@ import fbs_rows as fr
 import pytest
 from certs import certificates
 from leaks import full_cpr_numbers
+from municipality import fordring_ids, municipality, sendable
 from sqlalchemy import text
+from transfers import BATCH, crash_at, delivery_totals, once_each, outbox, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.core.settings import HOME
 from fbs_debitor.delivery import outbox as delivery
 from fbs_debitor.sandbox import emulator
-from fbs_debitor.transfer.run import run_transfer
-
-CHILD_CPR = "0303154124"
-BATCH = 3
-
-
-class Crash(BaseException):
-    """A process dying at an exact point: not an Exception, so no handler in the code catches it."""
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
-
-
-def municipality(stores, vendor: str = "KMD_OPUS", adults: int = 8, **agency) -> dict[str, list[int]]:
-    """Fees of adults, a company's compensation, a minor without a guardian (C5 task) and a person
-    without CPR who gets a replacement CPR (I1). Returns liability ids by kind."""
-    ids: dict[str, list[int]] = {"adult": [], "company": [], "minor": [], "replacement": [], "blocked": []}
-    with stores.fbs.connect() as conn:
-        fr.agency(conn, debtor_vendor=vendor, **agency)
-        for i in range(adults):
-            p = fr.patron(conn, cpr=fr.ADULT_CPR if i % 2 else fr.ADULT2_CPR)
-            ids["adult"].append(fr.liability(conn, p["patron_id"], amount=Decimal(f"{30 + i}.50"))["liability_id"])
-        c = fr.patron(conn, kind="company")
-        ids["company"].append(fr.liability(conn, c["patron_id"], kind="compensation", acknowledged=True,
-                                           amount=Decimal("349.00"))["liability_id"])
-        kid = fr.patron(conn, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3))
-        ids["minor"].append(fr.liability(conn, kid["patron_id"])["liability_id"])
-        nocpr = fr.patron(conn, cpr=None, birth_date=dt.date(1990, 5, 17))
-        ids["replacement"].append(fr.liability(conn, nocpr["patron_id"])["liability_id"])
-        group = fr.patron(conn, kind="group", responsible_patron_id=None)
-        ids["blocked"].append(fr.liability(conn, group["patron_id"])["liability_id"])   # T4: never sent
-        conn.commit()
-    return ids
-
-
-def sendable(ids) -> set[int]:
-    return {i for k, v in ids.items() if k != "blocked" for i in v}
-
-
-def fordring_ids(liability_ids) -> set[str]:
-    return {f"FBS-715100-{i}" for i in liability_ids}
-
-
-def outbox(stores) -> dict[int, dict]:
-    with stores.ledger.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM outbox")).mappings().all()
-    return {r["liability_id"]: dict(r) for r in rows}
-
-
-def tasks(stores, kind: str | None = None) -> list[dict]:
-    with stores.fbs.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM task ORDER BY task_id")).mappings().all()
-    return [dict(r) for r in rows if kind is None or r["kind"] == kind]
-
-
-def once_each(emu_db: str) -> list[str]:
-    """The FordringIDs the emulator holds; the emulator's key makes a duplicate impossible to store,
-    so 'exactly once' is: every expected id present, and the receiver never answered differently."""
-    return [c["fordring_id"] for c in emulator.claims(emu_db)]
-
-
-def transfer(stores, url: str, **client_over):
-    with debtor.client(url, **client_over) as client:
-        return run_transfer(stores, client, batch_size=BATCH, data_quality=False)
-
-
-def delivery_totals(stores, run_id) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for (_a, category, rule), n in ledger.run_counts(stores.ledger, run_id).items():
-        if category in delivery.DELIVERY_CATEGORIES:
-            out[category] = out.get(category, 0) + n
-            if category == delivery.REJECTED:
-                out[f"rejected:{rule}"] = n
-    return out
-
 
 # --- the normal run ----------------------------------------------------------------------------------
 
@@ -169,18 +94,6 @@ def test_I1_replacement_cpr_is_in_fbs_before_the_claim_is_sent_and_C5_task_raise
 
 
 # --- crashes at each step ---------------------------------------------------------------------------
-
-def crash_at(step: str, stores, emu_url: str, monkeypatch) -> None:
-    """One run that dies (a BaseException) where ``delivery.<step>`` would run: ``mark_attempt``
-    is after recording and before sending, ``record_answers`` after the answer came back."""
-    def crash(*_a, **_k):
-        raise Crash(f"killed at {step}")
-
-    with monkeypatch.context() as m:
-        m.setattr(delivery, step, crash)
-        with pytest.raises(Crash):
-            transfer(stores, emu_url)
-
 
 def test_crash_between_recorded_and_sent_ends_with_every_claim_exactly_once(stores, emu_db, monkeypatch):
     ids = municipality(stores)
@@ -313,6 +226,7 @@ def test_unconfirmed_claim_that_no_longer_builds_gets_a_task_at_once_and_goes_wh
     assert once_each(emu_db).count(f"FBS-715100-{broken}") == 1
 
 
+@pytest.mark.slow
 def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(stores, db_urls, emu_db, tmp_path):
     """A real SIGKILL of `python -m fbs_debitor transfer` while its first batch is on the wire."""
     ids = municipality(stores)
@@ -351,6 +265,7 @@ def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(
 
 # --- faults -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_20_percent_transient_faults_end_with_every_claim_delivered_once(stores, emu_db):
     ids = municipality(stores, adults=30)
     kinds = ("http500", "http503", "drop", "drop_after_store", "soapfault", "slow")

@@ -4,7 +4,6 @@ restart), vendor rules M3/I3, RetFordringTilstand, fault injection and mutual TL
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import http.client
 import ssl
 import time
@@ -15,33 +14,15 @@ from decimal import Decimal
 import fbs_rows as fr
 import pytest
 from certs import certificates
-from claim_rows import AGENCY, TODAY, representative_rows
+from claim_rows import AGENCY, REPLACEMENT_FID, batch_root
 from lxml import etree
 
 from fbs_debitor.claims import messages
-from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
-from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.sandbox import emulator
 
 SOAP = emulator.SOAP_NS
 ACTION = emulator.ACTION_PREFIX
-AT = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
-REPLACEMENT_FID = "FBS-715100-2"
-
-
-def accounts():
-    """An adult fee (CPR), a minor on a replacement CPR with a guardian (compensation), a company."""
-    registry = ReplacementCprRegistry()
-    rows = [representative_rows()[i] for i in (1, 2, 4)]
-    return [build(r, registry, TODAY).account for r in rows]
-
-
-def batch_root() -> etree._Element:
-    (batch,) = messages.build_batches(accounts(), AGENCY, batch_size=500, at=AT)
-    return batch.root
-
-
 def envelope(payload: etree._Element, header: bool = True) -> bytes:
     env = etree.Element(f"{{{SOAP}}}Envelope", nsmap={"soap": SOAP})
     if header:
@@ -109,11 +90,6 @@ def change_request(*changes: tuple[str, str, str, dict]) -> etree._Element:
     return root
 
 
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
-
-
 # --- OpretDebitorkonto ---------------------------------------------------------------------------
 
 def test_valid_batch_is_accepted_and_stored(db_urls):
@@ -132,6 +108,7 @@ def test_valid_batch_is_accepted_and_stored(db_urls):
     assert fr.ADULT_CPR not in repr(stored) and fr.ADULT2_CPR not in repr(stored)
 
 
+@pytest.mark.slow
 def test_repeated_batch_gets_identical_answers_and_no_duplicates_also_after_restart(db_urls):
     body = envelope(batch_root())
     with emulator.Emulator("KMD_OPUS", db_urls.ledger) as emu:
@@ -243,7 +220,7 @@ def test_ret_fordring_tilstand_applies_the_four_changes_and_guards_them_U1_U2_U3
 
 # --- faults --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["http500", "http503", "soapfault", "drop", "slow"])
+@pytest.mark.parametrize("kind", ["http500", "http503", "soapfault", "drop", pytest.param("slow", marks=pytest.mark.slow)])
 def test_each_fault_kind_at_rate_one(emu_db, kind):
     with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=(kind,), slow_seconds=0.6) as emu:
         started = time.monotonic()
@@ -268,6 +245,7 @@ def test_each_fault_kind_at_rate_one(emu_db, kind):
     assert len(emulator.claims(emu_db)) == (3 if kind == "slow" else 0)
 
 
+@pytest.mark.slow
 def test_drop_after_store_stores_although_the_client_saw_no_answer(emu_db):
     body = envelope(batch_root())
     with emulator.Emulator("PRISME", emu_db, fault_rate=1.0, fault_kinds=("drop_after_store",)) as emu:

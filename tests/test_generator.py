@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
-from conftest import make_urls
+from database_urls import make_urls
 from sqlalchemy import text
 from stdnum import ean as stdnum_ean
 from stdnum.dk import cpr as stdnum_cpr

@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from leaks import full_cpr_numbers
+from municipality import municipality
 from sqlalchemy import text
-from test_delivery import municipality, tasks, transfer
+from transfers import Crash, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.payments import apply as payments
@@ -25,15 +26,6 @@ from fbs_debitor.sandbox import emulator, emulator_payments
 
 AGENCY = "715100"
 UNTIL = dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Copenhagen"))
-
-
-class Crash(BaseException):
-    """A process dying at an exact point (not an Exception: no handler catches it)."""
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 @pytest.fixture
@@ -146,6 +138,7 @@ def test_P1_each_vendor_delivers_on_its_rhythm_and_every_file_is_applied(stores,
 
 # --- partial, full and over-payments, write-offs (P2) --------------------------------------------
 
+@pytest.mark.slow
 def test_P2_partial_full_and_over_payments_and_write_offs(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=3)
     a, b, c = ids["adult"]
@@ -327,6 +320,7 @@ def test_crash_in_the_middle_of_a_file_leaves_nothing_applied_and_the_rerun_appl
 
 # --- held for review --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_movements_on_unknown_or_cancelled_claims_are_held_with_a_task_and_can_be_dismissed(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]
@@ -403,6 +397,7 @@ def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in
 
 # --- payments and changes to the claim (U1) ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_U1_increase_starts_the_new_claim_unpaid_and_a_write_down_to_what_was_paid_settles_it(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]
@@ -427,6 +422,7 @@ def test_U1_increase_starts_the_new_claim_unpaid_and_a_write_down_to_what_was_pa
     clean(stores)
 
 
+@pytest.mark.slow
 def test_a_payment_on_a_liability_gone_from_FBS_is_held_and_does_not_stop_the_others(stores, emu_db, inbox):
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]

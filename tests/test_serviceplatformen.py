@@ -14,10 +14,10 @@ import fbs_rows as fr
 import pytest
 import requests
 from certs import certificates
+from claim_rows import REPLACEMENT_FID, batch_root
 from debtor import UUIDS, connection_extra, connection_json
 from leaks import full_cpr_numbers
 from lxml import etree
-from test_emulator import REPLACEMENT_FID, batch_root
 from zeep.exceptions import Fault, TransportError
 
 from fbs_debitor.claims import messages
@@ -28,11 +28,6 @@ from fbs_debitor.sandbox import emulator
 
 FIDS = {"FBS-715100-1", REPLACEMENT_FID, "FBS-715100-4"}
 PROD = "https://prod.serviceplatformen.dk/service/OIR/DebitorRegistreringAfsend/1"
-
-
-@pytest.fixture
-def emu_db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'emulator.sqlite'}"
 
 
 class Recorder:
@@ -315,6 +310,7 @@ def test_call_refuses_an_element_that_is_not_an_sf1590_request(emu_db):
 
 # --- 4. explicit timeouts -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_operation_timeout_is_explicit_and_a_timeout_is_transient(emu_db):
     attempts, sleep = [], Recorder()
     with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("slow",), slow_seconds=2) as emu:
@@ -427,6 +423,7 @@ def test_a_receipt_with_an_unknown_status_is_left_unconfirmed_the_others_count()
 
 # --- 6. idempotent retries cannot duplicate claims ------------------------------------------------
 
+@pytest.mark.slow
 def test_seeded_faults_with_retries_end_in_receipts_and_each_claim_once(emu_db):
     answers = []
     with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=0.5, fault_kinds=("http500", "drop", "soapfault"),
@@ -446,6 +443,7 @@ def test_seeded_faults_with_retries_end_in_receipts_and_each_claim_once(emu_db):
     assert sorted(stored) == sorted(FIDS) and len(stored) == len(set(stored))
 
 
+@pytest.mark.slow
 def test_a_retry_after_a_lost_answer_gets_the_first_answer(emu_db):
     """drop_after_store: the receiver stored the claims but the answer was lost; the retry must
     not create them again."""
