@@ -27,6 +27,7 @@ Tasks:
    range (new date up to where the hourly run transfers from) into calendar months. Triggering
    again with the same agency and date resumes an unfinished backfill: months already done are
    not done again.
+   **chunks** hands the months to the next step, one mapped task each.
 2. **run_chunk** (mapped, one per month, labelled `YYYY-MM`) — the hourly run's own steps on that
    month only: data-quality checks (findings reported like any other), eligibility T1-T6 (closed
    and sent-to-collection liabilities are never sent, T3; ones already in the ledger never again),

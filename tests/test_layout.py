@@ -508,11 +508,7 @@ def tasks_missing_from_doc(task_ids, doc_md: str | None) -> list[str]:
 
 
 @pytest.mark.airflow
-@pytest.mark.parametrize("dag_id", [
-    pytest.param(p.stem, marks=pytest.mark.xfail(
-        strict=True, reason="debitor_backfill's doc_md does not name its task 'chunks' (the step that hands "
-                            "plan's months to run_chunk)")) if p.stem == "debitor_backfill" else p.stem
-    for p in sorted(DAGS.glob("*.py"))])
+@pytest.mark.parametrize("dag_id", [p.stem for p in sorted(DAGS.glob("*.py"))])
 def test_each_dags_doc_md_names_every_task_of_the_dag(dagbag, dag_id):
     """doc_md is the one place a DAG's steps are listed: each task id appears in it."""
     assert dagbag.import_errors == {}
