@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -78,6 +81,27 @@ def test_T4_group_without_responsible_patron(stores, agencies):
     assert "T4_group_without_responsible_patron" in codes_for(found, bad)
     assert codes_for(found, good) == set()
     assert found[("T4_group_without_responsible_patron", bad)].severity == dq_catalog.BLOCKS_LIABILITY
+
+
+def test_T4_T5_findings_do_not_depend_on_how_the_batch_is_paged(stores, agencies):
+    """One liability per page (a group without a responsible patron has no debtor kind at all):
+    the pages join into one frame for GX with the same findings as one page."""
+    adult = fr.patron(agencies)
+    bad = add(agencies, kind="group", responsible_patron_id=None)
+    good = add(agencies, kind="group", responsible_patron_id=adult["patron_id"])
+    company = add(agencies, kind="company", cvr=None)
+    agencies.commit()
+    seen = []
+    for page_size in (1, 100):
+        run_id = ledger.start_run(stores.ledger, "manual")
+        result = dq_checks.run_checks(stores, run_id, today=TODAY, page_size=page_size)
+        seen.append((result.rows_checked, dict(result.per_check)))
+    assert seen[0] == seen[1] == (3, {"T4_group_without_responsible_patron": 1, "T5_company_without_valid_cvr": 1,
+                                      "T5_company_without_ean_or_p_number": 1})
+    found = {(f.check_code, f.liability_id) for f in ledger.open_findings(stores.ledger)}
+    assert found == {("T4_group_without_responsible_patron", bad), ("T5_company_without_valid_cvr", company),
+                     ("T5_company_without_ean_or_p_number", company)}
+    assert good not in {lid for _, lid in found}
 
 
 def test_T5_company_cvr_missing_or_invalid_blocks_missing_ean_and_p_is_a_warning(stores, agencies):
@@ -494,3 +518,40 @@ def test_every_code_a_finding_can_carry_is_in_the_catalog_so_it_can_be_resolved(
     codes = set(eligibility.CHECK_CODES.values()) | set(dq_checks.LIABILITY_CHECKS) | {dq_checks.AGENCY_CHECK}
     assert codes <= set(dq_catalog.CHECKS)
     assert all(dq_catalog.CHECKS[c].why for c in codes)
+
+
+RACER = """
+import datetime as dt, sys
+from pathlib import Path
+from fbs_debitor.core.settings import DatabaseUrls
+from fbs_debitor.core.stores import open_stores
+from fbs_debitor.quality import checks
+stores = open_stores(DatabaseUrls(fbs=sys.argv[1], ledger=sys.argv[2]))
+docs = Path(sys.argv[4]) if sys.argv[4] != "-" else None
+print(checks.run_checks(stores, sys.argv[3], today=dt.date(2026, 11, 20), data_docs_dir=docs).findings)
+"""
+
+
+@pytest.mark.slow
+def test_M4_runs_at_the_same_time_keep_their_own_results_and_pages(stores, agencies, tmp_path, gx_var):
+    """The hourly transfer, a backfill month and a manual run validate at once, in three
+    processes: each succeeds with the same findings, the two with Data Docs both reach the index
+    and keep their results, the backfill month keeps none."""
+    add(agencies, kind="company", cvr=None)
+    add(agencies, liability={"amount": Decimal("0.00")})
+    agencies.commit()
+    docs = tmp_path / "docs"
+    runs = {kind: ledger.start_run(stores.ledger, kind) for kind in ("transfer", "backfill", "manual")}
+    urls = [engine.url.render_as_string(hide_password=False) for engine in (stores.fbs, stores.ledger)]
+    env = {**os.environ, "FBS_DEBITOR_VAR": str(gx_var), "PYTHONPATH": str(Path(dq_checks.__file__).parents[2])}
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, *urls, run_id, "-" if kind == "backfill" else str(docs)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for kind, run_id in runs.items()]
+    outcomes = [racer.communicate(timeout=300) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0, 0], [err[-2000:] for _, err in outcomes]
+    assert len({out.strip() for out, _ in outcomes}) == 1
+    published = {runs["transfer"], runs["manual"]}
+    assert {p.parent.parent.name for p in (gx_var / "gx" / "validations").rglob("*.json")} == published
+    assert {p.parent.parent.name for p in (docs / "validations").rglob("*.html")} == published
+    index = (docs / "index.html").read_text()
+    assert all(run in index for run in published) and runs["backfill"] not in index

@@ -18,8 +18,10 @@ identifier in them: kinds, the agency's settings, ``has_cpr``, ``has_birth_date`
 
 Where GX writes (``include/`` is read-only in the image; ``var/`` is writable):
 
-* validation results: ``<FBS_DEBITOR_VAR>/gx/validations/``. A run with Data Docs keeps its
-  results for its pages; a run without (a backfill month) removes its own results at once.
+* validation results: ``<FBS_DEBITOR_VAR>/gx/validations/``, each with a sample of 20 failing
+  rows per expectation (the store in include/gx/plugins; the findings come from the complete
+  result in memory). A run with Data Docs keeps its results for its pages; a run without (a
+  backfill month) removes its own results at once.
 * Data Docs: ``data_docs_dir`` (the callers pass ``<var>/data_docs``). They accumulate runs: the
   newest ``DATA_DOCS_RUNS`` runs keep their pages, older results are removed and GX's index
   builder drops their pages. The site's CSS, JavaScript and fonts are copied next to it from
@@ -142,12 +144,12 @@ def _page_frame(rows, today: dt.date):
 
     gx_rows = pd.DataFrame({
         "liability_id": df["liability_id"].astype("int64"),
-        "liability_kind": df["kind"].astype(str),
-        "borrower_kind": df["b_kind"].astype(str),
-        "debtor_kind": df["d_kind"].astype(str),
+        "liability_kind": df["kind"].astype("str").astype("category"),
+        "borrower_kind": df["b_kind"].astype("str").astype("category"),
+        "debtor_kind": df["d_kind"].astype("str").astype("category"),
         "debtor_patron_id": pd.to_numeric(df["d_patron_id"], errors="coerce").astype("float64"),
         "guardian_patron_id": pd.to_numeric(df["g_patron_id"], errors="coerce").astype("float64"),
-        "debtor_vendor": df["debtor_vendor"].astype(str),
+        "debtor_vendor": df["debtor_vendor"].astype("str").astype("category"),
         "replacement_cpr_enabled": df["replacement_cpr_enabled"].astype(bool),
         "has_cpr": has_cpr,
         "cpr_usable": cpr_usable.astype(bool),
@@ -175,6 +177,19 @@ def _page_frame(rows, today: dt.date):
         "masked_cpr": cpr.map(lambda v: mask_cpr(v) if v else ""),
     })
     return gx_rows, details
+
+
+def _concat(parts):
+    """The pages as one frame. Kinds and vendors stay categoricals (small, and fast in the row
+    conditions GX evaluates on every metric): pandas would turn pages with different categories
+    into strings."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    return pd.DataFrame({
+        column: (pd.Series(union_categoricals([p[column] for p in parts], ignore_order=True))
+                 if column in _CATEGORICAL else pd.concat([p[column] for p in parts], ignore_index=True))
+        for column in LIABILITY_COLUMNS})
 
 
 def _message(code: str, masked_cpr: str) -> str:
@@ -338,9 +353,10 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     agencies = agencies.astype({"agency_id": str, "age_limit": "int64"})
     low, high = age_limit_range()
     if parts:
-        # Kinds and vendors as categoricals: GX's row conditions compare them on every metric.
-        liabilities = pd.concat(parts, ignore_index=True).astype({c: "category" for c in _CATEGORICAL})
+        liabilities = _concat(parts)
         detail = pd.concat(details, ignore_index=True).set_index("liability_id")
+        parts.clear()      # the pages are in the two frames now: not held through validation
+        details.clear()
     else:
         liabilities = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
         detail = pd.DataFrame(columns=["agency_id", "branch_id", "patron_id", "masked_cpr"],
