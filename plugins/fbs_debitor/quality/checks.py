@@ -92,6 +92,12 @@ LIABILITY_COLUMNS = (
 )
 AGENCY_COLUMNS = ("agency_id", "age_limit")
 _CATEGORICAL = ("liability_kind", "borrower_kind", "debtor_kind", "debtor_vendor")
+# An empty batch still goes through GX (its Data Docs page shows 0 rows), with the same dtypes.
+_EMPTY_DTYPES = {
+    **{c: "bool" for c in LIABILITY_COLUMNS}, **{c: "category" for c in _CATEGORICAL},
+    "liability_id": "int64", "debtor_patron_id": "float64", "guardian_patron_id": "float64", "amount": "float64",
+    **{c: "datetime64[ns]" for c in ("founding_date", "due_date", "created_date", "loan_date")},
+}
 
 
 @dataclass
@@ -392,12 +398,3 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     log.info("data quality: %d rows checked, %d findings %s; agencies held: %s; seconds %s", result.rows_checked,
              result.findings, dict(result.per_check), sorted(result.blocked_agencies) or "none", result.seconds)
     return result
-
-
-# An empty batch still goes through GX (its Data Docs page shows "0 rows"), with the same dtypes.
-_EMPTY_DTYPES = {
-    **{c: "bool" for c in LIABILITY_COLUMNS},
-    **{c: "category" for c in _CATEGORICAL}, "liability_id": "int64", "debtor_patron_id": "float64", "guardian_patron_id": "float64", "amount": "float64",
-    "founding_date": "datetime64[ns]", "due_date": "datetime64[ns]", "created_date": "datetime64[ns]",
-    "loan_date": "datetime64[ns]",
-}
