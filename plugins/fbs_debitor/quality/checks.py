@@ -1,12 +1,35 @@
 """Data-quality checks with Great Expectations, run in-process on the extracted batch.
 
 The batch is every in-scope liability not yet sent (open, on or after the cut-off, within the
-run's scope: eligibility's pages) plus the agencies. Each check is computed page by page from the
-same set-based extract the claims are built from (``claim_rows.sql``), as one boolean column
-``ok_<check>`` per check. GX then
-validates the accumulated frame once: one expectation per check that the column is all True, with
-the failing rows returned by liability id. The frame GX sees holds ids and booleans only, so no
-identifier can reach GX's results or its Data Docs.
+run's scope: eligibility's pages) plus the agencies. Each page of the set-based extract the claims
+are built from (``claim_rows.sql``) becomes one row per liability of a frame GX validates, and the
+agencies one row per agency of a second frame. The expectations are GX's own (not-null, in-set,
+between, column pairs) with row conditions, and they live in the versioned GX project
+``include/gx/`` (suites, validation definitions, checkpoints): this module loads them, it does not
+define them. Failing rows come back by ``liability_id`` / ``agency_id``
+(``unexpected_index_column_names``), and each becomes a finding.
+
+No CPR, CVR, replacement CPR, name or address is ever a column of a frame GX sees, so none can
+reach GX's results, its stores or the Data Docs. Where a check needs such a number, Python
+checks it (``core.identity``) and GX gets the verdict as a boolean: ``cvr_valid`` (T5),
+``cpr_usable`` (T6), ``cpr_passes_modulus_11`` (I4). The other inputs are facts without the
+identifier in them: kinds, the agency's settings, ``has_cpr``, ``has_birth_date``, ``is_minor``
+(from the birth date and the agency's age limit), patron ids, amounts and dates.
+
+Where GX writes (``include/`` is read-only in the image; ``var/`` is writable):
+
+* validation results: ``<FBS_DEBITOR_VAR>/gx/validations/``, each with a sample of 20 failing
+  rows per expectation (the store in include/gx/plugins; the findings come from the complete
+  result in memory). A run with Data Docs keeps its results for its pages; a run without (a
+  backfill month) removes its own results at once.
+* Data Docs: ``data_docs_dir`` (the callers pass ``<var>/data_docs``). They accumulate runs: the
+  newest ``DATA_DOCS_RUNS`` runs keep their pages, older results are removed and GX's index
+  builder drops their pages. The site's CSS, JavaScript and fonts are copied next to it from
+  ``include/gx/static/`` (see include/gx/README.md), so it works without internet access.
+
+Runs may validate at the same time (the hourly transfer, backfill months, several workers): no run
+writes a shared definition, results have per-run keys, and the Data Docs (index, pruning) are built
+under a file lock. The GX context is loaded once per process and reused.
 
 Severities and texts come from ``dq_catalog``. The codes are the ones eligibility and claim
 building use, so one problem is one finding, whoever saw it first.
@@ -15,10 +38,14 @@ building use, so one problem is one finding, whoever saw it first.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import functools
 import logging
+import os
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +54,19 @@ from sqlalchemy import text
 from fbs_debitor.claims.stream import claim_rows
 from fbs_debitor.core import ledger
 from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr
-from fbs_debitor.core.settings import age_limit_range
+from fbs_debitor.core.settings import HOME, age_limit_range, var_dir
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.quality import catalog as cat
 
 log = logging.getLogger(__name__)
+
+# The versioned GX project: great_expectations.yml, suites, validation definitions, checkpoints.
+GX_DIR = HOME / "include" / "gx"
+LIABILITY_SUITE = "fbs_debitor_liabilities"   # suite, validation definition and checkpoint name
+AGENCY_SUITE = "fbs_debitor_agencies"
+DATA_DOCS_SITE = "fbs_debitor"
+DATA_DOCS_RUNS = 48                           # runs whose validation pages the Data Docs keep
 
 # Liability-level checks, in report order. (C3 is checked on the agencies.)
 LIABILITY_CHECKS = (
@@ -48,6 +82,22 @@ LIABILITY_CHECKS = (
     "F3_dates_out_of_order",
 )
 AGENCY_CHECK = "C3_agency_age_limit_out_of_range"
+
+# The columns of the frame GX validates: ids, facts and verdicts, never an identifier.
+LIABILITY_COLUMNS = (
+    "liability_id", "liability_kind", "borrower_kind", "debtor_kind", "debtor_patron_id", "guardian_patron_id",
+    "debtor_vendor", "replacement_cpr_enabled", "has_cpr", "cpr_usable", "cpr_passes_modulus_11",
+    "has_replacement_cpr", "has_birth_date", "guardian_has_cpr", "is_minor", "cvr_valid", "has_ean_or_p_number",
+    "amount", "founding_date", "due_date", "created_date", "loan_date",
+)
+AGENCY_COLUMNS = ("agency_id", "age_limit")
+_CATEGORICAL = ("liability_kind", "borrower_kind", "debtor_kind", "debtor_vendor")
+# An empty batch still goes through GX (its Data Docs page shows 0 rows), with the same dtypes.
+_EMPTY_DTYPES = {
+    **{c: "bool" for c in LIABILITY_COLUMNS}, **{c: "category" for c in _CATEGORICAL},
+    "liability_id": "int64", "debtor_patron_id": "float64", "guardian_patron_id": "float64", "amount": "float64",
+    **{c: "datetime64[ns]" for c in ("founding_date", "due_date", "created_date", "loan_date")},
+}
 
 
 @dataclass
@@ -65,7 +115,10 @@ class DQResult:
 
 
 def _page_frame(rows, today: dt.date):
-    """The check columns for one page of claim rows (pandas, vectorised where it matters)."""
+    """One page of claim rows as (the GX frame's rows, the finding details by liability id).
+
+    Identifiers are read here and only their verdicts leave: the second frame (agency, branch,
+    patron, masked CPR for the message) never goes to GX."""
     import pandas as pd
 
     df = pd.DataFrame.from_records(rows, columns=list(rows[0]._fields))  # callers pass a non-empty page
@@ -77,14 +130,11 @@ def _page_frame(rows, today: dt.date):
     checks = {v: check_cpr(v, today) for v in cpr[has_cpr].unique()}
     cpr_usable = cpr.map(lambda v: bool(v) and checks[v].ok)
     cpr_mod11_warn = cpr.map(lambda v: bool(v) and checks[v].ok and bool(checks[v].warning))
-    repl_enabled = df["replacement_cpr_enabled"].astype(bool)
     repl = df["d_replacement_cpr"].fillna("").astype(str).str.strip()
     has_repl = repl.ne("")
-    guardian_has_cpr = df["g_cpr"].fillna("").astype(str).str.strip().ne("")
 
     cvrs = df["d_cvr"].fillna("").astype(str)
     cvr_valid = {v: check_cvr(v).ok for v in cvrs[company].unique()}
-    cvr_ok = cvrs.map(lambda v: cvr_valid.get(v, False))
     births_from_cpr = {v: birth_date_from_cpr(v) for v in checks}
     births_from_repl = {v: birth_date_from_cpr(v) for v in repl[has_repl].unique()}
     birth = pd.to_datetime(df["d_birth_date"], errors="coerce")
@@ -96,41 +146,56 @@ def _page_frame(rows, today: dt.date):
                                              < (birth.dt.month * 100 + birth.dt.day)).astype(int)
     low, high = age_limit_range()
     sane_limit = df["age_limit"].astype(int).between(low, high)   # C3 agencies are held whole instead
-    minor = person & birth.notna() & sane_limit & (age < df["age_limit"].astype(int))
     loan_date = pd.to_datetime(df["loan_date"], errors="coerce")
-    due = pd.to_datetime(df["due_date"], errors="coerce")
-    reloan = pd.to_datetime(df["reloan_date"], errors="coerce")
-    # F2/F3 as the builder computes them: a compensation's founding date is the re-loan or loan
-    # date and its due date the loan's due date; a fee's due date is its founding date (the day
-    # after the loan's due date) plus the payment term, so it can never come first.
-    founding = reloan.fillna(loan_date)
-    compensation = df["kind"].eq("compensation")
-    dates_ok = ~((compensation & founding.notna() & due.notna() & (founding > due))
-                 | (loan_date.notna() & (created.dt.normalize() < loan_date)))
 
-    out = pd.DataFrame({
+    gx_rows = pd.DataFrame({
         "liability_id": df["liability_id"].astype("int64"),
+        "liability_kind": df["kind"].astype("str").astype("category"),
+        "borrower_kind": df["b_kind"].astype("str").astype("category"),
+        "debtor_kind": df["d_kind"].astype("str").astype("category"),
+        "debtor_patron_id": pd.to_numeric(df["d_patron_id"], errors="coerce").astype("float64"),
+        "guardian_patron_id": pd.to_numeric(df["g_patron_id"], errors="coerce").astype("float64"),
+        "debtor_vendor": df["debtor_vendor"].astype("str").astype("category"),
+        "replacement_cpr_enabled": df["replacement_cpr_enabled"].astype(bool),
+        "has_cpr": has_cpr,
+        "cpr_usable": cpr_usable.astype(bool),
+        "cpr_passes_modulus_11": ~cpr_mod11_warn.astype(bool),
+        "has_replacement_cpr": has_repl,
+        "has_birth_date": df["d_birth_date"].notna(),
+        "guardian_has_cpr": df["g_cpr"].fillna("").astype(str).str.strip().ne(""),
+        "is_minor": person & birth.notna() & sane_limit & (age < df["age_limit"].astype(int)),
+        "cvr_valid": cvrs.map(lambda v: cvr_valid.get(v, False)).astype(bool),
+        "has_ean_or_p_number": df["d_ean"].notna() | df["d_p_number"].notna(),
+        "amount": pd.to_numeric(df["amount"]).astype("float64"),
+        # F3 as the builder computes it: a compensation's founding date is the re-loan or loan
+        # date and its due date the loan's due date; a fee's due date is its founding date (the
+        # day after the loan's due date) plus the payment term, so it can never come first.
+        "founding_date": pd.to_datetime(df["reloan_date"], errors="coerce").fillna(loan_date),
+        "due_date": pd.to_datetime(df["due_date"], errors="coerce"),
+        "created_date": created.dt.normalize(),
+        "loan_date": loan_date,
+    }, columns=list(LIABILITY_COLUMNS))
+    details = pd.DataFrame({
+        "liability_id": gx_rows["liability_id"],
         "agency_id": df["agency_id"].astype(str),
         "branch_id": df["b_branch_id"],
         "patron_id": df["d_patron_id"].fillna(df["b_patron_id"]).astype("int64"),
+        "masked_cpr": cpr.map(lambda v: mask_cpr(v) if v else ""),
     })
-    out["ok_T4_group_without_responsible_patron"] = ~(df["b_kind"].eq("group") & df["d_patron_id"].isna())
-    out["ok_T5_company_without_valid_cvr"] = ~company | cvr_ok
-    out["ok_T5_company_without_ean_or_p_number"] = ~company | df["d_ean"].notna() | df["d_p_number"].notna()
-    out["ok_T6_person_without_usable_cpr"] = ~person | (has_cpr & cpr_usable) | (~has_cpr & repl_enabled)
-    # I1 and I3 concern liabilities that will travel on a replacement CPR: only where the agency
-    # enables them (elsewhere a patron without CPR is blocked under T6 instead).
-    out["ok_I1_person_without_cpr_or_birth_date"] = ~(person & repl_enabled & ~has_cpr & ~has_repl
-                                                      & df["d_birth_date"].isna())
-    out["ok_I4_cpr_fails_modulus_11"] = ~(person & cpr_mod11_warn)
-    guardian_on_replacement = minor & df["g_patron_id"].notna() & ~guardian_has_cpr
-    out["ok_I3_replacement_cpr_at_prisme"] = ~(df["debtor_vendor"].eq("PRISME") & repl_enabled
-                                               & ((person & ~has_cpr) | guardian_on_replacement))
-    out["ok_C5_minor_without_guardian"] = ~minor | df["g_patron_id"].notna()
-    out["ok_F2_amount_not_positive"] = pd.to_numeric(df["amount"]).gt(0)
-    out["ok_F3_dates_out_of_order"] = dates_ok
-    masked = cpr.map(lambda v: mask_cpr(v) if v else "")
-    return out, masked
+    return gx_rows, details
+
+
+def _concat(parts):
+    """The pages as one frame. Kinds and vendors stay categoricals (small, and fast in the row
+    conditions GX evaluates on every metric): pandas would turn pages with different categories
+    into strings."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    return pd.DataFrame({
+        column: (pd.Series(union_categoricals([p[column] for p in parts], ignore_order=True))
+                 if column in _CATEGORICAL else pd.concat([p[column] for p in parts], ignore_index=True))
+        for column in LIABILITY_COLUMNS})
 
 
 def _message(code: str, masked_cpr: str) -> str:
@@ -140,44 +205,128 @@ def _message(code: str, masked_cpr: str) -> str:
     return f"{cat.check(code).title}{detail}"
 
 
-def _validate(frame, context_dir: Path | None):
-    """Run the GX suite over the frame; returns {code: [row positions]} and the docs index path."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
+@functools.lru_cache(maxsize=8)
+def _context(gx_dir: str, results_dir: str, data_docs_dir: str):
+    """The file-backed GX context of the versioned project, loaded once per process and place.
 
-    context = gx.get_context(mode="ephemeral")
-    # An ephemeral context brings a default docs site in a new temporary folder; the hourly run
-    # would leave one behind every time. Drop it: the only site is ours, when one is asked for.
-    for name, site in dict(context.variables.data_docs_sites or {}).items():
-        context.delete_data_docs_site(name)
-        shutil.rmtree(site.get("store_backend", {}).get("base_directory", ""), ignore_errors=True)
-    if context_dir is not None:
-        context.add_data_docs_site(site_name="fbs_debitor", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(context_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
-    batch = context.data_sources.add_pandas("fbs_extract").add_dataframe_asset("in_scope_liabilities") \
-        .add_batch_definition_whole_dataframe("batch")
-    suite = context.suites.add(gx.ExpectationSuite(name="fbs_debitor_data_quality"))
-    for column in [c for c in frame.columns if c.startswith("ok_")]:
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True],
-                                                             meta={"check": column[3:]}))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="data_quality", data=batch, suite=suite))
-    actions = ([gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["fbs_debitor"])]
-               if context_dir is not None else [])
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="fbs_debitor_dq", validation_definitions=[definition], actions=actions,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"],
-                       "return_unexpected_index_query": False, "partial_unexpected_count": 20}))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-    failing: dict[str, list[int]] = {}
-    for run_result in result.run_results.values():
-        for r in run_result.results:
-            column = r.expectation_config.kwargs["column"]
-            failing[column[3:]] = [int(item["row"]) for item in (r.result.get("unexpected_index_list") or [])]
-    docs = str(context_dir / "index.html") if context_dir is not None else None
-    return failing, docs
+    Nothing is written under ``gx_dir``: GX only reads the project there; the two run-time
+    places are substituted into great_expectations.yml."""
+    import great_expectations as gx
+
+    return gx.get_context(mode="file", context_root_dir=gx_dir, runtime_environment={
+        "fbs_debitor_gx_results": results_dir, "fbs_debitor_data_docs": data_docs_dir})
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock between processes (one Data Docs build at a time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: len(w[0]), reverse=True):
+        if Path(folder) != root:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass   # not empty
+
+
+def _drop_result(context, results_dir: Path, key) -> None:
+    """Remove one validation result and its run's folders (<suite>/<run name>/<run time>/, which
+    only that run writes to, so no other run's folder can vanish under it)."""
+    context.validation_results_store.remove_key(key)
+    suite, run_name, run_time = key.to_tuple()[:3]
+    for folder in (results_dir / suite / run_name / run_time, results_dir / suite / run_name):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass   # not empty (or already gone)
+
+
+def _copy_static(source: Path, target: Path) -> None:
+    """The site's vendored CSS, JavaScript and fonts (copied when missing or changed)."""
+    for src in source.rglob("*"):
+        if src.is_file():
+            dst = target / src.relative_to(source)
+            if not dst.exists() or dst.stat().st_size != src.stat().st_size or dst.stat().st_mtime < src.stat().st_mtime:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+
+
+def _publish(context, keys, results_dir: Path, data_docs_dir: Path) -> None:
+    """Build this run's pages and the index; keep the newest DATA_DOCS_RUNS runs."""
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+    store = context.validation_results_store
+    with _locked(results_dir.parent / "data_docs.lock"):
+        run_times = sorted({k.run_id.run_time for k in store.list_keys()}, reverse=True)
+        if len(run_times) > DATA_DOCS_RUNS:
+            oldest_kept = run_times[DATA_DOCS_RUNS - 1]
+            for key in store.list_keys():
+                if key.run_id.run_time < oldest_kept:
+                    _drop_result(context, results_dir, key)   # GX's index builder then drops the page
+        context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=[
+            *keys, ExpectationSuiteIdentifier(name=LIABILITY_SUITE), ExpectationSuiteIdentifier(name=AGENCY_SUITE)])
+        _copy_static(Path(context.root_directory) / "static", data_docs_dir / "static")
+        _remove_empty_dirs(data_docs_dir / "validations")     # only written under this lock
+
+
+def _gx_error(info) -> str | None:
+    """The message of an exception GX caught while evaluating an expectation (GX 1.x reports one
+    per metric, keyed by metric id, or a single one)."""
+    infos = [info, *info.values()] if isinstance(info, dict) else []
+    for item in infos:
+        if isinstance(item, dict) and item.get("raised_exception"):
+            return str(item.get("exception_message") or "an exception")
+    return None
+
+
+def _validate(liabilities, agencies, data_docs_dir: Path | None, run_name: str):
+    """Run the versioned checkpoints over the two frames. Returns ({check code: failing ids}
+    for the liabilities, {check code: failing ids} for the agencies, the docs index path)."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    results_dir = var_dir() / "gx" / "validations"
+    # A run without Data Docs never builds the site; its context names the usual place anyway.
+    context = _context(str(GX_DIR), str(results_dir), str(data_docs_dir or var_dir() / "data_docs"))
+    low, high = age_limit_range()
+    run_id = RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.UTC))
+    failing: dict[str, dict[str, set]] = {}
+    keys = []
+    try:
+        for suite, frame, id_column in ((LIABILITY_SUITE, liabilities, "liability_id"),
+                                        (AGENCY_SUITE, agencies, "agency_id")):
+            outcome = context.checkpoints.get(suite).run(
+                batch_parameters={"dataframe": frame}, run_id=run_id,
+                expectation_parameters={"age_limit_min": low, "age_limit_max": high})
+            failing[suite] = {}
+            for key, suite_result in outcome.run_results.items():
+                keys.append(key)
+                for r in suite_result.results:
+                    error = _gx_error(r.exception_info)
+                    if error:      # never a silent "no finding": the check did not run
+                        raise RuntimeError(f"GX could not evaluate {r.expectation_config.type} "
+                                           f"({r.expectation_config.meta.get('check')}) in {suite}: {error}")
+                    ids = failing[suite].setdefault(r.expectation_config.meta["check"], set())
+                    ids.update(item[id_column] for item in (r.result.get("unexpected_index_list") or []))
+        if data_docs_dir is not None:
+            _publish(context, keys, results_dir, data_docs_dir)
+    finally:
+        if data_docs_dir is None:          # nothing to show them on: a backfill month keeps none
+            for key in keys:
+                _drop_result(context, results_dir, key)
+    missing = (set(LIABILITY_CHECKS) - set(failing[LIABILITY_SUITE])) | ({AGENCY_CHECK} - set(failing[AGENCY_SUITE]))
+    if missing:
+        raise RuntimeError(f"the GX suites in {GX_DIR} have no expectation for {sorted(missing)}")
+    docs = str(data_docs_dir / "index.html") if data_docs_dir is not None else None
+    return failing[LIABILITY_SUITE], failing[AGENCY_SUITE], docs
 
 
 def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_docs_dir: Path | None = None,
@@ -191,7 +340,7 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     seen_at = ledger.now()
     result = DQResult()
     clock = time.perf_counter()
-    parts, masks = [], []
+    parts, details = [], []
     for verdicts in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size, scope):
         ids = [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
         if not ids:
@@ -199,34 +348,33 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
         rows = claim_rows(stores.fbs, ids, today)
         if not rows:      # the liabilities changed between the two reads: the next run sees them
             continue
-        frame, masked = _page_frame(rows, today)
-        parts.append(frame)
-        masks.append(masked)
+        gx_rows, page_details = _page_frame(rows, today)
+        parts.append(gx_rows)
+        details.append(page_details)
     with stores.fbs.connect() as conn:
-        agencies = pd.DataFrame([r._mapping for r in conn.execute(text(
+        agencies = pd.DataFrame([tuple(r) for r in conn.execute(text(
             "SELECT agency_id, age_limit FROM agency WHERE CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a "
             "ORDER BY agency_id"),
-            {"a": scope.agency_id if scope is not None else None})])
+            {"a": scope.agency_id if scope is not None else None})], columns=list(AGENCY_COLUMNS))
+    agencies = agencies.astype({"agency_id": str, "age_limit": "int64"})
     low, high = age_limit_range()
-    frame = pd.concat(parts, ignore_index=True) if parts else None
-    masked_cpr = pd.concat(masks, ignore_index=True) if masks else None
-
-    # One GX frame: the liability rows, then one row per agency for the agency check.
-    agency_ok = agencies["age_limit"].astype(int).between(low, high) if not agencies.empty else pd.Series([], dtype=bool)
-    gx_frame = pd.DataFrame({"row": range((0 if frame is None else len(frame)) + len(agencies))})
-    for code in LIABILITY_CHECKS:
-        column = [] if frame is None else list(frame[f"ok_{code}"])
-        gx_frame[f"ok_{code}"] = column + [True] * len(agencies)
-    gx_frame[f"ok_{AGENCY_CHECK}"] = [True] * (0 if frame is None else len(frame)) + list(agency_ok)
-    result.rows_checked = 0 if frame is None else len(frame)
+    if parts:
+        liabilities = _concat(parts)
+        detail = pd.concat(details, ignore_index=True).set_index("liability_id")
+        parts.clear()      # the pages are in the two frames now: not held through validation
+        details.clear()
+    else:
+        liabilities = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
+        detail = pd.DataFrame(columns=["agency_id", "branch_id", "patron_id", "masked_cpr"],
+                              index=pd.Index([], dtype="int64", name="liability_id"))
+    result.rows_checked = len(liabilities)
     extracted = time.perf_counter()
-    failing, result.data_docs = _validate(gx_frame, data_docs_dir)
+    failing, failing_agencies, result.data_docs = _validate(liabilities, agencies, data_docs_dir, run_id)
     validated = time.perf_counter()
 
     findings: list[ledger.Finding] = []
-    n_rows = result.rows_checked
-    for position in failing.get(AGENCY_CHECK, []):
-        agency = agencies.iloc[position - n_rows]
+    held = failing_agencies.get(AGENCY_CHECK, set())
+    for agency in agencies[agencies["agency_id"].isin(held)].itertuples(index=False):
         reason = (f"Myndighedsalderen er {int(agency.age_limit)} (forventet {low}-{high}): alle lånere ville blive "
                   f"klassificeret forkert. / Age limit {int(agency.age_limit)} outside {low}-{high} (C3).")
         result.blocked_agencies[str(agency.agency_id)] = reason
@@ -234,14 +382,15 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
                                        agency_id=str(agency.agency_id), subject=f"A{agency.agency_id}",
                                        message=f"{cat.check(AGENCY_CHECK).title}: {reason}"))
         result.per_check[AGENCY_CHECK] += 1
-    for code in LIABILITY_CHECKS:
+    extra = [c for c in failing if c not in LIABILITY_CHECKS]     # a check added to the suite only
+    for code in (*LIABILITY_CHECKS, *extra):
         check = cat.check(code)
-        for position in failing.get(code, []):
-            row = frame.iloc[position]
+        rows = detail[detail.index.isin(failing.get(code, ()))]    # in batch order, once per liability
+        for liability_id, row in zip(rows.index, rows.itertuples(index=False), strict=True):
             findings.append(ledger.Finding(
                 check_code=code, rule=check.rule, severity=check.severity, agency_id=row.agency_id,
-                branch_id=row.branch_id, patron_id=int(row.patron_id), liability_id=int(row.liability_id),
-                subject=f"L{int(row.liability_id)}", message=_message(code, masked_cpr.iloc[position])))
+                branch_id=row.branch_id, patron_id=int(row.patron_id), liability_id=int(liability_id),
+                subject=f"L{int(liability_id)}", message=_message(code, row.masked_cpr)))
             result.per_check[code] += 1
     result.findings = ledger.upsert_findings(stores.ledger, run_id, findings, seen_at)
     result.seconds = {"extract_and_derive": round(extracted - clock, 1), "gx_validate_and_docs":
