@@ -30,7 +30,7 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    and the agencies): company without valid CVR, minor without guardian, person without CPR or
    birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
    dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
-   the GX Data Docs site is rebuilt under `var/data_docs/`.
+   the GX Data Docs site under `var/data_docs/` gains this run (the newest 48 runs are kept).
 4. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
    crash, a timeout, an outage) are rebuilt from FBS and sent again **under their own keys**; the
    debtor system answers a repeated key with its first answer, so nothing is billed twice.
