@@ -63,7 +63,7 @@ from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_datetime, sql_file
+from fbs_debitor.core.db import as_amount, as_datetime, keyset_pages, sql_file
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
@@ -207,13 +207,7 @@ def sent_claim_pages(stores: Stores, page_size: int = 5000) -> Iterator[tuple[li
         "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim "
         "WHERE state = 'accepted' AND liability_id > :last ORDER BY liability_id LIMIT :n")
     state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
-    last = -1
-    while True:
-        with stores.ledger.connect() as conn:
-            claims = conn.execute(claims_query, {"last": last, "n": page_size}).all()
-        if not claims:
-            return
-        last = claims[-1].liability_id
+    for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1, {"n": page_size}, after="last"):
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
         yield claims, states
@@ -427,7 +421,6 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
 
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = at
         outbox, claims, events = [], [], []
         for u in updates:
             c = u.claim
@@ -438,7 +431,7 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
                 key = message_key(c.liability_id, version)
                 outbox.append({"k": key, "l": c.liability_id, "v": version, "o": OPERATION_OF[m.kind],
                                "f": m.fordring_id, "p": m.fingerprint or fingerprints.keyed(
-                                   "change", m.kind, m.fordring_id, m.amount, secret=secret), "r": run_id, "t": t,
+                                   "change", m.kind, m.fordring_id, m.amount, secret=secret), "r": run_id, "t": at,
                                "ck": m.kind,
                                "m": m.amount,
                                "d": previous_key if m.depends_on_previous else m.depends_on})
@@ -456,7 +449,7 @@ def _record(ledger_engine: Engine, run_id: str, updates: list[Update], secret: b
         for lid, values in claims:
             cols = tuple(sorted(values))
             params = {k: v for k, v in values.items()}
-            by_columns.setdefault(cols, []).append({**params, "lid": lid, "t": t})
+            by_columns.setdefault(cols, []).append({**params, "lid": lid, "t": at})
         for cols, params in by_columns.items():
             sets = ", ".join(f"{col} = :{col}" for col in cols)
             conn.execute(text(f"UPDATE claim SET {sets}, checked_at = :t, updated_at = :t "  # noqa: S608 - column names from code

@@ -40,7 +40,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import generation_of
 from fbs_debitor.claims.model import IDENTITY, Change
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount
+from fbs_debitor.core.db import as_amount, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -87,13 +87,10 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
     total = 0
     registry: list[ReplacementCprRegistry] = []       # loaded once, when a message needs rebuilding
     while not link.down:
-        sent_this_round, last = 0, -1
-        while not link.down:
-            with stores.ledger.connect() as conn:
-                rows = conn.execute(_NEXT, {"last": last, "n": page_size}).all()
-            if not rows:
+        sent_this_round = 0
+        for rows in keyset_pages(stores.ledger, _NEXT, "liability_id", -1, {"n": page_size}, after="last"):
+            if link.down:
                 break
-            last = rows[-1].liability_id
             rows = [r for r in rows if r.message_key not in tried]
             tried.update(r.message_key for r in rows)
             sent_this_round += _send_page(stores, client, run_id, rows, batch_size, today, link, registry)
@@ -233,15 +230,14 @@ def _reject_dependants(ledger_engine: Engine, run_id: str, rows) -> None:
     why = ("not sent: the cancellation of the claim it replaces was rejected by the debtor system, and two live claims "
            "would bill the citizen twice (U1)")
     with ledger_engine.begin() as conn:
-        t = at
         conn.execute(text("UPDATE outbox SET state = 'rejected', error_code = :c, last_error = :e, answered_at = :t, "
                           "last_run_id = :r WHERE message_key = :k AND state IN ('pending', 'sent')"),
-                     [{"c": DEPENDENCY_REJECTED, "e": why, "t": t, "r": run_id, "k": r.message_key} for r in rows])
+                     [{"c": DEPENDENCY_REJECTED, "e": why, "t": at, "r": run_id, "k": r.message_key} for r in rows])
         add_events(conn, [(r.liability_id, "rejected", r.message_key, f"{DEPENDENCY_REJECTED}: {why}") for r in rows],
                    run_id, at)
         # The claim whose cancellation was rejected is still live at the debtor system: the ledger
         # points at it again, so later changes reach it (unless a newer claim was recorded since).
-        back = [{"l": r.liability_id, "new": r.fordring_id, "old": r.depends_fordring_id, "t": t,
+        back = [{"l": r.liability_id, "new": r.fordring_id, "old": r.depends_fordring_id, "t": at,
                  "g": generation_of(r.depends_fordring_id, r.agency_id, r.liability_id) or 0} for r in rows]
         conn.execute(text("UPDATE claim SET fordring_id = :old, generation = :g, debtor_status = 'live', "
                           "updated_at = :t WHERE liability_id = :l AND fordring_id = :new"), back)

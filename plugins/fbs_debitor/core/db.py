@@ -203,6 +203,21 @@ def in_query(sql: str, *names: str) -> TextClause:
     return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
 
+def keyset_pages(bind: Engine, query, key: str, start, params: dict | None = None,
+                 after: str = "after") -> Iterator[list]:
+    """The pages of a keyset-paged ``query`` (``... WHERE <key> > :<after> ORDER BY <key> LIMIT ...``,
+    the limit among ``params``), each read in a connection of its own, until one is empty. The next
+    page is read only when the caller asks for it, after the last row of the page before: a caller
+    that changes rows of a page (marks them written, say) sees its change in the next query."""
+    while True:
+        with bind.connect() as conn:
+            rows = conn.execute(query, {**(params or {}), after: start}).all()
+        if not rows:
+            return
+        yield rows
+        start = getattr(rows[-1], key)
+
+
 def chunked(items: Iterable, size: int) -> Iterator[list]:
     batch: list = []
     for item in items:

@@ -54,7 +54,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import in_query
+from fbs_debitor.core.db import in_query, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -123,20 +123,19 @@ def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prin
     what the debtor system is being told (amount, live, parties' prints) for the change detection."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = at
         claims = [c for a in batch.accounts for c in a.claims]
         conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
                           "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
                           "identity_print, source_print, fbs_status, checked_at) "
                           "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)"),
                      [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
-                       "r": run_id, "t": t, "m": c.amount, "ip": prints[c.liability_id].identity_print,
+                       "r": run_id, "t": at, "m": c.amount, "ip": prints[c.liability_id].identity_print,
                        "sp": prints[c.liability_id].source_print} for c in claims])
         conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
                           "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
                           "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)"),
                      [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
-                       "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": t,
+                       "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": at,
                        "m": c.amount} for c in claims])
         add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
                         f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
@@ -146,14 +145,13 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     """Step 3, before each transmission: ``sent``, one more attempt (committed before the call)."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
-        t = at
         message_keys = [k for k, _ in keys.values()]
         conn.execute(in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
                          "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
-                     {"t": t, "r": run_id, "keys": message_keys})
+                     {"t": at, "r": run_id, "keys": message_keys})
         conn.execute(in_query("UPDATE claim SET state = 'sent', updated_at = :t "
                          "WHERE liability_id IN :ids AND state = 'pending'", "ids"),
-                     {"t": t, "ids": [lid for _, lid in keys.values()]})
+                     {"t": at, "ids": [lid for _, lid in keys.values()]})
         add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
 
 
@@ -167,10 +165,9 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
         log.warning("%d receipt(s) for claims not in the batch were ignored", unknown)
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
-        t = at
-        accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id}
+        accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": at, "r": run_id}
                     for r in by_key.values() if r.accepted]
-        rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": t, "r": run_id,
+        rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": at, "r": run_id,
                      "c": mask_cprs_in(r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
                     for r in by_key.values() if not r.accepted]
         missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
@@ -304,17 +301,14 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
     today = today or dt.date.today()
     link = link or Link()
     registry: ReplacementCprRegistry | None = None
-    last, total = -1, 0
+    total = 0
     query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, o.amount, "
                  "c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
                  "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.version = 1 "
                  "AND o.liability_id > :last ORDER BY o.liability_id LIMIT :n")
-    while not link.down:
-        with stores.ledger.connect() as conn:
-            rows = conn.execute(query, {"o": CREATE, "last": last, "n": page_size}).all()
-        if not rows:
+    for rows in keyset_pages(stores.ledger, query, "liability_id", -1, {"o": CREATE, "n": page_size}, after="last"):
+        if link.down:
             break
-        last = rows[-1].liability_id
         registry = registry or ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
         recorded = {r.liability_id: r for r in rows}
         fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, list(recorded), today)}

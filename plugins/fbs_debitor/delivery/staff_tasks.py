@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, text
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
+from fbs_debitor.core.db import keyset_pages
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -110,13 +111,9 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
                  "FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
                  "JOIN agency a ON a.agency_id = l.agency_id WHERE l.liability_id IN :ids"
                  ).bindparams(bindparam("ids", expanding=True))
-    last, new = "", 0
-    while True:
-        with stores.ledger.connect() as conn:
-            rows = conn.execute(query, {"n": threshold, "nr": NOT_REBUILDABLE, "last": last, "c": chunk}).all()
-        if not rows:
-            return new
-        last = rows[-1].message_key
+    new = 0
+    for rows in keyset_pages(stores.ledger, query, "message_key", "", {"n": threshold, "nr": NOT_REBUILDABLE, "c": chunk},
+                             after="last"):
         with stores.fbs.connect() as conn:
             known = {r.liability_id: r for r in conn.execute(facts, {"ids": [r.liability_id for r in rows]})}
         tasks, raised = [], []
@@ -142,6 +139,7 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
             with stores.fbs.begin() as conn:
                 new += raise_tasks(conn, tasks)
             _remember(stores, run_id, raised)
+    return new
 
 
 def _remember(stores: Stores, run_id: str, raised: list[tuple[str, int, str, str]]) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import as_bool
+from fbs_debitor.core.db import as_bool, keyset_pages
 from fbs_debitor.core.identity import check_cpr, check_cvr, mask_cpr
 from fbs_debitor.core.settings import age_limit_range, chunk_size
 from fbs_debitor.eligibility import scope as scopes
@@ -140,16 +140,10 @@ def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
     sql, params = scope.render("queries/eligibility_candidates.sql")
     query = text(sql)
     low, high = age_limit_range()
-    after = -1
-    while True:
-        with fbs.connect() as conn:
-            rows = conn.execute(query, {**params, "after_id": after, "page_size": page_size,
-                                        "min_age_limit": low, "max_age_limit": high}).all()
-        if not rows:
-            return
+    for rows in keyset_pages(fbs, query, "liability_id", -1, {**params, "page_size": page_size,
+                             "min_age_limit": low, "max_age_limit": high}, after="after_id"):
         sent = in_ledger(ledger, [r.liability_id for r in rows])
         yield [_verdict(row, sent) for row in rows]
-        after = rows[-1].liability_id
 
 
 def out_of_scope_counts(fbs: Engine, scope: scopes.Scope = scopes.EVERYTHING) -> Counter:

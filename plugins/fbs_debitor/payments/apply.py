@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query
+from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query, keyset_pages
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
@@ -247,7 +247,6 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     """Every movement of a valid file decided and recorded in ONE ledger transaction, or none."""
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
-        t = at
         book = _Book(conn, parsed.movements)
         rows, events = [], []
         for m in parsed.movements:
@@ -263,14 +262,14 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
             rows.append({"id": m.movement_id, "sha": sha, "f": m.fordring_id, "l": lid,
                          "a": agency or _agency_of(m.fordring_id), "k": m.kind, "m": m.amount,
                          "b": m.booked_on, "ref": m.reference_id, "s": state, "h": reason,
-                         "r": run_id, "t": t})
+                         "r": run_id, "t": at})
             counts[state] += 1
             if lid is not None:
                 events.append((lid, f"payment_{state}", None, _event_detail(m, name, reason)))
         conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
                           "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
                      {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
-                      "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": t})
+                      "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
         _insert_movements(conn, rows)
         _save_claims(book)
         add_events(conn, events, run_id, at)
@@ -408,14 +407,13 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
             return 0
         movements = [_movement(r) for r in rows]
         book = _Book(conn, movements)
-        t = at
         released, events = [], []
         for m, r in zip(movements, rows, strict=True):
             book.known.pop(m.movement_id, None)     # decided again, as if new
             state, reason, lid, agency = book.decide(m)
             book.known[m.movement_id] = _Known(m, state, lid)
             if state == APPLIED:
-                released.append({"m": m.movement_id, "l": lid, "a": agency, "r": run_id, "t": t})
+                released.append({"m": m.movement_id, "l": lid, "a": agency, "r": run_id, "t": at})
                 events.append((lid, "payment_released", None, _event_detail(m, "held earlier", None)
                                + f": applied now, was held as {r.hold_reason}"))
             elif reason != r.hold_reason or lid is not None:
@@ -439,13 +437,7 @@ def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK)
     query = text("SELECT movement_id, fordring_id, liability_id, agency_id, kind, amount, booked_on, reference_id, "
                  "state, hold_reason FROM movement WHERE written_back_at IS NULL AND state IN ('applied', 'held') "
                  "AND movement_id > :a ORDER BY movement_id LIMIT :n")
-    after = ""
-    while True:
-        with stores.ledger.connect() as conn:
-            rows = conn.execute(query, {"a": after, "n": batch}).all()
-        if not rows:
-            break
-        after = rows[-1].movement_id
+    for rows in keyset_pages(stores.ledger, query, "movement_id", "", {"n": batch}, after="a"):
         done += _write_chunk(stores, rows, at)
     return done + settle_fbs_status(stores, run_id, at)
 
@@ -455,7 +447,6 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     held = [r for r in rows if r.state == HELD]
     counts: Counter = Counter()
     with stores.fbs.begin() as conn:
-        t = at
         lids = sorted({r.liability_id for r in applied})
         present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
@@ -471,7 +462,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
                            "a": as_amount(r.amount), "b": as_date(r.booked_on),
                            "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]} for r in applied])
             # a movement released after review: its hold task is done
-            released = [{"t": t, "i": _task_id("PAY", r.movement_id)} for r in applied if r.hold_reason]
+            released = [{"t": at, "i": _task_id("PAY", r.movement_id)} for r in applied if r.hold_reason]
             if released:
                 conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
                              released)
@@ -501,9 +492,8 @@ def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime) -> Counter:
     if not close and not reopen:
         return Counter()
     with stores.fbs.begin() as conn:
-        t = at
-        closed, now_closed = _set_status(conn, close, "open", "closed", t)
-        reopened, _ = _set_status(conn, reopen, "closed", "open", t)
+        closed, now_closed = _set_status(conn, close, "open", "closed", at)
+        reopened, _ = _set_status(conn, reopen, "closed", "open", at)
     with stores.ledger.begin() as conn:
         flags = [{"l": lid, "f": True} for lid in now_closed]
         flags += [{"l": lid, "f": False} for lid in reopen]   # no longer ours to reopen

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from fbs_debitor.core.db import as_amount, as_bool, in_query
+from fbs_debitor.core.db import as_amount, as_bool, in_query, keyset_pages
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.apply import payment_id
 
@@ -119,21 +119,16 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
 
 def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
     """1 and the FBS status of settled claims (2)."""
-    after = -1
     page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
                 "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
                 "settled_on IS NOT NULL ORDER BY liability_id LIMIT :n")
     sums = in_query("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
                "ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id WHERE m.state = 'applied' AND "
                "m.liability_id IN :ids GROUP BY m.liability_id, m.kind, m.reversed_by", "ids")
-    while True:
+    for claims in keyset_pages(stores.ledger, page, "liability_id", -1, {"n": page_size}, after="a"):
+        ids = [c.liability_id for c in claims]
+        totals: dict[int, Counter] = defaultdict(Counter)
         with stores.ledger.connect() as conn:
-            claims = conn.execute(page, {"a": after, "n": page_size}).all()
-            if not claims:
-                return
-            after = claims[-1].liability_id
-            ids = [c.liability_id for c in claims]
-            totals: dict[int, Counter] = defaultdict(Counter)
             for r in conn.execute(sums, {"ids": ids}):
                 amount = as_amount(r.s)
                 if r.kind in ("payment", "write_off", "repayment"):
@@ -175,15 +170,9 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
 
 def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
     """2: every applied movement in fbs.payment once, the same; nothing left to write back."""
-    after = ""
     page = text("SELECT movement_id, fordring_id, liability_id, kind, amount, written_back_at FROM movement "
                 "WHERE state = 'applied' AND movement_id > :a ORDER BY movement_id LIMIT :n")
-    while True:
-        with stores.ledger.connect() as conn:
-            rows = conn.execute(page, {"a": after, "n": page_size}).all()
-        if not rows:
-            return
-        after = rows[-1].movement_id
+    for rows in keyset_pages(stores.ledger, page, "movement_id", "", {"n": page_size}, after="a"):
         with stores.fbs.connect() as conn:
             fbs = {r.payment_id: r for r in conn.execute(in_query(
                 "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :p", "p"),
@@ -205,15 +194,9 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
 
 def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
     """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply."""
-    after = ""
     page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "
                 "AND source_ref LIKE 'SF1590_B_01A %' ORDER BY payment_id LIMIT :n")
-    while True:
-        with stores.fbs.connect() as conn:
-            rows = conn.execute(page, {"a": after, "n": page_size}).all()
-        if not rows:
-            return
-        after = rows[-1].payment_id
+    for rows in keyset_pages(stores.fbs, page, "payment_id", "", {"n": page_size}, after="a"):
         ids = {r.source_ref.split(" ")[-1]: r for r in rows}
         with stores.ledger.connect() as conn:
             applied = {m[0] for m in conn.execute(in_query("SELECT movement_id FROM movement WHERE state = 'applied' AND "

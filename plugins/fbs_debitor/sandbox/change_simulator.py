@@ -66,7 +66,6 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
 
     done: Counter = Counter()
     with stores.fbs.begin() as conn:
-        t = at
 
         def update(sql: str, params: list[dict], kind: str) -> None:
             if params:
@@ -74,22 +73,22 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
                 done[kind] += len(params)
 
         update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "compensation")],
+               [{"l": r.liability_id, "t": at} for r in take(lambda r: r.kind == "compensation")],
                "cancel_compensation")
         update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "fee")], "cancel_fee")
+               [{"l": r.liability_id, "t": at} for r in take(lambda r: r.kind == "fee")], "cancel_fee")
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t, "a": (as_amount(r.amount) / 2).quantize(Decimal("0.01"))}
+               [{"l": r.liability_id, "t": at, "a": (as_amount(r.amount) / 2).quantize(Decimal("0.01"))}
                 for r in take(lambda r: as_amount(r.amount) >= Decimal("2.00"))], "write_down")
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t, "a": as_amount(r.amount) + Decimal("25.00")}
+               [{"l": r.liability_id, "t": at, "a": as_amount(r.amount) + Decimal("25.00")}
                 for r in take(lambda r: True)], "increase")
         update("UPDATE liability SET refund_requested_at = :t, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t} for r in take(lambda r: r.kind == "compensation")], "repayment")
+               [{"l": r.liability_id, "t": at} for r in take(lambda r: r.kind == "compensation")], "repayment")
         update("UPDATE liability SET status = 'closed', updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t} for r in take(lambda r: True)], "closed")
+               [{"l": r.liability_id, "t": at} for r in take(lambda r: True)], "closed")
         update("UPDATE liability SET status = 'sent_to_collection', updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": t} for r in take(lambda r: True)], "sent_to_collection")
+               [{"l": r.liability_id, "t": at} for r in take(lambda r: True)], "sent_to_collection")
         taken = {r[0] for r in conn.execute(text("SELECT cpr FROM patron WHERE cpr IS NOT NULL"))}
         pyr = random.Random(seed + 1)
 
