@@ -48,8 +48,6 @@ def cmd_assess(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    from pathlib import Path
-
     stores = _stores()
     init_stores(stores)
     if args.dry_run:
@@ -75,8 +73,6 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
     stores = _stores()
     init_stores(stores)
     day = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
@@ -128,24 +124,26 @@ def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int =
         print(report.summary())
         if not report.ok:
             ok = False
-            for d in report.differences[:show]:
-                print(f"  liability {d.liability_id} {d.fordring_id}: {d.what}: FBS {d.fbs}; debtor side {d.debtor}; "
-                      f"ledger {d.ledger}")
-            if len(report.differences) > show:
-                print(f"  ... and {len(report.differences) - show} more")
+            _print_differences(report.differences, show, lambda d: f"FBS {d.fbs}; debtor side {d.debtor}; "
+                                                                   f"ledger {d.ledger}")
             print(f"every difference: {report.write_csv(Path(out) if out else reports / f'reconciliation-{stamp}.csv')}")
     payments = payment_reconciliation.reconcile_payments(stores, debtor)
     print(payments.summary())
     path = payments.write_csv(Path(payments_out) if payments_out else reports / f"payments-reconciliation-{stamp}.csv")
     if not payments.ok:
         ok = False
-        for d in payments.differences[:show]:
-            print(f"  liability {d.liability_id or '-'} {d.fordring_id}: {d.what}: sent {d.sent}; debtor reported "
-                  f"{d.reported}; ledger {d.ledger}; FBS {d.fbs}")
-        if len(payments.differences) > show:
-            print(f"  ... and {len(payments.differences) - show} more")
+        _print_differences(payments.differences, show, lambda d: f"sent {d.sent}; debtor reported {d.reported}; "
+                                                                 f"ledger {d.ledger}; FBS {d.fbs}")
     print(f"payments report (every difference): {path}")
     return ok
+
+
+def _print_differences(differences, show: int, values) -> None:
+    """The first ``show`` differences, one line each (``values(d)`` says what each side holds)."""
+    for d in differences[:show]:
+        print(f"  liability {d.liability_id or '-'} {d.fordring_id}: {d.what}: {values(d)}")
+    if len(differences) > show:
+        print(f"  ... and {len(differences) - show} more")
 
 
 def cmd_reconcile(args) -> int:
@@ -197,7 +195,6 @@ def cmd_backfill(args) -> int:
     stores = _stores()
     init_stores(stores)
     if args.waiting:     # for scripts: one line per backfill detection handed over, not yet taken up
-
         for b in waiting_backfills(stores.ledger):
             print(b["backfill_id"], b["agency"], b["cut_off_date"], b["batch_size"])
         return 0
@@ -220,7 +217,6 @@ def cmd_backfill(args) -> int:
         return 0
     client = None
     if not plan.dry_run:
-
         try:
             client = serviceplatformen.Client(serviceplatformen.config_from_env())
         except serviceplatformen.ConfigError as exc:

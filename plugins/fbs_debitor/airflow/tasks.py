@@ -220,7 +220,7 @@ def build_reports(report_date: str) -> dict:
     today = dt.date.fromisoformat(report_date)
     out = dq_report.report_dir(today)
     with task_stores() as stores:
-        migrations.migrate(stores.ledger)
+        _migrate(stores)
         reports = dq_report.build_reports(stores, out, today)
     manifest = dq_report.write_manifest(out, reports, today)
     log.info("reports\n%s", dq_report.format_reports(reports))
