@@ -153,6 +153,7 @@ class Problem:
     patron_id: int | None
     rule: str
     message: str
+    code: str | None = None     # the catalog code where the rule has several (else the rule's one)
 
 
 @dataclass

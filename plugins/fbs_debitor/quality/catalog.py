@@ -30,8 +30,11 @@ _CHECKS = [
     Check("C3_agency_age_limit_out_of_range", "C3", BLOCKS_AGENCY, "Myndighedsalderen er ikke mellem 15 og 21",
           "Med en forkert aldersgrænse bliver alle lånere regnet som børn eller voksne forkert, så intet sendes "
           "for biblioteket, før den er rettet."),
-    Check("T4_group_without_responsible_patron", "T4", BLOCKS_LIABILITY, "Lånergruppe uden ansvarlig låner",
-          "Et mellemværende på en lånergruppe kan kun sendes, når en navngiven låner står som ansvarlig."),
+    # The code keeps its first name so findings already in ledgers stay the same finding (T4 was
+    # first read as "a group with a named responsible patron may go"; corrected 2026-11-30).
+    Check("T4_group_without_responsible_patron", "T4", BLOCKS_LIABILITY, "Mellemværende på en lånergruppe",
+          "Et mellemværende på en lånergruppe kan ikke overføres, fordi der ikke er nogen ansvarlig; opret "
+          "mellemværendet på en navngiven låner i gruppen."),
     Check("T5_company_without_valid_cvr", "T5", BLOCKS_LIABILITY, "Virksomhed uden gyldigt CVR-nummer",
           "Debitorsystemet kan kun opkræve virksomheder og institutioner med et gyldigt CVR-nummer."),
     Check("T5_company_without_ean_or_p_number", "T5", WARNING, "Virksomhed uden EAN- eller P-nummer",
@@ -61,6 +64,23 @@ _CHECKS = [
           "Med et erstatnings-CPR skal navn og adresse med, ellers ved debitorsystemet ikke, hvem der skylder."),
     Check("C4_minor_without_name", "C4", BLOCKS_LIABILITY, "Mindreårig uden navn",
           "Barnets navn skal stå på kravet til den økonomisk ansvarlige."),
+    Check("F1_text_cannot_be_sent", "F1", BLOCKS_LIABILITY, "Navn eller adresse kan ikke sendes",
+          "Navnet eller adressen indeholder tegn, der ikke kan sendes (fx styretegn), eller er for lang; "
+          "teksten ændres aldrig af integrationen, så den skal rettes i FBS."),
+    Check("F6_text_cannot_be_sent", "F6", BLOCKS_LIABILITY, "Materialets tekst kan ikke sendes",
+          "Forfatter, titel, opstilling eller numre på materialet indeholder tegn, der ikke kan sendes "
+          "(fx styretegn), eller er for lange; teksten ændres aldrig af integrationen."),
+    Check("F2_amount_not_exact", "F2", BLOCKS_LIABILITY, "Beløbet kan ikke sendes præcist",
+          "Beløbet har flere decimaler end øre, er for stort til debitorsystemet eller kan ikke læses; det "
+          "rundes aldrig af, så det skal rettes i FBS."),
+    Check("F2_date_unreadable", "F2", BLOCKS_LIABILITY, "En dato kan ikke læses",
+          "Oprettelses-, udlåns- eller afleveringsdatoen kan ikke læses som en dato, så kravets datoer kan "
+          "ikke sættes."),
+    Check("F1_patron_missing", "F1", BLOCKS_LIABILITY, "Låneren findes ikke",
+          "Mellemværendet peger på en låner, der ikke findes i FBS, så der er ingen at opkræve."),
+    Check("M1_liability_not_processable", "M1", BLOCKS_LIABILITY, "Mellemværendet kunne ikke behandles",
+          "Integrationen stødte på en uventet fejl i netop dette mellemværende; de andre er sendt som "
+          "normalt. Fejlen er registreret, og driften er underrettet."),
 ]
 
 CHECKS: dict[str, Check] = {c.code: c for c in _CHECKS}

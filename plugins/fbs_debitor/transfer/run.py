@@ -55,7 +55,7 @@ def _finding(v: eligibility.Verdict) -> ledger.Finding:
 def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
     # Every rule the builder can stop on has a catalog code (tests/test_dq_checks.py checks it), so
     # the finding is resolved at the end of a run like any other.
-    return ledger.Finding(check_code=eligibility.CHECK_CODES[p.rule],
+    return ledger.Finding(check_code=p.code or eligibility.CHECK_CODES[p.rule],
                           rule=p.rule, severity="blocks_liability", agency_id=p.agency_id, branch_id=branch_id,
                           patron_id=p.patron_id, liability_id=p.liability_id, subject=f"L{p.liability_id}",
                           message=p.message)
