@@ -51,6 +51,35 @@ CLAIM_ID_ELEMENT = "FordringID"
 _ID_ELEMENT = {CPR: "CPRNummer", REPLACEMENT_CPR: "ErstatningCPRNummer", CVR: "CVRNummer"}
 _NSMAP = {None: NS_DR, "f": NS_F}
 
+# What the schema lets each value be: the facets of include/xsd/ that values from FBS must meet
+# (``claims.carriage`` checks them before a claim is built, since a value is never altered to fit;
+# tests/test_carriage.py reads them back from the schema files). Swapping in the official schema
+# means updating these with the element names above.
+TEXT_MAX = {                 # most characters, by the place a text travels in
+    "name": 200,             # f:PartType/Navn and dr:MindreaarigType/Navn (f:TekstType)
+    "street": 200,           # f:AdresseType/AdresseTekst (f:TekstType)
+    "postal_code": 10,       # f:AdresseType/Postnummer
+    "city": 200,             # f:AdresseType/By (f:TekstType)
+    "specification": 500,    # dr:FordringType/SpecifikationTekst (f:LangTekstType)
+    "line": 200,             # dr:FordringTekstType/Linje (f:TekstType)
+    "reason": 200,           # Annullering/Aarsag (f:TekstType)
+}
+MAX_LINES = 10               # dr:FordringTekstType/Linje maxOccurs
+AMOUNT_TOTAL_DIGITS = 12     # f:BeloebType totalDigits
+AMOUNT_FRACTION_DIGITS = 2   # f:BeloebType fractionDigits (and minExclusive 0)
+ID_PATTERNS = {              # XSD patterns match the whole value
+    CPR: "(0[1-9]|[12][0-9]|3[01])(0[1-9]|1[0-2])[0-9]{6}",       # f:CPRNummerType
+    REPLACEMENT_CPR: "(6[1-9]|[78][0-9]|9[01])(0[1-9]|1[0-2])[0-9]{6}",   # f:ErstatningCPRNummerType
+    CVR: "[1-9][0-9]{7}",                                          # f:CVRNummerType
+    "p_number": "[0-9]{10}",                                       # f:PNummerType
+    "ean": "[0-9]{13}",                                            # f:EANNummerType
+}
+
+
+class InexactAmount(ValueError):
+    """An amount that could only be written rounded: never written (a bug; amounts are checked
+    before a claim is built, ``claims.carriage``)."""
+
 
 def _f(name: str) -> str:
     return f"{{{NS_F}}}{name}"
@@ -73,8 +102,21 @@ def _text(value) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return f"{value:.2f}"
+        return amount_text(value)
     return str(value)
+
+
+def amount_text(value: Decimal, what: str = "an amount") -> str:
+    """An amount exactly as it travels, with its two decimals (``60`` -> ``60.00``). One it could
+    only write rounded (``12.345``; not a finite number) raises InexactAmount: never rounded.
+    ``what`` names the claim or change in the error (never the amount's digits)."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise InexactAmount(f"{what}: the amount is not a finite decimal number; not written")
+    text = f"{value:.{AMOUNT_FRACTION_DIGITS}f}"
+    if Decimal(text) != value:
+        raise InexactAmount(f"{what}: the amount has more decimals than øre and would have to be rounded; "
+                            "not written (a bug: amounts are checked before a claim is built)")
+    return text
 
 
 def _header(parent, transaction_id: uuid.UUID, at: dt.datetime) -> None:
@@ -94,21 +136,21 @@ def _party(parent, tag: str, party: Party) -> None:
     el = _sub(parent, tag)
     _sub(el, _f(_ID_ELEMENT[party.id_kind]), party.number)
     if party.name:
-        _sub(el, _f("Navn"), party.name[:200])
+        _sub(el, _f("Navn"), party.name)
     if party.address:
         adr = _sub(el, _f("Adresse"))
-        _sub(adr, _f("AdresseTekst"), party.address.street[:200])
+        _sub(adr, _f("AdresseTekst"), party.address.street)
         if party.address.postal_code:
             _sub(adr, _f("Postnummer"), party.address.postal_code)
         if party.address.city:
-            _sub(adr, _f("By"), party.address.city[:200])
+            _sub(adr, _f("By"), party.address.city)
 
 
 def _claim(parent, claim: Claim) -> None:
     el = _sub(parent, _dr(CLAIM_ELEMENT))
     _sub(el, _dr(CLAIM_ID_ELEMENT), claim.fordring_id)
     _sub(el, _dr("FordringKravtype"), claim.claim_type)
-    _sub(el, _dr("Beloeb"), claim.amount)
+    _sub(el, _dr("Beloeb"), amount_text(claim.amount, f"claim {claim.fordring_id}"))
     _sub(el, _dr("OprettelsesDato"), claim.created_on)
     _sub(el, _dr("ForfaldsDato"), claim.due_date)
     _sub(el, _dr("StiftelsesDato"), claim.founding_date)
@@ -124,7 +166,7 @@ def _claim(parent, claim: Claim) -> None:
     if claim.minor:
         minor = _sub(el, _dr("Mindreaarig"))
         _sub(minor, _dr(_ID_ELEMENT[claim.minor.id_kind]), claim.minor.number)
-        _sub(minor, _dr("Navn"), claim.minor.name[:200])
+        _sub(minor, _dr("Navn"), claim.minor.name)
         _sub(minor, _dr("Foedselsdato"), claim.minor.birth_date)
 
 
@@ -166,15 +208,15 @@ def change_request(changes: Iterable[Change], transaction_id: uuid.UUID, at: dt.
         if change.kind == CANCEL:
             what = _sub(el, _dr("Annullering"))
             if change.reason:
-                _sub(what, _dr("Aarsag"), change.reason[:200])
+                _sub(what, _dr("Aarsag"), change.reason)
         elif change.kind == WRITE_DOWN:
-            _sub(_sub(el, _dr("Nedskrivning")), _dr("NytBeloeb"), change.amount)
+            _sub(_sub(el, _dr("Nedskrivning")), _dr("NytBeloeb"), amount_text(change.amount, f"change {change.key}"))
         elif change.kind == IDENTITY:
             what = _sub(el, _dr("Identifikationsaendring"))
             _party(what, _dr("DebitorkontoIdentifikation"), change.identification)
             _party(what, _dr("JuridiskAnsvarlig"), change.responsible)
         elif change.kind == REPAYMENT:
-            _sub(_sub(el, _dr("Tilbagebetaling")), _dr("Beloeb"), change.amount)
+            _sub(_sub(el, _dr("Tilbagebetaling")), _dr("Beloeb"), amount_text(change.amount, f"change {change.key}"))
         else:
             raise ValueError(f"unknown change kind {change.kind!r}")
     return root
