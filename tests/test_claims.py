@@ -29,6 +29,7 @@ from fbs_debitor.core.identity import (
     random_adult_birth_date,
     replacement_cpr,
 )
+from fbs_debitor.eligibility.rules import CHECK_CODES
 
 CHILD_CPR = "0303154124"       # born 3 Mar 2015, modulus-11 valid
 
@@ -321,8 +322,6 @@ def test_F6_claim_text_lines():
     company = row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR,
                   d_p_number="1003388394", d_ean="5790000123452")
     assert ok(company)[2].text_lines[-1] == "P-nr.: 1003388394 EAN: 5790000123452"
-    long_title = ok(row(title="x" * 400))[2].text_lines[0]
-    assert len(long_title) == 200 and long_title.endswith("…")
 
 
 def test_F_claim_repr_never_shows_a_full_cpr():
@@ -330,3 +329,220 @@ def test_F_claim_repr_never_shows_a_full_cpr():
     text = repr(result) + repr(account) + repr(claim)
     assert CHILD_CPR not in text and ADULT2_CPR not in text and ADULT_CPR not in text
     assert "030315-****" in text
+
+
+# --- issue 16: a value the schema cannot carry stops its liability, and nothing is altered -------
+
+def stopped(r, code: str, rule: str) -> C.Problem:
+    result = built(r)
+    assert result.account is None and result.problem is not None, result
+    assert (result.problem.rule, result.problem.code) == (rule, code), result.problem
+    assert result.tasks == [] and result.new_replacement_cprs == {}
+    return result.problem
+
+
+@pytest.mark.parametrize("over, field, fault", [
+    (dict(d_name="Karen\x07Jensen"), "navnet", "styretegn U+0007 på plads 6"),
+    (dict(d_street="Bibliotekvej\x0b1"), "adressen (vej og nr.)", "styretegn U+000B på plads 13"),
+    (dict(d_city="\x1bAarhus C"), "byen", "styretegn U+001B på plads 1"),
+    (dict(d_postal_code="80\x0000"), "postnummeret", "styretegn U+0000 på plads 3"),
+    (dict(d_name="Karen J\udce6nsen"), "navnet", "byte 0xE6, som ikke er UTF-8, på plads 8"),   # surrogateescape
+    (dict(d_name="Karen \ud800"), "navnet", "enligt surrogat U+D800 på plads 7"),
+    (dict(d_street="Vej \ufffe"), "adressen (vej og nr.)", "ikke-tegnet U+FFFE på plads 5"),
+])
+def test_item1_control_character_in_a_travelling_name_or_address_blocks_that_liability_F1(over, field, fault):
+    """Issue 16 item 1: with a replacement CPR the name and address travel (I2); a character XML
+    1.0 cannot carry is the liability's F1 finding naming the patron, the field and what is wrong,
+    never the value (the old builder left it to lxml, which raised ValueError for the whole run)."""
+    problem = stopped(row(d_cpr=None, **over), "F1_text_cannot_be_sent", "F1")
+    assert problem.patron_id == 11 and problem.liability_id == 501
+    assert problem.message.startswith(f"Låner (låner 11): {field} kan ikke sendes: {fault} / patron 11: ")
+    value = next(iter(over.values()))
+    assert value not in problem.message
+
+
+def test_item1_guardians_and_minors_names_are_checked_where_they_travel_F1():
+    """Issue 16 item 1: the guardian's name travels with a replacement CPR (C4/I2) and the child's
+    name travels with a guardian's claim (F5): each blocks with F1 naming its patron."""
+    guardian = child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, g_cpr=None, g_birth_date=dt.date(1980, 5, 17),
+                     g_name="Mette\x1bJensen")
+    problem = stopped(guardian, "F1_text_cannot_be_sent", "F1")
+    assert problem.patron_id == 22 and "Økonomisk ansvarlig (låner 22): navnet" in problem.message
+    problem = stopped(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, d_name="Emil\x07"), "F1_text_cannot_be_sent", "F1")
+    assert problem.patron_id == 21 and "barnets navn kan ikke sendes: styretegn U+0007 på plads 5" in problem.message
+
+
+def test_item1_a_name_that_does_not_travel_does_not_block_F1():
+    """With a real CPR neither name nor address travel (I2): they are not the schema's business."""
+    ok(row(d_name="Karen\x07Jensen", d_street="Vej\x0b1"))
+
+
+@pytest.mark.parametrize("field, value, name_da, fault", [
+    ("author", "Ander\x00sen, H.C.", "forfatteren", "styretegn U+0000 på plads 6"),
+    ("title", "Eventyr\x0bog historier", "titlen", "styretegn U+000B på plads 8"),
+    ("classification", "99.4\x1c", "opstillingen", "styretegn U+001C på plads 5"),
+    ("number", "G\x07501", "mellemværende-nummeret", "styretegn U+0007 på plads 2"),
+    ("item_number", "5000\udcff", "materialenummeret", "byte 0xFF, som ikke er UTF-8, på plads 5"),
+])
+def test_item1_control_character_in_a_claim_text_blocks_that_liability_F6(field, value, name_da, fault):
+    """Issue 16 item 1: a NUL in a material's author (and the like in title, classification and
+    the numbers) is the liability's F6 finding; before, str.split() silently turned U+000B/U+001C
+    into a space and lxml raised on the rest."""
+    problem = stopped(row(**{field: value}), "F6_text_cannot_be_sent", "F6")
+    assert problem.message.startswith(f"Mellemværende 501: {name_da} kan ikke sendes: {fault} / liability 501: ")
+    assert value not in problem.message
+
+
+def test_item1_every_faulty_field_is_named_at_once_F6():
+    problem = stopped(row(author="A\x00", title="T\x07"), "F6_text_cannot_be_sent", "F6")
+    assert "forfatteren kan ikke sendes: styretegn U+0000" in problem.message
+    assert "titlen kan ikke sendes: styretegn U+0007" in problem.message
+
+
+def test_item2_too_long_name_is_a_finding_never_cut_F1():
+    """Issue 16 'never altered to fit': sf1590 cut names to 200 characters ([:200])."""
+    problem = stopped(row(d_cpr=None, d_name="K" * 412), "F1_text_cannot_be_sent", "F1")
+    assert "navnet kan ikke sendes: 412 tegn, højst 200" in problem.message
+    ok(row(d_cpr=None, d_name="K" * 200))
+
+
+def test_item2_too_long_title_is_a_finding_never_cut_F6():
+    """Issue 16 'never altered to fit': the F6 line was cut to 199 characters plus '…'."""
+    problem = stopped(row(title="x" * 400), "F6_text_cannot_be_sent", "F6")
+    assert ("linje 1 ('Beregnet fra': opstilling 13 tegn, forfatter 14 tegn, titel 400 tegn) kan ikke sendes: "
+            "454 tegn, højst 200") in problem.message
+
+
+def test_item2_too_long_specification_is_a_finding_never_cut_F5_F6():
+    """The specification was cut to 500 characters: a long liability number now blocks (F6 code),
+    and every text it is too long for is named (its line too)."""
+    problem = stopped(row(number="G" * 480), "F6_text_cannot_be_sent", "F6")
+    assert "specifikationsteksten (F5) kan ikke sendes: 505 tegn, højst 500" in problem.message
+    assert "linje 3 ('Gebyr-nr.': mellemværende-nr. 480 tegn, materiale-nr. 10 tegn)" in problem.message
+
+
+def test_item2_names_and_streets_travel_as_they_are_whitespace_only_is_missing_I2():
+    """Decision: schema-legal whitespace travels as it is (the builder stripped names and
+    streets); a name of only whitespace still counts as missing (I2), a street of only whitespace
+    as no address."""
+    _, account, claim = ok(row(d_cpr=None, d_name=" Karen Jensen ", d_street="Bibliotekvej 1 "))
+    assert account.identification.name == " Karen Jensen "
+    assert account.identification.address.street == "Bibliotekvej 1 "
+    assert stopped(row(d_cpr=None, d_name=" \t "), "I2_replacement_cpr_without_name", "I2")
+    result, account, _ = ok(row(d_cpr=None, d_street="  "))
+    assert account.identification.address is None
+    _, _, claim = ok(child(dt.date(2015, 3, 3), d_cpr=CHILD_CPR, d_name="Emil Jensen "))
+    assert claim.minor.name == "Emil Jensen "
+
+
+@pytest.mark.parametrize("amount, decimals", [("12.345", 3), ("0.001", 3), ("60.0000001", 7)])
+def test_item9_amount_with_more_decimals_than_oere_is_a_finding_never_rounded_F2(amount, decimals):
+    """Issue 16 item 9: 12.345 went as 12.34 with no finding (as_amount quantized it)."""
+    problem = stopped(row(amount=Decimal(amount)), "F2_amount_not_exact", "F2")
+    assert f"Beløbet {amount} kr. kan ikke sendes præcist: {decimals} decimaler, højst 2 (øre)" in problem.message
+
+
+@pytest.mark.parametrize("amount", [Decimal("12.340"), 12.34, "12.34", Decimal("12.3400000")])
+def test_item9_trailing_zeros_are_exact_and_travel_as_oere_F2(amount):
+    """12.340 is 12.34 exactly (a float from SQLite's NUMERIC by its shortest form)."""
+    claim = ok(row(amount=amount))[2]
+    assert claim.amount == Decimal("12.34") and str(claim.amount) == "12.34"
+
+
+@pytest.mark.parametrize("amount, digits", [(Decimal("1234567890123"), 13), (Decimal("1234567890123.00"), 13),
+                                            (Decimal("10000000000"), 11), (Decimal("1E+30"), 31)])
+def test_item9_amount_outside_the_schemas_range_is_a_finding_F2(amount, digits):
+    """Issue 16 item 9: a 13-digit amount was blocked as 'XSD' by validation with a log line only."""
+    problem = stopped(row(amount=amount), "F2_amount_not_exact", "F2")
+    assert f"{digits} cifre før kommaet, højst 10" in problem.message
+
+
+def test_item9_largest_amount_the_schema_carries_travels_exactly_F2():
+    claim = ok(row(amount=Decimal("9999999999.99")))[2]
+    assert claim.amount == Decimal("9999999999.99")
+
+
+@pytest.mark.parametrize("amount", ["tolv", "NaN", Decimal("Infinity"), Decimal("sNaN"), object(), True])
+def test_item9_amount_that_is_no_number_is_a_finding_not_a_crash_F2(amount):
+    problem = stopped(row(amount=amount), "F2_amount_not_exact", "F2")
+    assert "Beløbet kan ikke læses som et tal" in problem.message
+
+
+def test_item4_unexpected_error_is_that_liabilitys_M1_finding_with_masked_text(monkeypatch, caplog):
+    """Issue 16 item 4 ('per-record isolation'): build() let anything but its own _Stop escape, so
+    one row's TypeError crashed the page. Now it is that row's M1 finding, logged at ERROR; the
+    exception's text shows CPR numbers masked only; the next row builds."""
+    from fbs_debitor.claims import builder
+
+    real = builder.fields.text_lines
+
+    def broken(*args, **kwargs):
+        if args[1] == "G2":
+            raise TypeError(f"cannot join {ADULT_CPR}\nsecond line")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder.fields, "text_lines", broken)
+    with caplog.at_level("ERROR", logger="fbs_debitor.claims.builder"):
+        results = [built(row(liability_id=i, number=f"G{i}")) for i in (1, 2, 3)]
+    assert [r.problem is None for r in results] == [True, False, True]
+    problem = results[1].problem
+    assert (problem.rule, problem.code, problem.liability_id) == ("M1", "M1_liability_not_processable", 2)
+    assert problem.message.endswith("TypeError: cannot join 070781-**** second line")
+    assert ADULT_CPR not in caplog.text and "070781-****" in caplog.text
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and "liability 2 " in caplog.text
+
+
+def test_item4_a_value_of_an_unforeseen_type_is_an_M1_finding_not_a_crash():
+    """A replacement CPR delivered as a number (a reader's mistake): AttributeError -> M1."""
+    problem = stopped(row(d_cpr=None, d_replacement_cpr=6707811230), "M1_liability_not_processable", "M1")
+    assert "AttributeError" in problem.message and "6707811230" not in problem.message
+
+
+def test_item4_due_date_after_the_year_9999_is_a_finding_F2():
+    """Issue 16 item 4: a fee's due date (overdue date + the payment term) past 9999-12-31 raised
+    OverflowError."""
+    problem = stopped(row(due_date=dt.date(9999, 12, 1)), "F2_date_unreadable", "F2")
+    assert "forfaldsdatoen kan ikke beregnes: afleveringsfristen 01.12.9999 + 31 dage" in problem.message
+    problem = stopped(row(due_date=dt.date(9999, 12, 31)), "F2_date_unreadable", "F2")
+    assert "stiftelsesdatoen kan ikke beregnes" in problem.message
+
+
+def test_item4_dates_far_out_that_can_be_written_travel_F2_F3():
+    """Year 1 and 9999 are dates xs:date carries; the texts write the year with four digits
+    (strftime wrote year 1 as '1')."""
+    claim = ok(row(kind="compensation", number="E1", loan_date=dt.date(1, 1, 1), due_date=dt.date(1, 1, 31)))[2]
+    assert claim.founding_date == dt.date(1, 1, 1) and claim.text_lines[0].startswith("Beregnet fra: 01.01.0001 ")
+    claim = ok(row(kind="compensation", number="E1", loan_date=None, due_date=None,
+                   created_at=dt.datetime(9999, 12, 31, 23, 59)))[2]
+    assert claim.due_date == dt.date(9999, 12, 31)
+
+
+@pytest.mark.parametrize("field, what", [("created_at", "Oprettelsesdatoen"), ("loan_date", "Udlånsdatoen"),
+                                         ("due_date", "Afleveringsfristen"), ("d_birth_date", "Fødselsdatoen")])
+def test_item4_unreadable_date_is_a_finding_naming_the_field_F2(field, what):
+    problem = stopped(row(**{field: "2026-13-45"}), "F2_date_unreadable", "F2")
+    assert problem.message.startswith(what) and "2026-13-45" not in problem.message
+
+
+@pytest.mark.parametrize("over, rule", [
+    (dict(d_cpr="٠٧٠٧٨١١٢٣٤"), "T6"),                         # Arabic-Indic digits pass str.isdigit()
+    (dict(d_cpr=None, d_replacement_cpr="６７０７８１１２３０"), "I1"),   # full-width digits
+])
+def test_item4_identifier_in_non_ascii_digits_is_a_finding_not_an_invalid_message(over, rule):
+    """check_cpr and is_replacement_cpr accept any Unicode digit; the schema takes 0-9 only."""
+    problem = stopped(row(**over), CHECK_CODES[rule], rule)
+    assert all(v not in problem.message for v in over.values() if v)
+
+
+def test_item4_p_number_in_non_ascii_digits_is_left_out_with_a_warning_T5():
+    company = row(d_kind="company", b_kind="company", d_cpr=None, d_birth_date=None, d_cvr=VALID_CVR,
+                  d_p_number="¹⁰⁰³³⁸⁸³⁹⁴")
+    result, account, claim = ok(company)
+    assert account.p_number is None and any(w.startswith("T5 P-nummeret") for w in result.warnings)
+    assert not any("P-nr." in line for line in claim.text_lines)
+
+
+def test_every_problem_carries_its_catalog_code():
+    """transfer.run records p.code or the rule's code; the builder now always sets it."""
+    assert built(row(amount=Decimal("0"))).problem.code == "F2_amount_not_positive"
+    assert built(row(loan_date=None, due_date=None)).problem.code == "F3_fee_without_loan"

@@ -167,3 +167,41 @@ def test_database_errors_never_show_the_cpr_numbers_they_were_writing(stores):
     text_shown = "".join(traceback.format_exception_only(info.value))
     assert full_cpr_numbers(text_shown) == [] and "670781-****" in text_shown
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_item1_item9_text_the_schema_cannot_carry_and_inexact_amounts_from_fbs_become_findings(stores):
+    """Issue 16 items 1 and 9 on the real databases: a control character in a patron's name and
+    street (PostgreSQL stores them; a NUL only SQLite can hold, PostgreSQL's text refuses it) and
+    in a material's author, read through claim_rows.sql, stops only that liability with its F1/F6
+    finding; an amount of 12.345 (SQLite's NUMERIC keeps it; PostgreSQL's NUMERIC(12,2) rounds it
+    on insert, before fbs-debitor sees it) is an F2 finding, never sent as 12.34."""
+    from fbs_debitor.claims import stream as claim_stream
+    from fbs_debitor.claims.builder import build
+    from fbs_debitor.core.identity import ReplacementCprRegistry
+
+    sqlite = stores.fbs.dialect.name == "sqlite"
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        named = fr.patron(conn, cpr=None, name="Karen\x07Jensen", street="Bibliotekvej\x0b1")
+        healthy = fr.patron(conn)["patron_id"]
+        by_name = fr.liability(conn, named["patron_id"])["liability_id"]
+        by_author = fr.liability(conn, healthy)
+        conn.execute(text("UPDATE material SET author = :a WHERE item_number = :i"),
+                     {"a": "Ander\x00sen" if sqlite else "Ander\x1bsen", "i": by_author["item_number"]})
+        inexact = fr.liability(conn, healthy, amount=Decimal("12.345"))["liability_id"]
+        fine = fr.liability(conn, healthy)["liability_id"]
+        conn.commit()
+    rows = claim_stream.claim_rows(stores.fbs, [by_name, by_author["liability_id"], inexact, fine], fr.TODAY)
+    registry = ReplacementCprRegistry()
+    results = {r.liability_id: build(r, registry, fr.TODAY) for r in rows}
+    assert results[by_name].problem.code == "F1_text_cannot_be_sent"
+    assert "navnet kan ikke sendes: styretegn U+0007 på plads 6" in results[by_name].problem.message
+    assert "adressen (vej og nr.) kan ikke sendes: styretegn U+000B på plads 13" in results[by_name].problem.message
+    author = results[by_author["liability_id"]].problem
+    assert author.code == "F6_text_cannot_be_sent"
+    assert f"forfatteren kan ikke sendes: styretegn U+00{'00' if sqlite else '1B'} på plads 6" in author.message
+    if sqlite:
+        assert results[inexact].problem.code == "F2_amount_not_exact"
+    else:
+        assert results[inexact].account.claims[0].amount == Decimal("12.35")     # rounded by PostgreSQL itself
+    assert results[fine].problem is None and results[fine].account.claims[0].amount == Decimal("60.00")

@@ -1,14 +1,28 @@
 """One FBS liability (a row of ``claim_rows.sql``) to a debtor account and claim, or to a Problem
 naming the rule that stops it. Pure: no database access, so it is fast and testable on hand-built
 rows; replacement CPR numbers it had to create are returned for the caller to persist.
+
+One record never stops another: whatever goes wrong while building one row is that row's
+Problem, with the rule, the catalog code and the record's id (an unexpected error too: rule M1,
+logged at ERROR with its CPR numbers masked). A value is never altered to make it fit: every text
+that travels is checked as it is against what the schema can carry (``claims.carriage``), and one
+that cannot travel stops its liability naming the field. Names and streets travel as they are in
+FBS, surrounding spaces included (a name of only whitespace counts as missing); a claim line's
+words are joined by single spaces (``claims.fields``). The amount must be exact to the øre and
+inside the schema's range; it is never rounded. A date that cannot be read or computed (e.g. a
+due date after the year 9999) stops the liability too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
+import traceback
+from decimal import Decimal
 
+from fbs_debitor.claims import carriage, fields
 from fbs_debitor.claims import classification as cls
-from fbs_debitor.claims import fields
 from fbs_debitor.claims.model import (
     ACCOUNT_ADULT,
     ACCOUNT_MINOR_WITH_GUARDIAN,
@@ -26,7 +40,7 @@ from fbs_debitor.claims.model import (
     Problem,
     StaffTask,
 )
-from fbs_debitor.core.db import as_amount, as_bool, as_date, as_datetime
+from fbs_debitor.core.db import as_bool, as_date, as_datetime
 from fbs_debitor.core.identity import (
     NoReplacementCpr,
     ReplacementCprRegistry,
@@ -37,18 +51,61 @@ from fbs_debitor.core.identity import (
     check_p_number,
     is_replacement_cpr,
     mask_cpr,
+    mask_cprs_in,
     random_adult_birth_date,
 )
+from fbs_debitor.eligibility.rules import CHECK_CODES
+
+log = logging.getLogger(__name__)
+
+# The catalog codes (``quality.catalog``) of the rules that have several; the others take the
+# rule's own (``eligibility.rules.CHECK_CODES``).
+F1_TEXT = "F1_text_cannot_be_sent"
+F6_TEXT = "F6_text_cannot_be_sent"
+F2_AMOUNT = "F2_amount_not_exact"
+F2_DATE = "F2_date_unreadable"
+M1_UNEXPECTED = "M1_liability_not_processable"
+CENT = Decimal("0.01")
 
 
 class _Stop(Exception):
-    def __init__(self, rule: str, message: str, patron_id: int | None = None):
+    def __init__(self, rule: str, message: str, patron_id: int | None = None, code: str | None = None):
         super().__init__(message)
-        self.rule, self.message, self.patron_id = rule, message, patron_id
+        self.rule, self.message, self.patron_id, self.code = rule, message, patron_id, code
+
+
+def _cannot_be_sent(who_da: str, who_en: str, faults: list[tuple[str, str, carriage.Fault]]) -> str:
+    """'<who>: <field> kan ikke sendes: <what> / <who>: <field> cannot be sent: <what>'."""
+    return (f"{who_da}: " + "; ".join(f"{da} kan ikke sendes: {f.da}" for da, _, f in faults) + " / "
+            f"{who_en}: " + "; ".join(f"{en} cannot be sent: {f.en}" for _, en, f in faults))
+
+
+def _read_date(value, what_da: str, what_en: str, patron_id: int | None = None, moment: bool = False) -> dt.date | None:
+    """A date from FBS; one that cannot be read stops the liability (F2), naming the field only."""
+    try:
+        return as_date(as_datetime(value)) if moment else as_date(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _Stop("F2", f"{what_da} kan ikke læses som en dato / {what_en} cannot be read as a date", patron_id,
+                    F2_DATE) from None
 
 
 def _address(street, postal_code, city) -> Address | None:
-    return Address(street.strip(), postal_code, city) if street and street.strip() else None
+    return Address(street, postal_code, city) if street and street.strip() else None
+
+
+def _check_party_texts(role: str, patron_id: int, name: str, address: Address | None) -> None:
+    """F1: the name and the address parts that travel, as they are."""
+    values = [("navnet", "the name", "name", name)]
+    if address is not None:
+        values.append(("adressen (vej og nr.)", "the street", "street", address.street))
+        if address.postal_code:
+            values.append(("postnummeret", "the postal code", "postal_code", address.postal_code))
+        if address.city:
+            values.append(("byen", "the city", "city", address.city))
+    faults = [(da, en, f) for da, en, place, value in values if (f := carriage.text_fault(value, place))]
+    if faults:
+        raise _Stop("F1", _cannot_be_sent(f"{role} (låner {patron_id})", f"patron {patron_id}", faults), patron_id,
+                    F1_TEXT)
 
 
 class _PersonResolver:
@@ -60,7 +117,8 @@ class _PersonResolver:
     def birth_date(self, patron_id: int, cpr: str | None, replacement: str | None, birth) -> tuple[dt.date, bool]:
         """(birth date, known). Unknown: I1's random adult birthday (the patron is treated as adult)."""
         if birth:
-            return as_date(birth), True
+            return _read_date(birth, f"Fødselsdatoen for låner {patron_id}", f"the birth date of patron {patron_id}",
+                              patron_id), True
         for number in (cpr, replacement):
             found = birth_date_from_cpr(number) if number else None
             if found:
@@ -69,7 +127,10 @@ class _PersonResolver:
 
     def party(self, role: str, patron_id: int, cpr, replacement, birth, name, street, postal_code, city) -> Party:
         if cpr:
-            check = check_cpr(cpr, self.today)
+            check = None if carriage.foreign_digits(cpr) else check_cpr(cpr, self.today)
+            if check is None or check.ok and not carriage.identifier_fits(CPR, check.value):
+                raise _Stop("T6", f"{role}: CPR {mask_cpr(cpr)} har andre cifre end 0-9 / the CPR number holds "
+                                  "digits other than 0-9", patron_id)
             if not check.ok:
                 raise _Stop("T6", f"{role}: {check.error}", patron_id)
             if check.warning:
@@ -82,7 +143,8 @@ class _PersonResolver:
             # A stored number is kept whatever happens (I1): a malformed one is for staff to fix,
             # never silently replaced by a new one that FBS would not know.
             number = replacement.strip()
-            if not is_replacement_cpr(number):
+            if carriage.foreign_digits(number) or not (is_replacement_cpr(number)
+                                                       and carriage.identifier_fits(REPLACEMENT_CPR, number)):
                 raise _Stop("I1", f"{role} (låner {patron_id}): erstatnings-CPR i FBS er ugyldigt "
                                   f"({mask_cpr(number)}) / the replacement CPR stored in FBS is malformed", patron_id)
         else:
@@ -102,10 +164,11 @@ class _PersonResolver:
             raise _Stop("I2", f"{role} (låner {patron_id}) har erstatnings-CPR men intet navn / "
                               "a replacement CPR must travel with the name", patron_id)
         address = _address(street, postal_code, city)
+        _check_party_texts(role, patron_id, name, address)
         if address is None:
             self.built.warnings.append(f"I2 {role} (låner {patron_id}): ingen adresse til erstatnings-CPR / "
                                        "no address to send with the replacement CPR")
-        return Party(REPLACEMENT_CPR, number, patron_id, name=name.strip(), address=address)
+        return Party(REPLACEMENT_CPR, number, patron_id, name=name, address=address)
 
 
 def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | None = None,
@@ -120,12 +183,48 @@ def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | 
     try:
         _build(row, built, registry, today, generation)
     except _Stop as stop:
-        built.problem = Problem(row.liability_id, row.agency_id, stop.patron_id or row.d_patron_id, stop.rule,
-                                stop.message)
-        built.account = None
-        built.tasks.clear()
-        built.new_replacement_cprs.clear()
+        _stopped(built, row, stop)
+    except MemoryError:         # the process's, not the record's
+        raise
+    except Exception as exc:    # a bug or a value of a shape nobody foresaw: this row's Problem only (M1)
+        what = _one_line(f"{type(exc).__name__}: {_exception_text(exc)}")
+        log.error("liability %s (agency %s) could not be processed (M1): %s\n%s", getattr(row, "liability_id", None),
+                  getattr(row, "agency_id", None), what,
+                  _printable(mask_cprs_in("".join(traceback.format_exception(exc)))))
+        _stopped(built, row, _Stop("M1", f"Mellemværendet kunne ikke behandles (uventet fejl) / the liability could "
+                                         f"not be processed (unexpected error): {what}", code=M1_UNEXPECTED))
     return built
+
+
+def _stopped(built: Built, row, stop: _Stop) -> None:
+    built.problem = Problem(getattr(row, "liability_id", None), getattr(row, "agency_id", None),
+                            stop.patron_id or getattr(row, "d_patron_id", None), stop.rule, stop.message,
+                            stop.code or CHECK_CODES.get(stop.rule))
+    built.account = None
+    built.tasks.clear()
+    built.new_replacement_cprs.clear()
+
+
+_UNPRINTABLE = re.compile("[^\t\n\u0020-\u007e\u00a0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _printable(text: str) -> str:
+    """An error text a log, a finding or a database can hold: other characters escaped (\\xNN)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
+def _exception_text(exc: Exception) -> str:
+    try:
+        return str(exc)
+    except Exception:    # an exception whose text itself fails
+        return "(no text)"
+
+
+def _one_line(text: str, most: int = 300) -> str:
+    """One line, CPR numbers masked, at most ``most`` characters (an error text, never a value sent)."""
+    text = _printable(" ".join(mask_cprs_in(text).split()))
+    return text if len(text) <= most else text[:most - 1] + "…"
 
 
 def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, generation: int) -> None:
@@ -136,11 +235,13 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
     if row.d_patron_id is None:
         raise _Stop("T4", "Lånergruppe uden navngiven ansvarlig låner / patron group without responsible patron",
                     row.b_patron_id)
-    amount = as_amount(row.amount)
-    if amount is None or amount <= 0:
-        raise _Stop("F2", f"Beløbet er {amount} kr.; en fordring skal være positiv / the amount must be positive")
-    created_on = as_date(as_datetime(row.created_at))
-    loan_date, loan_due, reloan = as_date(row.loan_date), as_date(row.due_date), as_date(row.reloan_date)
+    amount = _amount(row.amount)
+    created_on = _read_date(row.created_at, "Oprettelsesdatoen", "the creation date", moment=True)
+    if created_on is None:
+        raise _Stop("F2", "Oprettelsesdatoen mangler / the creation date is missing", code=F2_DATE)
+    loan_date = _read_date(row.loan_date, "Udlånsdatoen", "the loan date")
+    loan_due = _read_date(row.due_date, "Afleveringsfristen", "the loan's due date")
+    reloan = _read_date(row.reloan_date, "Genudlånsdatoen", "the re-loan date")
     if row.kind == "fee" and loan_due is None:
         raise _Stop("F3", "Gebyr uden lån: stiftelses- og forfaldsdato kan ikke beregnes / fee without its loan")
     people = _PersonResolver(built, registry, as_bool(row.replacement_cpr_enabled), today)
@@ -150,6 +251,9 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
         cvr = check_cvr(row.d_cvr)
         if not cvr.ok:
             raise _Stop("T5", f"Virksomhed: {cvr.error}")
+        if not carriage.identifier_fits(CVR, cvr.value):
+            raise _Stop("T5", "Virksomhed: CVR-nummeret har andre tegn end cifrene 0-9 / the CVR number holds "
+                              "characters other than the digits 0-9")
         identification = responsible = Party(CVR, cvr.value, row.d_patron_id)
         account = cls.account_type(minor=False, has_guardian=False)
     elif row.d_kind == "person":
@@ -166,7 +270,12 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
             # C4: the guardian of the time is legally responsible; the child's details travel too.
             responsible = people.party("Økonomisk ansvarlig", row.g_patron_id, row.g_cpr, row.g_replacement_cpr,
                                        row.g_birth_date, row.g_name, row.g_street, row.g_postal_code, row.g_city)
-            minor = Minor(identification.id_kind, identification.number, row.d_name.strip(), born)
+            fault = carriage.text_fault(row.d_name, "name")
+            if fault:
+                raise _Stop("F1", _cannot_be_sent(f"Mindreårig låner {row.d_patron_id}", f"patron {row.d_patron_id}",
+                                                  [("barnets navn", "the child's name", fault)]), row.d_patron_id,
+                            F1_TEXT)
+            minor = Minor(identification.id_kind, identification.number, row.d_name, born)
         else:
             responsible = identification
         if account == ACCOUNT_MINOR_WITHOUT_GUARDIAN and row.gnow_patron_id is None:
@@ -186,33 +295,117 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
     if row.d_kind == "company":
         if row.d_p_number:
             check = check_p_number(row.d_p_number)
-            p_number = row.d_p_number if not check.warning else None
-            if check.warning:
-                built.warnings.append(f"T5 {check.warning}")
+            warning = check.warning or (None if carriage.identifier_fits("p_number", row.d_p_number) else
+                                        "P-nummeret har andre tegn end cifrene 0-9 og sendes ikke / P-number holds "
+                                        "characters other than the digits 0-9, left out")
+            p_number = row.d_p_number if not warning else None
+            if warning:
+                built.warnings.append(f"T5 {warning}")
         if row.d_ean:
             check = check_ean(row.d_ean)
-            ean = row.d_ean if not check.warning else None
-            if check.warning:
-                built.warnings.append(f"T5 {check.warning}")
+            warning = check.warning or (None if carriage.identifier_fits("ean", row.d_ean) else
+                                        "EAN-nummeret er ugyldigt og sendes ikke / invalid EAN number, left out")
+            ean = row.d_ean if not warning else None
+            if warning:
+                built.warnings.append(f"T5 {warning}")
 
     kind = row.kind
     claim_kind = cls.claim_type(kind, as_bool(row.acknowledged), as_bool(row.auto_created),
                                 as_bool(row.auto_compensation_acknowledged))
-    founding = fields.founding_date(kind, created_on, loan_date, loan_due, reloan)
-    due = fields.claim_due_date(kind, created_on, loan_due)
+    try:
+        founding = fields.founding_date(kind, created_on, loan_date, loan_due, reloan)
+        due = fields.claim_due_date(kind, created_on, loan_due)
+    except fields.DateOutOfRange as exc:
+        raise _Stop("F2", f"Mellemværende {row.liability_id}: {exc}", code=F2_DATE) from None
     fordring = fields.fordring_id(row.agency_id, row.liability_id, generation)
     psrm = (PSRM(cls.PSRM_CLAIM_TYPES[claim_kind], founding, max(founding, due))
             if cls.carries_psrm(account) else None)
+    _check_material_texts(row)
+    specification = fields.specification(fordring, kind, row.number, minor.name if minor else None,
+                                         minor.birth_date if minor else None)
+    text_lines = fields.text_lines(kind, row.number, row.item_number, founding, row.classification, row.author,
+                                   row.title, loan_date, loan_due, minor.number if minor else None, p_number, ean)
+    _check_claim_texts(row, specification, text_lines)
     claim = Claim(
         liability_id=row.liability_id, agency_id=row.agency_id, fordring_id=fordring, claim_type=claim_kind,
         amount=amount, created_on=created_on, due_date=due, founding_date=founding, psrm=psrm,
-        specification=fields.specification(fordring, kind, row.number, minor.name if minor else None,
-                                           minor.birth_date if minor else None),
-        text_lines=fields.text_lines(kind, row.number, row.item_number, founding, row.classification, row.author,
-                                     row.title, loan_date, loan_due, minor.number if minor else None, p_number, ean),
-        minor=minor,
+        specification=specification, text_lines=text_lines, minor=minor,
     )
     if row.debtor_vendor == "PRISME" and REPLACEMENT_CPR in (identification.id_kind, responsible.id_kind):
         built.warnings.append("I3 Fujitsu Prisme afviser fordringer på erstatnings-CPR uden manuel proces / "
                               "Prisme rejects claims on a replacement CPR unless handled manually")
     built.account = Account(account, identification, responsible, p_number, ean, (claim,))
+
+
+def _amount(value) -> Decimal:
+    """F2: positive, exact to the øre and inside the schema's range; never rounded. Returned with
+    its two decimals (12.3 -> 12.30: the same number)."""
+    if value is None:
+        raise _Stop("F2", "Beløbet mangler; en fordring skal have et positivt beløb / the amount is missing")
+    try:
+        amount = carriage.read_amount(value)
+    except carriage.NotCarried as exc:
+        raise _Stop("F2", f"Beløbet {exc.fault.da} / the amount {exc.fault.en}", code=F2_AMOUNT) from None
+    if amount <= 0:
+        shown = f"{amount:.2f}" if amount.as_tuple().exponent >= -2 else str(amount)
+        raise _Stop("F2", mask_cprs_in(f"Beløbet er {shown} kr.; en fordring skal være positiv / "
+                                       "the amount must be positive"))
+    fault = carriage.amount_fault(amount)
+    if fault:
+        raise _Stop("F2", mask_cprs_in(f"Beløbet {amount} kr. kan ikke sendes præcist: {fault.da} / the amount "
+                                       f"cannot be sent exactly: {fault.en}"), code=F2_AMOUNT)
+    return amount.quantize(CENT)
+
+
+# The material's and the liability's texts that go into the claim's lines (F6) and specification (F5).
+_MATERIAL = (("opstillingen", "the classification", "classification"), ("forfatteren", "the author", "author"),
+             ("titlen", "the title", "title"), ("mellemværende-nummeret", "the liability number", "number"),
+             ("materialenummeret", "the item number", "item_number"))
+
+
+def _check_material_texts(row) -> None:
+    """F6: each text from FBS that goes into the lines, checked as it is (the lines' lengths after)."""
+    faults = []
+    for da, en, name in _MATERIAL:
+        value = getattr(row, name)
+        if value is None and name == "number":
+            faults.append((da, en, carriage.Fault("mangler", "is missing")))
+        elif value:
+            fault = carriage.text_fault(value, None)
+            if fault:
+                faults.append((da, en, fault))
+    if faults:
+        raise _Stop("F6", _cannot_be_sent(f"Mellemværende {row.liability_id}", f"liability {row.liability_id}",
+                                          faults), code=F6_TEXT)
+
+
+def _check_claim_texts(row, specification: str, lines: tuple[str, ...]) -> None:
+    """F5/F6: the specification and every line as composed, against the schema's lengths."""
+    faults = []
+    fault = carriage.text_fault(specification, "specification")
+    if fault:
+        faults.append(("specifikationsteksten (F5)", "the specification text (F5)", fault))
+    for i, line in enumerate(lines, start=1):
+        fault = carriage.text_fault(line, "line")
+        if fault:
+            label = line.split(":", 1)[0] if line.startswith(("Beregnet fra:", "Lånt:")) else line.split(" ", 1)[0]
+            parts = _line_parts(row, label)
+            faults.append((f"linje {i} ('{label}'{parts[0]})", f"line {i} ('{label}'{parts[1]})", fault))
+    if faults:
+        raise _Stop("F6", _cannot_be_sent(f"Mellemværende {row.liability_id}", f"liability {row.liability_id}",
+                                          faults), code=F6_TEXT)
+
+
+def _line_parts(row, label: str) -> tuple[str, str]:
+    """The lengths of the FBS fields a too-long line is made of, so staff see which to shorten."""
+    if label == "Beregnet fra":
+        names = (("opstilling", "classification", row.classification), ("forfatter", "author", row.author),
+                 ("titel", "title", row.title))
+    elif label in ("Gebyr-nr.", "Erstatnings-nr."):
+        names = (("mellemværende-nr.", "liability number", row.number),
+                 ("materiale-nr.", "item number", row.item_number))
+    else:
+        return "", ""
+    present = [(da, en, len(value)) for da, en, value in names if value]
+    return (": " + ", ".join(f"{da} {n} tegn" for da, _, n in present),
+            ": " + ", ".join(f"{en} {n} characters" for _, en, n in present))

@@ -35,7 +35,12 @@ class AgeLimitError(ValueError):
 
 def check_age_limit(agency_id: str, age_limit: int) -> None:
     low, high = age_limit_range()
-    if not low <= int(age_limit) <= high:
+    try:
+        limit = int(age_limit)
+    except (TypeError, ValueError, OverflowError):
+        raise AgeLimitError(f"agency {agency_id}: the age limit is not a number (rule C3); every patron would be "
+                            "misclassified, so nothing is built for the agency") from None
+    if not low <= limit <= high:
         raise AgeLimitError(f"agency {agency_id}: age limit {age_limit} is outside {low}-{high} (rule C3); "
                             "every patron would be misclassified, so nothing is built for the agency")
 

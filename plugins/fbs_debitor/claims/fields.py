@@ -12,7 +12,10 @@ F6 text lines   "Beregnet fra: <founding date> <classification> <author> <title>
                 "Lånt: <loan date> Afl.frist: <due date>",
                 "Gebyr-nr. <no> Materiale-nr. <item>" (or Erstatnings-nr.),
                 and, where any is relevant, "CPR (mindreårig): <cpr> P-nr.: <p> EAN: <ean>".
-Dates in texts are written dd.mm.yyyy. Lines are cut to the schema's 200 characters.
+Dates in texts are written dd.mm.yyyy. A line is one line: the whitespace between its words,
+whatever it is in FBS, is written as one space (as every claim sent so far). Nothing else is
+changed, and nothing is cut: a line or specification longer than the schema allows, or a value
+it cannot carry, is for the builder to stop on (``claims.carriage``), never to shorten.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-MAX_LINE = 200
+
+class DateOutOfRange(ValueError):
+    """A claim date that falls outside the calendar (after 31.12.9999): Danish / English."""
 
 
 def fee_payment_term_days() -> int:
@@ -49,7 +54,7 @@ def founding_date(kind: str, created_on: dt.date, loan_date: dt.date | None, due
     if kind == "fee":
         if due_date is None:
             raise ValueError("a fee needs its loan's due date (F3)")
-        return due_date + dt.timedelta(days=1)
+        return _plus(due_date, 1, "stiftelsesdatoen", "the founding date")
     if loan_date is None:
         return created_on
     return reloan_date or loan_date
@@ -60,17 +65,26 @@ def claim_due_date(kind: str, created_on: dt.date, loan_due_date: dt.date | None
     if kind == "fee":
         if loan_due_date is None:
             raise ValueError("a fee needs its loan's due date (F2)")
-        return loan_due_date + dt.timedelta(days=1 + fee_payment_term_days())
+        return _plus(loan_due_date, 1 + fee_payment_term_days(), "forfaldsdatoen", "the due date")
     return loan_due_date or created_on
 
 
+def _plus(day: dt.date, days: int, what_da: str, what_en: str) -> dt.date:
+    try:
+        return day + dt.timedelta(days=days)
+    except OverflowError:
+        raise DateOutOfRange(f"{what_da} kan ikke beregnes: afleveringsfristen {ddmmyyyy(day)} + {days} dage ligger "
+                             f"efter år 9999 / {what_en} cannot be computed: the loan's due date plus {days} days "
+                             "is after the year 9999") from None
+
+
 def ddmmyyyy(day: dt.date) -> str:
-    return day.strftime("%d.%m.%Y")
+    """dd.mm.yyyy, the year always with four digits (``strftime`` writes the year 1 as "1")."""
+    return f"{day.day:02d}.{day.month:02d}.{day.year:04d}"
 
 
 def _line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"
+    return " ".join(text.split())
 
 
 def _number_label(kind: str) -> str:
@@ -83,7 +97,7 @@ def specification(fordring: str, kind: str, number: str, minor_name: str | None 
     text = f"{fordring} {_number_label(kind)} {number}"
     if minor_name:
         text += f" {minor_name} f. {ddmmyyyy(minor_birth_date)}" if minor_birth_date else f" {minor_name}"
-    return text[:500]
+    return text
 
 
 def text_lines(kind: str, number: str, item_number: str | None, founding: dt.date,
