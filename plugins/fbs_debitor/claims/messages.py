@@ -137,6 +137,22 @@ def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -
     raise InvalidMessage(liability_ids, element, reason)
 
 
+def _unwritable(accounts: list[Account], exc: ValueError) -> InvalidMessage:
+    """The claims of a batch that cannot be written as XML at all (lxml refuses a control
+    character, ``sf1590`` an amount it would have to round), as an InvalidMessage naming their
+    liabilities; the error's text without quoted values (lxml's is generic; a UnicodeEncodeError
+    names only the character)."""
+    bad = []
+    for account in accounts:
+        for claim in account.claims:       # one claim at a time: its account's parties and itself
+            try:
+                mapping.account_element(etree.Element("x"), replace(account, claims=(claim,)))
+            except ValueError:
+                bad.append(claim.liability_id)
+    reason = re.sub(r"'[^']*'", "'…'", f"{type(exc).__name__}: {exc}")
+    return InvalidMessage(sorted(bad), "Debitorkonto", reason)
+
+
 def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime | None = None,
                   first_number: int = 1, rejected: list[InvalidMessage] | None = None) -> Iterator[Batch]:
     """Group one agency's accounts (one page of them: merging is per call) into validated batches
@@ -144,8 +160,19 @@ def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at
 
     An invalid message is a bug. Without ``rejected`` it raises InvalidMessage; with a list, the
     claims the error points to are taken out of the batch and the error is appended to the list,
-    so one bad record cannot hold back the rest (nothing else is lost, nothing invalid is sent)."""
-    at = at or dt.datetime.now().astimezone()
+    so one bad record cannot hold back the rest (nothing else is lost, nothing invalid is sent).
+    The same holds for an account that cannot even be written as XML (a text with a control
+    character, an amount that would have to be rounded: the builder stops those first).
+
+    ``batch_size`` is at least 1: anything else raises ValueError at once (a batch of 0 claims
+    would never fill)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (claims per message), not {batch_size!r}")
+    return _batches(accounts, agency, batch_size, at or dt.datetime.now().astimezone(), first_number, rejected)
+
+
+def _batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime, first_number: int,
+             rejected: list[InvalidMessage] | None) -> Iterator[Batch]:
     number = first_number
     pending: list[Account] = []
     count = 0
@@ -154,13 +181,14 @@ def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at
         while accounts_in_batch:
             fordring_ids = sorted(c.fordring_id for a in accounts_in_batch for c in a.claims)
             tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))
-            root = mapping.create_request(accounts_in_batch, tid, at, agency["sender_system_uuid"],
-                                          agency["org_unit_uuid"])
             try:
+                root = mapping.create_request(accounts_in_batch, tid, at, agency["sender_system_uuid"],
+                                              agency["org_unit_uuid"])
                 validate(root, {c.fordring_id: c.liability_id for a in accounts_in_batch for c in a.claims})
-            except InvalidMessage as error:
+            except (InvalidMessage, ValueError) as exc:
+                error = exc if isinstance(exc, InvalidMessage) else _unwritable(accounts_in_batch, exc)
                 if rejected is None:
-                    raise
+                    raise error from None
                 rejected.append(error)
                 bad = set(error.liability_ids) or {c.liability_id for a in accounts_in_batch for c in a.claims}
                 accounts_in_batch = [replace(a, claims=tuple(c for c in a.claims if c.liability_id not in bad))
