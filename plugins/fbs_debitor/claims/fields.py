@@ -25,7 +25,7 @@ import os
 
 
 class DateOutOfRange(ValueError):
-    """A claim date that falls outside the calendar (after 31.12.9999): Danish / English."""
+    """A claim date that falls outside the calendar (years 1-9999): Danish / English."""
 
 
 def fee_payment_term_days() -> int:
@@ -74,8 +74,8 @@ def _plus(day: dt.date, days: int, what_da: str, what_en: str) -> dt.date:
         return day + dt.timedelta(days=days)
     except OverflowError:
         raise DateOutOfRange(f"{what_da} kan ikke beregnes: afleveringsfristen {ddmmyyyy(day)} + {days} dage ligger "
-                             f"efter år 9999 / {what_en} cannot be computed: the loan's due date plus {days} days "
-                             "is after the year 9999") from None
+                             f"uden for kalenderen (år 1-9999) / {what_en} cannot be computed: the loan's due date "
+                             f"plus {days} days is outside the calendar (years 1-9999)") from None
 
 
 def ddmmyyyy(day: dt.date) -> str:
