@@ -423,7 +423,7 @@ def test_M1_an_invalid_message_is_never_sent_and_becomes_a_finding_on_its_liabil
         transfer(stores, emu.url)                                 # still broken: seen again, still open
     assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids) - {broken}))
     assert broken not in outbox(stores)
-    (finding,) = _findings(stores, delivery.INVALID_MESSAGE_CHECK)
+    (finding,) = _findings(stores, "M1_liability_not_processable")
     assert (finding["liability_id"], finding["rule"], finding["severity"], finding["agency_id"]) == (
         broken, "M1", "blocks_liability", "715100")
     assert number in finding["message"] and "Linje" in finding["message"] and "does not validate" in finding["message"]
@@ -432,7 +432,7 @@ def test_M1_an_invalid_message_is_never_sent_and_becomes_a_finding_on_its_liabil
     monkeypatch.setattr(fields, "text_lines", real)               # the bug fixed: it goes, the finding is resolved
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
         transfer(stores, emu.url)
-    assert f"FBS-715100-{broken}" in once_each(emu_db) and _findings(stores, delivery.INVALID_MESSAGE_CHECK) == []
+    assert f"FBS-715100-{broken}" in once_each(emu_db) and _findings(stores, "M1_liability_not_processable") == []
 
 
 def _second_agency(stores, n: int = 2) -> list[int]:
