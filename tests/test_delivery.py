@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from decimal import Decimal
 
 import debtor
@@ -496,9 +497,14 @@ def test_an_unexpected_error_resending_one_agencys_claims_does_not_stop_the_othe
                 raise RuntimeError("connection pool exhausted")
             return real(ledger_engine, client, run_id, batch, link, versions)
 
-        with monkeypatch.context() as m:
+        failed: Counter = Counter()
+        run_id = ledger.start_run(stores.ledger, "manual")
+        with monkeypatch.context() as m, debtor.client(emu.url) as client:
             m.setattr(delivery, "send_batch", send_batch)
-            _transfer_allowing_agency_failure(stores, emu.url)
+            delivery.resend_unconfirmed(stores, client, run_id, BATCH, failed=failed)
+        assert failed == {("715100", delivery.RESEND_FAILED, "RuntimeError"): len(sendable(ids))}
+        with pytest.raises(delivery.AgencyFailed, match=r"agency 715100 \(RuntimeError\)"):
+            delivery.raise_for_failed(failed)                     # the run ends failed naming it, after the rest
         assert sorted(once_each(emu_db)) == sorted(f"FBS-726300-{lid}" for lid in other)
         assert {outbox(stores)[lid]["state"] for lid in sendable(ids)} == {"pending"}
         transfer(stores, emu.url)

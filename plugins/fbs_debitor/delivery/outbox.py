@@ -85,6 +85,7 @@ UNCONFIRMED_STATES = ("pending", "sent")
 ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
 DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
 FAILED = "failed"                       # (agency, FAILED, error type): that agency's part of a page failed
+RESEND_FAILED = "failed_resend"         # the same for its unconfirmed claims sent again (its own run_count category)
 INVALID_MESSAGE_CHECK = "M1_liability_not_processable"
 
 
@@ -316,10 +317,11 @@ class AgencyFailed(RuntimeError):
 
 
 def failed_agencies(counts: Counter) -> dict[str, list[str]]:
-    """Agency -> the error types of its failed parts, from counts keyed (agency, category, rule)."""
+    """Agency -> the error types of its failed parts, from counts keyed (agency, category, rule)
+    (categories ``failed`` and ``failed_resend``, e.g. a run's recorded counts)."""
     out: dict[str, list[str]] = defaultdict(list)
     for (agency_id, category, rule), n in sorted(counts.items()):
-        if category == FAILED and n and rule not in out[agency_id]:
+        if category in (FAILED, RESEND_FAILED) and n and rule not in out[agency_id]:
             out[agency_id].append(rule)
     return dict(out)
 
@@ -334,12 +336,12 @@ def raise_for_failed(counts: Counter, what: str = "delivery") -> None:
                            "run; every other agency's part was done (the error is in the log, CPR-masked)")
 
 
-def _agency_failed(agency_id: str, what: str, exc: Exception) -> tuple[str, str, str]:
+def _agency_failed(agency_id: str, what: str, exc: Exception, category: str = FAILED) -> tuple[str, str, str]:
     """Log one agency's unexpected error, CPR-masked with its traceback; the count key to add."""
     trace = mask_cprs_in("".join(traceback.format_exception(exc)).rstrip())
     log.error("agency %s: %s failed with an unexpected error; its messages stay as they are (they go with the "
               "next run) and the other agencies go on:\n%s", agency_id, what, trace)
-    return agency_id, FAILED, type(exc).__name__[:30]
+    return agency_id, category, type(exc).__name__[:30]
 
 
 def invalid_message_text(number: str, error: messages.InvalidMessage | None) -> str:
@@ -456,7 +458,7 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
     """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
     run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent.
     An unexpected error while sending one agency's messages leaves them as they are (for the next
-    run) and the other agencies go on; it is counted in ``failed`` as ``(agency, "failed", type)``."""
+    run) and the other agencies go on; it is counted in ``failed`` as ``(agency, "failed_resend", type)``."""
     today = today or dt.date.today()
     link = link or Link()
     registry: ReplacementCprRegistry | None = None
@@ -520,7 +522,7 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
                 total += _resend_agency(stores, client, run_id, accounts, agencies[agency_id], batch_size, link,
                                         fbs_rows)
             except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
-                key = _agency_failed(agency_id, "sending its unconfirmed claims again", exc)
+                key = _agency_failed(agency_id, "sending its unconfirmed claims again", exc, RESEND_FAILED)
                 if failed is not None:
                     failed[key] += len(accounts)
     return total
