@@ -158,8 +158,11 @@ def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: d
         rows = _rejected(stores, claims)
         fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, [r.liability_id for r in rows],
                                                                        ctx.today)} if rows else {}
-        changed = [(rec, fbs_rows[rec.liability_id]) for rec in rows if rec.liability_id in fbs_rows
-                   and not _not_to_go(rec, fbs_rows[rec.liability_id]) and _changed(ctx, rec, fbs_rows[rec.liability_id])]
+        changed = []
+        for rec in rows:
+            row = fbs_rows.get(rec.liability_id)
+            if row is not None and not _not_to_go(rec, row) and _changed(ctx, rec, row):
+                changed.append((rec, row))
         generations = _generations(stores, [rec for rec, _ in changed])
         again: list[_Again] = []
         for rec, row in changed:
@@ -169,8 +172,11 @@ def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: d
         for plan in _record(stores, run_id, again):
             counts[(plan.rejected.agency_id, SENT_AGAIN, rule_of(plan.rejected.error_code))] += 1
     if counts:
+        by_rule: Counter = Counter()
+        for (_, _, rule), n in counts.items():
+            by_rule[rule] += n
         log.info("%d rejected claim(s) whose data changed recorded again under a new FordringID: %s",
-                 sum(counts.values()), dict(Counter({rule: n for (_, _, rule), n in counts.items()})))
+                 sum(counts.values()), dict(sorted(by_rule.items())))
     resolve_superseded_tasks(stores, run_id)
     return counts
 
