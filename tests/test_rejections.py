@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import fbs_rows as fr
@@ -200,6 +201,34 @@ def test_a_new_generation_rejected_again_gets_its_own_task_and_can_be_requeued_a
     assert {t["task_id"]: t["resolved_at"] is None for t in tasks(stores, "delivery_rejected")} == {
         f"REJ-{company}:1": False, f"REJ-{company}:2": True}
     assert "requeued as " + fid(company, 2) in rejections.requeue(stores, company)
+
+
+def test_an_increases_new_claim_rejected_is_a_rejected_claim_no_change_goes_to_it_and_it_goes_again_U1_issue16(
+        stores, emu_db):
+    """The cancellation of an increase was accepted, its new claim rejected (M3): nothing is live
+    at the debtor system, so the ledger's claim is rejected (no change is sent to a claim the
+    debtor system does not hold); when FBS's amount is corrected it goes again as generation 2."""
+    fee = municipality(stores, adults=1)["adult"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    with stores.fbs.begin() as conn:
+        conn.execute(text("UPDATE liability SET amount = 75 WHERE liability_id = :l"), {"l": fee})
+    with emulator.Emulator("KMD_OPUS", emu_db, accepted_claim_types={"ERSTATNING_MED_ANERKENDELSE"}) as emu:
+        transfer(stores, emu.url)
+    assert [(m["change_kind"], m["state"]) for m in messages_of(stores, fee)] == [
+        ("create", "accepted"), ("increase_cancel", "accepted"), ("increase_create", "rejected")]
+    assert (claim_row(stores, fee)["fordring_id"], claim_row(stores, fee)["state"]) == (fid(fee, 1), "rejected")
+    with stores.fbs.begin() as conn:
+        conn.execute(text("UPDATE liability SET amount = 70 WHERE liability_id = :l"), {"l": fee})
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)                                # no write-down to the claim never created
+        assert look_again(stores) == {(AGENCY, rejections.SENT_AGAIN, "M3"): 1}
+        transfer(stores, emu.url)
+    held = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert fid(fee, 1) not in held and held[fid(fee)]["status"] == "CANCELLED"
+    assert (held[fid(fee, 2)]["status"], held[fid(fee, 2)]["amount"]) == ("ACTIVE", Decimal("70.00"))
+    assert [m["change_kind"] for m in messages_of(stores, fee)] == [
+        "create", "increase_cancel", "increase_create", rejections.RECREATE]
 
 
 # --- HTTP 4xx and SOAP Client faults: a refused call is a rejection ----------------------------------------

@@ -24,8 +24,9 @@ Only a claim that may still go: the liability is open in FBS, in the same agency
 (a problem such as a CPR number removed since leaves the rejection standing).
 
 Exactly once. FBS first (a replacement CPR the claim needs, a C5 task: idempotent), then ONE ledger
-transaction: the claim row moves from the rejected FordringID to the new one (only where it is still
-the rejected one, so a second attempt, a concurrent one or one after a crash, changes nothing),
+transaction: the claim row moves from the rejected FordringID to the new one (only where it still
+holds the rejected one at the version read, so a second attempt, a concurrent one or one after a
+crash, changes nothing),
 the new message is recorded ``pending``, the rejected message points to it (``superseded_by``)
 and the audit trail says so (event ``sent_again``, M2). Nothing has left the process: the change
 sending (``changes.sending.send_changes``, in the same run) sends it under its key like any new
@@ -244,7 +245,7 @@ def _record(stores: Stores, run_id: str | None, plans: list[_Again]) -> list[_Ag
                 "debtor_amount = :m, debtor_status = 'live', identity_print = :ip, source_print = :sp, "
                 "fbs_status = 'open', notice = NULL, paid_amount = 0, written_off_amount = 0, repaid_amount = 0, "
                 "balance = NULL, settlement = 'unpaid', settled_on = NULL, checked_at = :t, updated_at = :t "
-                "WHERE liability_id = :l AND fordring_id = :old AND state = 'rejected' AND current_version = :cv")
+                "WHERE liability_id = :l AND fordring_id = :old AND current_version = :cv")
     with stores.ledger.begin() as conn:
         for plan in plans:
             rec, claim = plan.rejected, plan.account.claims[0]
@@ -286,7 +287,9 @@ def requeue(stores: Stores, liability_id: int, note: str | None = None, today: d
     with stores.ledger.connect() as conn:
         claim = conn.execute(text("SELECT liability_id, agency_id, fordring_id, generation, current_version, state "
                                   "FROM claim WHERE liability_id = :l"), {"l": liability_id}).first()
-    rec = next(iter(_rejected(stores, [claim] if claim is not None and claim.state == "rejected" else [])), None)
+    # (the claim's state is not asked: a ledger from before 0007 kept an increase's rejected new claim
+    # as accepted; its rejected creation is what counts)
+    rec = next(iter(_rejected(stores, [claim] if claim is not None else [])), None)
     if rec is None:
         if claim is None:
             raise LookupError(f"liability {liability_id} has no claim in the ledger: it was never sent to the debtor "
