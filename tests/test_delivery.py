@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from decimal import Decimal
 
 import debtor
@@ -390,3 +391,121 @@ def test_no_full_cpr_in_logs_ledger_or_tasks_of_a_full_run_with_faults(stores, e
             for v in row)
     assert full_cpr_numbers(stored) == []
     assert full_cpr_numbers(" ".join(t["message"] for t in tasks(stores))) == []
+
+
+# --- one bad record or agency never stops the rest (issue 16) ------------------------------------------
+
+def _findings(stores, code: str) -> list[dict]:
+    with stores.ledger.connect() as conn:
+        return [dict(r) for r in conn.execute(text("SELECT * FROM finding WHERE check_code = :c AND resolved_at IS NULL"),
+                                              {"c": code}).mappings()]
+
+
+def test_M1_an_invalid_message_is_never_sent_and_becomes_a_finding_on_its_liability_issue16(stores, emu_db,
+                                                                                         monkeypatch, caplog):
+    """A bug in fbs-debitor puts a 250-character line in one claim's text (F6 cuts lines at 200):
+    that message fails the schema, is never sent, and staff and operators see the liability as a
+    finding naming the element and the schema error; every other claim goes."""
+    from fbs_debitor.claims import fields
+
+    ids = municipality(stores)
+    broken = ids["adult"][1]
+    with stores.fbs.connect() as conn:
+        number = conn.execute(text("SELECT number FROM liability WHERE liability_id = :l"), {"l": broken}).scalar_one()
+    real = fields.text_lines
+
+    def text_lines(kind, no, *args, **kwargs):
+        lines = real(kind, no, *args, **kwargs)
+        return (*lines, f"{'x' * 236} {fr.ADULT_CPR}") if no == number else lines
+
+    monkeypatch.setattr(fields, "text_lines", text_lines)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        run_id, counts = transfer(stores, emu.url)
+        transfer(stores, emu.url)                                 # still broken: seen again, still open
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids) - {broken}))
+    assert broken not in outbox(stores)
+    (finding,) = _findings(stores, "M1_liability_not_processable")
+    assert (finding["liability_id"], finding["rule"], finding["severity"], finding["agency_id"]) == (
+        broken, "M1", "blocks_liability", "715100")
+    assert number in finding["message"] and "Linje" in finding["message"] and "does not validate" in finding["message"]
+    assert full_cpr_numbers(finding["message"]) == [] and full_cpr_numbers(caplog.text) == []
+    assert counts[("715100", "blocked", "XSD")] == 1
+    monkeypatch.setattr(fields, "text_lines", real)               # the bug fixed: it goes, the finding is resolved
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    assert f"FBS-715100-{broken}" in once_each(emu_db) and _findings(stores, "M1_liability_not_processable") == []
+
+
+def _second_agency(stores, n: int = 2) -> list[int]:
+    """Agency 726300 (EG) with ``n`` adults' fees, created after the first agency's liabilities."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, agency_id="726300", debtor_vendor="EG", org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
+        out = [fr.liability(conn, fr.patron(conn, agency_id="726300")["patron_id"], agency_id="726300")["liability_id"]
+               for _ in range(n)]
+        conn.commit()
+    return out
+
+
+def _transfer_allowing_agency_failure(stores, url: str):
+    """One transfer; the run may end failed naming the agency (once the run raises on failed
+    agencies), but only after every other agency's part was done."""
+    try:
+        transfer(stores, url)
+    except delivery.AgencyFailed as exc:
+        assert "715100" in str(exc) and "726300" not in str(exc)
+    run = ledger.get_run(stores.ledger)
+    return run.run_id, ledger.run_counts(stores.ledger, run.run_id)
+
+
+def test_an_unexpected_error_in_one_agencys_part_of_a_page_does_not_stop_the_other_agency_issue16(stores, emu_db,
+                                                                                                monkeypatch, caplog):
+    ids = municipality(stores, adults=2)
+    other = _second_agency(stores)
+    real = delivery.record_batch
+
+    def record_batch(ledger_engine, run_id, batch, prints):
+        if batch.agency_id == "715100":
+            raise RuntimeError(f"ledger trouble while recording (patron {fr.ADULT_CPR})")
+        return real(ledger_engine, run_id, batch, prints)
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(delivery, "record_batch", record_batch)
+            run_id, counts = _transfer_allowing_agency_failure(stores, emu.url)
+        assert sorted(once_each(emu_db)) == sorted(f"FBS-726300-{lid}" for lid in other)
+        assert counts[("715100", delivery.FAILED, "RuntimeError")] == len(sendable(ids))
+        assert not [lid for lid in outbox(stores) if lid in sendable(ids)]       # left unrecorded: next run
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR and "agency 715100" in r.getMessage()]
+        assert errors and "RuntimeError" in errors[0].getMessage() and full_cpr_numbers(caplog.text) == []
+        transfer(stores, emu.url)                                 # the trouble is over
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids)) | {f"FBS-726300-{lid}" for lid in other})
+
+
+def test_an_unexpected_error_resending_one_agencys_claims_does_not_stop_the_other_agency_issue16(stores, emu_db,
+                                                                                              monkeypatch):
+    ids = municipality(stores, adults=2)
+    other = _second_agency(stores)
+    real = delivery.send_batch
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:      # every claim recorded, none sent (as after a crash)
+            m.setattr(delivery, "send_batch", lambda *_a, **_k: None)
+            transfer(stores, emu.url)
+        assert {r["state"] for r in outbox(stores).values()} == {"pending"}
+
+        def send_batch(ledger_engine, client, run_id, batch, link=None, versions=None):
+            if batch.agency_id == "715100":
+                raise RuntimeError("connection pool exhausted")
+            return real(ledger_engine, client, run_id, batch, link, versions)
+
+        failed: Counter = Counter()
+        run_id = ledger.start_run(stores.ledger, "manual")
+        with monkeypatch.context() as m, debtor.client(emu.url) as client:
+            m.setattr(delivery, "send_batch", send_batch)
+            delivery.resend_unconfirmed(stores, client, run_id, BATCH, failed=failed)
+        assert failed == {("715100", delivery.RESEND_FAILED, "RuntimeError"): len(sendable(ids))}
+        with pytest.raises(delivery.AgencyFailed, match=r"agency 715100 \(RuntimeError\)"):
+            delivery.raise_for_failed(failed)                     # the run ends failed naming it, after the rest
+        assert sorted(once_each(emu_db)) == sorted(f"FBS-726300-{lid}" for lid in other)
+        assert {outbox(stores)[lid]["state"] for lid in sendable(ids)} == {"pending"}
+        transfer(stores, emu.url)
+    assert sorted(once_each(emu_db)) == sorted(fordring_ids(sendable(ids)) | {f"FBS-726300-{lid}" for lid in other})

@@ -8,7 +8,9 @@ cancellation or write-down of the same claim; it goes when the data is fixed. So
 oldest unanswered message of every liability, in batches per agency; the next round the ones
 that became next; until nothing more can go. The same outbox steps as creations apply (marked
 ``sent`` with the attempt before each transmission, then ``accepted``/``rejected`` per receipt;
-no answer leaves them for the next run, sent again under the same AendringID).
+no answer leaves them for the next run, sent again under the same AendringID; a call refused as a
+whole, HTTP 4xx or a SOAP Client fault, rejects its messages like a receipt would, with a staff
+task, and the other batches go on).
 
 * Cancellations, write-downs and repayments are sent as recorded (the ledger holds their content).
 * An identity change carries CPR numbers, which the ledger never holds: its parties are rebuilt
@@ -20,6 +22,8 @@ no answer leaves them for the next run, sent again under the same AendringID).
   ``U1_ANNULLERING_AFVIST`` and staff get a task like for any rejection; the ledger's claim goes
   back to the one still live there, so later changes reach it. A cancelled claim opened again in
   FBS waits for its cancellation the same way.
+* A rejected claim created again (``delivery.rejections``: its data changed, or an operator
+  requeued it) is such a new claim too (``recreate``), with nothing to wait for.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from fbs_debitor.delivery.outbox import (
     REJECTED,
     Link,
     answered,
+    call_rejected,
     mark_attempt,
     record_failure,
     rule_of,
@@ -169,6 +174,10 @@ def _send_changes(ledger_engine: Engine, client: Client, run_id: str, agency: di
     try:
         answer = client.call(root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
     except DeliveryError as exc:
+        if getattr(exc, "rejected", False):    # refused as a whole (HTTP 4xx, SOAP Client fault): rejected, not resent
+            call_rejected(ledger_engine, run_id, keys, exc, f"change batch {transaction_id} (agency "
+                                                            f"{agency['agency_id']})")
+            return len(keys)
         log.warning("change batch %s (%d changes, agency %s) not confirmed: %s; sent again next run",
                     transaction_id, len(keys), agency["agency_id"], exc)
         record_failure(ledger_engine, run_id, ids, str(exc))

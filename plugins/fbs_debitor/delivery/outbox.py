@@ -11,8 +11,14 @@ The order of writes is what makes it exactly-once:
    (committed), then the batch goes out. The receiver keys every claim by its FordringID and
    answers a repeat with its first answer, so a repeat never bills twice.
 4. Answered: each receipt moves its message to ``accepted`` (with the debtor system's reference)
-   or ``rejected`` (with its code and text). A rejection is permanent: it is not sent again but
-   becomes a staff task (``delivery.staff_tasks``, M1).
+   or ``rejected`` (with its code and text, and the fingerprint of the content that was rejected).
+   A rejection is final for its FordringID (the receiver answers a repeat with its first answer):
+   it becomes a staff task (``delivery.staff_tasks``, M1), and the claim goes again only under the
+   next generation of its FordringID, once its data changed or an operator requeued it
+   (``delivery.rejections``). A call the debtor side refused as a whole (HTTP 4xx other than
+   408/429, a SOAP Client fault: ``DeliveryError.rejected``) is a rejection of every claim in it
+   (``HTTP_4xx`` / ``SOAP_CLIENT``), not an unconfirmed batch sent again every hour; the line
+   stays up for the other batches.
 
 A crash or timeout anywhere leaves messages ``pending`` or ``sent``; the next run's
 ``resend_unconfirmed`` rebuilds exactly those from FBS and sends them again under the same keys
@@ -31,6 +37,14 @@ with ``error_code`` NOT_REBUILDABLE, staff get a task at once, and it goes when 
 
 An outage is rarely one batch's: once a batch got no answer despite every retry, the rest of the
 run records and sends nothing new (``Link``); those liabilities simply wait for the next run.
+
+One bad record or agency never stops the rest. A message that does not validate against the schema
+(a bug in fbs-debitor) is never sent: it is logged and becomes a finding on its liability
+(``M1_liability_not_processable``, naming the element and the schema error). An unexpected error
+while writing back, recording or sending one agency's claims fails that agency's part of the page
+only: it is logged (CPR-masked), its messages stay as they are (unrecorded, or ``pending``/``sent``:
+they go next run), the counts say ``(agency, "failed", <error type>)``, and the other agencies go
+on; ``raise_for_failed`` then fails the run naming the agencies, after everything else was done.
 """
 
 from __future__ import annotations
@@ -39,9 +53,10 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import traceback
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lxml import etree
 from sqlalchemy import text
@@ -69,6 +84,9 @@ CREATE_VERSION = 1
 UNCONFIRMED_STATES = ("pending", "sent")
 ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
 DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
+FAILED = "failed"                       # (agency, FAILED, error type): that agency's part of a page failed
+RESEND_FAILED = "failed_resend"         # the same for its unconfirmed claims sent again (its own run_count category)
+INVALID_MESSAGE_CHECK = "M1_liability_not_processable"
 
 
 @dataclass
@@ -156,9 +174,14 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
 
 
 def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
-                   receipts: list[mapping.Receipt]) -> Counter:
-    """Step 4: each receipt to its message. Returns accepted/rejected/unconfirmed counts."""
+                   receipts: list[mapping.Receipt], rejected_prints: dict[str, str] | None = None) -> Counter:
+    """Step 4: each receipt to its message. Returns accepted/rejected/unconfirmed counts.
+    ``rejected_prints`` (receipt key -> fingerprint): what a rejected creation said, kept on its
+    message so that ``delivery.rejections`` can tell when its data changed. A rejected creation
+    of the liability's current claim (also an increase's new claim, U1) makes the claim rejected:
+    the debtor system holds nothing under it, so no change is sent to it and no payment applies."""
     at = ledger.now()
+    prints = rejected_prints or {}
     by_key = {r.key: r for r in receipts if r.key in keys}
     unknown = len({r.key for r in receipts} - set(keys))
     if unknown:
@@ -168,7 +191,8 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
         accepted = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": at, "r": run_id}
                     for r in by_key.values() if r.accepted]
         rejected = [{"k": keys[r.key][0], "l": keys[r.key][1], "ref": r.debtor_ref, "t": at, "r": run_id,
-                     "c": mask_cprs_in(r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None}
+                     "c": mask_cprs_in(r.error_code or "UKENDT")[:60], "e": mask_cprs_in(r.error_text)[:1000] or None,
+                     "p": prints.get(r.key), "op": CREATE}
                     for r in by_key.values() if not r.accepted]
         missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
         if accepted:
@@ -179,10 +203,13 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
                               "WHERE liability_id = :l AND state IN ('pending', 'sent')"), accepted)
         if rejected:
             conn.execute(text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
-                              "error_code = :c, last_error = :e, last_run_id = :r "
+                              "error_code = :c, last_error = :e, last_run_id = :r, "
+                              "fingerprint = COALESCE(:p, fingerprint) "
                               "WHERE message_key = :k AND state IN ('pending', 'sent')"), rejected)
             conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t "
-                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), rejected)
+                              "WHERE liability_id = :l AND (state IN ('pending', 'sent') OR EXISTS "
+                              "(SELECT 1 FROM outbox o WHERE o.message_key = :k AND o.operation = :op "
+                              "AND o.fordring_id = claim.fordring_id))"), rejected)
         if missing:
             conn.execute(text("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
                               "last_run_id = :r WHERE message_key = :k"), missing)
@@ -211,93 +238,227 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
 def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
                link: Link | None = None, versions: dict[str, int] | None = None) -> Counter:
     """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
-    marked down: the caller sends nothing more this run. ``versions`` (FordringID -> message
-    version) for the later claims of a liability (an increase, U1); creations are version 1."""
+    marked down: the caller sends nothing more this run. A call the debtor side refused as a
+    whole (``DeliveryError.rejected``) rejects every claim in it; the line stays up. ``versions``
+    (FordringID -> message version) for the later claims of a liability (an increase, U1);
+    creations are version 1."""
     versions = versions or {}
     keys = {c.fordring_id: (message_key(c.liability_id, versions.get(c.fordring_id, CREATE_VERSION)), c.liability_id)
             for a in batch.accounts for c in a.claims}
+    what = f"batch {batch.transaction_id} (agency {batch.agency_id})"
     try:
         answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
     except DeliveryError as exc:
+        if getattr(exc, "rejected", False):
+            return call_rejected(ledger_engine, run_id, keys, exc, what, claim_prints(batch, set(keys)))
         log.warning("batch %s (%d claims, agency %s) not confirmed: %s; it is sent again next run, and nothing "
                     "more is sent in this one", batch.transaction_id, len(keys), batch.agency_id, exc)
         record_failure(ledger_engine, run_id, [k for k, _ in keys.values()], str(exc))
         if link is not None:
             link.down = str(exc)
         return Counter({UNCONFIRMED: len(keys)})
-    return answered(ledger_engine, run_id, keys, answer, f"batch {batch.transaction_id} (agency {batch.agency_id})")
+    refused = {r.key for r in answer.receipts if not r.accepted}
+    return answered(ledger_engine, run_id, keys, answer, what, claim_prints(batch, refused) if refused else None)
 
 
-def answered(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], answer, what: str) -> Counter:
+def claim_prints(batch: messages.Batch, fordring_ids: set[str]) -> dict[str, str]:
+    """The fingerprint of each of these claims as the batch carried it (its own account: the same
+    print its message was recorded with)."""
+    return {c.fordring_id: fingerprint(replace(a, claims=(c,))) for a in batch.accounts for c in a.claims
+            if c.fordring_id in fordring_ids}
+
+
+def answered(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], answer, what: str,
+             rejected_prints: dict[str, str] | None = None) -> Counter:
     """Step 4 for one answered call (creations and changes alike), logged."""
-    counts = record_answers(ledger_engine, run_id, keys, answer.receipts)
+    counts = record_answers(ledger_engine, run_id, keys, answer.receipts, rejected_prints)
     log.info("%s: %d accepted, %d rejected, %d unconfirmed after %d attempt(s)", what, counts[ACCEPTED],
              counts[REJECTED], counts[UNCONFIRMED], answer.attempts)
     return counts
 
 
-def _batches(accounts_by_agency: dict[str, list[Account]], agencies: dict[str, dict], batch_size: int,
-             invalid: Counter):
-    for agency_id, accounts in accounts_by_agency.items():
-        errors: list[messages.InvalidMessage] = []
-        yield from messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors)
-        for error in errors:  # a bug in fbs-debitor, not in the data: loud, never sent
-            log.error("invalid SF1590 message, not sent (a bug): %s", error)
-            invalid[agency_id] += len(error.liability_ids) or 1
+def rejection_code(exc: BaseException) -> str:
+    """The error code of a call the debtor side refused as a whole: ``HTTP_<status>`` for an HTTP
+    4xx, ``SOAP_CLIENT`` for a SOAP Client fault (``CALL_REFUSED`` when neither can be told)."""
+    status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return f"HTTP_{status}"
+    said = str(exc)
+    m = re.search(r"\bHTTP (4\d\d)\b", said)
+    if m:
+        return f"HTTP_{m.group(1)}"
+    if re.search(r"SOAP fault Client", said):
+        return "SOAP_CLIENT"
+    return "CALL_REFUSED"
 
+
+def _credential_free(said: str) -> str:
+    """A reason for the ledger and staff: no user:password@ in an address, no CPR number."""
+    return mask_cprs_in(re.sub(r"(?<=//)[^/@\s]+@", "", said))
+
+
+def call_rejected(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], exc: BaseException,
+                  what: str, rejected_prints: dict[str, str] | None = None) -> Counter:
+    """A call the debtor side refused as a whole (HTTP 4xx other than 408/429, a SOAP Client fault):
+    every message in it is rejected with the code and the reason, like a rejection in a receipt
+    (a staff task follows, M1); it is not sent again every hour, and other calls go on."""
+    code, reason = rejection_code(exc), _credential_free(str(exc))
+    log.warning("%s (%d message(s)) refused by the debtor side: %s; recorded as rejected (%s), staff get a task; "
+                "the other batches go on", what, len(keys), reason, code)
+    receipts = [mapping.Receipt(key, False, None, code, reason) for key in keys]
+    return record_answers(ledger_engine, run_id, keys, receipts, rejected_prints)
+
+
+# --- one bad record or agency never stops the rest -------------------------------------------------
+
+class AgencyFailed(RuntimeError):
+    """One or more agencies' part of a run failed with an unexpected error; every other agency's
+    part was done. The message names the agencies and the error types (the log has the rest)."""
+
+
+def failed_agencies(counts: Counter) -> dict[str, list[str]]:
+    """Agency -> the error types of its failed parts, from counts keyed (agency, category, rule)
+    (categories ``failed`` and ``failed_resend``, e.g. a run's recorded counts)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for (agency_id, category, rule), n in sorted(counts.items()):
+        if category in (FAILED, RESEND_FAILED) and n and rule not in out[agency_id]:
+            out[agency_id].append(rule)
+    return dict(out)
+
+
+def raise_for_failed(counts: Counter, what: str = "delivery") -> None:
+    """Raise AgencyFailed naming the agencies whose part failed (counts ``(agency, "failed", type)``),
+    for the run to end failed once every other agency was done."""
+    failed = failed_agencies(counts)
+    if failed:
+        named = "; ".join(f"agency {a} ({', '.join(types)})" for a, types in failed.items())
+        raise AgencyFailed(f"{what}: the part of {named} failed with an unexpected error and waits for the next "
+                           "run; every other agency's part was done (the error is in the log, CPR-masked)")
+
+
+def _agency_failed(agency_id: str, what: str, exc: Exception, category: str = FAILED) -> tuple[str, str, str]:
+    """Log one agency's unexpected error, CPR-masked with its traceback; the count key to add."""
+    trace = mask_cprs_in("".join(traceback.format_exception(exc)).rstrip())
+    log.error("agency %s: %s failed with an unexpected error; its messages stay as they are (they go with the "
+              "next run) and the other agencies go on:\n%s", agency_id, what, trace)
+    return agency_id, category, type(exc).__name__[:30]
+
+
+def invalid_message_text(number: str, error: messages.InvalidMessage | None) -> str:
+    """The finding about a liability whose message does not validate (M1): the element and the
+    schema's reason (values already dropped by ``messages.validate``), CPR-masked."""
+    where = (mask_cprs_in(f"element {error.element}: {error.reason}")[:400] if error is not None
+             else "the schema error could not be tied to an element")
+    return (f"Beskeden til debitorsystemet for mellemværende {number} overholder ikke skemaet ({where}), så den "
+            "sendes ikke. Det er en fejl i integrationen, ikke i data; driften er underrettet. / The message for "
+            f"liability {number} does not validate against the schema ({where}) and is not sent. It is a bug in "
+            "fbs-debitor, not in the data; operations are told.")
+
+
+def _unbatched(errors: list[messages.InvalidMessage], given: Iterable[int], batched: set[int],
+               rows: dict, run_id: str, stores: Stores, when: str) -> set[int]:
+    """The liabilities ``build_batches`` took out as invalid (a bug, never sent): logged, and a
+    finding on each (``M1_liability_not_processable``) so staff and operators see the record."""
+    dropped = set(given) - batched
+    for error in errors:
+        log.error("invalid SF1590 message%s, not sent (a bug): %s", when, mask_cprs_in(str(error)))
+    if not dropped:
+        return dropped
+    named = {lid: e for e in errors for lid in e.liability_ids}
+    unnamed = next((e for e in reversed(errors) if not e.liability_ids), None)
+    findings = []
+    for lid in sorted(dropped):
+        row = rows.get(lid)
+        if row is None:
+            continue
+        findings.append(ledger.Finding(
+            check_code=INVALID_MESSAGE_CHECK, rule="M1", severity="blocks_liability", agency_id=row.agency_id,
+            message=invalid_message_text(row.number, named.get(lid, unnamed)), subject=f"L{lid}",
+            branch_id=row.b_branch_id, patron_id=row.d_patron_id or row.b_patron_id, liability_id=lid))
+    if findings:
+        ledger.upsert_findings(stores.ledger, run_id, findings, ledger.now())
+    return dropped
+
+
+# --- new claims -----------------------------------------------------------------------------------
 
 def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream.Page, batch_size: int,
                  link: Link | None = None) -> Counter:
-    """Write back, record and send one eligibility page's built claims. Returns counts keyed
-    (agency, category, rule) for what did not get as far as the debtor system (XSD bugs, a
-    replacement CPR taken meanwhile); the delivery outcome itself is read from the outbox."""
+    """Write back, record and send one eligibility page's built claims, agency by agency. Returns
+    counts keyed (agency, category, rule) for what did not get as far as the debtor system (XSD
+    bugs, a replacement CPR taken meanwhile, an outage) and for an agency whose part failed
+    (``(agency, "failed", <error type>)``: the others went on); the delivery outcome itself is read
+    from the outbox."""
     usable = [(row, built) for row, built in page.built if built.account is not None]
     if not usable:
         return Counter()
     link = link or Link()
     if link.down:     # the debtor system is not answering: these wait for the next run, unrecorded
         return Counter((row.agency_id, "deferred", "outage") for row, _ in usable)
-    numbers = {p: n for _, b in usable for p, n in b.new_replacement_cprs.items()}
+    secret = fingerprints.verify_key(stores.ledger)
+    by_agency: dict[str, list] = defaultdict(list)
+    for row, built in usable:
+        by_agency[row.agency_id].append((row, built))
+    counts: Counter = Counter()
+    for agency_id, items in by_agency.items():
+        try:
+            counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
+        except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
+            counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
+    deferred = sum(n for (_, category, _), n in counts.items() if category == "deferred")
+    if deferred:
+        log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
+                    "meanwhile; outage: the debtor system stopped answering)", deferred)
+    return counts
+
+
+def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str, items: list, batch_size: int,
+                    link: Link, secret: bytes) -> Counter:
+    """Steps 1 to 4 for one agency's built claims of a page."""
+    counts: Counter = Counter()
+    if link.down:
+        counts[(agency_id, "deferred", "outage")] += len(items)
+        return counts
+    numbers = {p: n for _, b in items for p, n in b.new_replacement_cprs.items()}
     with stores.fbs.begin() as conn:   # step 1: FBS before the debtor system
         stored = persist_replacement_cprs(conn, numbers)
-        new_tasks = raise_tasks(conn, [t for _, b in usable for t in b.tasks])
+        new_tasks = raise_tasks(conn, [t for _, b in items for t in b.tasks])
     if new_tasks:
         log.info("%d staff task(s) raised for minors' claims sent without a guardian (C5)", new_tasks)
     lost = {p for p, n in numbers.items() if stored.get(p) != n}
-    secret = fingerprints.verify_key(stores.ledger)
-    deferred: Counter = Counter()
-    by_agency: dict[str, list[Account]] = defaultdict(list)
-    agencies: dict[str, dict] = {}
+    accounts: list[Account] = []
     prints: dict[int, Tracked] = {}
-    for row, built in usable:
+    rows: dict[int, object] = {}
+    for row, built in items:
         if lost & set(built.new_replacement_cprs):
-            deferred[(row.agency_id, "I1")] += 1     # another number won the race: rebuilt next run
+            counts[(agency_id, "deferred", "I1")] += 1     # another number won the race: rebuilt next run
             continue
-        by_agency[row.agency_id].append(built.account)
-        agencies[row.agency_id] = messages.agency_of(row)
+        accounts.append(built.account)
         prints[row.liability_id] = tracked(built.account, row, secret)
-    invalid: Counter = Counter()
-    for batch in _batches(by_agency, agencies, batch_size, invalid):
+        rows[row.liability_id] = row
+    errors: list[messages.InvalidMessage] = []
+    batched: set[int] = set()
+    for batch in messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors):
+        batched.update(batch.liability_ids)
         if link.down:
-            deferred_outage = Counter(c.agency_id for a in batch.accounts for c in a.claims)
-            for agency_id, n in deferred_outage.items():
-                deferred[(agency_id, "outage")] += n
+            counts[(agency_id, "deferred", "outage")] += len(batch.liability_ids)
             continue
         if link.pacer is not None:
             link.pacer.wait(len(batch.liability_ids))
         record_batch(stores.ledger, run_id, batch, prints)
         send_batch(stores.ledger, client, run_id, batch, link)
-    if deferred:
-        log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
-                    "meanwhile; outage: the debtor system stopped answering)", sum(deferred.values()))
-    return Counter({**{(a, "deferred", why): n for (a, why), n in deferred.items()},
-                    **{(a, "blocked", "XSD"): n for a, n in invalid.items()}})
+    invalid = _unbatched(errors, rows, batched, rows, run_id, stores, "")
+    if invalid:
+        counts[(agency_id, "blocked", "XSD")] += len(invalid)
+    return counts
 
 
 def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
-                       today: dt.date | None = None, link: Link | None = None) -> int:
+                       today: dt.date | None = None, link: Link | None = None, failed: Counter | None = None) -> int:
     """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
-    run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent."""
+    run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent.
+    An unexpected error while sending one agency's messages leaves them as they are (for the next
+    run) and the other agencies go on; it is counted in ``failed`` as ``(agency, "failed_resend", type)``."""
     today = today or dt.date.today()
     link = link or Link()
     registry: ReplacementCprRegistry | None = None
@@ -356,19 +517,41 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
                       "(outbox.error_code %s)", len(blocked), NOT_REBUILDABLE)
         if changed:
             _record_changed(stores.ledger, run_id, changed)
-        errors: list[messages.InvalidMessage] = []
         for agency_id, accounts in by_agency.items():
-            for batch in messages.build_batches(accounts, agencies[agency_id], batch_size, rejected=errors):
-                if link.down:
-                    break
-                send_batch(stores.ledger, client, run_id, batch, link)
-                total += len(batch.liability_ids)
-        for error in errors:   # a bug: never sent, never silent
-            log.error("invalid SF1590 message on resend, not sent (a bug): %s", error)
-            keys = [message_key(lid) for lid in error.liability_ids]
-            record_failure(stores.ledger, run_id, keys, f"invalid message (a bug in fbs-debitor): {error.element}",
-                           NOT_REBUILDABLE)
+            try:
+                total += _resend_agency(stores, client, run_id, accounts, agencies[agency_id], batch_size, link,
+                                        fbs_rows)
+            except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
+                key = _agency_failed(agency_id, "sending its unconfirmed claims again", exc, RESEND_FAILED)
+                if failed is not None:
+                    failed[key] += len(accounts)
     return total
+
+
+def _resend_agency(stores: Stores, client: Client, run_id: str, accounts: list[Account], agency: dict,
+                   batch_size: int, link: Link, rows: dict) -> int:
+    """One agency's rebuilt unconfirmed claims of a page, sent again; an invalid message (a bug) is
+    never sent: it stays unconfirmed as NOT_REBUILDABLE (a staff task) with a finding."""
+    sent = 0
+    errors: list[messages.InvalidMessage] = []
+    batched: set[int] = set()
+    exhausted = True
+    for batch in messages.build_batches(accounts, agency, batch_size, rejected=errors):
+        batched.update(batch.liability_ids)
+        if link.down:
+            exhausted = False     # the rest waits for the next run; only what an error named is invalid
+            break
+        send_batch(stores.ledger, client, run_id, batch, link)
+        sent += len(batch.liability_ids)
+    invalid = {lid for e in errors for lid in e.liability_ids}
+    if exhausted:
+        invalid |= {c.liability_id for a in accounts for c in a.claims} - batched
+    invalid = _unbatched(errors, invalid, set(), rows, run_id, stores, " on resend")
+    for lid in sorted(invalid):
+        error = next((e for e in errors if lid in e.liability_ids), errors[-1] if errors else None)
+        record_failure(stores.ledger, run_id, [message_key(lid)],
+                       f"invalid message (a bug in fbs-debitor): {error.element if error else '?'}", NOT_REBUILDABLE)
+    return sent
 
 
 def _withdraw(ledger_engine: Engine, run_id: str, rows: list[tuple[int, str, str]]) -> None:

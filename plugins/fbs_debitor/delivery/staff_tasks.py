@@ -1,7 +1,10 @@
 """Staff tasks in FBS for what delivery could not do (M1): never a silent drop.
 
-* ``delivery_rejected``: the debtor system rejected a claim (a permanent business rejection: it is
-  not sent again). The task says why in plain Danish and English and what to do.
+* ``delivery_rejected``: the debtor system rejected a claim or a change, in its receipt or by
+  refusing the whole call (HTTP 4xx, a SOAP Client fault). The task says why in plain Danish and
+  English and what to do. A rejected claim is not sent again under its FordringID; once its data
+  changes (or an operator requeues it) it goes again under the next generation
+  (``delivery.rejections``), and then its task is resolved here (``resolve_superseded_tasks``).
 * ``delivery_blocked``: an unconfirmed claim cannot be sent again as it was (the liability moved
   agency, vanished from FBS, or no longer builds): it is never sent under another key; staff fix
   the data, and it goes with the next run.
@@ -11,6 +14,9 @@
 
 Tasks are raised from the ledger's outbox, set-based, after sending: FBS first (idempotent by
 ``task_id``), then the outbox remembers the task, so a crash in between raises nothing twice.
+Tasks are resolved the other way round: the ledger first says the rejection was superseded
+(``outbox.superseded_by``), then FBS's task gets ``resolved_at``, then the outbox remembers that
+(``task_resolved_at``); a crash in between is finished by the next ``raise_delivery_tasks``.
 """
 
 from __future__ import annotations
@@ -47,9 +53,15 @@ REASONS = {
            "The claim type is not mapped in the debtor system, so every claim of this type fails (M3). The "
            "municipality's debtor-system administrator must map it."),
 }
+# A whole call refused (HTTP 4xx other than 408/429, a SOAP Client fault): nothing about the claim's data.
+CALL_REFUSED = ("Serviceplatformen eller debitorsystemet afviste hele kaldet, så fordringen er ikke oprettet. "
+                "Kontakt kommunens integrationsansvarlige; når årsagen er rettet, sendes den igen.",
+                "Serviceplatformen or the debtor system refused the whole call, so the claim was not created. "
+                "Contact the municipality's integration team; once the cause is fixed it is sent again.")
 CHANGE_KINDS_DA = {"cancel": "annullering", "increase_cancel": "annullering (forhøjelse)", "write_down": "nedskrivning",
                    "identity": "ændring af CPR/CVR", "repayment": "tilbagebetaling",
                    "increase_create": "ny fordring (forhøjelse)"}
+CREATION_KINDS = (None, "create", "recreate")     # a claim's creation, the first or after a rejection
 CHANGE_GENERIC = ("Debitorsystemet afviste ændringen, så kravet dér svarer ikke længere til FBS. Afklar med kommunens "
                   "debitorafdeling, hvordan kravet skal rettes i debitorsystemet.",
                   "The debtor system rejected the change, so its claim no longer matches FBS. Agree with the "
@@ -65,16 +77,22 @@ def delayed_after_attempts() -> int:
     return int(os.environ.get("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "24"))
 
 
+def _reason(code: str | None, default: tuple[str, str]) -> tuple[str, str]:
+    if code and (code.startswith("HTTP_") or code in ("SOAP_CLIENT", "CALL_REFUSED")):
+        return CALL_REFUSED
+    return REASONS.get(rule_of(code), default)
+
+
 def rejection_message(number: str, fordring_id: str, vendor: str | None, code: str | None, reason: str | None,
                       change_kind: str | None = None) -> str:
     system = VENDOR_NAMES.get(vendor or "", vendor or "debitorsystemet")
     said = f" ({mask_cprs_in(reason)[:300]})" if reason else ""
-    if change_kind and change_kind != "create":
-        da, en = REASONS.get(rule_of(code), CHANGE_GENERIC)
+    if change_kind not in CREATION_KINDS:
+        da, en = _reason(code, CHANGE_GENERIC)
         return (f"Ændringen af mellemværende {number} ({CHANGE_KINDS_DA.get(change_kind, change_kind)}, fordring "
                 f"{fordring_id}) blev afvist af {system}: {code}{said}. {da} / The change of liability {number} "
                 f"({change_kind}, claim {fordring_id}) was rejected by {system}: {code}. {en}")
-    da, en = REASONS.get(rule_of(code), GENERIC)
+    da, en = _reason(code, GENERIC)
     return (f"Mellemværende {number} (fordring {fordring_id}) blev afvist af {system}: {code}{said}. {da} / "
             f"Liability {number} (claim {fordring_id}) was rejected by {system}: {code}. {en}")
 
@@ -98,12 +116,15 @@ def blocked_message(number: str, fordring_id: str, error: str | None) -> str:
 
 
 def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
-    """Tasks for every rejected message and every long-unconfirmed one without a task yet.
-    Returns how many tasks are new in FBS."""
+    """Tasks for every rejected message and every long-unconfirmed one without a task yet (a
+    rejection already sent again needs none); first, the tasks of rejections sent again since are
+    resolved (``resolve_superseded_tasks``: finishes what a crash left). Returns how many tasks
+    are new in FBS."""
+    resolve_superseded_tasks(stores, run_id, chunk)
     threshold = delayed_after_attempts()
     query = text("SELECT message_key, liability_id, fordring_id, state, error_code, last_error, attempts, change_kind "
                  "FROM outbox "
-                 "WHERE ((state = 'rejected' AND (task_id IS NULL OR task_id NOT LIKE 'REJ-%')) "
+                 "WHERE ((state = 'rejected' AND superseded_by IS NULL AND (task_id IS NULL OR task_id NOT LIKE 'REJ-%')) "
                  "OR (state IN ('pending', 'sent') AND error_code = :nr AND (task_id IS NULL OR task_id LIKE 'DLY-%')) "
                  "OR (state IN ('pending', 'sent') AND attempts >= :n AND task_id IS NULL)) "
                  "AND message_key > :last ORDER BY message_key LIMIT :c")
@@ -149,3 +170,34 @@ def _remember(stores: Stores, run_id: str, raised: list[tuple[str, int, str, str
                      [{"t": task_id, "k": key} for key, _, task_id, _ in raised])
         add_events(conn, [(lid, "task_raised", key, f"{kind} task {task_id} in FBS") for key, lid, task_id, kind in raised],
                 run_id, at)
+
+
+def resolve_superseded_tasks(stores: Stores, run_id: str | None, chunk: int = 1000) -> int:
+    """The staff tasks of rejected claims that went again under a new FordringID
+    (``outbox.superseded_by``) resolved in FBS, then remembered in the outbox
+    (``task_resolved_at``) with an event (M2). Idempotent: a crash in between is finished by the
+    next call. Returns how many tasks were resolved now."""
+    query = text("SELECT message_key, liability_id, task_id, superseded_by FROM outbox WHERE state = 'rejected' "
+                 "AND superseded_by IS NOT NULL AND task_resolved_at IS NULL AND message_key > :last "
+                 "ORDER BY message_key LIMIT :c")
+    resolve = text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL")
+    resolved = 0
+    for rows in keyset_pages(stores.ledger, query, "message_key", "", {"c": chunk}, after="last"):
+        at = ledger.now()
+        done: list[tuple[str, int, str, str]] = []
+        with stores.fbs.begin() as conn:
+            for r in rows:
+                # by the id it was raised under, also when a crash kept the outbox from remembering it
+                for task_id in dict.fromkeys([f"REJ-{r.message_key}", *([r.task_id] if r.task_id else [])]):
+                    if conn.execute(resolve, {"t": at, "i": task_id}).rowcount:
+                        done.append((r.message_key, r.liability_id, task_id, r.superseded_by))
+        with stores.ledger.begin() as conn:
+            conn.execute(text("UPDATE outbox SET task_resolved_at = :t WHERE message_key = :k"),
+                         [{"t": at, "k": r.message_key} for r in rows])
+            add_events(conn, [(lid, "task_resolved", key, f"{REJECTED_KIND} task {task_id} resolved in FBS: the "
+                               f"claim was sent again as message {new_key}") for key, lid, task_id, new_key in done],
+                       run_id or "manual", at)
+        resolved += len(done)
+    if resolved:
+        log.info("%d staff task(s) about rejected claims resolved: the claims were sent again", resolved)
+    return resolved
