@@ -139,12 +139,18 @@ def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_
     good = {"agency": "715100", "cut_off_date": "2023-01-01", "dry_run": True, "batch_size": 100}
     params.update(good)
     assert params.validate()["agency"] == "715100"
-    for bad in ({"agency": ""}, {"agency": "715100; DROP"}, {"batch_size": 0}, {"batch_size": 100000},
-                {"dry_run": "maybe"}):
+    # Issue 16 item 10: a malformed agency or date is refused at trigger time (whether the agency
+    # exists and the date is in range is plan's to say: 0001-01-01 is a well-formed date).
+    for bad in ({"agency": ""}, {"agency": "715100; DROP"}, {"agency": "DK-715100"}, {"agency": "71510"},
+                {"cut_off_date": "2024-13-01"}, {"cut_off_date": "1.1.2024"}, {"cut_off_date": "2024-1-1"},
+                {"batch_size": 0}, {"batch_size": 100000}, {"dry_run": "maybe"}):
         wrong = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises(Exception):   # noqa: B017 - Airflow's ParamValidationError
             wrong.update({**good, **bad})
             wrong.validate()
+    floor = ParamsDict({k: v for k, v in dag.params.items()})
+    floor.update({**good, "cut_off_date": "0001-01-01"})
+    assert floor.validate()["cut_off_date"] == "0001-01-01"
 
 
 def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_ledger_run(stores, monkeypatch):
@@ -383,3 +389,29 @@ def test_cut_off_moved_back_is_handed_from_the_transfer_dag_to_the_backfill_dag_
     assert change.direction == "back"
     assert "map_index=10" in output3 or "2025-12" in output3        # one mapped task per month
     assert full_cpr_numbers(output + output2 + output3) == []
+
+
+@pytest.mark.airflow
+def test_item10_backfill_for_an_unknown_agency_fails_plan_once_and_finish_says_it_did_not_start(stores, db_urls,
+                                                                                               tmp_path, request):
+    """Issue 16 item 10 through `airflow dags test`: a trigger naming an agency FBS does not know
+    fails plan at its first try (no retry, the run does not wait minutes for it) with the reason in
+    the task's log; finish, which runs anyway, says the backfill did not start (no AttributeError),
+    and the run ends failed. Nothing is recorded in the ledger."""
+    import json
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    env["FBS_DEBITOR_VAR"] = str(tmp_path / "var")
+    conf = json.dumps({"agency": "999999", "cut_off_date": "2024-01-01", "dry_run": True})
+    state, output = dags_test(env, "debitor_backfill", "-c", conf)
+    assert state == "failed", output[-4000:]
+    assert "backfill not started: agency 999999 is not in FBS (agencies in FBS: 715100)" in output
+    assert "the backfill did not start: task plan failed or was skipped" in output
+    assert "AttributeError" not in output
+    assert output.count("[DAG TEST] starting task_id=plan ") == 1            # one try: no retry
+    assert not re.search(r"up_for_retry", output, re.IGNORECASE), output[-4000:]
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM backfill")).scalar() == 0
