@@ -144,13 +144,27 @@ def raise_staff_tasks(run_id: str) -> dict[str, int]:
 
 
 def close_run(run_id: str) -> str:
+    """Findings resolved, the run closed: failed when an agency's work failed part-way (delivery's
+    ``failed`` counts, recorded with the run), naming the agencies, else successful. The DAG's
+    last task ``failed_agencies`` then fails the Airflow run with the same message."""
     with task_stores() as stores:
         resolved = transfer.resolve_findings(stores, run_id)
-        log.info("%d finding(s) resolved: the data was fixed or the liability left the batch", resolved)
-        ledger.finish_run(stores.ledger, run_id, "success")
+        log.info("%d finding(s) resolved: fixed in FBS, resolved by the integration, or no longer in scope", resolved)
+        failure = transfer.failure_message(transfer.agency_failures(ledger.run_counts(stores.ledger, run_id)))
+        if failure:
+            ledger.finish_run(stores.ledger, run_id, "failed", failure)
+        else:
+            ledger.finish_run(stores.ledger, run_id, "success")
         text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
     log.info("run summary\n%s", text)
     return run_id
+
+
+def agency_failures(run_id: str) -> dict[str, list[str]]:
+    """The agencies whose work failed part-way in this run, with the exception types (from the
+    run's counts in the ledger): what ``notifications.failed_agencies`` fails the run with."""
+    with task_stores() as stores:
+        return transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
 
 
 # --- debitor_payments ----------------------------------------------------------------------------

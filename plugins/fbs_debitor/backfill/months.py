@@ -409,7 +409,8 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
     totals = transfer.totals(counts)
     # Only this month's own liabilities decide whether it is done: the resend at the start may have
     # carried other runs' messages (other months, the hourly run's), whose outcome is theirs.
-    missing = {k: v for k, v in {"deferred": totals.get("deferred", 0),
+    # An agency failed part-way (delivery's (agency, "failed", <exception>) counts): not done either.
+    missing = {k: v for k, v in {"deferred": totals.get("deferred", 0), "failed": totals.get(transfer.FAILED, 0),
                                  "unconfirmed": len(_unconfirmed_in(stores, scope))}.items() if v}
     if missing or link.down:
         error = (f"not everything reached the debtor system ({missing}{'; ' + link.down if link.down else ''}); "

@@ -68,17 +68,23 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
                       "e": mask_cprs_in(error)[:4000] if error else None, "r": run_id})
 
 
+RULE_LENGTH = 30   # run_count.rule
+
+
 def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:
     """Replace the run's counts in these categories (a retried task writes the same run again, not
     twice; the steps of a run each own their categories)."""
     categories = sorted(set(categories) | {c for _, c, _ in counts})
+    rows: Counter = Counter()
+    for (a, c, u), n in counts.items():   # a rule is at most 30 characters (the column): e.g. a long exception name
+        rows[(a, c, str(u)[:RULE_LENGTH])] += n
     with ledger.begin() as conn:
         conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
                      .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
-        if counts:
+        if rows:
             conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
                               "VALUES (:r, :a, :c, :u, :n)"),
-                         [{"r": run_id, "a": a, "c": c, "u": u, "n": n} for (a, c, u), n in sorted(counts.items())])
+                         [{"r": run_id, "a": a, "c": c, "u": u, "n": n} for (a, c, u), n in sorted(rows.items())])
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ Which liabilities a run looks at is its ``scope``: the hourly run's is everythin
 agency's cut-off date except ranges waiting for ``debitor_backfill`` (``cut_off``); a backfill
 chunk's is one agency's month (``backfill``). Whoever sends (the hourly run, a backfill chunk,
 the CLI) holds the ledger's ``sending`` lock meanwhile, so two senders never interleave.
+
+One agency's trouble never stops the others: when delivery hits an unexpected error in one
+agency's batches it counts them ``(agency, "failed", <exception type>)`` and goes on with the
+next agency. Such a run ends *failed*, after every agency's work was done, with an error naming
+the agencies that need attention (``agency 715100: RuntimeError``): ``run_transfer`` records it
+so, and the DAG's ``close_run`` and its last task ``failed_agencies`` do the same.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import text
 
@@ -40,6 +47,8 @@ from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import checks as dq_checks
 
 log = logging.getLogger(__name__)
+
+FAILED = "failed"   # delivery's count category for an agency whose work failed part-way; rule: the exception type
 
 
 def _finding(v: eligibility.Verdict) -> ledger.Finding:
@@ -88,7 +97,8 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
         if on_page is not None:
             counts.update(on_page(page))
-    ledger.record_counts(stores.ledger, run_id, counts, eligibility.CATEGORIES)
+    # (delivery's own categories too: a retried task that no longer has them leaves none behind)
+    ledger.record_counts(stores.ledger, run_id, counts, (*eligibility.CATEGORIES, FAILED, "deferred"))
     log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
 
@@ -143,10 +153,29 @@ def totals(counts: Counter) -> dict[str, int]:
     for (_agency, category, rule), n in counts.items():
         out[category] = out.get(category, 0) + n
         if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected",
-                        "change_recorded", "changes_accepted", "changes_rejected"):
+                        "change_recorded", "changes_accepted", "changes_rejected", FAILED):
             key = f"{category}:{rule}"
             out[key] = out.get(key, 0) + n
     return dict(sorted(out.items()))
+
+
+def agency_failures(counts: Counter) -> dict[str, list[str]]:
+    """The agencies whose work failed part-way (delivery's ``(agency, "failed", <exception type>)``
+    counts), each with its exception types, sorted."""
+    failed: dict[str, set[str]] = {}
+    for (agency, category, rule), n in counts.items():
+        if category == FAILED and n:
+            failed.setdefault(str(agency), set()).add(str(rule))
+    return {a: sorted(failed[a]) for a in sorted(failed)}
+
+
+def failure_message(failures: dict[str, list[str]]) -> str | None:
+    """What ends such a run failed: the agencies that need attention and what went wrong there."""
+    if not failures:
+        return None
+    return (f"{len(failures)} agency(ies) need attention, their work failed part-way (every other agency's work "
+            "was done; the log of the run has the error): "
+            + "; ".join(f"agency {a}: {', '.join(types)}" for a, types in failures.items()))
 
 
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
@@ -204,9 +233,13 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
                  data_quality: bool = True, **run_fields) -> tuple[str, Counter]:
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
     leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
-    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG."""
+    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG. When an
+    agency's work failed part-way (see the module doc) the run goes on to the end for every other
+    agency and is then recorded as failed, the error naming the agencies; it does not raise, so
+    the caller still has the counts (the CLI prints them and exits 1 on the run's status)."""
 
-    with _recorded_run(stores, kind, **run_fields) as run_id:
+    with _recorded_run(stores, kind, **run_fields) as run:
+        run_id = run.run_id
         cut_off.detect(stores, run_id)
         if data_quality:
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
@@ -215,6 +248,7 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         keep_claims_true(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
+        run.failure = failure_message(agency_failures(counts))
     return run_id, counts
 
 
@@ -222,23 +256,32 @@ def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **r
     """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
     finish (failed with the error if anything raises)."""
 
-    with _recorded_run(stores, kind, **run_fields) as run_id:
-        cut_off.detect(stores, run_id)
-        dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
-        counts = assess_eligibility(stores, run_id)
-        resolve_findings(stores, run_id)
-    return run_id, counts
+    with _recorded_run(stores, kind, **run_fields) as run:
+        cut_off.detect(stores, run.run_id)
+        dq_checks.run_checks(stores, run.run_id, data_docs_dir=data_docs_dir)
+        counts = assess_eligibility(stores, run.run_id)
+        resolve_findings(stores, run.run_id)
+    return run.run_id, counts
+
+
+@dataclass
+class _Run:
+    run_id: str
+    failure: str | None = None     # set by the steps: the run ends failed with it, after every step
 
 
 @contextmanager
-def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[str]:
+def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[_Run]:
     """A run in the ledger: started, then finished as success, or as failed with the error when
-    anything (an interrupt too) ends it early."""
-    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
+    anything (an interrupt too) ends it early, or with ``failure`` when the steps set one."""
+    run = _Run(ledger.start_run(stores.ledger, kind, **run_fields))
     try:
-        yield run_id
+        yield run
     except BaseException as exc:
-        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        ledger.finish_run(stores.ledger, run.run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    ledger.finish_run(stores.ledger, run_id, "success")
-
+    if run.failure:
+        log.error("run %s failed: %s", run.run_id, run.failure)
+        ledger.finish_run(stores.ledger, run.run_id, "failed", run.failure)
+    else:
+        ledger.finish_run(stores.ledger, run.run_id, "success")
