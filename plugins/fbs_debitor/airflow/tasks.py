@@ -257,7 +257,9 @@ def build_reports(report_date: str) -> dict:
     log.info("reports\n%s", dq_report.format_reports(reports))
     return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
             "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
-            "resolved": sum(r.resolved_count for r in reports),
+            "resolved": sum(r.resolved_count for r in reports),                  # fixed in FBS, by staff
+            "resolved_by_integration": sum(r.integration_count for r in reports),
+            "no_longer_in_scope": sum(r.out_of_scope_count for r in reports),
             "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}
 
 
