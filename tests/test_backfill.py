@@ -300,6 +300,36 @@ def test_T3_failed_month_fails_the_backfill_and_a_resume_sends_each_claim_exactl
     assert all(r["debtor_ref"] == references[r["fordring_id"]] for r in box.values())
 
 
+def test_issue16_a_month_whose_agency_failed_part_way_is_not_done_and_a_resume_sends_it(stores, emu_db, monkeypatch):
+    """Issue 16 (nothing lost): delivery counted the month's agency (agency, "failed", <exception>)
+    and sent nothing of it. The month is not done (ChunkIncomplete, its run failed), so the backfill
+    does not complete and hand an unsent range to the hourly run as if sent; done again, it sends."""
+    from collections import Counter as Counts
+
+    old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 3, 1)
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, cut_off_date=old_cut)
+        march = fee(conn, adult(conn), at(2025, 3, 5))
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, new_cut)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        plan = backfill.plan(stores, Request(AGENCY, new_cut, batch_size=BATCH))
+        with monkeypatch.context() as m, debtor.client(emu.url) as client:
+            m.setattr(delivery, "deliver_page", lambda _s, _c, _r, page, *_a, **_k: Counts(
+                {(AGENCY, "failed", "RuntimeError"): len(page.built)}))
+            with pytest.raises(ChunkIncomplete, match=r"'failed': 1"):
+                backfill.run_chunk(stores, plan.backfill_id, "2025-03-01", client=client)
+        assert chunk_status(stores, plan.backfill_id) == {"2025-03-01": "failed"}
+        assert ledger.get_run(stores.ledger, backfill.chunk_run_id(plan.backfill_id, new_cut)).status == "failed"
+        assert once_each(emu_db) == []
+        with pytest.raises(ChunkIncomplete):
+            backfill.finish(stores, plan.backfill_id)
+        run_chunks(stores, emu.url, plan)
+        assert backfill.finish(stores, plan.backfill_id)["status"] == "complete"
+    assert once_each(emu_db) == [fid(march)]
+
+
 # --- a dry run counts what a real run sends ---------------------------------------------------------
 
 @pytest.mark.slow
