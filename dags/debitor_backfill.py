@@ -13,20 +13,23 @@ DOC_MD = """
 Started by **debitor_transfer** when it notices that an agency's cut-off date moved back in FBS
 (run id `detected__<backfill>`), or by hand (*Trigger DAG w/ config*) with:
 
-* **agency** — the FBS agency (ISIL number without DK-);
-* **cut_off_date** — the new cut-off date (YYYY-MM-DD). A real run needs FBS's cut-off date to be
-  on or before it (move it in FBS first); a **dry run** may look at any date, to see what moving
-  the cut-off there would send;
+* **agency** — the FBS agency: six digits, the ISIL number without DK- (e.g. 715100);
+* **cut_off_date** — the new cut-off date (YYYY-MM-DD), from 2000-01-01 up to today. A real run
+  needs FBS's cut-off date to be on or before it (move it in FBS first); a **dry run** may look at
+  any date in that range, to see what moving the cut-off there would send;
 * **dry_run** — write what would be sent (schema-valid batch files under `var/backfill/<id>/`,
   counts per rule, account type and claim type in `summary.json`) and send nothing;
 * **batch_size** — claims per SF1590 call.
 
 Tasks:
 
-1. **plan** — validates the request, records the backfill in the ledger (`backfill`) and cuts its
-   range (new date up to where the hourly run transfers from) into calendar months. Triggering
-   again with the same agency and date resumes an unfinished backfill: months already done are
-   not done again.
+1. **plan** — validates the request: a malformed agency or date is refused by the trigger form
+   itself; an agency FBS does not know, a date in the future or before 2000-01-01, a real run
+   from before FBS's cut-off date or an agency held under C3 fails this task at once, without
+   retries, with the reason as its error, and nothing is recorded. Then records the backfill in
+   the ledger (`backfill`) and cuts its range (new date up to where the hourly run transfers
+   from) into calendar months. Triggering again with the same agency and date resumes an
+   unfinished backfill: months already done are not done again.
    **chunks** hands the months to the next step, one mapped task each.
 2. **run_chunk** (mapped, one per month, labelled `YYYY-MM`) — the hourly run's own steps on that
    month only: data-quality checks (findings reported like any other), eligibility T1-T6 (closed
@@ -38,10 +41,12 @@ Tasks:
    tasks: each of those waits for at most the month in progress. A month that fails (the debtor
    system not answering, a crash) fails its task; clear it (or trigger again) to resume: what it
    recorded goes again under its own keys, nothing twice.
-3. **finish** — when every month is done the backfill is complete and the hourly run takes the
-   range over (and with it what could not go yet: verified later, data fixed later). Otherwise
-   fails, naming the months left. A cut-off moved forward meanwhile stops the months now before
-   it (T1), says so in the log and the ledger, and recalls nothing already sent.
+3. **finish** — runs whatever happened before it. When **plan** failed (or was skipped) it says
+   the backfill did not start and fails too, so the run is red. When every month is done the
+   backfill is complete and the hourly run takes the range over (and with it what could not go
+   yet: verified later, data fixed later). Otherwise fails, naming the months left. A cut-off
+   moved forward meanwhile stops the months now before it (T1), says so in the log and the
+   ledger, and recalls nothing already sent.
 
 `python -m fbs_debitor backfill --agency A --cut-off-date D [--dry-run]` does the same outside
 Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their months.
@@ -55,10 +60,12 @@ Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their
     catchup=False,
     max_active_runs=1,
     params={
-        "agency": Param(type="string", minLength=1, maxLength=20, pattern="^[0-9A-Za-z-]+$",
-                        description="FBS agency (ISIL number without DK-), e.g. 715100"),
-        "cut_off_date": Param(type="string", format="date",
-                              description="the new cut-off date, YYYY-MM-DD"),
+        # Refused at trigger time when malformed; whether the agency exists and the date is in range
+        # (2000-01-01 to today) is the plan task's to check, at once and without retries.
+        "agency": Param(type="string", pattern="^[0-9]{6}$",
+                        description="FBS agency: six digits, the ISIL number without DK- (e.g. 715100)"),
+        "cut_off_date": Param(type="string", format="date", pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                              description="the new cut-off date, YYYY-MM-DD, from 2000-01-01 up to today"),
         "dry_run": Param(False, type="boolean", description="write what would be sent; send nothing"),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000, description="claims per SF1590 call"),
     },

@@ -54,11 +54,15 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
    run's accepted / rejected / unconfirmed counts, of new claims and of changes. Runs even when
    sending failed part-way.
-8. **close_run** — resolves findings this run no longer saw, marks the run successful and logs the
-   counts per agency and rule.
-9. **held_agencies** and **undelivered** — fail, loudly and last, when an agency is held because its
-   age limit is outside 15-21 (C3), or when claims or changes are still unconfirmed after every
-   retry (they go again next run). Everything else has run.
+8. **close_run** — resolves findings this run no longer saw (fixed in FBS, resolved by the
+   integration itself, or no longer in scope), closes the run in the ledger and logs the counts
+   per agency and rule. The run is closed as failed when an agency's work failed part-way.
+9. **held_agencies**, **failed_agencies** and **undelivered** — fail, loudly and last, when an
+   agency is held because its age limit is outside 15-21 (C3); when an unexpected error stopped
+   part of an agency's work (the error names the agencies, e.g. `agency 715100: RuntimeError`,
+   and the task log of build_and_send has the traceback; every other agency's work was done);
+   or when claims or changes are still unconfirmed after every retry (they go again next run).
+   Everything else has run.
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
@@ -145,6 +149,12 @@ def debitor_transfer():
 
         return notifications.held_agencies(dq)
 
+    @task(task_id="failed_agencies", retries=0)
+    def failed_agencies(ledger_run_id: str) -> list[str]:
+        from fbs_debitor.airflow import notifications, tasks
+
+        return notifications.failed_agencies(tasks.agency_failures(ledger_run_id))
+
     @task(task_id="undelivered", retries=0)
     def undelivered(delivered: dict[str, int]) -> int:
         from fbs_debitor.airflow import notifications
@@ -162,7 +172,7 @@ def debitor_transfer():
     closed = close_run(run_id)              # only when sending itself succeeded
     detected >> regular_run(run_id) >> dq >> resend_unconfirmed(run_id) >> build_and_send(run_id) >> changed
     changed >> [delivered, closed]
-    delivered >> closed >> [held_agencies(dq), undelivered(delivered)]
+    delivered >> closed >> [held_agencies(dq), failed_agencies(closed), undelivered(delivered)]
 
 
 debitor_transfer()

@@ -300,6 +300,36 @@ def test_T3_failed_month_fails_the_backfill_and_a_resume_sends_each_claim_exactl
     assert all(r["debtor_ref"] == references[r["fordring_id"]] for r in box.values())
 
 
+def test_issue16_a_month_whose_agency_failed_part_way_is_not_done_and_a_resume_sends_it(stores, emu_db, monkeypatch):
+    """Issue 16 (nothing lost): delivery counted the month's agency (agency, "failed", <exception>)
+    and sent nothing of it. The month is not done (ChunkIncomplete, its run failed), so the backfill
+    does not complete and hand an unsent range to the hourly run as if sent; done again, it sends."""
+    from collections import Counter as Counts
+
+    old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 3, 1)
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, cut_off_date=old_cut)
+        march = fee(conn, adult(conn), at(2025, 3, 5))
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, new_cut)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        plan = backfill.plan(stores, Request(AGENCY, new_cut, batch_size=BATCH))
+        with monkeypatch.context() as m, debtor.client(emu.url) as client:
+            m.setattr(delivery, "deliver_page", lambda _s, _c, _r, page, *_a, **_k: Counts(
+                {(AGENCY, "failed", "RuntimeError"): len(page.built)}))
+            with pytest.raises(ChunkIncomplete, match=r"'failed': 1"):
+                backfill.run_chunk(stores, plan.backfill_id, "2025-03-01", client=client)
+        assert chunk_status(stores, plan.backfill_id) == {"2025-03-01": "failed"}
+        assert ledger.get_run(stores.ledger, backfill.chunk_run_id(plan.backfill_id, new_cut)).status == "failed"
+        assert once_each(emu_db) == []
+        with pytest.raises(ChunkIncomplete):
+            backfill.finish(stores, plan.backfill_id)
+        run_chunks(stores, emu.url, plan)
+        assert backfill.finish(stores, plan.backfill_id)["status"] == "complete"
+    assert once_each(emu_db) == [fid(march)]
+
+
 # --- a dry run counts what a real run sends ---------------------------------------------------------
 
 @pytest.mark.slow
@@ -673,6 +703,106 @@ def test_T3_plan_refuses_unknown_agencies_future_dates_and_C3_agencies(stores):
     nothing = backfill.plan(stores, Request(AGENCY, fr.CUT_OFF))
     assert nothing.backfill_id is None and nothing.chunks == [] and "nothing to backfill" in nothing.note
     assert query(stores.ledger, "SELECT * FROM backfill") == []
+
+
+# --- issue 16 item 10: a backfill trigger error fails fast and finish handles it ------------------------------
+
+@pytest.fixture
+def task_stores(stores, monkeypatch):
+    """The DAG's task bodies (fbs_debitor.airflow.tasks) on the test's stores."""
+    from fbs_debitor.airflow import tasks as dag_tasks
+
+    monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    return dag_tasks
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"agency": "999999", "cut_off_date": "2024-01-01"}, r"agency 999999 is not in FBS \(agencies in FBS: 715100\)"),
+    ({"agency": AGENCY, "cut_off_date": (dt.date.today() + dt.timedelta(days=1)).isoformat()},
+     rf"agency {AGENCY}: cut_off_date .* is in the future \(allowed: 2000-01-01 to today, {dt.date.today()}\)"),
+    ({"agency": AGENCY, "cut_off_date": "0001-01-01", "dry_run": True},
+     rf"agency {AGENCY}: cut_off_date 0001-01-01 is before 2000-01-01 \(allowed: 2000-01-01 to today"),
+], ids=["unknown agency", "future date", "0001-01-01 dry run"])
+def test_item10_T3_plan_task_fails_at_once_without_retries_naming_what_is_wrong(task_stores, stores, params,
+                                                                               message):
+    """Issue 16 item 10: an unknown agency, a future date, 0001-01-01: the plan task fails with
+    AirflowFailException (no retry: it would say the same in nine minutes), its message saying what
+    is wrong and what is allowed; nothing is recorded."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    with pytest.raises(AirflowFailException, match=f"^backfill not started: {message}"):
+        task_stores.plan_backfill({"batch_size": 500, "dry_run": False, **params}, "manual__2026-11-30T10:00:00")
+    assert query(stores.ledger, "SELECT * FROM backfill") == []
+
+
+def test_item10_T3_finish_after_a_failed_or_skipped_plan_says_the_backfill_did_not_start(task_stores, stores):
+    """Issue 16 item 10: finish runs after a failed plan (trigger rule all_done) and gets no plan
+    (None): no AttributeError, but its own clear failure (it is the DAG's last task: a run whose
+    backfill never started must not end green)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    for nothing in (None, ""):
+        with pytest.raises(AirflowFailException, match="the backfill did not start: task plan failed or was skipped"):
+            task_stores.finish_backfill(nothing)
+    # a plan with nothing to do still finishes quietly
+    assert task_stores.finish_backfill({"backfill_id": None, "note": "nothing to backfill"}) == {
+        "status": "nothing to do"}
+
+
+def test_item10_T3_dry_run_refuses_0001_01_01_and_a_future_date_by_the_same_rule_on_every_path(stores, monkeypatch,
+                                                                                              capsys):
+    """Issue 16 item 10: a dry run accepted 0001-01-01 (24,300 months). The request's form
+    (parse_request), the plan (a Request made directly) and the CLI all refuse it, and a date in the
+    future, with the same message; no backfill is recorded."""
+    from fbs_debitor import cli
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    floor = f"agency {AGENCY}: cut_off_date 0001-01-01 is before 2000-01-01 (allowed: 2000-01-01 to today; "
+    with pytest.raises(BackfillError) as by_form:
+        backfill.parse_request(AGENCY, "0001-01-01", dry_run=True)
+    with pytest.raises(BackfillError) as by_plan:
+        backfill.plan(stores, Request(AGENCY, dt.date(1, 1, 1), dry_run=True))
+    assert str(by_form.value) == str(by_plan.value) and str(by_plan.value).startswith(floor)
+    with pytest.raises(BackfillError, match=rf"^agency {AGENCY}: cut_off_date 2026-11-21 is in the future "
+                                            r"\(allowed: 2000-01-01 to today, 2026-11-20\)$"):
+        backfill.plan(stores, Request(AGENCY, dt.date(2026, 11, 21), dry_run=True), today=dt.date(2026, 11, 20))
+    assert backfill.parse_request(AGENCY, "2000-01-01", dry_run=True).cut_off_date == backfill.EARLIEST_CUT_OFF
+
+    monkeypatch.setattr(cli, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    for date, expected in (("0001-01-01", floor), (tomorrow.isoformat(), f"cut_off_date {tomorrow} is in the future")):
+        assert cli.main(["backfill", "--agency", AGENCY, "--cut-off-date", date, "--dry-run"]) == 2
+        assert expected in capsys.readouterr().err
+    assert query(stores.ledger, "SELECT * FROM backfill") == []
+
+
+@pytest.mark.parametrize("agency", ["71510", "7151000", "DK-715100", "715100; DROP"])
+def test_item10_T3_parse_request_refuses_an_agency_id_that_is_not_six_digits(agency):
+    with pytest.raises(BackfillError, match="is not an FBS agency id: six digits, the ISIL number without DK-"):
+        backfill.parse_request(agency, "2024-01-01")
+
+
+def test_item10_T3_a_detected_backfill_from_before_2000_is_refused_with_what_to_do_in_FBS(stores):
+    """Issue 16 item 10: the cut-off date moved back in FBS to before the floor: the detected run's
+    plan says so and how to fix it (the date in FBS), instead of planning 300+ years of months."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    first_sight(stores)
+    move_cut_off(stores, dt.date(1900, 1, 1))
+    cut_off.detect(stores)
+    (waiting,) = cut_off.waiting_backfills(stores.ledger)
+    with pytest.raises(BackfillError, match=r"would start at 1900-01-01.*Move the cut-off date in FBS to 2000-01-01 "
+                                            "or later"):
+        backfill.plan_detected(stores, waiting["backfill_id"], f"detected__{waiting['backfill_id']}")
+    assert query(stores.ledger, "SELECT COUNT(*) AS n FROM backfill_chunk") == [{"n": 0}]
 
 
 # --- no CPR number leaks --------------------------------------------------------------------------------

@@ -78,18 +78,19 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     # the cut-off check comes first (T3); changes to claims already sent go after the new claims of
     # the same run (U1-U4)
     assert order[:2] == ["open_run", "detect_cut_off"]
-    main = [t for t in order if t not in ("trigger_backfill", "held_agencies", "undelivered")]
+    alarms = {"held_agencies", "failed_agencies", "undelivered"}
+    main = [t for t in order if t != "trigger_backfill" and t not in alarms]
     assert main == ["open_run", "detect_cut_off", "regular_run", "data_quality", "resend_unconfirmed",
                     "build_and_send", "send_changes", "raise_staff_tasks", "close_run"]
     assert dag.get_task("trigger_backfill").upstream_task_ids == {"detect_cut_off"}
-    assert set(order[-2:]) == {"held_agencies", "undelivered"}
+    assert set(order[-3:]) == alarms and all(dag.get_task(t).upstream_task_ids >= {"close_run"} for t in alarms)
     # the steps that talk to the debtor system share one pool with debitor_backfill's months, first
     for task_id in ("resend_unconfirmed", "build_and_send", "send_changes"):
         task = dag.get_task(task_id)
         assert task.pool == "debitor_debtor_system" and task.priority_weight > 1
     # Transient work is retried (sending is safe to retry: the outbox keys it); the final alarms
-    # (a held agency, C3; claims still unconfirmed) are facts to act on, so they are not.
-    alarms = {"held_agencies", "undelivered"}
+    # (a held agency, C3; an agency whose work failed part-way; claims still unconfirmed) are facts
+    # to act on, so they are not.
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms)
     assert all(dag.get_task(t).retries == 0 for t in alarms)
 
@@ -139,12 +140,18 @@ def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_
     good = {"agency": "715100", "cut_off_date": "2023-01-01", "dry_run": True, "batch_size": 100}
     params.update(good)
     assert params.validate()["agency"] == "715100"
-    for bad in ({"agency": ""}, {"agency": "715100; DROP"}, {"batch_size": 0}, {"batch_size": 100000},
-                {"dry_run": "maybe"}):
+    # Issue 16 item 10: a malformed agency or date is refused at trigger time (whether the agency
+    # exists and the date is in range is plan's to say: 0001-01-01 is a well-formed date).
+    for bad in ({"agency": ""}, {"agency": "715100; DROP"}, {"agency": "DK-715100"}, {"agency": "71510"},
+                {"cut_off_date": "2024-13-01"}, {"cut_off_date": "1.1.2024"}, {"cut_off_date": "2024-1-1"},
+                {"batch_size": 0}, {"batch_size": 100000}, {"dry_run": "maybe"}):
         wrong = ParamsDict({k: v for k, v in dag.params.items()})
         with pytest.raises(Exception):   # noqa: B017 - Airflow's ParamValidationError
             wrong.update({**good, **bad})
             wrong.validate()
+    floor = ParamsDict({k: v for k, v in dag.params.items()})
+    floor.update({**good, "cut_off_date": "0001-01-01"})
+    assert floor.validate()["cut_off_date"] == "0001-01-01"
 
 
 def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_ledger_run(stores, monkeypatch):
@@ -159,6 +166,102 @@ def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_
     assert ledger.get_run(stores.ledger, run_id).status == "running"
     assert dag_tasks.regular_run(run_id, "backfill") is False
     assert ledger.get_run(stores.ledger, run_id).status == "success"
+
+
+# --- issue 16: the run says which agency needs attention when one agency's work failed -------------------
+
+OTHER = "726300"
+
+
+def _two_agencies(stores) -> dict[str, int]:
+    """An eligible fee at 715100 and one at 726300 (both KMD OPUS)."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        fr.agency(conn, agency_id=OTHER, org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
+        ids = {a: fr.liability(conn, fr.patron(conn, agency_id=a)["patron_id"], agency_id=a)["liability_id"]
+               for a in ("715100", OTHER)}
+        conn.commit()
+    return ids
+
+
+def _other_agency_fails(monkeypatch):
+    """Delivery as the per-agency isolation makes it: 726300's batches hit an unexpected error and are
+    counted (agency, "failed", <exception type>); every other agency's claims go as usual."""
+    from fbs_debitor.claims import stream as claim_stream
+    from fbs_debitor.delivery import outbox as delivery
+
+    real = delivery.deliver_page
+
+    def deliver_page(stores, client, run_id, page, batch_size, link=None):
+        failing = [(row, built) for row, built in page.built if row.agency_id == OTHER and built.account]
+        rest = claim_stream.Page(page.verdicts, [(r, b) for r, b in page.built if r.agency_id != OTHER])
+        counts = real(stores, client, run_id, rest, batch_size, link)
+        if failing:
+            counts[(OTHER, "failed", "RuntimeError")] += len(failing)
+        return counts
+
+    monkeypatch.setattr(delivery, "deliver_page", deliver_page)
+
+
+def test_issue16_run_transfer_ends_failed_after_every_agency_naming_the_agency_that_failed(stores, emu_db,
+                                                                                          monkeypatch):
+    """Issue 16 (one agency's error never stops the rest): 726300's delivery failed part-way; 715100's
+    claim still went, the run's later steps all ran, and only then the run was recorded as failed,
+    its error naming the agency and the exception type (and the CLI's summary says so first)."""
+    from fbs_debitor.transfer.run import run_transfer
+    from fbs_debitor.transfer.summary import format_run
+
+    ids = _two_agencies(stores)
+    _other_agency_fails(monkeypatch)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        run_id, counts = run_transfer(stores, client, data_quality=False)
+    assert [c["fordring_id"] for c in emulator.claims(emu_db)] == [f"FBS-715100-{ids['715100']}"]
+    run = ledger.get_run(stores.ledger, run_id)
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.error.endswith("need attention, their work failed part-way (every other agency's work was done; "
+                              "the log of the run has the error): agency 726300: RuntimeError")
+    recorded = ledger.run_counts(stores.ledger, run_id)
+    assert recorded[(OTHER, "failed", "RuntimeError")] == counts[(OTHER, "failed", "RuntimeError")] == 1
+    assert recorded[("715100", "accepted", "-")] == 1                 # close_delivery ran after the failure
+    text_ = format_run(run, recorded, stores.fbs)
+    assert text_.splitlines()[1].startswith("NEEDS ATTENTION: the work of agency 726300 failed part-way (RuntimeError)")
+
+
+def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the_agency(stores, emu_db,
+                                                                                       monkeypatch):
+    """Issue 16, the DAG's path: build_and_send finishes every agency and returns; close_run closes the
+    ledger run as failed naming 726300; the last task failed_agencies fails the Airflow run with the
+    same words. A retry that delivers 726300 leaves no stale 'failed' count: the run then succeeds."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fbs_debitor.airflow import notifications
+    from fbs_debitor.airflow import tasks as dag_tasks
+
+    ids = _two_agencies(stores)
+    monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    run_id = ledger.start_run(stores.ledger, "transfer")
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        monkeypatch.setattr(dag_tasks, "_client", lambda: debtor.client(emu.url))
+        with monkeypatch.context() as m:
+            _other_agency_fails(m)
+            sent = dag_tasks.build_and_send(run_id)
+        assert sent["failed"] == 1 and sent["failed:RuntimeError"] == 1 and sent["eligible"] == 2
+        dag_tasks.raise_staff_tasks(run_id)
+        dag_tasks.close_run(run_id)
+        run = ledger.get_run(stores.ledger, run_id)
+        assert run.status == "failed" and run.error.endswith("agency 726300: RuntimeError")
+        failures = dag_tasks.agency_failures(run_id)
+        assert failures == {OTHER: ["RuntimeError"]}
+        with pytest.raises(AirflowFailException, match=r"need attention.*: agency 726300: RuntimeError$"):
+            notifications.failed_agencies(failures)
+        # build_and_send again (a retry, or a clear in the UI): 726300's claim goes, the count is gone
+        assert "failed" not in dag_tasks.build_and_send(run_id, try_number=2)
+        dag_tasks.close_run(run_id)
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    assert dag_tasks.agency_failures(run_id) == {} and notifications.failed_agencies({}) == []
+    assert sorted(c["fordring_id"] for c in emulator.claims(emu_db)) == sorted(
+        f"FBS-{a}-{lid}" for a, lid in ids.items())
 
 
 def _metadata_url(db_urls, tmp_path, request) -> str | None:
@@ -383,3 +486,29 @@ def test_cut_off_moved_back_is_handed_from_the_transfer_dag_to_the_backfill_dag_
     assert change.direction == "back"
     assert "map_index=10" in output3 or "2025-12" in output3        # one mapped task per month
     assert full_cpr_numbers(output + output2 + output3) == []
+
+
+@pytest.mark.airflow
+def test_item10_backfill_for_an_unknown_agency_fails_plan_once_and_finish_says_it_did_not_start(stores, db_urls,
+                                                                                               tmp_path, request):
+    """Issue 16 item 10 through `airflow dags test`: a trigger naming an agency FBS does not know
+    fails plan at its first try (no retry, the run does not wait minutes for it) with the reason in
+    the task's log; finish, which runs anyway, says the backfill did not start (no AttributeError),
+    and the run ends failed. Nothing is recorded in the ledger."""
+    import json
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        conn.commit()
+    env = airflow_env(tmp_path, db_urls, _metadata_url(db_urls, tmp_path, request))
+    env["FBS_DEBITOR_VAR"] = str(tmp_path / "var")
+    conf = json.dumps({"agency": "999999", "cut_off_date": "2024-01-01", "dry_run": True})
+    state, output = dags_test(env, "debitor_backfill", "-c", conf)
+    assert state == "failed", output[-4000:]
+    assert "backfill not started: agency 999999 is not in FBS (agencies in FBS: 715100)" in output
+    assert "the backfill did not start: task plan failed or was skipped" in output
+    assert "AttributeError" not in output
+    assert output.count("[DAG TEST] starting task_id=plan ") == 1            # one try: no retry
+    assert not re.search(r"up_for_retry", output, re.IGNORECASE), output[-4000:]
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM backfill")).scalar() == 0

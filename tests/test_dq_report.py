@@ -163,21 +163,22 @@ def test_M4_summary_counts_open_new_and_fixed_per_check(stores, world, tmp_path)
     reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
     b1, b2, b3 = reports[B1], reports[B2], reports[B3]
     assert (b1.open_count, b1.new_count, b1.resolved_count, b1.blocking_count, b1.warning_count) == (3, 0, 1, 2, 1)
-    assert b1.counts == {"C3_agency_age_limit_out_of_range": {"open": 1, "new": 0, "resolved": 0},
-                         "I4_cpr_fails_modulus_11": {"open": 1, "new": 0, "resolved": 0},
-                         "T4_group_without_responsible_patron": {"open": 0, "new": 0, "resolved": 1},
-                         "T6_person_without_usable_cpr": {"open": 1, "new": 0, "resolved": 0}}
+    none = {"integration": 0, "out_of_scope": 0}
+    assert b1.counts == {"C3_agency_age_limit_out_of_range": {"open": 1, "new": 0, "resolved": 0, **none},
+                         "I4_cpr_fails_modulus_11": {"open": 1, "new": 0, "resolved": 0, **none},
+                         "T4_group_without_responsible_patron": {"open": 0, "new": 0, "resolved": 1, **none},
+                         "T6_person_without_usable_cpr": {"open": 1, "new": 0, "resolved": 0, **none}}
     # T5 was first seen yesterday: new.
     assert (b2.open_count, b2.new_count, b2.resolved_count) == (3, 1, 0)
-    assert b2.counts["T5_company_without_valid_cvr"] == {"open": 1, "new": 1, "resolved": 0}
+    assert b2.counts["T5_company_without_valid_cvr"] == {"open": 1, "new": 1, "resolved": 0, **none}
     assert b1.agency_blocked and b2.agency_blocked and not b3.agency_blocked
     assert (b3.open_count, b3.blocking_count) == (1, 1)
 
     doc = lxml_html.fromstring(b1.html_path.read_text(encoding="utf-8"))
     summary = {tr.get("data-check"): [td.text_content() for td in tr.xpath("td")]
                for tr in doc.xpath('//table[@id="tjek"]/tbody/tr')}
-    assert summary["T4_group_without_responsible_patron"][3:6] == ["0", "0", "1"]
-    assert summary["T6_person_without_usable_cpr"][6] == dq_catalog.check("T6_person_without_usable_cpr").why
+    assert summary["T4_group_without_responsible_patron"][3:8] == ["0", "0", "1", "0", "0"]
+    assert summary["T6_person_without_usable_cpr"][8] == dq_catalog.check("T6_person_without_usable_cpr").why
     # Blocking checks before warnings in the summary too.
     assert list(summary)[-1] == "I4_cpr_fails_modulus_11"
     # The fixed list: what was fixed in the last 7 days, not what was fixed in August.
@@ -422,6 +423,81 @@ def test_M4_agency_index_links_every_branch_report(stores, world, tmp_path):
     assert f"{B1}/datakvalitet.html" in links and f"{B2}/datakvalitet.csv" in links
     for href in links:
         assert (tmp_path / A1 / href).exists()
+
+
+def resolve(stores, key: str, at: dt.datetime, resolution: str) -> str:
+    with stores.ledger.begin() as conn:
+        conn.execute(text("UPDATE finding SET resolved_at = :t, resolution = :r WHERE finding_key = :k"),
+                     {"t": at, "r": resolution, "k": key})
+    return key
+
+
+def test_item12_M4_report_shows_fixed_in_fbs_resolved_by_the_integration_and_no_longer_in_scope_apart(
+        stores, world, tmp_path, smtp_server):
+    """Issue 16 item 12: findings resolved in the last 7 days fall in three groups by the ledger's
+    resolution: fixed in FBS (fixed, and NULL from before it existed), resolved by the integration
+    (integration), no longer in scope (left_batch). Only the first counts as what staff fixed; each
+    group has its own count (per check, per branch, in the agency index and the mail) and list, on
+    the branches of the finding's own agency only."""
+    li, k = world.liabilities, world.keys
+
+    def on(name):
+        return {"patron_id": li[name]["patron_id"], "liability_id": li[name]["liability_id"]}
+
+    # B2 (715100): the kid's patron was given a replacement CPR by the integration.
+    kid = resolve(stores, put(stores, finding("I1_person_without_cpr_or_birth_date", A1, f"L{li['kid']['liability_id']}",
+                                              "Låner uden CPR-nummer og fødselsdato", branch_id=B2, **on("kid")),
+                              dt.datetime(2026, 11, 2, 8)), dt.datetime(2026, 11, 19, 10), "integration")
+    # B1 (715100): anna's second liability was sent meanwhile: no longer in scope.
+    sent = resolve(stores, put(stores, finding("I4_cpr_fails_modulus_11", A1, f"L{li['anna2']['liability_id']}-2",
+                                               "CPR 070781-**** fejler modulus-11", branch_id=B1, **on("anna2")),
+                               dt.datetime(2026, 11, 3, 8)), dt.datetime(2026, 11, 17, 10), "left_batch")
+    # B3 (751000): the integration again, in the other agency; and one fixed by staff there (recorded 'fixed').
+    carl_i1 = resolve(stores, put(stores, finding("I1_person_without_cpr_or_birth_date", A2, "L-carl-i1",
+                                                  "Låner uden CPR-nummer og fødselsdato", branch_id=B3, **on("carl")),
+                                  dt.datetime(2026, 11, 4, 8)), dt.datetime(2026, 11, 18, 10), "integration")
+    carl_fixed = resolve(stores, put(stores, finding("F2_amount_not_positive", A2, "L-carl-f2", "Beløbet er 0,00",
+                                                     branch_id=B3, **on("carl")),
+                                     dt.datetime(2026, 11, 4, 8)), dt.datetime(2026, 11, 20, 7), "fixed")
+
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    # What staff fixed: not the kid's finding, which the integration resolved (t4_fixed, NULL, reads as fixed).
+    assert {b: r.resolved_count for b, r in reports.items()} == {B1: 1, B2: 0, B3: 1}
+    counts = {b: (r.resolved_count, r.integration_count, r.out_of_scope_count) for b, r in reports.items()}
+    assert counts == {B1: (1, 0, 1), B2: (0, 1, 0), B3: (1, 1, 0)}
+    assert reports[B2].counts["I1_person_without_cpr_or_birth_date"] == {
+        "open": 0, "new": 0, "resolved": 0, "integration": 1, "out_of_scope": 0}
+    assert reports[B1].counts["I4_cpr_fails_modulus_11"] == {
+        "open": 1, "new": 0, "resolved": 0, "integration": 0, "out_of_scope": 1}
+
+    def lists(branch):
+        doc = lxml_html.fromstring(reports[branch].html_path.read_text(encoding="utf-8"))
+        return ({ul: doc.xpath(f'//ul[@id="{ul}"]/li/@data-key')
+                 for ul in ("rettet-liste", "integration-liste", "udenfor-liste")},
+                doc.xpath('//p[@class="totals"]')[0].text_content(),
+                {tr.get("data-check"): [td.text_content() for td in tr.xpath("td")][3:8]
+                 for tr in doc.xpath('//table[@id="tjek"]/tbody/tr')})
+
+    shown, totals, per_check = lists(B1)
+    assert shown == {"rettet-liste": [k["t4_fixed"]], "integration-liste": [], "udenfor-liste": [sent]}
+    assert totals.endswith("De seneste 7 dage: 1 rettet i FBS, 0 løst af integrationen, 1 ikke længere med i "
+                           "overførslen.")
+    assert per_check["I4_cpr_fails_modulus_11"] == ["1", "0", "0", "0", "1"]
+    shown, totals, per_check = lists(B2)
+    assert shown == {"rettet-liste": [], "integration-liste": [kid], "udenfor-liste": []}
+    assert per_check["I1_person_without_cpr_or_birth_date"] == ["0", "0", "0", "1", "0"]
+    shown, _, _ = lists(B3)
+    assert shown == {"rettet-liste": [carl_fixed], "integration-liste": [carl_i1], "udenfor-liste": []}
+
+    index = lxml_html.fromstring((tmp_path / A1 / "index.html").read_text(encoding="utf-8"))
+    rows = {tr.xpath("td")[1].text_content(): [td.text_content() for td in tr.xpath("td")][6:9]
+            for tr in index.xpath('//table[@id="filialer"]/tbody/tr')}
+    assert rows == {B1: ["1", "0", "1"], B2: ["0", "1", "0"]}
+
+    handler, smtp = smtp_server
+    mailer.send_reports([reports[B2]], smtp)
+    (plain,) = [parts(raw)[2] for _f, _to, raw in handler.received]
+    assert "De seneste 7 dage: 0 rettet i FBS, 1 løst af integrationen, 0 ikke længere med i overførslen." in plain
 
 
 # --- email -------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The staff data-quality report (M4) as a person sees it: Debian's headless Chromium, offline.
 
 One agency (715100, branch -01 Hovedbiblioteket, plus -02 Filial Nord) with hand-built findings:
-blocking and warning ones, one that holds the whole agency (C3), one fixed this week, one message
+blocking and warning ones, one that holds the whole agency (C3), one fixed in FBS this week, one the
+integration resolved itself and one no longer in scope (issue 16 item 12), one message
 that (wrongly) holds a full CPR number, and a patron whose name is hostile markup. The page must
 render from nothing but itself (no network: every host name is unresolvable), show the title,
 the counts, the 30-day chart and the rows with patron numbers and masked CPR numbers only.
@@ -42,15 +43,15 @@ def db_urls(tmp_path) -> DatabaseUrls:
 
 
 def put(stores, code: str, subject: str, message: str, first_seen: dt.datetime,
-        resolved: dt.datetime | None = None, **ids) -> str:
+        resolved: dt.datetime | None = None, resolution: str | None = None, **ids) -> str:
     c = dq_catalog.check(code)
     f = ledger.Finding(check_code=code, rule=c.rule, severity=c.severity, agency_id=A1, subject=subject,
                        message=message, **ids)
     ledger.upsert_findings(stores.ledger, "browser-run", [f], first_seen)
     if resolved is not None:
         with stores.ledger.begin() as conn:
-            conn.execute(text("UPDATE finding SET resolved_at = :t WHERE finding_key = :k"),
-                         {"t": resolved, "k": f.key})
+            conn.execute(text("UPDATE finding SET resolved_at = :t, resolution = :r WHERE finding_key = :k"),
+                         {"t": resolved, "r": resolution, "k": f.key})
     return f.key
 
 
@@ -79,6 +80,10 @@ def reports(stores, tmp_path) -> dict[str, dq_report.BranchReport]:
         **on("eva"))
     put(stores, "F2_amount_not_positive", "L-anna2", "Beløbet er 0,00", dt.datetime(2026, 11, 1, 8),
         resolved=dt.datetime(2026, 11, 18, 8), **on("anna2"))
+    put(stores, "I1_person_without_cpr_or_birth_date", "L-eva-i1", "Låner uden CPR-nummer og fødselsdato",
+        dt.datetime(2026, 11, 3, 8), resolved=dt.datetime(2026, 11, 19, 8), resolution="integration", **on("eva"))
+    put(stores, "T5_company_without_ean_or_p_number", "L-firm-ean", "Virksomhed uden EAN- eller P-nummer",
+        dt.datetime(2026, 11, 4, 8), resolved=dt.datetime(2026, 11, 16, 8), resolution="left_batch", **on("firm"))
     out = tmp_path / "reports"
     return {r.branch_id: r for r in dq_report.build_reports(stores, out, TODAY)}
 
@@ -141,11 +146,13 @@ def test_M4_branch_report_renders_offline_in_chromium_with_counts_chart_and_mask
     assert doc.xpath("//h1")[0].text_content() == "Datakvalitet: Hovedbiblioteket"
     assert "Hele bibliotekets overførsel til debitorsystemet er standset" in doc.xpath('//p[@class="banner"]')[0] \
         .text_content()
-    # The counts: 4 open (C3, T6, T5 blocking; I4 a warning), T5 new since yesterday, F2 fixed this week.
-    assert (report.open_count, report.blocking_count, report.warning_count, report.new_count,
-            report.resolved_count) == (4, 3, 1, 1, 1)
+    # The counts: 4 open (C3, T6, T5 blocking; I4 a warning), T5 new since yesterday; this week F2
+    # fixed in FBS, I1 resolved by the integration, T5's EAN warning no longer in scope (item 12).
     assert doc.xpath('//p[@class="totals"]')[0].text_content() == (
-        "4 åbne fund: 3 blokerende og 1 advarsler. 1 nye siden i går. 1 rettet de seneste 7 dage.")
+        "4 åbne fund: 3 blokerende og 1 advarsler. 1 nye siden i går. De seneste 7 dage: 1 rettet i FBS, "
+        "1 løst af integrationen, 1 ikke længere med i overførslen.")
+    assert (report.open_count, report.blocking_count, report.warning_count, report.new_count,
+            report.resolved_count, report.integration_count, report.out_of_scope_count) == (4, 3, 1, 1, 1, 1, 1)
 
     # The chart: inline SVG, one group per day of the last 30, today's bar = the open findings.
     days = doc.xpath('//section[@id="udvikling"]//*[local-name()="svg"]//*[local-name()="g"][@data-day]')
@@ -170,6 +177,19 @@ def test_M4_branch_report_renders_offline_in_chromium_with_counts_chart_and_mask
     (fixed,) = [li.text_content() for li in doc.xpath('//ul[@id="rettet-liste"]/li')]
     assert re.fullmatch(rf"2026-11-18: {dq_catalog.check('F2_amount_not_positive').title} – \d+ Anna Andersen, "
                         r"mellemværende nr\. G(\d+) \(id \1\)", fixed), fixed
+    # Issue 16 item 12: what staff fixed, what the integration resolved itself, and what left the
+    # transfer are three sections, each with its own heading and list, as Chromium laid them out.
+    sections = {sec.get("id"): (sec.xpath("h2")[0].text_content(), [li.text_content() for li in sec.xpath(".//li")])
+                for sec in doc.xpath("//section[@id='rettet' or @id='integration' or @id='ikke-laengere-med']")}
+    assert {k: v[0] for k, v in sections.items()} == {
+        "rettet": "Rettet i FBS de seneste 7 dage", "integration": "Løst af integrationen de seneste 7 dage",
+        "ikke-laengere-med": "Ikke længere med i overførslen de seneste 7 dage"}
+    assert sections["rettet"][1] == [fixed]
+    (by_integration,) = sections["integration"][1]
+    assert re.fullmatch(rf"2026-11-19: {dq_catalog.check('I1_person_without_cpr_or_birth_date').title} – \d+ "
+                        rf"{re.escape(HOSTILE)}, mellemværende nr\. G(\d+) \(id \1\)", by_integration), by_integration
+    (out_of_scope,) = sections["ikke-laengere-med"][1]
+    assert out_of_scope.startswith("2026-11-16: " + dq_catalog.check("T5_company_without_ean_or_p_number").title)
     assert external_references(doc) == []
 
     png = screenshot(report.html_path, tmp_path / "datakvalitet.png", size=(1280, 1400))
@@ -185,7 +205,7 @@ def test_M4_agency_index_renders_offline_and_links_every_branch_report(reports):
     assert doc.findtext(".//title") == f"Datakvalitet – Testby Bibliotek {A1} – {TODAY.isoformat()}"
     rows = {tr.xpath("td")[1].text_content(): [td.text_content() for td in tr.xpath("td")]
             for tr in doc.xpath('//table[@id="filialer"]/tbody/tr')}
-    assert rows[B1][:7] == ["Hovedbiblioteket", B1, "4", "3", "1", "1", "1"]
+    assert rows[B1][:9] == ["Hovedbiblioteket", B1, "4", "3", "1", "1", "1", "1", "1"]   # fixed, integration, out
     assert rows[B2][0] == "Filial Nord" and rows[B2][-1] == "ingen e-mail i FBS"
     assert external_references(doc) == []
     for href in doc.xpath("//a/@href"):

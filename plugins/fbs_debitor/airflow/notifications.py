@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from fbs_debitor.transfer.run import failure_message
+
 
 def held_agencies(dq: dict) -> list[str]:
     """Fail when an agency's run is held because its age limit is out of range (C3)."""
@@ -13,6 +15,14 @@ def held_agencies(dq: dict) -> list[str]:
     if held:
         reasons = "; ".join(f"agency {a}: {r}" for a, r in sorted(held.items()))
         raise AirflowFailException(f"{len(held)} agency run(s) held until the setting is fixed: {reasons}")
+    return []
+
+
+def failed_agencies(failures: dict[str, list[str]]) -> list[str]:
+    """Fail when an agency's work failed part-way (an unexpected error in its batches) while every
+    other agency's went on: the message names the agencies that need attention."""
+    if failures:
+        raise AirflowFailException(failure_message(failures))
     return []
 
 

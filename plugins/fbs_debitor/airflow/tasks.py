@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from fbs_debitor.airflow import connections
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.core import ledger, migrations, settings
@@ -142,13 +144,27 @@ def raise_staff_tasks(run_id: str) -> dict[str, int]:
 
 
 def close_run(run_id: str) -> str:
+    """Findings resolved, the run closed: failed when an agency's work failed part-way (delivery's
+    ``failed`` counts, recorded with the run), naming the agencies, else successful. The DAG's
+    last task ``failed_agencies`` then fails the Airflow run with the same message."""
     with task_stores() as stores:
         resolved = transfer.resolve_findings(stores, run_id)
-        log.info("%d finding(s) resolved: the data was fixed or the liability left the batch", resolved)
-        ledger.finish_run(stores.ledger, run_id, "success")
+        log.info("%d finding(s) resolved: fixed in FBS, resolved by the integration, or no longer in scope", resolved)
+        failure = transfer.failure_message(transfer.agency_failures(ledger.run_counts(stores.ledger, run_id)))
+        if failure:
+            ledger.finish_run(stores.ledger, run_id, "failed", failure)
+        else:
+            ledger.finish_run(stores.ledger, run_id, "success")
         text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
     log.info("run summary\n%s", text)
     return run_id
+
+
+def agency_failures(run_id: str) -> dict[str, list[str]]:
+    """The agencies whose work failed part-way in this run, with the exception types (from the
+    run's counts in the ledger): what ``notifications.failed_agencies`` fails the run with."""
+    with task_stores() as stores:
+        return transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
 
 
 # --- debitor_payments ----------------------------------------------------------------------------
@@ -176,17 +192,23 @@ def reconcile_payments(run_id: str) -> dict[str, int]:
 # --- debitor_backfill ----------------------------------------------------------------------------
 
 def plan_backfill(params: dict, airflow_run_id: str) -> dict:
-    """Validate the params, record the backfill and its months."""
-    with task_stores() as stores:
-        _migrate(stores)
-        if airflow_run_id.startswith("detected__"):
-            # Triggered by detection: the backfill it names, as it stands now (a cut-off moved
-            # forward since may have narrowed or stopped it), not the conf copied at trigger time.
-            plan = backfill.plan_detected(stores, airflow_run_id.removeprefix("detected__"), airflow_run_id)
-        else:
-            request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"),
-                                             params.get("dry_run", False), params.get("batch_size"))
-            plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
+    """Validate the params, record the backfill and its months. A request that cannot be carried
+    out (an unknown agency, a date in the future or before 2000-01-01, ...: ``BackfillError``)
+    fails the task at once, without retries (they would only say the same thing minutes later),
+    with the reason as its error; nothing is recorded then."""
+    try:
+        with task_stores() as stores:
+            _migrate(stores)
+            if airflow_run_id.startswith("detected__"):
+                # Triggered by detection: the backfill it names, as it stands now (a cut-off moved
+                # forward since may have narrowed or stopped it), not the conf copied at trigger time.
+                plan = backfill.plan_detected(stores, airflow_run_id.removeprefix("detected__"), airflow_run_id)
+            else:
+                request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"),
+                                                 params.get("dry_run", False), params.get("batch_size"))
+                plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
+    except backfill.BackfillError as exc:
+        raise AirflowFailException(f"backfill not started: {exc}") from None
     return {**plan.as_dict(), "chunk_list": plan.chunks}
 
 
@@ -200,7 +222,16 @@ def backfill_chunk(chunk: dict, airflow_run_id: str) -> dict:
                                       pacer=send_rate.pacer_for_backfill(), airflow_run_id=airflow_run_id)
 
 
-def finish_backfill(plan: dict) -> dict:
+def finish_backfill(plan: dict | None) -> dict:
+    """The backfill closed (``backfill.finish``). Runs whatever happened before it (trigger rule
+    all_done); when ``plan`` failed or was skipped there is no plan: the backfill did not start,
+    and this task says so and fails too (it is the DAG's last task, so it decides the run's state:
+    a run whose backfill never started is not a success)."""
+    if not isinstance(plan, dict):
+        message = ("the backfill did not start: task plan failed or was skipped, so no backfill was recorded and "
+                   "nothing was sent. plan's log says why (e.g. an unknown agency or a date out of range); "
+                   "correct the parameters and trigger debitor_backfill again")
+        raise AirflowFailException(message)
     if not plan.get("backfill_id"):
         log.info("%s", plan.get("note"))
         return {"status": "nothing to do"}
@@ -226,7 +257,9 @@ def build_reports(report_date: str) -> dict:
     log.info("reports\n%s", dq_report.format_reports(reports))
     return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
             "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
-            "resolved": sum(r.resolved_count for r in reports),
+            "resolved": sum(r.resolved_count for r in reports),                  # fixed in FBS, by staff
+            "resolved_by_integration": sum(r.integration_count for r in reports),
+            "no_longer_in_scope": sum(r.out_of_scope_count for r in reports),
             "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}
 
 

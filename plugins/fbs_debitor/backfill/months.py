@@ -2,7 +2,8 @@
 
 Three steps, the tasks of DAG ``debitor_backfill`` and of ``python -m fbs_debitor backfill``:
 
-``plan``      validates the request (agency, new cut-off date, dry run, batch size), brings the
+``plan``      validates the request (agency, new cut-off date, dry run, batch size; see "Which
+              requests are refused" below), brings the
               ledger's view of the cut-off dates up to date (``cut_off.detect``) and records the
               backfill of [new cut-off, the date the hourly run transfers from) with one chunk
               per calendar month. A request matching an unfinished backfill resumes it.
@@ -16,6 +17,16 @@ Three steps, the tasks of DAG ``debitor_backfill`` and of ``python -m fbs_debito
               take over its range (``cut_off.hourly_from`` comes down to its start), and with it
               whatever the backfill could not send yet (verified later, data fixed later).
 
+Which requests are refused, before anything is recorded (``BackfillError``, a message naming the
+agency, the value and what is allowed): an agency id that is not six digits (the ISIL number without
+DK-), an agency FBS does not know, a date that is not YYYY-MM-DD, in the future, or before
+``EARLIEST_CUT_OFF`` (2000-01-01); a real backfill from before FBS's own cut-off date (T1/T3); an
+agency held for its age limit (C3). 2000-01-01 is a fixed floor, the same for every agency and
+every path (Airflow's ``plan``, the CLI, a dry run): no claim created before it can still be
+collected (the Danish limitation act's absolute limit is ten years), it needs no data, so it is
+known before anything is read, and it keeps a backfill to a few hundred months, far below
+Airflow's ``max_map_length`` (1024 mapped tasks), where 0001-01-01 asked for 24,300.
+
 T3 exactly: the chunk's scope is open liabilities of its month on or after FBS's cut-off date
 (read live: a cut-off moved forward meanwhile stops the rest); closed and sent-to-collection ones
 are counted out (T3-closed, T3-collection), ones in the ledger are never sent again
@@ -28,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,6 +64,8 @@ from fbs_debitor.transfer import run as transfer
 log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 5000
+EARLIEST_CUT_OFF = dt.date(2000, 1, 1)     # the floor of a backfill's start (see the module doc)
+AGENCY_ID = re.compile(r"^[0-9]{6}$")      # an FBS agency: the library's ISIL number without DK-
 
 
 class BackfillError(ValueError):
@@ -91,10 +105,15 @@ class Plan:
 
 def parse_request(agency: str | None, cut_off_date: str | dt.date | None, dry_run=False,
                   batch_size=None) -> Request:
-    """The request as typed by an operator (Airflow params, CLI), checked for form."""
+    """The request as typed by an operator (Airflow params, CLI), checked for form: what needs no
+    data (the date's floor too; whether the agency exists and the date is not in the future is
+    ``plan``'s to check)."""
     agency = (agency or "").strip()
     if not agency:
         raise BackfillError("agency: name the FBS agency (ISIL number without DK-, e.g. 715100)")
+    if not AGENCY_ID.match(agency):
+        raise BackfillError(f"agency {agency!r} is not an FBS agency id: six digits, the ISIL number without DK- "
+                            "(e.g. 715100)")
     if isinstance(cut_off_date, dt.date):
         date = cut_off_date
     else:
@@ -102,6 +121,7 @@ def parse_request(agency: str | None, cut_off_date: str | dt.date | None, dry_ru
             date = dt.date.fromisoformat(str(cut_off_date or "").strip())
         except ValueError:
             raise BackfillError(f"agency {agency}: cut_off_date {cut_off_date!r} is not a date (YYYY-MM-DD)") from None
+    check_date(agency, date)
     if batch_size in (None, ""):
         size = None
     else:
@@ -118,17 +138,32 @@ def parse_request(agency: str | None, cut_off_date: str | dt.date | None, dry_ru
     return Request(agency, date, bool(dry_run), size)
 
 
+def check_date(agency_id: str, date: dt.date, today: dt.date | None = None) -> None:
+    """The one rule for a backfill's start, whoever asks (Airflow, the CLI, a dry run): from
+    ``EARLIEST_CUT_OFF`` up to today. Without ``today`` only the floor is checked."""
+    if date < EARLIEST_CUT_OFF:
+        raise BackfillError(f"agency {agency_id}: cut_off_date {date} is before {EARLIEST_CUT_OFF} (allowed: "
+                            f"{EARLIEST_CUT_OFF} to today; nothing created before {EARLIEST_CUT_OFF} can still be "
+                            "collected)")
+    if today is not None and date > today:
+        raise BackfillError(f"agency {agency_id}: cut_off_date {date} is in the future (allowed: {EARLIEST_CUT_OFF} "
+                            f"to today, {today})")
+
+
 def _validate(stores: Stores, request: Request, today: dt.date) -> None:
-    """Against FBS: the agency exists, the date is not in the future, a real backfill starts on or
-    after the cut-off date FBS holds (T1/T3), and the agency is not held for its age limit (C3)."""
+    """Against FBS: the agency exists, the date is in range (``check_date``: not in the future, not
+    before the floor), a real backfill starts on or after the cut-off date FBS holds (T1/T3), and
+    the agency is not held for its age limit (C3)."""
 
     a = request.agency_id
     with stores.fbs.connect() as conn:
         row = conn.execute(text("SELECT cut_off_date, age_limit FROM agency WHERE agency_id = :a"), {"a": a}).first()
+        known = [] if row is not None else [r[0] for r in conn.execute(text(
+            "SELECT agency_id FROM agency ORDER BY agency_id LIMIT 21"))]
     if row is None:
-        raise BackfillError(f"agency {a} is not in FBS")
-    if request.cut_off_date > today:
-        raise BackfillError(f"agency {a}: cut_off_date {request.cut_off_date} is in the future")
+        listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        raise BackfillError(f"agency {a} is not in FBS (agencies in FBS: {listed or 'none'})")
+    check_date(a, request.cut_off_date, today)
     fbs_cut_off = as_date(row.cut_off_date)
     if not request.dry_run and request.cut_off_date < fbs_cut_off:
         raise BackfillError(
@@ -232,6 +267,11 @@ def plan_detected(stores: Stores, backfill_id: str, airflow_run_id: str | None =
         note = f"agency {bf.agency_id}: backfill {backfill_id} is {bf.status}: {bf.note}"
         log.warning(note)
         return Plan(None, bf.agency_id, as_date(bf.from_date), as_date(bf.to_date), False, note=note)
+    if as_date(bf.from_date) < EARLIEST_CUT_OFF:
+        raise BackfillError(
+            f"agency {bf.agency_id}: backfill {backfill_id} would start at {as_date(bf.from_date)}, the cut-off date "
+            f"FBS was moved back to, before {EARLIEST_CUT_OFF}, the earliest date a backfill can start. Move the "
+            f"cut-off date in FBS to {EARLIEST_CUT_OFF} or later; the next transfer run then narrows this backfill")
     request = Request(bf.agency_id, as_date(bf.from_date), False, int(bf.batch_size))
     return plan(stores, request, requested_by="detected", airflow_run_id=airflow_run_id, today=today)
 
@@ -369,7 +409,8 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
     totals = transfer.totals(counts)
     # Only this month's own liabilities decide whether it is done: the resend at the start may have
     # carried other runs' messages (other months, the hourly run's), whose outcome is theirs.
-    missing = {k: v for k, v in {"deferred": totals.get("deferred", 0),
+    # An agency failed part-way (delivery's (agency, "failed", <exception>) counts): not done either.
+    missing = {k: v for k, v in {"deferred": totals.get("deferred", 0), "failed": totals.get(transfer.FAILED, 0),
                                  "unconfirmed": len(_unconfirmed_in(stores, scope))}.items() if v}
     if missing or link.down:
         error = (f"not everything reached the debtor system ({missing}{'; ' + link.down if link.down else ''}); "

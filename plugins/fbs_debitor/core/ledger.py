@@ -1,4 +1,4 @@
-"""Reading and writing the ledger: runs, their counts, and findings.
+"""Reading and writing the ledger: runs, their counts, findings, and what the integration changed in FBS.
 
 Every write is keyed so that repeating it (a retried Airflow task, a rerun after a crash) leaves
 the same rows: runs by their id, counts by (run, agency, category, rule), findings by their key.
@@ -68,17 +68,23 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
                       "e": mask_cprs_in(error)[:4000] if error else None, "r": run_id})
 
 
+RULE_LENGTH = 30   # run_count.rule
+
+
 def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:
     """Replace the run's counts in these categories (a retried task writes the same run again, not
     twice; the steps of a run each own their categories)."""
     categories = sorted(set(categories) | {c for _, c, _ in counts})
+    rows: Counter = Counter()
+    for (a, c, u), n in counts.items():   # a rule is at most 30 characters (the column): e.g. a long exception name
+        rows[(a, c, str(u)[:RULE_LENGTH])] += n
     with ledger.begin() as conn:
         conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
                      .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
-        if counts:
+        if rows:
             conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
                               "VALUES (:r, :a, :c, :u, :n)"),
-                         [{"r": run_id, "a": a, "c": c, "u": u, "n": n} for (a, c, u), n in sorted(counts.items())])
+                         [{"r": run_id, "a": a, "c": c, "u": u, "n": n} for (a, c, u), n in sorted(rows.items())])
 
 
 @dataclass(frozen=True)
@@ -164,13 +170,14 @@ def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], se
 
 def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
                     skip_agencies: Iterable[str] = (), agency_id: str | None = None) -> list:
-    """Open findings of these checks that this run did not see again (finding_key, agency_id,
-    liability_id), leaving out the agencies named (e.g. held: nothing was checked there); of one
+    """Open findings of these checks that this run did not see again (finding_key, check_code,
+    agency_id, patron_id, liability_id), leaving out the agencies named (e.g. held: nothing was checked there); of one
     agency only when ``agency_id`` is given (a backfill month)."""
     codes = sorted(set(check_codes))
     if not codes:
         return []
-    query = text("SELECT finding_key, agency_id, liability_id FROM finding WHERE resolved_at IS NULL "
+    query = text("SELECT finding_key, check_code, agency_id, patron_id, liability_id FROM finding "
+                 "WHERE resolved_at IS NULL "
                  "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r) "
                  "AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
                  ).bindparams(bindparam("codes", expanding=True))
@@ -180,11 +187,18 @@ def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
                 if r.agency_id not in skip]
 
 
+# Why a finding was resolved (finding.resolution; NULL, from before 0002, reads as FIXED).
+FIXED = "fixed"               # the data was corrected in FBS: what staff fixed
+INTEGRATION = "integration"   # the integration changed the data itself (a replacement CPR it assigned, I1)
+LEFT_BATCH = "left_batch"     # the liability no longer waits to go (sent, closed, ...): no longer in scope
+RESOLUTIONS = (FIXED, INTEGRATION, LEFT_BATCH)
+
+
 def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resolved_at: dt.datetime,
                      batch: int = 5000) -> int:
-    """Mark findings resolved, saying why (``fixed`` or ``left_batch``)."""
-    if resolution not in ("fixed", "left_batch"):
-        raise ValueError(resolution)
+    """Mark findings resolved, saying why (one of ``RESOLUTIONS``)."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution {resolution!r}: one of {', '.join(RESOLUTIONS)}")
     update = text("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
                   "AND finding_key IN :keys").bindparams(bindparam("keys", expanding=True))
     n = 0
@@ -204,6 +218,50 @@ def open_findings(ledger: Engine, agency_id: str | None = None) -> list:
         params["a"] = agency_id
     with ledger.connect() as conn:
         return conn.execute(text(sql + " ORDER BY first_seen_at, finding_key"), params).all()
+
+
+# --- what the integration changed in FBS ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReplacementCprAssigned:
+    """The integration gave ``patron_id`` a replacement CPR (I1), written to FBS with the claim of
+    ``liability_id``. The number itself is never in the ledger."""
+    patron_id: int
+    agency_id: str
+    liability_id: int
+
+
+def record_replacement_cprs(ledger: Engine, run_id: str, assigned: Iterable[ReplacementCprAssigned],
+                            at: dt.datetime | None = None) -> int:
+    """Remember the patrons the integration gave a replacement CPR in this run (so the finding that
+    went away because of it is resolved as the integration's doing, not staff's), with an event on
+    the liability's trail (M2). Keyed by patron: recording it again updates, never doubles."""
+    rows = list(assigned)
+    if not rows:
+        return 0
+    at = at or now()
+    with ledger.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO replacement_cpr_assigned (patron_id, agency_id, liability_id, run_id, assigned_at) "
+            "VALUES (:p, :a, :l, :r, :t) ON CONFLICT (patron_id) DO UPDATE SET agency_id = excluded.agency_id, "
+            "liability_id = excluded.liability_id, run_id = excluded.run_id, assigned_at = excluded.assigned_at"),
+            [{"p": r.patron_id, "a": r.agency_id, "l": r.liability_id, "r": run_id, "t": at} for r in rows])
+        add_events(conn, [(r.liability_id, "replacement_cpr_assigned", None,
+                           f"patron {r.patron_id} had no CPR number: the integration gave them a replacement CPR "
+                           "and wrote it to FBS (I1)") for r in rows], run_id, at)
+    return len(rows)
+
+
+def replacement_cpr_patrons(ledger: Engine, patron_ids: Iterable[int]) -> set[int]:
+    """Those of these patrons the integration gave a replacement CPR."""
+    ids = sorted({int(p) for p in patron_ids})
+    found: set[int] = set()
+    query = text("SELECT patron_id FROM replacement_cpr_assigned WHERE patron_id IN :ids").bindparams(
+        bindparam("ids", expanding=True))
+    with ledger.connect() as conn:
+        for part in chunked(ids, 5000):
+            found.update(int(r[0]) for r in conn.execute(query, {"ids": part}))
+    return found
 
 
 # --- the audit trail (M2) and a claim's settlement ------------------------------------------------

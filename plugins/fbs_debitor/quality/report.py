@@ -10,6 +10,13 @@ from the ledger's ``finding`` table. The report is "as of the end of ``today``":
 on day d when it was first seen on or before d and not resolved on or before d, so the chart's
 last day is the number of open findings in the table.
 
+A finding resolved in the last 7 days is shown in one of three groups, by why it went away
+(``finding.resolution``): **fixed in FBS** (``fixed``: staff corrected the data; NULL from before
+the column existed reads so too), **resolved by the integration** (``integration``: the
+integration changed the data itself, e.g. gave a patron without CPR and birth date a replacement
+CPR, I1) and **no longer in scope** (``left_batch``: the liability was sent, closed, cancelled,
+sent to collection or is before the cut-off). Only the first is what staff fixed.
+
 Which branch sees a finding: its own ``branch_id``; else the patron's branch in FBS; else (an
 agency-level finding such as C3, or a patron/branch FBS does not know) every branch of the agency,
 so nothing is left out.
@@ -59,7 +66,7 @@ log = logging.getLogger(__name__)
 CHART_DAYS = 30          # the chart's window, today included
 FIXED_DAYS = 7           # "rettet de seneste 7 dage", today included
 HTML_ROW_LIMIT = 5000    # open rows shown in the HTML; the CSV always has them all
-FIXED_LIST_LIMIT = 200   # newest fixed findings listed in the HTML
+FIXED_LIST_LIMIT = 200   # newest resolved findings listed in the HTML, per group
 STREAM_CHUNK = 5000      # findings per streamed chunk (and per FBS lookup)
 
 HTML_NAME = "datakvalitet.html"
@@ -70,6 +77,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 SEVERITY_LABEL = {BLOCKS_AGENCY: "Standser hele biblioteket", BLOCKS_LIABILITY: "Blokerer", WARNING: "Advarsel"}
 BLOCKING = frozenset({BLOCKS_AGENCY, BLOCKS_LIABILITY})
+
+# The three groups of resolved findings, in the order shown: group -> the ledger's resolutions.
+FIXED, BY_INTEGRATION, OUT_OF_SCOPE = "fixed", "integration", "out_of_scope"
+RESOLVED_GROUPS = (FIXED, BY_INTEGRATION, OUT_OF_SCOPE)
+_GROUP_OF = {None: FIXED, "fixed": FIXED, "integration": BY_INTEGRATION, "left_batch": OUT_OF_SCOPE}
 
 CSV_COLUMNS = ("Alvor", "Regel", "Tjek", "Lånernummer", "Lånernavn", "Mellemværende-id", "Gebyr-/erstatningsnr.",
                "Hvad er galt", "Hvorfor det betyder noget", "Først set", "Sidst set", "Ny siden i går", "Fund-id")
@@ -100,15 +112,17 @@ class BranchReport:
     staff_email: str | None
     html_path: Path
     csv_path: Path
-    counts: dict[str, dict[str, int]]   # check code -> {"open", "new", "resolved"}
+    counts: dict[str, dict[str, int]]   # check code -> {"open", "new", "resolved", "integration", "out_of_scope"}
     open_count: int
     new_count: int                      # open and first seen since yesterday
-    resolved_count: int                 # fixed in the last 7 days
+    resolved_count: int                 # fixed in FBS (by staff) in the last 7 days
     blocking_count: int = 0             # open and blocking (liability or agency)
     warning_count: int = 0
     agency_blocked: bool = False        # an open finding holds the agency's whole run (C3)
     agency_name: str = ""
     report_date: str = ""               # YYYY-MM-DD
+    integration_count: int = 0          # resolved by the integration itself in the last 7 days
+    out_of_scope_count: int = 0         # no longer in scope (sent, closed, ...) in the last 7 days
 
     def as_dict(self) -> dict:
         """JSON-safe: paths and counts only (for XCom and the manifest), never finding data."""
@@ -157,7 +171,7 @@ class _Row:
     last_seen: dt.date
     resolved: dt.datetime | None
     is_new: bool
-    left_batch: bool = False      # resolved because the liability no longer waits to go: not "fixed"
+    group: str = FIXED            # why it was resolved (RESOLVED_GROUPS); only FIXED is what staff fixed
 
 
 @dataclass
@@ -168,13 +182,14 @@ class _Branch:
     staff_email: str | None
     agency_name: str
     folder: Path
-    counts: dict[str, list[int]] = field(default_factory=dict)   # code -> [open, new, resolved]
+    counts: dict[str, list[int]] = field(default_factory=dict)   # code -> [open, new, fixed, integration, out]
     blocking: int = 0
     warning: int = 0
     agency_blocked: bool = False
     chart_blocking: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))   # difference arrays
     chart_warning: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))
-    fixed: list = field(default_factory=list)   # min-heap of (resolved, seq, row): the newest kept
+    resolved: dict[str, list] = field(default_factory=lambda: {g: [] for g in RESOLVED_GROUPS})
+    # per group a min-heap of (resolved, seq, row): the newest FIXED_LIST_LIMIT kept
     html_rows: int = 0
     pending: list = field(default_factory=list)   # this chunk's rows for the HTML, not yet rendered
     csv_file: object = None
@@ -270,10 +285,10 @@ class _Builder:
             message=_own_words(scrub(r.message or ""), dq_catalog.check(r.check_code)),
             first_seen=first.date(), last_seen=last.date(),
             resolved=None if is_open else resolved, is_new=is_open and first.date() >= self.new_since,
-            left_batch=getattr(r, "resolution", None) == "left_batch")
+            group=_GROUP_OF.get(getattr(r, "resolution", None), FIXED))
 
     def _add(self, b: _Branch, row: _Row) -> None:
-        counts = b.counts.setdefault(row.check.code, [0, 0, 0])
+        counts = b.counts.setdefault(row.check.code, [0, 0, 0, 0, 0])
         blocking = row.severity in BLOCKING
         # The chart: open on day d when first seen on or before d and not resolved on or before d.
         lo = max(0, (row.first_seen - self.chart_start).days)
@@ -292,14 +307,15 @@ class _Builder:
                 b.warning += 1
             b.agency_blocked |= row.severity == BLOCKS_AGENCY
             self._write_open(b, row)
-        elif not row.left_batch and row.resolved.date() >= self.fixed_since:
-            counts[2] += 1
+        elif row.resolved.date() >= self.fixed_since:
+            counts[2 + RESOLVED_GROUPS.index(row.group)] += 1
             self._seq += 1
             item = (row.resolved, self._seq, row)
-            if len(b.fixed) < FIXED_LIST_LIMIT:
-                heapq.heappush(b.fixed, item)
+            heap = b.resolved[row.group]
+            if len(heap) < FIXED_LIST_LIMIT:
+                heapq.heappush(heap, item)
             else:
-                heapq.heappushpop(b.fixed, item)
+                heapq.heappushpop(heap, item)
 
     def _write_open(self, b: _Branch, row: _Row) -> None:
         if b.csv_writer is None:
@@ -338,14 +354,16 @@ class _Builder:
                     f.close()
 
     def _report(self, b: _Branch) -> BranchReport:
-        counts = {code: {"open": c[0], "new": c[1], "resolved": c[2]} for code, c in sorted(b.counts.items())}
+        counts = {code: {"open": c[0], "new": c[1], "resolved": c[2], "integration": c[3], "out_of_scope": c[4]}
+                  for code, c in sorted(b.counts.items())}
         return BranchReport(
             agency_id=b.agency_id, branch_id=b.branch_id, branch_name=b.name, staff_email=b.staff_email,
             html_path=b.folder / HTML_NAME, csv_path=b.folder / CSV_NAME, counts=counts,
             open_count=b.open_count, new_count=sum(c[1] for c in b.counts.values()),
             resolved_count=sum(c[2] for c in b.counts.values()), blocking_count=b.blocking,
             warning_count=b.warning, agency_blocked=b.agency_blocked, agency_name=b.agency_name,
-            report_date=self.today.isoformat())
+            report_date=self.today.isoformat(), integration_count=sum(c[3] for c in b.counts.values()),
+            out_of_scope_count=sum(c[4] for c in b.counts.values()))
 
     # --- the HTML page ---------------------------------------------------------------------
 
@@ -354,14 +372,15 @@ class _Builder:
         checks = [(dq_catalog.check(code), b.counts[code])
                   for code in sorted(b.counts, key=lambda c: (dq_catalog.check(c).severity not in BLOCKING,
                                                               _CATALOG_ORDER.get(c, len(_CATALOG_ORDER)), c))]
-        fixed = [(resolved, row) for resolved, _seq, row in sorted(b.fixed, reverse=True)]
+        resolved = {g: [(at, row) for at, _seq, row in sorted(b.resolved[g], reverse=True)] for g in RESOLVED_GROUPS}
+        resolved_counts = {g: sum(c[2 + i] for c in b.counts.values()) for i, g in enumerate(RESOLVED_GROUPS)}
         tmp = b.folder / (HTML_NAME + ".tmp")
         with open(tmp, "w", encoding="utf-8") as out:
             self.page_template.stream(
                 branch=b, today=self.today, generated=_generated(), checks=checks,
-                new_count=sum(c[1] for c in b.counts.values()), fixed_count=sum(c[2] for c in b.counts.values()),
+                new_count=sum(c[1] for c in b.counts.values()), fixed_count=resolved_counts[FIXED],
                 chart=_chart(self._series(b)), open_rows=_fragment(b.folder / ROWS_NAME), shown=b.html_rows,
-                fixed=fixed).dump(out)
+                fixed=resolved[FIXED], resolved=resolved, resolved_counts=resolved_counts).dump(out)
         os.replace(tmp, b.folder / HTML_NAME)
 
     def _series(self, b: _Branch) -> list[tuple[dt.date, int, int]]:
@@ -504,7 +523,8 @@ def load_manifest(path: Path) -> list[BranchReport]:
 def format_reports(reports: Sequence[BranchReport]) -> str:
     """One line per branch report, for the CLI and the task log (paths and counts only)."""
     lines = [f"{r.agency_id}/{r.branch_id} {r.branch_name}: {r.open_count} open ({r.blocking_count} blocking, "
-             f"{r.warning_count} warnings), {r.new_count} new, {r.resolved_count} fixed in 7 days"
+             f"{r.warning_count} warnings), {r.new_count} new; in 7 days {r.resolved_count} fixed in FBS, "
+             f"{r.integration_count} resolved by the integration, {r.out_of_scope_count} no longer in scope"
              + (" [AGENCY BLOCKED]" if r.agency_blocked else "") + f"\n  {r.html_path}\n  {r.csv_path}"
              for r in reports]
     lines.append(f"{len(reports)} branch report(s), {sum(r.open_count for r in reports)} open finding row(s)")

@@ -12,6 +12,12 @@ Which liabilities a run looks at is its ``scope``: the hourly run's is everythin
 agency's cut-off date except ranges waiting for ``debitor_backfill`` (``cut_off``); a backfill
 chunk's is one agency's month (``backfill``). Whoever sends (the hourly run, a backfill chunk,
 the CLI) holds the ledger's ``sending`` lock meanwhile, so two senders never interleave.
+
+One agency's trouble never stops the others: when delivery hits an unexpected error in one
+agency's batches it counts them ``(agency, "failed", <exception type>)`` and goes on with the
+next agency. Such a run ends *failed*, after every agency's work was done, with an error naming
+the agencies that need attention (``agency 715100: RuntimeError``): ``run_transfer`` records it
+so, and the DAG's ``close_run`` and its last task ``failed_agencies`` do the same.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import text
 
@@ -28,7 +35,7 @@ from fbs_debitor.changes import sending as change_delivery
 from fbs_debitor.claims import stream as claim_stream
 from fbs_debitor.claims.model import Problem
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import exclusive
+from fbs_debitor.core.db import chunked, exclusive, in_query
 from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery import outbox as delivery
@@ -40,6 +47,8 @@ from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import checks as dq_checks
 
 log = logging.getLogger(__name__)
+
+FAILED = "failed"   # delivery's count category for an agency whose work failed part-way; rule: the exception type
 
 
 def _finding(v: eligibility.Verdict) -> ledger.Finding:
@@ -88,16 +97,27 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
         if on_page is not None:
             counts.update(on_page(page))
-    ledger.record_counts(stores.ledger, run_id, counts, eligibility.CATEGORIES)
+    # (delivery's own categories too: a retried task that no longer has them leaves none behind)
+    ledger.record_counts(stores.ledger, run_id, counts, (*eligibility.CATEGORIES, FAILED, "deferred"))
     log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
 
 
+# Checks whose finding the integration itself can make go away, and how: a person without CPR
+# and birth date (the I1 warning) is no longer one once a run gave them a replacement CPR and
+# wrote it to FBS. (T6 cannot: where it blocks, replacement CPRs are off or the CPR is invalid,
+# and then the integration assigns none; the other checks look at data it never writes.)
+RESOLVED_BY_REPLACEMENT_CPR = frozenset({"I1_person_without_cpr_or_birth_date"})
+
+
 def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = None) -> int:
     """At the end of a run, findings this run did not see again are resolved, saying why:
-    ``fixed`` when the liability still waits to go (the data was corrected) or for agency checks,
-    ``left_batch`` when it no longer waits (sent, closed, cancelled, before the cut-off): that is
-    nothing staff fixed. Only what the run looked at is decided: agencies held under C3 in this
+    ``fixed`` when the liability still waits to go (the data was corrected in FBS) or for agency
+    checks; ``integration`` when the integration changed the data itself (a patron without CPR and
+    birth date it gave a replacement CPR, who still has neither: ``RESOLVED_BY_REPLACEMENT_CPR``),
+    whether or not that liability has gone since; ``left_batch`` when the liability no longer waits
+    (sent, closed, cancelled, before the cut-off): no longer in scope. Neither of the last two is
+    something staff fixed. Only what the run looked at is decided: agencies held under C3 in this
     run are left alone (nothing was checked or built there, so absence proves nothing), and so are
     liabilities outside the run's scope: the hourly run leaves a range waiting for the backfill
     alone, a backfill chunk everything outside its month (and the agency checks)."""
@@ -114,12 +134,36 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
     if scope.is_chunk:
         unseen = [r for r in unseen if r.liability_id is not None and r.agency_id == scope.agency_id]
     here, elsewhere = _standing(stores, scope, {r.liability_id for r in unseen if r.liability_id is not None})
-    fixed = [r.finding_key for r in unseen if r.liability_id is None or r.liability_id in here]
-    left = [r.finding_key for r in unseen if r.liability_id is not None and r.liability_id not in here
-            and r.liability_id not in elsewhere]
+    decided = [r for r in unseen if r.liability_id is None or r.liability_id not in elsewhere]   # this run's
+    by_integration = _resolved_by_integration(stores, decided)
+    fixed = [r.finding_key for r in decided if r.finding_key not in by_integration
+             and (r.liability_id is None or r.liability_id in here)]
+    left = [r.finding_key for r in decided if r.finding_key not in by_integration
+            and r.liability_id is not None and r.liability_id not in here]
     at = ledger.now()
-    return (ledger.resolve_findings(stores.ledger, fixed, "fixed", at)
-            + ledger.resolve_findings(stores.ledger, left, "left_batch", at))
+    return (ledger.resolve_findings(stores.ledger, fixed, ledger.FIXED, at)
+            + ledger.resolve_findings(stores.ledger, sorted(by_integration), ledger.INTEGRATION, at)
+            + ledger.resolve_findings(stores.ledger, left, ledger.LEFT_BATCH, at))
+
+
+def _resolved_by_integration(stores: Stores, unseen: list) -> set[str]:
+    """The keys of those findings that went away because the integration changed the data: a
+    check in ``RESOLVED_BY_REPLACEMENT_CPR`` about a patron the integration gave a replacement CPR
+    (the ledger says so) and who, in FBS, has one and still no CPR or birth date (staff added
+    neither: had they, it would be theirs, ``fixed``)."""
+    candidates = [r for r in unseen if r.check_code in RESOLVED_BY_REPLACEMENT_CPR and r.patron_id is not None]
+    if not candidates:
+        return set()
+    assigned = ledger.replacement_cpr_patrons(stores.ledger, {int(r.patron_id) for r in candidates})
+    if not assigned:
+        return set()
+    query = in_query("SELECT patron_id FROM patron WHERE patron_id IN :ids AND replacement_cpr IS NOT NULL "
+                     "AND (cpr IS NULL OR TRIM(cpr) = '') AND birth_date IS NULL", "ids")
+    unchanged: set[int] = set()
+    with stores.fbs.connect() as conn:
+        for part in chunked(sorted(assigned), 2000):
+            unchanged.update(int(r[0]) for r in conn.execute(query, {"ids": part}))
+    return {r.finding_key for r in candidates if int(r.patron_id) in unchanged}
 
 
 def _standing(stores: Stores, scope: scopes.Scope, liability_ids: set[int]) -> tuple[set[int], set[int]]:
@@ -143,10 +187,29 @@ def totals(counts: Counter) -> dict[str, int]:
     for (_agency, category, rule), n in counts.items():
         out[category] = out.get(category, 0) + n
         if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected",
-                        "change_recorded", "changes_accepted", "changes_rejected"):
+                        "change_recorded", "changes_accepted", "changes_rejected", FAILED):
             key = f"{category}:{rule}"
             out[key] = out.get(key, 0) + n
     return dict(sorted(out.items()))
+
+
+def agency_failures(counts: Counter) -> dict[str, list[str]]:
+    """The agencies whose work failed part-way (delivery's ``(agency, "failed", <exception type>)``
+    counts), each with its exception types, sorted."""
+    failed: dict[str, set[str]] = {}
+    for (agency, category, rule), n in counts.items():
+        if category == FAILED and n:
+            failed.setdefault(str(agency), set()).add(str(rule))
+    return {a: sorted(failed[a]) for a in sorted(failed)}
+
+
+def failure_message(failures: dict[str, list[str]]) -> str | None:
+    """What ends such a run failed: the agencies that need attention and what went wrong there."""
+    if not failures:
+        return None
+    return (f"{len(failures)} agency(ies) need attention, their work failed part-way (every other agency's work "
+            "was done; the log of the run has the error): "
+            + "; ".join(f"agency {a}: {', '.join(types)}" for a, types in failures.items()))
 
 
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
@@ -159,11 +222,47 @@ def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
     link = link or delivery.Link()
     with exclusive(stores.ledger, "sending"):
         counts = assess_eligibility(stores, run_id, page_size, scope=scope,
-                                    on_page=lambda page: delivery.deliver_page(stores, client, run_id, page, size,
-                                                                               link))
+                                    on_page=lambda page: _deliver_page(stores, client, run_id, page, size, link))
     if link.down:
         log.error("the debtor system stopped answering (%s); what was not sent waits for the next run", link.down)
     return counts
+
+
+def _deliver_page(stores: Stores, client, run_id: str, page: claim_stream.Page, size: int, link) -> Counter:
+    """``delivery.deliver_page``, then the replacement CPRs it wrote to FBS remembered in the ledger
+    (also when it raised: FBS is written first, so a number may be there all the same)."""
+    try:
+        counts = delivery.deliver_page(stores, client, run_id, page, size, link)
+    except BaseException:
+        try:
+            _remember_replacement_cprs(stores, run_id, page)
+        except Exception:   # the error on its way up matters more; that one is logged
+            log.exception("the replacement CPRs of a page that failed could not be remembered")
+        raise
+    _remember_replacement_cprs(stores, run_id, page)
+    return counts
+
+
+def _remember_replacement_cprs(stores: Stores, run_id: str, page: claim_stream.Page) -> int:
+    """The patrons whose replacement CPR this page's claims created and FBS now holds (the number as
+    built: this run wrote it), recorded as the integration's doing (I1). Numbers are compared here,
+    never logged or stored in the ledger."""
+    built_numbers: dict[int, tuple[str, int, str]] = {}
+    for row, built in page.built:
+        if built.account is None:
+            continue
+        for patron_id, number in built.new_replacement_cprs.items():
+            built_numbers.setdefault(int(patron_id), (number, int(row.liability_id), str(row.agency_id)))
+    if not built_numbers:
+        return 0
+    query = in_query("SELECT patron_id, replacement_cpr FROM patron WHERE patron_id IN :ids", "ids")
+    stored: dict[int, str | None] = {}
+    with stores.fbs.connect() as conn:
+        for part in chunked(sorted(built_numbers), 2000):
+            stored.update({int(r.patron_id): r.replacement_cpr for r in conn.execute(query, {"ids": part})})
+    assigned = [ledger.ReplacementCprAssigned(p, agency, liability)
+                for p, (number, liability, agency) in sorted(built_numbers.items()) if stored.get(p) == number]
+    return ledger.record_replacement_cprs(stores.ledger, run_id, assigned)
 
 
 def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
@@ -204,9 +303,13 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
                  data_quality: bool = True, **run_fields) -> tuple[str, Counter]:
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
     leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
-    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG."""
+    and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG. When an
+    agency's work failed part-way (see the module doc) the run goes on to the end for every other
+    agency and is then recorded as failed, the error naming the agencies; it does not raise, so
+    the caller still has the counts (the CLI prints them and exits 1 on the run's status)."""
 
-    with _recorded_run(stores, kind, **run_fields) as run_id:
+    with _recorded_run(stores, kind, **run_fields) as run:
+        run_id = run.run_id
         cut_off.detect(stores, run_id)
         if data_quality:
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
@@ -215,6 +318,7 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         keep_claims_true(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
+        run.failure = failure_message(agency_failures(counts))
     return run_id, counts
 
 
@@ -222,23 +326,32 @@ def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **r
     """A whole run outside Airflow: start, data-quality checks, assess, resolve what was fixed,
     finish (failed with the error if anything raises)."""
 
-    with _recorded_run(stores, kind, **run_fields) as run_id:
-        cut_off.detect(stores, run_id)
-        dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
-        counts = assess_eligibility(stores, run_id)
-        resolve_findings(stores, run_id)
-    return run_id, counts
+    with _recorded_run(stores, kind, **run_fields) as run:
+        cut_off.detect(stores, run.run_id)
+        dq_checks.run_checks(stores, run.run_id, data_docs_dir=data_docs_dir)
+        counts = assess_eligibility(stores, run.run_id)
+        resolve_findings(stores, run.run_id)
+    return run.run_id, counts
+
+
+@dataclass
+class _Run:
+    run_id: str
+    failure: str | None = None     # set by the steps: the run ends failed with it, after every step
 
 
 @contextmanager
-def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[str]:
+def _recorded_run(stores: Stores, kind: str, **run_fields) -> Iterator[_Run]:
     """A run in the ledger: started, then finished as success, or as failed with the error when
-    anything (an interrupt too) ends it early."""
-    run_id = ledger.start_run(stores.ledger, kind, **run_fields)
+    anything (an interrupt too) ends it early, or with ``failure`` when the steps set one."""
+    run = _Run(ledger.start_run(stores.ledger, kind, **run_fields))
     try:
-        yield run_id
+        yield run
     except BaseException as exc:
-        ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        ledger.finish_run(stores.ledger, run.run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    ledger.finish_run(stores.ledger, run_id, "success")
-
+    if run.failure:
+        log.error("run %s failed: %s", run.run_id, run.failure)
+        ledger.finish_run(stores.ledger, run.run_id, "failed", run.failure)
+    else:
+        ledger.finish_run(stores.ledger, run.run_id, "success")

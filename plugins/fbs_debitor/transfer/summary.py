@@ -62,6 +62,10 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
             + f" {n(a, ACCEPTED):>8} {n(a, REJECTED):>8} {n(a, UNCONFIRMED):>6} {n(a, ALREADY_SENT):>8} "
             + " ".join(f"{n(a, OUT_OF_SCOPE, r):>13}" for r in OUT_RULES))
     rejected_rules = sorted({r for _, c, r in counts if c == REJECTED})
+    failed = {}
+    for (a, c, r), v in counts.items():
+        if c == "failed" and v:
+            failed.setdefault(a, set()).add(r)
     sent = n(None, ACCEPTED) + n(None, REJECTED) + n(None, UNCONFIRMED)
     lines += [
         "",
@@ -87,6 +91,10 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         "CPR impossible or malformed, I2 replacement CPR without name, C4 minor without name; "
         "T1 created before the cut-off date; T3 closed or sent to collection; T3-backfill in a range a backfill sends.",
     ]
+    if failed:
+        lines.insert(1, "NEEDS ATTENTION: the work of " + "; ".join(
+            f"agency {a} failed part-way ({', '.join(sorted(failed[a]))})" for a in sorted(failed))
+            + "; every other agency's work was done")
     return "\n".join(lines)
 
 
