@@ -44,7 +44,8 @@ One bad record or agency never stops the rest. A message that does not validate 
 while writing back, recording or sending one agency's claims fails that agency's part of the page
 only: it is logged (CPR-masked), its messages stay as they are (unrecorded, or ``pending``/``sent``:
 they go next run), the counts say ``(agency, "failed", <error type>)``, and the other agencies go
-on; ``raise_for_failed`` then fails the run naming the agencies, after everything else was done.
+on; the run then ends failed naming the agencies (``transfer.run.agency_failures``), after
+everything else was done.
 """
 
 from __future__ import annotations
@@ -310,31 +311,6 @@ def call_rejected(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str,
 
 
 # --- one bad record or agency never stops the rest -------------------------------------------------
-
-class AgencyFailed(RuntimeError):
-    """One or more agencies' part of a run failed with an unexpected error; every other agency's
-    part was done. The message names the agencies and the error types (the log has the rest)."""
-
-
-def failed_agencies(counts: Counter) -> dict[str, list[str]]:
-    """Agency -> the error types of its failed parts, from counts keyed (agency, category, rule)
-    (categories ``failed`` and ``failed_resend``, e.g. a run's recorded counts)."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for (agency_id, category, rule), n in sorted(counts.items()):
-        if category in (FAILED, RESEND_FAILED) and n and rule not in out[agency_id]:
-            out[agency_id].append(rule)
-    return dict(out)
-
-
-def raise_for_failed(counts: Counter, what: str = "delivery") -> None:
-    """Raise AgencyFailed naming the agencies whose part failed (counts ``(agency, "failed", type)``),
-    for the run to end failed once every other agency was done."""
-    failed = failed_agencies(counts)
-    if failed:
-        named = "; ".join(f"agency {a} ({', '.join(types)})" for a, types in failed.items())
-        raise AgencyFailed(f"{what}: the part of {named} failed with an unexpected error and waits for the next "
-                           "run; every other agency's part was done (the error is in the log, CPR-masked)")
-
 
 def _agency_failed(agency_id: str, what: str, exc: Exception, category: str = FAILED) -> tuple[str, str, str]:
     """Log one agency's unexpected error, CPR-masked with its traceback; the count key to add."""

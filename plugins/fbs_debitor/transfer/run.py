@@ -39,6 +39,7 @@ from fbs_debitor.core.db import chunked, exclusive, in_query
 from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery import outbox as delivery
+from fbs_debitor.delivery import rejections
 from fbs_debitor.delivery import staff_tasks as delivery_tasks
 from fbs_debitor.eligibility import cut_off
 from fbs_debitor.eligibility import rules as eligibility
@@ -48,7 +49,7 @@ from fbs_debitor.quality import checks as dq_checks
 
 log = logging.getLogger(__name__)
 
-FAILED = "failed"   # delivery's count category for an agency whose work failed part-way; rule: the exception type
+FAILED = delivery.FAILED   # an agency whose work failed part-way: (agency, "failed", <exception type>)
 
 
 def _finding(v: eligibility.Verdict) -> ledger.Finding:
@@ -195,10 +196,11 @@ def totals(counts: Counter) -> dict[str, int]:
 
 def agency_failures(counts: Counter) -> dict[str, list[str]]:
     """The agencies whose work failed part-way (delivery's ``(agency, "failed", <exception type>)``
-    counts), each with its exception types, sorted."""
+    counts, and ``failed_resend`` for their unconfirmed claims sent again), each with its exception
+    types, sorted."""
     failed: dict[str, set[str]] = {}
     for (agency, category, rule), n in counts.items():
-        if category == FAILED and n:
+        if category in (FAILED, delivery.RESEND_FAILED) and n:
             failed.setdefault(str(agency), set()).add(str(rule))
     return {a: sorted(failed[a]) for a in sorted(failed)}
 
@@ -266,8 +268,12 @@ def _remember_replacement_cprs(stores: Stores, run_id: str, page: claim_stream.P
 
 
 def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
+    """What earlier runs left unconfirmed, sent again under its own keys; an agency whose part of it
+    failed unexpectedly is recorded with the run (``failed_resend``), the others go on."""
+    failed: Counter = Counter()
     with exclusive(stores.ledger, "sending"):
-        n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default())
+        n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default(), failed=failed)
+    ledger.record_counts(stores.ledger, run_id, failed, [delivery.RESEND_FAILED])
     if n:
         log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
     return n
@@ -275,10 +281,13 @@ def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | No
 
 def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None) -> Counter:
     """After the new claims: what changed in FBS on claims already sent (U1-U4) is recorded as
-    versioned messages and sent in order per liability, with whatever earlier runs left unsent."""
+    versioned messages, and rejected claims whose data changed since are recorded again under
+    their next FordringID generation (``delivery.rejections``); all of it is sent in order per
+    liability, with whatever earlier runs left unsent."""
 
     with exclusive(stores.ledger, "sending"):
         counts = change_detection.detect_changes(stores, run_id)
+        counts.update(rejections.requeue_changed(stores, run_id))
         sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
     if sent:
         log.info("%d change message(s) sent to the debtor system", sent)
@@ -318,7 +327,7 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         keep_claims_true(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
-        run.failure = failure_message(agency_failures(counts))
+        run.failure = failure_message(agency_failures(ledger.run_counts(stores.ledger, run_id)))
     return run_id, counts
 
 
