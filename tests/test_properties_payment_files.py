@@ -49,7 +49,7 @@ from fbs_debitor.payments.files import Movement, to_xml
 from fbs_debitor.payments.inbox import FolderInbox
 from fbs_debitor.sandbox import emulator
 
-EXAMPLES = 120
+EXAMPLES = 200
 SEEN: Counter = Counter()        # what the examples reached, checked at the end
 UNTIL = dt.datetime(2026, 11, 20, 2, 0)
 DELIVERY = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]*\.[xX][mM][lL]")     # the rule, written out again
@@ -217,9 +217,11 @@ def test_property_every_payment_file_ends_once_and_nothing_else_is_touched_P1_M1
     wanted = {"applied", "quarantined", "recognised again", "movements held", "movements applied", "P_MALFORMED",
               "P_SCHEMA_INVALID", "P_CONFLICTING_REDELIVERY", "partial", "bad_name", "symlink", "fifo", "folder"}
     assert wanted <= {k for k, n in SEEN.items() if n}, (wanted - set(SEEN), SEEN)
+    print(f"{SEEN['examples']} examples: {dict(SEEN)}")
 
 
 def examine(here: Path, stores, entries, lines: Lines) -> None:
+    SEEN["examples"] += 1
     first = entries[0][2]
     entries = [(n, k, derived(c, first)) for n, k, c in entries]
     inbox = here / "payments" / "inbox"
