@@ -259,22 +259,22 @@ def test_item4_payments_inbox_on_an_unrelated_folder_moves_nothing_and_raises_no
     (home / "archive").mkdir()
     (home / "archive" / "tax-2025.txt").write_text("mine")
     before = tree(home)
-    with pytest.raises(RuntimeError, match="not fbs-debitor's payment") as refused:
+    with pytest.raises(RuntimeError, match="not an fbs-debitor payments folder") as refused:
         run(stores, str(documents))
-    assert type(refused.value).__name__ == "InboxLayoutError" and str(home / "archive") in str(refused.value)
+    assert type(refused.value).__name__ == "InboxLayoutError" and str(home) in str(refused.value)
     assert tree(home) == before and not (home / "quarantine").exists()
     assert tasks(stores) == [] and payment_files(stores) == {}
 
 
 def test_item4_a_folder_given_by_hand_is_taken_when_fbs_debitor_made_its_layout(stores, agency, tmp_path,
                                                                               payments_dir, monkeypatch):
-    """The rule's other side: a second payments folder once run as the configured inbox has
-    marked archive/ and quarantine/, and is then taken when given by hand."""
+    """The rule's other side: a second payments folder, once run as the configured inbox, is
+    marked as fbs-debitor's, and is then taken when given by hand."""
     other = tmp_path / "other-municipality" / "inbox"
     other.mkdir(parents=True)
     monkeypatch.setenv("FBS_DEBITOR_PAYMENT_INBOX", str(other))
     run(stores)                                                           # makes and marks the layout
-    assert (other.parent / "archive" / MARKER).is_file() and (other.parent / "quarantine" / MARKER).is_file()
+    assert (other.parent / MARKER).is_file() and (other.parent / "archive").is_dir()
     monkeypatch.setenv("FBS_DEBITOR_PAYMENT_INBOX", str(payments_dir / "inbox"))
     (other / "DA-1.xml").write_bytes(payment_file("O1"))
     counts = run(stores, str(other))

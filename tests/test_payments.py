@@ -20,7 +20,7 @@ from fbs_debitor.core import ledger
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.payments.files import Movement, to_xml, write_atomically
-from fbs_debitor.payments.inbox import MARKER, FolderInbox
+from fbs_debitor.payments.inbox import FolderInbox
 from fbs_debitor.payments.rhythm import rhythm
 from fbs_debitor.sandbox import emulator, emulator_payments
 
@@ -35,8 +35,7 @@ def inbox(tmp_path) -> FolderInbox:
 
 
 def listing(folder) -> list[str]:
-    """What a folder holds, without fbs-debitor's marker (.fbs-debitor-payments)."""
-    return sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    return sorted(p.name for p in folder.iterdir())
 
 
 def sent(stores, emu_db, vendor="KMD_OPUS", **kw) -> dict[str, list[int]]:

@@ -23,14 +23,16 @@ other byte (newline, control character, non-ASCII, bytes that are not UTF-8) as 
 backslash doubled, a CPR number masked. So a name cannot forge a log line, and logs, reasons, staff
 tasks and the ledger all show the same text.
 
-**The folders are the project's own.** ``archive/`` and ``quarantine/`` each carry the marker file
-``.fbs-debitor-payments``, written by fbs-debitor when it makes them. The configured inbox
+**The folders are the project's own.** The payments folder (the inbox's parent, where
+``archive/`` and ``quarantine/`` are made by default) carries the marker file
+``.fbs-debitor-payments``, written by fbs-debitor when it lays the folder out. The configured inbox
 (``FBS_DEBITOR_PAYMENT_INBOX``, default ``<var>/payments/inbox``) is the project's by setting: its
-archive and quarantine are made (or, made before the marker existed, adopted) with the marker. Any
-other folder given as the inbox (``payments --inbox DIR``) is taken only when its archive and
-quarantine already carry the marker; otherwise ``check()`` refuses, naming the folder, before
-anything is read or moved. Archive and quarantine must be folders of their own, outside the inbox,
-on the inbox's filesystem (files move by rename).
+folder is marked (also one laid out before the marker existed) and its archive and quarantine made.
+Any other folder given as the inbox (``payments --inbox DIR``) is taken only when its parent
+already carries the marker; otherwise ``check()`` refuses, naming the folder, before anything is
+read or moved. (An archive or quarantine set by FBS_DEBITOR_PAYMENT_ARCHIVE / _QUARANTINE is the
+project's by setting.) Archive and quarantine must be two folders, outside the inbox, on the
+inbox's filesystem (files move by rename).
 
 **Same name twice.** A file whose name is already taken in ``archive/`` or ``quarantine/`` goes to
 a subfolder ``again-<time>[-n]/`` under the same name: nothing is overwritten, whatever the name's
@@ -179,11 +181,13 @@ def _kind(mode: int, raw: bytes) -> str | None:
 class FolderInbox:
     def __init__(self, inbox: Path, archive: Path | None = None, quarantine: Path | None = None, *,
                  own: bool = False):
-        """``own``: this is the configured inbox, whose archive and quarantine fbs-debitor makes
-        (and marks) when missing; otherwise they must carry the marker already."""
+        """``own``: this is the configured inbox, whose folder fbs-debitor lays out (marks) and whose
+        archive and quarantine it makes; otherwise the inbox's folder must carry the marker
+        already. An archive or quarantine given (a setting) is the project's by setting."""
         self.inbox = Path(inbox)
         self.archive_dir = Path(archive) if archive else self.inbox.parent / "archive"
         self.quarantine_dir = Path(quarantine) if quarantine else self.inbox.parent / "quarantine"
+        self.archive_given, self.quarantine_given = archive is not None, quarantine is not None
         self.own = own
 
     # --- the layout ---------------------------------------------------------------------------
@@ -196,29 +200,31 @@ class FolderInbox:
             raise InboxLayoutError(f"the payment inbox {shown(str(self.inbox))} is not a folder; nothing was read "
                                    "or moved")
         inbox = self.inbox.resolve()
-        places = {"archive": self.archive_dir, "quarantine": self.quarantine_dir}
         if self.archive_dir.resolve() == self.quarantine_dir.resolve():
             raise InboxLayoutError(f"archive and quarantine are the same folder ({shown(str(self.archive_dir))}); "
                                    "they must be two folders; nothing was read or moved")
-        for role, folder in places.items():
+        layout = self.inbox.parent
+        for role, folder, given in (("archive", self.archive_dir, self.archive_given),
+                                    ("quarantine", self.quarantine_dir, self.quarantine_given)):
             where = folder.resolve()
             if where == inbox or inbox in where.parents:
                 raise InboxLayoutError(f"the payment {role} {shown(str(folder))} is the inbox or inside it; it must "
-                                       "be a folder of its own next to the inbox; nothing was read or moved")
-            marked = (folder / MARKER).is_file()
-            if not marked and not self.own:
-                raise InboxLayoutError(
-                    f"the folder {shown(str(folder))} is not fbs-debitor's payment {role} (no {MARKER} in it): a "
-                    f"payment inbox given by hand ({shown(str(self.inbox))}) is taken only when its archive/ and "
-                    "quarantine/ were made by fbs-debitor (a run on the configured inbox, "
-                    "FBS_DEBITOR_PAYMENT_INBOX, makes and marks them); nothing was read or moved")
-            if not marked:
-                existed = folder.is_dir()
+                                       "be a folder of its own; nothing was read or moved")
+            if not given and not (layout / MARKER).is_file():
+                if not self.own:
+                    raise InboxLayoutError(
+                        f"{shown(str(layout))} is not an fbs-debitor payments folder (no {MARKER} in it), so its "
+                        f"{role}/ ({shown(str(folder))}) is not fbs-debitor's to move files into: a payment inbox "
+                        f"given by hand ({shown(str(self.inbox))}) is taken only inside a payments folder that "
+                        "fbs-debitor laid out (a run on the configured inbox, FBS_DEBITOR_PAYMENT_INBOX, does it); "
+                        "nothing was read or moved")
+                (layout / MARKER).write_text("fbs-debitor payments folder: the inbox/, archive/ and quarantine/ here "
+                                             "are fbs-debitor's (files are moved from the inbox into the other two). "
+                                             "Keep this file.\n", encoding="utf-8")
+                log.info("payments folder %s laid out for fbs-debitor (%s)", shown(str(layout)), MARKER)
+            if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / MARKER).write_text(f"fbs-debitor payment {role}: files here were moved by fbs-debitor "
-                                             "from the payment inbox. Keep this file.\n", encoding="utf-8")
-                log.info("payment %s %s %s", role, shown(str(folder)), "marked as fbs-debitor's" if existed
-                         else "made")
+                log.info("payment %s %s made", role, shown(str(folder)))
             if os.stat(folder).st_dev != os.stat(self.inbox).st_dev:
                 raise InboxLayoutError(f"the payment {role} {shown(str(folder))} is on another filesystem than the "
                                        f"inbox {shown(str(self.inbox))}; files are moved by rename, so both must be "
