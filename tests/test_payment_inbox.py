@@ -21,7 +21,7 @@ import pytest
 from municipality import municipality
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
-from transfers import tasks, transfer
+from transfers import Crash, tasks, transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.payments import apply as payments
@@ -397,3 +397,40 @@ def test_item11_a_grouped_hold_task_is_resolved_once_none_of_its_movements_is_he
     assert [t["resolved_at"] for t in tasks(stores) if t["task_id"] == unknowns["task_id"]] == [None]
     assert payments.dismiss(stores.ledger, stores.fbs, "U3", "checked with the debtor system")
     assert [t["resolved_at"] is not None for t in tasks(stores) if t["task_id"] == unknowns["task_id"]] == [True]
+
+
+def test_item11_a_crash_between_raising_the_grouped_tasks_and_marking_them_raises_nothing_twice_M1(
+        stores, agency, payments_dir, monkeypatch):
+    """Exactly once across a crash: killed after the grouped hold task and the inbox entry's task
+    are in FBS but before the ledger marks them, the next run raises neither again."""
+    inbox = payments_dir / "inbox"
+    (inbox / "DA-1.xml").write_bytes(payment_file("K1", "K2", "K3"))
+    (inbox / "DA 2.xml").write_bytes(payment_file("K4"))               # a space: not a delivery name
+
+    def crash(*_a, **_k):
+        raise Crash("killed after the tasks were raised in FBS, before the ledger marked them")
+
+    for step in ("_mark_tasked", "_mark_held"):                       # the inbox is reported first, then files
+        with monkeypatch.context() as m:
+            m.setattr(payments, step, crash)
+            with pytest.raises(Crash):
+                run(stores)
+    assert len(tasks(stores, payments.TASK_KIND_MOVEMENT)) == 1 and len(tasks(stores, "payment_inbox_entry")) == 1
+    run(stores)
+    run(stores)
+    assert len(tasks(stores, payments.TASK_KIND_MOVEMENT)) == 1 and len(tasks(stores, "payment_inbox_entry")) == 1
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM movement WHERE hold_task IS NULL")).scalar() == 0
+        assert conn.execute(text("SELECT COUNT(*) FROM payment_inbox_entry WHERE tasked_at IS NULL")).scalar() == 0
+
+
+def test_item2_a_fordring_id_naming_an_agency_longer_than_the_ledger_holds_is_held_not_a_failure_P1(
+        stores, agency, payments_dir):
+    """A FordringID of FBS's form whose agency part is longer than an agency id (the schema allows
+    64 characters) made the ledger refuse the whole file on PostgreSQL; it is a claim nobody
+    knows, held like any other, and the other movements of the file are applied or held."""
+    long = "FBS-" + "A" * 40 + "-1"
+    (payments_dir / "inbox" / "DA-1.xml").write_bytes(to_xml([unknown("LA1", fordring=long), unknown("LA2")], UNTIL))
+    counts = run(stores)
+    assert total(counts, "files_applied") == 1 and total(counts, "movements_held", payments.UNKNOWN_CLAIM) == 2
+    assert len(tasks(stores, payments.TASK_KIND_MOVEMENT)) == 2

@@ -255,7 +255,8 @@ def _movement(r) -> Movement:
 
 
 def _agency_of(fordring_id: str) -> str | None:
-    m = re.fullmatch(r"FBS-([A-Za-z0-9]+)-\d+(?:-\d+)?", fordring_id)
+    """The agency a FordringID of FBS's form names (an agency id is at most 20 characters)."""
+    m = re.fullmatch(r"FBS-([A-Za-z0-9]{1,20})-\d+(?:-\d+)?", fordring_id)
     return m.group(1) if m else None
 
 
@@ -669,8 +670,12 @@ def hold_tasks(stores: Stores, at: dt.datetime, batch: int = CHUNK) -> int:
         with stores.fbs.begin() as conn:
             raised += raise_tasks(conn, _group_tasks(conn, part, samples, names), at)
         with stores.ledger.begin() as conn:
-            conn.execute(in_query(_MARK, "k"), {"t": at, "k": [g.group_key for g in part]})
+            _mark_held(conn, [g.group_key for g in part], at)
     return raised
+
+
+def _mark_held(conn: Connection, keys: list[str], t) -> None:
+    conn.execute(in_query(_MARK, "k"), {"t": t, "k": keys})
 
 
 def _group_tasks(conn: Connection, groups: list, samples: dict[str, list], names: dict[str, str]) -> list[StaffTask]:
@@ -780,10 +785,14 @@ def report_ignored(stores: Stores, entries: list[Entry], run_id: str, at: dt.dat
             agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
             raise_tasks(conn, [t for first, rows in by_run.items() for t in _inbox_tasks(first, rows, agencies)], at)
         with stores.ledger.begin() as conn:
-            for part in chunked([r.entry_key for r in pending], CHUNK):
-                conn.execute(in_query("UPDATE payment_inbox_entry SET tasked_at = :t WHERE entry_key IN :k", "k"),
-                             {"t": at, "k": part})
+            _mark_tasked(conn, [r.entry_key for r in pending], at)
     return Counter({"ignored": len(entries)})
+
+
+def _mark_tasked(conn: Connection, keys: list[str], t) -> None:
+    for part in chunked(keys, CHUNK):
+        conn.execute(in_query("UPDATE payment_inbox_entry SET tasked_at = :t WHERE entry_key IN :k", "k"),
+                     {"t": t, "k": part})
 
 
 def _inbox_tasks(first_run: str, rows: list, agencies: list[str]) -> list[StaffTask]:
