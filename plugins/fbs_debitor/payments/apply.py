@@ -411,7 +411,7 @@ class FilesLeft(RuntimeError):
 def _error_text(exc: BaseException) -> str:
     """An exception in one line, CPR masked, bounded: never a file's content at length."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    return shown(f"{type(exc).__name__}: {first}"[:300]).replace("\\", "\\")
+    return shown(f"{type(exc).__name__}: {first}"[:300])
 
 
 def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime) -> Counter:
