@@ -30,7 +30,12 @@ UNTIL = dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Copenhagen"))
 
 @pytest.fixture
 def inbox(tmp_path) -> FolderInbox:
-    return FolderInbox(tmp_path / "payments" / "inbox")
+    """The configured inbox (the project's own: archive/ and quarantine/ are made next to it)."""
+    return FolderInbox(tmp_path / "payments" / "inbox", own=True)
+
+
+def listing(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
 def sent(stores, emu_db, vendor="KMD_OPUS", **kw) -> dict[str, list[int]]:
@@ -120,7 +125,7 @@ def test_P1_each_vendor_delivers_on_its_rhythm_and_every_file_is_applied(stores,
         assert len(emulator_payments.movements(emu_db)) / len(files) < 5      # a few movements each
     totals = run(stores, inbox)
     assert totals["files_applied"] == len(files) and inbox.waiting() == []
-    assert sorted(p.name for p in inbox.archive_dir.iterdir()) == sorted(f.name for f in files)
+    assert listing(inbox.archive_dir) == sorted(f.name for f in files)
     delivered = emulator_payments.movements(emu_db)
     states = movement_states(stores)
     assert set(states) == set(delivered)                          # every movement arrived, once
@@ -265,7 +270,7 @@ def test_bad_files_are_quarantined_and_a_good_file_in_the_same_run_is_applied(st
         "c_other_document.xml": "P_WRONG_DOCUMENT", "d_xxe.xml": "P_UNSAFE_XML", "e_laughs.xml": "P_UNSAFE_XML",
         "h_date_with_zone.xml": "P_SCHEMA_INVALID", "i_amount_too_large.xml": "P_SCHEMA_INVALID",
         "j_xxe_utf16.xml": "P_UNSAFE_XML"}
-    quarantined = sorted(p.name for p in inbox.quarantine_dir.iterdir())
+    quarantined = listing(inbox.quarantine_dir)
     assert quarantined == sorted([*reasons, *(n + ".reason.txt" for n in reasons)])
     assert inbox.waiting() == [] and (inbox.inbox / "g_half_written.xml.part").exists()
     file_tasks = tasks(stores, payments.TASK_KIND_FILE)

@@ -3,20 +3,37 @@ each movement exactly once.
 
 A run, step by step:
 
-1. **files**, oldest name first. A file whose bytes (SHA-256) were seen before is recognised and
-   only moved out of the inbox again. A new file is parsed safely and validated
-   (``payments.files.parse``); a bad one is recorded as quarantined with its reason, staff get a
-   task, and the file moves to ``quarantine/``: the other files of the run still go on. A good
-   file is applied in ONE ledger transaction: the file, every movement (applied or held, with its
-   reason), the claims' sums, balance and settlement, and the audit trail; a crash anywhere in it
-   leaves nothing. Then the file moves to ``archive/``.
+0. **checks**: the settings (``files.preflight``) and the inbox's layout (``Inbox.check``:
+   archive and quarantine are fbs-debitor's own) before anything is read or moved; a problem there
+   is the run's error. The inbox is surveyed: only regular files with a delivery name are taken
+   (``payments.inbox``); every other entry is left as it is and reported (``report_ignored``:
+   logged with its name escaped, counted as ``files_ignored``, recorded in
+   ``payment_inbox_entry``; a file with another name or a link gets one staff task, once).
+1. **files**, oldest name first, each on its own: whatever goes wrong with one file never stops
+   the next. A file whose bytes (SHA-256) were seen before is recognised and only moved out of the
+   inbox again. A new file is read without following links or blocking, parsed safely and
+   validated (``payments.files.parse``); a bad one is recorded as quarantined with its reason,
+   staff get a task, and the file moves to ``quarantine/``. One that cannot be read
+   (``P_UNREADABLE``) or whose handling fails in any other way (``P_FAILED``: a bug, a value the
+   ledger cannot hold) is quarantined the same way, recorded under a key derived from its bytes so
+   that, put back once the cause is fixed, it is read again. A good file is applied in ONE ledger
+   transaction: the file, every movement (applied or held, with its reason), the claims' sums,
+   balance and settlement, and the audit trail; a crash anywhere in it leaves nothing. Then the
+   file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
+   folder that cannot be written) leaves it in the inbox: the run does everything else, then fails
+   with ``FilesLeft`` naming it, and the next run takes it.
 2. **held movements looked at again**: one held because its claim was not yet confirmed or not
    known, or because the movement a reversal undoes had not arrived, is applied once that changed.
 3. **write-back to FBS**: every applied movement becomes an ``fbs.payment`` row (keyed by the
-   movement, so a crash between the ledger and FBS is finished by the next run, never doubled), a
-   held movement a staff task; a claim paid or written off in full closes the liability in FBS
-   (status ``closed``), and a reversal that leaves a balance again opens it again, only where
-   fbs-debitor closed it. Then the ledger marks them written back.
+   movement, so a crash between the ledger and FBS is finished by the next run, never doubled);
+   held movements become staff tasks, ONE per file, reason and liability, or, where the claim is
+   not known, per file, reason and agency (``hold_tasks``: 20,000 movements on unknown claims in
+   one file are one task, its text naming the first 20, ``movement.hold_task`` all); a task is
+   resolved when none of its movements is held any more. A claim paid or written off in full
+   closes the liability in FBS (status ``closed``), and a reversal that leaves a balance again
+   opens it again, only where fbs-debitor closed it. Then the ledger marks them written back.
+
+Names are shown through ``inbox.shown`` everywhere (logs, reasons, tasks, ledger).
 
 How a movement is decided (``_Book.decide``; the reason codes are in the staff tasks and reports):
 
@@ -35,6 +52,7 @@ is applied blindly.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import logging
 import re
@@ -44,7 +62,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
@@ -53,8 +71,8 @@ from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.payments.files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse
-from fbs_debitor.payments.inbox import Inbox
+from fbs_debitor.payments.files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse, preflight
+from fbs_debitor.payments.inbox import BAD_NAME, KIND_TEXT, PARTIAL, SYMLINK, Entry, Inbox, NotTaken, TooLarge, shown
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +84,7 @@ REVERSAL_NO_REFERENCE, REVERSAL_UNKNOWN, REVERSAL_MISMATCH = (
     "P_REVERSAL_NO_REFERENCE", "P_REVERSAL_UNKNOWN", "P_REVERSAL_MISMATCH")
 LIABILITY_MISSING = "P_LIABILITY_MISSING"
 CONFLICT = "P_CONFLICTING_REDELIVERY"
+FAILED, UNREADABLE = "P_FAILED", "P_UNREADABLE"       # a file: handling it failed; it could not be read
 # decided again every run: the claim may be confirmed or point back at this FordringID (a rejected
 # increase), the reversed movement may arrive, a reversal may make room for a payment
 LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, REVERSAL_UNKNOWN, OVERPAYMENT, REPAY_TOO_MUCH)
@@ -236,7 +255,8 @@ def _movement(r) -> Movement:
 
 
 def _agency_of(fordring_id: str) -> str | None:
-    m = re.fullmatch(r"FBS-([A-Za-z0-9]+)-\d+(?:-\d+)?", fordring_id)
+    """The agency a FordringID of FBS's form names (an agency id is at most 20 characters)."""
+    m = re.fullmatch(r"FBS-([A-Za-z0-9]{1,20})-\d+(?:-\d+)?", fordring_id)
     return m.group(1) if m else None
 
 
@@ -302,17 +322,31 @@ def record_quarantine(ledger_engine: Engine, name: str, sha: str, code: str, rea
                       "t": at})
 
 
+ADVICE = {  # code -> (Danish, English): what staff do about a quarantined file
+    None: ("Bed debitorsystemet om at sende den igen, rettet.",
+           "Ask the debtor system to deliver it again, corrected."),
+    FAILED: ("Kontakt driften (IT): når årsagen er rettet, kan filen lægges tilbage i indbakken og bliver læst igen.",
+             "Contact IT operations: once the cause is fixed, the file can be put back in the inbox and is read "
+             "again."),
+    UNREADABLE: ("Kontakt driften (IT): når filen kan læses, kan den lægges tilbage i indbakken og bliver læst igen.",
+                 "Contact IT operations: once the file can be read, it can be put back in the inbox and is read "
+                 "again."),
+}
+
+
 def file_tasks(fbs: Engine, name: str, sha: str, why: str, data: bytes) -> list[StaffTask]:
     """A quarantined file's staff task, for each agency whose claims it seems to name (a plain
-    text search, nothing parsed), else for every agency: no payment may go missing unseen (M1)."""
+    text search, nothing parsed), else for every agency: no payment may go missing unseen (M1).
+    ``name`` is shown (escaped), ``why`` is ``CODE: reason``."""
     with fbs.connect() as conn:
         agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
     named = {a.decode() for a in re.findall(rb"FBS-([A-Za-z0-9]{1,20})-\d", data[:5_000_000])}
     to = [a for a in agencies if a in named] or agencies
-    message = mask_cprs_in(f"Betalingsfilen {name} fra debitorsystemet er ikke indlæst og er lagt i karantæne: {why}. Ingen "
-               "betalinger fra filen er bogført i FBS. Bed debitorsystemet om at sende den igen, rettet. / "
-               f"The payment file {name} from the debtor system was not read and is in quarantine: {why}. No payment "
-               "in it is booked in FBS. Ask the debtor system to deliver it again, corrected.")
+    da, en = ADVICE.get(why.split(":")[0], ADVICE[None])
+    message = mask_cprs_in(f"Betalingsfilen {name} fra debitorsystemet er ikke indlæst og er lagt i karantæne: {why}. "
+                           f"Ingen betalinger fra filen er bogført i FBS. {da} / The payment file {name} from the "
+                           f"debtor system was not read and is in quarantine: {why}. No payment in it is booked in "
+                           f"FBS. {en}")
     return [StaffTask(_task_id("PAYFILE", sha[:24], a if len(to) > 1 else None), a, None, None, None,
                       TASK_KIND_FILE, message) for a in to]
 
@@ -334,30 +368,80 @@ def payment_id(movement_id: str) -> str:
 def ingest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None) -> Counter:
     """Every waiting file, then the held movements again, then the write-back. Returns what was
     done (the run's recorded counts come from the ledger, ``payment_counts``). One run at a time:
-    the DAG and the CLI wait for each other (``db.exclusive``)."""
+    the DAG and the CLI wait for each other (``db.exclusive``).
+
+    The settings and the inbox's layout are checked first: a problem there is the run's error
+    before anything is read or moved. Then each file on its own: whatever goes wrong with one file
+    ends it quarantined (``P_FAILED``, ``P_UNREADABLE``, ...) and the next file goes on; only a
+    cause outside the file (the ledger unreachable or locked, a folder not writable) leaves it in
+    the inbox, and the run, having done everything else, fails with ``FilesLeft`` naming it."""
     at = at or ledger.now()
     done: Counter = Counter()
+    left: list[str] = []
     with exclusive(stores.ledger, "payments"):
-        for name in inbox.waiting():
-            done += ingest_file(stores, inbox, name, run_id, at)
+        preflight()
+        inbox.check()
+        found = inbox.survey()
+        try:
+            done += report_ignored(stores, found.ignored, run_id, at)
+        except Exception as exc:      # reporting what is not taken never stops what is
+            log.error("the entries of the payment inbox that are not payment files could not be recorded: %s",
+                      _error_text(exc))
+        for name in found.waiting:
+            try:
+                done += ingest_file(stores, inbox, name, run_id, at)
+            except Exception as exc:
+                why = _error_text(exc)
+                log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
+                left.append(f"{shown(name)} ({why})")
+                done["files_left"] += 1
         done["released"] += look_again(stores, run_id, at)
         done += write_back(stores, run_id, at)
+    if left:
+        record_run_counts(stores.ledger, run_id)
+        raise FilesLeft(f"{len(left)} payment file(s) left in the inbox for the next run (every other file was "
+                        "done): " + "; ".join(left[:10]) + (f"; and {len(left) - 10} more" if len(left) > 10 else ""))
     return done
 
 
+class FilesLeft(RuntimeError):
+    """Payment files left in the inbox by a cause outside them: the run's error, after the rest."""
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception in one line, CPR masked, bounded: never a file's content at length."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return shown(f"{type(exc).__name__}: {first}"[:300])
+
+
 def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime) -> Counter:
-    size = inbox.size(name)
-    if size > max_file_bytes():         # not even read: recorded under its name and size
-        sha = hashlib.sha256(f"too large: {name} {size}".encode()).hexdigest()
+    """One waiting file: applied (archived), recognised as delivered before (archived or
+    quarantined again), or quarantined; an exception only for a cause outside the file."""
+    limit = max_file_bytes()
+    try:
+        data = inbox.read(name, limit)
+    except NotTaken as exc:
+        log.warning("payment file %s is not taken: %s; the next run looks at it again", shown(name), exc)
+        return Counter({"files_changed": 1})
+    except FileNotFoundError:
+        log.warning("payment file %s went from the inbox after it was listed: nothing to do", shown(name))
+        return Counter({"files_gone": 1})
+    except TooLarge as exc:             # not even read: recorded under its name and size
+        sha = hashlib.sha256(f"too large: {name} {exc.size}".encode()).hexdigest()
         return _quarantine(stores, inbox, name, sha, b"", TOO_LARGE,
-                           f"the file has {size} bytes, more than the {max_file_bytes()} accepted "
+                           f"the file has {exc.size} bytes, more than the {limit} accepted "
                            "(FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES); not read", run_id, at)
-    data = inbox.read(name)
+    except OSError as exc:              # no permission, an I/O error: not read, recorded under what it is
+        sha = hashlib.sha256(f"unreadable: {inbox.identity(name)}".encode()).hexdigest()
+        return _quarantine(stores, inbox, name, sha, b"", UNREADABLE,
+                           f"the file could not be read ({errno.errorcode.get(exc.errno, 'error')}: "
+                           f"{exc.strerror or type(exc).__name__}); nothing in it was read", run_id, at)
     sha = hashlib.sha256(data).hexdigest()
     with stores.ledger.connect() as conn:
         seen = conn.execute(text("SELECT state, reason, name FROM payment_file WHERE sha256 = :s"), {"s": sha}).first()
     if seen is not None:
-        log.info("payment file %s was delivered before (as %s, %s): not applied again", name, seen.name, seen.state)
+        log.info("payment file %s was delivered before (as %s, %s): not applied again", shown(name), seen.name,
+                 seen.state)
         if seen.state == "quarantined":
             raise_tasks_fbs(stores.fbs, file_tasks(stores.fbs, seen.name, sha, seen.reason, data), at)
             inbox.quarantine(name, f"delivered again; {seen.reason}")
@@ -366,27 +450,53 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         return Counter({"files_again": 1})
     try:
         parsed = parse(data)
-        counts = apply_file(stores.ledger, name, sha, parsed, run_id, at)
+        counts = apply_file(stores.ledger, shown(name), sha, parsed, run_id, at)
     except (BadFile, Conflict) as exc:
         code, why = (exc.code, exc.reason) if isinstance(exc, BadFile) else (CONFLICT, str(exc))
         return _quarantine(stores, inbox, name, sha, data, code, why, run_id, at)
-    except IntegrityError:
-        # another run applied the same file or movement at the same moment: its transaction won
-        log.warning("payment file %s was applied concurrently by another run; left for the next run", name)
-        return Counter({"files_concurrent": 1})
+    except IntegrityError as exc:
+        if _recorded(stores.ledger, sha):
+            # another run applied the same file at the same moment: its transaction won
+            log.warning("payment file %s was applied concurrently by another run; left for the next run",
+                        shown(name))
+            return Counter({"files_concurrent": 1})
+        return _failed(stores, inbox, name, sha, data, exc, run_id, at)
+    except DataError as exc:            # a value of this file the ledger cannot hold
+        return _failed(stores, inbox, name, sha, data, exc, run_id, at)
+    except SQLAlchemyError:             # the ledger itself (unreachable, locked, not migrated): left
+        raise
+    except Exception as exc:            # anything else that went wrong with this file
+        return _failed(stores, inbox, name, sha, data, exc, run_id, at)
     inbox.archive(name)
-    log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", name,
+    log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", shown(name),
              counts[APPLIED], counts[HELD], counts["movements_again"])
     return Counter({"files_applied": 1, **counts})
+
+
+def _recorded(ledger_engine: Engine, sha: str) -> bool:
+    with ledger_engine.connect() as conn:
+        return conn.execute(text("SELECT 1 FROM payment_file WHERE sha256 = :s"), {"s": sha}).first() is not None
+
+
+def _failed(stores: Stores, inbox: Inbox, name: str, sha: str, data: bytes, exc: Exception, run_id: str,
+            at: dt.datetime) -> Counter:
+    """Quarantined because handling it failed. Recorded under a key derived from its bytes, not
+    the bytes' own: the same bytes put back once the cause is fixed are read again, and a
+    repeat of this failure (after a crash, or delivered again) is recorded and tasked once."""
+    log.error("payment file %s could not be applied: %s", shown(name), _error_text(exc))
+    key = hashlib.sha256(f"{FAILED}:{sha}".encode()).hexdigest()
+    return _quarantine(stores, inbox, name, key, data, FAILED,
+                       f"fbs-debitor could not apply the file ({type(exc).__name__}, see the log of run {run_id}); "
+                       "nothing in it was applied", run_id, at)
 
 
 def _quarantine(stores: Stores, inbox: Inbox, name: str, sha: str, data: bytes, code: str, why: str, run_id: str,
                 at: dt.datetime) -> Counter:
     """Recorded in the ledger first, then the staff task, then the file moved (each step repeatable)."""
     why = mask_cprs_in(why)
-    log.error("payment file %s quarantined: %s: %s", name, code, why)
-    record_quarantine(stores.ledger, name, sha, code, why, run_id, at)
-    raise_tasks_fbs(stores.fbs, file_tasks(stores.fbs, name, sha, f"{code}: {why}", data), at)
+    log.error("payment file %s quarantined: %s: %s", shown(name), code, why)
+    record_quarantine(stores.ledger, shown(name), sha, code, why, run_id, at)
+    raise_tasks_fbs(stores.fbs, file_tasks(stores.fbs, shown(name), sha, f"{code}: {why}", data), at)
     inbox.quarantine(name, f"{code}: {why}")
     return Counter({"files_quarantined": 1})
 
@@ -431,45 +541,44 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
 # --- write-back to FBS ---------------------------------------------------------------------------
 
 def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK) -> Counter:
-    """Applied movements to ``fbs.payment``, held ones as staff tasks, chunk by chunk, then the FBS
-    status of settled claims; every write keyed, so a repeat changes nothing."""
+    """Applied movements to ``fbs.payment`` chunk by chunk, held ones as staff tasks (one per file,
+    reason and liability, or agency where the claim is unknown), then the FBS status of settled
+    claims; every write keyed, so a repeat changes nothing."""
     done: Counter = Counter()
     query = text("SELECT movement_id, fordring_id, liability_id, agency_id, kind, amount, booked_on, reference_id, "
-                 "state, hold_reason FROM movement WHERE written_back_at IS NULL AND state IN ('applied', 'held') "
+                 "state, hold_reason, hold_task FROM movement WHERE written_back_at IS NULL AND state = 'applied' "
                  "AND movement_id > :a ORDER BY movement_id LIMIT :n")
     for rows in keyset_pages(stores.ledger, query, "movement_id", "", {"n": batch}, after="a"):
         done += _write_chunk(stores, rows, at)
+    done["hold_tasks"] += hold_tasks(stores, at, batch)
     return done + settle_fbs_status(stores, run_id, at)
 
 
 def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
-    applied = [r for r in rows if r.state == APPLIED]
-    held = [r for r in rows if r.state == HELD]
     counts: Counter = Counter()
     with stores.fbs.begin() as conn:
-        lids = sorted({r.liability_id for r in applied})
+        lids = sorted({r.liability_id for r in rows})
         present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
-        gone = [r for r in applied if r.liability_id not in present]
+        gone = [r for r in rows if r.liability_id not in present]
         if gone:    # deleted from FBS since it was applied: left unwritten, reconciliation shows it
             log.error("%d applied movement(s) on liabilities no longer in FBS are not written back: %s", len(gone),
                       ", ".join(sorted({str(r.liability_id) for r in gone})[:20]))
-        applied = [r for r in applied if r.liability_id in present]
+        applied = [r for r in rows if r.liability_id in present]
         if applied:
             conn.execute(text("INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
                               "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING"),
                          [{"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
                            "a": as_amount(r.amount), "b": as_date(r.booked_on),
                            "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]} for r in applied])
-            # a movement released after review: its hold task is done
-            released = [{"t": at, "i": _task_id("PAY", r.movement_id)} for r in applied if r.hold_reason]
+            # movements released after review: their hold task is done once none of its movements is held
+            released = _done_hold_task_ids(stores.ledger, conn, [r for r in applied if r.hold_reason])
             if released:
                 conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
-                             released)
+                             [{"t": at, "i": i} for i in released])
         counts["written_back"] = len(applied)
-        counts["hold_tasks"] = raise_tasks(conn, _hold_tasks(conn, held), at)
     with stores.ledger.begin() as conn:
-        _mark_written_back(conn, [r.movement_id for r in [*applied, *held]], at)
+        _mark_written_back(conn, [r.movement_id for r in applied], at)
     return counts
 
 
@@ -523,44 +632,196 @@ def _set_status(conn: Connection, liability_ids: list[int], old: str, new: str, 
     return changed, target
 
 
-def _hold_tasks(conn: Connection, held: list) -> list[StaffTask]:
-    """One task per held movement, to the liability's patron and branch where the claim is known,
-    else to the agency its FordringID names, else to every agency."""
-    if not held:
-        return []
-    lids = sorted({r.liability_id for r in held if r.liability_id is not None})
+# --- staff tasks for held movements ---------------------------------------------------------------
+
+HOLD_TASK = "PAYHELD"
+SAMPLE = 20          # movements named in the text of one hold task; all of them are in the ledger
+
+
+# A held movement's task key: its file, its reason, and its liability or else the agency its
+# FordringID names (``movement.hold_task`` keeps it once the task is raised); fixed SQL.
+_KEY = ("SUBSTR(file_sha256, 1, 16) || '-' || hold_reason || '-' || "
+        "COALESCE('L' || CAST(liability_id AS VARCHAR(20)), 'A' || agency_id, '-')")
+_UNWRITTEN = "FROM movement WHERE state = 'held' AND written_back_at IS NULL"
+_GROUPS = f"SELECT {_KEY} AS group_key, MIN(hold_reason) AS reason, MIN(liability_id) AS liability_id, MIN(agency_id) AS agency_id, MIN(file_sha256) AS sha, COUNT(*) AS n, SUM(amount) AS total {_UNWRITTEN} GROUP BY {_KEY} ORDER BY 1"  # noqa: S608,E501
+_SAMPLES = f"SELECT group_key, movement_id, fordring_id, kind, amount FROM (SELECT {_KEY} AS group_key, movement_id, fordring_id, kind, amount, ROW_NUMBER() OVER (PARTITION BY {_KEY} ORDER BY movement_id) AS nr {_UNWRITTEN}) s WHERE nr <= :k ORDER BY group_key, movement_id"  # noqa: S608,E501
+_MARK = f"UPDATE movement SET hold_task = {_KEY}, written_back_at = :t WHERE state = 'held' AND written_back_at IS NULL AND {_KEY} IN :k"  # noqa: S608,E501
+
+
+def hold_tasks(stores: Stores, at: dt.datetime, batch: int = CHUNK) -> int:
+    """Held movements not yet written back, as staff tasks: ONE per file, reason and liability (to
+    the liability's patron and branch), or, where the claim is not known, per file, reason and the
+    agency its FordringID names (else every agency); the text names the first movements and the
+    count, ``movement.hold_task`` lists them all. Raised in FBS, then marked in the ledger; the
+    keys are the same on a repeat, so a crash in between raises nothing twice."""
+    with stores.ledger.connect() as conn:
+        groups = conn.execute(text(_GROUPS)).all()
+        if not groups:
+            return 0
+        samples: dict[str, list] = {}
+        for r in conn.execute(text(_SAMPLES), {"k": SAMPLE}):
+            samples.setdefault(r.group_key, []).append(r)
+        names = {}
+        for part in chunked(sorted({g.sha for g in groups}), CHUNK):
+            names.update(dict(conn.execute(in_query("SELECT sha256, name FROM payment_file WHERE sha256 IN :s", "s"),
+                                           {"s": part}).all()))
+    raised = 0
+    for part in chunked(groups, batch):
+        with stores.fbs.begin() as conn:
+            raised += raise_tasks(conn, _group_tasks(conn, part, samples, names), at)
+        with stores.ledger.begin() as conn:
+            _mark_held(conn, [g.group_key for g in part], at)
+    return raised
+
+
+def _mark_held(conn: Connection, keys: list[str], t) -> None:
+    conn.execute(in_query(_MARK, "k"), {"t": t, "k": keys})
+
+
+def _group_tasks(conn: Connection, groups: list, samples: dict[str, list], names: dict[str, str]) -> list[StaffTask]:
+    lids = sorted({g.liability_id for g in groups if g.liability_id is not None})
     who = {r.liability_id: r for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
         "SELECT l.liability_id, l.agency_id, l.number, l.patron_id, p.branch_id FROM liability l "
         "JOIN patron p ON p.patron_id = l.patron_id WHERE l.liability_id IN :l", "l"), {"l": part})}
     agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
     tasks = []
-    for r in held:
-        da, en = REASONS.get(r.hold_reason, (r.hold_reason, r.hold_reason))
-        amount = as_amount(r.amount)
-        message = mask_cprs_in(f"Debitorsystemet har meldt en {KIND_DA[r.kind]} på {amount} kr. (bevægelse {r.movement_id}, "
-                   f"fordring {r.fordring_id}), som ikke er bogført i FBS, fordi {da} ({r.hold_reason}). Afklar den med "
-                   f"debitorsystemet. / The debtor system reported a {r.kind.replace('_', '-')} of {amount} DKK "
-                   f"(movement {r.movement_id}, claim {r.fordring_id}) that is not booked in FBS because {en} "
-                   f"({r.hold_reason}). Settle it with the debtor system.")
-        w = who.get(r.liability_id)
+    for g in groups:
+        message = _hold_message(g, samples.get(g.group_key, []), names.get(g.sha, "-"))
+        w = who.get(g.liability_id)
         if w is not None:
-            tasks.append(StaffTask(_task_id("PAY", r.movement_id), w.agency_id, w.branch_id, w.patron_id,
+            tasks.append(StaffTask(_task_id(HOLD_TASK, g.group_key), w.agency_id, w.branch_id, w.patron_id,
                                    w.liability_id, TASK_KIND_MOVEMENT, message))
             continue
-        to = [r.agency_id] if r.agency_id in agencies else agencies
-        tasks += [StaffTask(_task_id("PAY", r.movement_id, a if len(to) > 1 else None), a, None, None, None,
+        to = [g.agency_id] if g.agency_id in agencies else agencies
+        tasks += [StaffTask(_task_id(HOLD_TASK, g.group_key, a if len(to) > 1 else None), a, None, None, None,
                             TASK_KIND_MOVEMENT, message) for a in to]
     return tasks
+
+
+def _hold_message(g, listed: list, file_name: str) -> str:
+    da, en = REASONS.get(g.reason, (g.reason, g.reason))
+    if g.n == 1 and listed:
+        r = listed[0]
+        amount = as_amount(r.amount)
+        return mask_cprs_in(
+            f"Debitorsystemet har meldt en {KIND_DA[r.kind]} på {amount} kr. (bevægelse {r.movement_id}, fordring "
+            f"{r.fordring_id}, betalingsfil {file_name}), som ikke er bogført i FBS, fordi {da} ({g.reason}). Afklar "
+            f"den med debitorsystemet. / The debtor system reported a {r.kind.replace('_', '-')} of {amount} DKK "
+            f"(movement {r.movement_id}, claim {r.fordring_id}, payment file {file_name}) that is not booked in FBS "
+            f"because {en} ({g.reason}). Settle it with the debtor system.")
+    total = as_amount(g.total)
+    items = "; ".join(f"{r.movement_id} ({KIND_DA[r.kind]} {as_amount(r.amount)} kr., fordring {r.fordring_id})"
+                      for r in listed)
+    more = g.n - len(listed)
+    return mask_cprs_in(
+        f"Debitorsystemet har i betalingsfilen {file_name} meldt {g.n} bevægelser på i alt {total} kr., som ikke er "
+        f"bogført i FBS, fordi {da} ({g.reason}): {items}" + (f"; og {more} flere" if more else "") + ". Hele listen "
+        f"står i integrationens ledger (movement.hold_task = {g.group_key}). Afklar dem med debitorsystemet. / The "
+        f"debtor system reported {g.n} movements totalling {total} DKK in payment file {file_name} that are not "
+        f"booked in FBS because {en} ({g.reason}); the first {len(listed)} are listed above, all of them in the "
+        f"integration's ledger (movement.hold_task = {g.group_key}). Settle them with the debtor system.")
+
+
+def _done_hold_task_ids(ledger_engine: Engine, fbs_conn: Connection, rows: list) -> list[str]:
+    """The ids of the hold tasks of these movements (no longer held) that list no held movement
+    any more; a movement held before tasks were grouped has its own (``PAY-<movement>``)."""
+    if not rows:
+        return []
+    keys = sorted({r.hold_task for r in rows if r.hold_task})
+    still: set[str] = set()
+    with ledger_engine.connect() as conn:
+        for part in chunked(keys, CHUNK):
+            still |= {r[0] for r in conn.execute(in_query(
+                "SELECT DISTINCT hold_task FROM movement WHERE state = 'held' AND hold_task IN :k", "k"), {"k": part})}
+    agencies = [r[0] for r in fbs_conn.execute(text("SELECT agency_id FROM agency"))]
+    ids = [i for r in rows if not r.hold_task
+           for i in (_task_id("PAY", r.movement_id), *(_task_id("PAY", r.movement_id, a) for a in agencies))]
+    ids += [i for k in keys if k not in still
+            for i in (_task_id(HOLD_TASK, k), *(_task_id(HOLD_TASK, k, a) for a in agencies))]
+    return ids
+
+
+# --- what is in the inbox and is not a payment file ---------------------------------------------
+
+TASK_KIND_INBOX = "payment_inbox_entry"
+TASKED_KINDS = (BAD_NAME, SYMLINK)        # may hold payments: staff are told (M1); the rest is IT's
+LOGGED = 50                              # entries logged one by one per run; the rest counted
+
+
+def report_ignored(stores: Stores, entries: list[Entry], run_id: str, at: dt.datetime) -> Counter:
+    """Entries of the inbox that are not taken (never moved, never opened): logged once per run,
+    name shown escaped; recorded in ``payment_inbox_entry`` (first and last seen, gone), counted
+    in the run (``files_ignored`` by kind); and for a file with another name or a link, which may
+    hold payments, one staff task per run that first saw such entries, never repeated."""
+    for e in entries[:LOGGED]:
+        log.log(logging.INFO if e.kind == PARTIAL else logging.WARNING,
+                "payment inbox: %s is %s: not taken, left as it is", e.name, KIND_TEXT[e.kind][1])
+    if len(entries) > LOGGED:
+        log.warning("payment inbox: %d more entries that are not payment files, not taken", len(entries) - LOGGED)
+    with stores.ledger.begin() as conn:
+        for part in chunked(entries, CHUNK):
+            conn.execute(text(
+                "INSERT INTO payment_inbox_entry (entry_key, name, kind, first_seen_at, first_run_id, last_seen_at, "
+                "last_run_id) VALUES (:k, :n, :kind, :t, :r, :t, :r) ON CONFLICT (entry_key) DO UPDATE SET "
+                "last_seen_at = excluded.last_seen_at, last_run_id = excluded.last_run_id, "
+                "first_seen_at = CASE WHEN payment_inbox_entry.gone_at IS NULL THEN payment_inbox_entry.first_seen_at "
+                "ELSE excluded.first_seen_at END, "
+                "first_run_id = CASE WHEN payment_inbox_entry.gone_at IS NULL THEN payment_inbox_entry.first_run_id "
+                "ELSE excluded.first_run_id END, "
+                "tasked_at = CASE WHEN payment_inbox_entry.gone_at IS NULL THEN payment_inbox_entry.tasked_at END, "
+                "gone_at = NULL"),
+                [{"k": e.key, "n": e.name, "kind": e.kind, "t": at, "r": run_id} for e in part])
+        conn.execute(text("UPDATE payment_inbox_entry SET gone_at = :t WHERE gone_at IS NULL AND last_run_id <> :r"),
+                     {"t": at, "r": run_id})
+        pending = conn.execute(in_query(
+            "SELECT entry_key, name, kind, first_run_id FROM payment_inbox_entry WHERE gone_at IS NULL AND "
+            "tasked_at IS NULL AND kind IN :kinds ORDER BY first_run_id, name", "kinds"),
+            {"kinds": list(TASKED_KINDS)}).all()
+    if pending:
+        by_run: dict[str, list] = {}
+        for r in pending:
+            by_run.setdefault(r.first_run_id, []).append(r)
+        with stores.fbs.begin() as conn:
+            agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency ORDER BY agency_id"))]
+            raise_tasks(conn, [t for first, rows in by_run.items() for t in _inbox_tasks(first, rows, agencies)], at)
+        with stores.ledger.begin() as conn:
+            _mark_tasked(conn, [r.entry_key for r in pending], at)
+    return Counter({"ignored": len(entries)})
+
+
+def _mark_tasked(conn: Connection, keys: list[str], t) -> None:
+    for part in chunked(keys, CHUNK):
+        conn.execute(in_query("UPDATE payment_inbox_entry SET tasked_at = :t WHERE entry_key IN :k", "k"),
+                     {"t": t, "k": part})
+
+
+def _inbox_tasks(first_run: str, rows: list, agencies: list[str]) -> list[StaffTask]:
+    key = f"{first_run}-" + hashlib.sha256("".join(sorted(r.entry_key for r in rows)).encode()).hexdigest()[:12]
+    listed = rows[:SAMPLE]
+    items = "; ".join(f"{r.name} ({KIND_TEXT[r.kind][0]})" for r in listed)
+    more = len(rows) - len(listed)
+    message = mask_cprs_in(
+        f"I indbakken til betalingsfiler fra debitorsystemet ligger {len(rows)} element(er), som ikke er "
+        f"betalingsfiler og derfor ikke er læst: {items}" + (f"; og {more} flere" if more else "") + ". Eventuelle "
+        "betalinger i dem er ikke bogført i FBS. Bed driften (IT) se på dem: en betalingsfil er en almindelig fil med "
+        "et navn af bogstaver, tal, '.', '_' og '-', der ender på .xml (fx DA-KMD_OPUS-20261120T0200.xml). / The "
+        f"inbox for payment files from the debtor system holds {len(rows)} entr{'y' if len(rows) == 1 else 'ies'} "
+        "that are not payment files and were not read (listed above, all of them in the integration's ledger, "
+        "payment_inbox_entry). Any payments in them are not booked in FBS. Ask IT operations to look at them: a "
+        "payment file is a regular file named with letters, digits, '.', '_' and '-', ending in .xml.")
+    return [StaffTask(_task_id("PAYINBOX", key, a if len(agencies) > 1 else None), a, None, None, None,
+                      TASK_KIND_INBOX, message) for a in agencies]
 
 
 # --- review and counts ---------------------------------------------------------------------------
 
 def dismiss(ledger_engine: Engine, fbs: Engine, movement_id: str, note: str, at: dt.datetime | None = None) -> bool:
-    """Staff reviewed a held movement and it is not to be applied: recorded, its task resolved."""
+    """Staff reviewed a held movement and it is not to be applied: recorded; its task resolved
+    once no movement it lists is held."""
     at = at or ledger.now()
     with ledger_engine.begin() as conn:
-        row = conn.execute(text("SELECT liability_id, hold_reason FROM movement WHERE movement_id = :m AND "
-                                "state = 'held'"), {"m": movement_id}).first()
+        row = conn.execute(text("SELECT movement_id, liability_id, hold_reason, hold_task FROM movement WHERE "
+                                "movement_id = :m AND state = 'held'"), {"m": movement_id}).first()
         if row is None:
             return False
         conn.execute(text("UPDATE movement SET state = 'dismissed', decided_at = :t WHERE movement_id = :m"),
@@ -570,22 +831,26 @@ def dismiss(ledger_engine: Engine, fbs: Engine, movement_id: str, note: str, at:
                                f"movement {movement_id} (held as {row.hold_reason}) dismissed after review: {note}")],
                        "manual", at)
     with fbs.begin() as conn:
-        agencies = [r[0] for r in conn.execute(text("SELECT agency_id FROM agency"))]
-        ids = [_task_id("PAY", movement_id), *(_task_id("PAY", movement_id, a) for a in agencies)]
-        conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
-                     [{"t": at, "i": i} for i in ids])
+        ids = _done_hold_task_ids(ledger_engine, conn, [row])
+        if ids:
+            conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
+                         [{"t": at, "i": i} for i in ids])
     return True
 
 
-RUN_CATEGORIES = ("files_applied", "files_quarantined", "movements_applied", "movements_held", "movements_again",
-                  "movements_released")
+RUN_CATEGORIES = ("files_applied", "files_quarantined", "files_ignored", "movements_applied", "movements_held",
+                  "movements_again", "movements_released")
 
 
 def payment_counts(ledger_engine: Engine, run_id: str) -> Counter:
     """The run's counts, from the ledger (so a retried task counts the same): per agency and
-    kind / reason. Files have agency '-'."""
+    kind / reason. Files have agency '-'; entries of the inbox that are not payment files are
+    ``files_ignored`` by kind."""
     counts: Counter = Counter()
     with ledger_engine.connect() as conn:
+        for kind, n in conn.execute(text("SELECT kind, COUNT(*) FROM payment_inbox_entry WHERE last_run_id = :r "
+                                         "GROUP BY kind"), {"r": run_id}):
+            counts[("-", "files_ignored", kind)] += n
         for r in conn.execute(text("SELECT state, reason, duplicates FROM payment_file WHERE run_id = :r"),
                               {"r": run_id}):
             if r.state == "applied":

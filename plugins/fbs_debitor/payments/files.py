@@ -7,12 +7,14 @@ against the project's schema, and only then turned into movements. Anything wron
 ``BadFile`` with a reason code and a plain reason that quotes no value from the file.
 
 Writing is what the emulator (the debtor side) uses; the file is built with lxml, validated, and
-written under a temporary name first, then renamed, so a reader never sees half a file.
+written under a temporary name first (``<name>.part``, or a dot-file where that would pass 255
+bytes), then renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable
@@ -35,7 +37,21 @@ MAX_AMOUNT = Decimal("10000000000")   # NUMERIC(12,2) in the ledger and FBS
 
 
 def max_file_bytes() -> int:
-    return int(os.environ.get("FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES", str(50 * 1024 * 1024)))
+    raw = os.environ.get("FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES", str(50 * 1024 * 1024))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES must be a positive whole number of bytes, not {raw!r}")
+    return value
+
+
+def preflight() -> None:
+    """What every file needs, checked once before the first file of a run: a setting or the
+    schema missing is the run's error, never a quarantined file."""
+    max_file_bytes()
+    messages.schema(SCHEMA_FILE)
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,8 @@ def write_atomically(folder: Path, name: str, data: bytes) -> Path:
     """Write ``data`` as ``folder/name`` so that it appears whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     part = folder / (name + PARTIAL_SUFFIX)
+    if len(os.fsencode(part.name)) > 255:      # NAME_MAX: a dot-file is "being written" too
+        part = folder / f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{PARTIAL_SUFFIX}"
     with part.open("wb") as f:
         f.write(data)
         f.flush()

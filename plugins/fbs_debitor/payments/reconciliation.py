@@ -18,7 +18,9 @@ Checks, streamed page by page:
    for claims with nothing held.
 
 Movements held for review and quarantined files are not differences: each has a staff task and
-is listed on its own. (What a quarantined file of the debtor side held is a difference, "reported,
+is listed on its own. Neither are the entries of the inbox that are not payment files (a file with
+another name, a link, a FIFO, a folder, ...): they were never taken, and are listed, name shown
+escaped, with their kind, for operations to clear. (What a quarantined file of the debtor side held is a difference, "reported,
 not received", when the debtor side's movements are given.)
 """
 
@@ -61,6 +63,7 @@ class PaymentReport:
     repaid: Decimal = ZERO
     debtor_movements: int | None = None
     quarantined: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)     # (name shown, kind), still in the inbox
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -82,6 +85,10 @@ class PaymentReport:
             lines.append(f"  quarantined (staff task; nothing in it booked; to be delivered again): {name}: {reason}")
         if len(self.quarantined) > 20:
             lines.append(f"  ... and {len(self.quarantined) - 20} more quarantined file(s)")
+        for name, kind in self.ignored[:20]:
+            lines.append(f"  in the inbox, not a payment file (never taken; for operations to clear): {name} ({kind})")
+        if len(self.ignored) > 20:
+            lines.append(f"  ... and {len(self.ignored) - 20} more entries in the inbox that are not payment files")
         if self.ok:
             lines.append("every movement reported reached FBS exactly once or is held for review: OK")
         else:
@@ -109,6 +116,8 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
                                                   "GROUP BY hold_reason")).all()))
         report.quarantined = [(r.name, r.reason or "-") for r in conn.execute(text(
             "SELECT name, reason FROM payment_file WHERE state = 'quarantined' ORDER BY name"))]
+        report.ignored = [(r.name, r.kind) for r in conn.execute(text(
+            "SELECT name, kind FROM payment_inbox_entry WHERE gone_at IS NULL AND kind <> 'partial' ORDER BY name"))]
     _claims(stores, report, page_size)
     _movements(stores, report, page_size)
     _fbs_only(stores, report, page_size)

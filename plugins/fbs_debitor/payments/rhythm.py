@@ -62,9 +62,10 @@ def rhythm(vendor: str) -> Rhythm:
             raise ValueError(f"FBS_DEBITOR_PRISME_PAYMENT_RHYTHM must be hourly or nightly, not {setting!r}")
         return Rhythm(vendor, "hourly", 60, 0, "10 * * * *")
     if vendor == "EG":
-        minutes = int(os.environ.get("FBS_DEBITOR_EG_PAYMENT_MINUTES", "15"))
+        raw = os.environ.get("FBS_DEBITOR_EG_PAYMENT_MINUTES", "15")
+        minutes = int(raw) if raw.strip().isdigit() else 0
         if minutes <= 0 or 60 % minutes:
-            raise ValueError(f"FBS_DEBITOR_EG_PAYMENT_MINUTES must divide 60 (5, 10, 15, 20, 30), not {minutes}")
+            raise ValueError(f"FBS_DEBITOR_EG_PAYMENT_MINUTES must divide 60 (5, 10, 15, 20, 30), not {raw!r}")
         return Rhythm(vendor, f"every {minutes} minutes", minutes, 0, f"{5 % minutes}-59/{minutes} * * * *")
     raise ValueError(f"unknown vendor {vendor!r}: one of {', '.join(VENDORS)}")
 
