@@ -66,7 +66,7 @@ def main() -> int:
             sent = conn.execute(text("SELECT COUNT(*) FROM claim WHERE state = 'accepted'")).scalar_one()
         with stores.fbs.connect() as conn:
             vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
-        box = FolderInbox(Path(tmp) / "payments" / "inbox")
+        box = FolderInbox(Path(tmp) / "payments" / "inbox", own=True)
         until = dt.datetime.fromisoformat(args.as_of + "T12:00:00").astimezone()
         t = time.perf_counter()
         files = emulator_payments.deliver(emu_db, box.inbox, until, vendors, args.seed,
