@@ -11,7 +11,7 @@ import sys
 import pytest
 from leaks import full_cpr_numbers
 
-from fbs_debitor.core.settings import HOME
+from fbs_debitor.core.settings import HOME, DatabaseUrls
 
 
 def cli(db_urls, tmp_path, *args, module: str = "fbs_debitor", **env_over):
@@ -58,8 +58,102 @@ def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
 
 @pytest.mark.slow
 def test_cli_transfer_without_a_serviceplatformen_connection_says_so_and_sends_nothing(db_urls, tmp_path):
+    assert cli(db_urls, tmp_path, "init").returncode == 0
     proc = cli(db_urls, tmp_path, "transfer")
     assert proc.returncode == 2 and "serviceplatformen" in proc.stderr and "AIRFLOW_CONN_SERVICEPLATFORMEN" in proc.stderr
+    assert cli(db_urls, tmp_path, "summary").returncode == 1        # refused before the run was recorded
+
+
+# --- issue 16: settings and command-line values checked before any work ---------------------------
+
+def files_under(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def sqlite_urls(folder) -> DatabaseUrls:
+    """The two stores as SQLite files in ``folder`` (to see that nothing creates them)."""
+    return DatabaseUrls(fbs=f"sqlite:///{folder / 'fbs.sqlite'}", ledger=f"sqlite:///{folder / 'ledger.sqlite'}")
+
+
+@pytest.mark.parametrize("args", [("transfer", "--batch-size", "0"), ("transfer", "--batch-size", "-1"),
+                                  ("transfer", "--dry-run", "--batch-size", "0"),
+                                  ("transfer", "--dry-run", "--batch-size", "-1"),
+                                  ("backfill", "--agency", "715100", "--cut-off-date", "2025-01-01", "--batch-size", "0")],
+                         ids=lambda a: " ".join(a))
+def test_item3_batch_size_zero_or_negative_is_refused_before_any_work(tmp_path, args):
+    """Issue 16 item 3: a batch size of 0 or -1 looped for ever in build_batches; it is refused,
+    naming the option and its range, before anything is read or written."""
+    stores_dir = tmp_path / "stores"
+    proc = cli(sqlite_urls(stores_dir), tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "--batch-size" in proc.stderr and "allowed is a whole number from 1 to 5000" in proc.stderr
+    assert files_under(stores_dir) == [] and files_under(tmp_path / "var") == []
+
+
+def test_item3_FBS_DEBITOR_BATCH_SIZE_zero_is_refused_before_any_work(tmp_path):
+    """Issue 16 item 3: FBS_DEBITOR_BATCH_SIZE=0 is refused with the variable, its value and its
+    range (exit 3), before a database is opened."""
+    stores_dir = tmp_path / "stores"
+    stores_dir.mkdir()
+    for args in (("init",), ("transfer",), ("transfer", "--dry-run")):
+        proc = cli(sqlite_urls(stores_dir), tmp_path, *args, FBS_DEBITOR_BATCH_SIZE="0")
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "FBS_DEBITOR_BATCH_SIZE='0'" in proc.stderr and "from 1 to 5000" in proc.stderr
+        assert "nothing was read or written" in proc.stderr
+        assert files_under(stores_dir) == [] and files_under(tmp_path / "var") == []
+
+
+@pytest.mark.slow
+def test_item3_FBS_DEBITOR_CHUNK_SIZE_zero_is_refused_and_no_finding_is_resolved(db_urls, tmp_path):
+    """Issue 16 item 3: with FBS_DEBITOR_CHUNK_SIZE=0 a run read no rows, ended 'success' and
+    resolved every open finding as fixed. Now it is refused (exit 3) before the run starts: the
+    ledger's open findings (T6, C3, ... as the last real run left them) stay open."""
+    from fbs_debitor.core import ledger
+    from fbs_debitor.core.stores import open_stores
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    assert cli(db_urls, tmp_path, "assess").returncode == 0
+    stores = open_stores(db_urls)
+    try:
+        before = ledger.open_findings(stores.ledger)
+        runs = ledger.get_run(stores.ledger).run_id
+        assert len(before) > 0
+        for args in (("assess",), ("transfer", "--dry-run"), ("reconcile",)):
+            proc = cli(db_urls, tmp_path, *args, FBS_DEBITOR_CHUNK_SIZE="0")
+            assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+            assert "FBS_DEBITOR_CHUNK_SIZE='0'" in proc.stderr and "from 100 to 500000" in proc.stderr
+        assert ledger.open_findings(stores.ledger) == before
+        assert ledger.get_run(stores.ledger).run_id == runs          # no run was recorded
+    finally:
+        stores.dispose()
+
+
+@pytest.mark.parametrize("args", [("summary",), ("assess",), ("history", "1"), ("reconcile",), ("payments",),
+                                  ("transfer", "--dry-run")], ids=lambda a: " ".join(a))
+def test_item4_a_database_file_that_does_not_exist_is_refused_and_not_created(tmp_path, args):
+    """Issue 16, what to build: a database URL that does not exist is an error (exit 3, the
+    variable and the path named) unless creating it is asked for; only init creates the stores."""
+    stores_dir = tmp_path / "stores"
+    proc = cli(sqlite_urls(stores_dir), tmp_path, *args)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "FBS_DEBITOR_FBS_URL" in proc.stderr and "FBS_DEBITOR_LEDGER_URL" in proc.stderr
+    assert f"the database file {stores_dir / 'ledger.sqlite'} does not exist" in proc.stderr
+    assert files_under(stores_dir) == []
+    created = cli(sqlite_urls(stores_dir), tmp_path, "init")
+    assert created.returncode == 0 and files_under(stores_dir)[:2] == ["fbs.sqlite", "ledger.sqlite"]
+
+
+def test_item4_sandbox_reconcile_on_a_missing_emulator_db_is_refused_and_creates_nothing(tmp_path):
+    """Issue 16 item 4: ``reconcile --emulator-db URL`` created a database at any missing path."""
+    urls = sqlite_urls(tmp_path / "stores")
+    assert cli(urls, tmp_path, "init").returncode == 0
+    missing = tmp_path / "nowhere" / "emulator.sqlite"
+    for args in (("reconcile", "--emulator-db", f"sqlite:///{missing}"),
+                 ("emulator-payments", "--db", f"sqlite:///{missing}")):
+        proc = sandbox(urls, tmp_path, *args)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"the database file {missing} does not exist" in proc.stderr and "emulator --db URL" in proc.stderr
+        assert not missing.parent.exists()
 
 
 @pytest.mark.slow

@@ -1,9 +1,13 @@
 """Every setting has an allowed range, checked before any work (issue 16, items 3 and 8, and
-"settings validated at start"): ``core.settings`` on plain environments."""
+"settings validated at start"): ``core.settings`` on plain environments, and ``python -m
+fbs_debitor settings`` as an operator runs it."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -160,3 +164,23 @@ def test_every_variable_the_package_reads_is_a_declared_setting():
 def test_an_unknown_variable_with_the_prefix_is_named_as_a_possible_typo(tmp_path):
     assert settings.unknown(env(tmp_path, FBS_DEBITOR_BATCHSIZE="100", FBS_DEBITOR_DEMO_SEED="1")) == [
         "FBS_DEBITOR_BATCHSIZE"]
+
+
+# --- the command an operator runs --------------------------------------------------------------
+
+def run_settings(tmp_path, **over) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FBS_DEBITOR_")}
+    clean.update(env(tmp_path, **over), PYTHONPATH=str(HOME / "plugins"))
+    return subprocess.run([sys.executable, "-m", "fbs_debitor", "settings"], env=clean, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_settings_command_lists_every_setting_and_its_range_and_exits_3_on_a_bad_one(tmp_path):
+    ok = run_settings(tmp_path, FBS_DEBITOR_FINGERPRINT_KEY="a-long-enough-secret-key-0001")
+    assert ok.returncode == 0, ok.stderr
+    assert all(name in ok.stdout for name in settings.SETTINGS)
+    assert "FBS_DEBITOR_FINGERPRINT_KEY = (set, not shown)" in ok.stdout and "a-long-enough" not in ok.stdout
+    bad = run_settings(tmp_path, FBS_DEBITOR_CHUNK_SIZE="0", FBS_DEBITOR_BATCHSIZE="9")
+    assert bad.returncode == 3
+    assert "setting refused: FBS_DEBITOR_CHUNK_SIZE='0': allowed is a whole number from 100 to 500000" in bad.stderr
+    assert "FBS_DEBITOR_BATCHSIZE is not a setting" in bad.stderr

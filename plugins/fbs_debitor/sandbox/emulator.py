@@ -51,6 +51,7 @@ from fbs_debitor.claims import messages
 from fbs_debitor.claims import sf1590 as mapping
 from fbs_debitor.claims.fingerprints import identity_print
 from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_amount, make_engine
 from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import FBS_SCHEMA, XSD_DIR, database_urls, var_dir
@@ -628,7 +629,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # --- CLI ---------------------------------------------------------------------------------------
 
-def _default_db() -> str:
+def default_db() -> str:
     return f"sqlite:///{var_dir() / 'emulator' / 'emulator.sqlite'}"
 
 
@@ -664,12 +665,13 @@ def serve(argv: list[str] | None = None) -> int:
                    help="behave as each FBS agency's own vendor (agency.debtor_vendor, by the sender's org unit), "
                         "reading the agencies from FBS_DEBITOR_FBS_URL")
     p.add_argument("--host", default="127.0.0.1", help="a loopback address")
-    p.add_argument("--port", type=int, default=8590)
-    p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database")
-    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--port", type=settings.whole(0, 65535), default=8590, help="0-65535 (0: any free port)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database (created when missing: "
+                                              "it is the debtor system's store)")
+    p.add_argument("--fault-rate", type=settings.number(0, 1), default=0.0, help="0-1")
     p.add_argument("--fault-kinds", default="", help=f"comma list of {','.join(sorted(FAULT_KINDS))}")
-    p.add_argument("--slow-seconds", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-seconds", type=settings.number(0, 600), default=5.0, help="0-600")
+    p.add_argument("--seed", type=settings.whole(0), default=0)
     p.add_argument("--accept", default=None, help="comma list of accepted claim types (default: all three)")
     p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
     p.add_argument("--tls-key", help="server key (PEM)")
@@ -677,11 +679,17 @@ def serve(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    try:   # every setting in range, and the FBS extract there when the vendors are read from it
+        settings.check(stores=("fbs",) if args.vendors_from_fbs else ())
+    except settings.SettingError as exc:
+        for line in exc.problems:
+            print(f"setting refused: {line}", file=sys.stderr)
+        return settings.EXIT_CODE
     kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
     accept = None if args.accept is None else {t.strip() for t in args.accept.split(",") if t.strip()}
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     by_org_unit = vendors_from_fbs() if args.vendors_from_fbs else None
-    emu = Emulator(args.vendor, args.db or _default_db(), args.host, args.port, accept, args.fault_rate, kinds,
+    emu = Emulator(args.vendor, args.db or default_db(), args.host, args.port, accept, args.fault_rate, kinds,
                    args.slow_seconds, args.seed, tls, by_org_unit)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
