@@ -157,6 +157,36 @@ def test_item4_sandbox_reconcile_on_a_missing_emulator_db_is_refused_and_creates
 
 
 @pytest.mark.slow
+def test_item6_transfer_exits_4_while_change_messages_are_unconfirmed_and_0_once_answered(db_urls, tmp_path):
+    """Issue 16 item 6: the CLI transfer exited 0 while change messages (U1-U4) were still
+    unconfirmed. It exits 4 (documented), saying how many new claims and change messages are
+    left; 0 only when everything sent was answered."""
+    from debtor import connection_json
+
+    from fbs_debitor.sandbox import emulator
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    by_org_unit = emulator.vendors_from_fbs(db_urls.fbs)
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit) as emu:
+        first = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert sandbox(db_urls, tmp_path, "simulate-changes", "--per-kind", "3").returncode == 0
+    # the debtor system answers nothing but 503 now: the change messages go out and stay unconfirmed
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit, fault_rate=1.0,
+                           fault_kinds=("http503",)) as emu:
+        down = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert down.returncode == 4, down.stdout[-2000:] + down.stderr[-2000:]
+    left = re.search(r"(\d+) new claim\(s\) and (\d+) change message\(s\) unconfirmed", down.stderr)
+    assert left and int(left.group(1)) == 0 and int(left.group(2)) > 0
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit) as emu:
+        back = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert back.returncode == 0, back.stdout[-2000:] + back.stderr[-2000:]
+    assert "unconfirmed" not in back.stderr
+    assert re.search(r"changes to claims already sent \(U1-U4\): recorded 0, accepted (\d+)", back.stdout)
+
+
+@pytest.mark.slow
 def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls, tmp_path):
     from debtor import connection_json
 

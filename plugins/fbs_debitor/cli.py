@@ -6,12 +6,15 @@ allowed ranges, and reads or writes nothing when one is wrong. The databases mus
 
 | code | meaning                                                                                  |
 |------|------------------------------------------------------------------------------------------|
-| 0    | done                                                                                     |
+| 0    | done; for ``transfer``: everything sent was answered                                     |
 | 1    | the run failed, or differences were found (``reconcile``, ``payments``, ``summary``, ...)  |
 | 2    | refused: a command-line value outside its range, or a missing or wrong connection        |
 |      | (``serviceplatformen``, SMTP); nothing was sent                                          |
 | 3    | a setting (``FBS_DEBITOR_*``) is outside its allowed range, or a database is missing:    |
 |      | nothing was read or written                                                              |
+| 4    | ``transfer``: the run finished, but messages are still unconfirmed (new claims, change   |
+|      | messages, or claims deferred while the debtor system did not answer): they are sent      |
+|      | again under the same keys next run                                                       |
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.changes import reconciliation
+from fbs_debitor.changes import sending as change_sending
 from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.delivery import send_rate, serviceplatformen
+from fbs_debitor.delivery import outbox, send_rate, serviceplatformen
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
@@ -39,7 +43,7 @@ from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment, run_transfer
 from fbs_debitor.transfer.summary import format_payments_run, format_run
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SETTINGS = 0, 1, 2, settings.EXIT_CODE
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SETTINGS, EXIT_UNCONFIRMED = 0, 1, 2, settings.EXIT_CODE, 4
 
 
 def _stores() -> Stores:
@@ -92,10 +96,31 @@ def cmd_transfer(args) -> int:
     run = ledger.get_run(stores.ledger, run_id)
     counts = ledger.run_counts(stores.ledger, run_id)
     print(format_run(run, counts, stores.fbs))
-    unconfirmed = sum(n for (_a, c, _r), n in counts.items() if c == "unconfirmed")
-    if unconfirmed:
-        print(f"{unconfirmed} claim(s) unconfirmed: they are sent again under the same keys next run", file=sys.stderr)
-    return 0 if run.status == "success" and not unconfirmed else 1
+    if run.status != "success":
+        return EXIT_FAILED
+    outstanding = unconfirmed(counts, outbox.unconfirmed_total(stores.ledger))
+    if outstanding:
+        print(outstanding, file=sys.stderr)
+        return EXIT_UNCONFIRMED
+    return EXIT_OK
+
+
+def unconfirmed(counts, in_outbox: int) -> str:
+    """What a transfer run leaves without an answer, as one line (empty when nothing): its new
+    claims and change messages still unconfirmed, the claims it deferred, and what earlier runs
+    left that this one did not reach (``in_outbox``: every message still pending or sent)."""
+    def total(category: str) -> int:
+        return sum(n for (_a, c, _r), n in counts.items() if c == category)
+
+    claims, changes, deferred = (total(outbox.UNCONFIRMED), total(change_sending.CHANGES_UNCONFIRMED),
+                                 total("deferred"))
+    earlier = max(in_outbox - claims - changes, 0)
+    if not (claims or changes or deferred or earlier):
+        return ""
+    return (f"not everything sent was answered: {claims} new claim(s) and {changes} change message(s) unconfirmed"
+            + (f", {deferred} claim(s) deferred" if deferred else "")
+            + (f", {earlier} message(s) from earlier runs still unconfirmed" if earlier else "")
+            + f"; they are sent again under the same keys next run (exit code {EXIT_UNCONFIRMED})")
 
 
 def cmd_report(args) -> int:
@@ -359,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch = settings.whole(1, settings.MAX_BATCH_SIZE)
     p = sub.add_parser("transfer", help="build the SF1590 claims due now and send them through Serviceplatformen "
                                         "(connection AIRFLOW_CONN_SERVICEPLATFORMEN); --dry-run writes them as XML "
-                                        "files")
+                                        f"files. Exit {EXIT_UNCONFIRMED} when messages are left unconfirmed")
     p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
     p.add_argument("--out", type=settings.folder, default=None, help="output folder (default var/dry-run)")
     p.add_argument("--batch-size", type=batch, default=None,
