@@ -157,6 +157,35 @@ def test_item4_sandbox_reconcile_on_a_missing_emulator_db_is_refused_and_creates
 
 
 @pytest.mark.slow
+def test_item5_emulator_payments_with_the_default_seed_runs_again_any_time_later(db_urls, tmp_path):
+    """Issue 16 item 5: a second ``emulator-payments`` with the default seed failed with an
+    IntegrityError on emu_movement.movement_id (so ``./run main`` failed when run again 20 minutes
+    or more later). Each later call delivers what fell due since, under new movement ids, and the
+    payments run applies every file."""
+    from debtor import connection_json
+
+    from fbs_debitor.sandbox import emulator, emulator_payments
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
+        assert cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url)).returncode == 0
+    counts = []
+    for until in ("2026-11-20T12:00:00+01:00", "2026-11-20T12:20:00+01:00", "2026-11-20T13:20:00+01:00",
+                  "2026-11-21T13:20:00+01:00"):
+        files = sandbox(db_urls, tmp_path, "emulator-payments", "--db", emu_db, "--until", until)
+        assert files.returncode == 0, files.stderr[-2000:]
+        counts.append(len(emulator_payments.movements(emu_db)))
+    assert counts == sorted(counts) and counts[-1] > counts[0] > 0
+    pay = cli(db_urls, tmp_path, "payments")
+    assert pay.returncode == 0, pay.stdout[-2000:] + pay.stderr[-2000:]
+    applied = re.search(r"^movements: applied (\d+)", pay.stdout, re.M)
+    assert applied and int(applied.group(1)) > 0
+    check = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    assert "every movement reported reached FBS exactly once or is held for review: OK" in check.stdout, check.stdout
+
+
+@pytest.mark.slow
 def test_item6_transfer_exits_4_while_change_messages_are_unconfirmed_and_0_once_answered(db_urls, tmp_path):
     """Issue 16 item 6: the CLI transfer exited 0 while change messages (U1-U4) were still
     unconfirmed. It exits 4 (documented), saying how many new claims and change messages are
