@@ -216,6 +216,33 @@ def test_item6_transfer_exits_4_while_change_messages_are_unconfirmed_and_0_once
 
 
 @pytest.mark.slow
+def test_item8_a_password_in_the_endpoint_url_is_refused_and_neither_logged_nor_stored(db_urls, tmp_path):
+    """Issue 16 item 8: a password in the endpoint URL was logged at WARNING and stored in
+    outbox.last_error. The connection is refused (exit 2) with an error that does not echo it."""
+    from debtor import connection_json
+    from sqlalchemy import text
+
+    from fbs_debitor.core.stores import open_stores
+    from fbs_debitor.sandbox import emulator
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "60", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("http503",)) as emu:
+        url = emu.url.replace("http://", "http://fbs:S3cret-pw@")
+        proc = cli(db_urls, tmp_path, "-v", "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(url))
+        assert emu.request_count == 0
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "user:password@" in proc.stderr and "S3cret-pw" not in proc.stdout + proc.stderr
+    stores = open_stores(db_urls)
+    try:
+        with stores.ledger.connect() as conn:
+            stored = conn.execute(text("SELECT COUNT(*) FROM outbox WHERE last_error LIKE '%S3cret%'")).scalar()
+    finally:
+        stores.dispose()
+    assert stored == 0
+
+
+@pytest.mark.slow
 def test_cli_transfer_delivers_to_the_emulator_once_and_reconcile_agrees(db_urls, tmp_path):
     from debtor import connection_json
 

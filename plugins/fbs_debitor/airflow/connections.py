@@ -67,12 +67,13 @@ def database_urls_for_task() -> DatabaseUrls:
 
 
 def serviceplatformen_config() -> serviceplatformen.Config:
-    """The Connection ``serviceplatformen`` (Airflow also reads ``AIRFLOW_CONN_SERVICEPLATFORMEN``)."""
+    """The Connection ``serviceplatformen`` (Airflow also reads ``AIRFLOW_CONN_SERVICEPLATFORMEN``).
+    A login or password on it is refused (never echoed): the client certificate authenticates."""
     conn = _lookup(serviceplatformen.CONN_ID)
     if conn is None:
         raise serviceplatformen.ConfigError(f"the Airflow Connection {serviceplatformen.CONN_ID!r} is not defined")
     return serviceplatformen.config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
-                                                    conn.conn_type)
+                                                    conn.conn_type, login=conn.login, password=conn.password)
 
 
 def smtp_settings(conn_id: str = mailer.DEFAULT_CONN_ID) -> mailer.SmtpSettings:

@@ -19,8 +19,9 @@ municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
 OrganisatoriskEnhedUUID -> vendor; ``--vendors-from-fbs`` reads it from the FBS agencies) lets
 one emulator behave as each agency's vendor; ``vendor`` is the default.
 
-Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``slow``,
-``drop`` and ``soapfault`` are applied BEFORE the request is processed (nothing stored);
+Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``http400``
+(the request refused), ``http403`` (access refused), ``slow``, ``drop`` and ``soapfault`` are
+applied BEFORE the request is processed (nothing stored);
 ``drop_after_store`` processes and stores, then closes the connection without an answer (the
 crash-after-processing case the client survives through idempotency).
 
@@ -68,7 +69,7 @@ OPERATIONS = {  # request root -> (operation, answer root), from the mapping's l
 VENDORS = ("KMD_OPUS", "PRISME", "EG")
 CLAIM_TYPES = frozenset({"BIBLIOTEKSGEBYR_OVERSKREDET_LAANETID", "ERSTATNING_MED_ANERKENDELSE",
                          "ERSTATNING_UDEN_ANERKENDELSE"})
-FAULT_KINDS = frozenset({"http500", "http503", "slow", "drop", "soapfault", "drop_after_store"})
+FAULT_KINDS = frozenset({"http500", "http503", "http400", "http403", "slow", "drop", "soapfault", "drop_after_store"})
 MAX_BODY = 20 * 1024 * 1024
 ACTIVE, CANCELLED = "ACTIVE", "CANCELLED"
 MODTAGET, AFVIST = "MODTAGET", "AFVIST"
@@ -600,6 +601,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "http503":
             self._send(503, b"Service Unavailable\n", "text/plain", {"Retry-After": "1"})
+            return
+        if fault == "http400":
+            self._send(400, b"Bad Request\n", "text/plain")
+            return
+        if fault == "http403":
+            self._send(403, b"Forbidden\n", "text/plain")
             return
         if fault == "soapfault":
             self._send(500, fault_envelope("Server", "midlertidig fejl / temporary failure (injected)"))
