@@ -324,12 +324,16 @@ def cmd_settings(args) -> int:
     for name, shown, allowed in settings.describe():
         print(f"{name} = {shown}\n    allowed: {allowed}")
     problems = settings.validate(stores=())
-    for name in settings.unknown():
-        print(f"warning: {name} is not a setting of fbs-debitor (a typo?): ignored", file=sys.stderr)
+    _warn_unknown()
     if problems:
         return _refused(settings.SettingError(problems), read_nothing=False)
     print("every setting is within its allowed range")
     return EXIT_OK
+
+
+def _warn_unknown() -> None:
+    for name in settings.unknown():
+        print(f"warning: {name} is not a setting of fbs-debitor (a typo?): ignored", file=sys.stderr)
 
 
 def _refused(exc: settings.SettingError, read_nothing: bool = True) -> int:
@@ -361,8 +365,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
             settings.check(stores=getattr(args, "stores", settings.STORES), create=getattr(args, "creates", ()))
         except settings.SettingError as exc:
             return _refused(exc)
-        for name in settings.unknown():
-            print(f"warning: {name} is not a setting of fbs-debitor (a typo?): ignored", file=sys.stderr)
+        _warn_unknown()
     return args.func(args)
 
 
@@ -400,17 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconcile", help="compare, per claim with payments, what was sent, what the debtor system "
                                          "reported and what FBS shows now; list every difference")
-    p.add_argument("--show", type=settings.whole(0, 100_000), default=20, help="differences to print, 0-100000 (all go to "
-                                                                       "the CSV)")
+    p.add_argument("--show", type=settings.whole(0, 100_000), default=20,
+                   help="differences to print, 0-100000 (all go to the CSV)")
     p.add_argument("--payments-out", help="CSV of the payments report (default "
                                           "var/reports/payments-reconciliation-<time>.csv)")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("payments", help="apply the debtor system's waiting payment files (P1, P2) and write them to "
                                         "FBS; --dismiss a held movement after review")
-    p.add_argument("--inbox", type=settings.folder, help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or "
-                                                "var/payments/inbox); named inbox unless FBS_DEBITOR_PAYMENT_ARCHIVE "
-                                                "and _QUARANTINE are set")
+    p.add_argument("--inbox", type=settings.folder,
+                   help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox); named inbox "
+                        "unless FBS_DEBITOR_PAYMENT_ARCHIVE and _QUARANTINE are set")
     p.add_argument("--dismiss", metavar="BEVAEGELSE_ID", help="a held movement reviewed and not to be applied")
     p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
     p.set_defaults(func=cmd_payments)
@@ -436,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")
     p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
-    p.add_argument("--since", type=settings.iso_time, help="fail unless that run started at or after this local time "
-                                                "(YYYY-MM-DDTHH:MM:SS)")
+    p.add_argument("--since", type=settings.iso_time,
+                   help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)
     return parser
 

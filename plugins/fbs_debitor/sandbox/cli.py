@@ -57,8 +57,8 @@ def cmd_generate(args) -> int:
 
 def cmd_emulator_payments(args) -> int:
     """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
-    db = args.db or emulator.default_db()
-    missing = settings.missing_database(db, "the emulator's database (--db)", EMULATOR_CREATED_BY)
+    db = args.db or emulator.default_db()       # --db was checked by its type; the default is checked here
+    missing = None if args.db else settings.missing_database(db, "the emulator's database", EMULATOR_CREATED_BY)
     if missing:
         print(f"not delivered: {missing}", file=sys.stderr)
         return cli.EXIT_SETTINGS
