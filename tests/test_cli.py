@@ -11,7 +11,7 @@ import sys
 import pytest
 from leaks import full_cpr_numbers
 
-from fbs_debitor.core.settings import HOME
+from fbs_debitor.core.settings import HOME, DatabaseUrls
 
 
 def cli(db_urls, tmp_path, *args, module: str = "fbs_debitor", **env_over):
@@ -58,8 +58,188 @@ def test_cli_generate_assess_summary_and_dry_run(db_urls, tmp_path):
 
 @pytest.mark.slow
 def test_cli_transfer_without_a_serviceplatformen_connection_says_so_and_sends_nothing(db_urls, tmp_path):
+    assert cli(db_urls, tmp_path, "init").returncode == 0
     proc = cli(db_urls, tmp_path, "transfer")
     assert proc.returncode == 2 and "serviceplatformen" in proc.stderr and "AIRFLOW_CONN_SERVICEPLATFORMEN" in proc.stderr
+    assert cli(db_urls, tmp_path, "summary").returncode == 1        # refused before the run was recorded
+
+
+# --- issue 16: settings and command-line values checked before any work ---------------------------
+
+def files_under(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def sqlite_urls(folder) -> DatabaseUrls:
+    """The two stores as SQLite files in ``folder`` (to see that nothing creates them)."""
+    return DatabaseUrls(fbs=f"sqlite:///{folder / 'fbs.sqlite'}", ledger=f"sqlite:///{folder / 'ledger.sqlite'}")
+
+
+@pytest.mark.parametrize("args", [("transfer", "--batch-size", "0"), ("transfer", "--batch-size", "-1"),
+                                  ("transfer", "--dry-run", "--batch-size", "0"),
+                                  ("transfer", "--dry-run", "--batch-size", "-1"),
+                                  ("backfill", "--agency", "715100", "--cut-off-date", "2025-01-01", "--batch-size", "0")],
+                         ids=lambda a: " ".join(a))
+def test_item3_batch_size_zero_or_negative_is_refused_before_any_work(tmp_path, args):
+    """Issue 16 item 3: a batch size of 0 or -1 looped for ever in build_batches; it is refused,
+    naming the option and its range, before anything is read or written."""
+    stores_dir = tmp_path / "stores"
+    proc = cli(sqlite_urls(stores_dir), tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "--batch-size" in proc.stderr and "allowed is a whole number from 1 to 5000" in proc.stderr
+    assert files_under(stores_dir) == [] and files_under(tmp_path / "var") == []
+
+
+def test_item3_FBS_DEBITOR_BATCH_SIZE_zero_is_refused_before_any_work(tmp_path):
+    """Issue 16 item 3: FBS_DEBITOR_BATCH_SIZE=0 is refused with the variable, its value and its
+    range (exit 3), before a database is opened."""
+    stores_dir = tmp_path / "stores"
+    stores_dir.mkdir()
+    for args in (("init",), ("transfer",), ("transfer", "--dry-run")):
+        proc = cli(sqlite_urls(stores_dir), tmp_path, *args, FBS_DEBITOR_BATCH_SIZE="0")
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "FBS_DEBITOR_BATCH_SIZE='0'" in proc.stderr and "from 1 to 5000" in proc.stderr
+        assert "nothing was read or written" in proc.stderr
+        assert files_under(stores_dir) == [] and files_under(tmp_path / "var") == []
+
+
+@pytest.mark.slow
+def test_item3_FBS_DEBITOR_CHUNK_SIZE_zero_is_refused_and_no_finding_is_resolved(db_urls, tmp_path):
+    """Issue 16 item 3: with FBS_DEBITOR_CHUNK_SIZE=0 a run read no rows, ended 'success' and
+    resolved every open finding as fixed. Now it is refused (exit 3) before the run starts: the
+    ledger's open findings (T6, C3, ... as the last real run left them) stay open."""
+    from fbs_debitor.core import ledger
+    from fbs_debitor.core.stores import open_stores
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    assert cli(db_urls, tmp_path, "assess").returncode == 0
+    stores = open_stores(db_urls)
+    try:
+        before = ledger.open_findings(stores.ledger)
+        runs = ledger.get_run(stores.ledger).run_id
+        assert len(before) > 0
+        for args in (("assess",), ("transfer", "--dry-run"), ("reconcile",)):
+            proc = cli(db_urls, tmp_path, *args, FBS_DEBITOR_CHUNK_SIZE="0")
+            assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+            assert "FBS_DEBITOR_CHUNK_SIZE='0'" in proc.stderr and "from 100 to 500000" in proc.stderr
+        assert ledger.open_findings(stores.ledger) == before
+        assert ledger.get_run(stores.ledger).run_id == runs          # no run was recorded
+    finally:
+        stores.dispose()
+
+
+@pytest.mark.parametrize("args", [("summary",), ("assess",), ("history", "1"), ("reconcile",), ("payments",),
+                                  ("transfer", "--dry-run")], ids=lambda a: " ".join(a))
+def test_item4_a_database_file_that_does_not_exist_is_refused_and_not_created(tmp_path, args):
+    """Issue 16, what to build: a database URL that does not exist is an error (exit 3, the
+    variable and the path named) unless creating it is asked for; only init creates the stores."""
+    stores_dir = tmp_path / "stores"
+    proc = cli(sqlite_urls(stores_dir), tmp_path, *args)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "FBS_DEBITOR_FBS_URL" in proc.stderr and "FBS_DEBITOR_LEDGER_URL" in proc.stderr
+    assert f"the database file {stores_dir / 'ledger.sqlite'} does not exist" in proc.stderr
+    assert files_under(stores_dir) == []
+    created = cli(sqlite_urls(stores_dir), tmp_path, "init")
+    assert created.returncode == 0 and files_under(stores_dir)[:2] == ["fbs.sqlite", "ledger.sqlite"]
+
+
+def test_item4_sandbox_reconcile_on_a_missing_emulator_db_is_refused_and_creates_nothing(tmp_path):
+    """Issue 16 item 4: ``reconcile --emulator-db URL`` created a database at any missing path."""
+    urls = sqlite_urls(tmp_path / "stores")
+    assert cli(urls, tmp_path, "init").returncode == 0
+    missing = tmp_path / "nowhere" / "emulator.sqlite"
+    for args in (("reconcile", "--emulator-db", f"sqlite:///{missing}"),
+                 ("emulator-payments", "--db", f"sqlite:///{missing}")):
+        proc = sandbox(urls, tmp_path, *args)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"the database file {missing} does not exist" in proc.stderr and "emulator --db URL" in proc.stderr
+        assert not missing.parent.exists()
+
+
+@pytest.mark.slow
+def test_item5_emulator_payments_with_the_default_seed_runs_again_any_time_later(db_urls, tmp_path):
+    """Issue 16 item 5: a second ``emulator-payments`` with the default seed failed with an
+    IntegrityError on emu_movement.movement_id (so ``./run main`` failed when run again 20 minutes
+    or more later). Each later call delivers what fell due since, under new movement ids, and the
+    payments run applies every file."""
+    from debtor import connection_json
+
+    from fbs_debitor.sandbox import emulator, emulator_payments
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=emulator.vendors_from_fbs(db_urls.fbs)) as emu:
+        assert cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url)).returncode == 0
+    counts = []
+    for until in ("2026-11-20T12:00:00+01:00", "2026-11-20T12:20:00+01:00", "2026-11-20T13:20:00+01:00",
+                  "2026-11-21T13:20:00+01:00"):
+        files = sandbox(db_urls, tmp_path, "emulator-payments", "--db", emu_db, "--until", until)
+        assert files.returncode == 0, files.stderr[-2000:]
+        counts.append(len(emulator_payments.movements(emu_db)))
+    assert counts == sorted(counts) and counts[-1] > counts[0] > 0
+    pay = cli(db_urls, tmp_path, "payments")
+    assert pay.returncode == 0, pay.stdout[-2000:] + pay.stderr[-2000:]
+    applied = re.search(r"^movements: applied (\d+)", pay.stdout, re.M)
+    assert applied and int(applied.group(1)) > 0
+    check = sandbox(db_urls, tmp_path, "reconcile", "--emulator-db", emu_db)
+    assert "every movement reported reached FBS exactly once or is held for review: OK" in check.stdout, check.stdout
+
+
+@pytest.mark.slow
+def test_item6_transfer_exits_4_while_change_messages_are_unconfirmed_and_0_once_answered(db_urls, tmp_path):
+    """Issue 16 item 6: the CLI transfer exited 0 while change messages (U1-U4) were still
+    unconfirmed. It exits 4 (documented), saying how many new claims and change messages are
+    left; 0 only when everything sent was answered."""
+    from debtor import connection_json
+
+    from fbs_debitor.sandbox import emulator
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "150", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    by_org_unit = emulator.vendors_from_fbs(db_urls.fbs)
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit) as emu:
+        first = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert sandbox(db_urls, tmp_path, "simulate-changes", "--per-kind", "3").returncode == 0
+    # the debtor system answers nothing but 503 now: the change messages go out and stay unconfirmed
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit, fault_rate=1.0,
+                           fault_kinds=("http503",)) as emu:
+        down = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert down.returncode == 4, down.stdout[-2000:] + down.stderr[-2000:]
+    left = re.search(r"(\d+) new claim\(s\) and (\d+) change message\(s\) unconfirmed", down.stderr)
+    assert left and int(left.group(1)) == 0 and int(left.group(2)) > 0
+    with emulator.Emulator("KMD_OPUS", emu_db, vendor_by_org_unit=by_org_unit) as emu:
+        back = cli(db_urls, tmp_path, "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(emu.url))
+    assert back.returncode == 0, back.stdout[-2000:] + back.stderr[-2000:]
+    assert "unconfirmed" not in back.stderr
+    assert re.search(r"changes to claims already sent \(U1-U4\): recorded 0, accepted (\d+)", back.stdout)
+
+
+@pytest.mark.slow
+def test_item8_a_password_in_the_endpoint_url_is_refused_and_neither_logged_nor_stored(db_urls, tmp_path):
+    """Issue 16 item 8: a password in the endpoint URL was logged at WARNING and stored in
+    outbox.last_error. The connection is refused (exit 2) with an error that does not echo it."""
+    from debtor import connection_json
+    from sqlalchemy import text
+
+    from fbs_debitor.core.stores import open_stores
+    from fbs_debitor.sandbox import emulator
+
+    assert sandbox(db_urls, tmp_path, "generate", "--patrons", "60", "--seed", "5").returncode == 0
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=("http503",)) as emu:
+        url = emu.url.replace("http://", "http://fbs:S3cret-pw@")
+        proc = cli(db_urls, tmp_path, "-v", "transfer", AIRFLOW_CONN_SERVICEPLATFORMEN=connection_json(url))
+        assert emu.request_count == 0
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "user:password@" in proc.stderr and "S3cret-pw" not in proc.stdout + proc.stderr
+    stores = open_stores(db_urls)
+    try:
+        with stores.ledger.connect() as conn:
+            stored = conn.execute(text("SELECT COUNT(*) FROM outbox WHERE last_error LIKE '%S3cret%'")).scalar()
+    finally:
+        stores.dispose()
+    assert stored == 0
 
 
 @pytest.mark.slow

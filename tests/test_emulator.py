@@ -353,3 +353,33 @@ def test_a_zeep_client_built_from_the_served_wsdl_gets_answers(emu_db):
     assert {k.Noegle: (k.StatusKode, k.FejlKode) for k in answer.Kvittering} == {
         "FBS-715100-1": ("MODTAGET", None), REPLACEMENT_FID: ("AFVIST", "I3_ERSTATNINGS_CPR"),
         "FBS-715100-4": ("MODTAGET", None)}
+
+
+# --- payment files: a later delivery with the same seed (issue 16 item 5) ----------------------------
+
+def test_item5_a_second_payment_delivery_with_the_default_seed_twenty_minutes_later_works(emu_db, tmp_path):
+    """Issue 16 item 5: a second ``emulator-payments`` with the default seed (11) failed with an
+    IntegrityError on emu_movement.movement_id, so ``./run main`` failed when run again 20 minutes
+    or more later. Each delivery draws new, unique movement ids; a repeat of the same call
+    delivers nothing twice. (Without reversals the old code's draws lined up exactly, as they did
+    for the demo's thousands of claims: the later call drew the earlier call's ids again.)"""
+    import datetime as dt
+
+    from fbs_debitor.sandbox import emulator_payments
+
+    with emulator.Emulator("EG", emu_db) as emu:
+        assert post(emu.url, envelope(batch_root()))[0] == 200
+    vendors, seed = {AGENCY["agency_id"]: "EG"}, 11           # EG delivers every 15 minutes
+    mix = emulator_payments.Mix(reversals=0)
+    until = dt.datetime(2026, 11, 20, 12, 0).astimezone()
+    first = emulator_payments.deliver(emu_db, tmp_path / "inbox", until, vendors, seed, mix)
+    after_first = emulator_payments.movements(emu_db)
+    assert first and after_first
+    again = emulator_payments.deliver(emu_db, tmp_path / "inbox", until, vendors, seed, mix)
+    assert again == [] and emulator_payments.movements(emu_db) == after_first
+    later = emulator_payments.deliver(emu_db, tmp_path / "inbox", until + dt.timedelta(minutes=20), vendors, seed,
+                                      mix)
+    assert later and not set(later) & set(first)
+    delivered = emulator_payments.movements(emu_db)
+    new = set(delivered) - set(after_first)
+    assert new and {delivered[m]["file_name"] for m in new} == {f.name for f in later}

@@ -40,6 +40,16 @@ class Recorder:
         self.delays.append(seconds)
 
 
+@pytest.fixture
+def certs(tmp_path) -> dict[str, str]:
+    """Client certificate and key files for configurations that are only built, never connected
+    (https needs them: Serviceplatformen is mutual TLS)."""
+    paths = {"client_cert": tmp_path / "client.crt", "client_key": tmp_path / "client.key"}
+    for path in paths.values():
+        path.write_text("not read when only the configuration is built")
+    return {k: str(v) for k, v in paths.items()}
+
+
 def make_client(url: str, sleep=None, auth=None, **over) -> serviceplatformen.Client:
     config = serviceplatformen.config_from_connection(url, None, None, connection_extra(**over))
     return serviceplatformen.Client(config, auth=auth, sleep=sleep or Recorder())
@@ -59,9 +69,9 @@ def wait_for_emulator_threads() -> None:
 
 # --- 1. configuration from the Airflow connection -------------------------------------------------
 
-def test_config_from_connection_host_as_full_url_gives_typed_values():
+def test_config_from_connection_host_as_full_url_gives_typed_values(certs):
     config = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(
-        connect_timeout=2, operation_timeout="7.5", max_attempts="3", backoff_seconds=1))
+        connect_timeout=2, operation_timeout="7.5", max_attempts="3", backoff_seconds=1, **certs))
     assert config.endpoint == PROD
     assert config.service_agreement_uuid == UUIDS["service_agreement_uuid"]
     assert config.service_uuid == serviceplatformen.SERVICE_UUID       # SF1590_B_01 by default
@@ -73,16 +83,17 @@ def test_config_from_connection_host_as_full_url_gives_typed_values():
     assert config.max_attempts == 3 and isinstance(config.max_attempts, int)
 
 
-def test_config_from_connection_builds_https_endpoint_from_host_port_schema():
+def test_config_from_connection_builds_https_endpoint_from_host_port_schema(certs):
     config = serviceplatformen.config_from_connection(
-        "prod.serviceplatformen.dk", 443, "/service/OIR/DebitorRegistreringAfsend/1", connection_extra(), "http")
+        "prod.serviceplatformen.dk", 443, "/service/OIR/DebitorRegistreringAfsend/1", connection_extra(**certs), "http")
     # conn_type http to a non-loopback host still gives https: plain http is for the emulator only
     assert config.endpoint == "https://prod.serviceplatformen.dk:443/service/OIR/DebitorRegistreringAfsend/1"
     config = serviceplatformen.config_from_connection("prod.serviceplatformen.dk", None, "service/x",
-                                                      connection_extra())
+                                                      connection_extra(**certs))
     assert config.endpoint == "https://prod.serviceplatformen.dk/service/x"
     # extra.endpoint wins over host
-    config = serviceplatformen.config_from_connection("ignored.example", 1, "x", connection_extra(endpoint=PROD))
+    config = serviceplatformen.config_from_connection("ignored.example", 1, "x", connection_extra(endpoint=PROD,
+                                                                                                   **certs))
     assert config.endpoint == PROD
 
 
@@ -97,17 +108,17 @@ def test_config_from_host_port_schema_reaches_the_loopback_emulator_over_plain_h
     assert set(by_key(answer)) == FIDS
 
 
-def test_config_from_env_reads_the_airflow_connection_json_with_extra_as_dict_or_string():
-    environ = {serviceplatformen.ENV_VAR: connection_json(PROD, max_attempts=2)}
+def test_config_from_env_reads_the_airflow_connection_json_with_extra_as_dict_or_string(certs):
+    environ = {serviceplatformen.ENV_VAR: connection_json(PROD, max_attempts=2, **certs)}
     config = serviceplatformen.config_from_env(environ)
     assert config.endpoint == PROD and config.max_attempts == 2 and config.connect_timeout == 2.0
     # Airflow also writes extra as a JSON string inside the JSON
-    as_string = {"conn_type": "http", "host": PROD, "extra": json.dumps(connection_extra(operation_timeout=9))}
+    as_string = {"conn_type": "http", "host": PROD, "extra": json.dumps(connection_extra(operation_timeout=9, **certs))}
     config = serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: json.dumps(as_string)})
     assert config.endpoint == PROD and config.operation_timeout == 9.0
     # host + port + schema in the JSON form too
     split = {"conn_type": "http", "host": "sp.example", "port": 8443, "schema": "service/y",
-             "extra": connection_extra()}
+             "extra": connection_extra(**certs)}
     config = serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: json.dumps(split)})
     assert config.endpoint == "https://sp.example:8443/service/y"
 
@@ -140,19 +151,20 @@ def _without(key: str) -> dict:
     pytest.param(None, connection_extra(), "no endpoint", id="no-host"),
     pytest.param(PROD, connection_extra(auth="basic"), "auth must be one of invocation_context, saml",
                  id="unknown-auth"),
-    pytest.param(PROD, connection_extra(connect_timeout=0), "connect_timeout must be a positive number",
-                 id="zero-connect-timeout"),
-    pytest.param(PROD, connection_extra(operation_timeout=-1), "operation_timeout must be a positive number",
-                 id="negative-operation-timeout"),
-    pytest.param(PROD, connection_extra(operation_timeout="nan"), "operation_timeout must be a positive number",
-                 id="nan-operation-timeout"),
-    pytest.param(PROD, connection_extra(connect_timeout="inf"), "connect_timeout must be a positive number",
-                 id="infinite-connect-timeout"),
+    pytest.param(PROD, connection_extra(connect_timeout=0), "connect_timeout 0 is outside its allowed range "
+                 "0.1-600 seconds", id="zero-connect-timeout"),
+    pytest.param(PROD, connection_extra(operation_timeout=-1), "operation_timeout -1 is outside its allowed range "
+                 "0.1-600 seconds", id="negative-operation-timeout"),
+    pytest.param(PROD, connection_extra(operation_timeout="nan"), "operation_timeout nan is outside its allowed "
+                 "range 0.1-600 seconds", id="nan-operation-timeout"),
+    pytest.param(PROD, connection_extra(connect_timeout="inf"), "connect_timeout inf is outside its allowed range "
+                 "0.1-600 seconds", id="infinite-connect-timeout"),
     pytest.param(PROD, connection_extra(connect_timeout="abc"), "connect_timeout must be a number of seconds",
                  id="text-connect-timeout"),
-    pytest.param(PROD, connection_extra(backoff_seconds=-1), "backoff_seconds must be zero or a positive number",
-                 id="negative-backoff"),
-    pytest.param(PROD, connection_extra(max_attempts=0), "max_attempts must be at least 1", id="no-attempts"),
+    pytest.param(PROD, connection_extra(backoff_seconds=-1), "backoff_seconds -1 is outside its allowed range "
+                 "0-300 seconds", id="negative-backoff"),
+    pytest.param(PROD, connection_extra(max_attempts=0), "max_attempts 0 is outside its allowed range 1-10",
+                 id="no-attempts"),
     pytest.param(PROD, connection_extra(max_attempts=2.5), "max_attempts must be a whole number",
                  id="fractional-attempts"),
 ])
@@ -163,10 +175,10 @@ def test_config_errors_name_the_field(host, extra, names):
     assert "'serviceplatformen'" in str(err.value)          # and the connection
 
 
-def test_uuids_in_other_spellings_are_kept_in_the_form_the_InvocationContext_schema_accepts():
+def test_uuids_in_other_spellings_are_kept_in_the_form_the_InvocationContext_schema_accepts(certs):
     extra = connection_extra(user_uuid="33333333333341118111333333333333",
                              service_agreement_uuid="{11111111-1111-4111-8111-111111111111}",
-                             user_system_uuid="urn:uuid:22222222-2222-4222-8222-222222222222")
+                             user_system_uuid="urn:uuid:22222222-2222-4222-8222-222222222222", **certs)
     config = serviceplatformen.config_from_connection(PROD, None, None, extra)
     assert config.user_uuid == "33333333-3333-4111-8111-333333333333"
     assert config.service_agreement_uuid == "11111111-1111-4111-8111-111111111111"
@@ -179,8 +191,9 @@ def test_broken_connection_json_shapes_are_config_errors():
             serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: raw})
 
 
-def test_host_port_and_scheme_forms_of_the_connection():
-    https = serviceplatformen.config_from_connection("exttest.serviceplatformen.dk", 443, "https", connection_extra())
+def test_host_port_and_scheme_forms_of_the_connection(certs):
+    https = serviceplatformen.config_from_connection("exttest.serviceplatformen.dk", 443, "https",
+                                                     connection_extra(**certs))
     assert https.endpoint == "https://exttest.serviceplatformen.dk:443/service/OIR/DebitorRegistreringAfsend/1"
     v6 = serviceplatformen.config_from_connection("::1", 8590, None, connection_extra(), conn_type="http")
     assert v6.endpoint == "http://[::1]:8590/service/OIR/DebitorRegistreringAfsend/1"
@@ -199,24 +212,24 @@ def test_config_errors_for_certificate_files_name_the_field(tmp_path):
         serviceplatformen.config_from_connection(PROD, None, None, connection_extra(ca_bundle=str(tmp_path)))
 
 
-def test_saml_auth_is_a_seam_that_refuses_clearly_until_built():
-    config = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(auth="saml"))
+def test_saml_auth_is_a_seam_that_refuses_clearly_until_built(certs):
+    config = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(auth="saml", **certs))
     assert config.auth == "saml"                          # a known mode...
     with pytest.raises(serviceplatformen.ConfigError, match="'saml'.*not implemented"):
         serviceplatformen.make_auth(config)               # ...that is not built yet
     with pytest.raises(serviceplatformen.ConfigError, match="not implemented"):
         serviceplatformen.Client(config)
     default = serviceplatformen.make_auth(serviceplatformen.config_from_connection(PROD, None, None,
-                                                                                   connection_extra()))
+                                                                                   connection_extra(**certs)))
     assert isinstance(default, serviceplatformen.InvocationContextAuth) and default.name == "invocation_context"
 
 
 # --- 2. the InvocationContext header --------------------------------------------------------------
 
-def test_invocation_context_is_schema_valid_and_carries_the_four_uuids_lower_cased():
+def test_invocation_context_is_schema_valid_and_carries_the_four_uuids_lower_cased(certs):
     upper = {k: v.upper() for k, v in {**UUIDS, "user_uuid": "abcdef12-3456-4abc-8def-abcdef123456"}.items()}
     config = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(
-        **upper, service_uuid=serviceplatformen.SERVICE_UUID.upper()))
+        **upper, service_uuid=serviceplatformen.SERVICE_UUID.upper(), **certs))
     header = serviceplatformen.invocation_context(config)
     xsd = messages.schema("InvocationContext.xsd")
     assert xsd.validate(header), xsd.error_log
@@ -231,8 +244,8 @@ def test_invocation_context_is_schema_valid_and_carries_the_four_uuids_lower_cas
     assert not xsd.validate(header)
 
 
-def test_invocation_context_with_on_behalf_of_stays_schema_valid():
-    config = serviceplatformen.Config(endpoint=PROD, on_behalf_of="CN=Sagsbehandler", **UUIDS)
+def test_invocation_context_with_on_behalf_of_stays_schema_valid(certs):
+    config = serviceplatformen.Config(endpoint=PROD, on_behalf_of="CN=Sagsbehandler", **UUIDS, **certs)
     header = serviceplatformen.invocation_context(config)
     assert messages.schema("InvocationContext.xsd").validate(header)
     assert header.findtext(f"{{{NS_IC}}}OnBehalfOfUser") == "CN=Sagsbehandler"
@@ -526,3 +539,132 @@ def test_a_call_logs_no_payload_and_no_full_cpr_at_debug(emu_db, caplog):
         text = record.getMessage()
         assert "<soap" not in text and "Envelope" not in text and "Debitorkonto>" not in text, record.name
     assert not [r for r in caplog.records if r.name == "zeep.transports" and "HTTP Post" in r.getMessage()]
+
+
+# --- 9. issue 16: credentials, mutual TLS, bounds, rejections --------------------------------------
+
+SECRET = "S3cret-pw"
+
+
+@pytest.mark.parametrize("host", [f"https://fbs:{SECRET}@prod.serviceplatformen.dk/service/x",
+                                  f"http://fbs:{SECRET}@127.0.0.1:8590/service/x", f"https://{SECRET}@sp.example/"])
+def test_item8_a_password_in_the_endpoint_url_is_refused_without_echoing_it(host, certs, caplog):
+    """Issue 16 item 8: a password in the endpoint URL was accepted (and then logged at WARNING and
+    stored in outbox.last_error). It is refused at configuration; the error does not echo it."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(serviceplatformen.ConfigError) as err:
+        serviceplatformen.config_from_connection(host, None, None, connection_extra(**certs))
+    assert "user:password@" in str(err.value) and "'serviceplatformen'" in str(err.value)
+    with pytest.raises(serviceplatformen.ConfigError) as from_env:
+        serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: connection_json(host, **certs)})
+    assert SECRET not in str(err.value) + str(from_env.value) + caplog.text
+
+
+def test_item8_a_login_or_password_on_the_connection_is_refused_without_echoing_it(certs):
+    """Issue 16 item 8: Serviceplatformen authenticates the client certificate; a password on the
+    connection (Airflow's login/password fields) is refused, not silently ignored."""
+    for fields in ({"login": "fbs", "password": SECRET}, {"password": SECRET}):
+        with pytest.raises(serviceplatformen.ConfigError, match="login and password are not used") as err:
+            serviceplatformen.config_from_connection(PROD, None, None, connection_extra(**certs), **fields)
+        assert SECRET not in str(err.value)
+        raw = json.dumps({"conn_type": "http", "host": PROD, "extra": connection_extra(**certs), **fields})
+        with pytest.raises(serviceplatformen.ConfigError) as err:
+            serviceplatformen.config_from_env({serviceplatformen.ENV_VAR: raw})
+        assert SECRET not in str(err.value)
+
+
+def test_item8_urls_in_delivery_errors_and_reasons_lose_their_user_part():
+    """Issue 16 item 8: outbox.last_error stores the DeliveryError text and the outbox logs it at
+    WARNING: no URL in either keeps its user:password@."""
+    error = serviceplatformen.DeliveryError(f"OpretDebitorkonto to https://fbs:{SECRET}@sp.example/x: HTTP 503",
+                                            True, 1)
+    assert SECRET not in str(error) and "https://***@sp.example/x" in str(error)
+    reason = serviceplatformen.classify(requests.exceptions.InvalidURL(
+        f"Failed to parse: http://fbs:{SECRET}@sp.example:port/x"))[1]
+    assert SECRET not in reason and "http://***@sp.example" in reason
+
+
+def test_item8_https_without_a_client_certificate_is_refused(certs):
+    """Issue 16 item 8: https without a client certificate was accepted; Serviceplatformen is
+    mutual TLS. Like plain http, it stays allowed to a loopback address only (the local emulator, a
+    local TLS proxy holding the certificate)."""
+    for host in (PROD, "https://exttest.serviceplatformen.dk/service/x", "https://10.0.0.8/service/x"):
+        with pytest.raises(serviceplatformen.ConfigError, match="https needs the client certificate.*mutual TLS"):
+            serviceplatformen.config_from_connection(host, None, None, connection_extra())
+    assert serviceplatformen.config_from_connection(PROD, None, None, connection_extra(**certs)).client_cert
+    for loopback in ("https://127.0.0.1:8590/x", "https://localhost:8590/x", "http://[::1]:8590/x"):
+        assert serviceplatformen.config_from_connection(loopback, None, None, connection_extra()).endpoint
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_attempts", 1e9, "max_attempts 1e+09 is outside its allowed range 1-10"),
+    ("max_attempts", 11, "max_attempts 11 is outside its allowed range 1-10"),
+    ("backoff_seconds", 1e9, "backoff_seconds 1e+09 is outside its allowed range 0-300 seconds"),
+    ("connect_timeout", 1e9, "connect_timeout 1e+09 is outside its allowed range 0.1-600 seconds"),
+    ("operation_timeout", 601, "operation_timeout 601 is outside its allowed range 0.1-600 seconds"),
+    ("operation_timeout", 0.05, "operation_timeout 0.05 is outside its allowed range 0.1-600 seconds"),
+])
+def test_item8_attempts_backoff_and_timeouts_have_upper_bounds(field, value, message, certs):
+    """Issue 16 item 8: max_attempts and backoff_seconds of 1e9 were accepted (a call that waits for
+    ever); each field has a range, and the error names the field and the range."""
+    with pytest.raises(serviceplatformen.ConfigError) as err:
+        serviceplatformen.config_from_connection(PROD, None, None, connection_extra(**{field: value}, **certs))
+    assert message in str(err.value)
+
+
+def test_item8_the_retries_waits_together_are_bounded(certs):
+    """Issue 16 item 8: ten attempts with a 300 s backoff would wait 153,300 s in one call: the waits
+    between the attempts of a call may add up to 600 s at most (both fields named)."""
+    with pytest.raises(serviceplatformen.ConfigError, match=r"max_attempts 10 with backoff_seconds 2 wait 1022 "
+                                                            r"seconds.*at most 600"):
+        serviceplatformen.config_from_connection(PROD, None, None, connection_extra(max_attempts=10,
+                                                                                    backoff_seconds=2, **certs))
+    ok = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(max_attempts=10,
+                                                                                     backoff_seconds=1, **certs))
+    assert (ok.max_attempts, ok.backoff_seconds) == (10, 1.0)
+
+
+@pytest.mark.parametrize("kind, rejected, transient, attempts", [
+    ("http400", True, False, 1),          # the receiver refused this request: a rejection, not retried
+    ("http403", False, False, 1),         # access refused: the connection, not the message; sent again later
+    ("http503", False, True, 3),          # the receiver's trouble: retried, then left unconfirmed
+])
+def test_item8_an_http_4xx_from_a_real_server_is_a_rejection_and_a_503_is_not(emu_db, kind, rejected, transient,
+                                                                               attempts):
+    """Issue 16, what to build: an HTTP 4xx answer is a rejection with a task, not an unconfirmed
+    claim resent every hour (except 408/429, and 401/403/404/405/407/421: the service was not
+    reached as configured). DeliveryError.rejected says which."""
+    with emulator.Emulator("KMD_OPUS", emu_db, fault_rate=1.0, fault_kinds=(kind,)) as emu:
+        with make_client(emu.url, max_attempts=3) as client:
+            with pytest.raises(serviceplatformen.DeliveryError) as err:
+                client.call(batch_root())
+        assert emu.request_count == attempts
+    assert (err.value.rejected, err.value.transient, err.value.attempts) == (rejected, transient, attempts)
+    assert emulator.claims(emu_db) == []
+
+
+def test_item8_a_soap_client_fault_is_a_rejection_and_tls_failures_are_not(emu_db, pki):
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, make_client(emu.url, auth=NoHeaderAuth()) as client:
+        with pytest.raises(serviceplatformen.DeliveryError) as fault:
+            client.call(batch_root())
+    assert fault.value.rejected is True and "SOAP fault Client" in str(fault.value)
+    server = emulator.tls_context(pki["server_cert"], pki["server_key"], client_ca=pki["ca_cert"])
+    with emulator.Emulator("EG", emu_db, tls=server) as emu:
+        with make_client(emu.url, client_cert=pki["client_cert"], client_key=pki["client_key"]) as client:
+            with pytest.raises(serviceplatformen.DeliveryError) as tls:
+                client.call(batch_root())          # the system CAs do not know the test CA
+    assert tls.value.rejected is False and "TLS" in str(tls.value)
+
+
+@pytest.mark.parametrize("exc, rejected", [
+    (TransportError("bad request", status_code=400), True), (TransportError("conflict", status_code=409), True),
+    (TransportError("too large", status_code=413), True), (TransportError("unprocessable", status_code=422), True),
+    (TransportError("timeout", status_code=408), False), (TransportError("throttled", status_code=429), False),
+    (TransportError("unauthorised", status_code=401), False), (TransportError("forbidden", status_code=403), False),
+    (TransportError("not found", status_code=404), False), (TransportError("boom", status_code=500), False),
+    (Fault(message="x", code="soap:Client"), True), (Fault(message="x", code="soap:Client.Schema"), True),
+    (Fault(message="x", code="env:Sender"), True), (Fault(message="x", code="soap:Server"), False),
+    (requests.exceptions.SSLError("certificate verify failed"), False), (ValueError("unknown"), False),
+], ids=lambda v: v if isinstance(v, bool) else None)
+def test_item8_is_rejection_only_for_the_messages_own_refusals(exc, rejected):
+    assert serviceplatformen.is_rejection(exc) is rejected

@@ -1,4 +1,21 @@
-"""``python -m fbs_debitor …``: the same operations the DAGs run, from a shell."""
+"""``python -m fbs_debitor …``: the same operations the DAGs run, from a shell.
+
+Every command first checks every setting (``core.settings``) and its own options against their
+allowed ranges, and reads or writes nothing when one is wrong. The databases must exist; only
+``init`` creates them (and the sandbox's ``generate``). Exit codes:
+
+| code | meaning                                                                                  |
+|------|------------------------------------------------------------------------------------------|
+| 0    | done; for ``transfer``: everything sent was answered                                     |
+| 1    | the run failed, or differences were found (``reconcile``, ``payments``, ``summary``, ...)  |
+| 2    | refused: a command-line value outside its range, or a missing or wrong connection        |
+|      | (``serviceplatformen``, SMTP); nothing was sent                                          |
+| 3    | a setting (``FBS_DEBITOR_*``) is outside its allowed range, or a database is missing:    |
+|      | nothing was read or written                                                              |
+| 4    | ``transfer``: the run finished, but messages are still unconfirmed (new claims, change   |
+|      | messages, or claims deferred while the debtor system did not answer): they are sent      |
+|      | again under the same keys next run                                                       |
+"""
 
 from __future__ import annotations
 
@@ -10,11 +27,12 @@ from pathlib import Path
 
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.changes import reconciliation
+from fbs_debitor.changes import sending as change_sending
 from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.delivery import send_rate, serviceplatformen
+from fbs_debitor.delivery import outbox, send_rate, serviceplatformen
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
@@ -25,9 +43,20 @@ from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment, run_transfer
 from fbs_debitor.transfer.summary import format_payments_run, format_run
 
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SETTINGS, EXIT_UNCONFIRMED = 0, 1, 2, settings.EXIT_CODE, 4
+
 
 def _stores() -> Stores:
     return open_stores(settings.database_urls())
+
+
+def _connection() -> serviceplatformen.Config | None:
+    """The Serviceplatformen connection, checked before any work; None (said why) when wrong."""
+    try:
+        return serviceplatformen.config_from_env()
+    except serviceplatformen.ConfigError as exc:
+        print(f"not sent: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_init(args) -> int:
@@ -48,34 +77,63 @@ def cmd_assess(args) -> int:
 
 
 def cmd_transfer(args) -> int:
+    config = None
+    if not args.dry_run:
+        config = _connection()
+        if config is None:
+            return EXIT_REFUSED
     stores = _stores()
     init_stores(stores)
     if args.dry_run:
-        summary = dry_run.run(stores, Path(args.out), batch_size=args.batch_size)
+        summary = dry_run.run(stores, Path(args.out) if args.out else settings.var_dir() / "dry-run",
+                              batch_size=args.batch_size)
         print(dry_run.format_summary(summary))
-        return 0
+        return EXIT_OK
 
-    try:
-        config = serviceplatformen.config_from_env()
-    except serviceplatformen.ConfigError as exc:
-        print(f"not sent: {exc}", file=sys.stderr)
-        return 2
     with serviceplatformen.Client(config) as client:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
                                        data_docs_dir=settings.var_dir() / "data_docs")
     run = ledger.get_run(stores.ledger, run_id)
     counts = ledger.run_counts(stores.ledger, run_id)
     print(format_run(run, counts, stores.fbs))
-    unconfirmed = sum(n for (_a, c, _r), n in counts.items() if c == "unconfirmed")
-    if unconfirmed:
-        print(f"{unconfirmed} claim(s) unconfirmed: they are sent again under the same keys next run", file=sys.stderr)
-    return 0 if run.status == "success" and not unconfirmed else 1
+    if run.status != "success":
+        return EXIT_FAILED
+    outstanding = unconfirmed(counts, outbox.unconfirmed_total(stores.ledger))
+    if outstanding:
+        print(outstanding, file=sys.stderr)
+        return EXIT_UNCONFIRMED
+    return EXIT_OK
+
+
+def unconfirmed(counts, in_outbox: int) -> str:
+    """What a transfer run leaves without an answer, as one line (empty when nothing): its new
+    claims and change messages still unconfirmed, the claims it deferred, and what earlier runs
+    left that this one did not reach (``in_outbox``: every message still pending or sent)."""
+    def total(category: str) -> int:
+        return sum(n for (_a, c, _r), n in counts.items() if c == category)
+
+    claims, changes, deferred = (total(outbox.UNCONFIRMED), total(change_sending.CHANGES_UNCONFIRMED),
+                                 total("deferred"))
+    earlier = max(in_outbox - claims - changes, 0)
+    if not (claims or changes or deferred or earlier):
+        return ""
+    return (f"not everything sent was answered: {claims} new claim(s) and {changes} change message(s) unconfirmed"
+            + (f", {deferred} claim(s) deferred" if deferred else "")
+            + (f", {earlier} message(s) from earlier runs still unconfirmed" if earlier else "")
+            + f"; they are sent again under the same keys next run (exit code {EXIT_UNCONFIRMED})")
 
 
 def cmd_report(args) -> int:
+    smtp = None
+    if args.email:
+        try:
+            smtp = mailer.settings_from_env()
+        except mailer.SmtpNotConfigured as exc:
+            print(f"not emailed: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     stores = _stores()
     init_stores(stores)
-    day = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    day = args.date or dt.date.today()
     out = Path(args.out) if args.out else dq_report.report_dir(day)
     try:
         reports = dq_report.build_reports(stores, out, day)
@@ -84,13 +142,8 @@ def cmd_report(args) -> int:
     dq_report.write_manifest(out, reports, day)
     print(dq_report.format_reports(reports))
     print(f"agency overviews: {', '.join(str(p) for p in sorted(out.glob('*/index.html')))}")
-    if not args.email:
+    if smtp is None:
         return 0
-    try:
-        smtp = mailer.settings_from_env()
-    except mailer.SmtpNotConfigured as exc:
-        print(f"not emailed: {exc}", file=sys.stderr)
-        return 2
     results = mailer.send_reports(reports, smtp)
     print(mailer.format_results(results))
     return 1 if any(r.status == mailer.FAILED for r in results) else 0
@@ -102,7 +155,7 @@ def cmd_summary(args) -> int:
     if run is None:
         print("no run recorded in the ledger yet", file=sys.stderr)
         return 1
-    if args.since and run.started_at < dt.datetime.fromisoformat(args.since):
+    if args.since and run.started_at < args.since:
         print(f"no run recorded since {args.since} (the newest started {run.started_at})", file=sys.stderr)
         return 1
     fmt = format_payments_run if run.kind == "payments" else format_run
@@ -156,18 +209,22 @@ def cmd_reconcile(args) -> int:
 
 def cmd_payments(args) -> int:
     """Apply the debtor system's waiting payment files now (what the debitor_payments DAG runs)."""
-
+    if args.dismiss and not args.note:
+        print("--dismiss needs --note (who reviewed it and why)", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        folders = settings.payment_folders(args.inbox, inbox_name="--inbox" if args.inbox else
+                                           "FBS_DEBITOR_PAYMENT_INBOX")
+    except settings.SettingError as exc:
+        return _refused(exc)
     stores = _stores()
     init_stores(stores)
     if args.dismiss:
-        if not args.note:
-            print("--dismiss needs --note (who reviewed it and why)", file=sys.stderr)
-            return 2
         found = payments.dismiss(stores.ledger, stores.fbs, args.dismiss, args.note)
         print(f"movement {args.dismiss} dismissed after review" if found else
               f"no held movement {args.dismiss}", file=sys.stdout if found else sys.stderr)
         return 0 if found else 1
-    box = inbox.open_inbox(args.inbox)
+    box = inbox.open_inbox(folders.inbox)
     run_id = ledger.start_run(stores.ledger, "payments")
     try:
         payments.ingest(stores, box, run_id)
@@ -192,6 +249,18 @@ def cmd_history(args) -> int:
 
 
 def cmd_backfill(args) -> int:
+    listing = args.waiting or args.status
+    config = request = None
+    if not listing:   # the request and the connection are checked before anything is read or written
+        try:
+            request = backfill.parse_request(args.agency, args.cut_off_date, args.dry_run, args.batch_size)
+        except backfill.BackfillError as exc:
+            print(f"not started: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        if not args.dry_run:
+            config = _connection()
+            if config is None:
+                return EXIT_REFUSED
     stores = _stores()
     init_stores(stores)
     if args.waiting:     # for scripts: one line per backfill detection handed over, not yet taken up
@@ -207,21 +276,20 @@ def cmd_backfill(args) -> int:
                      if b["seconds"] is not None else "") + f"\n    {b['note'] or ''}")
         return 0
     try:
-        request = backfill.parse_request(args.agency, args.cut_off_date, args.dry_run, args.batch_size)
         plan = backfill.plan(stores, request)
     except backfill.BackfillError as exc:
         print(f"not started: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     print(plan.note)
     if not plan.backfill_id:
         return 0
     client = None
     if not plan.dry_run:
         try:
-            client = serviceplatformen.Client(serviceplatformen.config_from_env())
+            client = serviceplatformen.Client(config)
         except serviceplatformen.ConfigError as exc:
             print(f"not sent: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_REFUSED
 
     pacer = None if plan.dry_run else send_rate.pacer_for_backfill()
     failed = 0
@@ -251,63 +319,108 @@ def cmd_backfill(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_settings(args) -> int:
+    """Every setting with its value (secrets not shown) and allowed range; exit 3 when one is wrong."""
+    for name, shown, allowed in settings.describe():
+        print(f"{name} = {shown}\n    allowed: {allowed}")
+    problems = settings.validate(stores=())
+    _warn_unknown()
+    if problems:
+        return _refused(settings.SettingError(problems), read_nothing=False)
+    print("every setting is within its allowed range")
+    return EXIT_OK
+
+
+def _warn_unknown() -> None:
+    for name in settings.unknown():
+        print(f"warning: {name} is not a setting of fbs-debitor (a typo?): ignored", file=sys.stderr)
+
+
+def _refused(exc: settings.SettingError, read_nothing: bool = True) -> int:
+    for line in exc.problems:
+        print(f"setting refused: {line}", file=sys.stderr)
+    if read_nothing:
+        print("nothing was read or written: correct the setting and run again", file=sys.stderr)
+    return EXIT_SETTINGS
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """A command line with ``-v`` and one subcommand required (this one's and the sandbox's)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     return parser, parser.add_subparsers(dest="command", required=True)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse (each value in its range), check every setting and that the databases the command uses
+    exist (``stores``, unless it ``creates`` them): all before any work. Then run it."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
+    if args.func is not cmd_settings:
+        try:
+            settings.check(stores=getattr(args, "stores", settings.STORES), create=getattr(args, "creates", ()))
+        except settings.SettingError as exc:
+            return _refused(exc)
+        _warn_unknown()
     return args.func(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = new_parser("python -m fbs_debitor", __doc__)
 
-    p = sub.add_parser("init", help="create the FBS extract tables (demo) and migrate the ledger")
-    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("init", help="create the FBS extract tables (demo) and migrate the ledger; the one command "
+                                    "that creates missing databases")
+    p.set_defaults(func=cmd_init, creates=settings.STORES)
+
+    p = sub.add_parser("settings", help="print every FBS_DEBITOR_* setting, its value and allowed range; exit 3 "
+                                        "when one is outside it")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("assess", help="data-quality checks and eligibility now (T1-T6), record the run, "
                                       "print the summary")
     p.set_defaults(func=cmd_assess)
 
+    batch = settings.whole(1, settings.MAX_BATCH_SIZE)
     p = sub.add_parser("transfer", help="build the SF1590 claims due now and send them through Serviceplatformen "
-                                        "(connection AIRFLOW_CONN_SERVICEPLATFORMEN); --dry-run writes them as XML files")
+                                        "(connection AIRFLOW_CONN_SERVICEPLATFORMEN); --dry-run writes them as XML "
+                                        f"files. Exit {EXIT_UNCONFIRMED} when messages are left unconfirmed")
     p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
-    p.add_argument("--out", default=str(settings.var_dir() / "dry-run"), help="output folder (default var/dry-run)")
-    p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
+    p.add_argument("--out", type=settings.folder, default=None, help="output folder (default var/dry-run)")
+    p.add_argument("--batch-size", type=batch, default=None,
+                   help=f"claims per message, 1-{settings.MAX_BATCH_SIZE} (default FBS_DEBITOR_BATCH_SIZE, 500)")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("report", help="write the staff data-quality reports (HTML + CSV per branch); "
                                       "--email sends them")
-    p.add_argument("--out", help="output folder (default var/reports/<date>)")
-    p.add_argument("--date", help="the report's day, YYYY-MM-DD (default today)")
+    p.add_argument("--out", type=settings.folder, help="output folder (default var/reports/<date>)")
+    p.add_argument("--date", type=settings.iso_date, help="the report's day, YYYY-MM-DD (default today)")
     p.add_argument("--email", action="store_true", help="email each branch its report (FBS_DEBITOR_SMTP_* settings)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reconcile", help="compare, per claim with payments, what was sent, what the debtor system "
                                          "reported and what FBS shows now; list every difference")
-    p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
+    p.add_argument("--show", type=settings.whole(0, 100_000), default=20,
+                   help="differences to print, 0-100000 (all go to the CSV)")
     p.add_argument("--payments-out", help="CSV of the payments report (default "
                                           "var/reports/payments-reconciliation-<time>.csv)")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("payments", help="apply the debtor system's waiting payment files (P1, P2) and write them to "
                                         "FBS; --dismiss a held movement after review")
-    p.add_argument("--inbox", help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox)")
+    p.add_argument("--inbox", type=settings.folder,
+                   help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox); named inbox "
+                        "unless FBS_DEBITOR_PAYMENT_ARCHIVE and _QUARANTINE are set")
     p.add_argument("--dismiss", metavar="BEVAEGELSE_ID", help="a held movement reviewed and not to be applied")
     p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
     p.set_defaults(func=cmd_payments)
 
     p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
                                        "task and payment, oldest first (CPR masked)")
-    p.add_argument("liability_id", type=int)
+    p.add_argument("liability_id", type=settings.whole(1, 2 ** 63 - 1))
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("backfill", help="send an agency's older liabilities month by month after its cut-off date "
@@ -315,9 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agency", help="FBS agency (ISIL number without DK-)")
     p.add_argument("--cut-off-date", help="the new cut-off date, YYYY-MM-DD")
     p.add_argument("--dry-run", action="store_true", help="write what would be sent under var/backfill/<id>/")
-    p.add_argument("--batch-size", type=int, default=None, help="claims per message (default 500)")
+    p.add_argument("--batch-size", type=batch, default=None,
+                   help=f"claims per message, 1-{settings.MAX_BATCH_SIZE} (default FBS_DEBITOR_BATCH_SIZE, 500)")
     p.add_argument("--status", action="store_true", help="list the newest backfills and their months")
-    p.add_argument("--limit", type=int, default=10, help="with --status: how many")
+    p.add_argument("--limit", type=settings.whole(1, 1000), default=10, help="with --status: how many, 1-1000")
     p.add_argument("--waiting", action="store_true", help="list the backfills the transfer run handed over that "
                                                           "no backfill run has taken up yet")
     p.set_defaults(func=cmd_backfill)
@@ -325,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
     p.add_argument("--run", help="run id")
     p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
-    p.add_argument("--since", help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
+    p.add_argument("--since", type=settings.iso_time,
+                   help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)
     return parser
 

@@ -20,6 +20,7 @@ import logging
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import url_for
 from fbs_debitor.core.settings import DatabaseUrls, database_urls
 from fbs_debitor.delivery import serviceplatformen
@@ -45,24 +46,34 @@ def _lookup(conn_id: str):
 
 
 def database_urls_for_task() -> DatabaseUrls:
-    """The two databases: the Connections where defined, else the settings."""
+    """The two databases: the Connections where defined, else the settings. Every setting is
+    checked first (``settings.SettingError`` names each one outside its range), and a database file
+    that does not exist is an error: a task never creates one (``python -m fbs_debitor init`` does)."""
+    settings.check(stores=())
+    for name in settings.unknown():
+        log.warning("%s is not a setting of fbs-debitor (a typo?): ignored", name)
     defaults = database_urls()
     fbs_conn, ledger_conn = _lookup(FBS_CONN_ID), _lookup(LEDGER_CONN_ID)
     urls = DatabaseUrls(fbs=connection_url(fbs_conn) if fbs_conn else defaults.fbs,
                         ledger=connection_url(ledger_conn) if ledger_conn else defaults.ledger)
-    log.info("databases: FBS from %s, ledger from %s",
-             f"connection {FBS_CONN_ID}" if fbs_conn else "settings",
-             f"connection {LEDGER_CONN_ID}" if ledger_conn else "settings")
+    fbs_from = f"connection {FBS_CONN_ID}" if fbs_conn else "FBS_DEBITOR_FBS_URL"
+    ledger_from = f"connection {LEDGER_CONN_ID}" if ledger_conn else "FBS_DEBITOR_LEDGER_URL"
+    missing = [m for m in (settings.missing_database(urls.fbs, fbs_from),
+                           settings.missing_database(urls.ledger, ledger_from)) if m]
+    if missing:
+        raise settings.SettingError(missing)
+    log.info("databases: FBS from %s, ledger from %s", fbs_from, ledger_from)
     return urls
 
 
 def serviceplatformen_config() -> serviceplatformen.Config:
-    """The Connection ``serviceplatformen`` (Airflow also reads ``AIRFLOW_CONN_SERVICEPLATFORMEN``)."""
+    """The Connection ``serviceplatformen`` (Airflow also reads ``AIRFLOW_CONN_SERVICEPLATFORMEN``).
+    A login or password on it is refused (never echoed): the client certificate authenticates."""
     conn = _lookup(serviceplatformen.CONN_ID)
     if conn is None:
         raise serviceplatformen.ConfigError(f"the Airflow Connection {serviceplatformen.CONN_ID!r} is not defined")
     return serviceplatformen.config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
-                                                    conn.conn_type)
+                                                    conn.conn_type, login=conn.login, password=conn.password)
 
 
 def smtp_settings(conn_id: str = mailer.DEFAULT_CONN_ID) -> mailer.SmtpSettings:

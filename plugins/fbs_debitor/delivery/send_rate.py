@@ -8,24 +8,24 @@ so the arithmetic is tested without waiting.
 
 from __future__ import annotations
 
-import os
+import math
 import time
 from collections.abc import Callable
 
+from fbs_debitor.core import settings
+
 
 def backfill_max_rate() -> float:
-    """``FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND`` (default 200; 0 = no ceiling)."""
-    value = float(os.environ.get("FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND", "200"))
-    if value < 0:
-        raise ValueError("FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND must be 0 (no ceiling) or positive")
-    return value
+    """``FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND`` (default 200; 0 = no ceiling; otherwise 1 to
+    100000, checked in ``core.settings``)."""
+    return settings.backfill_max_claims_per_second()
 
 
 class Pacer:
     def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
-        if per_second <= 0:
-            raise ValueError("per_second must be positive")
+        if not (math.isfinite(per_second) and per_second > 0):
+            raise ValueError("per_second must be a positive number")
         self.per_second = per_second
         self._clock, self._sleep = clock, sleep
         self._next: float | None = None

@@ -15,8 +15,25 @@ never from code:
 
 Transport: zeep on a ``requests`` session with the client certificate (mutual TLS) and explicit
 connect and read timeouts (zeep's own default is no timeout at all). Plain HTTP is refused except
-to a loopback address (the local emulator). The WSDL is the project's file in ``include/xsd/``;
-nothing is fetched from the network to build the client.
+to a loopback address (the local emulator), and so is https without the client certificate:
+Serviceplatformen is mutual TLS (a loopback address is the emulator, or a local TLS proxy that
+holds the certificate). The WSDL is the project's file in ``include/xsd/``; nothing is
+fetched from the network to build the client.
+
+Allowed ranges (a value outside is a ConfigError naming the field and its range):
+
+| field               | default | allowed                                                          |
+|---------------------|---------|------------------------------------------------------------------|
+| ``connect_timeout``   | 10      | 0.1-600 seconds                                                  |
+| ``operation_timeout`` | 120     | 0.1-600 seconds                                                  |
+| ``max_attempts``      | 4       | 1-10 (whole)                                                     |
+| ``backoff_seconds``   | 2       | 0-300 seconds, and the waits of all retries together (backoff x  |
+|                     |         | (2^(max_attempts-1) - 1)) at most 600 seconds                    |
+
+Credentials: the endpoint URL may not carry a user name or password (``user:password@``), and the
+Connection's login and password are not used: either is refused, without echoing it. Any URL in a
+log line or a DeliveryError text (which the outbox stores as ``last_error``) has its user part
+removed.
 
 Authentication is a seam (``Auth``): ``InvocationContextAuth`` adds Serviceplatformen's
 InvocationContext header block and relies on the client certificate; ``SamlTokenAuth`` (KOMBIT STS,
@@ -24,10 +41,16 @@ WS-Trust holder-of-key with a signed WS-Security header) is the place for the to
 refuses clearly until it is built.
 
 Retries: a call is repeated after a transient failure (timeout, dropped connection, HTTP 5xx,
-SOAP Server fault) with exponential backoff, ONLY for operations whose every item carries its own
-idempotency key that the receiver answers repeats of with its first answer (``IDEMPOTENT``): a
-repeat can then never create a second claim. Client faults, HTTP 4xx and TLS failures are not
-retried: repeating them cannot help.
+408 or 429, SOAP Server fault) with exponential backoff, ONLY for operations whose every item
+carries its own idempotency key that the receiver answers repeats of with its first answer
+(``IDEMPOTENT``): a repeat can then never create a second claim. Client faults, other HTTP 4xx and
+TLS failures are not retried: repeating them cannot help.
+
+Rejections: a SOAP Client fault, or an HTTP 4xx answer other than 408 and 429 and those that say
+the call did not reach the service as configured (401, 403, 404, 405, 407, 421: fix the
+connection, then the same messages go again), means the receiver refused this message's content:
+``DeliveryError.rejected`` is True, so the outbox records a rejection with a staff task instead of
+sending it again every hour. TLS and configuration failures are never rejections.
 
 Payloads are never logged: zeep's transport logs whole envelopes at DEBUG, so this module's
 transport leaves that out; the requests and answers hold CPR numbers.
@@ -72,11 +95,29 @@ class ConfigError(ValueError):
 
 
 class DeliveryError(RuntimeError):
-    """A call that did not get an answer. ``transient``: a later attempt may succeed."""
+    """A call that did not get an answer. ``transient``: a later attempt may succeed.
+    ``rejected``: the receiver refused the message's content (a SOAP Client fault, an HTTP 4xx
+    about the request): sending it again cannot help, staff must look at it."""
 
-    def __init__(self, message: str, transient: bool, attempts: int):
-        super().__init__(message)
-        self.transient, self.attempts = transient, attempts
+    def __init__(self, message: str, transient: bool, attempts: int, *, rejected: bool = False):
+        super().__init__(redact_urls(message))
+        self.transient, self.attempts, self.rejected = transient, attempts, rejected
+
+
+# The ranges of the numeric fields: (low, high) and the unit said in errors.
+LIMITS = {"connect_timeout": (0.1, 600.0), "operation_timeout": (0.1, 600.0), "backoff_seconds": (0.0, 300.0),
+          "max_attempts": (1, 10)}
+MAX_TOTAL_BACKOFF = 600.0      # seconds: all waits between the attempts of one call together
+# 4xx answers that say the call did not reach the service as configured (not the message's fault)
+NOT_REACHED = frozenset({401, 403, 404, 405, 407, 421})
+TRANSIENT_4XX = frozenset({408, 429})
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the user part (``user:password@``) of every URL in it removed."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -105,7 +146,15 @@ class Config:
                 object.__setattr__(self, name, str(uuid.UUID(str(value))))
             except ValueError:
                 raise ConfigError(f"connection {CONN_ID!r}: {name} must be a UUID") from None
-        parts = urlsplit(self.endpoint)
+        try:
+            parts = urlsplit(self.endpoint)
+            parts.port  # noqa: B018 - a port that is not a number raises here
+        except ValueError:
+            raise ConfigError(f"connection {CONN_ID!r}: the endpoint must be an https:// URL") from None
+        if "@" in parts.netloc or "@" in parts.path:
+            raise ConfigError(f"connection {CONN_ID!r}: the endpoint {redact_urls(self.endpoint)} carries a user "
+                              "name or password (user:password@): not allowed; Serviceplatformen authenticates the "
+                              "client certificate, so remove it from the URL")
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigError(f"connection {CONN_ID!r}: the endpoint must be an https:// URL")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
@@ -117,15 +166,22 @@ class Config:
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 raise ConfigError(f"connection {CONN_ID!r}: {name} {path!r} is not a readable file")
-        for name in ("connect_timeout", "operation_timeout"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"connection {CONN_ID!r}: {name} must be a positive number of seconds")
-        if not (math.isfinite(self.backoff_seconds) and self.backoff_seconds >= 0):
-            raise ConfigError(f"connection {CONN_ID!r}: backoff_seconds must be zero or a positive number")
-        if self.max_attempts < 1:
-            raise ConfigError(f"connection {CONN_ID!r}: max_attempts must be at least 1")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                unit = "" if name == "max_attempts" else " seconds"
+                raise ConfigError(f"connection {CONN_ID!r}: {name} {value:g} is outside its allowed range "
+                                  f"{low:g}-{high:g}{unit}")
+        waits = self.backoff_seconds * (2 ** (self.max_attempts - 1) - 1)
+        if waits > MAX_TOTAL_BACKOFF:
+            raise ConfigError(f"connection {CONN_ID!r}: max_attempts {self.max_attempts} with backoff_seconds "
+                              f"{self.backoff_seconds:g} wait {waits:g} seconds between attempts in all; allowed is "
+                              f"at most {MAX_TOTAL_BACKOFF:g} (backoff x (2^(max_attempts-1) - 1))")
         if self.auth not in AUTH_MODES:
             raise ConfigError(f"connection {CONN_ID!r}: auth must be one of {', '.join(AUTH_MODES)}")
+        if parts.scheme == "https" and not self.client_cert and not _is_loopback(parts.hostname):
+            raise ConfigError(f"connection {CONN_ID!r}: https needs the client certificate (client_cert and "
+                              "client_key): Serviceplatformen is mutual TLS")
 
 
 def _is_loopback(host: str) -> bool:
@@ -141,11 +197,16 @@ _FLOATS = ("connect_timeout", "operation_timeout", "backoff_seconds")
 
 
 def config_from_connection(host: str | None, port: int | None, schema: str | None, extra: dict,
-                           conn_type: str | None = None) -> Config:
+                           conn_type: str | None = None, *, login: str | None = None,
+                           password: str | None = None) -> Config:
     """A Config from an Airflow Connection's fields. The endpoint is ``extra.endpoint``, or ``host``
     when it is a whole URL, or ``https://host[:port]/<path>`` where the path is ``schema`` (Airflow's
     URI form puts it there), or the service's standard path. A ``schema`` of ``http``/``https`` is
-    read as the scheme, as Airflow's HTTP connections use it; plain http only to loopback."""
+    read as the scheme, as Airflow's HTTP connections use it; plain http only to loopback. A
+    ``login`` or ``password`` is refused (never echoed): the client certificate authenticates."""
+    if login or password:
+        raise ConfigError(f"connection {CONN_ID!r}: login and password are not used (Serviceplatformen "
+                          "authenticates the client certificate): remove them from the connection")
     if not isinstance(extra or {}, dict):
         raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
     extra = dict(extra or {})
@@ -206,7 +267,7 @@ def config_from_env(environ: dict | None = None) -> Config:
     if not isinstance(data, dict) or not isinstance(extra, dict):
         raise ConfigError(f"{ENV_VAR} must be a JSON object with 'host' and an 'extra' object")
     return config_from_connection(data.get("host"), data.get("port"), data.get("schema"), extra,
-                                  data.get("conn_type"))
+                                  data.get("conn_type"), login=data.get("login"), password=data.get("password"))
 
 
 # --- authentication seam ------------------------------------------------------------------------
@@ -350,10 +411,11 @@ class Client:
                 answer = getattr(self._service, operation)(_soapheaders=self.auth.soap_headers(), **kwargs)
                 return Answer(mapping.receipts(answer), attempt)
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
-                transient, reason = classify(exc)
+                transient, rejected, reason = _classify(exc)
                 if not transient or attempt == attempts:
                     raise DeliveryError(f"{operation} to {self.config.endpoint}: {reason} "
-                                        f"(attempt {attempt} of {attempts})", transient, attempt) from None
+                                        f"(attempt {attempt} of {attempts})", transient, attempt,
+                                        rejected=rejected) from None
                 delay = self.config.backoff_seconds * 2 ** (attempt - 1)
                 log.warning("%s: %s; attempt %d of %d, retrying in %.1f s", operation, reason, attempt, attempts,
                             delay)
@@ -363,32 +425,52 @@ class Client:
 
 def classify(exc: BaseException) -> tuple[bool, str]:
     """(transient?, a one-line reason without payload) for an exception from a call."""
+    transient, _rejected, reason = _classify(exc)
+    return transient, reason
+
+
+def is_rejection(exc: BaseException) -> bool:
+    """The receiver refused the message's content: a SOAP Client fault, or an HTTP 4xx other than
+    408/429 and those that say the service was not reached as configured (``NOT_REACHED``)."""
+    return _classify(exc)[1]
+
+
+def _classify(exc: BaseException) -> tuple[bool, bool, str]:
+    """(transient?, rejected?, reason)."""
     import requests
     from zeep.exceptions import Fault, TransportError, XMLSyntaxError
 
     if isinstance(exc, requests.exceptions.SSLError):
-        return False, f"TLS failure ({_first_line(exc)})"
+        return False, False, f"TLS failure ({_first_line(exc)})"
     if isinstance(exc, requests.exceptions.Timeout):
-        return True, f"timeout ({type(exc).__name__})"
+        return True, False, f"timeout ({type(exc).__name__})"
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        return True, "connection failed or dropped"
+        return True, False, "connection failed or dropped"
     if isinstance(exc, Fault):
         code = (exc.code or "").rsplit(":", 1)[-1]
         # A Server fault (also a dotted SOAP 1.1 subcode, Server.Busy) is the receiver's trouble
-        # (retry); a Client fault is ours (do not).
-        return code.split(".", 1)[0] == "Server", f"SOAP fault {code or '?'}: {_first_line(exc.message)[:200]}"
+        # (retry); a Client fault (SOAP 1.2: Sender) is the message's: refused.
+        kind = code.split(".", 1)[0]
+        return (kind == "Server", kind in ("Client", "Sender"),
+                f"SOAP fault {code or '?'}: {_first_line(exc.message)[:200]}")
     if isinstance(exc, TransportError):
         status = getattr(exc, "status_code", 0) or 0
         if status == 200:   # an answer that is not SOAP (cut off, or a proxy's page): ask again, by key
-            return True, "HTTP 200 without a SOAP answer"
-        return status >= 500 or status in (408, 429), f"HTTP {status}"
+            return True, False, "HTTP 200 without a SOAP answer"
+        transient = status >= 500 or status in TRANSIENT_4XX
+        rejected = 400 <= status < 500 and status not in TRANSIENT_4XX | NOT_REACHED
+        return (transient, rejected, f"HTTP {status}"
+                + (" (the request was refused)" if rejected else "")
+                + (" (the service was not reached as configured: check the connection)" if status in NOT_REACHED
+                   else ""))
     if isinstance(exc, XMLSyntaxError):
-        return True, "the answer was not well-formed XML"
-    return False, f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+        return True, False, "the answer was not well-formed XML"
+    return False, False, f"{type(exc).__name__}: {_first_line(exc)[:200]}"
 
 
 def _first_line(value) -> str:
     """The first line of a receiver's or library's text, safe for a log: quoted values dropped (a
-    schema-validation fault quotes the offending value) and any CPR number masked."""
+    schema-validation fault quotes the offending value), any CPR number masked and any URL's user
+    part removed."""
     line = str(value).strip().splitlines()[0] if str(value).strip() else ""
-    return mask_cprs_in(re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", line))
+    return mask_cprs_in(redact_urls(re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", line)))

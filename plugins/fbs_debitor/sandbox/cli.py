@@ -20,11 +20,13 @@ from fbs_debitor.claims import fingerprints
 from fbs_debitor.core import settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.payments import inbox
 from fbs_debitor.sandbox import emulator, emulator_payments
 from fbs_debitor.sandbox.change_simulator import simulate
 from fbs_debitor.sandbox.cut_off_simulator import simulate_move
 from fbs_debitor.sandbox.generator import generate
+
+EMULATOR_CREATED_BY = "the sandbox's emulator creates it: emulator --db URL"
+whole, number = settings.whole, settings.number
 
 
 def _stores() -> Stores:
@@ -40,7 +42,7 @@ def cmd_generate(args) -> int:
         if existing:
             print(f"FBS extract already holds {existing} liabilities; not regenerating (drop --if-empty to regenerate)")
             return 0
-    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    as_of = args.as_of or dt.date.today()
     summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
                        liabilities_per_patron=args.liabilities_per_patron, backlog_years=args.backlog_years,
                        cut_off_days=args.cut_off_days)
@@ -55,14 +57,19 @@ def cmd_generate(args) -> int:
 
 def cmd_emulator_payments(args) -> int:
     """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
+    db = args.db or emulator.default_db()       # --db was checked by its type; the default is checked here
+    missing = None if args.db else settings.missing_database(db, "the emulator's database", EMULATOR_CREATED_BY)
+    if missing:
+        print(f"not delivered: {missing}", file=sys.stderr)
+        return cli.EXIT_SETTINGS
     stores = _stores()
     with stores.fbs.connect() as conn:
         vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
-    until = dt.datetime.fromisoformat(args.until).astimezone() if args.until else dt.datetime.now().astimezone()
-    since = dt.datetime.fromisoformat(args.since).astimezone() if args.since else None
-    folder = inbox.default_inbox_dir() if args.inbox is None else Path(args.inbox)
+    until = args.until.astimezone() if args.until else dt.datetime.now().astimezone()
+    since = args.since.astimezone() if args.since else None
+    folder = settings.payment_folders().path if args.inbox is None else Path(args.inbox)
     mix = emulator_payments.Mix(rate=args.rate, overpayments=args.overpayments, on_cancelled=args.on_cancelled)
-    files = emulator_payments.deliver(args.db or emulator._default_db(), folder, until, vendors, args.seed, mix, since)
+    files = emulator_payments.deliver(db, folder, until, vendors, args.seed, mix, since)
     per_vendor: dict[str, int] = {}
     for f in files:
         vendor = f.name.split("-")[1]
@@ -81,7 +88,7 @@ def cmd_simulate_changes(args) -> int:
 
 
 def cmd_simulate_cut_off(args) -> int:
-    moved = simulate_move(_stores(), dt.date.fromisoformat(args.to) if args.to else None, args.agency or None)
+    moved = simulate_move(_stores(), args.to, args.agency or None)
     for agency_id, (old, new) in moved.items():
         print(f"agency {agency_id}: cut-off date {old} -> {new} in the synthetic FBS")
     if not moved:
@@ -103,26 +110,31 @@ def cmd_reconcile(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = cli.new_parser("python -m fbs_debitor.sandbox", __doc__)
 
-    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality")
-    p.add_argument("--patrons", type=int, default=5000)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--as-of", help="the generator's 'today' (YYYY-MM-DD); default today")
-    p.add_argument("--liabilities-per-patron", type=float, default=10.0)
-    p.add_argument("--backlog-years", type=int, default=6, help="liabilities are created over this many years")
-    p.add_argument("--cut-off-days", type=int, default=365,
+    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality (creates the FBS "
+                                        "extract and the ledger when missing)")
+    p.add_argument("--patrons", type=whole(1, 1_000_000), default=5000, help="1-1000000")
+    p.add_argument("--seed", type=whole(0), default=42)
+    p.add_argument("--as-of", type=settings.iso_date, help="the generator's 'today' (YYYY-MM-DD); default today")
+    p.add_argument("--liabilities-per-patron", type=number(0, 100), default=10.0, help="0-100")
+    p.add_argument("--backlog-years", type=whole(1, 50), default=6,
+                   help="liabilities are created over this many years, 1-50")
+    p.add_argument("--cut-off-days", type=whole(0, 36_500), default=365,
                    help="each agency's cut-off date lies about this many days back; all before it is the "
                         "pre-cut-off backlog (e.g. --backlog-years 10 for a large one)")
     p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, creates=settings.STORES)
 
     sub.add_parser("emulator", add_help=False,
                    help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
-                        "'emulator --help' for its options)")
+                        "'emulator --help' for its options); it creates its own database (--db) when missing")
 
+    emulator_db = settings.existing_database("--emulator-db", EMULATOR_CREATED_BY)
     p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
                                          "what FBS shows now; list every difference")
-    p.add_argument("--emulator-db", required=True, help="SQLAlchemy URL of the emulator's database")
-    p.add_argument("--show", type=int, default=20, help="differences to print (all go to the CSV)")
+    p.add_argument("--emulator-db", type=emulator_db, required=True,
+                   help="SQLAlchemy URL of the emulator's database (must exist)")
+    p.add_argument("--show", type=whole(0, 100_000), default=20,
+                   help="differences to print, 0-100000 (all go to the CSV)")
     p.add_argument("--out", help="CSV of every claim difference (default var/reports/reconciliation-<time>.csv)")
     p.add_argument("--payments-out", help="CSV of the payments report (default "
                                           "var/reports/payments-reconciliation-<time>.csv)")
@@ -131,25 +143,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulator-payments", help="demo: the debtor emulator delivers payment files into the inbox, "
                                                  "each vendor on its rhythm (KMD OPUS nightly, Prisme hourly, EG "
                                                  "every 15 minutes)")
-    p.add_argument("--db", help="the emulator's database (default var/emulator/emulator.sqlite)")
-    p.add_argument("--inbox", help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
-    p.add_argument("--until", help="deliver what is due up to this time (default now)")
-    p.add_argument("--since", help="on the first call: from this time (default one day before --until)")
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--rate", type=float, default=0.05, help="share of open claims paid or written off per day")
-    p.add_argument("--overpayments", type=int, default=0, help="payments above the balance, per vendor")
-    p.add_argument("--on-cancelled", type=int, default=0, help="payments on cancelled claims, per vendor")
+    p.add_argument("--db", type=settings.existing_database("--db", EMULATOR_CREATED_BY),
+                   help="the emulator's database (default var/emulator/emulator.sqlite; must exist)")
+    p.add_argument("--inbox", type=settings.folder, help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
+    p.add_argument("--until", type=settings.iso_time, help="deliver what is due up to this time (default now)")
+    p.add_argument("--since", type=settings.iso_time,
+                   help="on the first call: from this time (default one day before --until)")
+    p.add_argument("--seed", type=whole(0), default=11)
+    p.add_argument("--rate", type=number(0, 100), default=0.05,
+                   help="share of open claims paid or written off per day, 0-100")
+    p.add_argument("--overpayments", type=whole(0, 1000), default=0, help="payments above the balance, per vendor")
+    p.add_argument("--on-cancelled", type=whole(0, 1000), default=0, help="payments on cancelled claims, per vendor")
     p.set_defaults(func=cmd_emulator_payments)
 
     p = sub.add_parser("simulate-changes", help="demo: change transferred liabilities in the synthetic FBS "
                                                 "(cancel, write down, increase, new CPR, repayment, close, ...)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--per-kind", type=int, default=10, help="liabilities changed per kind of change")
+    p.add_argument("--seed", type=whole(0), default=7)
+    p.add_argument("--per-kind", type=whole(0, 10_000), default=10, help="liabilities changed per kind of change")
     p.set_defaults(func=cmd_simulate_changes)
 
     p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "
                                                 "next transfer run notices and hands the range to the backfill)")
-    p.add_argument("--to", help="the new cut-off date (default: the first of the month of the oldest liability)")
+    p.add_argument("--to", type=settings.iso_date,
+                   help="the new cut-off date (default: the first of the month of the oldest liability)")
     p.add_argument("--agency", action="append", help="agency to move (repeatable; default every agency whose age "
                                                      "limit is sane, C3)")
     p.set_defaults(func=cmd_simulate_cut_off)

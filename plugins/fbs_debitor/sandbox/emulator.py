@@ -19,8 +19,9 @@ municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
 OrganisatoriskEnhedUUID -> vendor; ``--vendors-from-fbs`` reads it from the FBS agencies) lets
 one emulator behave as each agency's vendor; ``vendor`` is the default.
 
-Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``slow``,
-``drop`` and ``soapfault`` are applied BEFORE the request is processed (nothing stored);
+Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``http400``
+(the request refused), ``http403`` (access refused), ``slow``, ``drop`` and ``soapfault`` are
+applied BEFORE the request is processed (nothing stored);
 ``drop_after_store`` processes and stores, then closes the connection without an answer (the
 crash-after-processing case the client survives through idempotency).
 
@@ -51,6 +52,7 @@ from fbs_debitor.claims import messages
 from fbs_debitor.claims import sf1590 as mapping
 from fbs_debitor.claims.fingerprints import identity_print
 from fbs_debitor.claims.sf1590 import NS_DR, NS_F, NS_IC
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_amount, make_engine
 from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import FBS_SCHEMA, XSD_DIR, database_urls, var_dir
@@ -67,7 +69,7 @@ OPERATIONS = {  # request root -> (operation, answer root), from the mapping's l
 VENDORS = ("KMD_OPUS", "PRISME", "EG")
 CLAIM_TYPES = frozenset({"BIBLIOTEKSGEBYR_OVERSKREDET_LAANETID", "ERSTATNING_MED_ANERKENDELSE",
                          "ERSTATNING_UDEN_ANERKENDELSE"})
-FAULT_KINDS = frozenset({"http500", "http503", "slow", "drop", "soapfault", "drop_after_store"})
+FAULT_KINDS = frozenset({"http500", "http503", "http400", "http403", "slow", "drop", "soapfault", "drop_after_store"})
 MAX_BODY = 20 * 1024 * 1024
 ACTIVE, CANCELLED = "ACTIVE", "CANCELLED"
 MODTAGET, AFVIST = "MODTAGET", "AFVIST"
@@ -600,6 +602,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "http503":
             self._send(503, b"Service Unavailable\n", "text/plain", {"Retry-After": "1"})
             return
+        if fault == "http400":
+            self._send(400, b"Bad Request\n", "text/plain")
+            return
+        if fault == "http403":
+            self._send(403, b"Forbidden\n", "text/plain")
+            return
         if fault == "soapfault":
             self._send(500, fault_envelope("Server", "midlertidig fejl / temporary failure (injected)"))
             return
@@ -628,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # --- CLI ---------------------------------------------------------------------------------------
 
-def _default_db() -> str:
+def default_db() -> str:
     return f"sqlite:///{var_dir() / 'emulator' / 'emulator.sqlite'}"
 
 
@@ -664,12 +672,13 @@ def serve(argv: list[str] | None = None) -> int:
                    help="behave as each FBS agency's own vendor (agency.debtor_vendor, by the sender's org unit), "
                         "reading the agencies from FBS_DEBITOR_FBS_URL")
     p.add_argument("--host", default="127.0.0.1", help="a loopback address")
-    p.add_argument("--port", type=int, default=8590)
-    p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database")
-    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--port", type=settings.whole(0, 65535), default=8590, help="0-65535 (0: any free port)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL of the emulator's own database (created when missing: "
+                                              "it is the debtor system's store)")
+    p.add_argument("--fault-rate", type=settings.number(0, 1), default=0.0, help="0-1")
     p.add_argument("--fault-kinds", default="", help=f"comma list of {','.join(sorted(FAULT_KINDS))}")
-    p.add_argument("--slow-seconds", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-seconds", type=settings.number(0, 600), default=5.0, help="0-600")
+    p.add_argument("--seed", type=settings.whole(0), default=0)
     p.add_argument("--accept", default=None, help="comma list of accepted claim types (default: all three)")
     p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
     p.add_argument("--tls-key", help="server key (PEM)")
@@ -677,11 +686,17 @@ def serve(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    try:   # every setting in range, and the FBS extract there when the vendors are read from it
+        settings.check(stores=("fbs",) if args.vendors_from_fbs else ())
+    except settings.SettingError as exc:
+        for line in exc.problems:
+            print(f"setting refused: {line}", file=sys.stderr)
+        return settings.EXIT_CODE
     kinds = tuple(k.strip() for k in args.fault_kinds.split(",") if k.strip())
     accept = None if args.accept is None else {t.strip() for t in args.accept.split(",") if t.strip()}
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     by_org_unit = vendors_from_fbs() if args.vendors_from_fbs else None
-    emu = Emulator(args.vendor, args.db or _default_db(), args.host, args.port, accept, args.fault_rate, kinds,
+    emu = Emulator(args.vendor, args.db or default_db(), args.host, args.port, accept, args.fault_rate, kinds,
                    args.slow_seconds, args.seed, tls, by_org_unit)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

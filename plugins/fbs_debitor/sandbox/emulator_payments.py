@@ -18,6 +18,11 @@ unless asked for:
 Every movement is recorded with the file it went out in (``emu_movement``), so reconciliation can
 check that each one arrived exactly once. ``emu_payment_clock`` remembers, per vendor, up to when
 files were delivered, so the next call continues from there.
+
+Movement ids (BevaegelseID) are unique at the debtor system, as a real one keeps them: a call's
+random stream is seeded with ``seed`` and the window it delivers (so a later call with the same
+seed draws other movements), and an id already delivered is never drawn again. A second call
+with the default seed, any time later, delivers only what fell due since.
 """
 
 from __future__ import annotations
@@ -84,7 +89,6 @@ def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict
             mix: Mix = Mix(), since: dt.datetime | None = None) -> list[Path]:
     """Write the files due up to ``until`` (aware), per vendor on its rhythm, continuing from the
     last call (or from ``since``, default one day before ``until``). Returns the files written."""
-    rng = random.Random(seed)
     engine = _engine(db_url)
     written: list[Path] = []
     try:
@@ -96,6 +100,9 @@ def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict
             repay_asked = {r[0] for r in conn.execute(sa.select(emulator.emu_change.c.fordring_id)
                                                       .where(emulator.emu_change.c.kind == "Tilbagebetaling"))}
             clocks = dict(conn.execute(sa.select(emu_payment_clock.c.vendor, emu_payment_clock.c.delivered_until)).all())
+            # seeded per window: the same call gives the same files, a later one other movements
+            rng = random.Random(f"{seed}|{until.astimezone(dt.UTC).isoformat()}|"
+                                + "|".join(f"{v}={t.isoformat()}" for v, t in sorted(clocks.items())))
             book = _Ledger(claims, moved)
             by_vendor: dict[str, list[str]] = defaultdict(list)
             for fid, _k, _a, _s in claims:
@@ -143,6 +150,7 @@ class _Ledger:
         self.paid: dict[str, Decimal] = defaultdict(Decimal)
         self.repaid: dict[str, Decimal] = defaultdict(Decimal)
         self.payments: list[Movement] = []
+        self.ids = {m["movement_id"] for m in moved}        # BevaegelseID is unique: never drawn twice
         reversed_ids = {m["reference_id"] for m in moved if m["kind"] == "reversal"}
         for m in moved:
             mv = Movement(m["movement_id"], m["fordring_id"], m["kind"], as_amount(m["amount"]), m["booked_on"],
@@ -166,7 +174,10 @@ class _Ledger:
 
     def _new(self, rng: random.Random, vendor: str, fid: str, kind: str, amount: Decimal, booked: dt.date,
              ref: str | None = None) -> Movement:
-        mid = f"{vendor.replace('_', '')}-{uuid.UUID(int=rng.getrandbits(128)).hex}"
+        mid = None
+        while mid is None or mid in self.ids:
+            mid = f"{vendor.replace('_', '')}-{uuid.UUID(int=rng.getrandbits(128)).hex}"
+        self.ids.add(mid)
         m = Movement(mid, fid, kind, amount.quantize(CENT), booked, ref)
         self._book(m)
         if kind == "payment":
