@@ -4,8 +4,9 @@ is a rejection with a staff task, not an unconfirmed batch sent every hour. Agai
 debtor-system emulator over real HTTP (a Prisme emulator rejects replacement CPR numbers, I3; one
 with unmapped claim types rejects those, M3), on SQLite and PostgreSQL.
 
-Until the transfer run calls ``rejections.requeue_changed`` itself, ``look_again`` below plays that
-step (a run of its own); the next transfer sends what it recorded."""
+The transfer run calls ``rejections.requeue_changed`` in ``keep_claims_true``; ``look_again`` below
+plays that step as a run of its own, so a test can watch what it records before the next transfer
+sends it."""
 
 from __future__ import annotations
 
@@ -110,6 +111,42 @@ def test_I3_rejected_at_prisme_goes_again_once_under_generation_1_when_staff_reg
     assert "I3_ERSTATNINGS_CPR" in again["detail"]
     trail = format_history(stores, lid)
     assert "sent_again" in trail and "task_resolved" in trail and full_cpr_numbers(trail) == []
+
+
+def test_I3_the_transfer_run_itself_sends_a_corrected_rejection_again_once_issue16(stores, emu_db):
+    ids = municipality(stores, vendor="PRISME")
+    lid = ids["replacement"][0]
+    with emulator.Emulator("PRISME", emu_db) as emu:
+        transfer(stores, emu.url)
+        set_cpr(stores, lid, REAL_CPR_1990)
+        transfer(stores, emu.url)                                # records it again and sends it
+        requests_after = emu.request_count
+        transfer(stores, emu.url)
+        assert emu.request_count == requests_after
+    assert fid(lid, 1) in once_each(emu_db) and fid(lid) not in once_each(emu_db)
+    (task,) = tasks(stores, "delivery_rejected")
+    assert task["resolved_at"] is not None
+
+
+def test_M3_cli_requeue_records_the_claim_again_and_refuses_one_never_sent_issue16(stores, db_urls, emu_db,
+                                                                                 monkeypatch, capsys):
+    from fbs_debitor.cli import main
+
+    ids = municipality(stores)
+    company = ids["company"][0]
+    with emulator.Emulator("KMD_OPUS", emu_db, accepted_claim_types=FEES_ONLY) as emu:
+        transfer(stores, emu.url)
+    monkeypatch.setenv("FBS_DEBITOR_FBS_URL", db_urls.fbs)
+    monkeypatch.setenv("FBS_DEBITOR_LEDGER_URL", db_urls.ledger)
+    assert main(["requeue", str(ids["blocked"][0])]) == 1
+    assert "requeue:" in capsys.readouterr().err
+    assert main(["requeue", str(company), "--note", f"mappet; borger {fr.ADULT_CPR} ringede"]) == 0
+    out = capsys.readouterr()
+    assert fid(company, 1) in out.out and full_cpr_numbers(out.out + out.err) == []
+    assert main(["requeue", str(company)]) == 1                # once
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+    assert fid(company, 1) in once_each(emu_db)
 
 
 def test_rejection_whose_data_did_not_change_is_never_sent_again_issue16(stores, emu_db):
@@ -221,8 +258,8 @@ def test_an_increases_new_claim_rejected_is_a_rejected_claim_no_change_goes_to_i
     with stores.fbs.begin() as conn:
         conn.execute(text("UPDATE liability SET amount = 70 WHERE liability_id = :l"), {"l": fee})
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        transfer(stores, emu.url)                                # no write-down to the claim never created
-        assert look_again(stores) == {(AGENCY, rejections.SENT_AGAIN, "M3"): 1}
+        transfer(stores, emu.url)    # no write-down to the claim never created; it goes again as generation 2
+        assert look_again(stores) == {}                          # recorded again once, by that run
         transfer(stores, emu.url)
     held = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
     assert fid(fee, 1) not in held and held[fid(fee)]["status"] == "CANCELLED"

@@ -32,7 +32,7 @@ from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.delivery import outbox, send_rate, serviceplatformen
+from fbs_debitor.delivery import outbox, rejections, send_rate, serviceplatformen
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
@@ -225,18 +225,41 @@ def cmd_payments(args) -> int:
               f"no held movement {args.dismiss}", file=sys.stdout if found else sys.stderr)
         return 0 if found else 1
     box = inbox.open_inbox(folders.inbox)
-    run_id = ledger.start_run(stores.ledger, "payments")
     try:
-        payments.ingest(stores, box, run_id)
+        box.check()
+    except inbox.InboxLayoutError as exc:
+        print(f"payments refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    run_id = ledger.start_run(stores.ledger, "payments")
+    left = None
+    try:
+        try:
+            payments.ingest(stores, box, run_id)
+        except payments.FilesLeft as exc:   # every other file was done; these wait for the next run
+            left = str(exc)
         counts = payments.record_run_counts(stores.ledger, run_id)
     except BaseException as exc:
         ledger.finish_run(stores.ledger, run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
-    ledger.finish_run(stores.ledger, run_id, "success")
+    ledger.finish_run(stores.ledger, run_id, "failed" if left else "success", left)
     print(format_payments_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs))
+    if left:
+        print(f"payments: {left}", file=sys.stderr)
     report = payment_reconciliation.reconcile_payments(stores)
     print(report.summary())
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok and not left else EXIT_FAILED
+
+
+def cmd_requeue(args) -> int:
+    """An operator sends a rejected claim again under its next FordringID generation (next run)."""
+    stores = _stores()
+    init_stores(stores)
+    try:
+        print(rejections.requeue(stores, args.liability_id, args.note))
+    except (LookupError, ValueError) as exc:
+        print(f"requeue: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_history(args) -> int:
@@ -417,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dismiss", metavar="BEVAEGELSE_ID", help="a held movement reviewed and not to be applied")
     p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
     p.set_defaults(func=cmd_payments)
+
+    p = sub.add_parser("requeue", help="send a claim the debtor system rejected again, under the next generation "
+                                       "of its FordringID, in the next transfer run: for a cause outside FBS's data "
+                                       "(a claim type mapped since, M3; a manual process agreed, I3). A rejection "
+                                       "whose data staff corrected in FBS goes again by itself")
+    p.add_argument("liability_id", type=settings.whole(1, 2 ** 63 - 1))
+    p.add_argument("--note", help="who decided and why (kept in the audit trail, CPR masked)")
+    p.set_defaults(func=cmd_requeue)
 
     p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
                                        "task and payment, oldest first (CPR masked)")
