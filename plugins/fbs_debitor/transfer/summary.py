@@ -64,7 +64,7 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
     rejected_rules = sorted({r for _, c, r in counts if c == REJECTED})
     failed = {}
     for (a, c, r), v in counts.items():
-        if c == "failed" and v:
+        if c in ("failed", "failed_resend") and v:
             failed.setdefault(a, set()).add(r)
     sent = n(None, ACCEPTED) + n(None, REJECTED) + n(None, UNCONFIRMED)
     lines += [
@@ -83,12 +83,16 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         + (f" (of which {n(None, OUT_OF_SCOPE, 'T3-backfill')} wait for debitor_backfill: the cut-off moved back)"
            if n(None, OUT_OF_SCOPE, "T3-backfill") else ""),
         "Delivery: accepted/rejected are the debtor system's receipts; a rejection (I3 replacement CPR at Prisme, "
-        "M3 claim type not mapped, ...) is not sent again and becomes a staff task in FBS (M1).",
+        "M3 claim type not mapped, a call refused with HTTP 4xx, ...) becomes a staff task in FBS (M1) and goes "
+        "again under its next FordringID once its data changes in FBS (change_recorded recreate) or an operator "
+        "requeues it.",
         "Rules: C3 agency age limit outside the sane range (whole agency held); "
-        "T2 compensation awaits verification; T4 patron group without responsible patron; "
+        "T2 compensation awaits verification; T4 liability on a patron group (never transferred); "
         "T5 company without valid CVR; T6 person (or a minor's guardian) without usable CPR; "
-        "claims that cannot be built: F2 amount not positive, F3 fee without its loan, I1 replacement "
-        "CPR impossible or malformed, I2 replacement CPR without name, C4 minor without name; "
+        "claims that cannot be built: F1 name or address the schema cannot carry or patron missing, F2 amount not "
+        "positive, not exact to the øre or unreadable, or a date unreadable, F3 fee without its loan, F6 material "
+        "text the schema cannot carry, I1 replacement CPR impossible or malformed, I2 replacement CPR without "
+        "name, C4 minor without name, M1 an unexpected error in that one liability; "
         "T1 created before the cut-off date; T3 closed or sent to collection; T3-backfill in a range a backfill sends.",
     ]
     if failed:
@@ -129,7 +133,9 @@ def format_payments_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
                      f"{n('movements_applied', a, 'repayment'):>6} {n('movements_held', a):>5}")
     lines += [
         "",
-        f"files: applied {n('files_applied')}, quarantined {by_rule('files_quarantined')}",
+        f"files: applied {n('files_applied')}, quarantined {by_rule('files_quarantined')}"
+        + (f"; not payment files, left in the inbox untouched {by_rule('files_ignored')}"
+           if n('files_ignored') else ""),
         f"movements: applied {by_rule('movements_applied')}, held for review {by_rule('movements_held')}, released "
         f"after an earlier hold {n('movements_released')}, delivered again and skipped {n('movements_again')}",
         "Held movements are not booked in FBS; each is a staff task (P_UNKNOWN_CLAIM claim not known, P_OVERPAYMENT "
