@@ -753,7 +753,7 @@ def test_item10_T3_finish_after_a_failed_or_skipped_plan_says_the_backfill_did_n
         "status": "nothing to do"}
 
 
-def test_item10_T3_dry_run_refuses_0001_01_01_and_a_future_date_by_the_same_rule_on_every_path(stores, monkeypatch,
+def test_item10_T3_dry_run_refuses_0001_01_01_and_a_future_date_by_the_same_rule_on_every_path(stores, db_urls, monkeypatch,
                                                                                               capsys):
     """Issue 16 item 10: a dry run accepted 0001-01-01 (24,300 months). The request's form
     (parse_request), the plan (a Request made directly) and the CLI all refuse it, and a date in the
@@ -774,8 +774,8 @@ def test_item10_T3_dry_run_refuses_0001_01_01_and_a_future_date_by_the_same_rule
         backfill.plan(stores, Request(AGENCY, dt.date(2026, 11, 21), dry_run=True), today=dt.date(2026, 11, 20))
     assert backfill.parse_request(AGENCY, "2000-01-01", dry_run=True).cut_off_date == backfill.EARLIEST_CUT_OFF
 
-    monkeypatch.setattr(cli, "_stores", lambda: stores)
-    monkeypatch.setattr(stores, "dispose", lambda: None)
+    monkeypatch.setenv("FBS_DEBITOR_FBS_URL", db_urls.fbs)        # the CLI checks its databases exist first
+    monkeypatch.setenv("FBS_DEBITOR_LEDGER_URL", db_urls.ledger)
     tomorrow = dt.date.today() + dt.timedelta(days=1)
     for date, expected in (("0001-01-01", floor), (tomorrow.isoformat(), f"cut_off_date {tomorrow} is in the future")):
         assert cli.main(["backfill", "--agency", AGENCY, "--cut-off-date", date, "--dry-run"]) == 2
