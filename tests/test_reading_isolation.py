@@ -25,13 +25,16 @@ from decimal import Decimal
 import fbs_rows as fr
 import pytest
 from leaks import full_cpr_numbers
+from municipality import municipality
 from sqlalchemy import text
+from transfers import tasks, transfer
 
 from fbs_debitor.changes import history
 from fbs_debitor.core import ledger
 from fbs_debitor.core.settings import HOME
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility.rules import BLOCKED, ELIGIBLE
+from fbs_debitor.sandbox import emulator
 from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment
 
@@ -310,3 +313,47 @@ def test_item7_non_utf8_name_is_an_F1_finding_once_the_builder_refuses_it(stores
     assert run.status == "success" and error is None
     assert ("F1", "F1_text_cannot_be_sent") in codes(found, bad)
     assert counts[(AGENCY, ELIGIBLE, "-")] == 1 and good not in found
+
+
+# --- item 9: change detection and cut-off detection read one record at a time ----------------------------
+
+def test_item9_unreadable_amount_of_a_sent_claim_is_a_task_never_a_rounded_write_down_U1(stores, emu_db):
+    """After sending, FBS's amount of one claim becomes text and of another a third decimal: change
+    detection failed the run on the text and would have written the other down to a rounded 12.34.
+    Now each is one staff task and nothing is sent about it; a plain write-down in the same page
+    still goes (U1)."""
+    sqlite_only(stores)
+    ids = municipality(stores, adults=3)
+    text_amount, third_decimal, lowered = ids["adult"]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        with stores.fbs.begin() as conn:
+            for lid, amount in ((text_amount, "12,50"), (third_decimal, Decimal("12.345")),
+                                (lowered, Decimal("20.25"))):
+                conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"), {"a": amount, "l": lid})
+        run_id, _ = transfer(stores, emu.url)
+        again, _ = transfer(stores, emu.url)
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    claims = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert [c["kind"] for c in claims[f"FBS-{AGENCY}-{lowered}"]["changes"]] == ["Nedskrivning"]
+    for lid in (text_amount, third_decimal):
+        assert claims[f"FBS-{AGENCY}-{lid}"]["changes"] == []
+    raised = [t for t in tasks(stores, "claim_change") if "-unreadable-" in t["task_id"]]
+    assert sorted(t["liability_id"] for t in raised) == sorted([text_amount, third_decimal])   # once, not per run
+    assert all("kan ikke læses" in t["message"] for t in raised)
+    assert ledger.get_run(stores.ledger, again).status == "success"
+
+
+def test_item9_an_agency_whose_cut_off_date_cannot_be_read_does_not_stop_the_others_T1(stores, fbs, caplog):
+    """Cut-off detection read every agency's date in one go and failed the run on one that is not
+    a date; now that agency is left out (logged) and the others are detected and assessed."""
+    sqlite_only(stores)
+    fr.agency(fbs, agency_id="715900")
+    fbs.execute(text("UPDATE agency SET cut_off_date = 'sidste år' WHERE agency_id = '715900'"))
+    good = healthy(fbs)
+    fbs.commit()
+    with caplog.at_level(logging.ERROR):
+        run, counts, found, error = assess(stores)
+    assert run.status == "success" and error is None
+    assert counts[(AGENCY, ELIGIBLE, "-")] == 1 and good not in found
+    assert "715900" in caplog.text and "cannot be read" in caplog.text
