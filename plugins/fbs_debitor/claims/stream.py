@@ -77,10 +77,17 @@ VALUES = (
 )
 
 
+_READERS = tuple((v.column, v.read) for v in VALUES)
+
+
 def read_values(row) -> tuple[dict[str, object], Problem | None]:
     """The row's amount and dates as Python values ({column: value}, None where unreadable) and
     the Problem of the first one that cannot be read as it is (None when all can). Never raises:
     one row's values never stop the page."""
+    try:
+        return {column: read(getattr(row, column)) for column, read in _READERS}, None
+    except Unreadable:
+        pass
     values: dict[str, object] = {}
     problem = None
     for v in VALUES:

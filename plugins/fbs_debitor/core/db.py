@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import psycopg
@@ -264,11 +264,15 @@ def shown(value, limit: int = 40) -> str:
 
 
 # Dates the integration can use: four-digit years, with room for a claim's date arithmetic (a
-# fee's due date is the loan's due date plus a day plus the payment term).
+# fee's due date is the loan's due date plus a day plus the payment term). The FBS readers below are
+# pure functions of the value and a page repeats values (a loan's dates, a patron's birth date,
+# amounts), so they are memoised, bounded, per type (1 and 1.0 are read apart).
+_MEMO = 1 << 16
 FIRST_DATE = dt.date(1, 1, 1)
 LAST_DATE = dt.date(9998, 12, 31)
 
 
+@lru_cache(maxsize=_MEMO, typed=True)
 def usable_date(value) -> dt.date | None:
     """An FBS date (``as_date``) that a claim can carry: ``Unreadable`` outside FIRST_DATE..LAST_DATE."""
     day = as_date(value)
@@ -277,6 +281,7 @@ def usable_date(value) -> dt.date | None:
     return day
 
 
+@lru_cache(maxsize=_MEMO, typed=True)
 def usable_timestamp(value) -> dt.datetime | None:
     """An FBS timestamp (``as_datetime``) whose day a claim can carry (see ``usable_date``)."""
     at = as_datetime(value)
@@ -301,6 +306,7 @@ MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 
+@lru_cache(maxsize=_MEMO, typed=True)
 def exact_amount(value) -> Decimal | None:
     """An FBS amount exactly as stored, in kroner and øre; ``Unreadable`` (never rounded, never cut)
     when it is not a number, has more than two decimals, or does not fit NUMERIC(12,2). SQLite
