@@ -357,3 +357,30 @@ def test_item9_an_agency_whose_cut_off_date_cannot_be_read_does_not_stop_the_oth
     assert run.status == "success" and error is None
     assert counts[(AGENCY, ELIGIBLE, "-")] == 1 and good not in found
     assert "715900" in caplog.text and "cannot be read" in caplog.text
+
+
+def test_item9_a_sent_claim_whose_patron_is_gone_is_a_task_not_a_liability_gone_from_fbs(stores, emu_db):
+    """Change detection read a sent liability whose patron is no longer in FBS as if the liability
+    itself were gone (an inner join): now it is one staff task naming the patron, nothing is sent,
+    and the other claims are compared as usual (a write-down still goes, U1)."""
+    ids = municipality(stores, adults=2)
+    orphan, lowered = ids["adult"]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        with foreign_keys_off(stores) as conn:
+            patron_id = conn.execute(text("SELECT patron_id FROM liability WHERE liability_id = :l"),
+                                     {"l": orphan}).scalar_one()
+            conn.execute(text("DELETE FROM patron WHERE patron_id = :p"), {"p": patron_id})
+            conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"),
+                         {"a": Decimal("20.25"), "l": lowered})
+        run_id, _ = transfer(stores, emu.url)
+        transfer(stores, emu.url)
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    claims = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert [c["kind"] for c in claims[f"FBS-{AGENCY}-{lowered}"]["changes"]] == ["Nedskrivning"]
+    assert claims[f"FBS-{AGENCY}-{orphan}"]["changes"] == []
+    raised = [t for t in tasks(stores, "claim_change") if "-orphaned-" in t["task_id"]]
+    assert [t["liability_id"] for t in raised] == [orphan] and str(patron_id) in raised[0]["message"]
+    with stores.ledger.connect() as conn:
+        kinds = {r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": orphan})}
+    assert "fbs_liability_missing" not in kinds

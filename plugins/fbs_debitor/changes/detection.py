@@ -39,6 +39,8 @@ Decided, where the rules are silent (documented in docs/design.md):
   PSRM, C6); staff get a task not to collect it twice. Write-downs and cancellations still go (U4).
 * A negative amount, a fee marked for repayment, or parties that no longer build (a CPR removed,
   ...) send nothing and become staff tasks (M1) with the rule; they are tried again every run.
+* A sent liability whose patron is gone from FBS (the liability is still there) sends nothing and
+  becomes one staff task; it is not mistaken for a liability that is gone.
 * A value of a sent liability that cannot be read as FBS holds it (an amount as text or with a third
   decimal, a repayment mark or birth date that is not a date, identifiers that are not text) sends
   nothing about that claim (never a rounded write-down) and becomes one staff task (M1); the other
@@ -179,6 +181,26 @@ def unreadable_message(number: str, what: str) -> str:
             "it until it is corrected in FBS; amounts and dates are never rounded or guessed.")
 
 
+def orphaned_message(fordring: str, patron_id) -> str:
+    return (f"Mellemværendet bag fordring {fordring} er overført til debitorsystemet, men låneren ({patron_id}) findes "
+            "ikke længere i FBS. Der sendes intet om det, før låneren er tilbage eller mellemværendet er rettet. / "
+            f"The liability behind claim {fordring} was transferred, but its patron ({patron_id}) is no longer in "
+            "FBS. Nothing is sent about it until the patron is back or the liability is corrected.")
+
+
+_ORPHANED = text("SELECT l.liability_id, l.patron_id, (SELECT COUNT(*) FROM agency a WHERE a.agency_id = l.agency_id) "
+                 "AS agencies FROM liability l WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+
+def _orphaned(fbs: Engine, liability_ids: list[int]) -> dict[int, tuple]:
+    """Of the sent liabilities ``claim_state.sql`` did not return, those still in FBS (their
+    patron or agency is gone): {liability_id: (patron_id, agency exists)}."""
+    if not liability_ids:
+        return {}
+    with fbs.connect() as conn:
+        return {r.liability_id: (r.patron_id, bool(r.agencies)) for r in conn.execute(_ORPHANED, {"ids": liability_ids})}
+
+
 def _read_state(st, secret: bytes) -> tuple[str | None, str | None]:
     """(what cannot be read, None) or (None, the keyed print of its parties' source fields): a sent
     liability's FBS values, read one claim at a time so one bad value never stops the page."""
@@ -280,10 +302,21 @@ def _compare_page(ctx: _Context, claims, states: dict):
     cancels = _last_cancellations(ctx.stores.ledger, [c.liability_id for c in claims if c.debtor_status == "cancelled"
                                                       and (s := states.get(c.liability_id)) is not None
                                                       and s.status == "open"])
+    orphaned = _orphaned(ctx.stores.fbs, [c.liability_id for c in claims if c.liability_id not in states])
     for c in claims:
         st = states.get(c.liability_id)
         u = Update(c)
         updates.append(u)
+        if st is None and c.liability_id in orphaned:
+            patron_id, agency_known = orphaned[c.liability_id]
+            log.error("liability %s (claim %s): its patron %s or its agency is no longer in FBS; nothing is sent about "
+                      "it", c.liability_id, c.fordring_id, patron_id)
+            if agency_known:      # a task names the agency (FBS's foreign key): without it, the log says it
+                _notice(u, tasks, f"orphaned:{patron_id}", StaffTask(
+                    f"CHG-orphaned-{c.liability_id}-{ctx.run_id[:8]}", c.agency_id, None, None, c.liability_id,
+                    TASK_KIND, orphaned_message(c.fordring_id, patron_id)),
+                    f"the patron {patron_id} is no longer in FBS; nothing sent, staff task")
+            continue
         if st is None:
             if c.fbs_status != "missing":
                 u.values["fbs_status"] = "missing"
