@@ -60,7 +60,8 @@ MISSING = 10 ** 12                    # a patron or loan id no row has
 any_text = st.text(max_size=40)                       # every code point but surrogates, control characters too
 malformed_date = st.one_of(
     st.sampled_from(["not a date", "99999-01-01", "2026-02-30", "12.04.2026", "", "2026-04-01garbage", "0000-00-00",
-                     "2026-W14-3", "20260401", "infinity", "9999-12-31 23:59:59"]),
+                     "2026-W14-3", "20260401", "infinity", "9999-12-31 23:59:59", "2026-04-01 09:30:00+02:00",
+                     "2026-04-01T09:30:00Z"]),
     any_text, st.integers(-(2 ** 63), 2 ** 63 - 1), st.floats(allow_nan=True))   # what SQLite can store
 required_date = st.one_of(st.dates(dt.date(2020, 1, 1), dt.date(2027, 12, 31)), st.dates(), malformed_date)
 date_value = st.one_of(required_date, st.none())      # where FBS's column may be NULL

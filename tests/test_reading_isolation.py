@@ -135,6 +135,7 @@ BAD_DATES = [
     pytest.param({"created_at": "12.04.2026"}, id="created_danish_format"),
     pytest.param({"created_at": 20260401}, id="created_number"),
     pytest.param({"created_at": "2026-04-01garbage"}, id="created_trailing_text"),
+    pytest.param({"created_at": "2026-04-01 09:30:00+02:00"}, id="created_with_utc_offset"),
     pytest.param({"loan": {"loan_date": "garbage"}}, id="loan_date_text"),
     pytest.param({"loan": {"due_date": "2026-02-30"}}, id="due_date_no_such_day"),
     pytest.param({"loan": {"reloan_date": "soon"}}, id="reloan_date_text"),

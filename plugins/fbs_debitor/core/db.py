@@ -283,9 +283,13 @@ def usable_date(value) -> dt.date | None:
 
 @lru_cache(maxsize=_MEMO, typed=True)
 def usable_timestamp(value) -> dt.datetime | None:
-    """An FBS timestamp (``as_datetime``) whose day a claim can carry (see ``usable_date``)."""
+    """An FBS timestamp (``as_datetime``) whose day a claim can carry (see ``usable_date``). FBS's
+    timestamps are local time without a zone: one with a UTC offset (SQLite keeps any text) is not
+    one of them, and is refused rather than converted."""
     at = as_datetime(value)
     if at is not None:
+        if at.tzinfo is not None:
+            raise Unreadable("a time with a UTC offset, not FBS's local time")
         usable_date(at.date())
     return at
 
