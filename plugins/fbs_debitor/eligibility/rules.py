@@ -66,6 +66,7 @@ CHECK_CODES = {
     "F2": "F2_amount_not_positive",
     "F3": "F3_fee_without_loan",
     "F1": "F1_patron_missing",
+    "F6": "F6_text_cannot_be_sent",
     "M1": "M1_liability_not_processable",
 }
 
