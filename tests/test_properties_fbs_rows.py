@@ -20,8 +20,8 @@ Then, per example:
   error is a bug, even when it is caught).
 
 One database per module, its FBS tables emptied between examples (the ledger keeps its runs; each
-example looks at its own run's findings). Examples: 100 whole runs with GX (about 0.5 s each, some
-50-70 s in all on the 2-core machine) and 350 runs without GX (about 0.15 s each, 50-60 s).
+example looks at its own run's findings). Examples: 100 whole runs with GX (about 0.5 s each, 55 s
+in all on the 2-core machine) and 1500 runs without GX (about 30 ms each, 45 s in all).
 
 Until the builder part of issue 16 is merged, examples with control characters in a name, street,
 author or title fail inside the builder (lxml refuses them while the message is made); a stored
@@ -136,7 +136,7 @@ def case(draw) -> dict:
     loan = {"loan_date": bad.get("loan_date", loan_date),
             "due_date": bad.get("due_date", loan_date + dt.timedelta(days=30)),
             "reloan_date": bad.get("reloan_date")}
-    if not {"loan_date", "due_date", "reloan_date"} & broken and draw(st.integers(0, 4)) == 0:
+    if not {"loan_date", "due_date", "reloan_date"} & broken and draw(st.integers(0, 4)) == 4:
         loan = None                                     # no loan: a fee cannot be dated (F3)
     if "loan_missing" in bad:
         loan = "missing"
@@ -148,8 +148,10 @@ def case(draw) -> dict:
                      "title": bad.get("title", draw(plain_text))},
         "liability": {"kind": draw(st.sampled_from(["fee", "compensation"])),
                       "amount": bad.get("amount", draw(st.decimals(Decimal("0.01"), Decimal("5000"), places=2))),
-                      "created_at": bad.get("created_at", draw(st.datetimes(dt.datetime(2025, 10, 1),
-                                                                            dt.datetime(2026, 11, 19)))),
+                      # on or after the cut-off (simplest first, so shrinking keeps it in scope), or before
+                      "created_at": bad.get("created_at", draw(st.one_of(
+                          st.datetimes(dt.datetime(2026, 1, 1), dt.datetime(2026, 11, 19)),
+                          st.datetimes(dt.datetime(2025, 10, 1), dt.datetime(2025, 12, 31, 23, 59))))),
                       "status": draw(st.sampled_from(["open"] * 6 + ["closed", "cancelled", "sent_to_collection"])),
                       "acknowledged": draw(st.booleans()), "verified_at": bad.get("verified_at"),
                       "number": draw(st.from_regex(r"[GE]\d{1,8}", fullmatch=True))},
@@ -294,7 +296,7 @@ def test_property_item9_item7_a_whole_run_completes_and_each_liability_ends_in_e
     outcomes(stores, run_id, generated, counts)
 
 
-@settings(max_examples=350, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases=st.lists(case(), min_size=1, max_size=8))
 def test_property_item9_reading_and_building_never_stop_the_page(stores, cases):
     """Without the GX checks (a run with ``data_quality=False``): eligibility, reading and building
