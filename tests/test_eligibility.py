@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from decimal import Decimal
 
 import fbs_rows as fr
 import pytest
 from sqlalchemy import text
+from transfers import transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility.rules import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.sandbox import emulator
 from fbs_debitor.transfer.run import run_assessment
 
 
@@ -307,3 +310,38 @@ def test_problems_only_the_builder_sees_count_as_blocked_and_become_findings_F2_
     assert found[zero["liability_id"]].rule == "F2"
     assert found[kids_fee["liability_id"]].rule == "T6"
     assert found[kids_fee["liability_id"]].patron_id == guardian["patron_id"]   # the record to fix
+
+
+def test_T4_group_claims_sent_under_the_earlier_reading_stay_and_their_changes_still_go_U1(stores, fbs, emu_db,
+                                                                                          monkeypatch):
+    """Issue 16, T4 (corrected): a group's liability sent under the earlier reading (on its named
+    responsible patron) is a valid claim on a named patron. It stays at the debtor system: nothing
+    cancels it, it is never blocked or reported under T4 (it is already sent), and a change made
+    in FBS afterwards still goes (here a cancellation, U1)."""
+    adult = fr.patron(fbs)
+    group = fr.patron(fbs, kind="group", responsible_patron_id=adult["patron_id"])
+    lia = fr.liability(fbs, group["patron_id"])["liability_id"]
+    commit(fbs)
+    earlier = eligibility._verdict
+
+    def earlier_reading(row, sent):            # the group's liability went to its responsible patron
+        v = earlier(row, sent)
+        return replace(v, category=ELIGIBLE, rule="-", reason=None) if v.rule == "T4" else v
+
+    fordring = f"FBS-715100-{lia}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(eligibility, "_verdict", earlier_reading)
+            transfer(stores, emu.url)
+        assert {c["fordring_id"]: c["status"] for c in emulator.claims(emu_db)} == {fordring: "ACTIVE"}
+        run_id, counts = transfer(stores, emu.url)             # the corrected reading: nothing new, nothing undone
+        assert verdicts(stores)[lia] == (ALREADY_SENT, "-")
+        assert counts[("715100", BLOCKED, "T4")] == 0
+        assert [f for f in ledger.open_findings(stores.ledger) if f.liability_id == lia] == []
+        assert [c["status"] for c in emulator.claims(emu_db)] == ["ACTIVE"]
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l"),
+                         {"t": dt.datetime(2026, 11, 21, 9, 0), "l": lia})
+        transfer(stores, emu.url)
+    [claim] = emulator.claims(emu_db)
+    assert (claim["fordring_id"], claim["status"]) == (fordring, "CANCELLED")
