@@ -200,7 +200,7 @@ def _page_frame(rows, today: dt.date):
 
 def _text(value) -> str:
     """An identifier as text for the checks ('' for none; a blob is not a number, whatever it holds)."""
-    if value is None or value != value:      # None or NaN (a column pandas made float)
+    if value is None or isinstance(value, float) and value != value:    # None, or NaN where pandas masked it
         return ""
     return value if isinstance(value, str) else "<not text>"
 
