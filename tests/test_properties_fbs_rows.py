@@ -62,7 +62,7 @@ malformed_date = st.one_of(
     st.sampled_from(["not a date", "99999-01-01", "2026-02-30", "12.04.2026", "", "2026-04-01garbage", "0000-00-00",
                      "2026-W14-3", "20260401", "infinity", "9999-12-31 23:59:59", "2026-04-01 09:30:00+02:00",
                      "2026-04-01T09:30:00Z"]),
-    any_text, st.integers(-(2 ** 63), 2 ** 63 - 1), st.floats(allow_nan=True))   # what SQLite can store
+    any_text, st.integers(-(2 ** 63), 2 ** 63 - 1), st.floats(allow_nan=False))   # what SQLite can store (NaN is NULL)
 required_date = st.one_of(st.dates(dt.date(2020, 1, 1), dt.date(2027, 12, 31)), st.dates(), malformed_date)
 date_value = st.one_of(required_date, st.none())      # where FBS's column may be NULL
 created_value = st.one_of(st.datetimes(dt.datetime(2025, 6, 1), dt.datetime(2026, 11, 19)),
@@ -73,7 +73,7 @@ amount_value = st.one_of(
     st.decimals(Decimal("-50"), Decimal("5000"), places=2),
     st.decimals(allow_nan=False, allow_infinity=False),             # any precision, any size
     st.decimals(Decimal("0"), Decimal("100"), places=3),
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10 ** 13),
+    st.floats(allow_nan=False, allow_infinity=True), st.integers(-10, 10 ** 13),
     st.sampled_from(["12,50", "abc", "", " 12.50", "1_000.00", "NaN", "1e3"]), any_text)
 
 
