@@ -385,3 +385,29 @@ def test_item9_a_sent_claim_whose_patron_is_gone_is_a_task_not_a_liability_gone_
     with stores.ledger.connect() as conn:
         kinds = {r[0] for r in conn.execute(text("SELECT kind FROM event WHERE liability_id = :l"), {"l": orphan})}
     assert "fbs_liability_missing" not in kinds
+
+
+def test_item9_a_sent_claim_rebuilt_for_an_identity_change_with_an_unreadable_loan_date_is_a_task_U2(stores, emu_db):
+    """A sent claim whose debtor's CPR changed (U2) is rebuilt to compare its parties; its loan's due
+    date had meanwhile become text, and the rebuild failed the whole detection. Now the rebuild
+    reads the row like a new claim's: the identity change cannot be sent, staff get one task naming
+    the date (F2), and the other claims' changes go."""
+    sqlite_only(stores)
+    ids = municipality(stores, adults=2)
+    changed, lowered = ids["adult"]
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        transfer(stores, emu.url)
+        with stores.fbs.begin() as conn:
+            patron_id, loan_id = conn.execute(text("SELECT patron_id, loan_id FROM liability WHERE liability_id = :l"),
+                                              {"l": changed}).one()
+            conn.execute(text("UPDATE patron SET cpr = :c WHERE patron_id = :p"), {"c": "1705901003", "p": patron_id})
+            conn.execute(text("UPDATE loan SET due_date = 'efter ferien' WHERE loan_id = :l"), {"l": loan_id})
+            conn.execute(text("UPDATE liability SET amount = :a WHERE liability_id = :l"),
+                         {"a": Decimal("20.25"), "l": lowered})
+        run_id, _ = transfer(stores, emu.url)
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    claims = {c["fordring_id"]: c for c in emulator.claims(emu_db)}
+    assert [c["kind"] for c in claims[f"FBS-{AGENCY}-{lowered}"]["changes"]] == ["Nedskrivning"]
+    assert claims[f"FBS-{AGENCY}-{changed}"]["changes"] == []
+    raised = [t for t in tasks(stores, "claim_change") if "-identity-" in t["task_id"]]
+    assert [t["liability_id"] for t in raised] == [changed] and "F2" in raised[0]["message"]

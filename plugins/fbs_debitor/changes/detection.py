@@ -64,7 +64,6 @@ from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims import fingerprints
 from fbs_debitor.claims import stream as claim_stream
-from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
@@ -445,8 +444,9 @@ def _compare_parties(ctx: _Context, rebuild: dict[int, tuple[Update, str, bool]]
         u, now_source, send = rebuild[row.liability_id]
         c = u.claim
         told = as_amount(u.values.get("debtor_amount", c.debtor_amount))
-        built = build(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")),
-                      ctx.replacement_registry(), ctx.today)
+        # read like a new claim's row (a date that cannot be read is a Problem, not an error for the page)
+        built = claim_stream.build_row(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")),
+                                       ctx.replacement_registry(), ctx.today)
         if built.problem or built.new_replacement_cprs:
             why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
                    else "I1: the debtor has neither CPR nor replacement CPR any more")
