@@ -10,7 +10,6 @@ instead of failing the history.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -46,22 +45,6 @@ def mask(text_: str) -> str:
 
 # A liability id is a BIGINT in both databases.
 ID_MIN, ID_MAX = -(2 ** 63), 2 ** 63 - 1
-
-
-class NotALiabilityId(argparse.ArgumentTypeError, ValueError):
-    """A typed liability id that is not one (argparse prints its message as it is, in one line)."""
-
-
-def liability_id(text_: str) -> int:
-    """A liability id as typed on the command line (an ``argparse`` type): a whole number a BIGINT
-    can hold, or NotALiabilityId saying so in one line (never a traceback)."""
-    value = text_.strip()
-    if not re.fullmatch(r"[+-]?[0-9]{1,25}", value):
-        raise NotALiabilityId(f"not a liability id: {shown(text_)} is not a whole number")
-    number = int(value)
-    if not ID_MIN <= number <= ID_MAX:
-        raise NotALiabilityId(f"not a liability id: {value} is beyond the largest id FBS can hold ({ID_MAX})")
-    return number
 
 
 def _date_time(value) -> dt.datetime:
