@@ -73,14 +73,24 @@ def add(fbs, agency_id="715100", liability=None, **patron):
 
 
 def test_T4_group_without_responsible_patron(stores, agencies):
-    adult = fr.patron(agencies)
+    """Issue 16, T4 as corrected on 2026-11-30 (the check keeps its code): every liability on a
+    patron group is a blocking T4 finding, named responsible patron or not, recorded on the group;
+    the responsible patron's own data is not checked as if it were the debtor's."""
+    no_cpr = fr.patron(agencies, agency_id="726300", cpr=None)    # would be T6 if it were the debtor
     bad = add(agencies, kind="group", responsible_patron_id=None)
-    good = add(agencies, kind="group", responsible_patron_id=adult["patron_id"])
+    led = add(agencies, kind="group", responsible_patron_id=fr.patron(agencies)["patron_id"])
+    led_by_no_cpr = add(agencies, agency_id="726300", kind="group", responsible_patron_id=no_cpr["patron_id"])
+    own = add(agencies)
     agencies.commit()
     _, found = check(stores)
-    assert "T4_group_without_responsible_patron" in codes_for(found, bad)
-    assert codes_for(found, good) == set()
-    assert found[("T4_group_without_responsible_patron", bad)].severity == dq_catalog.BLOCKS_LIABILITY
+    for lid in (bad, led, led_by_no_cpr):
+        assert codes_for(found, lid) == {"T4_group_without_responsible_patron"}
+        assert found[("T4_group_without_responsible_patron", lid)].severity == dq_catalog.BLOCKS_LIABILITY
+    groups = {f.liability_id: f.patron_id for f in ledger.open_findings(stores.ledger)}
+    with stores.fbs.connect() as conn:
+        owners = dict(conn.execute(text("SELECT liability_id, patron_id FROM liability")).all())
+    assert all(groups[lid] == owners[lid] for lid in (bad, led, led_by_no_cpr))
+    assert codes_for(found, own) == set()
 
 
 def test_T4_T5_findings_do_not_depend_on_how_the_batch_is_paged(stores, agencies):
@@ -88,7 +98,7 @@ def test_T4_T5_findings_do_not_depend_on_how_the_batch_is_paged(stores, agencies
     the pages join into one frame for GX with the same findings as one page."""
     adult = fr.patron(agencies)
     bad = add(agencies, kind="group", responsible_patron_id=None)
-    good = add(agencies, kind="group", responsible_patron_id=adult["patron_id"])
+    led = add(agencies, kind="group", responsible_patron_id=adult["patron_id"])
     company = add(agencies, kind="company", cvr=None)
     agencies.commit()
     seen = []
@@ -96,12 +106,11 @@ def test_T4_T5_findings_do_not_depend_on_how_the_batch_is_paged(stores, agencies
         run_id = ledger.start_run(stores.ledger, "manual")
         result = dq_checks.run_checks(stores, run_id, today=TODAY, page_size=page_size)
         seen.append((result.rows_checked, dict(result.per_check)))
-    assert seen[0] == seen[1] == (3, {"T4_group_without_responsible_patron": 1, "T5_company_without_valid_cvr": 1,
+    assert seen[0] == seen[1] == (3, {"T4_group_without_responsible_patron": 2, "T5_company_without_valid_cvr": 1,
                                       "T5_company_without_ean_or_p_number": 1})
     found = {(f.check_code, f.liability_id) for f in ledger.open_findings(stores.ledger)}
-    assert found == {("T4_group_without_responsible_patron", bad), ("T5_company_without_valid_cvr", company),
-                     ("T5_company_without_ean_or_p_number", company)}
-    assert good not in {lid for _, lid in found}
+    assert found == {("T4_group_without_responsible_patron", bad), ("T4_group_without_responsible_patron", led),
+                     ("T5_company_without_valid_cvr", company), ("T5_company_without_ean_or_p_number", company)}
 
 
 def test_T5_company_cvr_missing_or_invalid_blocks_missing_ean_and_p_is_a_warning(stores, agencies):
@@ -339,10 +348,12 @@ def gx_copy(tmp_path) -> Path:
 
 
 def edit_expectation(gx_dir: Path, name: str, check_code: str, **kwargs) -> None:
+    """Change the given arguments of the check's expectations that have them (C3 has a range and a
+    not-null expectation: a new range is the range's)."""
     path = gx_dir / "expectations" / f"{name}.json"
     data = json.loads(path.read_text())
     for e in data["expectations"]:
-        if e["meta"]["check"] == check_code:
+        if e["meta"]["check"] == check_code and set(kwargs) <= set(e["kwargs"]):
             e["kwargs"].update(kwargs)
     path.write_text(json.dumps(data, indent=2))
 
@@ -401,13 +412,16 @@ def test_M4_unexpected_rows_are_named_by_liability_and_agency_id(stores, agencie
     agencies.commit()
     check(stores, tmp_path)
     results = {p.parent.parent.parent.name: json.loads(p.read_text()) for p in (gx_var / "gx").rglob("*.json")}
-    by_check = {r["expectation_config"]["meta"]["check"]: r["result"]
-                for suite_result in results.values() for r in suite_result["results"]}
-    t5 = by_check["T5_company_without_valid_cvr"]
+    by_check: dict[str, list[dict]] = {}
+    for suite_result in results.values():
+        for r in suite_result["results"]:
+            by_check.setdefault(r["expectation_config"]["meta"]["check"], []).append(r["result"])
+    [t5] = by_check["T5_company_without_valid_cvr"]
     assert t5["unexpected_index_column_names"] == ["liability_id"]
     assert [row["liability_id"] for row in t5["partial_unexpected_index_list"]] == [company]
-    c3 = by_check["C3_agency_age_limit_out_of_range"]
-    assert [row["agency_id"] for row in c3["partial_unexpected_index_list"]] == ["799900"]
+    c3 = by_check["C3_agency_age_limit_out_of_range"]      # the range, and "a number at all"
+    assert all(r["unexpected_index_column_names"] == ["agency_id"] for r in c3)
+    assert [row["agency_id"] for r in c3 for row in r["partial_unexpected_index_list"]] == ["799900"]
     page = next((tmp_path / "docs" / "validations" / dq_checks.LIABILITY_SUITE).rglob("*.html")).read_text()
     assert "liability_id" in page and f">{company}<" in page
 

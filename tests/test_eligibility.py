@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from decimal import Decimal
 
 import fbs_rows as fr
 import pytest
 from sqlalchemy import text
+from transfers import transfer
 
 from fbs_debitor.core import ledger
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility.rules import ALREADY_SENT, AWAITING, BLOCKED, ELIGIBLE, OUT_OF_SCOPE
+from fbs_debitor.sandbox import emulator
 from fbs_debitor.transfer.run import run_assessment
 
 
@@ -100,24 +103,39 @@ def test_T3_moving_cut_off_back_transfers_older_open_ones_only(stores, fbs):
 
 
 def test_T4_group_without_responsible_patron_is_blocked_with_responsible_it_goes(stores, fbs):
+    """Issue 16, T4 as corrected on 2026-11-30 (the name is kept from the earlier reading): a patron
+    group's liabilities are never transferred, whether the group names a responsible patron or not;
+    both are blocked under T4, and the reason tells staff to create it on a named patron."""
     adult = fr.patron(fbs)
     orphan_group = fr.patron(fbs, kind="group", responsible_patron_id=None)
     led_group = fr.patron(fbs, kind="group", responsible_patron_id=adult["patron_id"])
-    blocked = fr.liability(fbs, orphan_group["patron_id"], kind="compensation")
-    ok = fr.liability(fbs, led_group["patron_id"], kind="compensation")
+    orphan = fr.liability(fbs, orphan_group["patron_id"], kind="compensation")
+    led = fr.liability(fbs, led_group["patron_id"], kind="compensation")
+    own = fr.liability(fbs, adult["patron_id"], kind="compensation")
     commit(fbs)
     v = verdicts(stores)
-    assert v[blocked["liability_id"]] == (BLOCKED, "T4")
-    assert v[ok["liability_id"]] == (ELIGIBLE, "-")
+    assert v[orphan["liability_id"]] == (BLOCKED, "T4")
+    assert v[led["liability_id"]] == (BLOCKED, "T4")
+    assert v[own["liability_id"]] == (ELIGIBLE, "-")      # the named patron's own liability goes
+    run_id, counts = run_assessment(stores)
+    assert counts[("715100", BLOCKED, "T4")] == 2 and counts[("715100", ELIGIBLE, "-")] == 1
+    found = {f.liability_id: f for f in ledger.open_findings(stores.ledger)}
+    for lia, group in ((orphan, orphan_group), (led, led_group)):
+        f = found[lia["liability_id"]]
+        assert (f.check_code, f.rule, f.severity) == ("T4_group_without_responsible_patron", "T4", "blocks_liability")
+        assert f.patron_id == group["patron_id"]                  # the group is the record staff look at
+        assert "navngiven låner i gruppen" in f.message and "named patron of the group" in f.message
 
 
-def test_T4_group_whose_responsible_patron_lacks_cpr_is_checked_as_that_person_T6(stores, fbs):
-    fr.agency(fbs, agency_id="715300", replacement_cpr_enabled=False)
-    no_cpr = fr.patron(fbs, agency_id="715300", cpr=None)
-    group = fr.patron(fbs, agency_id="715300", kind="group", responsible_patron_id=no_cpr["patron_id"])
-    lia = fr.liability(fbs, group["patron_id"], agency_id="715300")
+def test_T4_group_liabilities_are_blocked_before_waiting_for_verification_T2(stores, fbs):
+    """Issue 16, T4 (corrected): an unverified compensation on a group would never go after
+    verification either, so it is blocked under T4 at once instead of waiting under T2."""
+    fr.agency(fbs, agency_id="715300", verify_compensations=True)
+    adult = fr.patron(fbs, agency_id="715300")
+    group = fr.patron(fbs, agency_id="715300", kind="group", responsible_patron_id=adult["patron_id"])
+    lia = fr.liability(fbs, group["patron_id"], agency_id="715300", kind="compensation")
     commit(fbs)
-    assert verdicts(stores)[lia["liability_id"]] == (BLOCKED, "T6")
+    assert verdicts(stores)[lia["liability_id"]] == (BLOCKED, "T4")
 
 
 def test_T5_company_needs_a_valid_cvr_p_number_and_ean_optional(stores, fbs):
@@ -292,3 +310,38 @@ def test_problems_only_the_builder_sees_count_as_blocked_and_become_findings_F2_
     assert found[zero["liability_id"]].rule == "F2"
     assert found[kids_fee["liability_id"]].rule == "T6"
     assert found[kids_fee["liability_id"]].patron_id == guardian["patron_id"]   # the record to fix
+
+
+def test_T4_group_claims_sent_under_the_earlier_reading_stay_and_their_changes_still_go_U1(stores, fbs, emu_db,
+                                                                                          monkeypatch):
+    """Issue 16, T4 (corrected): a group's liability sent under the earlier reading (on its named
+    responsible patron) is a valid claim on a named patron. It stays at the debtor system: nothing
+    cancels it, it is never blocked or reported under T4 (it is already sent), and a change made
+    in FBS afterwards still goes (here a cancellation, U1)."""
+    adult = fr.patron(fbs)
+    group = fr.patron(fbs, kind="group", responsible_patron_id=adult["patron_id"])
+    lia = fr.liability(fbs, group["patron_id"])["liability_id"]
+    commit(fbs)
+    earlier = eligibility._verdict
+
+    def earlier_reading(row, sent):            # the group's liability went to its responsible patron
+        v = earlier(row, sent)
+        return replace(v, category=ELIGIBLE, rule="-", reason=None) if v.rule == "T4" else v
+
+    fordring = f"FBS-715100-{lia}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        with monkeypatch.context() as m:
+            m.setattr(eligibility, "_verdict", earlier_reading)
+            transfer(stores, emu.url)
+        assert {c["fordring_id"]: c["status"] for c in emulator.claims(emu_db)} == {fordring: "ACTIVE"}
+        run_id, counts = transfer(stores, emu.url)             # the corrected reading: nothing new, nothing undone
+        assert verdicts(stores)[lia] == (ALREADY_SENT, "-")
+        assert counts[("715100", BLOCKED, "T4")] == 0
+        assert [f for f in ledger.open_findings(stores.ledger) if f.liability_id == lia] == []
+        assert [c["status"] for c in emulator.claims(emu_db)] == ["ACTIVE"]
+        with stores.fbs.begin() as conn:
+            conn.execute(text("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l"),
+                         {"t": dt.datetime(2026, 11, 21, 9, 0), "l": lia})
+        transfer(stores, emu.url)
+    [claim] = emulator.claims(emu_db)
+    assert (claim["fordring_id"], claim["status"]) == (fordring, "CANCELLED")

@@ -39,6 +39,12 @@ Decided, where the rules are silent (documented in docs/design.md):
   PSRM, C6); staff get a task not to collect it twice. Write-downs and cancellations still go (U4).
 * A negative amount, a fee marked for repayment, or parties that no longer build (a CPR removed,
   ...) send nothing and become staff tasks (M1) with the rule; they are tried again every run.
+* A sent liability whose patron is gone from FBS (the liability is still there) sends nothing and
+  becomes one staff task; it is not mistaken for a liability that is gone.
+* A value of a sent liability that cannot be read as FBS holds it (an amount as text or with a third
+  decimal, a repayment mark or birth date that is not a date, identifiers that are not text) sends
+  nothing about that claim (never a rounded write-down) and becomes one staff task (M1); the other
+  claims of the page are compared as usual.
 
 A claim recorded before this existed (ledger before 0004) has no record of what was told: its
 first comparison takes FBS's state as the baseline (an event says so) and sends nothing.
@@ -58,12 +64,11 @@ from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims import fingerprints
 from fbs_debitor.claims import stream as claim_stream
-from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, as_datetime, keyset_pages, sql_file
+from fbs_debitor.core.db import Unreadable, as_amount, as_date, as_datetime, exact_amount, keyset_pages, shown, sql_file
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
@@ -168,6 +173,49 @@ def refund_again_message(number: str) -> str:
             "paid back.")
 
 
+def unreadable_message(number: str, what: str) -> str:
+    return (f"Mellemværende {number} er overført til debitorsystemet, men dets data i FBS kan ikke læses ({what}). "
+            "Der sendes intet om det, før det er rettet i FBS; beløb og datoer rundes eller gættes aldrig. / "
+            f"Liability {number} was transferred, but its data in FBS cannot be read ({what}). Nothing is sent about "
+            "it until it is corrected in FBS; amounts and dates are never rounded or guessed.")
+
+
+def orphaned_message(fordring: str, patron_id) -> str:
+    return (f"Mellemværendet bag fordring {fordring} er overført til debitorsystemet, men låneren ({patron_id}) findes "
+            "ikke længere i FBS. Der sendes intet om det, før låneren er tilbage eller mellemværendet er rettet. / "
+            f"The liability behind claim {fordring} was transferred, but its patron ({patron_id}) is no longer in "
+            "FBS. Nothing is sent about it until the patron is back or the liability is corrected.")
+
+
+_ORPHANED = text("SELECT l.liability_id, l.patron_id, (SELECT COUNT(*) FROM agency a WHERE a.agency_id = l.agency_id) "
+                 "AS agencies FROM liability l WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+
+def _orphaned(fbs: Engine, liability_ids: list[int]) -> dict[int, tuple]:
+    """Of the sent liabilities ``claim_state.sql`` did not return, those still in FBS (their
+    patron or agency is gone): {liability_id: (patron_id, agency exists)}."""
+    if not liability_ids:
+        return {}
+    with fbs.connect() as conn:
+        return {r.liability_id: (r.patron_id, bool(r.agencies)) for r in conn.execute(_ORPHANED, {"ids": liability_ids})}
+
+
+def _read_state(st, secret: bytes) -> tuple[str | None, str | None]:
+    """(what cannot be read, None) or (None, the keyed print of its parties' source fields): a sent
+    liability's FBS values, read one claim at a time so one bad value never stops the page."""
+    for column, read in (("amount", exact_amount), ("refund_requested_at", as_datetime),
+                         ("d_birth_date", as_date), ("g_birth_date", as_date)):
+        value = getattr(st, column)
+        try:
+            read(value)
+        except Unreadable as exc:
+            return f"{column} {shown(value)}: {exc}", None
+    try:
+        return None, fingerprints.source_print(st, secret)
+    except (UnicodeError, ValueError, TypeError):
+        return "the debtor's identifiers hold bytes that are not text", None
+
+
 def identity_blocked_message(number: str, why: str) -> str:
     return (f"Debitors CPR/CVR-oplysninger for mellemværende {number} er ændret i FBS, men ændringen kan ikke sendes "
             f"til debitorsystemet (U2): {why}. Ret data i FBS; så sendes ændringen ved næste kørsel. / "
@@ -253,10 +301,21 @@ def _compare_page(ctx: _Context, claims, states: dict):
     cancels = _last_cancellations(ctx.stores.ledger, [c.liability_id for c in claims if c.debtor_status == "cancelled"
                                                       and (s := states.get(c.liability_id)) is not None
                                                       and s.status == "open"])
+    orphaned = _orphaned(ctx.stores.fbs, [c.liability_id for c in claims if c.liability_id not in states])
     for c in claims:
         st = states.get(c.liability_id)
         u = Update(c)
         updates.append(u)
+        if st is None and c.liability_id in orphaned:
+            patron_id, agency_known = orphaned[c.liability_id]
+            log.error("liability %s (claim %s): its patron %s or its agency is no longer in FBS; nothing is sent about "
+                      "it", c.liability_id, c.fordring_id, patron_id)
+            if agency_known:      # a task names the agency (FBS's foreign key): without it, the log says it
+                _notice(u, tasks, f"orphaned:{patron_id}", StaffTask(
+                    f"CHG-orphaned-{c.liability_id}-{ctx.run_id[:8]}", c.agency_id, None, None, c.liability_id,
+                    TASK_KIND, orphaned_message(c.fordring_id, patron_id)),
+                    f"the patron {patron_id} is no longer in FBS; nothing sent, staff task")
+            continue
         if st is None:
             if c.fbs_status != "missing":
                 u.values["fbs_status"] = "missing"
@@ -264,7 +323,13 @@ def _compare_page(ctx: _Context, claims, states: dict):
                 log.error("liability %s (claim %s) is no longer in FBS; nothing is sent about it", c.liability_id,
                           c.fordring_id)
             continue
-        amount = as_amount(st.amount)
+        unreadable, now_source = _read_state(st, ctx.secret)
+        if unreadable is not None:
+            number = shown(st.number, 20)
+            _notice(u, tasks, f"unreadable:{unreadable}", ctx.task(st, "unreadable", unreadable_message(number, unreadable)),
+                    f"FBS values cannot be read ({unreadable}); nothing sent, staff task")
+            continue
+        amount = exact_amount(st.amount)
         refund = as_datetime(st.refund_requested_at)
         if c.debtor_amount is None:
             # Recorded before 0004: what the debtor system holds was not kept. FBS's amount and
@@ -341,7 +406,6 @@ def _compare_page(ctx: _Context, claims, states: dict):
                                       depends_on=cancels.get(c.liability_id)))
             u.values.update(debtor_amount=amount, generation=generation, fordring_id=new_id, debtor_status="live",
                             **NEW_CLAIM_SUMS)
-        now_source = fingerprints.source_print(st, ctx.secret)
         if now_source != (c.source_print or "").strip():
             if not live or any(m.kind == CANCEL for m in u.messages):
                 u.values["source_print"] = now_source   # a cancelled claim has no parties to fix
@@ -380,8 +444,9 @@ def _compare_parties(ctx: _Context, rebuild: dict[int, tuple[Update, str, bool]]
         u, now_source, send = rebuild[row.liability_id]
         c = u.claim
         told = as_amount(u.values.get("debtor_amount", c.debtor_amount))
-        built = build(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")),
-                      ctx.replacement_registry(), ctx.today)
+        # read like a new claim's row (a date that cannot be read is a Problem, not an error for the page)
+        built = claim_stream.build_row(claim_stream.RowWith(row, amount=told if told and told > 0 else Decimal("0.01")),
+                                       ctx.replacement_registry(), ctx.today)
         if built.problem or built.new_replacement_cprs:
             why = (f"{built.problem.rule}: {built.problem.message}" if built.problem
                    else "I1: the debtor has neither CPR nor replacement CPR any more")

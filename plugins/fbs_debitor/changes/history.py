@@ -3,7 +3,9 @@
 ``python -m fbs_debitor history LIABILITY_ID`` prints it as one readable timeline, from the ledger
 (events, messages and their answers, findings) and FBS (the liability now, staff tasks, payments).
 Every line goes through the CPR mask: the ledger never holds a full CPR number, and neither does
-this output.
+this output. A liability id no database can hold (beyond BIGINT) is known nowhere; FBS values that
+cannot be read (an amount as text, a date that is not one) are shown as FBS holds them, quoted,
+instead of failing the history.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from fbs_debitor.core.db import as_amount, as_datetime
+from fbs_debitor.core.db import Unreadable, as_datetime, exact_amount, shown
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.stores import Stores
 
@@ -41,12 +43,34 @@ def mask(text_: str) -> str:
     return "".join(mask_cprs_in(part) + (ids[i] if i < len(ids) else "") for i, part in enumerate(parts))
 
 
+# A liability id is a BIGINT in both databases.
+ID_MIN, ID_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
 def _date_time(value) -> dt.datetime:
-    at = as_datetime(value)
-    if at is None and value is not None:
-        at = dt.datetime.combine(value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10]),
-                                 dt.time())
-    return at or dt.datetime.min
+    """For ordering the timeline: the moment, or the earliest one when it cannot be read."""
+    try:
+        return as_datetime(value) or dt.datetime.min
+    except Unreadable:
+        return dt.datetime.min
+
+
+def _when(value, fmt: str) -> str:
+    """A timestamp for a line: formatted, or as FBS holds it (quoted) when it cannot be read."""
+    try:
+        at = as_datetime(value)
+    except Unreadable:
+        return f"{shown(value)} (unreadable)"
+    return at.strftime(fmt) if at is not None else "?"
+
+
+def _money(value) -> str:
+    """An amount for a line: exact, or as FBS holds it (quoted) when it cannot be read exactly."""
+    try:
+        amount = exact_amount(value)
+    except Unreadable:
+        return f"{shown(value)} (unreadable)"
+    return str(amount) if amount is not None else "?"
 
 
 def entries(stores: Stores, liability_id: int) -> list[Entry]:
@@ -71,12 +95,15 @@ def entries(stores: Stores, liability_id: int) -> list[Entry]:
         for r in conn.execute(text("SELECT payment_id, kind, amount, booked_on, source_ref FROM payment "
                                    "WHERE liability_id = :l"), {"l": liability_id}):
             out.append(Entry(_date_time(r.booked_on), 0, "fbs", f"payment {r.kind}", None,
-                             f"{as_amount(r.amount)} DKK ({r.payment_id}{', ' + r.source_ref if r.source_ref else ''})"))
+                             f"{_money(r.amount)} DKK ({r.payment_id}{', ' + r.source_ref if r.source_ref else ''})"))
     return sorted(out, key=lambda e: (e.at, e.order))
 
 
 def format_history(stores: Stores, liability_id: int, width: int = 160) -> str | None:
-    """The readable timeline, or None when neither FBS nor the ledger knows the liability."""
+    """The readable timeline, or None when neither FBS nor the ledger knows the liability (an id
+    beyond what a BIGINT holds is known by neither, and is not looked up)."""
+    if not ID_MIN <= liability_id <= ID_MAX:
+        return None
     with stores.fbs.connect() as conn:
         now = conn.execute(text("SELECT agency_id, kind, number, amount, status, created_at, refund_requested_at "
                                 "FROM liability WHERE liability_id = :l"), {"l": liability_id}).first()
@@ -91,15 +118,15 @@ def format_history(stores: Stores, liability_id: int, width: int = 160) -> str |
         return None
     lines = [f"Liability {liability_id}"]
     if now is not None:
-        lines.append(f"  FBS now:       {now.kind} {now.number}, agency {now.agency_id}, {as_amount(now.amount)} DKK, "
-                     f"status {now.status}, created {_date_time(now.created_at):%Y-%m-%d %H:%M}"
-                     + (f", marked for repayment {_date_time(now.refund_requested_at):%Y-%m-%d}"
+        lines.append(f"  FBS now:       {now.kind} {now.number}, agency {now.agency_id}, {_money(now.amount)} DKK, "
+                     f"status {now.status}, created {_when(now.created_at, '%Y-%m-%d %H:%M')}"
+                     + (f", marked for repayment {_when(now.refund_requested_at, '%Y-%m-%d')}"
                         if now.refund_requested_at else ""))
     else:
         lines.append("  FBS now:       not in FBS")
     if claim is not None:
         lines.append(f"  debtor system: claim {claim.fordring_id} (generation {claim.generation}), creation "
-                     f"{claim.state}; told {as_amount(claim.debtor_amount) if claim.debtor_amount is not None else '?'}"
+                     f"{claim.state}; told {_money(claim.debtor_amount)}"
                      f" DKK, {claim.debtor_status or '?'}")
     else:
         lines.append("  debtor system: never sent")
@@ -109,11 +136,11 @@ def format_history(stores: Stores, liability_id: int, width: int = 160) -> str |
             answer = m.state + (f" {m.debtor_ref}" if m.debtor_ref and m.state == "accepted" else "")
             if m.state == "rejected" or m.error_code:
                 answer += f" {m.error_code or ''}: {m.last_error or ''}"
-            amount = f" {as_amount(m.amount)} DKK" if m.amount is not None else ""
+            amount = f" {_money(m.amount)} DKK" if m.amount is not None else ""
             lines.append(f"  {m.message_key:<14} {m.operation:<19} {m.change_kind or 'create':<16} {m.fordring_id}"
                          f"{amount}; {answer.strip()}; attempts {m.attempts}"
-                         + (f", sent {_date_time(m.sent_at):%Y-%m-%d %H:%M:%S}" if m.sent_at else "")
-                         + (f", answered {_date_time(m.answered_at):%Y-%m-%d %H:%M:%S}" if m.answered_at else ""))
+                         + (f", sent {_when(m.sent_at, '%Y-%m-%d %H:%M:%S')}" if m.sent_at else "")
+                         + (f", answered {_when(m.answered_at, '%Y-%m-%d %H:%M:%S')}" if m.answered_at else ""))
     lines += ["", "Timeline:"]
     for e in timeline:
         key = f" [{e.message_key}]" if e.message_key else ""

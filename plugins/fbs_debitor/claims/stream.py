@@ -4,20 +4,26 @@ Each eligibility page (``eligibility.iter_verdicts``) is followed by one query o
 ``claim_rows.sql`` for exactly its eligible liabilities, whose rows ``claims.builder.build`` turns
 into claims. Replacement CPR numbers already in FBS are loaded once, so new ones never
 collide with them or with each other.
+
+Each row's amount and dates are read here first, one row at a time (``read_values``): a value
+that cannot be read exactly as FBS holds it (an amount as text or with a third decimal, a date
+that is not a date or lies beyond what a claim can carry) makes that liability a Problem naming
+its rule and check code, and the rest of the page is built as usual. Nothing is rounded, cut or
+guessed to make it fit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims.builder import build
-from fbs_debitor.claims.model import Built
-from fbs_debitor.core.db import sql_file
+from fbs_debitor.claims.model import Built, Problem
+from fbs_debitor.core.db import Unreadable, exact_amount, shown, sql_file, usable_date, usable_timestamp
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.eligibility import rules as eligibility
 
@@ -39,6 +45,73 @@ class RowWith:
         if name in self._fields:
             return self._fields[name]
         return getattr(self._row, name)
+
+
+@dataclass(frozen=True)
+class Value:
+    """A column of ``claim_rows.sql`` read before building, and what it means when it cannot be."""
+
+    column: str
+    read: Callable
+    rule: str
+    code: str
+    what: str          # Danish / English
+    kind: str          # what it should be, Danish / English
+    party: str = "d"   # whose patron id the finding names: the debtor (d) or the guardian (g)
+
+
+AMOUNT = "kroner og øre / kroner and øre"
+DATE = "en dato / a date"
+VALUES = (
+    Value("amount", exact_amount, "F2", "F2_amount_not_exact", "Beløbet / the amount", AMOUNT),
+    Value("created_at", usable_timestamp, "F2", "F2_date_unreadable", "Oprettelsestidspunktet / the creation time",
+          DATE),
+    Value("loan_date", usable_date, "F2", "F2_date_unreadable", "Udlånsdatoen / the loan date", DATE),
+    Value("due_date", usable_date, "F2", "F2_date_unreadable", "Afleveringsfristen / the loan's due date", DATE),
+    Value("reloan_date", usable_date, "F2", "F2_date_unreadable", "Genlånsdatoen / the re-loan date", DATE),
+    # A birth date decides the replacement CPR (I1) and whether the debtor is a minor (C1).
+    Value("d_birth_date", usable_date, "I1", "I1_replacement_cpr_not_possible",
+          "Lånerens fødselsdato / the patron's birth date", DATE),
+    Value("g_birth_date", usable_date, "I1", "I1_replacement_cpr_not_possible",
+          "Den økonomisk ansvarliges fødselsdato / the guardian's birth date", DATE, party="g"),
+)
+
+
+_READERS = tuple((v.column, v.read) for v in VALUES)
+
+
+def read_values(row) -> tuple[dict[str, object], Problem | None]:
+    """The row's amount and dates as Python values ({column: value}, None where unreadable) and
+    the Problem of the first one that cannot be read as it is (None when all can). Never raises:
+    one row's values never stop the page."""
+    try:
+        return {column: read(getattr(row, column)) for column, read in _READERS}, None
+    except Unreadable:
+        pass
+    values: dict[str, object] = {}
+    problem = None
+    for v in VALUES:
+        raw = getattr(row, v.column)
+        try:
+            values[v.column] = v.read(raw)
+        except Unreadable as exc:
+            values[v.column] = None
+            if problem is None:
+                da, en = v.what.split(" / ")
+                kind_da, kind_en = v.kind.split(" / ")
+                patron = row.g_patron_id if v.party == "g" else (row.d_patron_id or row.b_patron_id)
+                problem = Problem(row.liability_id, row.agency_id, patron, v.rule,
+                                  f"{da} {shown(raw)} kan ikke læses som {kind_da} ({exc}) / "
+                                  f"{en} {shown(raw)} cannot be read as {kind_en}", code=v.code)
+    return values, problem
+
+
+def build_row(row, registry: ReplacementCprRegistry, today: dt.date) -> Built:
+    """The claim of one eligible liability's row, or its Problem when a value cannot be read."""
+    _values, problem = read_values(row)
+    if problem is not None:
+        return Built(problem=problem)
+    return build(row, registry, today)
 
 
 def taken_replacement_cprs(fbs: Engine) -> set[str]:
@@ -66,4 +139,4 @@ def iter_pages(fbs: Engine, ledger: Engine, page_size: int | None = None, today:
     for verdicts in eligibility.iter_verdicts(fbs, ledger, page_size, scope):
         eligible = [v.liability_id for v in verdicts if v.category == eligibility.ELIGIBLE]
         rows = claim_rows(fbs, eligible, today) if eligible else []
-        yield Page(verdicts, [(row, build(row, registry, today)) for row in rows])
+        yield Page(verdicts, [(row, build_row(row, registry, today)) for row in rows])

@@ -12,7 +12,14 @@ PostgreSQL and SQLite is decided here, once:
   engine turns them into the ISO text and numbers SQLite stores, before every statement
   (``_sqlite_parameters``), so no caller converts or asks which database it is;
 * values read back: ``as_date``, ``as_datetime``, ``as_amount`` and ``as_bool`` accept either
-  database's representation;
+  database's representation; ``exact_amount`` and ``usable_date`` / ``usable_timestamp`` read FBS's
+  values without changing them, and refuse (``Unreadable``) what cannot be read as it is;
+* values that do not fit their column: SQLite keeps any type in any column and any bytes in a text
+  column; PostgreSQL keeps dates beyond the years Python can hold (1-9999). Neither stops a read:
+  text that is not UTF-8 comes back with its bad bytes as lone surrogates (``surrogateescape``), a
+  date or timestamp Python cannot hold comes back as its text. The readers then refuse them, one
+  value of one row at a time, so one bad record never fails the page it is in (``is_timestamp``
+  tells SQL the same);
 * bulk loading (``bulk_insert``, ``bulk_load``, ``empty_tables``) and locks (``exclusive``).
 """
 
@@ -23,13 +30,17 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
+import psycopg
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from sqlalchemy import bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.sql.elements import TextClause
 
+from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import SQL_DIR
 
 CENT = Decimal("0.01")
@@ -62,6 +73,9 @@ def make_engine(url: str | URL, schema: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            # Text that is not valid UTF-8 is read as it is (bad bytes as lone surrogates) instead of
+            # failing the whole query with the value in the error message (a CPR number, say).
+            dbapi_conn.text_factory = _decode_text
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys = ON")
             cur.execute("PRAGMA busy_timeout = 60000")
@@ -76,9 +90,40 @@ def make_engine(url: str | URL, schema: str) -> Engine:
         raise ValueError(f"bad schema name {schema!r}")
     engine = create_engine(u, connect_args={"options": f"-c search_path={schema}"}, pool_pre_ping=True,
                            hide_parameters=True)
+    event.listen(engine, "connect", _tolerant_dates)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     return engine
+
+
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+class _TolerantLoader(Loader):
+    """A date or timestamp Python cannot hold (beyond year 9999, before year 1, infinity) read as
+    its text instead of failing the whole result: ``usable_date`` / ``usable_timestamp`` then
+    refuse it for its own row. Wraps psycopg's own loader (C, not subclassable)."""
+
+    inner: type
+
+    def __init__(self, oid, context=None):
+        super().__init__(oid, context)
+        self._inner = self.inner(oid, context)
+
+    def load(self, data):
+        try:
+            return self._inner.load(data)
+        except psycopg.DataError:
+            return bytes(data).decode("utf-8", "replace")
+
+
+def _tolerant_dates(dbapi_conn, _record) -> None:
+    adapters = dbapi_conn.adapters
+    for name in ("date", "timestamp", "timestamptz"):
+        oid = adapters.types[name].oid
+        inner = adapters.get_loader(oid, Format.TEXT)
+        adapters.register_loader(oid, type(f"Tolerant{inner.__name__}", (_TolerantLoader,), {"inner": inner}))
 
 
 def url_for(kind: str | None, host: str | None = None, port: int | None = None, login: str | None = None,
@@ -145,28 +190,154 @@ def run_script(conn: Connection, script: str) -> int:
 # turn either into the Python type, so domain code never branches on the dialect. Going in, a
 # SQLite engine converts bound values itself (``_sqlite_parameters``).
 
+class Unreadable(ValueError):
+    """A value that cannot be read as what its column should hold. The message says why, never
+    the value (it might be a CPR number typed into the wrong field)."""
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")   # what SQL compares as a date, too (``is_timestamp``)
+
+
+def _iso_text(value) -> str:
+    if isinstance(value, bytes):
+        raise Unreadable("not text")
+    if not isinstance(value, str):
+        raise Unreadable(f"a value of type {type(value).__name__}, not ISO text")
+    if not _ISO_DATE.match(value):
+        raise Unreadable("not an ISO date (YYYY-MM-DD)")
+    return value
+
+
 def as_date(value) -> dt.date | None:
+    """A date from either database: a date, a timestamp (its day), or ISO text ``YYYY-MM-DD``
+    with or without a time. Anything else raises ``Unreadable`` (a ValueError), never a value cut
+    to fit."""
     if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
     if isinstance(value, dt.datetime):
         return value.date()
-    return dt.date.fromisoformat(str(value)[:10])
+    text_ = _iso_text(value)
+    try:
+        return dt.date.fromisoformat(text_)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text_).date()
+    except ValueError:
+        raise Unreadable("not a valid date") from None
 
 
 def as_datetime(value) -> dt.datetime | None:
+    """A timestamp from either database (a date counts as its midnight); ISO text as ``as_date``."""
     if value is None or isinstance(value, dt.datetime):
         return value
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day)
-    return dt.datetime.fromisoformat(str(value))
+    try:
+        return dt.datetime.fromisoformat(_iso_text(value))
+    except Unreadable:
+        raise
+    except ValueError:
+        raise Unreadable("not a valid date and time") from None
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value read from FBS as a message may show it: text quoted, CPR-shaped numbers masked,
+    control characters and bytes that were not UTF-8 escaped (``\\x1b``, ``\\xff``: a message
+    must be storable and printable), cut to ``limit`` characters with an ellipsis."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if not isinstance(value, str):
+        return mask_cprs_in(str(value))[:limit]
+
+    def one(ch: str) -> str:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:               # a byte that was not UTF-8 (surrogateescape)
+            return f"\\x{ord(ch) - 0xDC00:02x}"
+        if 0xD800 <= ord(ch) <= 0xDFFF or not ch.isprintable():
+            return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+        return ch
+
+    text_ = mask_cprs_in("".join(one(ch) for ch in value))
+    return f"'{text_}'" if len(text_) <= limit else f"'{text_[:limit]}…'"
+
+
+# Dates the integration can use: four-digit years, with room for a claim's date arithmetic (a
+# fee's due date is the loan's due date plus a day plus the payment term). The FBS readers below are
+# pure functions of the value and a page repeats values (a loan's dates, a patron's birth date,
+# amounts), so they are memoised, bounded, per type (1 and 1.0 are read apart).
+_MEMO = 1 << 16
+FIRST_DATE = dt.date(1, 1, 1)
+LAST_DATE = dt.date(9998, 12, 31)
+
+
+@lru_cache(maxsize=_MEMO, typed=True)
+def usable_date(value) -> dt.date | None:
+    """An FBS date (``as_date``) that a claim can carry: ``Unreadable`` outside FIRST_DATE..LAST_DATE."""
+    day = as_date(value)
+    if day is not None and not FIRST_DATE <= day <= LAST_DATE:
+        raise Unreadable(f"outside {FIRST_DATE.isoformat()}..{LAST_DATE.isoformat()}")
+    return day
+
+
+@lru_cache(maxsize=_MEMO, typed=True)
+def usable_timestamp(value) -> dt.datetime | None:
+    """An FBS timestamp (``as_datetime``) whose day a claim can carry (see ``usable_date``). FBS's
+    timestamps are local time without a zone: one with a UTC offset (SQLite keeps any text) is not
+    one of them, and is refused rather than converted."""
+    at = as_datetime(value)
+    if at is not None:
+        if at.tzinfo is not None:
+            raise Unreadable("a time with a UTC offset, not FBS's local time")
+        usable_date(at.date())
+    return at
 
 
 def as_amount(value) -> Decimal | None:
+    """An amount the integration itself stored or summed, to the øre (SQLite hands sums back as
+    floats). FBS's own amounts are read with ``exact_amount``, which never rounds."""
     if value is None:
         return None
     if isinstance(value, Decimal):
         return value.quantize(CENT)
     return Decimal(str(value)).quantize(CENT)
+
+
+MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12 in the schema
+
+
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+@lru_cache(maxsize=_MEMO, typed=True)
+def exact_amount(value) -> Decimal | None:
+    """An FBS amount exactly as stored, in kroner and øre; ``Unreadable`` (never rounded, never cut)
+    when it is not a number, has more than two decimals, or does not fit NUMERIC(12,2). SQLite
+    keeps a NUMERIC value as integer, real or text: a real is read by its shortest representation
+    (what was written), so 12.345 stays 12.345 and is refused; text is what SQLite could not read
+    as a number ('12,50')."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not _NUMBER.fullmatch(value):
+            raise Unreadable("not a number")
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        amount = Decimal(repr(value)) if value == value and abs(value) != float("inf") else None
+        if amount is None:
+            raise Unreadable("not a finite number")
+    elif isinstance(value, Decimal | int) and not isinstance(value, bool):
+        amount = Decimal(value)
+        if not amount.is_finite():
+            raise Unreadable("not a finite number")
+    else:
+        raise Unreadable(f"a value of type {type(value).__name__}, not a number")
+    if abs(amount) > MAX_AMOUNT:
+        raise Unreadable("larger than 9,999,999,999.99")
+    if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):
+        raise Unreadable("more than two decimals")
+    return amount.quantize(CENT)
 
 
 def as_bool(value) -> bool | None:
@@ -196,6 +367,19 @@ def _sqlite_parameters(conn, cursor, statement, parameters, context, executemany
         return tuple(_sqlite_value(v) for v in params)
 
     return statement, ([one(p) for p in parameters] if executemany else one(parameters))
+
+
+def is_timestamp(bind: Engine | Connection, column: str) -> str:
+    """A SQL condition: ``column`` (a date or timestamp column) holds a value that compares as one.
+    PostgreSQL's typed columns always do. SQLite keeps anything: only ISO text (what ``as_date``
+    reads) compares as a date with ISO text; a number, a blob or other text does not, and the
+    queries then treat the row as one whose date is unknown rather than as older or newer."""
+    if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)?", column):
+        raise ValueError("bad column name")
+    if not _is_sqlite(bind):
+        return "(1 = 1)"
+    return (f"(typeof({column}) = 'text' AND {column} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
+            f"AND julianday({column}) IS NOT NULL)")
 
 
 def in_query(sql: str, *names: str) -> TextClause:

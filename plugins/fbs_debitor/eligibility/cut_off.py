@@ -15,6 +15,10 @@ last seen (``cut_off.seen_cut_off``) and the date from which the hourly run tran
   and on the backfill). Liabilities now before the cut-off are no longer sent (T1): a backfill
   whose range lies wholly before the new date is stopped; one that straddles it continues from
   the new date; nothing already sent is recalled.
+
+An agency whose cut-off date cannot be read (SQLite keeps text in a DATE column; PostgreSQL a
+year Python cannot hold) is left out of detection with an error in the log, and the other agencies
+are detected as usual: nothing is recorded or moved for it until the date is readable.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_date
+from fbs_debitor.core.db import Unreadable, as_date, shown
 from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 
@@ -53,9 +57,22 @@ class Change:
 
 
 def fbs_cut_offs(fbs: Engine) -> dict[str, dt.date]:
+    """Every agency's cut-off date in FBS; one that cannot be read is logged and left out."""
     with fbs.connect() as conn:
-        return {r.agency_id: as_date(r.cut_off_date)
-                for r in conn.execute(text("SELECT agency_id, cut_off_date FROM agency ORDER BY agency_id"))}
+        rows = conn.execute(text("SELECT agency_id, cut_off_date FROM agency ORDER BY agency_id")).all()
+    found = {}
+    for r in rows:
+        try:
+            cut = as_date(r.cut_off_date)
+        except Unreadable as exc:
+            log.error("agency %s: the cut-off date %s in FBS cannot be read (%s); no cut-off move is detected "
+                      "for it until it is corrected (T1, T3)", r.agency_id, shown(r.cut_off_date), exc)
+            continue
+        if cut is None:
+            log.error("agency %s has no cut-off date in FBS (T1)", r.agency_id)
+            continue
+        found[r.agency_id] = cut
+    return found
 
 
 def state(ledger_engine: Engine, agency_id: str) -> tuple[dt.date, dt.date] | None:

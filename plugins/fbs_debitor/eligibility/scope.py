@@ -1,17 +1,23 @@
 """Which liabilities a run covers: the hourly run's, or one backfill chunk's (T1, T3).
 
 The queries that select, count and check liabilities (``include/sql/queries/eligibility_*.sql``)
-carry three placeholders that a ``Scope`` fills with SQL conditions on ``liability l`` joined
-with ``agency a``, values always as bound parameters:
+carry placeholders that a ``Scope`` fills with SQL conditions on ``liability l`` joined with
+``agency a``, values always as bound parameters:
 
-  {universe}  the liabilities this run accounts for: all of them (hourly), or one agency's
-              liabilities created in [from, to) (a backfill chunk)
-  {t1}        on or after the cut-off date (T1): FBS's own setting, read live, so a cut-off moved
-              forward in the middle of a backfill stops it at the next page; a dry-run preview of
-              a cut-off not yet moved in FBS counts from its own date instead
-  {held}      the ranges the hourly run leaves to debitor_backfill: per agency, created before
-              the ledger's ``cut_off.hourly_from`` (with {t1}: the range between FBS's cut-off
-              date and that date)
+  {universe}       the liabilities this run accounts for: all of them (hourly), or one agency's
+                   liabilities created in [from, to) (a backfill chunk)
+  {t1}             on or after the cut-off date (T1): FBS's own setting, read live, so a cut-off
+                   moved forward in the middle of a backfill stops it at the next page; a dry-run
+                   preview of a cut-off not yet moved in FBS counts from its own date instead
+  {after_cut_off}  on or after FBS's cut-off date (whatever the run's preview)
+  {held}           the ranges the hourly run leaves to debitor_backfill: per agency, created
+                   before the ledger's ``cut_off.hourly_from`` (with {t1}: the range between FBS's
+                   cut-off date and that date)
+
+A creation time that is not a timestamp at all (SQLite keeps any value in any column) is neither
+before nor after a date: such a liability is in the hourly run's scope, never in a backfill
+chunk's or a held range, so eligibility refuses it with a finding (F2) instead of counting it as
+older than the cut-off (``db.is_timestamp``).
 
 Nothing here decides a rule's outcome; it only says which liabilities a run is about, so that an
 hourly run never sends a backlog that waits for the backfill, and a chunk never reaches outside
@@ -24,9 +30,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from fbs_debitor.core.db import as_date, chunked, in_query, sql_file
+from fbs_debitor.core.db import as_date, chunked, in_query, is_timestamp, sql_file
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,10 @@ class Scope:
             raise ValueError(f"empty chunk {from_date} - {to_date}")
         return cls(agency_id=agency_id, from_date=from_date, to_date=to_date, follow_cut_off=follow_cut_off)
 
-    def conditions(self) -> tuple[dict[str, str], dict]:
-        """The three placeholders' SQL and their parameters."""
+    def conditions(self, bind: Engine | Connection) -> tuple[dict[str, str], dict]:
+        """The placeholders' SQL and their parameters (for the FBS database ``bind``)."""
         params: dict = {}
+        dated = is_timestamp(bind, "l.created_at")
         if self.is_chunk:
             universe = ("(l.agency_id = :scope_agency AND l.created_at >= :scope_from "
                         "AND l.created_at < :scope_to)")
@@ -57,19 +64,21 @@ class Scope:
                           scope_to=self.to_date)
         else:
             universe = "(1 = 1)"
-        t1 = "(l.created_at >= a.cut_off_date)" if self.follow_cut_off else "(1 = 1)"
+        after_cut_off = f"(l.created_at >= a.cut_off_date OR NOT {dated})"
+        t1 = after_cut_off if self.follow_cut_off else "(1 = 1)"
         parts = []
         for i, (agency_id, until) in enumerate(self.held):
-            parts.append(f"(l.agency_id = :scope_held_{i} AND l.created_at < :scope_until_{i})")
+            parts.append(f"(l.agency_id = :scope_held_{i} AND l.created_at < :scope_until_{i} AND {dated})")
             params[f"scope_held_{i}"] = agency_id
             params[f"scope_until_{i}"] = until
         held = "(" + " OR ".join(parts) + ")" if parts else "(1 = 0)"
-        return {"{universe}": universe, "{t1}": t1, "{held}": held}, params
+        return {"{universe}": universe, "{t1}": t1, "{after_cut_off}": after_cut_off, "{held}": held}, params
 
-    def render(self, relpath: str) -> tuple[str, dict]:
-        """``include/sql/<relpath>`` with the placeholders filled, and the parameters they bind."""
+    def render(self, relpath: str, bind: Engine | Connection) -> tuple[str, dict]:
+        """``include/sql/<relpath>`` with the placeholders filled for the FBS database ``bind``, and
+        the parameters they bind."""
         sql = sql_file(relpath)
-        fragments, params = self.conditions()
+        fragments, params = self.conditions(bind)
         for marker, condition in fragments.items():
             sql = sql.replace(marker, condition)
         return sql, params
@@ -87,7 +96,7 @@ class Scope:
 def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
     """Where each of these liabilities stands against the scope (``liability_in_scope.sql``: rows
     of liability_id, in_universe, due, waiting); ids no longer in FBS have no row."""
-    sql, params = scope.render("queries/liability_in_scope.sql")
+    sql, params = scope.render("queries/liability_in_scope.sql", fbs)
     query = in_query(sql, "ids")
     rows: list = []
     with fbs.connect() as conn:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from fbs_debitor.claims.stream import claim_rows
+from fbs_debitor.claims.stream import claim_rows, read_values
 from fbs_debitor.core import ledger
 from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr
 from fbs_debitor.core.settings import HOME, age_limit_range, var_dir
@@ -96,7 +96,7 @@ _CATEGORICAL = ("liability_kind", "borrower_kind", "debtor_kind", "debtor_vendor
 _EMPTY_DTYPES = {
     **{c: "bool" for c in LIABILITY_COLUMNS}, **{c: "category" for c in _CATEGORICAL},
     "liability_id": "int64", "debtor_patron_id": "float64", "guardian_patron_id": "float64", "amount": "float64",
-    **{c: "datetime64[ns]" for c in ("founding_date", "due_date", "created_date", "loan_date")},
+    **{c: "datetime64[us]" for c in ("founding_date", "due_date", "created_date", "loan_date")},
 }
 
 
@@ -118,60 +118,72 @@ def _page_frame(rows, today: dt.date):
     """One page of claim rows as (the GX frame's rows, the finding details by liability id).
 
     Identifiers are read here and only their verdicts leave: the second frame (agency, branch,
-    patron, masked CPR for the message) never goes to GX."""
+    patron, masked CPR for the message) never goes to GX.
+
+    Amounts and dates are read one row at a time, as the claims are built (``read_values``): one
+    that cannot be read as it is becomes a gap in the frame (GX passes over it) and is the claim
+    building's finding (F2, I1) for that liability alone, never an error for the page. A patron
+    group's liability is described by the group itself: it never goes (T4), so its named
+    responsible patron's data is not checked as if it were the debtor's."""
     import pandas as pd
 
     df = pd.DataFrame.from_records(rows, columns=list(rows[0]._fields))  # callers pass a non-empty page
-    person = df["d_kind"].eq("person")
-    company = df["d_kind"].eq("company")
-    cpr = df["d_cpr"].fillna("").astype(str).str.strip()
+    values = pd.DataFrame.from_records([read_values(row)[0] for row in rows], index=df.index,
+                                       columns=["amount", "created_at", "loan_date", "due_date", "reloan_date",
+                                                "d_birth_date"])
+    group = df["b_kind"].eq("group")
+    debtor_kind = df["d_kind"].where(~group, "group")
+    person = debtor_kind.eq("person")
+    company = debtor_kind.eq("company")
+    cpr = df["d_cpr"].where(~group).map(_text).str.strip()
     has_cpr = cpr.ne("")
     # Each distinct number is checked once (a patron's number recurs on all their liabilities).
     checks = {v: check_cpr(v, today) for v in cpr[has_cpr].unique()}
     cpr_usable = cpr.map(lambda v: bool(v) and checks[v].ok)
     cpr_mod11_warn = cpr.map(lambda v: bool(v) and checks[v].ok and bool(checks[v].warning))
-    repl = df["d_replacement_cpr"].fillna("").astype(str).str.strip()
+    repl = df["d_replacement_cpr"].where(~group).map(_text).str.strip()
     has_repl = repl.ne("")
 
-    cvrs = df["d_cvr"].fillna("").astype(str)
+    cvrs = df["d_cvr"].where(~group).map(_text)
     cvr_valid = {v: check_cvr(v).ok for v in cvrs[company].unique()}
     births_from_cpr = {v: birth_date_from_cpr(v) for v in checks}
     births_from_repl = {v: birth_date_from_cpr(v) for v in repl[has_repl].unique()}
-    birth = pd.to_datetime(df["d_birth_date"], errors="coerce")
-    birth = birth.fillna(pd.to_datetime(cpr.map(births_from_cpr), errors="coerce"))
+    birth = _dates(values["d_birth_date"].where(~group))
+    birth = birth.fillna(_dates(cpr.map(births_from_cpr)))
     # A child known only by a stored replacement CPR is still a child (I1: it encodes the birth date).
-    birth = birth.fillna(pd.to_datetime(repl.map(births_from_repl), errors="coerce"))
-    created = pd.to_datetime(df["created_at"], errors="coerce")
+    birth = birth.fillna(_dates(repl.map(births_from_repl)))
+    created = _dates(values["created_at"])
     age = created.dt.year - birth.dt.year - ((created.dt.month * 100 + created.dt.day)
                                              < (birth.dt.month * 100 + birth.dt.day)).astype(int)
     low, high = age_limit_range()
-    sane_limit = df["age_limit"].astype(int).between(low, high)   # C3 agencies are held whole instead
-    loan_date = pd.to_datetime(df["loan_date"], errors="coerce")
+    age_limit = pd.to_numeric(df["age_limit"], errors="coerce")
+    sane_limit = age_limit.between(low, high)   # C3 agencies are held whole instead
+    loan_date = _dates(values["loan_date"])
 
     gx_rows = pd.DataFrame({
         "liability_id": df["liability_id"].astype("int64"),
         "liability_kind": df["kind"].astype("str").astype("category"),
         "borrower_kind": df["b_kind"].astype("str").astype("category"),
-        "debtor_kind": df["d_kind"].astype("str").astype("category"),
-        "debtor_patron_id": pd.to_numeric(df["d_patron_id"], errors="coerce").astype("float64"),
-        "guardian_patron_id": pd.to_numeric(df["g_patron_id"], errors="coerce").astype("float64"),
+        "debtor_kind": debtor_kind.astype("str").astype("category"),
+        "debtor_patron_id": pd.to_numeric(df["d_patron_id"].where(~group), errors="coerce").astype("float64"),
+        "guardian_patron_id": pd.to_numeric(df["g_patron_id"].where(~group), errors="coerce").astype("float64"),
         "debtor_vendor": df["debtor_vendor"].astype("str").astype("category"),
         "replacement_cpr_enabled": df["replacement_cpr_enabled"].astype(bool),
         "has_cpr": has_cpr,
         "cpr_usable": cpr_usable.astype(bool),
         "cpr_passes_modulus_11": ~cpr_mod11_warn.astype(bool),
         "has_replacement_cpr": has_repl,
-        "has_birth_date": df["d_birth_date"].notna(),
-        "guardian_has_cpr": df["g_cpr"].fillna("").astype(str).str.strip().ne(""),
-        "is_minor": person & birth.notna() & sane_limit & (age < df["age_limit"].astype(int)),
+        "has_birth_date": df["d_birth_date"].where(~group).notna(),
+        "guardian_has_cpr": df["g_cpr"].where(~group).map(_text).str.strip().ne(""),
+        "is_minor": person & birth.notna() & sane_limit & (age < age_limit),
         "cvr_valid": cvrs.map(lambda v: cvr_valid.get(v, False)).astype(bool),
-        "has_ean_or_p_number": df["d_ean"].notna() | df["d_p_number"].notna(),
-        "amount": pd.to_numeric(df["amount"]).astype("float64"),
+        "has_ean_or_p_number": df["d_ean"].where(~group).notna() | df["d_p_number"].where(~group).notna(),
+        "amount": values["amount"].map(lambda v: float(v) if v is not None else None).astype("float64"),
         # F3 as the builder computes it: a compensation's founding date is the re-loan or loan
         # date and its due date the loan's due date; a fee's due date is its founding date (the
         # day after the loan's due date) plus the payment term, so it can never come first.
-        "founding_date": pd.to_datetime(df["reloan_date"], errors="coerce").fillna(loan_date),
-        "due_date": pd.to_datetime(df["due_date"], errors="coerce"),
+        "founding_date": _dates(values["reloan_date"]).fillna(loan_date),
+        "due_date": _dates(values["due_date"]),
         "created_date": created.dt.normalize(),
         "loan_date": loan_date,
     }, columns=list(LIABILITY_COLUMNS))
@@ -179,10 +191,26 @@ def _page_frame(rows, today: dt.date):
         "liability_id": gx_rows["liability_id"],
         "agency_id": df["agency_id"].astype(str),
         "branch_id": df["b_branch_id"],
-        "patron_id": df["d_patron_id"].fillna(df["b_patron_id"]).astype("int64"),
+        # the patron whose data must be fixed: the group itself for a group (T4), else the debtor
+        "patron_id": df["d_patron_id"].where(~group).fillna(df["b_patron_id"]).astype("int64"),
         "masked_cpr": cpr.map(lambda v: mask_cpr(v) if v else ""),
     })
     return gx_rows, details
+
+
+def _text(value) -> str:
+    """An identifier as text for the checks ('' for none; a blob is not a number, whatever it holds)."""
+    if value is None or isinstance(value, float) and value != value:    # None, or NaN where pandas masked it
+        return ""
+    return value if isinstance(value, str) else "<not text>"
+
+
+def _dates(values):
+    """Dates and timestamps already read (``read_values``, ``birth_date_from_cpr``), or None, as a
+    datetime64 column at microseconds, which holds every date a claim can carry (years 1-9998)."""
+    import pandas as pd
+
+    return pd.to_datetime(values, errors="coerce").astype("datetime64[us]")
 
 
 def _concat(parts):
@@ -356,7 +384,10 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
             "SELECT agency_id, age_limit FROM agency WHERE CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a "
             "ORDER BY agency_id"),
             {"a": scope.agency_id if scope is not None else None})], columns=list(AGENCY_COLUMNS))
-    agencies = agencies.astype({"agency_id": str, "age_limit": "int64"})
+    # An age limit that is not a number (SQLite keeps text in any column) is a gap the suite
+    # refuses (C3: not null), not an error for every agency.
+    agencies = agencies.assign(agency_id=agencies["agency_id"].astype(str),
+                               age_limit=pd.to_numeric(agencies["age_limit"], errors="coerce").astype("float64"))
     low, high = age_limit_range()
     if parts:
         liabilities = _concat(parts)
@@ -375,8 +406,9 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     findings: list[ledger.Finding] = []
     held = failing_agencies.get(AGENCY_CHECK, set())
     for agency in agencies[agencies["agency_id"].isin(held)].itertuples(index=False):
-        reason = (f"Myndighedsalderen er {int(agency.age_limit)} (forventet {low}-{high}): alle lånere ville blive "
-                  f"klassificeret forkert. / Age limit {int(agency.age_limit)} outside {low}-{high} (C3).")
+        limit = f"{agency.age_limit:g}" if agency.age_limit == agency.age_limit else "ikke et tal / not a number"
+        reason = (f"Myndighedsalderen er {limit} (forventet {low}-{high}): alle lånere ville blive "
+                  f"klassificeret forkert. / Age limit {limit} outside {low}-{high} (C3).")
         result.blocked_agencies[str(agency.agency_id)] = reason
         findings.append(ledger.Finding(check_code=AGENCY_CHECK, rule="C3", severity=cat.BLOCKS_AGENCY,
                                        agency_id=str(agency.agency_id), subject=f"A{agency.agency_id}",
