@@ -298,9 +298,7 @@ def test_item7_non_utf8_name_no_longer_fails_the_run_or_lands_in_run_error(store
     assert good not in found and counts[(AGENCY, ELIGIBLE, "-")] >= 1
 
 
-@pytest.mark.xfail(reason="the builder refuses text it cannot carry (lone surrogates) in the builder part of "
-                          "issue 16; drop this mark when that is merged", strict=False)
-def test_item7_non_utf8_name_is_an_F1_finding_once_the_builder_refuses_it(stores, fbs):
+def test_item7_non_utf8_name_is_an_F1_finding(stores, fbs):
     sqlite_only(stores)
     good = healthy(fbs)
     p = fr.patron(fbs, cpr=None)

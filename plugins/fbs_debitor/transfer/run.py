@@ -57,7 +57,7 @@ def _finding(v: eligibility.Verdict) -> ledger.Finding:
         return ledger.Finding(check_code=eligibility.CHECK_CODES["C3"], rule="C3", severity="blocks_agency",
                               agency_id=v.agency_id, subject=f"A{v.agency_id}", message=v.reason or "C3")
     return ledger.Finding(
-        check_code=eligibility.CHECK_CODES[v.rule], rule=v.rule, severity="blocks_liability",
+        check_code=v.check_code, rule=v.rule, severity="blocks_liability",
         agency_id=v.agency_id, branch_id=v.branch_id, patron_id=v.subject_patron_id,
         liability_id=v.liability_id, subject=f"L{v.liability_id}", message=v.reason or v.rule)
 
