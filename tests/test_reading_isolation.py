@@ -311,6 +311,31 @@ def test_item7_non_utf8_name_is_an_F1_finding(stores, fbs):
     assert counts[(AGENCY, ELIGIBLE, "-")] == 1 and good not in found
 
 
+def test_item7_staff_report_with_a_non_utf8_name_is_written_with_the_byte_shown_escaped_M4(stores, fbs, tmp_path):
+    """The run recorded the F1 finding; the staff report over it must not fail on the name either
+    (it did: lone surrogates cannot be written as UTF-8): the byte is shown escaped."""
+    from fbs_debitor.quality import report as dq_report
+
+    sqlite_only(stores)
+    p = fr.patron(fbs, cpr=None)
+    non_utf8(fbs, p["patron_id"], "name", "4a6fff6e")
+    fr.liability(fbs, p["patron_id"])
+    fbs.commit()
+    assess(stores)
+    reports = dq_report.build_reports(stores, tmp_path / "reports", dt.date.today())
+    page = "".join(r.html_path.read_text(encoding="utf-8") for r in reports)
+    assert "Jo\\udcffn" in page and "Navn eller adresse kan ikke sendes" in page
+
+
+@pytest.mark.parametrize("number", ["０７０７８１１２３４", "٠٧٠٧٨١١٢٣٤", "07078112³4"])
+def test_item9_a_cpr_in_digits_other_than_0_9_is_not_usable_T6(number):
+    """str.isdigit takes other scripts' digits; no CPR has them and the schema refuses them, so
+    eligibility and the checks must not call such a number usable."""
+    from fbs_debitor.core.identity import check_cpr, is_replacement_cpr
+
+    assert not check_cpr(number, TODAY).ok and not is_replacement_cpr(number)
+
+
 # --- item 9: change detection and cut-off detection read one record at a time ----------------------------
 
 def test_item9_unreadable_amount_of_a_sent_claim_is_a_task_never_a_rounded_write_down_U1(stores, emu_db):

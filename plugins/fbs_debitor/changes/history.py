@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from fbs_debitor.core import ledger
 from fbs_debitor.core.db import Unreadable, as_datetime, exact_amount, shown
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.stores import Stores
@@ -32,6 +33,8 @@ class Entry:
 
 
 _FORDRING_ID = re.compile(r"FBS-\d+-\d+(?:-\d+)?")
+_RESOLUTION_SHOWN = {ledger.FIXED: "fixed in FBS", ledger.INTEGRATION: "resolved by the integration",
+                     ledger.LEFT_BATCH: "no longer in scope"}
 
 
 def mask(text_: str) -> str:
@@ -86,7 +89,7 @@ def entries(stores: Stores, liability_id: int) -> list[Entry]:
                              f"{r.check_code}: {r.message}"))
             if r.resolved_at is not None:
                 out.append(Entry(_date_time(r.resolved_at), 0, "ledger", f"finding {r.rule} resolved", None,
-                                 r.resolution or "fixed"))
+                                 _RESOLUTION_SHOWN.get(r.resolution or ledger.FIXED, r.resolution)))
     with stores.fbs.connect() as conn:
         for r in conn.execute(text("SELECT task_id, kind, message, created_at, resolved_at FROM task "
                                    "WHERE liability_id = :l"), {"l": liability_id}):

@@ -63,7 +63,9 @@ def key() -> bytes:
 def keyed(*parts, secret: bytes | None = None) -> str:
     """HMAC-SHA256 (hex) of the parts, each written as text, None as empty, joined by a separator
     that cannot occur in them."""
-    message = "\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8")
+    # (surrogatepass: a value FBS held as bytes that are not UTF-8 is read with lone surrogates;
+    # it is printed as it is, never a crash, and valid text encodes as plain UTF-8)
+    message = "\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass")
     return hmac.new(secret or key(), message, hashlib.sha256).hexdigest()
 
 

@@ -28,6 +28,12 @@ class Check:
     value: str | None = None  # the number in compact form (digits only), when usable
 
 
+def _ascii_digits(value: str) -> bool:
+    """0-9 only: ``str.isdigit`` also takes other scripts' digits ('٣', '３', '¹'), which no CPR,
+    CVR or P-number has and the schema refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def mask_cpr(value: str | None) -> str:
     """``DDMMYY-****``: the only form in which a CPR number may be printed, logged or reported."""
     if not value:
@@ -59,8 +65,8 @@ def _check_cpr(value: str | None, today: dt.date) -> Check:
     if not value:
         return Check(False, error="CPR mangler / no CPR number")
     try:
-        number = std_cpr.compact(value)
-        if not number.isdigit() or len(number) != 10:
+        number = std_cpr.compact(value)   # (it also folds other scripts' digits to 0-9: not that)
+        if not _ascii_digits(number) or len(number) != 10 or any(ch.isdigit() and not ch.isascii() for ch in value):
             raise ValidationError()
         birth = std_cpr.get_birth_date(number)
     except ValidationError:
@@ -75,7 +81,7 @@ def _check_cpr(value: str | None, today: dt.date) -> Check:
 
 def is_replacement_cpr(value: str | None) -> bool:
     """A replacement CPR (I1): 10 digits whose day field is 60–91 (first digit 6–9)."""
-    return bool(value) and len(value) == 10 and value.isdigit() and 60 <= int(value[:2]) <= 91
+    return bool(value) and len(value) == 10 and _ascii_digits(value) and 60 <= int(value[:2]) <= 91
 
 
 # Messages about CVR, P-number and EAN never repeat the value: a CPR number typed into the wrong
@@ -97,7 +103,7 @@ def check_p_number(value: str | None) -> Check:
     """P-number: 10 digits; no checksum is enforced (I4: one series was issued with wrong weights)."""
     if not value:
         return Check(True)
-    if not (value.isdigit() and len(value) == 10):
+    if not (_ascii_digits(value) and len(value) == 10):
         return Check(True, warning="P-nummeret har ikke 10 cifre og sendes ikke / P-number is not 10 digits, left out")
     return Check(True, value=value)
 
@@ -131,7 +137,7 @@ def century_digits(year: int) -> str:
 @lru_cache(maxsize=_MEMO)
 def birth_date_from_cpr(value: str) -> dt.date | None:
     """The birth date a real or replacement CPR encodes (a replacement's day field minus 60)."""
-    if not value or len(value) != 10 or not value.isdigit():
+    if not value or len(value) != 10 or not _ascii_digits(value):
         return None
     day = int(value[:2])
     if day > 60:

@@ -395,8 +395,12 @@ class _Builder:
 # --- rendering helpers -------------------------------------------------------------------------
 
 def scrub(value) -> str:
-    """Free text with anything shaped like a full CPR number masked (DDMMYY-****)."""
-    return _CPR_SHAPE.sub(r"\1-****", str(value)) if value else ""
+    """Free text with anything shaped like a full CPR number masked (DDMMYY-****), and a byte FBS
+    held that was not UTF-8 (read as a lone surrogate) shown escaped (\\udcff), never a crash."""
+    if not value:
+        return ""
+    shown = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CPR_SHAPE.sub(r"\1-****", shown)
 
 
 def _own_words(message: str, check: dq_catalog.Check) -> str:
