@@ -102,8 +102,8 @@ def test_T3_moving_cut_off_back_transfers_older_open_ones_only(stores, fbs):
     assert out_of_scope(stores) == {"T3-closed": 1, "T3-collection": 1}
 
 
-def test_T4_group_without_responsible_patron_is_blocked_with_responsible_it_goes(stores, fbs):
-    """Issue 16, T4 as corrected on 2026-11-30 (the name is kept from the earlier reading): a patron
+def test_T4_group_liabilities_are_never_transferred_with_or_without_a_responsible_patron(stores, fbs):
+    """Issue 16, T4 as corrected on 2026-11-30: a patron
     group's liabilities are never transferred, whether the group names a responsible patron or not;
     both are blocked under T4, and the reason tells staff to create it on a named patron."""
     adult = fr.patron(fbs)
