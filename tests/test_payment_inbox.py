@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import stat
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
 import fbs_rows
 import pytest
+from folder_tree import tree
 from municipality import municipality
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -74,24 +74,6 @@ def run(stores, location: str | None = None) -> Counter:
 
 def total(counts: Counter, category: str, rule: str | None = None) -> int:
     return sum(n for (_a, c, r), n in counts.items() if c == category and rule in (None, r))
-
-
-def tree(folder: Path) -> dict[bytes, tuple]:
-    """Every entry under ``folder`` (raw names, links not followed): its kind and bytes or target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(os.fsencode(folder)):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, os.fsencode(folder))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    out[rel] = ("file", f.read())
-            else:
-                out[rel] = (stat.S_IFMT(st.st_mode),)
-    return out
 
 
 def kept(folder: Path, name: str) -> list[bytes]:

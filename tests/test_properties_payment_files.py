@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import uuid
 from collections import Counter
@@ -33,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from folder_tree import tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from municipality import municipality
@@ -138,24 +138,6 @@ def derived(content, first: bytes) -> bytes:
 
 
 # --- looking at folders ------------------------------------------------------------------------------
-
-def tree(folder: Path) -> dict[bytes, tuple]:
-    """Every entry under ``folder`` (raw names, links not followed): its kind and bytes or target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(os.fsencode(folder)):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st_ = os.lstat(p)
-            rel = os.path.relpath(p, os.fsencode(folder))
-            if stat.S_ISLNK(st_.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISREG(st_.st_mode):
-                with open(p, "rb") as f:
-                    out[rel] = ("file", f.read())
-            else:
-                out[rel] = (stat.S_IFMT(st_.st_mode),)
-    return out
-
 
 class Lines(logging.Handler):
     def __init__(self):
