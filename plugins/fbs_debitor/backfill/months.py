@@ -412,8 +412,10 @@ def _real_chunk(stores: Stores, bf, scope: Scope, client, pacer, airflow_run_id:
     # An agency failed part-way (delivery's (agency, "failed", <exception>) counts): not done either.
     missing = {k: v for k, v in {"deferred": totals.get("deferred", 0), "failed": totals.get(transfer.FAILED, 0),
                                  "unconfirmed": len(_unconfirmed_in(stores, scope))}.items() if v}
+    failed = transfer.failure_message(transfer.agency_failures(counts))
     if missing or link.down:
-        error = (f"not everything reached the debtor system ({missing}{'; ' + link.down if link.down else ''}); "
+        error = (f"not everything reached the debtor system ({missing}{'; ' + link.down if link.down else ''}"
+                 f"{'; ' + failed if failed else ''}); "
                  "run the chunk again: what was recorded goes again under its own keys, the rest is sent new")
         ledger.finish_run(stores.ledger, run_id, "failed", error)
         raise ChunkIncomplete(f"backfill {bf.backfill_id} agency {bf.agency_id} month {scope.from_date}: {error}")
