@@ -75,7 +75,7 @@ from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.send_rate import Pacer
-from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError
+from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def rejection_code(exc: BaseException) -> str:
 
 def _credential_free(said: str) -> str:
     """A reason for the ledger and staff: no user:password@ in an address, no CPR number."""
-    return mask_cprs_in(re.sub(r"(?<=//)[^/@\s]+@", "", said))
+    return mask_cprs_in(redact_urls(said))
 
 
 def call_rejected(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]], exc: BaseException,
