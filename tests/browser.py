@@ -54,3 +54,14 @@ def screenshot(page: str | Path, out: Path, size: tuple[int, int] = (1280, 1600)
     proc = _run([f"--screenshot={out}", f"--window-size={size[0]},{size[1]}", _url(page)], timeout)
     assert proc.returncode == 0 and out.exists(), proc.stderr[-2000:]
     return out
+
+
+ARTIFACTS_ENV = "FBS_DEBITOR_TEST_ARTIFACTS"
+
+
+def artifact(name: str) -> Path:
+    """Where a test keeps a file for a person to look at after the run (screenshots): the folder in
+    FBS_DEBITOR_TEST_ARTIFACTS, default ``var/test-artifacts/`` in the checkout; CI keeps it."""
+    folder = Path(os.environ.get(ARTIFACTS_ENV) or Path(__file__).resolve().parents[1] / "var" / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
