@@ -253,3 +253,6 @@ def test_M4_agency_index_renders_offline_and_links_every_branch_report(reports):
     assert external_references(doc) == []
     for href in doc.xpath("//a/@href"):
         assert (index.parent / href).is_file(), href
+    # Kept for a person to look at: the agency's overview, Danish date in the title and heading.
+    png = screenshot(index, artifact("staff-report-index.png"), size=(1280, 500))
+    assert png_pixels(png)[:2] == (1280, 500)
