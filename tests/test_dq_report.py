@@ -424,13 +424,15 @@ def test_M4_issue20_amounts_as_fbs_holds_them_never_rounded(stores, tmp_path):
         fr.agency(conn, A1)
         p = fr.patron(conn, name="Ole Øre")
         exact = fr.liability(conn, p["patron_id"], amount=Decimal("1234.5"))
-        odd = fr.liability(conn, p["patron_id"], amount=Decimal("12.345")) if stores.fbs.dialect.name == "sqlite" \
-            else None
+        sqlite = stores.fbs.dialect.name == "sqlite"
+        odd = fr.liability(conn, p["patron_id"], amount=Decimal("12.345")) if sqlite else None
+        text_ = fr.liability(conn, p["patron_id"], amount="12,50") if sqlite else None   # SQLite keeps it as text
     put(stores, finding("F2_amount_not_exact", A1, "L-exact", "Beløbet", branch_id=B1, patron_id=p["patron_id"],
                         liability_id=exact["liability_id"]), dt.datetime(2026, 11, 1, 8))
-    if odd:
-        put(stores, finding("F2_amount_not_exact", A1, "L-odd", "Beløbet", branch_id=B1, patron_id=p["patron_id"],
-                            liability_id=odd["liability_id"]), dt.datetime(2026, 11, 2, 8))
+    for i, li in enumerate((odd, text_)):
+        if li:
+            put(stores, finding("F2_amount_not_exact", A1, f"L-odd{i}", "Beløbet", branch_id=B1,
+                                patron_id=p["patron_id"], liability_id=li["liability_id"]), dt.datetime(2026, 11, 2, 8))
     report = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B1]
     page = visible_text(report.html_path)
     assert "1.234,50 kr." in page
@@ -438,6 +440,8 @@ def test_M4_issue20_amounts_as_fbs_holds_them_never_rounded(stores, tmp_path):
     assert ";1234,50;" in csv_text
     if odd:
         assert "12,345 kr." in page and ";12,345;" in csv_text and "12,35" not in page + csv_text
+        # What is not a number is shown as FBS holds it, marked, never guessed at.
+        assert "ulæseligt beløb: 12,50" in page and ";ulæseligt beløb: 12,50;" in csv_text
 
 
 # --- no CPR, escaping, self-contained ----------------------------------------------------------
