@@ -653,6 +653,12 @@ def test_M4_streamed_in_chunks_gives_the_same_report_and_html_is_capped(stores, 
         assert small[b].counts == whole[b].counts
     assert open_keys(small[B1].html_path) == [world.keys["c3"]]
     assert "Listen viser de første 1 af 3 åbne fund" in small[B1].html_path.read_text(encoding="utf-8")
+    # Cut inside a patron's entry: the entry still says how many findings the patron has.
+    two = by_branch(dq_report.build_reports(stores, tmp_path / "c", TODAY, chunk=2, html_row_limit=2))
+    assert open_keys(two[B1].html_path) == [world.keys["c3"], world.keys["i4"]]
+    ((head, keys),) = entries(two[B1].html_path)
+    assert head.startswith(f"{world.patrons['anna']['patron_id']} Anna <Andersen> & Co · 2 fund på 2 mellemværender")
+    assert "Listen viser de første 2 af 3 åbne fund" in two[B1].html_path.read_text(encoding="utf-8")
 
 
 def test_M4_agency_index_links_every_branch_report(stores, world, tmp_path):

@@ -232,10 +232,11 @@ class _Entry:
     rows: list[_Row] = field(default_factory=list)
     total: int = 0                # open findings of this patron in the branch (rows may be capped)
     blocking: bool = False
+    liability_ids: set[int] = field(default_factory=set)   # of all its open findings, shown or not
 
     @property
     def liabilities(self) -> int:
-        return len({r.liability_id for r in self.rows if r.liability_id is not None})
+        return len(self.liability_ids)
 
 
 @dataclass
@@ -413,6 +414,8 @@ class _Builder:
             b.patrons += 1
         b.entry.total += 1
         b.entry.blocking |= row.severity in BLOCKING
+        if row.liability_id is not None:
+            b.entry.liability_ids.add(row.liability_id)
         if shown:
             b.entry.rows.append(row)
 
