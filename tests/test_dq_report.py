@@ -308,6 +308,20 @@ def test_issue20_danish_dates_counts_and_the_danish_half_of_a_message():
     assert danish.danish_part("Låner 12345, mellemværende G00012.5") == "Låner 12345, mellemværende G00012.5"
 
 
+def test_M4_issue20_counts_in_danish_singular_and_plural_on_the_page_and_in_the_mail(stores, world, tmp_path):
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    totals = lxml_html.fromstring(reports[B3].html_path.read_text(encoding="utf-8")).xpath('//p[@class="totals"]')
+    assert totals[0].text_content().startswith("1 åbent fund: 1 blokerende og 0 advarsler. 0 nye siden i går.")
+    totals = lxml_html.fromstring(reports[B2].html_path.read_text(encoding="utf-8")).xpath('//p[@class="totals"]')
+    assert totals[0].text_content().startswith("3 åbne fund: 2 blokerende og 1 advarsel. 1 ny siden i går.")
+    env = dq_report.templates()
+    big = dq_report.BranchReport.from_dict({**reports[B3].as_dict(), "open_count": 12345, "warning_count": 1})
+    assert env.get_template("mail_subject.txt.j2").render(report=reports[B3]).strip() == (
+        "Datakvalitet 20.11.2026: Hovedbiblioteket – 1 åbent fund (1 blokerende)")
+    plain = env.get_template("mail.txt.j2").render(report=big)
+    assert "12.345 åbne fund: 1 blokerende og 1 advarsel." in plain
+
+
 def test_M4_issue20_a_group_with_six_liabilities_is_one_entry_with_six_lines(stores, world, tmp_path):
     """Issue 20: the staff report showed a patron group once per liability (six times). T4 records a
     finding per liability, all on the group (transfer.run: the group is the subject patron); the

@@ -163,7 +163,7 @@ def test_M4_issue20_branch_report_renders_offline_in_chromium_per_patron_in_dani
     # yesterday; this week F2 fixed in FBS, I1 resolved by the integration, T5's EAN warning no
     # longer in scope (item 12).
     assert doc.xpath('//p[@class="totals"]')[0].text_content() == (
-        "10 åbne fund: 9 blokerende og 1 advarsler. 1 nye siden i går. De seneste 7 dage: 1 rettet i FBS, "
+        "10 åbne fund: 9 blokerende og 1 advarsel. 1 ny siden i går. De seneste 7 dage: 1 rettet i FBS, "
         "1 løst af integrationen, 1 ikke længere med i overførslen.")
     assert (report.open_count, report.blocking_count, report.warning_count, report.new_count,
             report.resolved_count, report.integration_count, report.out_of_scope_count) == (10, 9, 1, 1, 1, 1, 1)
