@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import itertools
 import re
 import shutil
 from dataclasses import dataclass
+from decimal import Decimal
 from email import policy
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +28,9 @@ from sqlalchemy import event, text
 
 from fbs_debitor.core import ledger
 from fbs_debitor.core.settings import HOME
+from fbs_debitor.eligibility import rules as eligibility_rules
 from fbs_debitor.quality import catalog as dq_catalog
-from fbs_debitor.quality import mailer
+from fbs_debitor.quality import danish, mailer
 from fbs_debitor.quality import report as dq_report
 
 TODAY = dt.date(2026, 11, 20)
@@ -117,19 +120,42 @@ def by_branch(reports) -> dict[str, dq_report.BranchReport]:
 
 
 def open_keys(path: Path) -> list[str]:
+    """The open findings as the page lists them: the agency's (no patron) on top, then per patron."""
     doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
-    return doc.xpath('//table[@id="aabne"]/tbody/tr/@data-key')
+    return doc.xpath('//table[@id="biblioteket" or @id="aabne"]/tbody/tr/@data-key')
+
+
+def entries(path: Path) -> list[tuple[str, list[str]]]:
+    """The patron entries of "Det skal rettes": (patron header text, finding keys beneath it)."""
+    doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+    return [(tb.xpath('tr[@class="laaner-hoved"]')[0].text_content(), tb.xpath("tr/@data-key"))
+            for tb in doc.xpath('//table[@id="aabne"]/tbody[@class="laaner"]')]
 
 
 def chart(path: Path) -> dict[str, tuple[int, int, int]]:
+    """The chart's days: (open, blocking, warning) at the day's end."""
+    return {day: v[:3] for day, v in trend(path).items()}
+
+
+def trend(path: Path) -> dict[str, tuple[int, ...]]:
+    """The chart's days: (open, blocking, warning, new, fixed in FBS, resolved otherwise)."""
     doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
-    return {g.get("data-day"): (int(g.get("data-open")), int(g.get("data-blocking")), int(g.get("data-warning")))
-            for g in doc.xpath('//section[@id="udvikling"]//*[@data-day]')}
+    return {g.get("data-day"): tuple(int(g.get(f"data-{a}")) for a in ("open", "blocking", "warning", "new", "fixed",
+                                                                        "other"))
+            for g in doc.xpath('//section[@id="udvikling"]//*[local-name()="g"][@data-day]')}
+
+
+def trend_table(path: Path) -> dict[str, list[str]]:
+    """The trend's accessible table: ISO day -> [Dato, Nye, Åbne, Heraf blokerende, Rettet i FBS, Løst på anden måde]."""
+    doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+    return {tr.get("data-day"): [c.text_content() for c in tr.xpath("th|td")]
+            for tr in doc.xpath('//table[@id="udvikling-tabel"]/tbody/tr')}
 
 
 # --- content -----------------------------------------------------------------------------------
 
-def test_M4_each_branch_gets_its_own_findings_blocking_first_then_oldest_first(stores, world, tmp_path):
+def test_M4_issue20_each_branch_gets_its_own_findings_per_patron_blocking_first_then_oldest(stores, world,
+                                                                                          tmp_path):
     k = world.keys
     reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
     assert set(reports) == {B1, B2, B3}
@@ -137,11 +163,18 @@ def test_M4_each_branch_gets_its_own_findings_blocking_first_then_oldest_first(s
         assert r.html_path == tmp_path / r.agency_id / b / "datakvalitet.html" and r.html_path.exists()
         assert r.csv_path == tmp_path / r.agency_id / b / "datakvalitet.csv" and r.csv_path.exists()
 
-    # Blocking (oldest first), then warnings (oldest first); the agency-level C3 in both branches of
-    # 715100 and not in 751000; the C5 finding without branch lands on the patron's branch (B2).
-    assert open_keys(reports[B1].html_path) == [k["t6"], k["c3"], k["i4"]]
+    # The agency-level C3 on top, in both branches of 715100 and not in 751000; then one entry per
+    # patron, its findings oldest first (Anna: the I4 warning of 1 Sep before the T6 of 1 Oct);
+    # patrons with a blocking finding first (the firm before the kid); the C5 finding without branch
+    # lands on the patron's branch (B2).
+    assert open_keys(reports[B1].html_path) == [k["c3"], k["i4"], k["t6"]]
     assert open_keys(reports[B2].html_path) == [k["c3"], k["t5"], k["c5"]]
     assert open_keys(reports[B3].html_path) == [k["carl"]]
+    anna, firm, kid = (world.patrons[p]["patron_id"] for p in ("anna", "firm", "kid"))
+    assert [(head.split()[0], keys) for head, keys in entries(reports[B1].html_path)] == [
+        (str(anna), [k["i4"], k["t6"]])]
+    assert [(head.split()[0], keys) for head, keys in entries(reports[B2].html_path)] == [
+        (str(firm), [k["t5"]]), (str(kid), [k["c5"]])]
     # Neither a finding fixed long ago nor one first seen after the report's day is there.
     for r in reports.values():
         page = r.html_path.read_text(encoding="utf-8")
@@ -149,12 +182,14 @@ def test_M4_each_branch_gets_its_own_findings_blocking_first_then_oldest_first(s
 
     doc = lxml_html.fromstring(reports[B1].html_path.read_text(encoding="utf-8"))
     t6_row = doc.xpath(f'//tr[@data-key="{k["t6"]}"]')[0].text_content()
-    anna, anna1 = world.patrons["anna"], world.liabilities["anna1"]
-    assert str(anna["patron_id"]) in t6_row and "Anna <Andersen> & Co" in t6_row              # number and name
-    assert str(anna1["liability_id"]) in t6_row and anna1["number"] in t6_row                  # the liability
+    anna1 = world.liabilities["anna1"]
+    ((head, _),) = entries(reports[B1].html_path)
+    assert head.startswith(f"{anna} Anna <Andersen> & Co · 2 fund på 2 mellemværender")      # number and name, once
+    assert str(anna1["liability_id"]) in t6_row and anna1["number"] in t6_row                  # the liability ...
+    assert "60,00 kr." in t6_row                                                                # ... and its amount
     assert dq_catalog.check("T6_person_without_usable_cpr").why in t6_row                      # why it matters
-    assert "2026-10-01" in t6_row and "Blokerer" in t6_row
-    assert "Hele biblioteket" in doc.xpath(f'//tr[@data-key="{k["c3"]}"]')[0].text_content()
+    assert "01.10.2026" in t6_row and "Blokerer" in t6_row
+    assert "hele biblioteket" in doc.xpath(f'//table[@id="biblioteket"]//tr[@data-key="{k["c3"]}"]')[0].text_content()
     page = reports[B1].html_path.read_text(encoding="utf-8")
     assert '<html lang="da">' in page and "Det skal rettes" in page and "hele bibliotekets overførsel" in page.lower()
 
@@ -198,13 +233,229 @@ def test_M4_chart_counts_open_findings_per_day_from_first_seen_and_resolved(stor
     assert chart(reports[B2].html_path)["2026-11-18"] == (2, 1, 1)
 
 
+def test_M4_issue20_trend_shows_new_open_and_fixed_per_day_in_chart_and_table(stores, world, tmp_path):
+    """Issue 20: the 30-day trend has, per day, the findings first seen that day (new), those open at
+    its end and those fixed in FBS that day (and resolved otherwise); the numbers add up, and the
+    table says the same as the chart, in Danish formats."""
+    # B1 also: one the integration resolved on 12 Nov (first seen 5 Nov), one first seen and fixed on 14 Nov.
+    resolve(stores, put(stores, finding("I1_person_without_cpr_or_birth_date", A1, "P-i1", "Låner uden CPR",
+                                        branch_id=B1), dt.datetime(2026, 11, 5, 8)),
+            dt.datetime(2026, 11, 12, 9), "integration")
+    put(stores, finding("F3_dates_out_of_order", A1, "L-f3", "Datoer", branch_id=B1), dt.datetime(2026, 11, 14, 8),
+        resolved=dt.datetime(2026, 11, 14, 15))
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    days = trend(reports[B1].html_path)
+    assert len(days) == 30
+    new = {d: v[3] for d, v in days.items() if v[3]}
+    fixed = {d: v[4] for d, v in days.items() if v[4]}
+    other = {d: v[5] for d, v in days.items() if v[5]}
+    # T4 (1 Nov), I1 (5 Nov), C3 (10 Nov), F3 (14 Nov); T6 and I4 were first seen before the window.
+    assert new == {"2026-11-01": 1, "2026-11-05": 1, "2026-11-10": 1, "2026-11-14": 1}
+    assert fixed == {"2026-11-14": 1, "2026-11-18": 1}              # F3 the same day, T4 (resolution NULL: fixed)
+    assert other == {"2026-11-12": 1}                                # I1, by the integration: not fixed by staff
+    ordered = sorted(days)
+    for before, day in itertools.pairwise(ordered):
+        assert days[day][0] == days[before][0] + days[day][3] - days[day][4] - days[day][5], day
+    assert days["2026-11-20"][0] == reports[B1].open_count
+    table = trend_table(reports[B1].html_path)
+    assert list(table) == sorted(days, reverse=True)                 # newest first
+    assert table["2026-11-14"] == ["14.11.2026", "1", "4", "3", "1", "0"]
+    assert table["2026-11-12"] == ["12.11.2026", "0", "4", "3", "0", "1"]
+    for day, (opened, blocking, _w, n, f, o) in days.items():
+        assert table[day][1:] == [str(n), str(opened), str(blocking), str(f), str(o)]
+
+
 def test_M4_report_for_an_earlier_day_shows_the_state_of_that_day(stores, world, tmp_path):
     k = world.keys
     reports = by_branch(dq_report.build_reports(stores, tmp_path, dt.date(2026, 11, 17)))
     # T4 was resolved on the 18th, so on the 17th it is open; T5 (first seen the 19th) is not there yet.
-    assert open_keys(reports[B1].html_path) == [k["t6"], k["t4_fixed"], k["c3"], k["i4"]]
+    assert open_keys(reports[B1].html_path) == [k["c3"], k["i4"], k["t6"], k["t4_fixed"]]
     assert open_keys(reports[B2].html_path) == [k["c3"], k["c5"]]
     assert reports[B1].resolved_count == 0
+
+
+# --- issue 20: one entry per patron, Danish only, Danish formats, every row explained -----------
+
+def test_issue20_danish_amounts_are_exact_with_comma_thousands_dots_and_never_rounded():
+    assert danish.kroner(Decimal("-30.00")) == "-30,00 kr."
+    assert danish.kroner(Decimal("1234.50")) == "1.234,50 kr."
+    assert danish.kroner(Decimal("1234567.5")) == "1.234.567,50 kr."          # øre added: the same number
+    assert danish.kroner(Decimal("-1234567.89")) == "-1.234.567,89 kr."
+    assert danish.kroner(0) == "0,00 kr." and danish.kroner(Decimal("-0.00")) == "0,00 kr."
+    assert danish.kroner(Decimal("999.99")) == "999,99 kr." and danish.kroner(Decimal("1000")) == "1.000,00 kr."
+    # More than two decimals: every one shown, nothing rounded away.
+    assert danish.kroner(Decimal("12.345")) == "12,345 kr."
+    assert danish.kroner(Decimal("-0.005")) == "-0,005 kr."
+    assert danish.kroner(Decimal("1E+3")) == "1.000,00 kr."
+    assert danish.csv_amount(Decimal("-1234.50")) == "-1234,50" and danish.csv_amount(Decimal("12.345")) == "12,345"
+    with pytest.raises(TypeError):
+        danish.kroner(30.1)                                                     # never a float
+    with pytest.raises(ValueError):
+        danish.kroner(Decimal("NaN"))
+
+
+def test_issue20_danish_dates_counts_and_the_danish_half_of_a_message():
+    assert danish.date(dt.date(2026, 11, 30)) == "30.11.2026" and danish.date(dt.datetime(2026, 1, 2, 23)) == "02.01.2026"
+    assert danish.count(0) == "0" and danish.count(999) == "999" and danish.count(1234) == "1.234"
+    assert danish.count(1234567) == "1.234.567" and danish.count(-1234) == "-1.234"
+    assert danish.danish_part("Beløbet er -30.00 kr.; en fordring skal være positiv / the amount must be positive") \
+        == "Beløbet er -30,00 kr.; en fordring skal være positiv"
+    assert danish.danish_part("Beløbet 1234.567 kr. kan ikke sendes præcist: 3 decimaler / the amount ...") \
+        == "Beløbet 1.234,567 kr. kan ikke sendes præcist: 3 decimaler"
+    assert danish.danish_part("fødselsdatoen 2026-02-30 kan ikke bruges") == "fødselsdatoen 30.02.2026 kan ikke bruges"
+    assert danish.danish_part("Mindreårig uden økonomisk ansvarlig") == "Mindreårig uden økonomisk ansvarlig"
+    # A number that is not an amount (no "kr.") and a liability number stay as they are.
+    assert danish.danish_part("Låner 12345, mellemværende G00012.5") == "Låner 12345, mellemværende G00012.5"
+
+
+def test_M4_issue20_counts_in_danish_singular_and_plural_on_the_page_and_in_the_mail(stores, world, tmp_path):
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    totals = lxml_html.fromstring(reports[B3].html_path.read_text(encoding="utf-8")).xpath('//p[@class="totals"]')
+    assert totals[0].text_content().startswith("1 åbent fund: 1 blokerende og 0 advarsler. 0 nye siden i går.")
+    totals = lxml_html.fromstring(reports[B2].html_path.read_text(encoding="utf-8")).xpath('//p[@class="totals"]')
+    assert totals[0].text_content().startswith("3 åbne fund: 2 blokerende og 1 advarsel. 1 ny siden i går.")
+    env = dq_report.templates()
+    big = dq_report.BranchReport.from_dict({**reports[B3].as_dict(), "open_count": 12345, "warning_count": 1})
+    assert env.get_template("mail_subject.txt.j2").render(report=reports[B3]).strip() == (
+        "Datakvalitet 20.11.2026: Hovedbiblioteket – 1 åbent fund (1 blokerende)")
+    plain = env.get_template("mail.txt.j2").render(report=big)
+    assert "12.345 åbne fund: 1 blokerende og 1 advarsel." in plain
+
+
+def test_M4_issue20_a_group_with_six_liabilities_is_one_entry_with_six_lines(stores, world, tmp_path):
+    """Issue 20: the staff report showed a patron group once per liability (six times). T4 records a
+    finding per liability, all on the group (transfer.run: the group is the subject patron); the
+    report shows the group once, its six liabilities beneath it, oldest first, each with its amount."""
+    amounts = ["60.00", "1234.50", "30.00", "0.50", "100.00", "45.25"]
+    with stores.fbs.begin() as conn:
+        group = fr.patron(conn, kind="group", name="Skoleklasse 8C", branch_id=B2)
+        lis = [fr.liability(conn, group["patron_id"], amount=Decimal(a)) for a in amounts]
+    keys = {}
+    for i in reversed(range(6)):           # recorded newest first: the page orders them, not the ledger
+        keys[i] = put(stores, finding("T4_group_without_responsible_patron", A1, f"L{lis[i]['liability_id']}",
+                                      eligibility_rules.T4_REASON, branch_id=B2, patron_id=group["patron_id"],
+                                      liability_id=lis[i]["liability_id"]), dt.datetime(2026, 11, 3 + i, 8))
+    reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
+    found = [(head, ks) for head, ks in entries(reports[B2].html_path) if head.startswith(f"{group['patron_id']} ")]
+    assert len(found) == 1
+    head, shown = found[0]
+    assert head.startswith(f"{group['patron_id']} Skoleklasse 8C · 6 fund på 6 mellemværender")
+    assert shown == [keys[i] for i in range(6)]                            # oldest first (3 Nov ... 8 Nov)
+    doc = lxml_html.fromstring(reports[B2].html_path.read_text(encoding="utf-8"))
+    assert [doc.xpath(f'//tr[@data-key="{k}"]//span[@class="beloeb"]')[0].text_content() for k in shown] == [
+        "60,00 kr.", "1.234,50 kr.", "30,00 kr.", "0,50 kr.", "100,00 kr.", "45,25 kr."]
+    # Blocking (T4) before the kid's warning (C5), the firm (T5, blocking, 19 Nov) after the group (3 Nov).
+    order = [head.split()[0] for head, _ in entries(reports[B2].html_path)]
+    assert order == [str(group["patron_id"]), str(world.patrons["firm"]["patron_id"]),
+                     str(world.patrons["kid"]["patron_id"])]
+    # The CSV: one line per finding, in the page's order, amounts with a decimal comma.
+    import pandas as pd
+    df = pd.read_csv(reports[B2].csv_path, sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    assert list(df["Fund-id"]) == open_keys(reports[B2].html_path)
+    assert list(df[df["Lånernummer"] == str(group["patron_id"])]["Beløb (kr.)"]) == [
+        "60,00", "1234,50", "30,00", "0,50", "100,00", "45,25"]
+
+
+# Messages as the rules and the claim builder write them ("Danish / English"), and their English halves.
+BILINGUAL = {
+    "T4_group_without_responsible_patron": eligibility_rules.T4_REASON,
+    "F2_amount_not_positive": "Beløbet er -30.00 kr.; en fordring skal være positiv / the amount must be positive",
+    "T6_person_without_usable_cpr": "Person uden CPR-nummer, og erstatnings-CPR er slået fra / "
+                                    "no CPR number and replacement CPR is disabled",
+    "T5_company_without_valid_cvr": "Virksomhed uden gyldigt CVR-nummer: CVR mangler / no CVR number",
+    "C3_agency_age_limit_out_of_range": "Bibliotekets myndighedsalder er 0 (forventet 15-21): alle ville blive "
+                                        "klassificeret forkert / the agency's age limit 0 is outside 15-21",
+}
+ENGLISH_WORDS = re.compile(r"\b(the|is|must|number|patron|amount|liability|cannot|missing|disabled|outside|"
+                           r"unknown|invalid|not)\b", re.IGNORECASE)
+
+
+def visible_text(path: Path) -> str:
+    doc = lxml_html.fromstring(path.read_text(encoding="utf-8"))
+    for el in doc.xpath("//style"):
+        el.drop_tree()
+    return doc.text_content()
+
+
+def test_M4_issue20_danish_only_every_catalog_code_has_its_danish_explanation(stores, tmp_path):
+    """Issue 20: every check of the catalog (and a code it does not know) renders as a row with its
+    Danish title, a detail line and its explanation; the English halves of the messages (for the
+    integration team's logs) appear neither in the HTML nor in the CSV; amounts are Danish."""
+    with stores.fbs.begin() as conn:
+        fr.agency(conn, A1)
+        patron = fr.patron(conn, name="Dorte Dansk")
+        lis = {code: fr.liability(conn, patron["patron_id"], amount=Decimal("-30.00")) for code in dq_catalog.CHECKS}
+    codes = [*dq_catalog.CHECKS, "X9_check_added_elsewhere_first"]
+    for i, code in enumerate(codes):
+        c = dq_catalog.check(code)
+        message = BILINGUAL.get(code, c.title)
+        if c.severity == dq_catalog.BLOCKS_AGENCY:
+            f = finding(code, A1, f"A-{code}", message)
+        else:
+            li = lis.get(code) or fr_liability_of(lis)
+            f = finding(code, A1, f"L-{code}", message, branch_id=B1, patron_id=patron["patron_id"],
+                        liability_id=li["liability_id"])
+        put(stores, f, dt.datetime(2026, 11, 1, 8) + dt.timedelta(hours=i))
+    report = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B1]
+    doc = lxml_html.fromstring(report.html_path.read_text(encoding="utf-8"))
+    rows = {tr.get("data-key").split(":")[0]: tr for tr in doc.xpath('//tr[@data-key]')}
+    assert set(rows) == set(codes)
+    for code in codes:
+        c = dq_catalog.CHECKS.get(code)
+        title = rows[code].xpath('.//*[@class="titel"]')[0].text_content()
+        detail = rows[code].xpath('.//div[@class="detalje"]')[0].text_content()
+        why = rows[code].xpath('.//div[@class="why"]')[0].text_content()
+        assert detail.strip() and why.strip(), code                       # no row without its lines
+        assert ENGLISH_WORDS.findall(title + " " + detail + " " + why) == [], (code, title, detail, why)
+        if c is not None:
+            assert (title, why) == (c.title, c.why)
+        else:
+            assert (title, why) == ("Ukendt tjek (X9)", dq_report.UNKNOWN_WHY)
+        if code in BILINGUAL:
+            assert detail == danish.danish_part(BILINGUAL[code]), code
+    assert rows["F2_amount_not_positive"].xpath('.//div[@class="detalje"]')[0].text_content() == \
+        "Beløbet er -30,00 kr.; en fordring skal være positiv"
+    # Where the message says nothing beyond the title, the detail line names the liability and its amount.
+    i1 = rows["I1_person_without_cpr_or_birth_date"].xpath('.//div[@class="detalje"]')[0].text_content()
+    assert i1 == f"Gælder mellemværende {lis['I1_person_without_cpr_or_birth_date']['number']} på -30,00 kr."
+    csv_text = report.csv_path.read_text(encoding="utf-8-sig")
+    for text_ in (visible_text(report.html_path), csv_text):
+        for message in BILINGUAL.values():
+            english = message.split(" / ", 1)[1]
+            assert english not in text_
+        assert " / the " not in text_ and "-30.00" not in text_ and "2026-11-01" not in text_
+    assert "-30,00 kr." in visible_text(report.html_path) and ";-30,00;" in csv_text
+
+
+def fr_liability_of(lis: dict) -> dict:
+    return next(iter(lis.values()))
+
+
+def test_M4_issue20_amounts_as_fbs_holds_them_never_rounded(stores, tmp_path):
+    """Issue 20: an amount FBS holds with more than two decimals (SQLite keeps 12.345 as written) is
+    shown with all of them; 1234.5 reads 1.234,50 kr.; on PostgreSQL NUMERIC(12,2) keeps two."""
+    with stores.fbs.begin() as conn:
+        fr.agency(conn, A1)
+        p = fr.patron(conn, name="Ole Øre")
+        exact = fr.liability(conn, p["patron_id"], amount=Decimal("1234.5"))
+        sqlite = stores.fbs.dialect.name == "sqlite"
+        odd = fr.liability(conn, p["patron_id"], amount=Decimal("12.345")) if sqlite else None
+        text_ = fr.liability(conn, p["patron_id"], amount="12,50") if sqlite else None   # SQLite keeps it as text
+    put(stores, finding("F2_amount_not_exact", A1, "L-exact", "Beløbet", branch_id=B1, patron_id=p["patron_id"],
+                        liability_id=exact["liability_id"]), dt.datetime(2026, 11, 1, 8))
+    for i, li in enumerate((odd, text_)):
+        if li:
+            put(stores, finding("F2_amount_not_exact", A1, f"L-odd{i}", "Beløbet", branch_id=B1,
+                                patron_id=p["patron_id"], liability_id=li["liability_id"]), dt.datetime(2026, 11, 2, 8))
+    report = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))[B1]
+    page = visible_text(report.html_path)
+    assert "1.234,50 kr." in page
+    csv_text = report.csv_path.read_text(encoding="utf-8-sig")
+    assert ";1234,50;" in csv_text
+    if odd:
+        assert "12,345 kr." in page and ";12,345;" in csv_text and "12,35" not in page + csv_text
+        # What is not a number is shown as FBS holds it, marked, never guessed at.
+        assert "ulæseligt beløb: 12,50" in page and ";ulæseligt beløb: 12,50;" in csv_text
 
 
 # --- no CPR, escaping, self-contained ----------------------------------------------------------
@@ -280,8 +531,9 @@ def test_M4_hostile_names_messages_and_ids_are_shown_as_text_on_every_page(store
     rows = {tr.get("data-key"): tr for tr in doc.xpath('//table[@id="aabne"]/tbody/tr')}
     assert key in rows                                       # the attribute holds the key exactly
     cells = [td.text_content() for td in rows[key].xpath("td")]
-    assert EVIL_MESSAGE in cells[2]
-    assert cells[3] == f"{evil['patron_id']} {EVIL_NAME}" and EVIL_NUMBER in cells[4]
+    assert EVIL_MESSAGE in cells[3] and EVIL_NUMBER in cells[0]
+    (head,) = [h for h, keys in entries(report.html_path) if key in keys]
+    assert head.startswith(f"{evil['patron_id']} {EVIL_NAME} · ")
     (li,) = doc.xpath(f'//ul[@id="rettet-liste"]/li[@data-key="{fixed}"]')
     assert EVIL_NAME in li.text_content() and f"nr. {EVIL_NUMBER} " in li.text_content()
     assert doc.xpath("//header/p")[0].text_content().startswith(f"{EVIL_AGENCY} (bibliotek {A1})")
@@ -311,8 +563,8 @@ def test_M4_staff_texts_come_from_the_templates_and_an_edited_copy_changes_them(
     handler, smtp = smtp_server
     folder = edited_templates(tmp_path, {
         "datakvalitet.html.j2": ("<h2>Det skal rettes</h2>", "<h2>Ret disse i FBS</h2>"),
-        "open_rows.html.j2": ("<i>Hele biblioteket</i>", "<i>Alle filialer</i>"),
-        "chart.svg.j2": (">blokerende</text>", ">stopper</text>"),
+        "_finding_row.html.j2": ('"hele biblioteket"', '"alle filialer"'),
+        "chart.svg.j2": (">åbne, blokerende</text>", ">stopper</text>"),
         "_layout.html.j2": ("kontakt kommunens it-afdeling", "ring til biblioteksservice"),
         "index.html.j2": ("<th>Sendes til</th>", "<th>Modtager</th>"),
         "mail_subject.txt.j2": ("Datakvalitet {{", "Fejl i FBS-data {{"),
@@ -320,22 +572,22 @@ def test_M4_staff_texts_come_from_the_templates_and_an_edited_copy_changes_them(
     })
     edited = by_branch(dq_report.build_reports(stores, tmp_path / "edited", TODAY, template_dir=folder))
     plain = by_branch(dq_report.build_reports(stores, tmp_path / "plain", TODAY))
-    for reports, texts, others in [(edited, ("Ret disse i FBS", "Alle filialer", ">stopper<", "biblioteksservice",
+    for reports, texts, others in [(edited, ("Ret disse i FBS", "<i>alle filialer</i>", ">stopper<", "biblioteksservice",
                                              "<th>Modtager</th>"), ("Det skal rettes", "Sendes til")),
-                                   (plain, ("Det skal rettes", "Hele biblioteket", ">blokerende<",
+                                   (plain, ("Det skal rettes", "<i>hele biblioteket</i>", ">åbne, blokerende<",
                                             "kommunens it-afdeling", "<th>Sendes til</th>"),
                                     ("Ret disse i FBS", "Modtager"))]:
         page = reports[B1].html_path.read_text(encoding="utf-8") + \
             (reports[B1].html_path.parent.parent / "index.html").read_text(encoding="utf-8")
         assert all(t in page for t in texts) and not any(t in page for t in others)
         # ... and the same findings, in the same order, either way.
-        assert open_keys(reports[B1].html_path) == [world.keys["t6"], world.keys["c3"], world.keys["i4"]]
+        assert open_keys(reports[B1].html_path) == [world.keys["c3"], world.keys["i4"], world.keys["t6"]]
 
     mailer.send_reports([edited[B1]], smtp, template_dir=folder)
     mailer.send_reports([plain[B1]], smtp)
     (msg_edited, _b, text_edited, *_), (msg_plain, _b2, text_plain, *_) = [parts(raw) for *_x, raw in handler.received]
-    assert msg_edited["Subject"].startswith(f"Fejl i FBS-data {TODAY.isoformat()}: Hovedbiblioteket")
-    assert msg_plain["Subject"].startswith(f"Datakvalitet {TODAY.isoformat()}: Hovedbiblioteket")
+    assert msg_edited["Subject"].startswith("Fejl i FBS-data 20.11.2026: Hovedbiblioteket")
+    assert msg_plain["Subject"].startswith("Datakvalitet 20.11.2026: Hovedbiblioteket")
     assert "Se rapporten nedenfor." in text_edited and "Rapporten står i denne mail (HTML)." in text_plain
     assert "3 åbne fund" in text_edited and "3 åbne fund" in text_plain
 
@@ -370,7 +622,7 @@ def test_M4_csv_opens_in_pandas_with_one_row_per_open_finding(stores, world, tmp
 
     k = world.keys
     reports = by_branch(dq_report.build_reports(stores, tmp_path, TODAY))
-    for b, expected in [(B1, [k["t6"], k["c3"], k["i4"]]), (B2, [k["c3"], k["t5"], k["c5"]]), (B3, [k["carl"]])]:
+    for b, expected in [(B1, [k["c3"], k["i4"], k["t6"]]), (B2, [k["c3"], k["t5"], k["c5"]]), (B3, [k["carl"]])]:
         path = reports[b].csv_path
         raw = path.read_bytes()
         assert raw.startswith(b"\xef\xbb\xbf")                        # BOM: Excel reads it as UTF-8
@@ -378,13 +630,14 @@ def test_M4_csv_opens_in_pandas_with_one_row_per_open_finding(stores, world, tmp
         assert list(df.columns) == list(dq_report.CSV_COLUMNS)
         assert len(df) == reports[b].open_count == len(expected)
         assert list(df["Fund-id"]) == expected
-        assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) for d in [*df["Først set"], *df["Sidst set"]])
+        assert all(re.fullmatch(r"\d{2}\.\d{2}\.\d{4}", d) for d in [*df["Først set"], *df["Sidst set"]])
     df = pd.read_csv(reports[B1].csv_path, sep=";", encoding="utf-8-sig", dtype=str, keep_default_na=False)
     t6 = df[df["Fund-id"] == k["t6"]].iloc[0]
     assert t6["Lånernummer"] == str(world.patrons["anna"]["patron_id"])
     assert t6["Lånernavn"] == "Anna <Andersen> & Co"
     assert t6["Gebyr-/erstatningsnr."] == world.liabilities["anna1"]["number"]
-    assert t6["Først set"] == "2026-10-01" and t6["Alvor"] == "Blokerer" and t6["Regel"] == "T6"
+    assert t6["Først set"] == "01.10.2026" and t6["Alvor"] == "Blokerer" and t6["Regel"] == "T6"
+    assert t6["Beløb (kr.)"] == "60,00"                                 # decimal comma: a number in Danish Excel
     assert t6["Hvorfor det betyder noget"] == dq_catalog.check("T6_person_without_usable_cpr").why
     assert df[df["Fund-id"] == k["c3"]].iloc[0]["Lånernummer"] == ""
 
@@ -412,8 +665,14 @@ def test_M4_streamed_in_chunks_gives_the_same_report_and_html_is_capped(stores, 
     for b in (B1, B2, B3):
         assert small[b].csv_path.read_bytes() == whole[b].csv_path.read_bytes()
         assert small[b].counts == whole[b].counts
-    assert open_keys(small[B1].html_path) == [world.keys["t6"]]
+    assert open_keys(small[B1].html_path) == [world.keys["c3"]]
     assert "Listen viser de første 1 af 3 åbne fund" in small[B1].html_path.read_text(encoding="utf-8")
+    # Cut inside a patron's entry: the entry still says how many findings the patron has.
+    two = by_branch(dq_report.build_reports(stores, tmp_path / "c", TODAY, chunk=2, html_row_limit=2))
+    assert open_keys(two[B1].html_path) == [world.keys["c3"], world.keys["i4"]]
+    ((head, keys),) = entries(two[B1].html_path)
+    assert head.startswith(f"{world.patrons['anna']['patron_id']} Anna <Andersen> & Co · 2 fund på 2 mellemværender")
+    assert "Listen viser de første 2 af 3 åbne fund" in two[B1].html_path.read_text(encoding="utf-8")
 
 
 def test_M4_agency_index_links_every_branch_report(stores, world, tmp_path):

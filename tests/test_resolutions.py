@@ -12,6 +12,7 @@ and close one compensation. Run 2 no longer sees any of those findings, and says
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import debtor
 import fbs_rows as fr
@@ -21,6 +22,7 @@ from lxml import html as lxml_html
 from sqlalchemy import text
 
 from fbs_debitor.core import ledger
+from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import report as dq_report
 from fbs_debitor.sandbox import emulator
 from fbs_debitor.transfer.run import run_transfer
@@ -137,6 +139,15 @@ def test_item12_each_finding_is_resolved_as_fixed_in_fbs_by_the_integration_or_n
                       "udenfor-liste": sorted([f"{I4}:L{sent}", f"{I4}:L{closed}"])}
     assert "1 rettet i FBS, 2 løst af integrationen, 2 ikke længere med i overførslen" in \
         doc.xpath('//p[@class="totals"]')[0].text_content()
+    # Issue 20: as staff read it after real runs: Danish dates; and the open I1 finding in B2, whose
+    # message (from the data-quality checks) says no more than the check's title, still has a detail
+    # line (the liability and its amount, Danish) and its explanation.
+    assert all(re.match(r"\d{2}\.\d{2}\.\d{4}: ", li.text_content()) for li in doc.xpath("//section//ul/li"))
+    page2 = lxml_html.fromstring(b2.html_path.read_text(encoding="utf-8"))
+    (open_row,) = page2.xpath('//table[@id="aabne"]//tr[@data-key]')
+    assert re.fullmatch(r"Gælder mellemværende E\d+ på 60,00 kr\.",
+                        open_row.xpath('.//div[@class="detalje"]')[0].text_content())
+    assert open_row.xpath('.//div[@class="why"]')[0].text_content() == dq_catalog.check(I1).why
     index = lxml_html.fromstring((tmp_path / "reports" / A2 / "index.html").read_text(encoding="utf-8"))
     (row,) = [[td.text_content() for td in tr.xpath("td")] for tr in index.xpath('//table[@id="filialer"]/tbody/tr')]
     assert row[2:9] == ["1", "0", "1", "1", "0", "1", "0"]   # open, blocking, warnings, new, fixed, integration, out

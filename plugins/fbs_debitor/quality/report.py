@@ -21,16 +21,35 @@ Which branch sees a finding: its own ``branch_id``; else the patron's branch in 
 agency-level finding such as C3, or a patron/branch FBS does not know) every branch of the agency,
 so nothing is left out.
 
+What staff read is Danish only, in Danish formats (``quality.danish``): amounts ``-30,00 kr.`` /
+``1.234,50 kr.`` exactly as FBS holds them (never rounded), dates ``30.11.2026``, counts ``1.234``.
+A finding's message is written "Danish / English" by the rules; the page and the CSV show the
+Danish half only (the English stays in the integration team's logs). Every row has its title, a
+detail line (the message's own words, else what it is about: the liability and its amount) and
+its explanation (the catalog's reason; ``UNKNOWN_WHY`` for a code the catalog does not know).
+
+"Det skal rettes" has one entry per patron: the patron once (number and name, never a CPR), its
+open findings beneath it, oldest first; patrons with an open blocking finding first, then by their
+oldest open finding. A group (one patron, many liabilities) is so one entry. Findings without a
+patron (C3: the agency's age limit) are a section of their own at the top. The trend shows per day
+of the last 30 the findings first seen (new), open at the day's end, fixed in FBS, and resolved
+otherwise, as inline SVG and as a table.
+
 Set-based and streamed: one ledger query (server-side cursor, in chunks) for the findings of the
-last 30 days and all open ones, and per chunk one FBS query for the patrons (number, name, branch)
-and one for the liabilities' numbers. Open rows go straight to each branch's CSV and to a table
-fragment on disk, in the order they are shown (blocking before warnings, oldest first), so memory
-stays flat however many findings there are. CPR numbers are never read; free text is scrubbed of
-anything shaped like a full CPR number all the same.
+last 30 days and all open ones, already in the order shown (a patron's findings together: a window
+over the patron ranks it; the rank is over its open findings in any branch), and per chunk one FBS
+query for the patrons (number, name, branch) and one for the liabilities (number, amount). Open
+rows go straight to each branch's CSV, and each finished patron entry to a fragment on disk, so
+memory stays flat however many findings there are (one patron's entry at a time per branch). CPR
+numbers are never read; free text is scrubbed of anything shaped like a full CPR number all the same.
+
+The CSV is for Danish Excel: ``;`` between fields (Excel's list separator where the comma is the
+decimal mark), UTF-8 with a BOM (so Excel reads æøå), amounts with a decimal comma and no
+thousands separator or unit (``-1234,50``: a number Excel can sum), dates ``30.11.2026``.
 
 The pages come from the Jinja2 templates in ``templates/`` (every Danish text of the HTML is
 there; see its README.md), with autoescaping on: nothing from the data is ever marked safe. The
-open rows are rendered per chunk by ``open_rows.html.j2`` into the fragment, which the page
+patron entries are rendered per chunk by ``open_rows.html.j2`` into the fragment, which the page
 template then includes as it is (markup our own template made, already escaped). Texts the CSV
 shares (``SEVERITY_LABEL``, ``CSV_COLUMNS``, the catalog's titles and reasons) stay in Python.
 """
@@ -47,6 +66,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
 
@@ -59,6 +79,7 @@ from fbs_debitor.core.db import as_datetime
 from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.quality import catalog as dq_catalog
+from fbs_debitor.quality import danish
 from fbs_debitor.quality.catalog import BLOCKS_AGENCY, BLOCKS_LIABILITY, WARNING
 
 log = logging.getLogger(__name__)
@@ -84,7 +105,12 @@ RESOLVED_GROUPS = (FIXED, BY_INTEGRATION, OUT_OF_SCOPE)
 _GROUP_OF = {None: FIXED, "fixed": FIXED, "integration": BY_INTEGRATION, "left_batch": OUT_OF_SCOPE}
 
 CSV_COLUMNS = ("Alvor", "Regel", "Tjek", "Lånernummer", "Lånernavn", "Mellemværende-id", "Gebyr-/erstatningsnr.",
-               "Hvad er galt", "Hvorfor det betyder noget", "Først set", "Sidst set", "Ny siden i går", "Fund-id")
+               "Beløb (kr.)", "Hvad er galt", "Hvorfor det betyder noget", "Først set", "Sidst set", "Ny siden i går",
+               "Fund-id")
+# The explanation of a finding whose check the catalog does not know (a code added elsewhere first):
+# every row has one.
+UNKNOWN_WHY = ("Rapporten kender ikke dette tjek endnu, så der er ingen forklaring på det; kontakt kommunens "
+               "it-afdeling, som kan se fundet i integrationens log.")
 
 # A full CPR or replacement CPR (DDMMYY-SSSS, with or without the dash): masked wherever it shows up.
 _CPR_SHAPE = re.compile(r"(?<!\d)((?:0[1-9]|[12]\d|3[01]|6[1-9]|[78]\d|9[01])(?:0[1-9]|1[0-2])\d{2})-?\d{4}(?!\d)")
@@ -92,15 +118,24 @@ _CATALOG_ORDER = {code: i for i, code in enumerate(dq_catalog.CHECKS)}
 
 _BRANCHES = text("SELECT b.branch_id, b.agency_id, b.name, b.staff_email, a.name AS agency_name "
                  "FROM branch b JOIN agency a ON a.agency_id = b.agency_id ORDER BY b.agency_id, b.branch_id")
-# Every finding that is open, or was open at some point in the chart's window; shown order.
+# Every finding that is open, or was open at some point in the chart's window, in the order shown:
+# findings without a patron (the agency's, C3) first, blocking before warnings; then one run per
+# patron, patrons with an open blocking finding first, then by their oldest open finding; each
+# patron's findings oldest first. (A patron's rank is over all its open findings, in any branch.)
 _FINDINGS = text(
-    "SELECT finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, message, "
-    "first_seen_at, last_seen_at, resolved_at, resolution FROM finding "
-    "WHERE first_seen_at < :until AND (resolved_at IS NULL OR resolved_at >= :since) "
-    "ORDER BY CASE WHEN severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
+    "SELECT * FROM (SELECT finding_key, check_code, rule, severity, agency_id, branch_id, patron_id, liability_id, "
+    "message, first_seen_at, last_seen_at, resolved_at, resolution, "
+    "MIN(CASE WHEN resolved_at IS NULL OR resolved_at >= :until THEN "
+    "(CASE WHEN severity = 'warning' THEN 1 ELSE 0 END) END) OVER (PARTITION BY patron_id) AS patron_rank, "
+    "MIN(CASE WHEN resolved_at IS NULL OR resolved_at >= :until THEN first_seen_at END) "
+    "OVER (PARTITION BY patron_id) AS patron_oldest "
+    "FROM finding WHERE first_seen_at < :until AND (resolved_at IS NULL OR resolved_at >= :since)) shown "
+    "ORDER BY CASE WHEN patron_id IS NULL THEN 0 ELSE 1 END, COALESCE(patron_rank, 2), "
+    "CASE WHEN patron_oldest IS NULL THEN 1 ELSE 0 END, patron_oldest, patron_id, "
+    "CASE WHEN patron_id IS NULL AND severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
 _PATRONS = text("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids").bindparams(
     bindparam("ids", expanding=True))
-_LIABILITIES = text("SELECT liability_id, number FROM liability WHERE liability_id IN :ids").bindparams(
+_LIABILITIES = text("SELECT liability_id, number, amount FROM liability WHERE liability_id IN :ids").bindparams(
     bindparam("ids", expanding=True))
 
 
@@ -166,12 +201,42 @@ class _Row:
     patron_name: str
     liability_id: int | None
     liability_number: str
-    message: str
+    message: str                  # the Danish detail line: never empty
     first_seen: dt.date
     last_seen: dt.date
     resolved: dt.datetime | None
     is_new: bool
     group: str = FIXED            # why it was resolved (RESOLVED_GROUPS); only FIXED is what staff fixed
+    amount: Decimal | None = None  # the liability's amount in FBS, exact (None: no liability or unreadable)
+    amount_text: str = ""         # the amount as staff read it: "-30,00 kr.", or what FBS holds when unreadable
+
+    @property
+    def why(self) -> str:
+        return self.check.why or UNKNOWN_WHY
+
+
+def _check(code: str) -> dq_catalog.Check:
+    """The catalog's check, or for a code it does not know a Danish stand-in: staff never see a bare
+    code, and every row has its explanation."""
+    if code in dq_catalog.CHECKS:
+        return dq_catalog.CHECKS[code]
+    known = dq_catalog.check(code)
+    return dq_catalog.Check(code, known.rule, known.severity, f"Ukendt tjek ({known.rule})", UNKNOWN_WHY)
+
+
+@dataclass
+class _Entry:
+    """One patron in "Det skal rettes": the patron once, its open findings beneath it, oldest first."""
+    patron_id: int
+    patron_name: str
+    rows: list[_Row] = field(default_factory=list)
+    total: int = 0                # open findings of this patron in the branch (rows may be capped)
+    blocking: bool = False
+    liability_ids: set[int] = field(default_factory=set)   # of all its open findings, shown or not
+
+    @property
+    def liabilities(self) -> int:
+        return len(self.liability_ids)
 
 
 @dataclass
@@ -188,10 +253,16 @@ class _Branch:
     agency_blocked: bool = False
     chart_blocking: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))   # difference arrays
     chart_warning: list[int] = field(default_factory=lambda: [0] * (CHART_DAYS + 1))
+    chart_new: list[int] = field(default_factory=lambda: [0] * CHART_DAYS)      # first seen that day
+    chart_fixed: list[int] = field(default_factory=lambda: [0] * CHART_DAYS)    # fixed in FBS that day
+    chart_other: list[int] = field(default_factory=lambda: [0] * CHART_DAYS)    # resolved otherwise that day
     resolved: dict[str, list] = field(default_factory=lambda: {g: [] for g in RESOLVED_GROUPS})
     # per group a min-heap of (resolved, seq, row): the newest FIXED_LIST_LIMIT kept
     html_rows: int = 0
-    pending: list = field(default_factory=list)   # this chunk's rows for the HTML, not yet rendered
+    agency_rows: list[_Row] = field(default_factory=list)   # open findings without a patron (C3), shown on top
+    entry: _Entry | None = None                              # the patron whose findings are coming in
+    pending: list = field(default_factory=list)   # finished entries for the HTML, not yet rendered
+    patrons: int = 0                              # patrons with an open finding in this branch
     csv_file: object = None
     csv_writer: object = None
     rows_file: object = None
@@ -243,28 +314,28 @@ class _Builder:
     def _add_chunk(self, part: Sequence) -> None:
         patron_ids = sorted({r.patron_id for r in part if r.patron_id is not None})
         liability_ids = sorted({r.liability_id for r in part if r.liability_id is not None})
-        patrons, numbers = {}, {}
+        patrons, liabilities = {}, {}
         with self.stores.fbs.connect() as conn:
             if patron_ids:
                 patrons = {int(p.patron_id): p for p in conn.execute(_PATRONS, {"ids": patron_ids})}
             if liability_ids:
-                numbers = {int(x.liability_id): x.number for x in conn.execute(_LIABILITIES, {"ids": liability_ids})}
+                liabilities = {int(x.liability_id): x for x in conn.execute(_LIABILITIES, {"ids": liability_ids})}
         for r in part:
             patron = patrons.get(int(r.patron_id)) if r.patron_id is not None else None
             targets = self._targets(r, patron)
             if not targets:
                 self.unplaced += 1
                 continue
-            row = self._row(r, patron, numbers)
+            row = self._row(r, patron, liabilities)
             for b in targets:
                 self._add(b, row)
         self._flush_rows()
 
     def _flush_rows(self) -> None:
-        """The chunk's open rows, rendered by the row template and appended to each branch's fragment."""
+        """The finished patron entries, rendered by the row template and appended to each branch's fragment."""
         for b in self.branches.values():
             if b.pending:
-                self.rows_template.stream(rows=b.pending).dump(b.rows_file)
+                self.rows_template.stream(entries=b.pending).dump(b.rows_file)
                 b.pending.clear()
 
     def _targets(self, r, patron) -> list[_Branch]:
@@ -273,19 +344,24 @@ class _Builder:
             return [self.branches[str(branch_id)]]
         return self.by_agency.get(str(r.agency_id), [])
 
-    def _row(self, r, patron, numbers: dict) -> _Row:
+    def _row(self, r, patron, liabilities: dict) -> _Row:
         first, last, resolved = as_datetime(r.first_seen_at), as_datetime(r.last_seen_at), as_datetime(r.resolved_at)
         is_open = resolved is None or resolved.date() > self.today
-        return _Row(
-            key=r.finding_key, check=dq_catalog.check(r.check_code), severity=r.severity,
+        check = _check(r.check_code)
+        liability = liabilities.get(int(r.liability_id)) if r.liability_id is not None else None
+        number = scrub(liability.number) if liability is not None and liability.number else ""
+        amount, amount_text = _amount(liability.amount) if liability is not None else (None, "")
+        row = _Row(
+            key=r.finding_key, check=check, severity=r.severity,
             patron_id=int(r.patron_id) if r.patron_id is not None else None,
             patron_name=scrub(patron.name) if patron is not None and patron.name else "",
             liability_id=int(r.liability_id) if r.liability_id is not None else None,
-            liability_number=scrub(numbers.get(int(r.liability_id), "")) if r.liability_id is not None else "",
-            message=_own_words(scrub(r.message or ""), dq_catalog.check(r.check_code)),
+            liability_number=number, message="",
             first_seen=first.date(), last_seen=last.date(),
             resolved=None if is_open else resolved, is_new=is_open and first.date() >= self.new_since,
-            group=_GROUP_OF.get(getattr(r, "resolution", None), FIXED))
+            group=_GROUP_OF.get(getattr(r, "resolution", None), FIXED), amount=amount, amount_text=amount_text)
+        row.message = _own_words(danish.danish_part(scrub(r.message or "")), check) or _detail(row)
+        return row
 
     def _add(self, b: _Branch, row: _Row) -> None:
         counts = b.counts.setdefault(row.check.code, [0, 0, 0, 0, 0])
@@ -298,6 +374,11 @@ class _Builder:
             diff = b.chart_blocking if blocking else b.chart_warning
             diff[lo] += 1
             diff[hi] -= 1
+        # New that day (first seen), fixed in FBS / resolved otherwise that day: open(d) = open(d-1) + new - both.
+        if 0 <= (row.first_seen - self.chart_start).days < CHART_DAYS:
+            b.chart_new[(row.first_seen - self.chart_start).days] += 1
+        if row.resolved is not None and 0 <= (row.resolved.date() - self.chart_start).days < CHART_DAYS:
+            (b.chart_fixed if row.group == FIXED else b.chart_other)[(row.resolved.date() - self.chart_start).days] += 1
         if row.resolved is None:
             counts[0] += 1
             counts[1] += row.is_new
@@ -321,13 +402,32 @@ class _Builder:
         if b.csv_writer is None:
             self._open_files(b)
         b.csv_writer.writerow(_csv_cells(row))
-        if b.html_rows < self.html_row_limit:
-            b.pending.append(row)
-            b.html_rows += 1
+        shown = b.html_rows < self.html_row_limit
+        b.html_rows += shown
+        if row.patron_id is None:
+            if shown:
+                b.agency_rows.append(row)
+            return
+        if b.entry is None or b.entry.patron_id != row.patron_id:
+            self._end_entry(b)
+            b.entry = _Entry(row.patron_id, row.patron_name)
+            b.patrons += 1
+        b.entry.total += 1
+        b.entry.blocking |= row.severity in BLOCKING
+        if row.liability_id is not None:
+            b.entry.liability_ids.add(row.liability_id)
+        if shown:
+            b.entry.rows.append(row)
+
+    def _end_entry(self, b: _Branch) -> None:
+        if b.entry is not None and b.entry.rows:
+            b.pending.append(b.entry)
+        b.entry = None
 
     def _open_files(self, b: _Branch) -> None:
         b.folder.mkdir(parents=True, exist_ok=True)
-        # utf-8-sig: the BOM tells Danish Excel the file is UTF-8; ';' is its list separator.
+        # utf-8-sig: the BOM tells Danish Excel the file is UTF-8; ';' is its list separator (the comma
+        # is its decimal mark, as in the amounts).
         b.csv_file = open(b.folder / (CSV_NAME + ".tmp"), "w", encoding="utf-8-sig", newline="")
         b.csv_writer = csv.writer(b.csv_file, delimiter=";", lineterminator="\r\n")
         b.csv_writer.writerow(CSV_COLUMNS)
@@ -338,6 +438,10 @@ class _Builder:
         for b in self.branches.values():
             if b.csv_writer is None:
                 self._open_files(b)   # a branch with nothing open still gets its (empty) report
+            self._end_entry(b)
+            if b.pending:
+                self.rows_template.stream(entries=b.pending).dump(b.rows_file)
+                b.pending.clear()
             b.csv_file.close()
             b.rows_file.close()
             os.replace(b.folder / (CSV_NAME + ".tmp"), b.folder / CSV_NAME)
@@ -369,7 +473,7 @@ class _Builder:
 
     def _write_html(self, b: _Branch) -> None:
         """The page from ``datakvalitet.html.j2``, streamed to disk with the rows' fragment spliced in."""
-        checks = [(dq_catalog.check(code), b.counts[code])
+        checks = [(_check(code), b.counts[code])
                   for code in sorted(b.counts, key=lambda c: (dq_catalog.check(c).severity not in BLOCKING,
                                                               _CATALOG_ORDER.get(c, len(_CATALOG_ORDER)), c))]
         resolved = {g: [(at, row) for at, _seq, row in sorted(b.resolved[g], reverse=True)] for g in RESOLVED_GROUPS}
@@ -379,17 +483,34 @@ class _Builder:
             self.page_template.stream(
                 branch=b, today=self.today, generated=_generated(), checks=checks,
                 new_count=sum(c[1] for c in b.counts.values()), fixed_count=resolved_counts[FIXED],
-                chart=_chart(self._series(b)), open_rows=_fragment(b.folder / ROWS_NAME), shown=b.html_rows,
-                fixed=resolved[FIXED], resolved=resolved, resolved_counts=resolved_counts).dump(out)
+                chart=_chart(self._series(b)), agency_rows=b.agency_rows, open_rows=_fragment(b.folder / ROWS_NAME),
+                shown=min(b.html_rows, b.open_count), fixed=resolved[FIXED], resolved=resolved,
+                resolved_counts=resolved_counts, unknown_why=UNKNOWN_WHY).dump(out)
         os.replace(tmp, b.folder / HTML_NAME)
 
-    def _series(self, b: _Branch) -> list[tuple[dt.date, int, int]]:
+    def _series(self, b: _Branch) -> list[_Day]:
         out, blocking, warning = [], 0, 0
         for i in range(CHART_DAYS):
             blocking += b.chart_blocking[i]
             warning += b.chart_warning[i]
-            out.append((self.chart_start + dt.timedelta(days=i), blocking, warning))
+            out.append(_Day(self.chart_start + dt.timedelta(days=i), blocking, warning, b.chart_new[i],
+                            b.chart_fixed[i], b.chart_other[i]))
         return out
+
+
+@dataclass(frozen=True)
+class _Day:
+    """One day of the trend: open at its end (blocking, warning), new, fixed in FBS, resolved otherwise."""
+    day: dt.date
+    blocking: int
+    warning: int
+    new: int
+    fixed: int
+    other: int
+
+    @property
+    def open(self) -> int:
+        return self.blocking + self.warning
 
 
 # --- rendering helpers -------------------------------------------------------------------------
@@ -411,13 +532,39 @@ def _own_words(message: str, check: dq_catalog.Check) -> str:
     return "" if message.rstrip(".").strip() == check.title else message
 
 
-def _n(value: int) -> str:
-    """A count the Danish way: 12.345 (the templates' filter ``n``)."""
-    return f"{value:,}".replace(",", ".")
+def _detail(row: _Row) -> str:
+    """The detail line of a finding whose message says nothing beyond the catalog's title: what it
+    is about, from FBS (so no row is without one)."""
+    if row.liability_id is not None:
+        what = f"mellemværende {row.liability_number}" if row.liability_number else f"mellemværende id {row.liability_id}"
+        return f"Gælder {what}" + (f" på {row.amount_text}" if row.amount_text else "") + ("" if (
+            row.amount_text or what).endswith(".") else ".")
+    if row.patron_id is not None:
+        return f"Gælder låner {row.patron_id}."
+    return "Gælder hele biblioteket."
+
+
+_NUMBER_TEXT = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def _amount(value) -> tuple[Decimal | None, str]:
+    """A liability's amount as FBS holds it: (exact Decimal, "-30,00 kr."); never rounded (12.345 is
+    shown "12,345 kr."). SQLite may hand back a float: read by its shortest representation, which
+    is what was written. What is not a number is shown as it is, marked (None, "ulæseligt beløb: …")."""
+    if value is None:
+        return None, ""
+    if isinstance(value, float):
+        value = Decimal(repr(value)) if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, str):
+        value = Decimal(value.strip()) if _NUMBER_TEXT.fullmatch(value.strip()) else value
+    if isinstance(value, Decimal | int) and not isinstance(value, bool) and Decimal(value).is_finite():
+        return Decimal(value), danish.kroner(value)
+    return None, f"ulæseligt beløb: {scrub(value)}"
 
 
 def _generated() -> str:
-    return dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    now = dt.datetime.now()
+    return f"{danish.date(now)} kl. {now:%H.%M}"
 
 
 def _excel_safe(value: str) -> str:
@@ -426,27 +573,35 @@ def _excel_safe(value: str) -> str:
 
 
 def _csv_cells(row: _Row) -> list:
-    return [SEVERITY_LABEL.get(row.severity, row.severity), row.check.rule, row.check.title,
+    amount = danish.csv_amount(row.amount) if row.amount is not None else _excel_safe(row.amount_text)
+    return [SEVERITY_LABEL.get(row.severity, row.severity), row.check.rule, _excel_safe(row.check.title),
             "" if row.patron_id is None else row.patron_id, _excel_safe(row.patron_name),
-            "" if row.liability_id is None else row.liability_id, _excel_safe(row.liability_number),
-            _excel_safe(row.message), row.check.why, row.first_seen.isoformat(), row.last_seen.isoformat(),
+            "" if row.liability_id is None else row.liability_id, _excel_safe(row.liability_number), amount,
+            _excel_safe(row.message), row.why, danish.date(row.first_seen), danish.date(row.last_seen),
             "ja" if row.is_new else "nej", row.key]
 
 
-def _chart(series: Sequence[tuple[dt.date, int, int]], width: int = 640, height: int = 180) -> dict:
-    """The geometry of ``chart.svg.j2``: stacked bars (blocking below, warnings above) per day."""
-    left, right, top, bottom = 44, 8, 10, 34
+def _chart(series: Sequence[_Day], width: int = 720, height: int = 250) -> dict:
+    """The geometry of ``chart.svg.j2``: per day a stacked bar of the open findings (blocking below,
+    warnings above) and, in a band beneath, the day's new findings (up) and fixed ones (down)."""
+    left, right, top, band = 44, 8, 10, 56
+    bottom = 34 + band
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max((bl + wa for _, bl, wa in series), default=0) or 1
+    peak = max((d.open for d in series), default=0) or 1
+    flow = max((max(d.new, d.fixed + d.other) for d in series), default=0) or 1
     step = plot_w / max(len(series), 1)
-    scale = plot_h / peak
-    days = [{"day": day, "total": blocking + warning, "blocking": blocking, "warning": warning,
-             "x": left + i * step + 1.5, "bar": max(step - 3, 1), "hb": blocking * scale, "hw": warning * scale}
-            for i, (day, blocking, warning) in enumerate(series)]
-    ticks = [(left + i * step + step / 2, series[i][0])
+    scale, flow_scale = plot_h / peak, (band / 2 - 4) / flow
+    base = top + plot_h
+    mid = base + 14 + band / 2
+    days = [{"day": d.day, "total": d.open, "blocking": d.blocking, "warning": d.warning, "new": d.new,
+             "fixed": d.fixed, "other": d.other, "x": left + i * step + 1.5, "bar": max(step - 3, 1),
+             "hb": d.blocking * scale, "hw": d.warning * scale, "hn": d.new * flow_scale,
+             "hf": d.fixed * flow_scale, "ho": d.other * flow_scale}
+            for i, d in enumerate(series)]
+    ticks = [(left + i * step + step / 2, series[i].day)
              for i in (sorted({0, len(series) // 2, len(series) - 1}) if series else [])]
-    return {"width": width, "height": height, "left": left, "right": right, "top": top, "base": top + plot_h,
-            "peak": peak, "days": days, "ticks": ticks}
+    return {"width": width, "height": height, "left": left, "right": right, "top": top, "base": base,
+            "mid": mid, "peak": peak, "flow": flow, "days": days, "ticks": ticks, "band": band}
 
 
 def _fragment(path: Path, size: int = 1 << 16) -> Iterator[Markup]:
@@ -470,10 +625,17 @@ def _environment(template_dir: str | None) -> Environment:
         autoescape=select_autoescape(enabled_extensions=("html.j2", "svg.j2"), disabled_extensions=("txt.j2",),
                                      default=True),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["n"] = _n
+    env.filters["n"] = danish.count
+    env.filters["dato"] = _dato
+    env.filters["kr"] = danish.kroner
     env.globals.update(severity_label=SEVERITY_LABEL, chart_days=CHART_DAYS, fixed_days=FIXED_DAYS,
                        csv_name=CSV_NAME)
     return env
+
+
+def _dato(value) -> str:
+    """The templates' filter ``dato``: a date (or an ISO date as in the manifest) as 30.11.2026."""
+    return danish.date(dt.date.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def templates(template_dir: Path | str | None = None) -> Environment:
