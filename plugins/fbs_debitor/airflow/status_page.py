@@ -1,5 +1,6 @@
 """The status page inside the Airflow UI: a FastAPI app the api-server mounts (the plugin
-``plugins/fbs_debitor_status.py``), at ``URL_PREFIX``:
+``plugins/fbs_debitor_status.py`` builds it with ``create_app`` on the first request) at
+``/fbs-debitor``:
 
     /status         the page (HTML, ``fbs_debitor.status.page``)
     /status.json    the same overview as JSON (``fbs_debitor.status.overview``)
@@ -36,7 +37,6 @@ from fbs_debitor.status.overview import Overview, build_overview
 
 log = logging.getLogger(__name__)
 
-URL_PREFIX = "/fbs-debitor"
 NAME = "fbs-debitor status"
 # The page is framed by the Airflow UI (same origin) and needs nothing but its own inline CSS.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'self'"
@@ -115,6 +115,3 @@ def create_app() -> FastAPI:
                                      "X-Content-Type-Options": "nosniff"})
 
     return app
-
-
-app = create_app()
