@@ -190,7 +190,7 @@ def test_issue20_overview_per_municipality_sums_its_agencies_from_fbs_and_the_le
     # the movement for a claim of an agency FBS does not know is held, listed apart: not in FBS
     unknown = o.municipality("-")
     assert [(ag.agency_id, ag.payments.received, ag.payments.held) for ag in unknown.agencies] == [UNKNOWN_AGENCY]
-    assert unknown.state == "attention"
+    assert (unknown.state, unknown.transfer_state) == ("attention", "none")
 
 
 def test_issue20_today_is_a_copenhagen_day_what_was_done_yesterday_is_not_counted(stores, world):
@@ -254,6 +254,29 @@ def test_issue20_rendered_page_escapes_the_data_and_needs_nothing_from_outside(s
 
 
 # --- which report files are served --------------------------------------------------------------------
+
+def test_issue20_a_database_that_cannot_be_read_gives_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    from fbs_debitor.airflow import status_page
+    from fbs_debitor.core.stores import create_fbs_schema
+    from fbs_debitor.status.page import render_error
+
+    fbs_url, ledger_url = f"sqlite:///{tmp_path / 'fbs.sqlite'}", f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    monkeypatch.setenv("FBS_DEBITOR_FBS_URL", fbs_url)
+    monkeypatch.setenv("FBS_DEBITOR_LEDGER_URL", ledger_url)
+    monkeypatch.setattr(status_page, "_STORES", status_page._Stores())
+    with pytest.raises(status_page.Unavailable, match=r"not configured: .*fbs.sqlite does not exist"):
+        status_page._overview()
+    half = open_stores(DatabaseUrls(fbs=fbs_url, ledger=ledger_url))      # FBS there, the ledger never migrated
+    create_fbs_schema(half.fbs)
+    with half.ledger.begin() as conn:
+        conn.execute(text("CREATE TABLE placeholder (x INTEGER)"))
+    half.dispose()
+    with pytest.raises(status_page.Unavailable, match=r"could not be read \(OperationalError: no such table: run\)") \
+            as refused:
+        status_page._overview()
+    body = render_error("the overview cannot be shown", str(refused.value))
+    assert "no such table: run" in body and "Traceback" not in body and "python -m fbs_debitor init" in body
+
 
 def test_issue20_reports_are_served_only_from_under_the_folder_without_links_and_of_three_kinds(tmp_path):
     root = reports_for(tmp_path / "var", dt.date(2026, 11, 20))
@@ -416,12 +439,16 @@ def test_issue20_no_full_cpr_in_any_response_of_the_status_page(server):
     assert "070781-****" in body          # the alarm naming a patron's CPR is shown masked
 
 
-def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (1600, 1100),
-                   timeout: float = 90) -> str:
+DOCUMENT = "document.documentElement.outerHTML"
+
+
+def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (1600, 1100), timeout: float = 90,
+                   dom: str = DOCUMENT) -> str:
     """``url`` in headless Chromium (offline, as ``browser.py`` runs it) with the UI's session
-    cookie ``_token`` set, as Airflow's login leaves it; returns the rendered DOM and writes a PNG
-    to ``shot``. Driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``): the
-    command line alone cannot hand the browser a cookie."""
+    cookie ``_token`` set, as Airflow's login leaves it; returns the DOM the script ``dom`` gives
+    (the page's own, by default) once it gives one, and writes a PNG to ``shot``. Driven over the
+    DevTools protocol on a pipe (``--remote-debugging-pipe``): the command line alone cannot hand
+    the browser a cookie."""
     import base64
     import tempfile
     from urllib.parse import urlsplit
@@ -491,8 +518,13 @@ def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (16
                 m = read()
                 if m.get("method") == "Page.loadEventFired":
                     loaded.append(m)
-            dom = call("Runtime.evaluate", session, expression="document.documentElement.outerHTML",
-                       returnByValue=True)["result"]["value"]
+            while True:     # a page built by its scripts (the Airflow UI) has it a little later
+                html = call("Runtime.evaluate", session, expression=f"(() => {{ try {{ return {dom}; }} "
+                            "catch (e) { return null; } })()", returnByValue=True)["result"].get("value")
+                if html:
+                    break
+                assert time.monotonic() < deadline, f"{url}: {dom} gave nothing"
+                time.sleep(0.25)
             png = call("Page.captureScreenshot", session, format="png")["data"]
             shot.write_bytes(base64.b64decode(png))
             call("Browser.close")
@@ -504,7 +536,7 @@ def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (16
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return dom
+    return html
 
 
 @pytest.mark.airflow
@@ -535,3 +567,16 @@ def test_issue20_status_page_renders_logged_in_in_headless_chromium(server):
     # without the cookie the same browser gets no page
     refused = rendered_dom(page)
     assert "today per municipality" not in refused and "Not authenticated" in refused
+
+
+@pytest.mark.airflow
+@pytest.mark.browser
+def test_issue20_status_page_is_in_the_airflow_uis_navigation_framed_with_the_same_login(server):
+    shot = artifact("status-page-in-airflow-ui.png")
+    shot.unlink(missing_ok=True)
+    framed = ('document.querySelector("iframe").contentDocument.querySelector("#municipalities") '
+              '&& document.querySelector("iframe").contentDocument.documentElement.outerHTML')
+    dom = logged_in_page(f"{server.base}/plugin/fbs-debitor-status", server.token("reader"), shot, dom=framed)
+    doc = lxml_html.fromstring(dom)
+    assert [r.get("data-cvr") for r in doc.xpath('//tr[@class="municipality"]')] == [A, B, "-"]
+    assert full_cpr_numbers(dom) == [] and shot.stat().st_size > 10_000

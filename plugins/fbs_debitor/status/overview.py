@@ -369,7 +369,9 @@ def build_overview(stores: Stores, day: dt.date | None = None, reports_root: Pat
     groups: dict[str, list[AgencyStatus]] = defaultdict(list)
     for agency_id in sorted(by_agency):
         groups[municipality_of[agency_id]].append(by_agency[agency_id])
-    municipalities = [MunicipalityStatus(cvr, groups[cvr], runs.get("transfer"), runs.get("payments"))
+    # agencies FBS does not know take no part in transfers (only movements or alarms name them)
+    municipalities = [MunicipalityStatus(cvr, groups[cvr], runs.get("transfer") if cvr != UNKNOWN else None,
+                                         runs.get("payments"))
                       for cvr in sorted(groups, key=lambda c: (c == UNKNOWN, c))]
     return Overview(day=day, generated_at=dt.datetime.now(ZoneInfo(TIMEZONE)).replace(microsecond=0, tzinfo=None),
                     runs=runs, runs_today=dict(runs_today), municipalities=municipalities,
