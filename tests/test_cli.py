@@ -335,3 +335,186 @@ def test_leak_detector_finds_cpr_numbers_and_ignores_uuids_and_timestamps():
     assert full_cpr_numbers("cpr=0707811234; other 070781-1234") == ["070781-****", "070781-****"]
     assert full_cpr_numbers("replacement 6707811230") == ["670781-****"]
     assert full_cpr_numbers("run b6eba218-4506-4a08-b1b7-0024260185d0 at 2026-11-21 1763712345.5") == []
+
+
+# --- issue 20: every command described, wrong values named, each report in one place, a backfill whole ---
+
+def _parser_of(serve, argv: list[str]):
+    """The parser a command-line entry point builds inside itself (caught as it parses ``argv``)."""
+    import argparse
+
+    class Caught(Exception):
+        pass
+
+    def catch(parser, *_a, **_k):
+        raise Caught(parser)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = catch
+    try:
+        serve(argv)
+    except Caught as caught:
+        return caught.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise AssertionError(f"{serve} parsed nothing")
+
+
+def _commands():
+    """(command line, subcommand, its parser) for every subcommand of both command lines; the
+    sandbox's emulator has a parser of its own (``emulator.serve``)."""
+    from fbs_debitor import cli as runtime
+    from fbs_debitor.sandbox import cli as sandbox_cli
+    from fbs_debitor.sandbox import emulator
+
+    out = []
+    for prog, parser in (("fbs_debitor", runtime.build_parser()), ("fbs_debitor.sandbox", sandbox_cli.build_parser())):
+        (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for name, subparser in sub.choices.items():
+            if prog == "fbs_debitor.sandbox" and name == "emulator":
+                subparser = _parser_of(emulator.serve, [])
+            out.append((prog, name, subparser))
+    return out
+
+
+def _undocumented(parser) -> list[str]:
+    return [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+            if not (a.help or "").strip() or a.help == "==SUPPRESS=="]
+
+
+COMMANDS = [(prog, name) for prog, name, _p in _commands()]
+# sandbox/emulator.py is not this change's file: its --seed has no help yet (strict: fails once it has).
+_EMULATOR_SEED = pytest.mark.xfail(strict=True, reason="sandbox/emulator.py: --seed has no help text yet")
+
+
+@pytest.mark.parametrize("prog,name", [pytest.param(p, n, marks=_EMULATOR_SEED) if n == "emulator" else (p, n)
+                                       for p, n in COMMANDS])
+def test_issue20_every_subcommand_has_a_description_and_help_on_every_argument(prog, name):
+    (parser,) = [p for pr, n, p in _commands() if (pr, n) == (prog, name)]
+    assert (parser.description or "").strip(), f"python -m {prog} {name} --help has no description"
+    assert _undocumented(parser) == [], f"python -m {prog} {name}: arguments without help"
+
+
+def test_issue20_the_walk_covers_every_command_and_the_top_level_options():
+    from fbs_debitor import cli as runtime
+    from fbs_debitor.sandbox import cli as sandbox_cli
+
+    names = {p: sorted(n for pr, n in COMMANDS if pr == p) for p in ("fbs_debitor", "fbs_debitor.sandbox")}
+    assert {"summary", "backfill", "reconcile", "payments", "history", "settings"} <= set(names["fbs_debitor"])
+    assert {"generate", "emulator", "reconcile", "simulate-cut-off"} <= set(names["fbs_debitor.sandbox"])
+    for parser in (runtime.build_parser(), sandbox_cli.build_parser()):
+        assert parser.description and [a for a in _undocumented(parser) if a != "command"] == []
+
+
+def test_issue20_a_subcommands_help_opens_with_its_description(tmp_path):
+    urls = sqlite_urls(tmp_path)
+    proc = cli(urls, tmp_path, "summary", "--help")
+    assert proc.returncode == 0
+    assert "print the counts of a recorded run" in proc.stdout and "--kind {transfer,backfill," in proc.stdout
+
+
+@pytest.mark.parametrize("args,named", [
+    (("summary", "--kind", "bogus"), ["'bogus'", "transfer", "backfill", "payments", "dq_report", "manual"]),
+    (("backfill", "--status", "--limit", "0"), ["'0'", "1 to 1000"]),
+    (("history", "abc"), ["'abc'"]),
+    (("summary", "--since", "yesterday"), ["'yesterday'", "YYYY-MM-DDTHH:MM:SS"]),
+    (("reconcile", "--show", "-1"), ["'-1'"]),
+])
+def test_issue20_a_wrong_value_is_refused_with_a_message_naming_it_and_what_is_allowed(tmp_path, args, named):
+    urls = sqlite_urls(tmp_path)
+    proc = cli(urls, tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    for word in named:
+        assert word in proc.stderr, proc.stderr
+    assert files_under(tmp_path) == []                    # refused before anything was created
+
+
+def test_issue20_sandbox_names_a_wrong_agency(tmp_path):
+    proc = sandbox(sqlite_urls(tmp_path), tmp_path, "simulate-cut-off", "--agency", "DK-715100")
+    assert proc.returncode == 2 and "'DK-715100'" in proc.stderr and "six digits" in proc.stderr
+
+
+def test_issue20_each_reconciliation_report_is_written_in_one_folder_under_one_name(db_urls, tmp_path, monkeypatch):
+    """The payments report: var/reports/payments/reconciliation-<id>.csv, whoever writes it (the
+    payments run: its ledger run id, as the DAG; reconcile: its time); the claims report likewise
+    in var/reports/claims/. Nothing anywhere else."""
+    from fbs_debitor import cli as runtime
+    from fbs_debitor.core import ledger
+    from fbs_debitor.core.stores import open_stores
+
+    assert cli(db_urls, tmp_path, "init").returncode == 0
+    (tmp_path / "var" / "payments" / "inbox").mkdir(parents=True)
+    pay = cli(db_urls, tmp_path, "payments")
+    rec = cli(db_urls, tmp_path, "reconcile")
+    assert pay.returncode == 0 and rec.returncode == 0, pay.stderr + rec.stderr
+    stores = open_stores(db_urls)
+    try:
+        payments_run = ledger.get_run(stores.ledger, kind="payments").run_id
+        monkeypatch.setenv("FBS_DEBITOR_VAR", str(tmp_path / "var"))
+        # a claim the debtor side holds that was never accepted: the claims report has a difference
+        assert not runtime.reconcile(stores, held={"FBS-715100-1": {}}, debtor={})
+    finally:
+        stores.dispose()
+    reports = tmp_path / "var" / "reports"
+    written = sorted(p.relative_to(reports).as_posix() for p in reports.rglob("*") if p.is_file())
+    assert f"payments/reconciliation-{payments_run}.csv" in written
+    assert len(written) == 4, written                  # payments run, reconcile, and the in-process call's two
+    assert all(re.fullmatch(r"(payments|claims)/reconciliation-[0-9a-fT-]+\.csv", w) for w in written), written
+    assert sum(w.startswith("claims/") for w in written) == 1
+    assert f"var/reports/payments/reconciliation-{payments_run}.csv" in pay.stdout
+    assert re.search(r"var/reports/payments/reconciliation-\d{8}T\d{6}-\d{6}\.csv", rec.stdout)
+
+
+@pytest.mark.slow
+def test_issue20_summary_of_a_backfill_is_headed_as_a_backfill_and_shows_every_month(db_urls, stores, tmp_path):
+    import datetime as dt
+    from decimal import Decimal
+
+    import debtor
+    import fbs_rows as fr
+    from sqlalchemy import text
+
+    from fbs_debitor.backfill import months as backfill
+    from fbs_debitor.eligibility import cut_off
+    from fbs_debitor.sandbox import emulator
+
+    old_cut, new_cut = dt.date(2025, 4, 1), dt.date(2025, 1, 1)
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, cut_off_date=old_cut)
+        patron = fr.patron(conn)["patron_id"]
+        for month in (1, 2, 3):                                             # 1 in January, 2 in Feb., 3 in March
+            for day in range(month):
+                fr.liability(conn, patron, kind="compensation", with_loan=False, acknowledged=True,
+                             created_at=dt.datetime(2025, month, 10 + day, 9, 30), amount=Decimal("249.00"))
+        conn.commit()
+    assert cut_off.detect(stores) == []                                     # the cut-off date as first seen
+    with stores.fbs.begin() as conn:
+        conn.execute(text("UPDATE agency SET cut_off_date = :d"), {"d": new_cut})
+    emu_db = f"sqlite:///{tmp_path / 'emulator.sqlite'}"
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        plan = backfill.plan(stores, backfill.Request("715100", new_cut, batch_size=2))
+        for chunk in plan.chunks:
+            backfill.run_chunk(stores, plan.backfill_id, chunk["chunk_from"], client=client)
+    assert backfill.finish(stores, plan.backfill_id)["status"] == "complete"
+
+    whole = cli(db_urls, tmp_path, "summary", "--kind", "backfill")
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.splitlines()[0].startswith(f"fbs-debitor backfill {plan.backfill_id} of agency 715100")
+    assert "transfer run" not in whole.stdout
+    months = re.findall(r"^(2025-\d\d)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", whole.stdout, re.M)
+    assert months == [(f"2025-0{m}", "done", str(m), str(m), str(m), "0") for m in (1, 2, 3)]
+    assert re.search(r"^sent 6: accepted 6, rejected 0, unconfirmed 0", whole.stdout, re.M)   # all months added up
+
+    march = backfill.chunk_run_id(plan.backfill_id, dt.date(2025, 3, 1))
+    one = cli(db_urls, tmp_path, "summary", "--run", march)
+    assert one.returncode == 0 and "month 2025-03" in one.stdout.splitlines()[0]
+    assert re.search(r"^sent 3: accepted 3,", one.stdout, re.M)
+
+    listing = cli(db_urls, tmp_path, "backfill", "--status")
+    assert listing.returncode == 0
+    (row,) = [line.split() for line in listing.stdout.splitlines() if line.startswith(plan.backfill_id)
+              and "complete" in line]
+    assert row[1:] == ["715100", "2025-01-01", "-", "2025-04-01", "real", "detected", "complete", "3/3", "6", "6",
+                       "6", "0", "0", row[-1]]
+    assert "{'" not in listing.stdout + whole.stdout                        # no raw Python dict
+    assert full_cpr_numbers(whole.stdout + one.stdout + listing.stdout) == []

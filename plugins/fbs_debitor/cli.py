@@ -23,6 +23,8 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import textwrap
+from collections import Counter
 from pathlib import Path
 
 from fbs_debitor.backfill import months as backfill
@@ -41,7 +43,7 @@ from fbs_debitor.quality import mailer
 from fbs_debitor.quality import report as dq_report
 from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment, run_transfer
-from fbs_debitor.transfer.summary import format_payments_run, format_run
+from fbs_debitor.transfer.summary import RUN_KINDS, format_backfill, format_backfills, format_payments_run, format_run
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SETTINGS, EXIT_UNCONFIRMED = 0, 1, 2, settings.EXIT_CODE, 4
 
@@ -153,13 +155,36 @@ def cmd_summary(args) -> int:
     stores = _stores()
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
     if run is None:
-        print("no run recorded in the ledger yet", file=sys.stderr)
+        print(f"no run {args.run} in the ledger" if args.run else
+              f"no {args.kind + ' ' if args.kind else ''}run recorded in the ledger yet", file=sys.stderr)
         return 1
     if args.since and run.started_at < args.since:
         print(f"no run recorded since {args.since} (the newest started {run.started_at})", file=sys.stderr)
         return 1
+    backfill_id = backfill.of_run(stores.ledger, run.run_id) if run.kind == "backfill" else None
+    if backfill_id:
+        return _backfill_summary(stores, run, backfill_id, whole=not args.run)
     fmt = format_payments_run if run.kind == "payments" else format_run
     print(fmt(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs))
+    return 0 if run.status == "success" else 1
+
+
+BACKFILL_SETTLED = ("complete", "stopped", "superseded")   # a backfill in one of these has nothing left to do
+
+
+def _backfill_summary(stores: Stores, run: ledger.RunInfo, backfill_id: str, whole: bool) -> int:
+    """A backfill month's run belongs to a backfill: ``whole`` shows the backfill with every month
+    (``--kind backfill``), otherwise the one month (``--run``), headed as a backfill's."""
+    b = backfill.status(stores.ledger, backfill_id=backfill_id, limit=1)[0]
+    months = backfill.months_of(stores.ledger, backfill_id)
+    if whole:
+        counts = sum((ledger.run_counts(stores.ledger, m["run_id"]) for m in months if m["run_id"]), Counter())
+        print(format_backfill(b, months, counts, stores.fbs))
+        return 0 if b["status"] in BACKFILL_SETTLED else 1
+    month = next(m["from"][:7] for m in months if m["run_id"] == run.run_id)
+    title = (f"fbs-debitor backfill {backfill_id} of agency {b['agency']}, month {month} (ledger run {run.run_id}): "
+             f"{run.status}" + (f" - {run.error}" if run.error else ""))
+    print(format_run(run, ledger.run_counts(stores.ledger, run.run_id), stores.fbs, title=title))
     return 0 if run.status == "success" else 1
 
 
@@ -169,8 +194,7 @@ def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int =
     U1-U4), and payments (what was sent, what the debtor system reported paid or written off
     (``debtor``), what FBS shows); every difference printed (the first ``show``) and written to a
     CSV. True when there is none."""
-    stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S}"
-    reports = settings.var_dir() / "reports"
+    stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S-%f}"   # (two in the same second write two reports)
     ok = True
     if held is not None:
         report = reconciliation.reconcile(stores, held)
@@ -179,16 +203,22 @@ def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int =
             ok = False
             _print_differences(report.differences, show, lambda d: f"FBS {d.fbs}; debtor side {d.debtor}; "
                                                                    f"ledger {d.ledger}")
-            print(f"every difference: {report.write_csv(Path(out) if out else reports / f'reconciliation-{stamp}.csv')}")
+            print(f"every difference: {report.write_csv(Path(out) if out else claims_report_path(stamp))}")
     payments = payment_reconciliation.reconcile_payments(stores, debtor)
     print(payments.summary())
-    path = payments.write_csv(Path(payments_out) if payments_out else reports / f"payments-reconciliation-{stamp}.csv")
+    path = payments.write_csv(Path(payments_out) if payments_out else payment_reconciliation.report_path(stamp))
     if not payments.ok:
         ok = False
         _print_differences(payments.differences, show, lambda d: f"sent {d.sent}; debtor reported {d.reported}; "
                                                                  f"ledger {d.ledger}; FBS {d.fbs}")
     print(f"payments report (every difference): {path}")
     return ok
+
+
+def claims_report_path(stamp: str) -> Path:
+    """The one place the claims reconciliation report is written (only on differences):
+    ``var/reports/claims/reconciliation-<time>.csv``, next to the payments' in ``var/reports/payments/``."""
+    return settings.var_dir() / "reports" / "claims" / f"reconciliation-{stamp}.csv"
 
 
 def _print_differences(differences, show: int, values) -> None:
@@ -247,6 +277,7 @@ def cmd_payments(args) -> int:
         print(f"payments: {left}", file=sys.stderr)
     report = payment_reconciliation.reconcile_payments(stores)
     print(report.summary())
+    print(f"payments report (every difference): {report.write_csv(payment_reconciliation.report_path(run_id))}")
     return EXIT_OK if report.ok and not left else EXIT_FAILED
 
 
@@ -291,12 +322,7 @@ def cmd_backfill(args) -> int:
             print(b["backfill_id"], b["agency"], b["cut_off_date"], b["batch_size"])
         return 0
     if args.status:
-        for b in backfill.status(stores.ledger, args.agency, args.limit):
-            print(f"{b['backfill_id']}  agency {b['agency']}  {b['from']} - {b['to']}  "
-                  f"{'dry run' if b['dry_run'] else 'real'}  {b['status']}  ({b['requested_by']}): "
-                  f"{b['done']}/{b['chunks']} month(s) done, {b['in_range']} liabilities in range, {b['claims']} claim(s)"
-                  + (f" {'written' if b['dry_run'] else 'sent'}, months run over {b['seconds']:.0f} s"
-                     if b["seconds"] is not None else "") + f"\n    {b['note'] or ''}")
+        print(format_backfills(backfill.status(stores.ledger, args.agency, args.limit)))
         return 0
     try:
         plan = backfill.plan(stores, request)
@@ -375,7 +401,18 @@ def new_parser(prog: str, description: str | None) -> tuple[argparse.ArgumentPar
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
-    return parser, parser.add_subparsers(dest="command", required=True)
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                         help="one of the commands below; 'COMMAND --help' describes it")
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, summary: str, details: str = "",
+                **kwargs) -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` is its line in the list of commands and, with ``details`` (blank
+    lines between paragraphs), the description its ``--help`` opens with."""
+    paragraphs = [summary, *[p for p in details.split("\n\n") if p.strip()]]
+    description = "\n\n".join(textwrap.fill(" ".join(p.split()), 100) for p in paragraphs)
+    return sub.add_parser(name, help=summary, description=description,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
@@ -392,48 +429,66 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     return args.func(args)
 
 
+LIABILITY_ID = settings.whole(1, 2 ** 63 - 1)
+PAYMENTS_REPORT = "var/reports/payments/reconciliation-<time>.csv"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = new_parser("python -m fbs_debitor", __doc__)
 
-    p = sub.add_parser("init", help="create the FBS extract tables (demo) and migrate the ledger; the one command "
-                                    "that creates missing databases")
+    p = add_command(sub, "init", "create the FBS extract tables (demo) and migrate the ledger; the one command "
+                                 "that creates missing databases",
+                    "Uses FBS_DEBITOR_FBS_URL and FBS_DEBITOR_LEDGER_URL (default: SQLite files under var/). "
+                    "Running it again applies only the ledger migrations not applied yet.")
     p.set_defaults(func=cmd_init, creates=settings.STORES)
 
-    p = sub.add_parser("settings", help="print every FBS_DEBITOR_* setting, its value and allowed range; exit 3 "
-                                        "when one is outside it")
+    p = add_command(sub, "settings", "print every FBS_DEBITOR_* setting, its value and allowed range; exit 3 "
+                                     "when one is outside it",
+                    "Secrets are not shown. An FBS_DEBITOR_* variable that is not a setting is named as a "
+                    "probable typo.")
     p.set_defaults(func=cmd_settings)
 
-    p = sub.add_parser("assess", help="data-quality checks and eligibility now (T1-T6), record the run, "
-                                      "print the summary")
+    p = add_command(sub, "assess", "data-quality checks and eligibility now (T1-T6), record the run, "
+                                   "print the summary",
+                    "Sends nothing. The run is recorded in the ledger (kind manual) and its findings go to "
+                    "the staff reports and var/data_docs/.")
     p.set_defaults(func=cmd_assess)
 
     batch = settings.whole(1, settings.MAX_BATCH_SIZE)
-    p = sub.add_parser("transfer", help="build the SF1590 claims due now and send them through Serviceplatformen "
-                                        "(connection AIRFLOW_CONN_SERVICEPLATFORMEN); --dry-run writes them as XML "
-                                        f"files. Exit {EXIT_UNCONFIRMED} when messages are left unconfirmed")
+    batch_help = f"claims per message, 1-{settings.MAX_BATCH_SIZE} (default FBS_DEBITOR_BATCH_SIZE, 500)"
+    p = add_command(sub, "transfer", "build the SF1590 claims due now and send them through Serviceplatformen; "
+                                     "--dry-run writes them as XML files instead",
+                    "The connection is AIRFLOW_CONN_SERVICEPLATFORMEN. What DAG debitor_transfer does, as one "
+                    f"run of kind manual. Exit {EXIT_UNCONFIRMED} when messages are left unconfirmed: they are "
+                    "sent again under the same keys next run.")
     p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
     p.add_argument("--out", type=settings.folder, default=None, help="output folder (default var/dry-run)")
-    p.add_argument("--batch-size", type=batch, default=None,
-                   help=f"claims per message, 1-{settings.MAX_BATCH_SIZE} (default FBS_DEBITOR_BATCH_SIZE, 500)")
+    p.add_argument("--batch-size", type=batch, default=None, help=batch_help)
     p.set_defaults(func=cmd_transfer)
 
-    p = sub.add_parser("report", help="write the staff data-quality reports (HTML + CSV per branch); "
-                                      "--email sends them")
+    p = add_command(sub, "report", "write the staff data-quality reports (HTML + CSV per branch); "
+                                   "--email sends them",
+                    "One folder per day (var/reports/<date>/<agency>/<branch>/), an overview per agency and a "
+                    "manifest.json, as DAG debitor_dq_report writes them.")
     p.add_argument("--out", type=settings.folder, help="output folder (default var/reports/<date>)")
     p.add_argument("--date", type=settings.iso_date, help="the report's day, YYYY-MM-DD (default today)")
     p.add_argument("--email", action="store_true", help="email each branch its report (FBS_DEBITOR_SMTP_* settings)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("reconcile", help="compare, per claim with payments, what was sent, what the debtor system "
-                                         "reported and what FBS shows now; list every difference")
+    p = add_command(sub, "reconcile", "compare, per claim with payments, what was sent, what the debtor system "
+                                      "reported and what FBS shows now; list every difference",
+                    f"Every difference goes to a CSV, by default {PAYMENTS_REPORT} (each payments run writes "
+                    "var/reports/payments/reconciliation-<run>.csv). Exit 1 when there is any. The sandbox's "
+                    "'reconcile --emulator-db' also compares the claims the debtor emulator holds.")
     p.add_argument("--show", type=settings.whole(0, 100_000), default=20,
                    help="differences to print, 0-100000 (all go to the CSV)")
-    p.add_argument("--payments-out", help="CSV of the payments report (default "
-                                          "var/reports/payments-reconciliation-<time>.csv)")
+    p.add_argument("--payments-out", help=f"CSV of the payments report (default {PAYMENTS_REPORT})")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("payments", help="apply the debtor system's waiting payment files (P1, P2) and write them to "
-                                        "FBS; --dismiss a held movement after review")
+    p = add_command(sub, "payments", "apply the debtor system's waiting payment files (P1, P2) and write them to "
+                                     "FBS; --dismiss a held movement after review",
+                    "What DAG debitor_payments does, as one run of kind payments; its reconciliation report "
+                    "goes to var/reports/payments/reconciliation-<run>.csv.")
     p.add_argument("--inbox", type=settings.folder,
                    help="the inbox folder (default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox); named inbox "
                         "unless FBS_DEBITOR_PAYMENT_ARCHIVE and _QUARANTINE are set")
@@ -441,35 +496,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", help="who reviewed it and why (with --dismiss)")
     p.set_defaults(func=cmd_payments)
 
-    p = sub.add_parser("requeue", help="send a claim the debtor system rejected again, under the next generation "
-                                       "of its FordringID, in the next transfer run: for a cause outside FBS's data "
-                                       "(a claim type mapped since, M3; a manual process agreed, I3). A rejection "
-                                       "whose data staff corrected in FBS goes again by itself")
-    p.add_argument("liability_id", type=settings.whole(1, 2 ** 63 - 1))
+    p = add_command(sub, "requeue", "send a claim the debtor system rejected again, under the next generation "
+                                    "of its FordringID, in the next transfer run",
+                    "For a cause outside FBS's data: a claim type mapped since (M3), a manual process agreed "
+                    "(I3). A rejection whose data staff corrected in FBS goes again by itself.")
+    p.add_argument("liability_id", type=LIABILITY_ID, help="the rejected claim's FBS liability id (a whole number)")
     p.add_argument("--note", help="who decided and why (kept in the audit trail, CPR masked)")
     p.set_defaults(func=cmd_requeue)
 
-    p = sub.add_parser("history", help="the audit trail of one liability (M2): every message, answer, change, "
-                                       "task and payment, oldest first (CPR masked)")
-    p.add_argument("liability_id", type=settings.whole(1, 2 ** 63 - 1))
+    p = add_command(sub, "history", "the audit trail of one liability (M2): every message, answer, change, "
+                                    "task and payment, oldest first (CPR masked)")
+    p.add_argument("liability_id", type=LIABILITY_ID, help="the FBS liability id (a whole number)")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("backfill", help="send an agency's older liabilities month by month after its cut-off date "
-                                        "moved back (T3), as DAG debitor_backfill does; --dry-run sends nothing")
-    p.add_argument("--agency", help="FBS agency (ISIL number without DK-)")
-    p.add_argument("--cut-off-date", help="the new cut-off date, YYYY-MM-DD")
+    p = add_command(sub, "backfill", "send an agency's older liabilities month by month after its cut-off date "
+                                     "moved back (T3), as DAG debitor_backfill does; --dry-run sends nothing",
+                    "With --agency and --cut-off-date: plan the backfill (or resume an unfinished one with the "
+                    "same request) and run its months. --status lists the backfills as a table; 'summary --kind "
+                    "backfill' shows the newest one whole, month by month.")
+    p.add_argument("--agency", help="FBS agency: six digits, the ISIL number without DK- (e.g. 715100)")
+    p.add_argument("--cut-off-date", help="the new cut-off date, YYYY-MM-DD, from 2000-01-01 up to today")
     p.add_argument("--dry-run", action="store_true", help="write what would be sent under var/backfill/<id>/")
-    p.add_argument("--batch-size", type=batch, default=None,
-                   help=f"claims per message, 1-{settings.MAX_BATCH_SIZE} (default FBS_DEBITOR_BATCH_SIZE, 500)")
-    p.add_argument("--status", action="store_true", help="list the newest backfills and their months")
+    p.add_argument("--batch-size", type=batch, default=None, help=batch_help)
+    p.add_argument("--status", action="store_true", help="list the newest backfills (of --agency, when given): "
+                                                         "months done, claims sent, the debtor system's answers")
     p.add_argument("--limit", type=settings.whole(1, 1000), default=10, help="with --status: how many, 1-1000")
     p.add_argument("--waiting", action="store_true", help="list the backfills the transfer run handed over that "
                                                           "no backfill run has taken up yet")
     p.set_defaults(func=cmd_backfill)
 
-    p = sub.add_parser("summary", help="print the counts of a recorded run (default: the newest)")
-    p.add_argument("--run", help="run id")
-    p.add_argument("--kind", default=None, help="newest run of this kind (transfer, manual, ...)")
+    p = add_command(sub, "summary", "print the counts of a recorded run (default: the newest)",
+                    "A transfer run per agency and rule; a payments run per agency and kind of movement; for "
+                    "--kind backfill the newest backfill whole: each of its months and all its months' counts "
+                    "added up. Exit 1 when the run did not succeed (a backfill: not complete).")
+    p.add_argument("--run", help="a run id from the ledger (a backfill month's run shows that month)")
+    p.add_argument("--kind", choices=RUN_KINDS, default=None, help="the newest run of this kind")
     p.add_argument("--since", type=settings.iso_time,
                    help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)

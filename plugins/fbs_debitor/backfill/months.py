@@ -49,7 +49,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.core import ledger, settings
-from fbs_debitor.core.db import as_bool, as_date, as_datetime
+from fbs_debitor.core.db import as_bool, as_date, as_datetime, in_query
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import age_limit_range, batch_size_default
 from fbs_debitor.core.stores import Stores
@@ -520,8 +520,14 @@ def _add_up_dry_run(out_dir: Path, chunks) -> Path:
 
 # --- status -------------------------------------------------------------------------------------
 
-def status(ledger_engine: Engine, agency_id: str | None = None, limit: int = 10) -> list[dict]:
-    """The newest backfills with their chunks per status, and the cut-off changes behind them."""
+ANSWERS = (delivery.ACCEPTED, delivery.REJECTED, delivery.UNCONFIRMED)   # the debtor system's answers, as counted
+
+
+def status(ledger_engine: Engine, agency_id: str | None = None, limit: int = 10,
+           backfill_id: str | None = None) -> list[dict]:
+    """The newest backfills (or the one ``backfill_id``) with their months per status, what the
+    months sent and the debtor system's answers (summed over the months' ledger runs), and the
+    cut-off changes behind them."""
     with ledger_engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT b.backfill_id, b.agency_id, b.from_date, b.to_date, b.dry_run, b.status, b.requested_by, "
@@ -533,14 +539,70 @@ def status(ledger_engine: Engine, agency_id: str | None = None, limit: int = 10)
             "AS in_range, "
             "(SELECT MIN(c.started_at) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS first_start, "
             "(SELECT MAX(c.finished_at) FROM backfill_chunk c WHERE c.backfill_id = b.backfill_id) AS last_finish "
-            "FROM backfill b WHERE CAST(:a AS VARCHAR(20)) IS NULL OR b.agency_id = :a "
-            "ORDER BY b.created_at DESC LIMIT :n"), {"a": agency_id, "n": limit}).all()
-    return [{"backfill_id": r.backfill_id, "agency": r.agency_id, "from": str(as_date(r.from_date)),
-             "to": str(as_date(r.to_date)), "dry_run": as_bool(r.dry_run), "status": r.status,
-             "requested_by": r.requested_by, "chunks": int(r.chunks), "done": int(r.done), "claims": int(r.claims),
-             "in_range": int(r.in_range), "note": r.note,
-             "seconds": (as_datetime(r.last_finish) - as_datetime(r.first_start)).total_seconds()
-             if r.first_start and r.last_finish else None} for r in rows]
+            "FROM backfill b WHERE (CAST(:a AS VARCHAR(20)) IS NULL OR b.agency_id = :a) "
+            "AND (CAST(:b AS VARCHAR(36)) IS NULL OR b.backfill_id = :b) "
+            "ORDER BY b.created_at DESC LIMIT :n"), {"a": agency_id, "b": backfill_id, "n": limit}).all()
+    out = []
+    for r in rows:
+        answers = sum(_answers(ledger_engine, [m["run_id"] for m in _month_runs(ledger_engine, r.backfill_id)])
+                      .values(), Counter())
+        out.append({"backfill_id": r.backfill_id, "agency": r.agency_id, "from": str(as_date(r.from_date)),
+                    "to": str(as_date(r.to_date)), "dry_run": as_bool(r.dry_run), "status": r.status,
+                    "requested_by": r.requested_by, "chunks": int(r.chunks), "done": int(r.done),
+                    "claims": int(r.claims), "in_range": int(r.in_range), "note": r.note,
+                    **{a: answers.get(a, 0) for a in ANSWERS},
+                    "seconds": (as_datetime(r.last_finish) - as_datetime(r.first_start)).total_seconds()
+                    if r.first_start and r.last_finish else None})
+    return out
+
+
+def months_of(ledger_engine: Engine, backfill_id: str) -> list[dict]:
+    """Every month of a backfill, oldest first: its range, status, liabilities in range, claims
+    sent (or written), the debtor system's answers and the ledger run that did it (``run_id``,
+    None while the month has not run)."""
+    months_ = _month_runs(ledger_engine, backfill_id)
+    ids = [m["run_id"] for m in months_]
+    with ledger_engine.connect() as conn:
+        existing = {r[0] for r in conn.execute(in_query("SELECT run_id FROM run WHERE run_id IN :ids", "ids"),
+                                               {"ids": ids or [""]})}
+    answers = _answers(ledger_engine, ids)
+    return [{**m, "run_id": m["run_id"] if m["run_id"] in existing else None,
+             **{a: answers.get(m["run_id"], Counter()).get(a, 0) for a in ANSWERS}} for m in months_]
+
+
+def of_run(ledger_engine: Engine, run_id: str) -> str | None:
+    """The backfill one of whose months the ledger run ``run_id`` did (None: not a backfill's)."""
+    with ledger_engine.connect() as conn:
+        start = conn.execute(text("SELECT data_interval_start FROM run WHERE run_id = :r AND kind = 'backfill'"),
+                             {"r": run_id}).scalar()
+        if start is None:
+            return None
+        rows = conn.execute(text("SELECT backfill_id, chunk_from FROM backfill_chunk WHERE chunk_from = :f"),
+                            {"f": as_datetime(start).date()}).all()
+    return next((r.backfill_id for r in rows if chunk_run_id(r.backfill_id, as_date(r.chunk_from)) == run_id), None)
+
+
+def _month_runs(ledger_engine: Engine, backfill_id: str) -> list[dict]:
+    with ledger_engine.connect() as conn:
+        rows = conn.execute(text("SELECT chunk_from, chunk_to, status, in_range, claims, note FROM backfill_chunk "
+                                 "WHERE backfill_id = :b ORDER BY chunk_from"), {"b": backfill_id}).all()
+    return [{"from": str(as_date(r.chunk_from)), "to": str(as_date(r.chunk_to)), "status": r.status,
+             "in_range": int(r.in_range or 0), "claims": int(r.claims or 0), "note": r.note,
+             "run_id": chunk_run_id(backfill_id, as_date(r.chunk_from))} for r in rows]
+
+
+def _answers(ledger_engine: Engine, run_ids: list[str]) -> dict[str, Counter]:
+    """run id -> the debtor system's answers its run counted (``ANSWERS``)."""
+    if not run_ids:
+        return {}
+    with ledger_engine.connect() as conn:
+        rows = conn.execute(in_query("SELECT run_id, category, SUM(n) AS n FROM run_count WHERE run_id IN :ids "
+                                     "AND category IN :cats GROUP BY run_id, category", "ids", "cats"),
+                            {"ids": run_ids, "cats": list(ANSWERS)}).all()
+    out: dict[str, Counter] = {}
+    for r in rows:
+        out.setdefault(r.run_id, Counter())[r.category] = int(r.n)
+    return out
 
 
 def is_dry_run(ledger_engine: Engine, backfill_id: str) -> bool:

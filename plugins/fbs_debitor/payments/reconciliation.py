@@ -34,6 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_amount, as_bool, in_query, keyset_pages
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.apply import payment_id
@@ -105,6 +106,13 @@ class PaymentReport:
                 w.writerow([d.liability_id or "", d.fordring_id, d.what, d.sent, d.reported, d.ledger, d.fbs])
         return path
 
+
+def report_path(report_id: str) -> Path:
+    """The one place a payments reconciliation report is written:
+    ``var/reports/payments/reconciliation-<id>.csv``, ``report_id`` the payments run's ledger id
+    (debitor_payments, ``python -m fbs_debitor payments``) or, for a reconciliation outside a run
+    (``reconcile``), the time it started (YYYYMMDDTHHMMSS-microseconds)."""
+    return settings.var_dir() / "reports" / "payments" / f"reconciliation-{report_id}.csv"
 
 
 def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, page_size: int = 5000) -> PaymentReport:

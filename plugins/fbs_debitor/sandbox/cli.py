@@ -107,15 +107,27 @@ def cmd_reconcile(args) -> int:
     return 0 if ok else 1
 
 
+def agency_id(text_: str) -> str:
+    """An FBS agency id as typed: six digits (the ISIL number without DK-)."""
+    if not (len(text_) == 6 and text_.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text_!r}: allowed is an FBS agency, six digits (e.g. 715100)")
+    return text_
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = cli.new_parser("python -m fbs_debitor.sandbox", __doc__)
+    add = cli.add_command
 
-    p = sub.add_parser("generate", help="fill the FBS extract with a synthetic municipality (creates the FBS "
-                                        "extract and the ledger when missing)")
-    p.add_argument("--patrons", type=whole(1, 1_000_000), default=5000, help="1-1000000")
-    p.add_argument("--seed", type=whole(0), default=42)
+    p = add(sub, "generate", "fill the FBS extract with a synthetic municipality (creates the FBS extract and the "
+                             "ledger when missing)",
+            "Five agencies (two with a broken age limit, held under C3), their branches, patrons and "
+            "liabilities over --backlog-years, with the data-quality problems the checks look for. The same "
+            "--seed and --as-of give the same municipality.")
+    p.add_argument("--patrons", type=whole(1, 1_000_000), default=5000, help="patrons to create, 1-1000000")
+    p.add_argument("--seed", type=whole(0), default=42, help="random seed, a whole number from 0 (default 42)")
     p.add_argument("--as-of", type=settings.iso_date, help="the generator's 'today' (YYYY-MM-DD); default today")
-    p.add_argument("--liabilities-per-patron", type=number(0, 100), default=10.0, help="0-100")
+    p.add_argument("--liabilities-per-patron", type=number(0, 100), default=10.0,
+                   help="liabilities per patron on average, 0-100")
     p.add_argument("--backlog-years", type=whole(1, 50), default=6,
                    help="liabilities are created over this many years, 1-50")
     p.add_argument("--cut-off-days", type=whole(0, 36_500), default=365,
@@ -124,50 +136,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
     p.set_defaults(func=cmd_generate, creates=settings.STORES)
 
-    sub.add_parser("emulator", add_help=False,
-                   help="run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
-                        "'emulator --help' for its options); it creates its own database (--db) when missing")
+    # The emulator parses its own options (emulator.serve); this entry only lists it.
+    add(sub, "emulator", "run the local SF1590 debtor-system emulator on loopback (--vendor KMD_OPUS|PRISME|EG; "
+                         "'emulator --help' for its options); it creates its own database (--db) when missing",
+        add_help=False)
 
     emulator_db = settings.existing_database("--emulator-db", EMULATOR_CREATED_BY)
-    p = sub.add_parser("reconcile", help="compare, per claim, what was sent, what the debtor emulator holds and "
-                                         "what FBS shows now; list every difference")
+    p = add(sub, "reconcile", "compare, per claim, what was sent, what the debtor emulator holds and what FBS "
+                              "shows now; list every difference",
+            "Claims: each accepted claim held exactly once, holding FBS's current truth (U1-U4); payments: what "
+            "the emulator delivered against the ledger and FBS. Differences are printed and written to "
+            "var/reports/claims/reconciliation-<time>.csv and var/reports/payments/reconciliation-<time>.csv. "
+            "Exit 1 when there is any.")
     p.add_argument("--emulator-db", type=emulator_db, required=True,
                    help="SQLAlchemy URL of the emulator's database (must exist)")
     p.add_argument("--show", type=whole(0, 100_000), default=20,
                    help="differences to print, 0-100000 (all go to the CSV)")
-    p.add_argument("--out", help="CSV of every claim difference (default var/reports/reconciliation-<time>.csv)")
-    p.add_argument("--payments-out", help="CSV of the payments report (default "
-                                          "var/reports/payments-reconciliation-<time>.csv)")
+    p.add_argument("--out", help="CSV of every claim difference (default var/reports/claims/reconciliation-<time>.csv)")
+    p.add_argument("--payments-out", help=f"CSV of the payments report (default {cli.PAYMENTS_REPORT})")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("emulator-payments", help="demo: the debtor emulator delivers payment files into the inbox, "
-                                                 "each vendor on its rhythm (KMD OPUS nightly, Prisme hourly, EG "
-                                                 "every 15 minutes)")
+    p = add(sub, "emulator-payments", "demo: the debtor emulator delivers payment files into the inbox, each vendor "
+                                      "on its rhythm (KMD OPUS nightly, Prisme hourly, EG every 15 minutes)",
+            "Only what fell due since the last delivery (kept in the emulator's database) up to --until.")
     p.add_argument("--db", type=settings.existing_database("--db", EMULATOR_CREATED_BY),
                    help="the emulator's database (default var/emulator/emulator.sqlite; must exist)")
     p.add_argument("--inbox", type=settings.folder, help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
     p.add_argument("--until", type=settings.iso_time, help="deliver what is due up to this time (default now)")
     p.add_argument("--since", type=settings.iso_time,
                    help="on the first call: from this time (default one day before --until)")
-    p.add_argument("--seed", type=whole(0), default=11)
+    p.add_argument("--seed", type=whole(0), default=11, help="random seed, a whole number from 0 (default 11)")
     p.add_argument("--rate", type=number(0, 100), default=0.05,
                    help="share of open claims paid or written off per day, 0-100")
-    p.add_argument("--overpayments", type=whole(0, 1000), default=0, help="payments above the balance, per vendor")
-    p.add_argument("--on-cancelled", type=whole(0, 1000), default=0, help="payments on cancelled claims, per vendor")
+    p.add_argument("--overpayments", type=whole(0, 1000), default=0,
+                   help="payments above the balance, per vendor, 0-1000")
+    p.add_argument("--on-cancelled", type=whole(0, 1000), default=0,
+                   help="payments on cancelled claims, per vendor, 0-1000")
     p.set_defaults(func=cmd_emulator_payments)
 
-    p = sub.add_parser("simulate-changes", help="demo: change transferred liabilities in the synthetic FBS "
-                                                "(cancel, write down, increase, new CPR, repayment, close, ...)")
-    p.add_argument("--seed", type=whole(0), default=7)
-    p.add_argument("--per-kind", type=whole(0, 10_000), default=10, help="liabilities changed per kind of change")
+    p = add(sub, "simulate-changes", "demo: change transferred liabilities in the synthetic FBS (cancel, write "
+                                     "down, increase, new CPR, repayment, close, ...)",
+            "The next transfer run sends the changes (U1-U4); 'reconcile' shows them as differences until then.")
+    p.add_argument("--seed", type=whole(0), default=7, help="random seed, a whole number from 0 (default 7)")
+    p.add_argument("--per-kind", type=whole(0, 10_000), default=10,
+                   help="liabilities changed per kind of change, 0-10000")
     p.set_defaults(func=cmd_simulate_changes)
 
-    p = sub.add_parser("simulate-cut-off", help="demo: move agencies' cut-off dates in the synthetic FBS (the "
-                                                "next transfer run notices and hands the range to the backfill)")
+    p = add(sub, "simulate-cut-off", "demo: move agencies' cut-off dates in the synthetic FBS (the next transfer "
+                                     "run notices and hands the range to the backfill)")
     p.add_argument("--to", type=settings.iso_date,
                    help="the new cut-off date (default: the first of the month of the oldest liability)")
-    p.add_argument("--agency", action="append", help="agency to move (repeatable; default every agency whose age "
-                                                     "limit is sane, C3)")
+    p.add_argument("--agency", type=agency_id, action="append",
+                   help="agency to move, six digits (repeatable; default every agency whose age limit is sane, C3)")
     p.set_defaults(func=cmd_simulate_cut_off)
     return parser
 

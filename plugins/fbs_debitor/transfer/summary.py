@@ -1,4 +1,5 @@
-"""A run's counts as the short plain-text table the main job and the CLI print."""
+"""A run's counts as the short plain-text table the main job and the CLI print; a backfill's
+(all its months) and the list of backfills likewise."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fbs_debitor.eligibility.rules import ALREADY_SENT, AWAITING, BLOCKED, ELIGI
 
 BLOCK_RULES = ("C3", "T4", "T5", "T6")          # own columns; other rules are summed under "blk other"
 OUT_RULES = ("T1", "T3-closed", "T3-collection", "cancelled", "T3-backfill")
+RUN_KINDS = ("transfer", "backfill", "payments", "dq_report", "manual")   # the ledger's run.kind values
 
 
 def _agencies(fbs: Engine) -> dict[str, tuple[str, str, int]]:
@@ -30,7 +32,9 @@ def _by_rule(counts: Counter, category: str) -> str:
     return f"{total}" + (f" ({', '.join(f'{r} {v}' for r, v in sorted(rules.items()))})" if total else "")
 
 
-def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
+def format_run(run: RunInfo, counts: Counter, fbs: Engine, title: str | None = None) -> str:
+    """A transfer-like run (transfer, manual, one backfill month): per agency, then the totals.
+    ``title`` replaces the first line (``fbs-debitor transfer run <id> (<kind>): <status>``)."""
     agencies = _agencies(fbs)
     ids = sorted(set(agencies) | {a for a, _, _ in counts})
     blocked_rules = [*BLOCK_RULES, *sorted({r for _, c, r in counts if c == BLOCKED} - set(BLOCK_RULES))]
@@ -47,8 +51,8 @@ def format_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
               + f" {'accepted':>8} {'rejected':>8} {'unconf':>6} {'earlier':>8} "
               + " ".join(f"{r:>13}" for r in OUT_RULES))
     lines = [
-        f"fbs-debitor transfer run {run.run_id} ({run.kind}): {run.status}"
-        + (f" - {run.error}" if run.error else ""),
+        title or (f"fbs-debitor transfer run {run.run_id} ({run.kind}): {run.status}"
+                  + (f" - {run.error}" if run.error else "")),
         "",
         header,
         "-" * len(header),
@@ -144,3 +148,57 @@ def format_payments_run(run: RunInfo, counts: Counter, fbs: Engine) -> str:
         "is a staff task too; nothing in it is booked.",
     ]
     return "\n".join(lines)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple], right: set[int]) -> list[str]:
+    """Plain-text columns, each as wide as its widest cell; ``right`` columns right-aligned."""
+    cells = [header, *[tuple(str(c) for c in r) for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+    return [line(header), "-" * len(line(header)), *[line(r) for r in cells[1:]]]
+
+
+def _answers(b: dict) -> tuple:
+    return ("-", "-", "-") if b["dry_run"] else (b["accepted"], b["rejected"], b["unconfirmed"])
+
+
+def format_backfills(backfills: list[dict]) -> str:
+    """The list of backfills (``backfill.months.status``) as one table, their notes under it."""
+    if not backfills:
+        return "no backfill recorded in the ledger"
+    rows = [(b["backfill_id"], b["agency"], f"{b['from']} - {b['to']}", "dry run" if b["dry_run"] else "real",
+             b["requested_by"], b["status"], f"{b['done']}/{b['chunks']}", b["in_range"], b["claims"], *_answers(b),
+             "-" if b["seconds"] is None else f"{b['seconds']:.0f}") for b in backfills]
+    lines = _table(("backfill", "agency", "range", "run", "by", "status", "months", "in range", "claims",
+                    "accepted", "rejected", "unconf", "seconds"), rows, right={6, 7, 8, 9, 10, 11, 12})
+    lines += ["", "months: done/total; in range: liabilities created in the range; claims: sent (a dry run: written); "
+              "accepted/rejected/unconf: the debtor system's answers; seconds: from the first month's start to the "
+              "last month's end"]
+    lines += [f"{b['backfill_id']}: {b['note']}" for b in backfills if b["note"]]
+    return "\n".join(lines)
+
+
+def format_backfill(backfill: dict, months: list[dict], counts: Counter, fbs: Engine) -> str:
+    """One whole backfill: what it is, each of its months, and the counts of all its months' runs
+    added up, per agency (``months``: ``backfill.months.months_of``; ``counts``: the sum of the
+    months' ``run_counts``)."""
+    b = backfill
+    title = (f"fbs-debitor backfill {b['backfill_id']} of agency {b['agency']} ({b['requested_by']}, "
+             f"{'dry run' if b['dry_run'] else 'real'}): {b['status']}")
+    head = [title,
+            f"range {b['from']} - {b['to']}: {b['done']} of {b['chunks']} month(s) done, {b['in_range']} liabilities "
+            f"in range, {b['claims']} claim(s) {'written' if b['dry_run'] else 'sent'}"
+            + (f", months run over {b['seconds']:.0f} s" if b["seconds"] is not None else ""),
+            *([f"note: {b['note']}"] if b["note"] else []), ""]
+    rows = [(m["from"][:7], m["status"], m["in_range"], m["claims"],
+             *(("-", "-", "-") if b["dry_run"] else (m["accepted"], m["rejected"], m["unconfirmed"])),
+             m["note"] or "") for m in months]
+    head += _table(("month", "status", "in range", "claims", "accepted", "rejected", "unconf", "note"), rows,
+                   right={2, 3, 4, 5, 6})
+    head.append("")
+    body = format_run(RunInfo("", "backfill", b["status"], None, None, None, None), counts, fbs,
+                      title="All its months' runs together, per agency:")
+    return "\n".join([*head, body])
