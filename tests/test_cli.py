@@ -383,12 +383,7 @@ def _undocumented(parser) -> list[str]:
 
 
 COMMANDS = [(prog, name) for prog, name, _p in _commands()]
-# sandbox/emulator.py is not this change's file: its --seed has no help yet (strict: fails once it has).
-_EMULATOR_SEED = pytest.mark.xfail(strict=True, reason="sandbox/emulator.py: --seed has no help text yet")
-
-
-@pytest.mark.parametrize("prog,name", [pytest.param(p, n, marks=_EMULATOR_SEED) if n == "emulator" else (p, n)
-                                       for p, n in COMMANDS])
+@pytest.mark.parametrize("prog,name", COMMANDS)
 def test_issue20_every_subcommand_has_a_description_and_help_on_every_argument(prog, name):
     (parser,) = [p for pr, n, p in _commands() if (pr, n) == (prog, name)]
     assert (parser.description or "").strip(), f"python -m {prog} {name} --help has no description"

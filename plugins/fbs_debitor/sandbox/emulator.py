@@ -678,7 +678,8 @@ def serve(argv: list[str] | None = None) -> int:
     p.add_argument("--fault-rate", type=settings.number(0, 1), default=0.0, help="0-1")
     p.add_argument("--fault-kinds", default="", help=f"comma list of {','.join(sorted(FAULT_KINDS))}")
     p.add_argument("--slow-seconds", type=settings.number(0, 600), default=5.0, help="0-600")
-    p.add_argument("--seed", type=settings.whole(0), default=0)
+    p.add_argument("--seed", type=settings.whole(0), default=0,
+                   help="random seed for the injected faults, a whole number from 0 (default 0)")
     p.add_argument("--accept", default=None, help="comma list of accepted claim types (default: all three)")
     p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
     p.add_argument("--tls-key", help="server key (PEM)")
