@@ -31,7 +31,7 @@ from fbs_debitor.backfill import months as backfill
 from fbs_debitor.changes import reconciliation
 from fbs_debitor.changes import sending as change_sending
 from fbs_debitor.changes.history import format_history
-from fbs_debitor.core import ledger, settings
+from fbs_debitor.core import ledger, migrations, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
 from fbs_debitor.delivery import outbox, rejections, send_rate, serviceplatformen
@@ -41,6 +41,7 @@ from fbs_debitor.payments import inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import mailer
 from fbs_debitor.quality import report as dq_report
+from fbs_debitor.status import overview as status_overview
 from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment, run_transfer
 from fbs_debitor.transfer.summary import RUN_KINDS, format_backfill, format_backfills, format_payments_run, format_run
@@ -149,6 +150,22 @@ def cmd_report(args) -> int:
     results = mailer.send_reports(reports, smtp)
     print(mailer.format_results(results))
     return 1 if any(r.status == mailer.FAILED for r in results) else 0
+
+
+def cmd_status(args) -> int:
+    stores = _stores()
+    behind = migrations.pending(stores.ledger)
+    if behind:
+        stores.dispose()
+        print(f"the ledger lacks migration(s) {', '.join(map(str, behind))}: run 'python -m fbs_debitor init' "
+              "(or any run) first; nothing was read", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        overview = status_overview.build_overview(stores, day=args.date, reports_root=settings.var_dir() / "reports")
+    finally:
+        stores.dispose()
+    print(status_overview.format_overview(overview))
+    return 0
 
 
 def cmd_summary(args) -> int:
@@ -534,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=settings.iso_time,
                    help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)
+
+    p = add_command(sub, "status", "print, per municipality, what went today: the status page as text",
+                    "The same overview as the status page in the Airflow UI (docs/status-page.md): the newest "
+                    "run of each kind, claims sent / accepted / rejected / held, changes, payments received and "
+                    "applied, the reconciliation result and the open alarms, per municipality. Counts and ids "
+                    "only.")
+    p.add_argument("--date", type=settings.iso_date, help="the day, YYYY-MM-DD (default today in Copenhagen)")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -57,6 +57,12 @@ def applied(engine: Engine) -> dict[int, str]:
         return {v: c for v, c in conn.execute(text("SELECT version, checksum FROM schema_migration"))}
 
 
+def pending(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """The versions not yet applied to this ledger (a reader refuses a ledger behind the code)."""
+    done = applied(engine)
+    return [m.version for m in available(directory) if m.version not in done]
+
+
 def _ensure_table(conn) -> None:
     conn.exec_driver_sql(
         "CREATE TABLE IF NOT EXISTS schema_migration ("
