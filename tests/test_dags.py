@@ -231,11 +231,12 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
                                                                                        monkeypatch):
     """Issue 16, the DAG's path: build_and_send finishes every agency and returns; close_run closes the
     ledger run as failed naming 726300; the last task failed_agencies fails the Airflow run with the
-    same words. A retry that delivers 726300 leaves no stale 'failed' count: the run then succeeds."""
+    same words, and raises an operator alarm for 726300 (issue 20). A retry that delivers 726300
+    leaves no stale 'failed' count: the run then succeeds and the alarm is resolved."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fbs_debitor.airflow import notifications
     from fbs_debitor.airflow import tasks as dag_tasks
+    from fbs_debitor.core import alarms
 
     ids = _two_agencies(stores)
     monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
@@ -254,12 +255,15 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
         failures = dag_tasks.agency_failures(run_id)
         assert failures == {OTHER: ["RuntimeError"]}
         with pytest.raises(AirflowFailException, match=r"need attention.*: agency 726300: RuntimeError$"):
-            notifications.failed_agencies(failures)
+            dag_tasks.failed_agencies(run_id)
+        [alarm] = alarms.open_alarms(stores.ledger)
+        assert (alarm.key, alarm.audience) == (f"failed_agency:{OTHER}", alarms.OPERATOR)
         # build_and_send again (a retry, or a clear in the UI): 726300's claim goes, the count is gone
         assert "failed" not in dag_tasks.build_and_send(run_id, try_number=2)
         dag_tasks.close_run(run_id)
     assert ledger.get_run(stores.ledger, run_id).status == "success"
-    assert dag_tasks.agency_failures(run_id) == {} and notifications.failed_agencies({}) == []
+    assert dag_tasks.agency_failures(run_id) == {} and dag_tasks.failed_agencies(run_id) == []
+    assert alarms.open_alarms(stores.ledger) == []
     assert sorted(c["fordring_id"] for c in emulator.claims(emu_db)) == sorted(
         f"FBS-{a}-{lid}" for a, lid in ids.items())
 
