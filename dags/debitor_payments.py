@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DeadlineAlert, DeadlineReference, MultipleCronTriggerTimetable, SyncCallback, dag, task
+from airflow.sdk import MultipleCronTriggerTimetable, dag, task
 
 from fbs_debitor.payments.rhythm import pickup_crons
 
@@ -60,6 +60,12 @@ def _run_succeeded(context):
     alerts.run_succeeded(context)
 
 
+def _deadline(dag_id: str, minutes: int):
+    from fbs_debitor.airflow import alerts
+
+    return alerts.deadline_alert(dag_id, minutes)
+
+
 @dag(
     dag_id="debitor_payments",
     schedule=MultipleCronTriggerTimetable(*pickup_crons(), timezone="Europe/Copenhagen"),
@@ -71,9 +77,7 @@ def _run_succeeded(context):
                   "on_failure_callback": _run_failed},
     on_failure_callback=_run_failed,
     on_success_callback=_run_succeeded,
-    deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=45),
-                           callback=SyncCallback("fbs_debitor.airflow.alerts.deadline_missed",
-                                                 kwargs={"dag_id": "debitor_payments", "minutes": 45})),
+    deadline=_deadline("debitor_payments", 45),
     description="Payments and write-offs from the debtor system back to FBS, on the vendors' rhythms (P1), "
                 "reconciled",
     tags=["fbs-debitor", "sf1590", "payments"],
