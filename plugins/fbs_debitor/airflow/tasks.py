@@ -17,9 +17,9 @@ from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from fbs_debitor.airflow import connections, notifications
+from fbs_debitor.airflow import alerts, connections, notifications
 from fbs_debitor.backfill import months as backfill
-from fbs_debitor.core import ledger, migrations, settings
+from fbs_debitor.core import alarms, ledger, migrations, settings
 from fbs_debitor.core.stores import Stores, open_stores
 from fbs_debitor.delivery import send_rate, serviceplatformen
 from fbs_debitor.eligibility import cut_off
@@ -261,7 +261,10 @@ def finish_backfill(plan: dict | None) -> dict:
         log.info("%s", plan.get("note"))
         return {"status": "nothing to do"}
     with task_stores() as stores:
-        return backfill.finish(stores, plan["backfill_id"])
+        done = backfill.finish(stores, plan["backfill_id"])
+        # finish decides the run's state (it is the last task): a good one resolves the failed-run alarm
+        alarms.resolve_unseen(stores.ledger, [alerts.failed_kind("debitor_backfill")], [])
+        return done
 
 
 # --- debitor_dq_report ---------------------------------------------------------------------------
