@@ -48,9 +48,19 @@ Tasks:
    moved forward meanwhile stops the months now before it (T1), says so in the log and the
    ledger, and recalls nothing already sent.
 
+A red run (a task that failed for good) sends ONE alert (`fbs_debitor.airflow.alerts`: email through
+`smtp_default` to `FBS_DEBITOR_ALERT_EMAIL`, and any notifier in `FBS_DEBITOR_ALERT_NOTIFIERS`);
+the next backfill whose finish succeeds resolves it. See docs/operations.md, "When is a run red".
+
 `python -m fbs_debitor backfill --agency A --cut-off-date D [--dry-run]` does the same outside
 Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their months.
 """
+
+
+def _run_failed(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_failed(context)
 
 
 @dag(
@@ -69,8 +79,15 @@ Airflow; `python -m fbs_debitor backfill --status` shows the backfills and their
         "dry_run": Param(False, type="boolean", description="write what would be sent; send nothing"),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000, description="claims per SF1590 call"),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=3)},
+    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+                  "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=3),
+                  "on_failure_callback": _run_failed},
+    # No DAG-level callbacks: with params that have no default, Airflow 3.3.2's `dags test` crashes
+    # building their context. A red run always has a task failed for good (finish is the last task
+    # and fails whenever the backfill is not complete): its callback alerts; a finish that succeeds
+    # resolves the alarm.
+    description="By hand or from debitor_transfer: an agency's older liabilities, month by month, after its "
+                "cut-off date moved back (T3)",
     tags=["fbs-debitor", "sf1590", "backfill"],
     doc_md=DOC_MD,
 )

@@ -24,10 +24,31 @@ what is worth fixing — and tells each branch, in Danish, what to fix for which
    `staff_email` through the Airflow connection `smtp_default`. A branch without an address is
    skipped with a warning. If a send fails, the others still go, the task then fails naming the
    branches, and its retry sends only those.
+3. **email_digest** — runs whatever the report tasks did (trigger rule all_done): mails the
+   integration team (`FBS_DEBITOR_ALERT_EMAIL`, through `smtp_default`) the open alarms (the
+   integration's own first), held agencies (C3), the other staff alarms, blocked liabilities per
+   agency, and the alarms resolved since the last digest. An alarm no digest said before is marked
+   NEW; after sending, all are marked notified, so an unchanged condition is said again only as
+   "still open since ...". Hourly runs never mail these conditions; only this digest does.
+   Without an SMTP server or recipients it logs a warning and marks nothing.
+
+A failed run sends one alert (`fbs_debitor.airflow.alerts`); see docs/operations.md, "When is a run red".
 
 CPR numbers never appear in full (`DDMMYY-****`). Databases: Airflow Connections `fbs_db` and
 `debitor_ledger` (else `FBS_DEBITOR_*_URL`). Only paths and counts pass between the tasks.
 """
+
+
+def _run_failed(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_failed(context)
+
+
+def _run_succeeded(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_succeeded(context)
 
 
 @dag(
@@ -36,8 +57,13 @@ CPR numbers never appear in full (`DDMMYY-****`). Databases: Airflow Connections
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(hours=1)},
+    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=5),
+                  "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=1),
+                  "on_failure_callback": _run_failed},
+    on_failure_callback=_run_failed,
+    on_success_callback=_run_succeeded,
+    description="Daily: each branch's data-quality report (M4) by email, and the integration team's digest of "
+                "open alarms",
     tags=["fbs-debitor", "data-quality"],
     doc_md=DOC_MD,
 )
@@ -54,7 +80,13 @@ def debitor_dq_report():
 
         return tasks.email_reports(built["manifest"], built["report_date"])
 
-    email_reports(build_reports())
+    @task(task_id="email_digest", trigger_rule="all_done")
+    def email_digest() -> dict:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.email_digest()
+
+    email_reports(build_reports()) >> email_digest()
 
 
 debitor_dq_report()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pendulum
-from airflow.sdk import MultipleCronTriggerTimetable, dag, task
+from airflow.sdk import DeadlineAlert, DeadlineReference, MultipleCronTriggerTimetable, SyncCallback, dag, task
 
 from fbs_debitor.payments.rhythm import pickup_crons
 
@@ -34,11 +36,39 @@ Each run takes every file waiting, whichever vendor delivered it.
    tasks for held movements, and liabilities paid in full closed in FBS.
 3. **reconcile** — compares per claim what was sent, what the debtor system reported and what FBS
    shows; writes `var/reports/payments/reconciliation-<run>.csv` and closes the run.
-4. **differences** — fails, last and loudly, when reconciliation found any.
+4. **differences** — fails, last and loudly, when reconciliation found any (an **operator
+   alarm** `payment_differences`, resolved by the next run without).
+
+A file refused or a movement held for review is a staff task, not a red run. A red run sends ONE
+alert (`fbs_debitor.airflow.alerts`: email through `smtp_default` to `FBS_DEBITOR_ALERT_EMAIL`, and
+any notifier in `FBS_DEBITOR_ALERT_NOTIFIERS`); the next good run resolves it. A run not finished
+45 minutes after it was queued alerts too (a deadline: by then it holds back at least two EG
+pick-ups and comes near the tasks' 50-minute timeout). See docs/operations.md, "When is a run red".
 
 A retry of `ingest` is safe at any point: applied files are known by their SHA-256, movements by
 their BevaegelseID, write-backs by their key.
 """
+
+
+def _run_failed(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_failed(context)
+
+
+def _run_succeeded(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_succeeded(context)
+
+
+# Alert when a run is not done 45 minutes after queued: it holds back two EG pick-ups by then.
+# Not under `airflow dags test`: Airflow 3.3.2's dag.test() crashes at the end of a successful run
+# of a DAG with a deadline (fbs_debitor.airflow.alerts says why), and never queues a run to time.
+DAGS_TEST = Path(sys.argv[0]).name.startswith("airflow") and sys.argv[1:3] == ["dags", "test"]
+DEADLINE = None if DAGS_TEST else DeadlineAlert(
+    reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=45),
+    callback=SyncCallback("fbs_debitor.airflow.alerts.deadline_missed", kwargs={"dag_id": "debitor_payments", "minutes": 45}))
 
 
 @dag(
@@ -47,8 +77,14 @@ their BevaegelseID, write-backs by their key.
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(minutes=50)},
+    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+                  "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
+                  "on_failure_callback": _run_failed},
+    on_failure_callback=_run_failed,
+    on_success_callback=_run_succeeded,
+    deadline=DEADLINE,
+    description="Payments and write-offs from the debtor system back to FBS, on the vendors' rhythms (P1), "
+                "reconciled",
     tags=["fbs-debitor", "sf1590", "payments"],
     doc_md=DOC_MD,
 )
@@ -72,15 +108,15 @@ def debitor_payments():
         return tasks.reconcile_payments(ledger_run_id)
 
     @task(task_id="differences", retries=0)
-    def differences(result: dict[str, int]) -> int:
-        from fbs_debitor.airflow import notifications
+    def differences(ledger_run_id: str, result: dict[str, int]) -> int:
+        from fbs_debitor.airflow import tasks
 
-        return notifications.payment_differences(result)
+        return tasks.payment_differences(ledger_run_id, result)
 
     run_id = open_run()
     reconciled = reconcile(run_id)
     ingest(run_id) >> reconciled
-    differences(reconciled)
+    differences(run_id, reconciled)
 
 
 debitor_payments()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pendulum
 
 # TriggerDagRunOperator is the one import from outside airflow.sdk: the SDK does not export it.
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, SyncCallback, dag, task
 
 DOC_MD = """
 ### debitor_transfer — FBS liabilities to the municipal debtor system (SF1590_B_01)
@@ -57,12 +59,21 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
 8. **close_run** — resolves findings this run no longer saw (fixed in FBS, resolved by the
    integration itself, or no longer in scope), closes the run in the ledger and logs the counts
    per agency and rule. The run is closed as failed when an agency's work failed part-way.
-9. **held_agencies**, **failed_agencies** and **undelivered** — fail, loudly and last, when an
-   agency is held because its age limit is outside 15-21 (C3); when an unexpected error stopped
-   part of an agency's work (the error names the agencies, e.g. `agency 715100: RuntimeError`,
-   and the task log of build_and_send has the traceback; every other agency's work was done);
-   or when claims or changes are still unconfirmed after every retry (they go again next run).
-   Everything else has run.
+9. **held_agencies** — an agency held because its age limit is outside 15-21 (C3) is a **staff
+   alarm** and a warning naming the agency and the setting; the task succeeds (staff fix it in
+   FBS; the daily digest and the status page say it; the first run that no longer sees it
+   resolves the alarm). Rejections of the run are a staff alarm per agency likewise
+   (raise_staff_tasks). **failed_agencies** and **undelivered** — fail, loudly and last, with an
+   **operator alarm**, when an unexpected error stopped part of an agency's work (the error names
+   the agencies, e.g. `agency 715100: RuntimeError`, and the task log of build_and_send has the
+   traceback; every other agency's work was done); or when claims or changes are still
+   unconfirmed after every retry, what an outage gives (they go again next run).
+
+**When is the run red**: only when the integration could not do its work (the two tasks above,
+or any task that fails). Then ONE alert goes out (`fbs_debitor.airflow.alerts`: email through
+`smtp_default` to `FBS_DEBITOR_ALERT_EMAIL`, and any notifier in `FBS_DEBITOR_ALERT_NOTIFIERS`),
+and the next good run resolves it. A run not finished 50 minutes after it was queued alerts too
+(a deadline). What staff must fix never makes it red; see docs/operations.md, "When is a run red".
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
@@ -71,6 +82,27 @@ at a higher priority: each sending task waits for at most the backfill month in 
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
 (endpoint, service agreement / user system / user UUIDs, client certificate; see docs/deployment.md#connections).
 """
+
+
+def _run_failed(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_failed(context)
+
+
+def _run_succeeded(context):
+    from fbs_debitor.airflow import alerts
+
+    alerts.run_succeeded(context)
+
+
+# An hourly run must be done before the next is due: alert when one is not, 50 minutes after queued.
+# Not under `airflow dags test`: Airflow 3.3.2's dag.test() crashes at the end of a successful run
+# of a DAG with a deadline (fbs_debitor.airflow.alerts says why), and never queues a run to time.
+DAGS_TEST = Path(sys.argv[0]).name.startswith("airflow") and sys.argv[1:3] == ["dags", "test"]
+DEADLINE = None if DAGS_TEST else DeadlineAlert(
+    reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=50),
+    callback=SyncCallback("fbs_debitor.airflow.alerts.deadline_missed", kwargs={"dag_id": "debitor_transfer", "minutes": 50}))
 
 
 # The steps that talk to the debtor system: one at a time with debitor_backfill's chunks, first.
@@ -83,8 +115,14 @@ SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule"
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True,
-                  "execution_timeout": timedelta(minutes=50)},
+    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+                  "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
+                  "on_failure_callback": _run_failed},
+    on_failure_callback=_run_failed,
+    on_success_callback=_run_succeeded,
+    deadline=DEADLINE,
+    description="Hourly: FBS liabilities to the municipal debtor system (SF1590); red only when the integration "
+                "could not do its work",
     tags=["fbs-debitor", "sf1590", "transfer"],
     doc_md=DOC_MD,
 )
@@ -144,22 +182,22 @@ def debitor_transfer():
         return tasks.close_run(ledger_run_id)
 
     @task(task_id="held_agencies", retries=0)
-    def held_agencies(dq: dict) -> list[str]:
-        from fbs_debitor.airflow import notifications
+    def held_agencies(ledger_run_id: str, dq: dict) -> list[str]:
+        from fbs_debitor.airflow import tasks
 
-        return notifications.held_agencies(dq)
+        return tasks.held_agencies(ledger_run_id, dq)
 
     @task(task_id="failed_agencies", retries=0)
     def failed_agencies(ledger_run_id: str) -> list[str]:
-        from fbs_debitor.airflow import notifications, tasks
+        from fbs_debitor.airflow import tasks
 
-        return notifications.failed_agencies(tasks.agency_failures(ledger_run_id))
+        return tasks.failed_agencies(ledger_run_id)
 
     @task(task_id="undelivered", retries=0)
-    def undelivered(delivered: dict[str, int]) -> int:
-        from fbs_debitor.airflow import notifications
+    def undelivered(ledger_run_id: str, delivered: dict[str, int]) -> int:
+        from fbs_debitor.airflow import tasks
 
-        return notifications.undelivered(delivered)
+        return tasks.undelivered(ledger_run_id, delivered)
 
     run_id = open_run()
     detected = detect_cut_off(run_id)
@@ -172,7 +210,7 @@ def debitor_transfer():
     closed = close_run(run_id)              # only when sending itself succeeded
     detected >> regular_run(run_id) >> dq >> resend_unconfirmed(run_id) >> build_and_send(run_id) >> changed
     changed >> [delivered, closed]
-    delivered >> closed >> [held_agencies(dq), failed_agencies(closed), undelivered(delivered)]
+    delivered >> closed >> [held_agencies(closed, dq), failed_agencies(closed), undelivered(closed, delivered)]
 
 
 debitor_transfer()

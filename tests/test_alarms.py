@@ -64,3 +64,42 @@ def test_issue20_operator_alarms_first_and_no_cpr_stored(stores):
 def test_issue20_bad_alarm_refused():
     with pytest.raises(ValueError):
         Alarm(kind="held_agency", audience="everyone", message="x")
+
+
+def failed_run(message: str = "debitor_transfer failed: task undelivered") -> Alarm:
+    return Alarm(kind="debitor_transfer_failed", audience=alarms.OPERATOR, message=message)
+
+
+def test_issue20_claim_for_run_is_true_once_per_run_so_a_failed_run_alerts_once(stores):
+    """A failed run's task callback and run callback both claim the run's alarm: only the first
+    gets True (one alert); the next failed run claims it again; after a good run resolved it, a
+    failed run opens it anew (new for the digest)."""
+    assert alarms.claim_for_run(stores.ledger, failed_run(), "run-1", at=T0) is True
+    assert alarms.claim_for_run(stores.ledger, failed_run("again"), "run-1", at=T0) is False
+    assert alarms.claim_for_run(stores.ledger, failed_run(), "run-2", at=T0 + dt.timedelta(hours=1)) is True
+    [a] = alarms.open_alarms(stores.ledger)
+    assert (a.occurrences, a.first_run_id, a.last_run_id, a.first_seen_at) == (2, "run-1", "run-2", T0)
+    alarms.mark_notified(stores.ledger, [a], at=T0 + dt.timedelta(hours=1))
+    alarms.resolve_unseen(stores.ledger, ["debitor_transfer_failed"], [], at=T0 + dt.timedelta(hours=2))
+    assert alarms.claim_for_run(stores.ledger, failed_run(), "run-4", at=T0 + dt.timedelta(hours=3)) is True
+    [b] = alarms.open_alarms(stores.ledger)
+    assert (b.occurrences, b.first_run_id, b.is_new, b.first_seen_at) == (1, "run-4", True, T0 + dt.timedelta(hours=3))
+
+
+def test_issue20_observe_raises_what_a_run_saw_and_resolves_what_it_no_longer_sees(stores):
+    found = {"715100": "held (C3)", "726300": "held (C3)"}
+    assert alarms.observe(stores.ledger, "r1", "held_agency", alarms.STAFF, found, at=T0) == []
+    assert alarms.observe(stores.ledger, "r2", "held_agency", alarms.STAFF, {"726300": "held (C3)"},
+                          at=T0 + dt.timedelta(hours=1)) == ["held_agency:715100"]
+    assert [a.agency_id for a in alarms.open_alarms(stores.ledger)] == ["726300"]
+
+
+def test_issue20_a_resolved_alarm_is_unsaid_until_a_digest_marks_it(stores):
+    alarms.raise_alarms(stores.ledger, "r1", [held("715100")], at=T0)
+    alarms.mark_notified(stores.ledger, alarms.open_alarms(stores.ledger), at=T0 + dt.timedelta(hours=1))
+    assert alarms.resolved_unsaid(stores.ledger) == []
+    alarms.resolve_unseen(stores.ledger, ["held_agency"], [], at=T0 + dt.timedelta(hours=2))
+    [r] = alarms.resolved_unsaid(stores.ledger)
+    assert r.key == "held_agency:715100" and r.resolved_at == T0 + dt.timedelta(hours=2)
+    alarms.mark_notified(stores.ledger, [r], at=T0 + dt.timedelta(hours=3))
+    assert alarms.resolved_unsaid(stores.ledger) == []

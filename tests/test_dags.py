@@ -88,9 +88,9 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     for task_id in ("resend_unconfirmed", "build_and_send", "send_changes"):
         task = dag.get_task(task_id)
         assert task.pool == "debitor_debtor_system" and task.priority_weight > 1
-    # Transient work is retried (sending is safe to retry: the outbox keys it); the final alarms
-    # (a held agency, C3; an agency whose work failed part-way; claims still unconfirmed) are facts
-    # to act on, so they are not.
+    # Transient work is retried (sending is safe to retry: the outbox keys it); the final checks
+    # (a held agency, C3, a staff alarm; an agency whose work failed part-way and claims still
+    # unconfirmed, which fail the run, issue 20) are facts to act on, so they are not.
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms)
     assert all(dag.get_task(t).retries == 0 for t in alarms)
 
@@ -231,11 +231,12 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
                                                                                        monkeypatch):
     """Issue 16, the DAG's path: build_and_send finishes every agency and returns; close_run closes the
     ledger run as failed naming 726300; the last task failed_agencies fails the Airflow run with the
-    same words. A retry that delivers 726300 leaves no stale 'failed' count: the run then succeeds."""
+    same words, and raises an operator alarm for 726300 (issue 20). A retry that delivers 726300
+    leaves no stale 'failed' count: the run then succeeds and the alarm is resolved."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fbs_debitor.airflow import notifications
     from fbs_debitor.airflow import tasks as dag_tasks
+    from fbs_debitor.core import alarms
 
     ids = _two_agencies(stores)
     monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
@@ -254,12 +255,15 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
         failures = dag_tasks.agency_failures(run_id)
         assert failures == {OTHER: ["RuntimeError"]}
         with pytest.raises(AirflowFailException, match=r"need attention.*: agency 726300: RuntimeError$"):
-            notifications.failed_agencies(failures)
+            dag_tasks.failed_agencies(run_id)
+        [alarm] = alarms.open_alarms(stores.ledger)
+        assert (alarm.key, alarm.audience) == (f"failed_agency:{OTHER}", alarms.OPERATOR)
         # build_and_send again (a retry, or a clear in the UI): 726300's claim goes, the count is gone
         assert "failed" not in dag_tasks.build_and_send(run_id, try_number=2)
         dag_tasks.close_run(run_id)
     assert ledger.get_run(stores.ledger, run_id).status == "success"
-    assert dag_tasks.agency_failures(run_id) == {} and notifications.failed_agencies({}) == []
+    assert dag_tasks.agency_failures(run_id) == {} and dag_tasks.failed_agencies(run_id) == []
+    assert alarms.open_alarms(stores.ledger) == []
     assert sorted(c["fordring_id"] for c in emulator.claims(emu_db)) == sorted(
         f"FBS-{a}-{lid}" for a, lid in ids.items())
 
@@ -335,8 +339,13 @@ def test_transfer_dag_delivers_through_airflow_exactly_once_and_records_the_run(
 
 
 @pytest.mark.airflow
-def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C3(stores, db_urls, tmp_path,
-                                                                                   request):
+def test_issue20_C3_agency_with_age_limit_0_is_a_staff_alarm_and_the_run_stays_green(stores, db_urls, tmp_path,
+                                                                                     request):
+    """C3 and issue 20: the held agency is reported (a warning naming it and the setting, a staff
+    alarm for the digest and the status page) while the other agency's work is done, and the run
+    is green: staff must fix a setting in FBS, the integration did its work."""
+    from fbs_debitor.core import alarms
+
     with stores.fbs.connect() as conn:
         fr.agency(conn)
         fr.agency(conn, agency_id="799900", age_limit=0)
@@ -349,8 +358,8 @@ def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C
     with emulator.Emulator("KMD_OPUS", f"sqlite:///{tmp_path / 'emulator.sqlite'}") as emu:
         env["AIRFLOW_CONN_SERVICEPLATFORMEN"] = debtor.connection_json(emu.url)
         state, output = dags_test(env, "debitor_transfer")
-    assert state == "failed"
-    assert "held until the setting is fixed" in output and "agency 799900" in output and "Age limit 0" in output
+    assert state == "success", output[-4000:]
+    assert "agency 799900 held until the setting is fixed" in output and "Age limit 0" in output
     run = ledger.get_run(stores.ledger, kind="transfer")
     assert run.status == "success"                         # the other agency's work is done and recorded
     counts = ledger.run_counts(stores.ledger, run.run_id)
@@ -358,6 +367,8 @@ def test_agency_with_age_limit_0_fails_the_run_loudly_while_other_agencies_run_C
     assert counts[("799900", BLOCKED, "C3")] == 1 and counts.get(("799900", ELIGIBLE, "-"), 0) == 0
     held_findings = [f for f in ledger.open_findings(stores.ledger) if f.rule == "C3"]
     assert [(f.agency_id, f.severity) for f in held_findings] == [("799900", "blocks_agency")]
+    [alarm] = alarms.open_alarms(stores.ledger)
+    assert (alarm.key, alarm.audience) == ("held_agency:799900", alarms.STAFF) and "Age limit 0" in alarm.message
 
 
 @pytest.mark.airflow
@@ -384,9 +395,15 @@ def test_daily_report_dag_emails_each_branch_its_report_M4(stores, db_urls, tmp_
         "conn_type": "smtp", "host": smtp.host, "port": smtp.port,
         "extra": {"from_email": "fbs-debitor@kommune.example", "disable_ssl": True, "disable_tls": True}})
     env["FBS_DEBITOR_VAR"] = str(tmp_path / "var")
+    env["FBS_DEBITOR_ALERT_EMAIL"] = "drift@kommune.example"
     state, output = dags_test(env, "debitor_dq_report")
     assert state == "success", output[-3000:]
-    assert [rcpts for _, rcpts, _ in collector.received] == [["hoved@715100.kommune.example"]]
+    # the branch's report, then the integration team's digest (issue 20; no alarm open: it says none)
+    assert [rcpts for _, rcpts, _ in collector.received] == [["hoved@715100.kommune.example"],
+                                                             ["drift@kommune.example"]]
+    digest_mail = email.message_from_bytes(collector.received[1][2])
+    assert digest_mail["Subject"].startswith("fbs-debitor digest") and "0 operator alarm(s)" in digest_mail["Subject"]
+    assert "agency 715100: 1" in digest_mail.get_payload(decode=True).decode()     # the T5 liability, blocked
     raw = collector.received[0][2]
     message = email.message_from_bytes(raw)
     html = next(p for p in message.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()

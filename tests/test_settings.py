@@ -47,6 +47,9 @@ BAD = {   # variable -> values outside its range, and the range as the error sta
     "FBS_DEBITOR_SMTP_TIMEOUT": (["0", "601", "1e9"], "a number of seconds from 1 to 600"),
     "FBS_DEBITOR_SMTP_SSL": (["2", "maybe"], "0/1"),
     "FBS_DEBITOR_SMTP_FROM": (["not-an-address"], "an email address"),
+    "FBS_DEBITOR_ALERT_EMAIL": (["team", "a@b.dk,", "a@b.dk;c@d.dk", "a@b.dk,,c@d.dk"],
+                                "1 to 20 email addresses, comma-separated"),
+    "FBS_DEBITOR_ALERT_NOTIFIERS": (["notifier", "a.b,", "a.b c", "1a.b", "a.b;c.d"], "1 to 10 dotted paths"),
     "FBS_DEBITOR_VAR": (["var", "./var"], "an absolute path"),
     "FBS_DEBITOR_FBS_URL": (["::not a url::"], "a SQLAlchemy URL"),
 }
@@ -184,3 +187,15 @@ def test_the_settings_command_lists_every_setting_and_its_range_and_exits_3_on_a
     assert bad.returncode == 3
     assert "setting refused: FBS_DEBITOR_CHUNK_SIZE='0': allowed is a whole number from 100 to 500000" in bad.stderr
     assert "FBS_DEBITOR_BATCHSIZE is not a setting" in bad.stderr
+
+
+def test_issue20_alert_recipients_and_notifiers_are_read_as_lists(monkeypatch):
+    """Issue 20 item 2: the integration team's addresses and the further notifiers are comma lists
+    (each once, spaces ignored); unset, there are none."""
+    monkeypatch.delenv("FBS_DEBITOR_ALERT_EMAIL", raising=False)
+    monkeypatch.delenv("FBS_DEBITOR_ALERT_NOTIFIERS", raising=False)
+    assert settings.alert_email() == () and settings.alert_notifiers() == ()
+    monkeypatch.setenv("FBS_DEBITOR_ALERT_EMAIL", "drift@kommune.example, it@kommune.example,drift@kommune.example")
+    monkeypatch.setenv("FBS_DEBITOR_ALERT_NOTIFIERS", "my_alerts.pager, my_alerts.chat")
+    assert settings.alert_email() == ("drift@kommune.example", "it@kommune.example")
+    assert settings.alert_notifiers() == ("my_alerts.pager", "my_alerts.chat")

@@ -1,44 +1,86 @@
-"""What tells a person: the checks that fail a DAG run loudly, last, after everything else has run,
-so that the run is red in the Airflow UI (and alerts fire) while no agency or file was held back
-by another's problem."""
+"""The run's last word on what it saw: every condition a person must act on becomes an alarm
+(``core.alarms``: raised by the run that sees it, resolved by the first run that no longer does),
+and only what means the integration could not do its work fails the run.
+
+* staff must fix it in FBS (a held agency, C3; rejections): a STAFF alarm and a warning in the log;
+  the task succeeds, the run stays green. The daily digest and the status page say it.
+* the integration could not do its work (an agency's work crashed part-way; claims or changes
+  unconfirmed after every retry, which is what an outage gives; a payments reconciliation
+  difference): an OPERATOR alarm, and the task fails, last and loudly, so the run is red and the
+  run's failure alert goes out (``alerts``).
+
+docs/operations.md, "When is a run red", states the rule.
+"""
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
+import logging
 
+from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import Engine
+
+from fbs_debitor.core.alarms import OPERATOR, STAFF, observe
 from fbs_debitor.transfer.run import failure_message
 
+log = logging.getLogger(__name__)
 
-def held_agencies(dq: dict) -> list[str]:
-    """Fail when an agency's run is held because its age limit is out of range (C3)."""
+HELD, REJECTIONS = "held_agency", "rejections"
+FAILED_AGENCY, UNCONFIRMED, PAYMENT_DIFFERENCES = "failed_agency", "unconfirmed", "payment_differences"
+
+
+def held_agencies(ledger: Engine, run_id: str, dq: dict) -> list[str]:
+    """A STAFF alarm per agency held because its age limit is out of range (C3); a warning naming
+    the agency and the setting; the run goes on green (every other agency's work was done)."""
     held = dq.get("blocked_agencies") or {}
-    if held:
-        reasons = "; ".join(f"agency {a}: {r}" for a, r in sorted(held.items()))
-        raise AirflowFailException(f"{len(held)} agency run(s) held until the setting is fixed: {reasons}")
-    return []
+    found = {a: f"agency {a} held until the setting is fixed in FBS (C3): {r}" for a, r in sorted(held.items())}
+    resolved = observe(ledger, run_id, HELD, STAFF, found)
+    for message in found.values():
+        log.warning("%s; nothing of this agency is sent meanwhile (staff alarm, daily digest)", message)
+    if resolved:
+        log.info("no longer held: %s", ", ".join(resolved))
+    return sorted(held)
 
 
-def failed_agencies(failures: dict[str, list[str]]) -> list[str]:
+def rejections(ledger: Engine, run_id: str, per_agency: dict[str, int]) -> dict[str, int]:
+    """A STAFF alarm per agency with claims or changes rejected in this run (each one is a task in
+    FBS); an agency's alarm is resolved by the next run without rejections for it."""
+    found = {a: f"{n} claim(s)/change(s) rejected by the debtor system in the last run with rejections; "
+                f"each is a task in FBS (M1) for staff to fix" for a, n in per_agency.items()}
+    observe(ledger, run_id, REJECTIONS, STAFF, found)
+    for agency, n in per_agency.items():
+        log.warning("agency %s: %d rejection(s) in this run, each a task in FBS", agency, n)
+    return per_agency
+
+
+def failed_agencies(ledger: Engine, run_id: str, failures: dict[str, list[str]]) -> list[str]:
     """Fail when an agency's work failed part-way (an unexpected error in its batches) while every
-    other agency's went on: the message names the agencies that need attention."""
+    other agency's went on: an OPERATOR alarm per agency, and the message names them."""
+    found = {a: f"agency {a}: its work failed part-way ({', '.join(types)}); the run's log has the error"
+             for a, types in failures.items()}
+    observe(ledger, run_id, FAILED_AGENCY, OPERATOR, found)
     if failures:
         raise AirflowFailException(failure_message(failures))
     return []
 
 
-def undelivered(delivered: dict[str, int]) -> int:
-    """Fail when claims of this run are still unconfirmed: the next run sends them again under the
-    same keys, but the integration team should know the debtor side is failing."""
+def undelivered(ledger: Engine, run_id: str, delivered: dict[str, int]) -> int:
+    """Fail when claims of this run are still unconfirmed (an outage of the debtor side): the next
+    run sends them again under the same keys, but the integration team must know."""
     n, changes = delivered.get("unconfirmed", 0), delivered.get("changes_unconfirmed", 0)
+    message = (f"{n} claim(s) and {changes} change(s) got no answer from the debtor system after every retry; they "
+               "are kept in the outbox and sent again under the same keys next run")
+    observe(ledger, run_id, UNCONFIRMED, OPERATOR, {None: message} if (n or changes) else {})
     if n or changes:
-        raise AirflowFailException(f"{n} claim(s) and {changes} change(s) got no answer from the debtor system after "
-                                   "every retry; they are kept in the outbox and sent again under the same keys next run")
+        raise AirflowFailException(message)
     return 0
 
 
-def payment_differences(result: dict[str, int]) -> int:
+def payment_differences(ledger: Engine, run_id: str, result: dict[str, int]) -> int:
     """Fail when the payments reconciliation found differences; the report names each one."""
-    if result.get("differences"):
-        raise AirflowFailException(f"payments reconciliation: {result['differences']} difference(s); see "
-                                   "var/reports/payments/reconciliation-<run>.csv")
+    n = result.get("differences") or 0
+    message = (f"payments reconciliation: {n} difference(s); see "
+               f"var/reports/payments/reconciliation-{run_id}.csv")
+    observe(ledger, run_id, PAYMENT_DIFFERENCES, OPERATOR, {None: message} if n else {})
+    if n:
+        raise AirflowFailException(message)
     return 0

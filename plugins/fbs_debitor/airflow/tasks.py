@@ -17,9 +17,9 @@ from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from fbs_debitor.airflow import connections
+from fbs_debitor.airflow import alerts, connections, notifications
 from fbs_debitor.backfill import months as backfill
-from fbs_debitor.core import ledger, migrations, settings
+from fbs_debitor.core import alarms, ledger, migrations, settings
 from fbs_debitor.core.stores import Stores, open_stores
 from fbs_debitor.delivery import send_rate, serviceplatformen
 from fbs_debitor.eligibility import cut_off
@@ -27,7 +27,7 @@ from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import checks as dq_checks
-from fbs_debitor.quality import mailer
+from fbs_debitor.quality import digest, mailer
 from fbs_debitor.quality import report as dq_report
 from fbs_debitor.transfer import run as transfer
 from fbs_debitor.transfer.summary import format_payments_run, format_run
@@ -139,8 +139,12 @@ def send_changes(run_id: str) -> dict[str, int]:
 
 
 def raise_staff_tasks(run_id: str) -> dict[str, int]:
+    """Staff tasks for rejections (M1), the run's delivery counts, and a ``rejections`` staff alarm
+    per agency with rejections in this run (resolved by the next run without)."""
     with task_stores() as stores:
-        return transfer.totals(transfer.close_delivery(stores, run_id))
+        counts = transfer.close_delivery(stores, run_id)
+        notifications.rejections(stores.ledger, run_id, transfer.rejections_per_agency(counts))
+        return transfer.totals(counts)
 
 
 def close_run(run_id: str) -> str:
@@ -167,6 +171,22 @@ def agency_failures(run_id: str) -> dict[str, list[str]]:
         return transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
 
 
+def held_agencies(run_id: str, dq: dict) -> list[str]:
+    with task_stores() as stores:
+        return notifications.held_agencies(stores.ledger, run_id, dq)
+
+
+def failed_agencies(run_id: str) -> list[str]:
+    with task_stores() as stores:
+        failures = transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
+        return notifications.failed_agencies(stores.ledger, run_id, failures)
+
+
+def undelivered(run_id: str, delivered: dict[str, int]) -> int:
+    with task_stores() as stores:
+        return notifications.undelivered(stores.ledger, run_id, delivered)
+
+
 # --- debitor_payments ----------------------------------------------------------------------------
 
 def ingest_payments(run_id: str) -> dict[str, int]:
@@ -187,6 +207,11 @@ def reconcile_payments(run_id: str) -> dict[str, int]:
         log.info("run summary\n%s", format_payments_run(ledger.get_run(stores.ledger, run_id),
                                                         ledger.run_counts(stores.ledger, run_id), stores.fbs))
     return {"differences": len(report.differences), "held": report.movements["held"]}
+
+
+def payment_differences(run_id: str, result: dict[str, int]) -> int:
+    with task_stores() as stores:
+        return notifications.payment_differences(stores.ledger, run_id, result)
 
 
 # --- debitor_backfill ----------------------------------------------------------------------------
@@ -236,7 +261,10 @@ def finish_backfill(plan: dict | None) -> dict:
         log.info("%s", plan.get("note"))
         return {"status": "nothing to do"}
     with task_stores() as stores:
-        return backfill.finish(stores, plan["backfill_id"])
+        done = backfill.finish(stores, plan["backfill_id"])
+        # finish decides the run's state (it is the last task): a good one resolves the failed-run alarm
+        alarms.resolve_unseen(stores.ledger, [alerts.failed_kind("debitor_backfill")], [])
+        return done
 
 
 # --- debitor_dq_report ---------------------------------------------------------------------------
@@ -281,3 +309,17 @@ def email_reports(manifest_path: str, report_date: str, conn_id: str = mailer.DE
         raise RuntimeError(f"{len(failed)} report(s) could not be emailed: {', '.join(failed)} "
                            f"(the others were sent; a retry sends only these)")
     return mailer.totals(results)
+
+
+def email_digest(conn_id: str = mailer.DEFAULT_CONN_ID) -> dict:
+    """The integration team's daily digest (``quality.digest``) to FBS_DEBITOR_ALERT_EMAIL through
+    ``conn_id`` (else FBS_DEBITOR_SMTP_*). Without an SMTP server or recipients: a warning, nothing
+    marked, the task succeeds. A send that fails fails the task (its retry sends it again)."""
+    try:
+        smtp = connections.smtp_settings(conn_id)
+    except mailer.SmtpNotConfigured as exc:
+        log.warning("no SMTP server for the digest: %s", exc)
+        smtp = None
+    with task_stores() as stores:
+        _migrate(stores)
+        return digest.send_digest(stores.ledger, smtp, settings.alert_email()).as_dict()

@@ -139,3 +139,55 @@ def mark_notified(ledger: Engine, alarms: Iterable[Alarm], at: dt.datetime | Non
         with ledger.begin() as conn:
             conn.execute(text("UPDATE alarm SET notified_at = :t WHERE alarm_key IN :keys")
                          .bindparams(bindparam("keys", expanding=True)), {"t": at or _now(), "keys": keys})
+
+
+def observe(ledger: Engine, run_id: str | None, kind: str, audience: str, found: dict[str | None, str],
+            at: dt.datetime | None = None, agencies: Iterable[str] | None = None) -> list[str]:
+    """One run's look at one condition: raise an alarm of ``kind`` per agency in ``found`` (agency ->
+    message; None for the whole deployment) and resolve the open ones of ``kind`` it no longer saw
+    (of ``agencies`` only, when given: the ones the run looked at). Returns the keys resolved."""
+    seen = [Alarm(kind=kind, audience=audience, message=m, agency_id=a) for a, m in sorted(
+        found.items(), key=lambda item: item[0] or "")]
+    raise_alarms(ledger, run_id, seen, at)
+    return resolve_unseen(ledger, [kind], seen, at, agencies)
+
+
+def claim_for_run(ledger: Engine, alarm: Alarm, run_id: str, at: dt.datetime | None = None) -> bool:
+    """Raise ``alarm`` for ``run_id`` and say whether this call is the first to do so for that run:
+    what lets several callbacks of one failed run (a task's and the run's) send one alert. Atomic
+    on both databases (a conditional UPDATE, or the INSERT of the primary key)."""
+    from sqlalchemy.exc import IntegrityError
+
+    at = at or _now()
+    params = {"k": alarm.key, "kind": alarm.kind, "aud": alarm.audience, "ag": alarm.agency_id,
+              "m": mask_cprs_in(alarm.message)[:4000], "t": at, "r": run_id}
+    try:
+        with ledger.begin() as conn:
+            done = conn.execute(text(
+                "UPDATE alarm SET message = :m, last_seen_at = :t, last_run_id = :r, audience = :aud,"
+                " occurrences = CASE WHEN resolved_at IS NULL THEN occurrences + 1 ELSE 1 END,"
+                " first_seen_at = CASE WHEN resolved_at IS NULL THEN first_seen_at ELSE :t END,"
+                " first_run_id = CASE WHEN resolved_at IS NULL THEN first_run_id ELSE :r END,"
+                " notified_at = CASE WHEN resolved_at IS NULL THEN notified_at ELSE NULL END,"
+                " resolved_at = NULL"
+                " WHERE alarm_key = :k AND (last_run_id IS NULL OR last_run_id <> :r)"), params).rowcount
+            if done:
+                return True
+            if conn.execute(text("SELECT 1 FROM alarm WHERE alarm_key = :k"), {"k": alarm.key}).first():
+                return False                         # this run already raised it
+            conn.execute(text(
+                "INSERT INTO alarm (alarm_key, kind, audience, agency_id, message, first_seen_at, last_seen_at,"
+                " first_run_id, last_run_id, occurrences) VALUES (:k, :kind, :aud, :ag, :m, :t, :t, :r, :r, 1)"),
+                params)
+        return True
+    except IntegrityError:                           # another callback of the same run inserted it first
+        return False
+
+
+def resolved_unsaid(ledger: Engine) -> list[Alarm]:
+    """Resolved alarms no digest has said resolved yet (never notified, or notified before they
+    were resolved)."""
+    with ledger.connect() as conn:
+        rows = conn.execute(text(_SELECT + "WHERE resolved_at IS NOT NULL AND (notified_at IS NULL OR "
+                                           "notified_at < resolved_at) ORDER BY resolved_at")).all()
+    return [_from_row(r) for r in rows]

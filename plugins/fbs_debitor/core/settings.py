@@ -214,6 +214,24 @@ def _address(raw: str) -> str:
     return raw.strip()
 
 
+def _addresses(raw: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in raw.split(",")]
+    if not parts or len(parts) > 20 or any(not p for p in parts):
+        raise _Refused("1 to 20 addresses, comma-separated")
+    out = tuple(dict.fromkeys(_address(p) for p in parts))
+    return out
+
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _dotted_paths(raw: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > 10 or any(not _DOTTED.fullmatch(p) for p in parts):
+        raise _Refused("1 to 10 dotted paths module.name, comma-separated")
+    return tuple(dict.fromkeys(parts))
+
+
 # --- the settings -------------------------------------------------------------------------------
 
 def _var(env: Mapping[str, str]) -> Path:
@@ -281,6 +299,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "STARTTLS before login", _flag, lambda env: None),
     Setting("FBS_DEBITOR_SMTP_SSL", "0", "0/1 (or true/false, yes/no, on/off)", "implicit TLS (SMTP over SSL)",
             _flag, lambda env: False),
+    Setting("FBS_DEBITOR_ALERT_EMAIL", "none (alerts and digest only logged)", "1 to 20 email addresses, "
+            "comma-separated", "the integration team: run-failure and deadline alerts, the daily digest",
+            _addresses, lambda env: ()),
+    Setting("FBS_DEBITOR_ALERT_NOTIFIERS", "none", "1 to 10 dotted paths module.name, comma-separated, each an "
+            "importable Airflow notifier (instance, or class taking no arguments) or function of the context",
+            "further notifiers called with each alert, besides the email", _dotted_paths, lambda env: ()),
     Setting("FBS_DEBITOR_SMTP_TIMEOUT", "30", "a number of seconds from 1 to 600", "seconds per SMTP connection",
             _number(1, 600), lambda env: 30.0),
 )}
@@ -366,6 +390,14 @@ def eg_payment_minutes() -> int:
 
 def payment_file_max_bytes() -> int:
     return value("FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES")
+
+
+def alert_email() -> tuple[str, ...]:
+    return value("FBS_DEBITOR_ALERT_EMAIL")
+
+
+def alert_notifiers() -> tuple[str, ...]:
+    return value("FBS_DEBITOR_ALERT_NOTIFIERS")
 
 
 def backfill_max_claims_per_second() -> float:

@@ -200,6 +200,21 @@ def _text(reply) -> str:
 
 # --- sending -----------------------------------------------------------------------------------
 
+def send_text(smtp: SmtpSettings, recipients: Sequence[str], subject: str, body: str) -> tuple[str, ...]:
+    """One plain-text mail (the integration team's digest) to ``recipients``; returns the addresses
+    the server accepted. Raises when the mail could not be sent at all (or every recipient was
+    refused): the caller decides whether that fails its task."""
+    msg = EmailMessage()
+    msg["Subject"] = " ".join(subject.split())
+    msg["From"] = smtp.from_email
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid("fbs-debitor", domain=smtp.from_email.rpartition("@")[2] or "localhost")
+    msg.set_content(body, cte="quoted-printable")
+    refused = _deliver(smtp, msg, recipients)
+    return tuple(a for a in recipients if a not in refused)
+
+
 def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *, state_file: Path | None = None,
                  template_dir: Path | None = None) -> list[SendResult]:
     """Send each branch its report; never raises for one branch. With ``state_file``, branches

@@ -205,6 +205,16 @@ def agency_failures(counts: Counter) -> dict[str, list[str]]:
     return {a: sorted(failed[a]) for a in sorted(failed)}
 
 
+def rejections_per_agency(counts: Counter) -> dict[str, int]:
+    """The claims and changes the debtor system rejected in this run, per agency (each is a staff
+    task in FBS already; the agency's ``rejections`` alarm says there are some to look at)."""
+    out: dict[str, int] = {}
+    for (agency, category, _rule), n in counts.items():
+        if category in ("rejected", "changes_rejected") and n:
+            out[str(agency)] = out.get(str(agency), 0) + n
+    return dict(sorted(out.items()))
+
+
 def failure_message(failures: dict[str, list[str]]) -> str | None:
     """What ends such a run failed: the agencies that need attention and what went wrong there."""
     if not failures:
