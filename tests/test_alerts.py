@@ -85,6 +85,14 @@ def test_issue20_unconfirmed_claims_fail_the_run_with_an_operator_alarm_resolved
     assert [a.key for a in alarms.open_alarms(stores.ledger)] == ["payment_differences:*"]
     notifications.payment_differences(stores.ledger, "run-4", {"differences": 0})
     assert alarms.open_alarms(stores.ledger) == []
+    # per agency, as the reconcile task hands them on; "" for those no agency's claim explains
+    with pytest.raises(AirflowFailException, match="3 difference"):
+        notifications.payment_differences(stores.ledger, "run-5", {"differences": 3,
+                                                                   "differences_per_agency": {"715100": 2, "": 1}})
+    assert sorted(a.key for a in alarms.open_alarms(stores.ledger)) == ["payment_differences:*",
+                                                                       "payment_differences:715100"]
+    notifications.payment_differences(stores.ledger, "run-6", {"differences": 0, "differences_per_agency": {}})
+    assert alarms.open_alarms(stores.ledger) == []
 
 
 # --- item 2: the daily digest ------------------------------------------------------------------------

@@ -889,7 +889,7 @@ def test_dq_report_dag_runs_daily_at_six_with_a_real_window():
     assert interval.end.in_timezone("Europe/Copenhagen").hour == 6
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "data-quality"} <= set(dag.tags) and dag.doc_md
-    assert [t.task_id for t in dag.topological_sort()] == ["build_reports", "email_reports"]
+    assert [t.task_id for t in dag.topological_sort()] == ["build_reports", "email_reports", "email_digest"]
     assert all(t.retries >= 1 for t in dag.tasks)
 
 

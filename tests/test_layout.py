@@ -424,13 +424,18 @@ DAG_IMPORT_EXCEPTIONS = {
 DAG_PARSE_TIME = {"__future__", "pendulum", "airflow.sdk", *DAG_IMPORT_EXCEPTIONS}
 
 
+# The DAG files' failure/success callbacks: they run when a task or run ends, never at parse time,
+# and import only fbs_debitor.airflow (the alerts), like a task.
+DAG_CALLBACKS = {"_run_failed", "_run_succeeded"}
+
+
 def dag_import_problems(path: Path) -> list[str]:
     """Imports of a DAG file that break the rule: at parse time (module level, or in a function
     that is not a task, such as the ``@dag`` function: it runs when the file is parsed) only
     ``DAG_PARSE_TIME`` and the standard library; inside a ``@task`` function only ``fbs_debitor.airflow``."""
     problems = []
     for imp in read_imports(path, path.parent):
-        if imp.in_task:
+        if imp.in_task or (imp.functions and imp.functions[0] in DAG_CALLBACKS):
             if not (imp.module == "fbs_debitor.airflow" or imp.module.startswith("fbs_debitor.airflow.")):
                 problems.append(f"{imp.where()}: a task imports only fbs_debitor.airflow")
         elif imp.module not in DAG_PARSE_TIME and imp.top not in sys.stdlib_module_names:

@@ -397,6 +397,8 @@ def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in
     broken = payment_reconciliation.reconcile_payments(stores, emulator_payments.movements(emu_db))
     assert [d.what for d in broken.differences] == ["applied, not in FBS"]
     assert broken.differences[0].liability_id == victim["liability_id"]
+    # issue 20: the operator alarm for a difference names the agency whose claim it concerns
+    assert payment_reconciliation.differences_per_agency(stores, broken) == {AGENCY: 1}
 
 
 

@@ -19,13 +19,21 @@ import logging
 from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.alarms import OPERATOR, STAFF, observe
+from fbs_debitor.core.alarms import (
+    FAILED_AGENCY,
+    HELD,
+    OPERATOR,
+    PAYMENT_DIFFERENCES,
+    REJECTIONS,
+    STAFF,
+    UNCONFIRMED,
+    observe,
+)
 from fbs_debitor.transfer.run import failure_message
 
 log = logging.getLogger(__name__)
 
-HELD, REJECTIONS = "held_agency", "rejections"
-FAILED_AGENCY, UNCONFIRMED, PAYMENT_DIFFERENCES = "failed_agency", "unconfirmed", "payment_differences"
+__all__ = ["FAILED_AGENCY", "HELD", "PAYMENT_DIFFERENCES", "REJECTIONS", "UNCONFIRMED"]
 
 
 def held_agencies(ledger: Engine, run_id: str, dq: dict) -> list[str]:
@@ -75,12 +83,16 @@ def undelivered(ledger: Engine, run_id: str, delivered: dict[str, int]) -> int:
     return 0
 
 
-def payment_differences(ledger: Engine, run_id: str, result: dict[str, int]) -> int:
-    """Fail when the payments reconciliation found differences; the report names each one."""
+def payment_differences(ledger: Engine, run_id: str, result: dict) -> int:
+    """Fail when the payments reconciliation found differences; an OPERATOR alarm per agency whose
+    claims they concern (the whole deployment for those no claim explains); the report names each."""
     n = result.get("differences") or 0
-    message = (f"payments reconciliation: {n} difference(s); see "
-               f"var/reports/payments/reconciliation-{run_id}.csv")
-    observe(ledger, run_id, PAYMENT_DIFFERENCES, OPERATOR, {None: message} if n else {})
+    per_agency = result.get("differences_per_agency") or ({"": n} if n else {})
+    report = f"var/reports/payments/reconciliation-{run_id}.csv"
+    found = {(a or None): f"payments reconciliation: {k} difference(s) in this agency's claims; see {report}"
+             if a else f"payments reconciliation: {k} difference(s) no agency's claim explains; see {report}"
+             for a, k in per_agency.items() if k}
+    observe(ledger, run_id, PAYMENT_DIFFERENCES, OPERATOR, found)
     if n:
-        raise AirflowFailException(message)
+        raise AirflowFailException(f"payments reconciliation: {n} difference(s); see {report}")
     return 0

@@ -201,12 +201,15 @@ def reconcile_payments(run_id: str) -> dict[str, int]:
     """The run's reconciliation report (CSV under var/reports/payments/), and the run closed."""
     with task_stores(run_id, "reconcile") as stores:
         report = payment_reconciliation.reconcile_payments(stores)
-        path = report.write_csv(settings.var_dir() / "reports" / "payments" / f"reconciliation-{run_id}.csv")
+        path = report.write_csv(payment_reconciliation.report_path(run_id))
+        per_agency = payment_reconciliation.differences_per_agency(stores, report)
         log.info("%s\nreport: %s", report.summary(), path)
         ledger.finish_run(stores.ledger, run_id, "success")
         log.info("run summary\n%s", format_payments_run(ledger.get_run(stores.ledger, run_id),
                                                         ledger.run_counts(stores.ledger, run_id), stores.fbs))
-    return {"differences": len(report.differences), "held": report.movements["held"]}
+    return {"differences": len(report.differences), "held": report.movements["held"],
+            # agency -> count ("" for differences no agency's claim explains): keys and counts only
+            "differences_per_agency": {a or "": n for a, n in sorted(per_agency.items(), key=lambda i: i[0] or "")}}
 
 
 def payment_differences(run_id: str, result: dict[str, int]) -> int:

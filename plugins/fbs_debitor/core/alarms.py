@@ -19,6 +19,13 @@ from fbs_debitor.core.db import as_datetime
 from fbs_debitor.core.identity import mask_cprs_in
 
 STAFF, OPERATOR = "staff", "operator"
+
+# The kinds the runs raise (the digest and the status page read them):
+HELD = "held_agency"                        # STAFF: an agency held whole by its age limit (C3)
+REJECTIONS = "rejections"                   # STAFF: claims/changes rejected in the agency's newest run with any
+FAILED_AGENCY = "failed_agency"             # OPERATOR: an agency's work failed part-way
+UNCONFIRMED = "unconfirmed"                 # OPERATOR: claims/changes unanswered after every retry (an outage)
+PAYMENT_DIFFERENCES = "payment_differences"  # OPERATOR: the payments reconciliation found differences
 KEY_LENGTH, KIND_LENGTH = 120, 40
 
 

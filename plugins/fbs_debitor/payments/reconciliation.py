@@ -35,7 +35,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from fbs_debitor.core import settings
-from fbs_debitor.core.db import as_amount, as_bool, in_query, keyset_pages
+from fbs_debitor.core.db import as_amount, as_bool, chunked, in_query, keyset_pages
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.apply import payment_id
 
@@ -113,6 +113,21 @@ def report_path(report_id: str) -> Path:
     (debitor_payments, ``python -m fbs_debitor payments``) or, for a reconciliation outside a run
     (``reconcile``), the time it started (YYYYMMDDTHHMMSS-microseconds)."""
     return settings.var_dir() / "reports" / "payments" / f"reconciliation-{report_id}.csv"
+
+
+def differences_per_agency(stores: Stores, report: PaymentReport) -> dict[str | None, int]:
+    """How many of the report's differences concern each agency (by the claim's agency in the
+    ledger); a difference the ledger cannot place (a movement for a claim it never sent) counts
+    under None, the whole deployment."""
+    ids = sorted({d.liability_id for d in report.differences if d.liability_id is not None})
+    agency_of: dict[int, str] = {}
+    with stores.ledger.connect() as conn:
+        for page in chunked(ids, 5000):
+            agency_of.update(conn.execute(in_query(
+                "SELECT liability_id, agency_id FROM claim WHERE liability_id IN :ids", "ids"), {"ids": page}).all())
+    counts: Counter = Counter(agency_of.get(d.liability_id) if d.liability_id is not None else None
+                              for d in report.differences)
+    return dict(counts)
 
 
 def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, page_size: int = 5000) -> PaymentReport:

@@ -28,7 +28,7 @@ from fbs_debitor.quality import mailer
 
 log = logging.getLogger(__name__)
 
-HELD = "held_agency"
+HELD = alarms.HELD
 SENT, NOT_SENT = "sent", "not_sent"
 
 

@@ -44,8 +44,8 @@ from fbs_debitor.delivery.outbox import FAILED, RESEND_FAILED
 from fbs_debitor.eligibility.rules import AWAITING, BLOCKED
 
 UNKNOWN = "-"                     # a municipality (or agency) the FBS extract does not know
-PAYMENT_DIFFERENCES = "payment_differences"   # the alarm kind a payments run raises for differences
-HELD_AGENCY = "held_agency"
+PAYMENT_DIFFERENCES = core_alarms.PAYMENT_DIFFERENCES   # raised per agency by the payments run
+HELD_AGENCY = core_alarms.HELD
 RUN_KINDS = ("transfer", "payments", "dq_report", "backfill")
 REPORT_DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 ZERO = Decimal("0.00")
