@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import re
@@ -513,3 +515,63 @@ def test_issue20_summary_of_a_backfill_is_headed_as_a_backfill_and_shows_every_m
                        "6", "0", "0", row[-1]]
     assert "{'" not in listing.stdout + whole.stdout                        # no raw Python dict
     assert full_cpr_numbers(whole.stdout + one.stdout + listing.stdout) == []
+
+
+# --- issue 20: status and digest on the command line ------------------------------------------------
+
+def _with_alarms(db_urls):
+    from fbs_debitor.core import alarms
+    from fbs_debitor.core.stores import init_stores, open_stores
+
+    stores = open_stores(db_urls)
+    try:
+        init_stores(stores)
+        alarms.raise_alarms(stores.ledger, "run-1", [
+            alarms.Alarm(kind=alarms.HELD, audience=alarms.STAFF, agency_id="715100",
+                         message="agency 715100 held until the setting is fixed in FBS (C3): age limit 0-21"),
+            alarms.Alarm(kind=alarms.UNCONFIRMED, audience=alarms.OPERATOR,
+                         message="3 claim(s) got no answer from the debtor system after every retry")])
+    finally:
+        stores.dispose()
+
+
+def test_issue20_status_prints_the_overview_and_refuses_a_ledger_behind_the_code(db_urls, tmp_path):
+    from sqlalchemy import text
+
+    from fbs_debitor.core.stores import open_stores
+
+    _with_alarms(db_urls)
+    stores = open_stores(db_urls)
+    with stores.ledger.begin() as conn:                 # a ledger from before migration 10 (the alarms)
+        conn.execute(text("DROP TABLE alarm"))
+        conn.execute(text("DELETE FROM schema_migration WHERE version = 10"))
+    stores.dispose()
+    behind = cli(db_urls, tmp_path, "status")
+    assert behind.returncode == 2 and "lacks migration(s) 10" in behind.stderr and "Traceback" not in behind.stderr
+    _with_alarms(db_urls)                               # migrates again, raises the alarms again
+    out = cli(db_urls, tmp_path, "status")
+    assert out.returncode == 0, out.stderr
+    assert "Europe/Copenhagen" in out.stdout and "held_agency 715100" in out.stdout and "unconfirmed" in out.stdout
+    wrong = cli(db_urls, tmp_path, "status", "--date", "30-11-2026")
+    assert wrong.returncode == 2 and "30-11-2026" in wrong.stderr
+
+
+def test_issue20_digest_prints_mails_once_as_new_then_as_still_open(db_urls, tmp_path, smtp_server):
+    handler, smtp = smtp_server
+    _with_alarms(db_urls)
+    env = {"FBS_DEBITOR_SMTP_HOST": smtp.host, "FBS_DEBITOR_SMTP_PORT": str(smtp.port),
+           "FBS_DEBITOR_SMTP_FROM": smtp.from_email, "FBS_DEBITOR_SMTP_STARTTLS": "0"}
+    refused = cli(db_urls, tmp_path, "digest", **env)                 # no recipient set
+    assert refused.returncode == 2 and "FBS_DEBITOR_ALERT_EMAIL" in refused.stderr and handler.received == []
+    printed = cli(db_urls, tmp_path, "digest", "--print")
+    assert printed.returncode == 0 and "[NEW]" in printed.stdout and "715100" in printed.stdout
+    env["FBS_DEBITOR_ALERT_EMAIL"] = "drift@kommune.example"
+    first = cli(db_urls, tmp_path, "digest", **env)
+    assert first.returncode == 0, first.stderr
+    second = cli(db_urls, tmp_path, "digest", **env)
+    assert second.returncode == 0, second.stderr
+    assert [rcpt for _f, rcpt, _b in handler.received] == [["drift@kommune.example"]] * 2
+    bodies = [email.message_from_bytes(body, policy=email.policy.default).get_body().get_content()
+              for _f, _r, body in handler.received]
+    assert "[NEW]" in bodies[0] and "[NEW]" not in bodies[1] and "still open since" in bodies[1]
+    assert full_cpr_numbers("".join(bodies)) == []

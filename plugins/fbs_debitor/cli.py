@@ -39,7 +39,7 @@ from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
-from fbs_debitor.quality import mailer
+from fbs_debitor.quality import digest, mailer
 from fbs_debitor.quality import report as dq_report
 from fbs_debitor.status import overview as status_overview
 from fbs_debitor.transfer import dry_run
@@ -154,17 +154,50 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     stores = _stores()
-    behind = migrations.pending(stores.ledger)
-    if behind:
-        stores.dispose()
-        print(f"the ledger lacks migration(s) {', '.join(map(str, behind))}: run 'python -m fbs_debitor init' "
-              "(or any run) first; nothing was read", file=sys.stderr)
+    if _ledger_behind(stores):
         return EXIT_REFUSED
     try:
         overview = status_overview.build_overview(stores, day=args.date, reports_root=settings.var_dir() / "reports")
     finally:
         stores.dispose()
     print(status_overview.format_overview(overview))
+    return 0
+
+
+def _ledger_behind(stores: Stores) -> bool:
+    """A reading command refuses a ledger behind the code's migrations (and disposes the stores)."""
+    behind = migrations.pending(stores.ledger)
+    if behind:
+        stores.dispose()
+        print(f"the ledger lacks migration(s) {', '.join(map(str, behind))}: run 'python -m fbs_debitor init' "
+              "(or any run) first; nothing was read", file=sys.stderr)
+    return bool(behind)
+
+
+def cmd_digest(args) -> int:
+    smtp = None
+    if not args.print_only:
+        try:
+            smtp = mailer.settings_from_env()
+        except mailer.SmtpNotConfigured as exc:
+            print(f"not mailed: {exc}; '--print' shows it without sending", file=sys.stderr)
+            return EXIT_REFUSED
+        if not settings.alert_email():
+            print("not mailed: FBS_DEBITOR_ALERT_EMAIL names no recipient; '--print' shows it without sending",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+    stores = _stores()
+    if _ledger_behind(stores):
+        return EXIT_REFUSED
+    try:
+        if args.print_only:
+            made = digest.build_digest(stores.ledger)
+            print(f"Subject: {made.subject()}\n\n{made.text()}")
+            return 0
+        result = digest.send_digest(stores.ledger, smtp, settings.alert_email())
+    finally:
+        stores.dispose()
+    print(f"{result.digest.subject()}: mailed to {', '.join(result.recipients)}")
     return 0
 
 
@@ -559,6 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "only.")
     p.add_argument("--date", type=settings.iso_date, help="the day, YYYY-MM-DD (default today in Copenhagen)")
     p.set_defaults(func=cmd_status)
+
+    p = add_command(sub, "digest", "mail the integration team the daily digest of open alarms (or print it)",
+                    "What debitor_dq_report's email_digest task sends: the open alarms (the integration's own "
+                    "first), held agencies (C3), other conditions staff must fix, blocked liabilities per agency "
+                    "and alarms resolved since the last digest; an alarm not said before is marked NEW. Sent "
+                    "through FBS_DEBITOR_SMTP_* to FBS_DEBITOR_ALERT_EMAIL, after which its alarms count as "
+                    "said. Exit 2 when no SMTP server or no recipient is set.")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the digest instead; send nothing and mark nothing as said")
+    p.set_defaults(func=cmd_digest)
     return parser
 
 
