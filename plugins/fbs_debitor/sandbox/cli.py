@@ -20,7 +20,7 @@ from fbs_debitor.claims import fingerprints
 from fbs_debitor.core import settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.sandbox import emulator, emulator_payments
+from fbs_debitor.sandbox import emulator, emulator_payments, mailbox
 from fbs_debitor.sandbox.change_simulator import simulate
 from fbs_debitor.sandbox.cut_off_simulator import simulate_move
 from fbs_debitor.sandbox.generator import generate
@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "'emulator --help' for its options); it creates its own database (--db) when missing",
         add_help=False)
 
+    p = add(sub, "mailbox", "demo: a real SMTP server on loopback that keeps every message as an .eml file",
+            "What './run main' points Airflow's smtp_default connection at: alerts, the integration team's "
+            "digest and the staff reports land in --dir instead of leaving the machine. Runs until stopped.")
+    mailbox.build_parser(p)
+    p.set_defaults(func=cmd_mailbox, stores=())
+
     emulator_db = settings.existing_database("--emulator-db", EMULATOR_CREATED_BY)
     p = add(sub, "reconcile", "compare, per claim, what was sent, what the debtor emulator holds and what FBS "
                               "shows now; list every difference",
@@ -190,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="agency to move, six digits (repeatable; default every agency whose age limit is sane, C3)")
     p.set_defaults(func=cmd_simulate_cut_off)
     return parser
+
+
+def cmd_mailbox(args) -> int:
+    logging.getLogger("fbs_debitor").setLevel(logging.INFO)
+    mailbox.serve(args.port, args.dir)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
