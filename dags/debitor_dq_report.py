@@ -15,9 +15,11 @@ recorded in the ledger — what stops a fee or compensation from going to the de
 what is worth fixing — and tells each branch, in Danish, what to fix for which patron.
 
 1. **build_reports** — writes, for every branch in FBS, `datakvalitet.html` (a self-contained page:
-   counts per check, a 30-day chart of open findings, the open findings blocking-first and
-   oldest-first with patron number, name, liability and why it matters, and what was fixed in the
-   last 7 days) and `datakvalitet.csv` (every open finding, for Excel), under
+   counts per check, a 30-day trend (new / open / fixed per day, chart and table), the findings
+   that hold the whole library (C3) on top, then one entry per patron (number and name) with its
+   open findings beneath it, oldest first — patrons with a blocking finding first — each with the
+   liability's number and amount, what is wrong and why it matters, in Danish only, and what was
+   resolved in the last 7 days) and `datakvalitet.csv` (every open finding, for Excel), under
    `var/reports/<date>/<agency>/<branch>/`, plus an `index.html` per agency and a `manifest.json`.
    Agency-level findings (C3: a broken age limit) appear in every branch of the agency.
 2. **email_reports** — mails each branch its report (HTML body, CSV attached) at the branch's
