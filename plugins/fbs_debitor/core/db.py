@@ -310,6 +310,29 @@ MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 
+def stored_number(value) -> Decimal | None:
+    """A NUMERIC value exactly as either database hands it back, whatever its size or decimals:
+    ``Unreadable`` when it is not a finite number. SQLite keeps a NUMERIC value as integer, real or
+    text: a real is read by its shortest representation (what was written), text only when it is
+    a plain decimal number."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not _NUMBER.fullmatch(value):
+            raise Unreadable("not a number")
+        return Decimal(value)
+    if isinstance(value, float):
+        if value != value or abs(value) == float("inf"):
+            raise Unreadable("not a finite number")
+        return Decimal(repr(value))
+    if isinstance(value, Decimal | int) and not isinstance(value, bool):
+        amount = Decimal(value)
+        if not amount.is_finite():
+            raise Unreadable("not a finite number")
+        return amount
+    raise Unreadable(f"a value of type {type(value).__name__}, not a number")
+
+
 @lru_cache(maxsize=_MEMO, typed=True)
 def exact_amount(value) -> Decimal | None:
     """An FBS amount exactly as stored, in kroner and øre; ``Unreadable`` (never rounded, never cut)
@@ -317,22 +340,9 @@ def exact_amount(value) -> Decimal | None:
     keeps a NUMERIC value as integer, real or text: a real is read by its shortest representation
     (what was written), so 12.345 stays 12.345 and is refused; text is what SQLite could not read
     as a number ('12,50')."""
-    if value is None:
+    amount = stored_number(value)
+    if amount is None:
         return None
-    if isinstance(value, str):
-        if not _NUMBER.fullmatch(value):
-            raise Unreadable("not a number")
-        amount = Decimal(value)
-    elif isinstance(value, float):
-        amount = Decimal(repr(value)) if value == value and abs(value) != float("inf") else None
-        if amount is None:
-            raise Unreadable("not a finite number")
-    elif isinstance(value, Decimal | int) and not isinstance(value, bool):
-        amount = Decimal(value)
-        if not amount.is_finite():
-            raise Unreadable("not a finite number")
-    else:
-        raise Unreadable(f"a value of type {type(value).__name__}, not a number")
     if abs(amount) > MAX_AMOUNT:
         raise Unreadable("larger than 9,999,999,999.99")
     if amount != amount.quantize(CENT, rounding="ROUND_DOWN"):

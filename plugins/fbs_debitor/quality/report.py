@@ -75,7 +75,7 @@ from markupsafe import Markup
 from sqlalchemy import bindparam, text
 
 from fbs_debitor.core import settings
-from fbs_debitor.core.db import as_datetime
+from fbs_debitor.core.db import Unreadable, as_datetime, stored_number
 from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.quality import catalog as dq_catalog
@@ -544,22 +544,17 @@ def _detail(row: _Row) -> str:
     return "Gælder hele biblioteket."
 
 
-_NUMBER_TEXT = re.compile(r"[+-]?\d+(?:\.\d+)?")
-
-
 def _amount(value) -> tuple[Decimal | None, str]:
     """A liability's amount as FBS holds it: (exact Decimal, "-30,00 kr."); never rounded (12.345 is
-    shown "12,345 kr."). SQLite may hand back a float: read by its shortest representation, which
-    is what was written. What is not a number is shown as it is, marked (None, "ulæseligt beløb: …")."""
+    shown "12,345 kr."; ``db.stored_number`` reads it, as ``exact_amount`` does before its checks).
+    What is not a number is shown as it is, marked (None, "ulæseligt beløb: …")."""
     if value is None:
         return None, ""
-    if isinstance(value, float):
-        value = Decimal(repr(value)) if value == value and abs(value) != float("inf") else str(value)
-    if isinstance(value, str):
-        value = Decimal(value.strip()) if _NUMBER_TEXT.fullmatch(value.strip()) else value
-    if isinstance(value, Decimal | int) and not isinstance(value, bool) and Decimal(value).is_finite():
-        return Decimal(value), danish.kroner(value)
-    return None, f"ulæseligt beløb: {scrub(value)}"
+    try:
+        amount = stored_number(value.strip() if isinstance(value, str) else value)
+    except Unreadable:
+        return None, f"ulæseligt beløb: {scrub(value)}"
+    return amount, danish.kroner(amount)
 
 
 def _generated() -> str:
