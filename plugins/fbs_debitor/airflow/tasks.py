@@ -154,21 +154,15 @@ def close_run(run_id: str) -> str:
     with task_stores() as stores:
         resolved = transfer.resolve_findings(stores, run_id)
         log.info("%d finding(s) resolved: fixed in FBS, resolved by the integration, or no longer in scope", resolved)
-        failure = transfer.failure_message(transfer.agency_failures(ledger.run_counts(stores.ledger, run_id)))
+        counts = ledger.run_counts(stores.ledger, run_id)
+        failure = transfer.failure_message(transfer.agency_failures(counts))
         if failure:
             ledger.finish_run(stores.ledger, run_id, "failed", failure)
         else:
             ledger.finish_run(stores.ledger, run_id, "success")
-        text = format_run(ledger.get_run(stores.ledger, run_id), ledger.run_counts(stores.ledger, run_id), stores.fbs)
+        text = format_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs)
     log.info("run summary\n%s", text)
     return run_id
-
-
-def agency_failures(run_id: str) -> dict[str, list[str]]:
-    """The agencies whose work failed part-way in this run, with the exception types (from the
-    run's counts in the ledger): what ``notifications.failed_agencies`` fails the run with."""
-    with task_stores() as stores:
-        return transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
 
 
 def held_agencies(run_id: str, dq: dict) -> list[str]:

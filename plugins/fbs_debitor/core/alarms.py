@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import String, bindparam, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core.db import as_datetime
 from fbs_debitor.core.identity import mask_cprs_in
@@ -64,6 +65,18 @@ def _now() -> dt.datetime:
     return dt.datetime.now().replace(microsecond=0)
 
 
+# A condition seen for the first time: open, seen once, by this run.
+_INSERT = ("INSERT INTO alarm (alarm_key, kind, audience, agency_id, message, first_seen_at, last_seen_at, "
+           "first_run_id, last_run_id, occurrences) VALUES (:k, :kind, :aud, :ag, :m, :t, :t, :r, :r, 1)")
+
+
+def _params(alarm: Alarm, at: dt.datetime, run_id: str | None) -> dict:
+    """An alarm's values for the statements here; the message CPR-masked and cut to what the
+    ledger keeps."""
+    return {"k": alarm.key, "kind": alarm.kind, "aud": alarm.audience, "ag": alarm.agency_id,
+            "m": mask_cprs_in(alarm.message)[:4000], "t": at, "r": run_id}
+
+
 def raise_alarms(ledger: Engine, run_id: str | None, alarms: Iterable[Alarm], at: dt.datetime | None = None) -> int:
     """Open each alarm, or count it seen once more when already open (message updated to the
     newest). A resolved alarm raised again is opened anew (first seen now, not yet notified)."""
@@ -71,15 +84,11 @@ def raise_alarms(ledger: Engine, run_id: str | None, alarms: Iterable[Alarm], at
     n = 0
     with ledger.begin() as conn:
         for a in alarms:
-            params = {"k": a.key, "kind": a.kind, "aud": a.audience, "ag": a.agency_id,
-                      "m": mask_cprs_in(a.message)[:4000], "t": at, "r": run_id}
+            params = _params(a, at, run_id)
             row = conn.execute(text("SELECT resolved_at, last_run_id FROM alarm WHERE alarm_key = :k"),
                                {"k": a.key}).first()
             if row is None:
-                conn.execute(text(
-                    "INSERT INTO alarm (alarm_key, kind, audience, agency_id, message, first_seen_at, last_seen_at,"
-                    " first_run_id, last_run_id, occurrences) VALUES (:k, :kind, :aud, :ag, :m, :t, :t, :r, :r, 1)"),
-                    params)
+                conn.execute(text(_INSERT), params)
             elif row.resolved_at is not None:
                 conn.execute(text(
                     "UPDATE alarm SET audience = :aud, agency_id = :ag, message = :m, first_seen_at = :t,"
@@ -163,11 +172,8 @@ def claim_for_run(ledger: Engine, alarm: Alarm, run_id: str, at: dt.datetime | N
     """Raise ``alarm`` for ``run_id`` and say whether this call is the first to do so for that run:
     what lets several callbacks of one failed run (a task's and the run's) send one alert. Atomic
     on both databases (a conditional UPDATE, or the INSERT of the primary key)."""
-    from sqlalchemy.exc import IntegrityError
-
     at = at or _now()
-    params = {"k": alarm.key, "kind": alarm.kind, "aud": alarm.audience, "ag": alarm.agency_id,
-              "m": mask_cprs_in(alarm.message)[:4000], "t": at, "r": run_id}
+    params = _params(alarm, at, run_id)
     try:
         with ledger.begin() as conn:
             done = conn.execute(text(
@@ -182,10 +188,7 @@ def claim_for_run(ledger: Engine, alarm: Alarm, run_id: str, at: dt.datetime | N
                 return True
             if conn.execute(text("SELECT 1 FROM alarm WHERE alarm_key = :k"), {"k": alarm.key}).first():
                 return False                         # this run already raised it
-            conn.execute(text(
-                "INSERT INTO alarm (alarm_key, kind, audience, agency_id, message, first_seen_at, last_seen_at,"
-                " first_run_id, last_run_id, occurrences) VALUES (:k, :kind, :aud, :ag, :m, :t, :t, :r, :r, 1)"),
-                params)
+            conn.execute(text(_INSERT), params)
         return True
     except IntegrityError:                           # another callback of the same run inserted it first
         return False
