@@ -89,8 +89,16 @@ class RunStatus:
                 "airflow_path": self.airflow_path, "error": mask_cprs_in(self.error) if self.error else None}
 
 
+class _Sum:
+    """Counts (and amounts) a municipality adds up over its agencies, field by field."""
+
+    def add(self, other: _Sum) -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
 @dataclass
-class Claims:
+class Claims(_Sum):
     """New claims (OpretDebitorkonto): today's, and what the newest transfer run held back."""
     recorded: int = 0
     sent: int = 0
@@ -101,13 +109,9 @@ class Claims:
     blocked: int = 0
     awaiting: int = 0
 
-    def add(self, other: Claims) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
-
 
 @dataclass
-class Changes:
+class Changes(_Sum):
     """Changes to claims already sent (U1-U4), today."""
     recorded: int = 0
     sent: int = 0
@@ -115,13 +119,9 @@ class Changes:
     rejected: int = 0
     unconfirmed: int = 0
 
-    def add(self, other: Changes) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
-
 
 @dataclass
-class Payments:
+class Payments(_Sum):
     """Movements from the debtor system: received and applied today; held and unwritten now."""
     received: int = 0
     applied: int = 0
@@ -129,10 +129,6 @@ class Payments:
     written_off: Decimal = ZERO
     held: int = 0
     unwritten: int = 0
-
-    def add(self, other: Payments) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
 
 
 @dataclass
