@@ -143,6 +143,18 @@ def recipients_of(staff_email: str | None) -> list[str]:
 
 # --- messages ----------------------------------------------------------------------------------
 
+def _message(subject: str, from_email: str, recipients: Sequence[str]) -> EmailMessage:
+    """A new mail's headers. The subject on one line: no line breaks in a header (a branch name
+    could hold one)."""
+    msg = EmailMessage()
+    msg["Subject"] = " ".join(subject.split())
+    msg["From"] = from_email
+    msg["To"] = ", ".join(recipients)
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid("fbs-debitor", domain=from_email.rpartition("@")[2] or "localhost")
+    return msg
+
+
 def build_message(report: BranchReport, from_email: str, recipients: Sequence[str], *,
                   template_dir: Path | None = None) -> EmailMessage:
     """The branch's mail: plain-text summary, the HTML report as the HTML body, the CSV attached.
@@ -151,13 +163,7 @@ def build_message(report: BranchReport, from_email: str, recipients: Sequence[st
     csv_bytes = Path(report.csv_path).read_bytes()
     date = report.report_date
     env = templates(template_dir)
-    msg = EmailMessage()
-    # One line: no line breaks in a header (a branch name could hold one).
-    msg["Subject"] = " ".join(env.get_template("mail_subject.txt.j2").render(report=report).split())
-    msg["From"] = from_email
-    msg["To"] = ", ".join(recipients)
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid("fbs-debitor", domain=from_email.rpartition("@")[2] or "localhost")
+    msg = _message(env.get_template("mail_subject.txt.j2").render(report=report), from_email, recipients)
     msg.set_content(env.get_template("mail.txt.j2").render(report=report), cte="quoted-printable")
     # 7-bit safe on any relay (no 8BITMIME needed); quoted-printable keeps the text readable in the raw mail.
     msg.add_alternative(html_body, subtype="html", cte="quoted-printable")
@@ -204,12 +210,7 @@ def send_text(smtp: SmtpSettings, recipients: Sequence[str], subject: str, body:
     """One plain-text mail (the integration team's digest) to ``recipients``; returns the addresses
     the server accepted. Raises when the mail could not be sent at all (or every recipient was
     refused): the caller decides whether that fails its task."""
-    msg = EmailMessage()
-    msg["Subject"] = " ".join(subject.split())
-    msg["From"] = smtp.from_email
-    msg["To"] = ", ".join(recipients)
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid("fbs-debitor", domain=smtp.from_email.rpartition("@")[2] or "localhost")
+    msg = _message(subject, smtp.from_email, recipients)
     msg.set_content(body, cte="quoted-printable")
     refused = _deliver(smtp, msg, recipients)
     return tuple(a for a in recipients if a not in refused)
