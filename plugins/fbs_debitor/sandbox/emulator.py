@@ -2,9 +2,9 @@
 DebitorRegistreringAfsend service (OpretDebitorkonto, RetFordringTilstand).
 
 It behaves like a careful receiver: every request is parsed safely (no DTDs, no entities, no
-network), must carry Serviceplatformen's InvocationContext header and the operation's SOAPAction,
-and is validated against the project's schema; every answer is built with lxml and validated
-before it is sent. Accounts, claims and first answers live in its own tables (SQLite or
+network), must carry Serviceplatformen's InvocationContext header (or, in token mode, a signed
+WS-Security header) and the operation's SOAPAction, and is validated against the project's schema;
+every answer is built with lxml and validated before it is sent. Accounts, claims and first answers live in its own tables (SQLite or
 PostgreSQL, schema ``emulator``), so a repeated FordringID / AendringID is answered with its first
 answer, also after a restart.
 
@@ -18,6 +18,18 @@ claims on a replacement CPR (I3); KMD_OPUS and EG accept them. Like Serviceplatf
 municipality to its own debtor system, ``vendor_by_org_unit`` (the sender's
 OrganisatoriskEnhedUUID -> vendor; ``--vendors-from-fbs`` reads it from the FBS agencies) lets
 one emulator behave as each agency's vendor; ``vendor`` is the default.
+
+Who calls (issue 17): every call is made on behalf of one municipality, under that
+municipality's own service agreement. ``municipality_by_org_unit`` (the sender's
+OrganisatoriskEnhedUUID -> municipality CVR; ``--vendors-from-fbs`` reads it from the FBS agencies
+too) names the municipality of each request. A call comes either in certificate mode (mutual TLS
+plus the InvocationContext header; with ``agreements`` its ServiceAgreementUUID must be the
+municipality's own agreement) or in STS token mode (a SAML holder-of-key assertion from the trusted
+STS, ``sts_cert``, in a signed WS-Security header, for this service's entity id and the
+municipality's CVR); ``token_cvrs`` names the municipalities that must call with a token. A refused
+call gets HTTP 403 with a SOAP Client fault and nothing is stored; every call that got past parsing
+is written to ``emu_call`` (``calls()``), accepted or refused. Access is checked after the fault
+injection and the parsing, before anything is processed.
 
 Fault injection (``fault_rate``, ``fault_kinds``, seeded): ``http500``, ``http503``, ``http400``
 (the request refused), ``http403`` (access refused), ``slow``, ``drop`` and ``soapfault`` are
@@ -42,10 +54,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import sqlalchemy as sa
+from cryptography import x509
 from lxml import etree
 
 from fbs_debitor.claims import messages
@@ -56,6 +71,8 @@ from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_amount, make_engine
 from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import FBS_SCHEMA, XSD_DIR, database_urls, var_dir
+from fbs_debitor.tokens import wssecurity
+from fbs_debitor.tokens.saml import TokenRefused
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +91,13 @@ MAX_BODY = 20 * 1024 * 1024
 ACTIVE, CANCELLED = "ACTIVE", "CANCELLED"
 MODTAGET, AFVIST = "MODTAGET", "AFVIST"
 REFERENCE_NAMESPACE = uuid.UUID("6c1b0a8e-2f4d-4e51-9a55-1590e0e0d0b1")
+# The entity id a token for this service is issued for (its SAML audience). MODELLED: KOMBIT's real
+# entity id for SF1590_B_01 is not in the material at hand; this one follows the pattern of the
+# service URIs Serviceplatformen publishes (http://entityid.kombit.dk/service/<service>/<version>).
+ENTITY_ID = "http://entityid.kombit.dk/service/sf1590/DebitorRegistreringAfsend/1"
+STS_ISSUER = "https://sts.sandbox.fbs-debitor.local/"
+TOKEN, CERTIFICATE = "token", "certificate"
+CVR_PATTERN = re.compile(r"\d{8}")
 
 _ID_KINDS = {"CPRNummer": "CPR", "ErstatningCPRNummer": "ERSTATNING_CPR", "CVRNummer": "CVR"}
 
@@ -118,6 +142,16 @@ emu_answer = sa.Table(  # the FIRST answer per key, replayed for a repeated key
     sa.Column("fejl_tekst", sa.String(500)),
     sa.Column("answered_at", sa.DateTime, nullable=False),
 )
+emu_call = sa.Table(  # who called: every call that got past parsing, accepted or refused for access
+    "emu_call", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("operation", sa.String(40), nullable=False),
+    sa.Column("municipality_cvr", sa.String(8)),
+    sa.Column("auth", sa.String(20), nullable=False),            # 'token' | 'certificate'
+    sa.Column("agreement", sa.String(200)),   # the service agreement UUID, or the token's assertion id
+    sa.Column("refused", sa.String(500)),     # why access was refused; NULL: accepted
+)
 
 
 class SoapFault(Exception):
@@ -126,9 +160,45 @@ class SoapFault(Exception):
         self.code, self.text = code, text
 
 
+class AccessRefused(Exception):
+    """The caller may not make this call (HTTP 403, a SOAP Client fault). ``text`` names the reason
+    (a reason code, a CVR or an agreement UUID: never a token or certificate)."""
+
+    def __init__(self, text: str, access: Access):
+        super().__init__(text)
+        self.text, self.access = text, access
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who called: the municipality (None: not known), how ('token' | 'certificate') and under what
+    (the service agreement UUID, or the token's assertion id)."""
+
+    municipality_cvr: str | None
+    auth: str
+    agreement: str | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A parsed request: the operation, its validated body element, the envelope it came in, and
+    its InvocationContext and WS-Security headers (None when absent)."""
+
+    operation: str
+    request: etree._Element
+    envelope: etree._Element
+    invocation_context: etree._Element | None
+    security: etree._Element | None
+
+
+_SECURITY = re.compile(r"<(?P<p>[\w.-]+:)?Security\b.*?</(?P=p)?Security>", re.S)
+
+
 def mask_payload(data: bytes | str) -> str:
-    """The payload with every run of 10 digits (CPR, P-number) cut to DDMMYY-****."""
-    return mask_cprs_in(data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+    """The payload with every run of 10 digits (CPR, P-number) cut to DDMMYY-****, and a
+    WS-Security header (token, signature, certificates) cut to its name."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return mask_cprs_in(_SECURITY.sub("<Security>(token and signature not logged)</Security>", text))
 
 
 def _mask_ident(kind: str, number: str) -> str:
@@ -171,6 +241,18 @@ def claims(db_url: str) -> list[dict]:
              "changes": by_claim.get(r["fordring_id"], [])} for r in rows]
 
 
+def calls(db_url: str) -> list[dict]:
+    """Every call that got past parsing, in order: when, which operation, the municipality, how it
+    authenticated ('token' | 'certificate'), under which agreement (or assertion id), and why it was
+    refused (None: accepted)."""
+    engine = _engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(emu_call).order_by(emu_call.c.id)).mappings()]
+    finally:
+        engine.dispose()
+
+
 def holdings(db_url: str, secret: bytes) -> dict[str, dict]:
     """What the debtor side holds per FordringID, for reconciliation: status, amount, the keyed
     print of the account's parties (``fingerprints.identity_print``: no CPR leaves this function)
@@ -202,8 +284,10 @@ def _parser() -> etree.XMLParser:
     return messages.safe_parser()
 
 
-def _parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, etree._Element]:
-    """The operation and the validated request element, or a SoapFault."""
+def _parse_envelope(body: bytes, soap_action: str | None) -> Call:
+    """The parsed call (operation, validated request element, envelope, headers), or a SoapFault.
+    The InvocationContext header is required for a call without a WS-Security header (certificate
+    mode); a token call identifies itself with its token."""
     try:
         env = messages.parse_untrusted(body)
     except messages.UnsafeXml:
@@ -214,7 +298,9 @@ def _parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, etree._E
         raise SoapFault("VersionMismatch" if etree.QName(env).localname == "Envelope" else "Client",
                         "a SOAP 1.1 Envelope is required")
     header = env.find(f"{{{SOAP_NS}}}Header")
-    if header is None or header.find(f"{{{NS_IC}}}InvocationContext") is None:
+    context = None if header is None else header.find(f"{{{NS_IC}}}InvocationContext")
+    security = wssecurity.security_header(env)
+    if context is None and security is None:
         raise SoapFault("Client", "the InvocationContext header is required")
     soap_body = env.find(f"{{{SOAP_NS}}}Body")
     children = [] if soap_body is None else [c for c in soap_body if isinstance(c.tag, str)]
@@ -229,7 +315,22 @@ def _parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, etree._E
     xsd = messages.schema(SCHEMA_FILE)
     if not xsd.validate(standalone):
         raise SoapFault("Client", f"schema validation failed at {messages.schema_error(xsd)}"[:500])
-    return operation, standalone
+    return Call(operation, standalone, env, context, security)
+
+
+def _uuid(text: str | None) -> str | None:
+    """``text`` as a lower-case UUID, or None when it is none."""
+    try:
+        return str(uuid.UUID((text or "").strip()))
+    except ValueError:
+        return None
+
+
+def _cvr(value: str, what: str) -> str:
+    value = str(value).strip()
+    if not CVR_PATTERN.fullmatch(value):
+        raise ValueError(f"{what}: {value!r} is not a CVR number (8 digits)")
+    return value
 
 
 def _dr(name: str) -> str:
@@ -289,16 +390,43 @@ def _answer_element(answer_tag: str, transaction_id: str, answers: list[dict]) -
 # --- the debtor system -------------------------------------------------------------------------
 
 class Emulator:
-    """The debtor-system emulator. ``with Emulator(...) as emu: post to emu.url``."""
+    """The debtor-system emulator. ``with Emulator(...) as emu: post to emu.url``.
+
+    Access (issue 17): ``municipality_by_org_unit`` maps the sender's org unit to its
+    municipality's CVR; ``sts_cert`` (path of the trusted STS signing certificate), ``sts_issuer``
+    and ``entity_id`` enable token calls; ``token_cvrs`` are the municipalities that must call with a
+    token ("*": all); ``agreements`` (CVR -> service agreement UUID), when given, is checked against
+    the InvocationContext of every certificate-mode call."""
 
     def __init__(self, vendor: str, db_url: str, host: str = "127.0.0.1", port: int = 0,
                  accepted_claim_types: set[str] | None = None, fault_rate: float = 0.0,
                  fault_kinds: tuple = (), slow_seconds: float = 5.0, seed: int = 0,
-                 tls: ssl.SSLContext | None = None, vendor_by_org_unit: dict[str, str] | None = None):
+                 tls: ssl.SSLContext | None = None, vendor_by_org_unit: dict[str, str] | None = None,
+                 municipality_by_org_unit: dict[str, str] | None = None, sts_cert: str | Path | None = None,
+                 sts_issuer: str = STS_ISSUER, entity_id: str = ENTITY_ID,
+                 token_cvrs: frozenset[str] | set[str] | tuple = frozenset(),
+                 agreements: dict[str, str] | None = None):
         for v in {vendor, *(vendor_by_org_unit or {}).values()}:
             if v not in VENDORS:
                 raise ValueError(f"unknown vendor {v!r}: one of {', '.join(VENDORS)}")
         self.vendor_by_org_unit = {k.lower(): v for k, v in (vendor_by_org_unit or {}).items()}
+        self.municipality_by_org_unit = {k.strip().lower(): _cvr(v, f"the municipality of org unit {k}")
+                                         for k, v in (municipality_by_org_unit or {}).items()}
+        self.token_cvrs = frozenset("*" if c.strip() == "*" else _cvr(c, "token_cvrs") for c in token_cvrs)
+        self.agreements: dict[str, str] = {}
+        for cvr, agreement in (agreements or {}).items():
+            normalised = _uuid(agreement)
+            if normalised is None:
+                raise ValueError(f"the service agreement of municipality {cvr} is not a UUID: {agreement!r}")
+            self.agreements[_cvr(cvr, "agreements")] = normalised
+        if not sts_issuer.strip() or not entity_id.strip():
+            raise ValueError("sts_issuer and entity_id may not be empty")
+        self.sts_issuer, self.entity_id = sts_issuer, entity_id
+        self.sts_cert_pem: bytes | None = None
+        if sts_cert is not None:
+            self.sts_cert_pem = _read_certificate(sts_cert, "the STS signing certificate (sts_cert)")
+        elif self.token_cvrs:
+            raise ValueError("token_cvrs needs sts_cert: without the STS's certificate no token can be checked")
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError("the emulator binds to loopback only")
         unknown = set(fault_kinds) - FAULT_KINDS
@@ -326,6 +454,13 @@ class Emulator:
             raise RuntimeError("the emulator is not running")
         host, port = self._server.server_address[:2]
         return f"{'https' if self.tls else 'http'}://{host}:{port}/service/OIR/DebitorRegistreringAfsend/1"
+
+    @property
+    def bound_port(self) -> int:
+        """The port it listens on (the chosen one when started with port 0)."""
+        if self._server is None:
+            raise RuntimeError("the emulator is not running")
+        return self._server.server_address[1]
 
     def start(self) -> Emulator:
         self._engine = _engine(self.db_url)
@@ -372,11 +507,57 @@ class Emulator:
             self.faults[kind] = self.faults.get(kind, 0) + 1
             return kind
 
+    # access
+    def municipality_for(self, request: etree._Element) -> str | None:
+        """The CVR of the municipality whose org unit sent ``request``; None when not known."""
+        org_unit = _text(request, f"{_dr('Afsender')}/{_f('OrganisatoriskEnhedUUID')}").lower()
+        return self.municipality_by_org_unit.get(org_unit)
+
+    def authorise(self, call: Call) -> Access:
+        """Who makes ``call``, or AccessRefused. Nothing is stored here."""
+        cvr = self.municipality_for(call.request)
+        if call.security is not None:
+            refused = Access(cvr, TOKEN)
+            if self.sts_cert_pem is None:
+                raise AccessRefused("token mode is not configured", refused)
+            if cvr is None:
+                raise AccessRefused("unknown sender", refused)
+            try:
+                facts = wssecurity.verify_envelope(call.envelope, sts_cert_pem=self.sts_cert_pem,
+                                                   issuer=self.sts_issuer, audience=self.entity_id, cvr=cvr)
+            except TokenRefused as exc:
+                raise AccessRefused(f"token refused: {exc.reason}", refused) from None
+            return Access(cvr, TOKEN, None if facts.assertion_id is None else str(facts.assertion_id)[:200])
+        ic = call.invocation_context
+        agreement = _uuid(None if ic is None else ic.findtext(f"{{{NS_IC}}}ServiceAgreementUUID"))
+        access = Access(cvr, CERTIFICATE, agreement)
+        if "*" in self.token_cvrs or (cvr is not None and cvr in self.token_cvrs):
+            raise AccessRefused("token required", access)
+        if self.agreements:
+            if cvr is None:
+                raise AccessRefused("unknown sender", access)
+            if agreement is None or self.agreements.get(cvr) != agreement:
+                raise AccessRefused(f"service agreement does not cover municipality {cvr}", access)
+        return access
+
+    def record_call(self, operation: str, access: Access, refused: str | None = None, conn=None) -> None:
+        """One emu_call row (in ``conn``'s transaction when given)."""
+        row = dict(at=_now(), operation=operation, municipality_cvr=access.municipality_cvr, auth=access.auth,
+                   agreement=access.agreement, refused=None if refused is None else refused[:500])
+        if conn is not None:
+            conn.execute(emu_call.insert().values(**row))
+            return
+        with self._lock, self._engine.begin() as own:
+            own.execute(emu_call.insert().values(**row))
+
     # operations
-    def handle(self, operation: str, request: etree._Element) -> bytes:
+    def handle(self, operation: str, request: etree._Element, access: Access | None = None) -> bytes:
+        """The answer to ``request``; with ``access`` the call is logged in the same transaction."""
         answer_tag = f"{{{NS_DR}}}{operation}Svar"
         transaction_id = _text(request, f"{_dr('Hovedoplysninger')}/{_f('TransaktionsId')}")
         with self._lock, self._engine.begin() as conn:
+            if access is not None:
+                self.record_call(operation, access, conn=conn)
             if operation == "OpretDebitorkonto":
                 answers = self._create(conn, request)
             else:
@@ -616,8 +797,16 @@ class _Handler(BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request payload (masked): %s", mask_payload(body))
         try:
-            operation, request = _parse_envelope(body, self.headers.get("SOAPAction"))
-            answer = emu.handle(operation, request)
+            call = _parse_envelope(body, self.headers.get("SOAPAction"))
+            try:   # who calls: after the fault injection and the parsing, before anything is stored
+                access = emu.authorise(call)
+            except AccessRefused as exc:
+                log.info("%s refused (%s, municipality %s): %s", call.operation, exc.access.auth,
+                         exc.access.municipality_cvr or "unknown", exc.text)
+                emu.record_call(call.operation, exc.access, exc.text)
+                self._send(403, fault_envelope("Client", exc.text))
+                return
+            answer = emu.handle(call.operation, call.request, access)
         except SoapFault as exc:
             log.info("SOAP fault %s: %s", exc.code, exc.text)
             self._send(500, fault_envelope(exc.code, exc.text))
@@ -652,6 +841,32 @@ def vendors_from_fbs(fbs_url: str | None = None) -> dict[str, str]:
         engine.dispose()
 
 
+def municipalities_from_fbs(fbs_url: str | None = None) -> dict[str, str]:
+    """Each FBS agency's municipality CVR by its org-unit UUID (the sender of its requests)."""
+
+    engine = make_engine(fbs_url or database_urls().fbs, FBS_SCHEMA)
+    try:
+        with engine.connect() as conn:
+            return {r.org_unit_uuid.lower(): r.municipality_cvr.strip() for r in conn.execute(sa.text(
+                "SELECT org_unit_uuid, municipality_cvr FROM agency "
+                "WHERE org_unit_uuid IS NOT NULL AND municipality_cvr IS NOT NULL"))}
+    finally:
+        engine.dispose()
+
+
+def _read_certificate(path: str | Path, what: str) -> bytes:
+    """The PEM bytes of the certificate at ``path``; ValueError when it is missing or not one."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise ValueError(f"{what}: {path} holds no PEM certificate") from None
+    return data
+
+
 def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """A server context; with ``client_ca`` every client must present a certificate chaining to it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -661,6 +876,54 @@ def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLCon
         ctx.load_verify_locations(client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def _existing_file(text: str) -> str:
+    """An argparse type: an existing file."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is an existing file")
+    return text
+
+
+def _port_file(text: str) -> str:
+    """An argparse type: a file path to write (not a folder)."""
+    if not text.strip() or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is a file path, not a folder")
+    return text
+
+
+def _nonempty(option: str):
+    def parse(text: str) -> str:
+        if not text.strip() or any(ord(c) < 32 for c in text) or len(text) > 500:
+            raise argparse.ArgumentTypeError(f"{option}: allowed is a non-empty text of up to 500 characters")
+        return text.strip()
+    return parse
+
+
+def _token_cvr(text: str) -> str:
+    """An argparse type: an 8-digit CVR number or ``*``."""
+    text = text.strip()
+    if text != "*" and not CVR_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is a municipality's CVR number (8 digits) or *")
+    return text
+
+
+def _agreement(text: str) -> tuple[str, str]:
+    """An argparse type: ``CVR=UUID``, a municipality's CVR number and its service agreement UUID."""
+    cvr, sep, agreement = text.partition("=")
+    cvr, normalised = cvr.strip(), _uuid(agreement)
+    if not sep or not CVR_PATTERN.fullmatch(cvr) or normalised is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: allowed is CVR=UUID, a municipality's CVR number (8 digits) and its service agreement UUID")
+    return cvr, normalised
+
+
+def _write_port(path: Path, port: int) -> None:
+    """``port`` in ``path``, written whole (a reader never sees half a number)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def serve(argv: list[str] | None = None) -> int:
@@ -683,10 +946,36 @@ def serve(argv: list[str] | None = None) -> int:
     p.add_argument("--accept", default=None, help="comma list of accepted claim types (default: all three)")
     p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
     p.add_argument("--tls-key", help="server key (PEM)")
-    p.add_argument("--tls-client-ca", help="CA (PEM) client certificates must chain to; requires client certs")
+    p.add_argument("--tls-client-ca", "--client-ca", dest="tls_client_ca",
+                   help="CA (PEM) client certificates must chain to; requires client certs (mutual TLS)")
+    p.add_argument("--port-file", type=_port_file, metavar="PATH",
+                   help="write the port it listens on to this file once listening (for --port 0)")
+    access = p.add_argument_group("access per municipality (issue 17; needs --vendors-from-fbs for the "
+                                  "municipality of each sender)")
+    access.add_argument("--sts-cert", type=_existing_file, metavar="PATH",
+                        help="the trusted STS signing certificate (PEM); enables token calls")
+    access.add_argument("--sts-issuer", type=_nonempty("--sts-issuer"), default=STS_ISSUER,
+                        help=f"the STS's issuer name in its assertions (default {STS_ISSUER})")
+    access.add_argument("--entity-id", type=_nonempty("--entity-id"), default=ENTITY_ID,
+                        help=f"this service's entity id, the tokens' audience (default {ENTITY_ID}, modelled)")
+    access.add_argument("--token-cvr", action="append", default=[], type=_token_cvr, metavar="CVR",
+                        help="a municipality (8-digit CVR) that must call with a token; repeatable; * for all")
+    access.add_argument("--agreement", action="append", default=[], type=_agreement, metavar="CVR=UUID",
+                        help="a municipality's service agreement; repeatable. When given, every certificate-mode "
+                             "call's InvocationContext must name its municipality's agreement")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is HTTPS)")
+    if args.token_cvr and not args.sts_cert:
+        p.error("--token-cvr needs --sts-cert (the STS certificate the tokens are checked against)")
+    if (args.sts_cert or args.token_cvr or args.agreement) and not args.vendors_from_fbs:
+        p.error("--sts-cert, --token-cvr and --agreement need --vendors-from-fbs (the municipality of each "
+                "sender is read from the FBS agencies)")
+    agreements = dict(args.agreement)
+    if len(agreements) != len(args.agreement):
+        p.error("--agreement: one agreement per municipality")
     try:   # every setting in range, and the FBS extract there when the vendors are read from it
         settings.check(stores=("fbs",) if args.vendors_from_fbs else ())
     except settings.SettingError as exc:
@@ -697,8 +986,15 @@ def serve(argv: list[str] | None = None) -> int:
     accept = None if args.accept is None else {t.strip() for t in args.accept.split(",") if t.strip()}
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     by_org_unit = vendors_from_fbs() if args.vendors_from_fbs else None
-    emu = Emulator(args.vendor, args.db or default_db(), args.host, args.port, accept, args.fault_rate, kinds,
-                   args.slow_seconds, args.seed, tls, by_org_unit)
+    municipalities = municipalities_from_fbs() if args.vendors_from_fbs else None
+    try:
+        emu = Emulator(args.vendor, args.db or default_db(), args.host, args.port, accept, args.fault_rate, kinds,
+                       args.slow_seconds, args.seed, tls, by_org_unit, municipality_by_org_unit=municipalities,
+                       sts_cert=args.sts_cert, sts_issuer=args.sts_issuer, entity_id=args.entity_id,
+                       token_cvrs=frozenset(args.token_cvr), agreements=agreements)
+    except ValueError as exc:
+        print(f"emulator refused: {exc}", file=sys.stderr)
+        return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     def _terminate(_signum, _frame):
@@ -707,7 +1003,16 @@ def serve(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)   # a container stop ends it like Ctrl-C
     with emu:
-        print(f"debtor emulator ({args.vendor}) on {emu.url}  (Ctrl-C stops)", flush=True)
+        if args.port_file:
+            _write_port(Path(args.port_file), emu.bound_port)
+        modes = []
+        if emu.token_cvrs:
+            modes.append("tokens from " + ("every municipality" if "*" in emu.token_cvrs
+                                           else ", ".join(sorted(emu.token_cvrs))))
+        if emu.agreements:
+            modes.append(f"agreements for {len(emu.agreements)} municipalities")
+        print(f"debtor emulator ({args.vendor}) on {emu.url}" + (f" [{'; '.join(modes)}]" if modes else "")
+              + "  (Ctrl-C stops)", flush=True)
         try:
             while True:
                 time.sleep(1)
