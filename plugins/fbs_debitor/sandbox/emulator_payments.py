@@ -1,7 +1,10 @@
 """The debtor side of payments (P1): the emulator's citizens pay, the municipality writes off, and
-the debtor system delivers DaekningAfskrivningRegistreringAfsend files into the inbox on its
-vendor's rhythm (``payments.rhythm``): KMD OPUS one file per night, Prisme hourly or nightly, EG
-small files every few minutes.
+the debtor system delivers its DaekningAfskrivningRegistreringAfsend movements on its vendor's
+rhythm (``payments.rhythm``): KMD OPUS once a night, Prisme hourly or nightly, EG every few
+minutes. Two routes (a *sink*): ``InboundSink`` calls FBS's inbound SF1590_B_01A service as
+Serviceplatformen does (``inbound_caller``), one call per municipality and delivery, the service
+landing each in the payments inbox; ``FolderSink`` (the file route, for vendors that deliver files)
+writes each delivery into the inbox folder.
 
 Movements are made from the claims the emulator holds (``emulator.emu_claim``), seeded, with the
 balance the debtor system keeps (claim amount less its own movements), so nothing is paid twice
@@ -33,7 +36,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -43,6 +46,7 @@ from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.payments.files import Movement, to_xml, write_atomically
 from fbs_debitor.payments.rhythm import rhythm
 from fbs_debitor.sandbox import emulator
+from fbs_debitor.sandbox.inbound_caller import InboundCaller
 
 metadata = sa.MetaData()
 emu_movement = sa.Table(
@@ -85,14 +89,57 @@ def _agency(fordring_id: str) -> str:
     return fordring_id.split("-")[1]
 
 
-def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict[str, str], seed: int = 0,
-            mix: Mix = Mix(), since: dt.datetime | None = None) -> list[Path]:
-    """Write the files due up to ``until`` (aware), per vendor on its rhythm, continuing from the
-    last call (or from ``since``, default one day before ``until``). Returns the files written."""
+class FolderSink:
+    """The file route: each delivery written into the inbox folder (``files.write_atomically``)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def deliver(self, name: str, data: bytes, municipality_cvr: str | None) -> PurePath:
+        return write_atomically(self.folder, name, data)
+
+
+class InboundSink:
+    """The call route: each delivery sent as one SF1590_B_01A call on behalf of its municipality
+    (``inbound_caller.InboundCaller``); it is recorded under the file name the receipt gives.
+    ``sent`` lists (vendor's name of the delivery, landed file name)."""
+
+    def __init__(self, caller: InboundCaller):
+        self.caller = caller
+        self.sent: list[tuple[str, str]] = []
+
+    def deliver(self, name: str, data: bytes, municipality_cvr: str | None) -> PurePath:
+        if municipality_cvr is None:
+            raise ValueError("a call is made on behalf of one municipality: give municipality_of_agency")
+        receipt = self.caller.call(data, municipality_cvr)
+        self.sent.append((name, receipt.file_name))
+        return PurePosixPath(receipt.file_name)
+
+
+def deliver(db_url: str, inbox: Path | FolderSink | InboundSink, until: dt.datetime, vendor_of_agency: dict[str, str],
+            seed: int = 0, mix: Mix = Mix(), since: dt.datetime | None = None,
+            municipality_of_agency: dict[str, str] | None = None) -> list[PurePath]:
+    """Deliver what is due up to ``until`` (aware), per vendor on its rhythm, continuing from the
+    last call (or from ``since``, default one day before ``until``). Returns what was delivered:
+    the files written (``inbox`` a folder or a FolderSink), or the landed file names (an
+    InboundSink: one call each).
+
+    With ``municipality_of_agency`` (agency -> the municipality's CVR) each delivery is split per
+    municipality, one file or call each (``DA-<vendor>-<time>-<cvr>.xml``): a call is made on
+    behalf of one municipality. Without it, one file per delivery holds all the vendor's agencies.
+
+    Each delivery is recorded (its movements with the file name, the vendor's clock at its time) in
+    its own transaction once it is written or its call answered, so a failure later in the call
+    leaves what was delivered recorded, and a repeat of the failed call continues from there."""
+    sink = inbox if isinstance(inbox, (FolderSink, InboundSink)) else FolderSink(inbox)
+    if municipality_of_agency is not None:
+        missing = sorted(set(vendor_of_agency) - set(municipality_of_agency))
+        if missing:
+            raise ValueError(f"municipality_of_agency: no municipality CVR for agency {missing[0]}")
     engine = _engine(db_url)
-    written: list[Path] = []
+    written: list[PurePath] = []
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn:
             claims = conn.execute(sa.select(emulator.emu_claim.c.fordring_id, emulator.emu_claim.c.kravtype,
                                             emulator.emu_claim.c.amount, emulator.emu_claim.c.status)
                                   .order_by(emulator.emu_claim.c.fordring_id)).all()
@@ -100,6 +147,7 @@ def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict
             repay_asked = {r[0] for r in conn.execute(sa.select(emulator.emu_change.c.fordring_id)
                                                       .where(emulator.emu_change.c.kind == "Tilbagebetaling"))}
             clocks = dict(conn.execute(sa.select(emu_payment_clock.c.vendor, emu_payment_clock.c.delivered_until)).all())
+            conn.rollback()
             # seeded per window: the same call gives the same files, a later one other movements
             rng = random.Random(f"{seed}|{until.astimezone(dt.UTC).isoformat()}|"
                                 + "|".join(f"{v}={t.isoformat()}" for v, t in sorted(clocks.items())))
@@ -109,6 +157,16 @@ def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict
                 vendor = vendor_of_agency.get(_agency(fid))
                 if vendor:
                     by_vendor[vendor].append(fid)
+
+            def set_clock(vendor: str, at: dt.datetime) -> None:
+                value = at.astimezone(dt.UTC).replace(tzinfo=None)
+                if vendor in clocks:
+                    conn.execute(emu_payment_clock.update().where(emu_payment_clock.c.vendor == vendor)
+                                 .values(delivered_until=value))
+                else:
+                    conn.execute(emu_payment_clock.insert().values(vendor=vendor, delivered_until=value))
+                clocks[vendor] = value
+
             for vendor in sorted(set(vendor_of_agency.values())):
                 r = rhythm(vendor)
                 start = clocks.get(vendor)
@@ -122,19 +180,27 @@ def deliver(db_url: str, inbox: Path, until: dt.datetime, vendor_of_agency: dict
                         first = False
                     if not movements:
                         continue
-                    name = f"DA-{vendor}-{at.astimezone(ZoneInfo(TIMEZONE)):%Y%m%dT%H%M}.xml"
-                    data = to_xml(movements, at, uuid.UUID(int=rng.getrandbits(128)))
-                    conn.execute(emu_movement.insert(), [
-                        {"movement_id": m.movement_id, "fordring_id": m.fordring_id, "kind": m.kind,
-                         "amount": str(m.amount), "booked_on": m.booked_on, "reference_id": m.reference_id,
-                         "vendor": vendor, "file_name": name} for m in movements])
-                    written.append(write_atomically(Path(inbox), name, data))
-                new_clock = until.astimezone(dt.UTC).replace(tzinfo=None)
-                if vendor in clocks:
-                    conn.execute(emu_payment_clock.update().where(emu_payment_clock.c.vendor == vendor)
-                                 .values(delivered_until=new_clock))
-                else:
-                    conn.execute(emu_payment_clock.insert().values(vendor=vendor, delivered_until=new_clock))
+                    stamp = f"DA-{vendor}-{at.astimezone(ZoneInfo(TIMEZONE)):%Y%m%dT%H%M}"
+                    if municipality_of_agency is None:
+                        groups = [(None, f"{stamp}.xml", movements)]
+                    else:
+                        per: dict[str, list[Movement]] = defaultdict(list)
+                        for m in movements:
+                            per[municipality_of_agency[_agency(m.fordring_id)]].append(m)
+                        groups = [(cvr, f"{stamp}-{cvr}.xml", per[cvr]) for cvr in sorted(per)]
+                    for cvr, name, group in groups:
+                        data = to_xml(group, at, uuid.UUID(int=rng.getrandbits(128)))
+                        delivered = sink.deliver(name, data, cvr)
+                        conn.execute(emu_movement.insert(), [
+                            {"movement_id": m.movement_id, "fordring_id": m.fordring_id, "kind": m.kind,
+                             "amount": str(m.amount), "booked_on": m.booked_on, "reference_id": m.reference_id,
+                             "vendor": vendor, "file_name": delivered.name} for m in group])
+                        conn.commit()
+                        written.append(delivered)
+                    set_clock(vendor, at)
+                    conn.commit()
+                set_clock(vendor, until)
+                conn.commit()
     finally:
         engine.dispose()
     return written
