@@ -212,13 +212,22 @@ def test_config_errors_for_certificate_files_name_the_field(tmp_path):
         serviceplatformen.config_from_connection(PROD, None, None, connection_extra(ca_bundle=str(tmp_path)))
 
 
-def test_saml_auth_is_a_seam_that_refuses_clearly_until_built(certs):
-    config = serviceplatformen.config_from_connection(PROD, None, None, connection_extra(auth="saml", **certs))
-    assert config.auth == "saml"                          # a known mode...
-    with pytest.raises(serviceplatformen.ConfigError, match="'saml'.*not implemented"):
-        serviceplatformen.make_auth(config)               # ...that is not built yet
-    with pytest.raises(serviceplatformen.ConfigError, match="not implemented"):
-        serviceplatformen.Client(config)
+def test_issue17_token_mode_needs_its_sts_and_municipality_and_not_the_uuids(certs):
+    """Token mode (auth 'saml'): the STS endpoint is required and checked like the endpoint, the
+    InvocationContext UUIDs are not needed, and a token is asked for one municipality only."""
+    with pytest.raises(serviceplatformen.ConfigError, match="auth 'saml' needs sts_endpoint"):
+        serviceplatformen.config_from_connection(PROD, None, None, connection_extra(auth="saml", **certs))
+    with pytest.raises(serviceplatformen.ConfigError, match="endpoint.*https"):
+        serviceplatformen.config_from_connection(PROD, None, None, connection_extra(
+            auth="saml", sts_endpoint="http://sts.example/issue", **certs))
+    with pytest.raises(serviceplatformen.ConfigError, match="token_renew_before 4000 is outside"):
+        serviceplatformen.config_from_connection(PROD, None, None, connection_extra(
+            auth="saml", sts_endpoint="https://sts.example/issue", token_renew_before=4000, **certs))
+    config = serviceplatformen.config_from_connection(PROD, None, None, {
+        "auth": "saml", "sts_endpoint": "https://sts.example/runtime/api/rest/wstrust/v1/issue", **certs})
+    assert config.auth == "saml" and config.service_agreement_uuid == ""
+    with pytest.raises(serviceplatformen.ConfigError, match="municipality_cvr"):
+        serviceplatformen.make_auth(config)               # a token is always asked for one municipality
     default = serviceplatformen.make_auth(serviceplatformen.config_from_connection(PROD, None, None,
                                                                                    connection_extra(**certs)))
     assert isinstance(default, serviceplatformen.InvocationContextAuth) and default.name == "invocation_context"

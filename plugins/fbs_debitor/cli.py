@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import textwrap
 from collections import Counter
@@ -34,10 +35,10 @@ from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, migrations, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.delivery import outbox, rejections, send_rate, serviceplatformen
+from fbs_debitor.delivery import access, outbox, rejections, send_rate, serviceplatformen
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
-from fbs_debitor.payments import inbox
+from fbs_debitor.payments import inbound_service, inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import digest, mailer
 from fbs_debitor.quality import report as dq_report
@@ -53,13 +54,28 @@ def _stores() -> Stores:
     return open_stores(settings.database_urls())
 
 
-def _connection() -> serviceplatformen.Config | None:
-    """The Serviceplatformen connection, checked before any work; None (said why) when wrong."""
+def _connection() -> serviceplatformen.Config | bool | None:
+    """The default Serviceplatformen connection, checked before any work; True when there is no
+    default but municipalities have their own (``AIRFLOW_CONN_SERVICEPLATFORMEN_<CVR>``); None (said
+    why) when wrong or when there is none at all."""
+    if serviceplatformen.ENV_VAR not in os.environ and any(
+            k.startswith(serviceplatformen.ENV_VAR + "_") for k in os.environ):
+        return True
     try:
         return serviceplatformen.config_from_env()
     except serviceplatformen.ConfigError as exc:
         print(f"not sent: {exc}", file=sys.stderr)
         return None
+
+
+def _clients(stores: Stores) -> access.Clients:
+    """One client per municipality of FBS, each under its own agreement (``delivery.access``); the
+    municipalities whose access does not work are said and held, the others go."""
+    clients = access.clients_for(stores.fbs, access.env_lookup())
+    for m in clients.municipalities.values():
+        if m.config is None:
+            print(f"held: {m.line()}", file=sys.stderr)
+    return clients
 
 
 def cmd_init(args) -> int:
@@ -93,7 +109,7 @@ def cmd_transfer(args) -> int:
         print(dry_run.format_summary(summary))
         return EXIT_OK
 
-    with serviceplatformen.Client(config) as client:
+    with _clients(stores) as client:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
                                        data_docs_dir=settings.var_dir() / "data_docs")
     run = ledger.get_run(stores.ledger, run_id)
@@ -124,6 +140,29 @@ def unconfirmed(counts, in_outbox: int) -> str:
             + (f", {deferred} claim(s) deferred" if deferred else "")
             + (f", {earlier} message(s) from earlier runs still unconfirmed" if earlier else "")
             + f"; they are sent again under the same keys next run (exit code {EXIT_UNCONFIRMED})")
+
+
+def cmd_access(args) -> int:
+    stores = _stores()
+    try:
+        with access.clients_for(stores.fbs, access.env_lookup()) as clients:
+            held = 0
+            for m in clients.municipalities.values():
+                if m.config is not None and args.tokens and m.mode == "token":
+                    try:
+                        clients.for_agency(m.agencies[0])
+                    except serviceplatformen.AccessHeld as exc:
+                        print(f"municipality {m.cvr} ({', '.join(m.agencies)}): HELD: {exc}")
+                        held += 1
+                        continue
+                print(m.line() + (" - token OK" if args.tokens and m.mode == "token" else ""))
+                held += m.config is None
+    finally:
+        stores.dispose()
+    if held:
+        print(f"{held} municipality(ies) held: nothing of theirs is sent until fixed", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -384,11 +423,7 @@ def cmd_backfill(args) -> int:
         return 0
     client = None
     if not plan.dry_run:
-        try:
-            client = serviceplatformen.Client(config)
-        except serviceplatformen.ConfigError as exc:
-            print(f"not sent: {exc}", file=sys.stderr)
-            return EXIT_REFUSED
+        client = _clients(stores)
 
     pacer = None if plan.dry_run else send_rate.pacer_for_backfill()
     failed = 0
@@ -585,6 +620,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail unless that run started at or after this local time (YYYY-MM-DDTHH:MM:SS)")
     p.set_defaults(func=cmd_summary)
 
+    p = add_command(sub, "access", "check each municipality's Serviceplatformen access: mode, endpoint, agreement; "
+                                   "exit 2 when one is held",
+                    "Reads the connections AIRFLOW_CONN_SERVICEPLATFORMEN (the default) and "
+                    "AIRFLOW_CONN_SERVICEPLATFORMEN_<CVR> (a municipality's own, laid over the default) as the "
+                    "DAGs read the Airflow Connections, for every municipality of FBS (agency.municipality_cvr), "
+                    "and validates each municipality's settings. With --tokens, a token is asked of the STS for "
+                    "each municipality in token mode. No secret is printed: modes, endpoints, agreement UUIDs "
+                    "and entity ids only.")
+    p.add_argument("--tokens", action="store_true",
+                   help="also ask the STS for each token-mode municipality's token (its agreement is checked)")
+    p.set_defaults(func=cmd_access, stores=("fbs",))
+
+    add_command(sub, "inbound", "run the inbound SF1590_B_01A service: the debtor systems' payment calls, landed as "
+                                "files in the payments inbox ('inbound --help' for its options)",
+                "HTTPS admitting only Serviceplatformen's certificate; per municipality a token (--token-cvr) or "
+                "an AuthorityContext (--certificate-cvr); each accepted call is written to the inbox and flushed "
+                "to disk before its receipt is returned, and a repeated call gets the first receipt. "
+                "docs/deployment.md, 'The inbound payments service'.", add_help=False)
+
     p = add_command(sub, "status", "print, per municipality, what went today: the status page as text",
                     "The same overview as the status page in the Airflow UI (docs/status-page.md): the newest "
                     "run of each kind, claims sent / accepted / rejected / held, changes, payments received and "
@@ -606,4 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inbound"]:
+        # The inbound service has its own parser and settings (payments.inbound_service.main).
+        return inbound_service.main(argv[1:])
+    return run_command(build_parser(), argv)

@@ -4,13 +4,15 @@
 |----------------------|-----------------------------------|------------------------------------------------|
 | ``fbs_db``           | the FBS extract                   | ``FBS_DEBITOR_FBS_URL`` (default SQLite)       |
 | ``debitor_ledger``   | the ledger                        | ``FBS_DEBITOR_LEDGER_URL`` (default SQLite)    |
-| ``serviceplatformen``| SF1590 endpoint, UUIDs, certificate | the task fails: nothing is sent without it   |
+| ``serviceplatformen``| SF1590 endpoint, UUIDs, certificate: the default of every municipality | see below |
+| ``serviceplatformen_<cvr>`` | one municipality's own agreement / mode, over the default | the default alone |
 | ``smtp_default``     | the staff reports' mail server    | ``FBS_DEBITOR_SMTP_*``                         |
 
 Database connections: conn_type ``postgres`` (host, port, login, password, schema = the database
 name) or ``sqlite`` (host = the database file path). The meaning of the ``serviceplatformen`` and
 ``smtp_default`` fields is documented where they are read (``delivery.serviceplatformen``,
-``quality.mailer``); this module only looks them up.
+``delivery.access``, ``quality.mailer``); this module only looks them up. A municipality with
+neither ``serviceplatformen`` nor its own connection is held (an operator alarm), the others go on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from fbs_debitor.core import settings
 from fbs_debitor.core.db import url_for
 from fbs_debitor.core.settings import DatabaseUrls, database_urls
-from fbs_debitor.delivery import serviceplatformen
+from fbs_debitor.delivery import access, serviceplatformen
 from fbs_debitor.quality import mailer
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,18 @@ def serviceplatformen_config() -> serviceplatformen.Config:
         raise serviceplatformen.ConfigError(f"the Airflow Connection {serviceplatformen.CONN_ID!r} is not defined")
     return serviceplatformen.config_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
                                                     conn.conn_type, login=conn.login, password=conn.password)
+
+
+def _access_fields(conn_id: str) -> access.ConnFields | None:
+    conn = _lookup(conn_id)
+    return access.ConnFields.of(conn) if conn is not None else None
+
+
+def serviceplatformen_clients(fbs) -> access.Clients:
+    """One client per municipality of FBS (``delivery.access``): the Connection
+    ``serviceplatformen`` as the default, ``serviceplatformen_<cvr>`` over it per municipality
+    (Airflow also reads them from ``AIRFLOW_CONN_SERVICEPLATFORMEN[_<CVR>]``)."""
+    return access.clients_for(fbs, _access_fields)
 
 
 def smtp_settings(conn_id: str = mailer.DEFAULT_CONN_ID) -> mailer.SmtpSettings:

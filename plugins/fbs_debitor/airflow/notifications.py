@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.core.alarms import (
+    ACCESS,
     FAILED_AGENCY,
     HELD,
     OPERATOR,
@@ -33,7 +34,7 @@ from fbs_debitor.transfer.run import failure_message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILED_AGENCY", "HELD", "PAYMENT_DIFFERENCES", "REJECTIONS", "UNCONFIRMED"]
+__all__ = ["ACCESS", "FAILED_AGENCY", "HELD", "PAYMENT_DIFFERENCES", "REJECTIONS", "UNCONFIRMED"]
 
 
 def held_agencies(ledger: Engine, run_id: str, dq: dict) -> list[str]:
@@ -60,14 +61,39 @@ def rejections(ledger: Engine, run_id: str, per_agency: dict[str, int]) -> dict[
     return per_agency
 
 
-def failed_agencies(ledger: Engine, run_id: str, failures: dict[str, list[str]]) -> list[str]:
-    """Fail when an agency's work failed part-way (an unexpected error in its batches) while every
-    other agency's went on: an OPERATOR alarm per agency, and the message names them."""
+REASONS = {"config": "its connection settings are missing or wrong",
+           "sts_refused": "the STS refused its token (is the service agreement approved in STS Administration?)",
+           "sts_unavailable": "the STS did not answer after every retry"}
+
+
+def access_held(ledger: Engine, run_id: str, held: dict[str, dict]) -> dict[str, dict]:
+    """An OPERATOR alarm per agency of a municipality held for want of working Serviceplatformen
+    access (its settings, its agreement, the STS): named with the municipality and the reason; the
+    next run that delivers it resolves the alarm."""
+    found = {}
+    for cvr, entry in held.items():
+        why = "; ".join(REASONS.get(r, r) for r in entry["reasons"])
+        for agency in entry["agencies"]:
+            found[agency] = (f"municipality {cvr} held: no working Serviceplatformen access ({why}); its claims and "
+                             f"changes wait for the next run. Check the connection serviceplatformen_{cvr} (or the "
+                             "default serviceplatformen) and the run's log")
+    observe(ledger, run_id, ACCESS, OPERATOR, found)
+    for cvr, entry in held.items():
+        log.error("municipality %s held (%s): agencies %s", cvr, ", ".join(entry["reasons"]),
+                  ", ".join(entry["agencies"]))
+    return held
+
+
+def failed_agencies(ledger: Engine, run_id: str, failures: dict[str, list[str]],
+                    held: dict[str, dict] | None = None) -> list[str]:
+    """Fail when an agency's work failed part-way (an unexpected error in its batches) or its
+    municipality was held for want of access, while every other agency's went on: an OPERATOR
+    alarm per agency, and the message names them."""
     found = {a: f"agency {a}: its work failed part-way ({', '.join(types)}); the run's log has the error"
              for a, types in failures.items()}
     observe(ledger, run_id, FAILED_AGENCY, OPERATOR, found)
-    if failures:
-        raise AirflowFailException(failure_message(failures))
+    if failures or held:
+        raise AirflowFailException(failure_message(failures, held))
     return []
 
 

@@ -21,7 +21,7 @@ from fbs_debitor.airflow import alerts, connections, notifications
 from fbs_debitor.backfill import months as backfill
 from fbs_debitor.core import alarms, ledger, migrations, settings
 from fbs_debitor.core.stores import Stores, open_stores
-from fbs_debitor.delivery import send_rate, serviceplatformen
+from fbs_debitor.delivery import send_rate
 from fbs_debitor.eligibility import cut_off
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbox
@@ -56,8 +56,16 @@ def task_stores(run_id: str | None = None, step: str | None = None) -> Iterator[
         stores.dispose()
 
 
-def _client() -> serviceplatformen.Client:
-    return serviceplatformen.Client(connections.serviceplatformen_config())
+@contextmanager
+def _clients(stores: Stores) -> Iterator:
+    """One Serviceplatformen client per municipality for this task (``delivery.access``): each
+    agency's batches go under its own municipality's agreement; a municipality without working
+    access is held, the others are sent."""
+    clients = connections.serviceplatformen_clients(stores.fbs)
+    try:
+        yield clients
+    finally:
+        clients.close()
 
 
 def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:
@@ -120,21 +128,21 @@ def data_quality(run_id: str) -> dict:
 
 
 def resend_unconfirmed(run_id: str) -> int:
-    with task_stores(run_id, "resend") as stores, _client() as client:
+    with task_stores(run_id, "resend") as stores, _clients(stores) as client:
         return transfer.resend_unconfirmed(stores, client, run_id)
 
 
 def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
     """A retry of this task first sends what its killed try left recorded but unconfirmed (those
     are in the ledger, so the eligibility step would not pick them up again)."""
-    with task_stores(run_id) as stores, _client() as client:
+    with task_stores(run_id) as stores, _clients(stores) as client:
         if try_number > 1:
             transfer.resend_unconfirmed(stores, client, run_id)
         return transfer.totals(transfer.deliver(stores, client, run_id))
 
 
 def send_changes(run_id: str) -> dict[str, int]:
-    with task_stores(run_id, "changes") as stores, _client() as client:
+    with task_stores(run_id, "changes") as stores, _clients(stores) as client:
         return transfer.totals(transfer.keep_claims_true(stores, client, run_id))
 
 
@@ -155,7 +163,7 @@ def close_run(run_id: str) -> str:
         resolved = transfer.resolve_findings(stores, run_id)
         log.info("%d finding(s) resolved: fixed in FBS, resolved by the integration, or no longer in scope", resolved)
         counts = ledger.run_counts(stores.ledger, run_id)
-        failure = transfer.failure_message(transfer.agency_failures(counts))
+        failure = transfer.failure_message(transfer.agency_failures(counts), transfer.access_held(counts))
         if failure:
             ledger.finish_run(stores.ledger, run_id, "failed", failure)
         else:
@@ -172,8 +180,9 @@ def held_agencies(run_id: str, dq: dict) -> list[str]:
 
 def failed_agencies(run_id: str) -> list[str]:
     with task_stores() as stores:
-        failures = transfer.agency_failures(ledger.run_counts(stores.ledger, run_id))
-        return notifications.failed_agencies(stores.ledger, run_id, failures)
+        counts = ledger.run_counts(stores.ledger, run_id)
+        held = notifications.access_held(stores.ledger, run_id, transfer.access_held(counts))
+        return notifications.failed_agencies(stores.ledger, run_id, transfer.agency_failures(counts), held)
 
 
 def undelivered(run_id: str, delivered: dict[str, int]) -> int:
@@ -239,7 +248,7 @@ def backfill_chunk(chunk: dict, airflow_run_id: str) -> dict:
     with task_stores() as stores:
         if backfill.is_dry_run(stores.ledger, chunk["backfill_id"]):
             return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], airflow_run_id=airflow_run_id)
-        with _client() as client:
+        with _clients(stores) as client:
             return backfill.run_chunk(stores, chunk["backfill_id"], chunk["chunk_from"], client=client,
                                       pacer=send_rate.pacer_for_backfill(), airflow_run_id=airflow_run_id)
 

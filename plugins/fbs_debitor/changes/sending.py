@@ -50,17 +50,19 @@ from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.outbox import (
     ACCEPTED,
+    HELD_ACCESS_CHANGES,
     NOT_REBUILDABLE,
     REJECTED,
     Link,
     answered,
     call_rejected,
+    held_rule,
     mark_attempt,
     record_failure,
     rule_of,
     send_batch,
 )
-from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError
+from fbs_debitor.delivery.serviceplatformen import AccessHeld, Client, DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,11 @@ _NEXT = text(
 
 
 def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
-                 today: dt.date | None = None, link: Link | None = None) -> int:
+                 today: dt.date | None = None, link: Link | None = None, held: Counter | None = None) -> int:
     """Every recorded change whose turn it is, in rounds until none is left that can go now.
-    Returns how many messages were sent."""
+    Returns how many messages were sent. An agency whose municipality has no working access this
+    run keeps its changes for the next run, counted in ``held`` as ``(agency, HELD_ACCESS_CHANGES,
+    "<cvr>:<reason>")``."""
     today = today or dt.date.today()
     link = link or Link()
     tried: set[str] = set()
@@ -98,7 +102,7 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
                 break
             rows = [r for r in rows if r.message_key not in tried]
             tried.update(r.message_key for r in rows)
-            sent_this_round += _send_page(stores, client, run_id, rows, batch_size, today, link, registry)
+            sent_this_round += _send_page(stores, client, run_id, rows, batch_size, today, link, registry, held)
         total += sent_this_round
         if not sent_this_round:
             break
@@ -107,8 +111,19 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
     return total
 
 
+def _client_for(client: Client, agency_id: str, n: int, held: Counter | None) -> Client | None:
+    """The agency's municipality's client, or None when that municipality is held this run."""
+    try:
+        return client.for_agency(agency_id)
+    except AccessHeld as exc:
+        log.warning("agency %s: %d change message(s) held, they go with the next run: %s", agency_id, n, exc)
+        if held is not None:
+            held[(agency_id, HELD_ACCESS_CHANGES, held_rule(exc))] += n
+        return None
+
+
 def _send_page(stores: Stores, client: Client, run_id: str, rows, batch_size: int, today: dt.date,
-               link: Link, registry: list[ReplacementCprRegistry]) -> int:
+               link: Link, registry: list[ReplacementCprRegistry], held: Counter | None = None) -> int:
     blocked = [r for r in rows if r.depends_on and r.depends_state == "rejected"]
     if blocked:
         _reject_dependants(stores.ledger, run_id, blocked)
@@ -138,18 +153,22 @@ def _send_page(stores: Stores, client: Client, run_id: str, rows, batch_size: in
         changes[r.agency_id].append((change, r))
     sent = 0
     for agency_id, items in changes.items():
-        for start in range(0, len(items), batch_size):
+        agency_client = _client_for(client, agency_id, len(items), held)
+        for start in range(0, len(items) if agency_client else 0, batch_size):
             if link.down:
                 return sent
-            sent += _send_changes(stores.ledger, client, run_id, agencies[agency_id], items[start:start + batch_size],
-                                  link)
+            sent += _send_changes(stores.ledger, agency_client, run_id, agencies[agency_id],
+                                  items[start:start + batch_size], link)
     for agency_id, items in creations.items():
+        agency_client = _client_for(client, agency_id, len(items), held)
+        if agency_client is None:
+            continue
         versions = {account.claims[0].fordring_id: r.version for account, r in items}
         errors: list[messages.InvalidMessage] = []
         for batch in messages.build_batches([a for a, _ in items], agencies[agency_id], batch_size, rejected=errors):
             if link.down:
                 return sent
-            send_batch(stores.ledger, client, run_id, batch, link, versions)
+            send_batch(stores.ledger, agency_client, run_id, batch, link, versions)
             sent += len(batch.liability_ids)
         for error in errors:
             keys = [r.message_key for a, r in items if r.liability_id in error.liability_ids]

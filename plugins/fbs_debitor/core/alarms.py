@@ -27,6 +27,7 @@ REJECTIONS = "rejections"                   # STAFF: claims/changes rejected in 
 FAILED_AGENCY = "failed_agency"             # OPERATOR: an agency's work failed part-way
 UNCONFIRMED = "unconfirmed"                 # OPERATOR: claims/changes unanswered after every retry (an outage)
 PAYMENT_DIFFERENCES = "payment_differences"  # OPERATOR: the payments reconciliation found differences
+ACCESS = "access_held"                       # OPERATOR: the municipality's Serviceplatformen access does not work
 KEY_LENGTH, KIND_LENGTH = 120, 40
 
 

@@ -75,7 +75,7 @@ from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.send_rate import Pacer
-from fbs_debitor.delivery.serviceplatformen import Client, DeliveryError, redact_urls
+from fbs_debitor.delivery.serviceplatformen import AccessHeld, Client, DeliveryError, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ ACCEPTED, REJECTED, UNCONFIRMED = "accepted", "rejected", "unconfirmed"
 DELIVERY_CATEGORIES = (ACCEPTED, REJECTED, UNCONFIRMED)
 FAILED = "failed"                       # (agency, FAILED, error type): that agency's part of a page failed
 RESEND_FAILED = "failed_resend"         # the same for its unconfirmed claims sent again (its own run_count category)
+# (agency, HELD_ACCESS, "<cvr>:<reason>"): its municipality has no working Serviceplatformen access
+# this run (``AccessHeld``); nothing of it was sent or recorded, it goes with the next run
+HELD_ACCESS = "held_access"
+HELD_ACCESS_RESEND = "held_access_resend"
+HELD_ACCESS_CHANGES = "held_access_changes"
+HELD_ACCESS_CATEGORIES = (HELD_ACCESS, HELD_ACCESS_RESEND, HELD_ACCESS_CHANGES)
 INVALID_MESSAGE_CHECK = "M1_liability_not_processable"
 
 
@@ -312,6 +318,16 @@ def call_rejected(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str,
 
 # --- one bad record or agency never stops the rest -------------------------------------------------
 
+def held_rule(exc: AccessHeld) -> str:
+    """The count's rule for a held municipality: ``<cvr>:<reason code>`` (fits the 30 characters)."""
+    return f"{exc.cvr or '-'}:{exc.code}"
+
+
+def _agency_held(agency_id: str, what: str, exc: AccessHeld, category: str = HELD_ACCESS) -> tuple[str, str, str]:
+    log.warning("agency %s: %s held: %s", agency_id, what, exc)
+    return agency_id, category, held_rule(exc)
+
+
 def _agency_failed(agency_id: str, what: str, exc: Exception, category: str = FAILED) -> tuple[str, str, str]:
     """Log one agency's unexpected error, CPR-masked with its traceback; the count key to add."""
     trace = mask_cprs_in("".join(traceback.format_exception(exc)).rstrip())
@@ -379,6 +395,8 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
     for agency_id, items in by_agency.items():
         try:
             counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
+        except AccessHeld as exc:   # its municipality has no working access: held, unsent, the rest go on
+            counts[_agency_held(agency_id, "delivering new claims", exc)] += len(items)
         except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
             counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
     deferred = sum(n for (_, category, _), n in counts.items() if category == "deferred")
@@ -395,6 +413,7 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
     if link.down:
         counts[(agency_id, "deferred", "outage")] += len(items)
         return counts
+    client = client.for_agency(agency_id)     # AccessHeld before anything of the agency is written
     numbers = {p: n for _, b in items for p, n in b.new_replacement_cprs.items()}
     with stores.fbs.begin() as conn:   # step 1: FBS before the debtor system
         stored = persist_replacement_cprs(conn, numbers)
@@ -495,8 +514,12 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
             _record_changed(stores.ledger, run_id, changed)
         for agency_id, accounts in by_agency.items():
             try:
-                total += _resend_agency(stores, client, run_id, accounts, agencies[agency_id], batch_size, link,
-                                        fbs_rows)
+                total += _resend_agency(stores, client.for_agency(agency_id), run_id, accounts,
+                                        agencies[agency_id], batch_size, link, fbs_rows)
+            except AccessHeld as exc:
+                key = _agency_held(agency_id, "sending its unconfirmed claims again", exc, HELD_ACCESS_RESEND)
+                if failed is not None:
+                    failed[key] += len(accounts)
             except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
                 key = _agency_failed(agency_id, "sending its unconfirmed claims again", exc, RESEND_FAILED)
                 if failed is not None:

@@ -35,10 +35,22 @@ Connection's login and password are not used: either is refused, without echoing
 log line or a DeliveryError text (which the outbox stores as ``last_error``) has its user part
 removed.
 
-Authentication is a seam (``Auth``): ``InvocationContextAuth`` adds Serviceplatformen's
-InvocationContext header block and relies on the client certificate; ``SamlTokenAuth`` (KOMBIT STS,
-WS-Trust holder-of-key with a signed WS-Security header) is the place for the token mode and
-refuses clearly until it is built.
+Authentication (``auth``) is a seam (``Auth``):
+
+* ``invocation_context`` (certificate mode): the client certificate (mutual TLS) and
+  Serviceplatformen's InvocationContext header block naming the service agreement, user system,
+  user and service UUIDs;
+* ``saml`` (token mode): a SAML holder-of-key token from KOMBIT's STS (``sts_endpoint``), asked for
+  the municipality (``municipality_cvr``) and the service's entity id (``entity_id``) with the same
+  system certificate, cached until ``token_renew_before`` seconds before it expires
+  (``tokens.sts.TokenCache``), and carried in a WS-Security header signed with the certificate's key
+  over the Body, the Timestamp and the WS-Addressing headers (``tokens.wssecurity``). The UUIDs are
+  not sent in this mode.
+
+Each municipality calls under its own agreement: ``delivery.access`` merges the default connection
+with the municipality's own (``serviceplatformen_<cvr>``) into one Config per municipality. A
+municipality whose access does not work (its settings are wrong, the STS refuses its agreement or
+does not answer) raises ``AccessHeld``: its agencies are held for the run, the others go on.
 
 Retries: a call is repeated after a transient failure (timeout, dropped connection, HTTP 5xx,
 408 or 429, SOAP Server fault) with exponential backoff, ONLY for operations whose every item
@@ -77,6 +89,8 @@ from lxml import etree
 from fbs_debitor.claims import sf1590 as mapping
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import XSD_DIR
+from fbs_debitor.tokens import sts as sts_client
+from fbs_debitor.tokens import wssecurity
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +102,24 @@ WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
 BINDING = "{urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:wsdl}DebitorRegistreringAfsendBinding"
 IDEMPOTENT = frozenset({"OpretDebitorkonto", "RetFordringTilstand"})  # keyed per FordringID / AendringID
 AUTH_MODES = ("invocation_context", "saml")
+# The modelled entity id of SF1590_B_01 (the audience of its tokens): the official one comes with
+# KOMBIT's integration package; a connection sets its own in ``entity_id``.
+ENTITY_ID = "http://entityid.kombit.dk/service/sf1590/DebitorRegistreringAfsend/1"
 
 
 class ConfigError(ValueError):
     """The ``serviceplatformen`` connection is missing or wrong; says which field."""
+
+
+class AccessHeld(RuntimeError):
+    """A municipality's calls cannot go under its agreement this run: its settings are wrong
+    (``config``), the STS refused its agreement (``sts_refused``) or did not answer after every
+    retry (``sts_unavailable``). Its agencies are held; the other municipalities go on. The text
+    names the municipality and the reason, never a token or key."""
+
+    def __init__(self, cvr: str | None, code: str, message: str):
+        super().__init__(redact_urls(message))
+        self.cvr, self.code = cvr, code
 
 
 class DeliveryError(RuntimeError):
@@ -125,9 +153,9 @@ def redact_urls(text: str) -> str:
 @dataclass(frozen=True)
 class Config:
     endpoint: str
-    service_agreement_uuid: str
-    user_system_uuid: str
-    user_uuid: str
+    service_agreement_uuid: str = ""
+    user_system_uuid: str = ""
+    user_uuid: str = ""
     service_uuid: str = SERVICE_UUID
     client_cert: str | None = None
     client_key: str | None = None
@@ -138,50 +166,84 @@ class Config:
     backoff_seconds: float = 2.0
     auth: str = "invocation_context"
     on_behalf_of: str | None = field(default=None, repr=False)
+    entity_id: str = ENTITY_ID
+    sts_endpoint: str | None = None
+    token_renew_before: float = 300.0
+    municipality_cvr: str | None = None
+    conn_id: str = field(default=CONN_ID, compare=False)
 
     def __post_init__(self):
         for name in ("service_agreement_uuid", "user_system_uuid", "user_uuid", "service_uuid"):
             value = getattr(self, name)
+            if not value and self.auth == "saml" and name != "service_uuid":
+                continue     # token mode: the token names the agreement; these are not sent
             try:   # kept in the one form the InvocationContext schema accepts: 8-4-4-4-12, lower case
                 object.__setattr__(self, name, str(uuid.UUID(str(value))))
             except ValueError:
-                raise ConfigError(f"connection {CONN_ID!r}: {name} must be a UUID") from None
+                raise ConfigError(f"connection {self.conn_id!r}: {name} must be a UUID") from None
         try:
             parts = urlsplit(self.endpoint)
             parts.port  # noqa: B018 - a port that is not a number raises here
         except ValueError:
-            raise ConfigError(f"connection {CONN_ID!r}: the endpoint must be an https:// URL") from None
+            raise ConfigError(f"connection {self.conn_id!r}: the endpoint must be an https:// URL") from None
         if "@" in parts.netloc or "@" in parts.path:
-            raise ConfigError(f"connection {CONN_ID!r}: the endpoint {redact_urls(self.endpoint)} carries a user "
+            raise ConfigError(f"connection {self.conn_id!r}: the endpoint {redact_urls(self.endpoint)} carries a user "
                               "name or password (user:password@): not allowed; Serviceplatformen authenticates the "
                               "client certificate, so remove it from the URL")
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigError(f"connection {CONN_ID!r}: the endpoint must be an https:// URL")
+            raise ConfigError(f"connection {self.conn_id!r}: the endpoint must be an https:// URL")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ConfigError(f"connection {CONN_ID!r}: plain http is only allowed to a loopback address "
+            raise ConfigError(f"connection {self.conn_id!r}: plain http is only allowed to a loopback address "
                               "(the local emulator); Serviceplatformen needs https with the client certificate")
         if bool(self.client_cert) != bool(self.client_key):
-            raise ConfigError(f"connection {CONN_ID!r}: client_cert and client_key go together")
+            raise ConfigError(f"connection {self.conn_id!r}: client_cert and client_key go together")
         for name in ("client_cert", "client_key", "ca_bundle"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
-                raise ConfigError(f"connection {CONN_ID!r}: {name} {path!r} is not a readable file")
+                raise ConfigError(f"connection {self.conn_id!r}: {name} {path!r} is not a readable file")
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):
                 unit = "" if name == "max_attempts" else " seconds"
-                raise ConfigError(f"connection {CONN_ID!r}: {name} {value:g} is outside its allowed range "
+                raise ConfigError(f"connection {self.conn_id!r}: {name} {value:g} is outside its allowed range "
                                   f"{low:g}-{high:g}{unit}")
         waits = self.backoff_seconds * (2 ** (self.max_attempts - 1) - 1)
         if waits > MAX_TOTAL_BACKOFF:
-            raise ConfigError(f"connection {CONN_ID!r}: max_attempts {self.max_attempts} with backoff_seconds "
+            raise ConfigError(f"connection {self.conn_id!r}: max_attempts {self.max_attempts} with backoff_seconds "
                               f"{self.backoff_seconds:g} wait {waits:g} seconds between attempts in all; allowed is "
                               f"at most {MAX_TOTAL_BACKOFF:g} (backoff x (2^(max_attempts-1) - 1))")
         if self.auth not in AUTH_MODES:
-            raise ConfigError(f"connection {CONN_ID!r}: auth must be one of {', '.join(AUTH_MODES)}")
+            raise ConfigError(f"connection {self.conn_id!r}: auth must be one of {', '.join(AUTH_MODES)}")
         if parts.scheme == "https" and not self.client_cert and not _is_loopback(parts.hostname):
-            raise ConfigError(f"connection {CONN_ID!r}: https needs the client certificate (client_cert and "
+            raise ConfigError(f"connection {self.conn_id!r}: https needs the client certificate (client_cert and "
                               "client_key): Serviceplatformen is mutual TLS")
+        if self.municipality_cvr is not None and not re.fullmatch(r"\d{8}", str(self.municipality_cvr)):
+            raise ConfigError(f"connection {self.conn_id!r}: municipality_cvr must be 8 digits")
+        if not (math.isfinite(self.token_renew_before) and 0 <= self.token_renew_before <= 3600):
+            raise ConfigError(f"connection {self.conn_id!r}: token_renew_before {self.token_renew_before:g} is outside "
+                              "its allowed range 0-3600 seconds")
+        if not str(self.entity_id or "").strip():
+            raise ConfigError(f"connection {self.conn_id!r}: entity_id must name the service's entity id")
+        if self.auth == "saml":
+            if not self.sts_endpoint:
+                raise ConfigError(f"connection {self.conn_id!r}: auth 'saml' needs sts_endpoint (the STS's issue URL)")
+            if not self.client_cert:
+                raise ConfigError(f"connection {self.conn_id!r}: auth 'saml' needs the system certificate (client_cert "
+                                  "and client_key): it asks the STS and signs every call")
+            try:
+                self.sts_settings()
+            except sts_client.StsConfigError as exc:
+                raise ConfigError(f"connection {self.conn_id!r}: {exc}") from None
+        elif self.sts_endpoint:
+            raise ConfigError(f"connection {self.conn_id!r}: sts_endpoint is only used with auth 'saml'")
+
+    def sts_settings(self) -> sts_client.StsSettings:
+        """The STS client's settings: the same system certificate, CA and timeouts as the calls."""
+        return sts_client.StsSettings(
+            endpoint=self.sts_endpoint, client_cert=self.client_cert, client_key=self.client_key,
+            ca_bundle=self.ca_bundle, connect_timeout=self.connect_timeout,
+            operation_timeout=min(self.operation_timeout, 600.0), max_attempts=min(self.max_attempts, 10),
+            backoff_seconds=min(self.backoff_seconds, 60.0), renew_before_seconds=self.token_renew_before)
 
 
 def _is_loopback(host: str) -> bool:
@@ -193,27 +255,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-_FLOATS = ("connect_timeout", "operation_timeout", "backoff_seconds")
+_FLOATS = ("connect_timeout", "operation_timeout", "backoff_seconds", "token_renew_before")
 
 
 def config_from_connection(host: str | None, port: int | None, schema: str | None, extra: dict,
                            conn_type: str | None = None, *, login: str | None = None,
-                           password: str | None = None) -> Config:
+                           password: str | None = None, conn_id: str = CONN_ID) -> Config:
     """A Config from an Airflow Connection's fields. The endpoint is ``extra.endpoint``, or ``host``
     when it is a whole URL, or ``https://host[:port]/<path>`` where the path is ``schema`` (Airflow's
     URI form puts it there), or the service's standard path. A ``schema`` of ``http``/``https`` is
     read as the scheme, as Airflow's HTTP connections use it; plain http only to loopback. A
     ``login`` or ``password`` is refused (never echoed): the client certificate authenticates."""
     if login or password:
-        raise ConfigError(f"connection {CONN_ID!r}: login and password are not used (Serviceplatformen "
+        raise ConfigError(f"connection {conn_id!r}: login and password are not used (Serviceplatformen "
                           "authenticates the client certificate): remove them from the connection")
     if not isinstance(extra or {}, dict):
-        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
+        raise ConfigError(f"connection {conn_id!r}: extra must be a JSON object")
     extra = dict(extra or {})
     endpoint = extra.pop("endpoint", None)
     if not endpoint:
         if not host:
-            raise ConfigError(f"connection {CONN_ID!r}: no endpoint (set host to the service URL)")
+            raise ConfigError(f"connection {conn_id!r}: no endpoint (set host to the service URL)")
         if "://" in host:
             endpoint = host
         else:
@@ -225,17 +287,18 @@ def config_from_connection(host: str | None, port: int | None, schema: str | Non
                 scheme = "http"
             name = f"[{host}]" if ":" in host and not host.startswith("[") else host
             endpoint = f"{scheme}://{name}{f':{port}' if port else ''}/{path or DEFAULT_PATH}"
-    known = set(Config.__dataclass_fields__) - {"endpoint"}
+    known = set(Config.__dataclass_fields__) - {"endpoint", "conn_id"}
     unknown = set(extra) - known
     if unknown:
-        raise ConfigError(f"connection {CONN_ID!r}: unknown extra field(s) {sorted(unknown)}")
-    missing = [k for k in ("service_agreement_uuid", "user_system_uuid", "user_uuid") if not extra.get(k)]
+        raise ConfigError(f"connection {conn_id!r}: unknown extra field(s) {sorted(unknown)}")
+    needed = () if extra.get("auth") == "saml" else ("service_agreement_uuid", "user_system_uuid", "user_uuid")
+    missing = [k for k in needed if not extra.get(k)]
     if missing:
-        raise ConfigError(f"connection {CONN_ID!r}: extra is missing {', '.join(missing)}")
-    return Config(endpoint=endpoint, **{k: _convert(k, v) for k, v in extra.items()})
+        raise ConfigError(f"connection {conn_id!r}: extra is missing {', '.join(missing)}")
+    return Config(endpoint=endpoint, conn_id=conn_id, **{k: _convert(k, v, conn_id) for k, v in extra.items()})
 
 
-def _convert(name: str, value):
+def _convert(name: str, value, conn_id: str = CONN_ID):
     try:
         if name in _FLOATS:
             return float(value)
@@ -246,7 +309,7 @@ def _convert(name: str, value):
             return int(number)
     except (TypeError, ValueError):
         kind = "a whole number" if name == "max_attempts" else "a number of seconds"
-        raise ConfigError(f"connection {CONN_ID!r}: {name} must be {kind}") from None
+        raise ConfigError(f"connection {conn_id!r}: {name} must be {kind}") from None
     return value
 
 
@@ -299,21 +362,65 @@ class InvocationContextAuth:
 
 
 class SamlTokenAuth:
-    """KOMBIT STS mode: a SAML token (WS-Trust, holder-of-key) in a signed WS-Security header. Not
-    built yet: this is where it goes (``prepare`` fetches/caches the token, ``soap_headers`` returns
-    the signed Security block)."""
+    """KOMBIT STS mode: a SAML holder-of-key token for (municipality, entity id) from the token
+    cache, carried in a WS-Security header that the system certificate's key signs over the Body,
+    the Timestamp and the WS-Addressing headers (zeep's ``wsse`` hook: ``apply`` runs on the
+    finished envelope of every call). The token is asked for before the call (``ready``), so an STS
+    that refuses or does not answer is ``AccessHeld`` for this municipality, never a delivery
+    failure of the claims."""
 
     name = "saml"
 
-    def __init__(self, config: Config):
-        raise ConfigError(f"connection {CONN_ID!r}: auth 'saml' (KOMBIT STS token) is not implemented yet; "
-                          "use auth 'invocation_context' with the client certificate")
+    def __init__(self, config: Config, tokens: sts_client.TokenCache | None = None):
+        if not config.municipality_cvr:
+            raise ConfigError(f"connection {config.conn_id!r}: auth 'saml' is asked for per municipality: set "
+                              "municipality_cvr (the access settings per municipality do)")
+        self.config = config
+        self.tokens = tokens or token_cache(config.sts_settings())
+        with open(config.client_key, "rb") as key, open(config.client_cert, "rb") as cert:
+            self._key_pem, self._cert_pem = key.read(), cert.read()
+        self._action_prefix = ""
 
-    def prepare(self, session) -> None:  # pragma: no cover - see __init__
-        raise NotImplementedError
+    def prepare(self, session) -> None:
+        session.cert = (self.config.client_cert, self.config.client_key)
 
-    def soap_headers(self) -> list[etree._Element]:  # pragma: no cover - see __init__
-        raise NotImplementedError
+    def soap_headers(self) -> list[etree._Element]:
+        return []
+
+    def ready(self) -> sts_client.Token:
+        """The municipality's token, from the cache (asked for when missing or about to expire)."""
+        cvr = self.config.municipality_cvr
+        try:
+            return self.tokens.get(cvr, self.config.entity_id)
+        except sts_client.StsRefused as exc:
+            raise AccessHeld(cvr, "sts_refused", f"municipality {cvr}: the STS refused a token for "
+                                                 f"{self.config.entity_id}: {exc}") from None
+        except sts_client.StsError as exc:
+            raise AccessHeld(cvr, "sts_unavailable", f"municipality {cvr}: no token from the STS for "
+                                                     f"{self.config.entity_id}: {exc}") from None
+
+    # zeep's WS-Security plugin interface
+    def apply(self, envelope, headers):
+        action = str(headers.get("SOAPAction", "")).strip('"')
+        token = self.ready()
+        wssecurity.sign_envelope(envelope, token.assertion, key_pem=self._key_pem, cert_pem=self._cert_pem,
+                                 action=action, to=self.config.endpoint)
+        return envelope, headers
+
+    def verify(self, envelope):
+        return envelope
+
+
+_TOKEN_CACHES: dict[sts_client.StsSettings, sts_client.TokenCache] = {}
+
+
+def token_cache(settings: sts_client.StsSettings) -> sts_client.TokenCache:
+    """One token cache per STS and system certificate in this process, shared by every municipality
+    that asks it: a token is asked for once and renewed shortly before it expires, never per call."""
+    cache = _TOKEN_CACHES.get(settings)
+    if cache is None:
+        cache = _TOKEN_CACHES[settings] = sts_client.TokenCache(sts_client.StsClient(settings))
+    return cache
 
 
 def make_auth(config: Config) -> Auth:
@@ -381,12 +488,18 @@ class Client:
         self.auth.prepare(session)
         transport = _quiet_transport_class()(session=session, timeout=config.connect_timeout,
                                              operation_timeout=(config.connect_timeout, config.operation_timeout))
-        self._zeep = ZeepClient(_wsdl_document(), transport=transport, settings=_settings())
+        self._zeep = ZeepClient(_wsdl_document(), transport=transport, settings=_settings(),
+                                wsse=self.auth if isinstance(self.auth, SamlTokenAuth) else None)
         self._service = self._zeep.create_service(BINDING, config.endpoint)
         self._session = session
 
     def close(self) -> None:
         self._session.close()
+
+    def for_agency(self, agency_id: str) -> Client:
+        """This client calls for every agency (one connection); ``access.Clients`` picks one per
+        municipality."""
+        return self
 
     def __enter__(self) -> Client:
         return self
@@ -404,12 +517,16 @@ class Client:
         kwargs = {name: values[name] for name in values}
         retry = operation in IDEMPOTENT
         attempts = self.config.max_attempts if retry else 1
+        if isinstance(self.auth, SamlTokenAuth):
+            self.auth.ready()     # AccessHeld, before anything is sent, when there is no token
         for attempt in range(1, attempts + 1):
             if on_attempt:
                 on_attempt(attempt)
             try:
                 answer = getattr(self._service, operation)(_soapheaders=self.auth.soap_headers(), **kwargs)
                 return Answer(mapping.receipts(answer), attempt)
+            except AccessHeld:
+                raise
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
                 transient, rejected, reason = _classify(exc)
                 if not transient or attempt == attempts:

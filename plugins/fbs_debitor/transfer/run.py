@@ -99,7 +99,8 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
         if on_page is not None:
             counts.update(on_page(page))
     # (delivery's own categories too: a retried task that no longer has them leaves none behind)
-    ledger.record_counts(stores.ledger, run_id, counts, (*eligibility.CATEGORIES, FAILED, "deferred"))
+    ledger.record_counts(stores.ledger, run_id, counts,
+                         (*eligibility.CATEGORIES, FAILED, "deferred", delivery.HELD_ACCESS))
     log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
 
@@ -188,7 +189,8 @@ def totals(counts: Counter) -> dict[str, int]:
     for (_agency, category, rule), n in counts.items():
         out[category] = out.get(category, 0) + n
         if category in (eligibility.BLOCKED, eligibility.OUT_OF_SCOPE, eligibility.AWAITING, "rejected",
-                        "change_recorded", "changes_accepted", "changes_rejected", FAILED):
+                        "change_recorded", "changes_accepted", "changes_rejected", FAILED,
+                        *delivery.HELD_ACCESS_CATEGORIES):
             key = f"{category}:{rule}"
             out[key] = out.get(key, 0) + n
     return dict(sorted(out.items()))
@@ -205,6 +207,21 @@ def agency_failures(counts: Counter) -> dict[str, list[str]]:
     return {a: sorted(failed[a]) for a in sorted(failed)}
 
 
+def access_held(counts: Counter) -> dict[str, dict]:
+    """The municipalities held this run for want of working Serviceplatformen access (delivery's
+    ``held_access*`` counts): CVR -> {"reasons": [...], "agencies": [...], "messages": n}."""
+    out: dict[str, dict] = {}
+    for (agency, category, rule), n in counts.items():
+        if category in delivery.HELD_ACCESS_CATEGORIES and n:
+            cvr, _, reason = str(rule).partition(":")
+            entry = out.setdefault(cvr, {"reasons": set(), "agencies": set(), "messages": 0})
+            entry["reasons"].add(reason or "?")
+            entry["agencies"].add(str(agency))
+            entry["messages"] += n
+    return {c: {"reasons": sorted(e["reasons"]), "agencies": sorted(e["agencies"]), "messages": e["messages"]}
+            for c, e in sorted(out.items())}
+
+
 def rejections_per_agency(counts: Counter) -> dict[str, int]:
     """The claims and changes the debtor system rejected in this run, per agency (each is a staff
     task in FBS already; the agency's ``rejections`` alarm says there are some to look at)."""
@@ -215,13 +232,19 @@ def rejections_per_agency(counts: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def failure_message(failures: dict[str, list[str]]) -> str | None:
-    """What ends such a run failed: the agencies that need attention and what went wrong there."""
-    if not failures:
-        return None
-    return (f"{len(failures)} agency(ies) need attention, their work failed part-way (every other agency's work "
-            "was done; the log of the run has the error): "
-            + "; ".join(f"agency {a}: {', '.join(types)}" for a, types in failures.items()))
+def failure_message(failures: dict[str, list[str]], held: dict[str, dict] | None = None) -> str | None:
+    """What ends such a run failed: the agencies that need attention and what went wrong there, and
+    the municipalities held for want of working Serviceplatformen access."""
+    parts = []
+    if failures:
+        parts.append(f"{len(failures)} agency(ies) need attention, their work failed part-way (every other agency's "
+                     "work was done; the log of the run has the error): "
+                     + "; ".join(f"agency {a}: {', '.join(types)}" for a, types in failures.items()))
+    if held:
+        parts.append(f"{len(held)} municipality(ies) held, no working Serviceplatformen access (the others were "
+                     "delivered): " + "; ".join(f"municipality {c} ({', '.join(e['reasons'])}; agencies "
+                                                f"{', '.join(e['agencies'])})" for c, e in held.items()))
+    return " / ".join(parts) or None
 
 
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
@@ -283,7 +306,7 @@ def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | No
     failed: Counter = Counter()
     with exclusive(stores.ledger, "sending"):
         n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default(), failed=failed)
-    ledger.record_counts(stores.ledger, run_id, failed, [delivery.RESEND_FAILED])
+    ledger.record_counts(stores.ledger, run_id, failed, [delivery.RESEND_FAILED, delivery.HELD_ACCESS_RESEND])
     if n:
         log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
     return n
@@ -298,7 +321,9 @@ def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None
     with exclusive(stores.ledger, "sending"):
         counts = change_detection.detect_changes(stores, run_id)
         counts.update(rejections.requeue_changed(stores, run_id))
-        sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default())
+        held: Counter = Counter()
+        sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default(), held=held)
+    ledger.record_counts(stores.ledger, run_id, held, [delivery.HELD_ACCESS_CHANGES])
     if sent:
         log.info("%d change message(s) sent to the debtor system", sent)
     return counts
@@ -337,7 +362,8 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         keep_claims_true(stores, client, run_id, batch_size)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
-        run.failure = failure_message(agency_failures(ledger.run_counts(stores.ledger, run_id)))
+        counts_now = ledger.run_counts(stores.ledger, run_id)
+        run.failure = failure_message(agency_failures(counts_now), access_held(counts_now))
     return run_id, counts
 
 
