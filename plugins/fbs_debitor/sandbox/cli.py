@@ -1,8 +1,10 @@
 """``python -m fbs_debitor.sandbox …``: the demo's and the tests' tools, outside the runtime CLI.
 
-The synthetic municipality (``generate``), the debtor-system emulator (``emulator``) and its payment
-files (``emulator-payments``), changes and cut-off moves in the synthetic FBS, and ``reconcile``
-against what the emulator holds. Nothing here is needed to run the integration.
+The synthetic municipality (``generate``), the debtor-system emulator (``emulator``) and its payments
+(``emulator-payments``: SF1590_B_01A calls to the inbound service with ``--inbound``, or files into
+the inbox), changes and cut-off moves in the synthetic FBS, ``reconcile`` against what the emulator
+holds, throwaway certificates (``pki``) and a local STS (``sts``). Nothing here is needed to run the
+integration.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from fbs_debitor.claims import fingerprints
 from fbs_debitor.core import settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
-from fbs_debitor.sandbox import emulator, emulator_payments, mailbox
+from fbs_debitor.payments.inbound import FBS_ENTITY_ID
+from fbs_debitor.sandbox import access_plan, emulator, emulator_payments, mailbox, pki, sts
 from fbs_debitor.sandbox.change_simulator import simulate
 from fbs_debitor.sandbox.cut_off_simulator import simulate_move
 from fbs_debitor.sandbox.generator import generate
+from fbs_debitor.sandbox.inbound_caller import InboundCaller, InboundRefused, InboundUnavailable
+from fbs_debitor.tokens.sts import StsClient, StsError, StsSettings, TokenCache
 
 EMULATOR_CREATED_BY = "the sandbox's emulator creates it: emulator --db URL"
 whole, number = settings.whole, settings.number
@@ -55,28 +60,96 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _inbound_sink(args) -> emulator_payments.InboundSink:
+    """The call route: Serviceplatformen's certificate from --pki; tokens from --sts for --token-cvr."""
+    certs = pki.paths(args.pki)
+    token_source = None
+    if args.token_cvr:
+        cache = TokenCache(StsClient(StsSettings(endpoint=args.sts, client_cert=certs["serviceplatformen_cert"],
+                                                 client_key=certs["serviceplatformen_key"],
+                                                 ca_bundle=certs["ca_cert"])))
+
+        def token_source(cvr: str) -> bytes:
+            return cache.get(cvr, FBS_ENTITY_ID).assertion
+    caller = InboundCaller(args.inbound, certs["serviceplatformen_cert"], certs["serviceplatformen_key"],
+                           certs["ca_cert"], token_source, tuple(args.token_cvr))
+    return emulator_payments.InboundSink(caller)
+
+
 def cmd_emulator_payments(args) -> int:
-    """The debtor emulator delivers payment files into the inbox, each vendor on its rhythm (P1)."""
+    """The debtor emulator delivers its payments, each vendor on its rhythm (P1): one SF1590_B_01A call
+    per municipality and delivery to the inbound service (--inbound), or files into the inbox."""
     db = args.db or emulator.default_db()       # --db was checked by its type; the default is checked here
     missing = None if args.db else settings.missing_database(db, "the emulator's database", EMULATOR_CREATED_BY)
     if missing:
         print(f"not delivered: {missing}", file=sys.stderr)
         return cli.EXIT_SETTINGS
+    if args.inbound is None and (args.pki or args.sts or args.token_cvr):
+        print("not delivered: --pki, --sts and --token-cvr go with --inbound URL (the call route)", file=sys.stderr)
+        return cli.EXIT_REFUSED
+    if args.inbound is not None:
+        if args.inbox is not None:
+            print("not delivered: --inbox (the file route) and --inbound (the call route) exclude each other",
+                  file=sys.stderr)
+            return cli.EXIT_REFUSED
+        if not args.pki:
+            print("not delivered: --inbound needs --pki DIR (Serviceplatformen's certificate and the CA; make it "
+                  "with 'pki --dir DIR')", file=sys.stderr)
+            return cli.EXIT_REFUSED
+        absent = [p for k, p in pki.paths(args.pki).items()
+                  if k in ("serviceplatformen_cert", "serviceplatformen_key", "ca_cert") and not Path(p).is_file()]
+        if absent:
+            print(f"not delivered: --pki {args.pki}: missing {', '.join(absent)} (make the set with 'pki --dir "
+                  f"{args.pki}')", file=sys.stderr)
+            return cli.EXIT_REFUSED
+        if args.token_cvr and not args.sts:
+            print("not delivered: --token-cvr needs --sts URL (where the tokens come from)", file=sys.stderr)
+            return cli.EXIT_REFUSED
     stores = _stores()
     with stores.fbs.connect() as conn:
-        vendors = dict(conn.execute(text("SELECT agency_id, debtor_vendor FROM agency")).all())
+        agencies = conn.execute(text("SELECT agency_id, debtor_vendor, municipality_cvr FROM agency")).all()
+    vendors = {a: v for a, v, _c in agencies}
+    municipalities = {a: c for a, _v, c in agencies}
     until = args.until.astimezone() if args.until else dt.datetime.now().astimezone()
     since = args.since.astimezone() if args.since else None
-    folder = settings.payment_folders().path if args.inbox is None else Path(args.inbox)
     mix = emulator_payments.Mix(rate=args.rate, overpayments=args.overpayments, on_cancelled=args.on_cancelled)
-    files = emulator_payments.deliver(db, folder, until, vendors, args.seed, mix, since)
-    per_vendor: dict[str, int] = {}
-    for f in files:
-        vendor = f.name.split("-")[1]
+    if args.inbound is None:
+        folder = settings.payment_folders().path if args.inbox is None else Path(args.inbox)
+        files = emulator_payments.deliver(db, folder, until, vendors, args.seed, mix, since, municipalities)
+        per_vendor: dict[str, int] = {}
+        for f in files:
+            vendor = f.name.split("-")[1]
+            per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
+        print(f"debtor emulator delivered {len(files)} payment file(s) into {folder}"
+              + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if files else
+                 " (no delivery due since the last one, or nothing to pay)"))
+        return 0
+    try:
+        sink = _inbound_sink(args)
+    except (ValueError, OSError, StsError) as exc:
+        print(f"not delivered: {exc}", file=sys.stderr)
+        return cli.EXIT_REFUSED
+    try:
+        emulator_payments.deliver(db, sink, until, vendors, args.seed, mix, since, municipalities)
+    except (InboundRefused, InboundUnavailable, StsError) as exc:
+        print(f"debtor emulator: {len(sink.sent)} call(s) answered, then stopped: {exc} (what was answered is "
+              "recorded; run it again to go on)", file=sys.stderr)
+        return cli.EXIT_FAILED
+    finally:
+        sink.caller.close()
+    per_vendor = {}
+    for name, _landed in sink.sent:
+        vendor = name.split("-")[1]
         per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
-    print(f"debtor emulator delivered {len(files)} payment file(s) into {folder}"
-          + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if files else
+    print(f"debtor emulator made {len(sink.sent)} SF1590_B_01A call(s) to {args.inbound}"
+          + (f": {', '.join(f'{v} {n}' for v, n in sorted(per_vendor.items()))}" if sink.sent else
              " (no delivery due since the last one, or nothing to pay)"))
+    return 0
+
+
+def cmd_pki(args) -> int:
+    made = pki.ensure(args.dir)
+    print(f"sandbox certificates in {Path(made['ca_cert']).parent} ({', '.join(pki.NAMES)}; .crt and .key each)")
     return 0
 
 
@@ -105,6 +178,18 @@ def cmd_reconcile(args) -> int:
     ok = cli.reconcile(stores, held, emulator_payments.movements(args.emulator_db), show=args.show, out=args.out,
                        payments_out=args.payments_out)
     return 0 if ok else 1
+
+
+def _https_url(text_: str) -> str:
+    if not text_.startswith("https://") or len(text_) <= len("https://"):
+        raise argparse.ArgumentTypeError(f"{text_!r}: allowed is an https:// URL (mutual TLS)")
+    return text_
+
+
+def _cvr(text_: str) -> str:
+    if not (len(text_) == 8 and text_.isdigit() and text_[0] != "0"):
+        raise argparse.ArgumentTypeError(f"{text_!r}: allowed is a municipality's CVR number, 8 digits, the first not 0")
+    return text_
 
 
 def agency_id(text_: str) -> str:
@@ -162,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payments-out", help=f"CSV of the payments report (default {cli.PAYMENTS_REPORT})")
     p.set_defaults(func=cmd_reconcile)
 
-    p = add(sub, "emulator-payments", "demo: the debtor emulator delivers payment files into the inbox, each vendor "
-                                      "on its rhythm (KMD OPUS nightly, Prisme hourly, EG every 15 minutes)",
-            "Only what fell due since the last delivery (kept in the emulator's database) up to --until.")
+    p = add(sub, "emulator-payments", "demo: the debtor emulator delivers its payments, each vendor on its rhythm "
+                                      "(KMD OPUS nightly, Prisme hourly, EG every 15 minutes): SF1590_B_01A calls to "
+                                      "the inbound service (--inbound) or files into the inbox",
+            "Only what fell due since the last delivery (kept in the emulator's database) up to --until. Each "
+            "delivery holds one municipality's movements (agency.municipality_cvr). With --inbound URL each is one "
+            "call to the inbound SF1590_B_01A service, made as Serviceplatformen (its certificate from --pki): "
+            "certificate mode with the AuthorityContext header, or token mode (--token-cvr, tokens from --sts). "
+            "Without --inbound each is a file written into the inbox (the route for vendors who deliver files).")
     p.add_argument("--db", type=settings.existing_database("--db", EMULATOR_CREATED_BY),
                    help="the emulator's database (default var/emulator/emulator.sqlite; must exist)")
     p.add_argument("--inbox", type=settings.folder, help="default FBS_DEBITOR_PAYMENT_INBOX or var/payments/inbox")
@@ -178,7 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="payments above the balance, per vendor, 0-1000")
     p.add_argument("--on-cancelled", type=whole(0, 1000), default=0,
                    help="payments on cancelled claims, per vendor, 0-1000")
+    p.add_argument("--inbound", type=_https_url, metavar="URL",
+                   help="call the inbound SF1590_B_01A service at this https URL instead of writing files (e.g. "
+                        "https://localhost:8592/service/OIR/DaekningAfskrivningRegistreringAfsend/1)")
+    p.add_argument("--pki", type=settings.folder, metavar="DIR",
+                   help="with --inbound: the sandbox certificates ('pki --dir DIR'); calls as serviceplatformen.crt "
+                        "and trusts ca.crt")
+    p.add_argument("--sts", type=_https_url, metavar="URL",
+                   help="with --token-cvr: the STS issue endpoint the tokens come from (the sandbox's 'sts')")
+    p.add_argument("--token-cvr", type=_cvr, action="append", default=[], metavar="CVR",
+                   help="a municipality that calls in token mode (repeatable); the others call in certificate mode")
     p.set_defaults(func=cmd_emulator_payments)
+
+    p = add(sub, "pki", "demo: make the sandbox's throwaway certificates (CA, server, IT-system, STS signing, "
+                        "Serviceplatformen, rogue) in a folder",
+            "Writes <name>.crt and <name>.key (mode 0600) for each; an existing set is kept unless a file is missing "
+            "or a certificate ends within a day. Prints the folder.")
+    p.add_argument("--dir", type=settings.folder, required=True, help="the folder to write them into (made if missing)")
+    p.set_defaults(func=cmd_pki, stores=())
+
+    # The STS parses its own options (sts.serve); this entry only lists it.
+    add(sub, "sts", "demo: run the sandbox's STS (KOMBIT's REST WS-Trust issue endpoint) over mutual TLS on loopback "
+                    "('sts --help' for its options)",
+        "Issues signed SAML holder-of-key tokens for the service agreements it is given (--agreement "
+        "HOLDER:CVR:ENTITY_ID), with the certificates of --pki DIR.", add_help=False)
+
+    add(sub, "access-plan", "demo: which municipality calls in token mode and which in certificate mode; the "
+                            "STS's, emulator's and inbound service's options and the demo's connections "
+                            "('access-plan --help')", add_help=False)
 
     p = add(sub, "simulate-changes", "demo: change transferred liabilities in the synthetic FBS (cancel, write "
                                      "down, increase, new CPR, repayment, close, ...)",
@@ -210,4 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         # The emulator has its own parser (argparse cannot hand "--vendor ..." on from a subparser).
         logging.basicConfig(level=logging.INFO, format=cli.LOG_FORMAT)
         return emulator.serve(argv[1:])
+    if argv[:1] == ["sts"]:
+        # The STS has its own parser (sts.serve), as the emulator has.
+        return sts.serve(argv[1:])
+    if argv[:1] == ["access-plan"]:
+        return access_plan.main(argv[1:])
     return cli.run_command(build_parser(), argv)
