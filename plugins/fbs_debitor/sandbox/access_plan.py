@@ -26,7 +26,7 @@ from collections import Counter
 import sqlalchemy as sa
 
 from fbs_debitor.core.db import make_engine
-from fbs_debitor.core.settings import database_urls
+from fbs_debitor.core.settings import FBS_SCHEMA, database_urls
 from fbs_debitor.payments.inbound import FBS_ENTITY_ID
 from fbs_debitor.sandbox import emulator, pki
 
@@ -42,7 +42,7 @@ def agreement_uuid(cvr: str, service: str = "SF1590_B_01") -> str:
 
 def municipalities(fbs_url: str | None = None) -> dict[str, str]:
     """agency -> municipality CVR, from the synthetic FBS."""
-    engine = make_engine(fbs_url or database_urls().fbs)
+    engine = make_engine(fbs_url or database_urls().fbs, FBS_SCHEMA)
     try:
         with engine.connect() as conn:
             return {a: c for a, c in conn.execute(sa.text("SELECT agency_id, municipality_cvr FROM agency"))}
