@@ -191,3 +191,23 @@ def test_issue17_a_municipality_whose_agreement_the_sts_refuses_is_held_while_th
     notifications.access_held(stores.ledger, run2, access_held(ledger.run_counts(stores.ledger, run2)))
     assert not [a for a in alarms.open_alarms(stores.ledger) if a.kind == alarms.ACCESS]
     assert delivery.unconfirmed_total(stores.ledger) == 0
+
+
+def test_issue17_the_default_alone_is_checked_before_any_work_without_the_agreement_each_municipality_sets(certs):
+    """The CLI checks the default connection before it reads FBS: every field it sets, no
+    credentials; the agreement UUIDs may be each municipality's own."""
+    url = "https://127.0.0.1:9/service/OIR/DebitorRegistreringAfsend/1"
+    bare = default_conn(url, certs)
+    for name in ("service_agreement_uuid", *UUIDS):
+        bare["extra"].pop(name)
+    assert access.check_default(lookup_of({"serviceplatformen": bare})).endpoint == url
+    assert access.check_default(lookup_of({})) is None
+    bad = default_conn(url, certs, operation_timeout=601)
+    with pytest.raises(serviceplatformen.ConfigError, match="operation_timeout 601 is outside"):
+        access.check_default(lookup_of({"serviceplatformen": bad}))
+    with pytest.raises(serviceplatformen.ConfigError, match="not in the default"):
+        access.check_default(lookup_of({"serviceplatformen": default_conn(url, certs, municipality_cvr=CVR_A)}))
+    leaky = {**default_conn(url, certs), "login": "sp", "password": "hemmelig-s3cret"}
+    with pytest.raises(serviceplatformen.ConfigError) as exc:
+        access.check_default(lookup_of({"serviceplatformen": leaky}))
+    assert "s3cret" not in str(exc.value)

@@ -54,18 +54,22 @@ def _stores() -> Stores:
     return open_stores(settings.database_urls())
 
 
-def _connection() -> serviceplatformen.Config | bool | None:
-    """The default Serviceplatformen connection, checked before any work; True when there is no
-    default but municipalities have their own (``AIRFLOW_CONN_SERVICEPLATFORMEN_<CVR>``); None (said
-    why) when wrong or when there is none at all."""
-    if serviceplatformen.ENV_VAR not in os.environ and any(
-            k.startswith(serviceplatformen.ENV_VAR + "_") for k in os.environ):
-        return True
+def _connection() -> bool:
+    """The Serviceplatformen connections, checked before any work: at least the default
+    (``AIRFLOW_CONN_SERVICEPLATFORMEN``) or a municipality's own (``..._<CVR>``), and the default as
+    far as it goes alone (each municipality's merged settings are checked once FBS is read, and a
+    municipality whose settings are wrong is held). False (said why) when wrong or missing."""
+    lookup = access.env_lookup()
     try:
-        return serviceplatformen.config_from_env()
+        if access.check_default(lookup) is None and not any(
+                k.startswith(serviceplatformen.ENV_VAR + "_") for k in os.environ):
+            raise serviceplatformen.ConfigError(
+                f"no Serviceplatformen connection: define the Airflow Connection {serviceplatformen.CONN_ID!r} (or "
+                f"{serviceplatformen.ENV_VAR} as JSON), or one per municipality ({serviceplatformen.ENV_VAR}_<CVR>)")
     except serviceplatformen.ConfigError as exc:
         print(f"not sent: {exc}", file=sys.stderr)
-        return None
+        return False
+    return True
 
 
 def _clients(stores: Stores) -> access.Clients:
@@ -96,10 +100,8 @@ def cmd_assess(args) -> int:
 
 
 def cmd_transfer(args) -> int:
-    config = None
     if not args.dry_run:
-        config = _connection()
-        if config is None:
+        if not _connection():
             return EXIT_REFUSED
     stores = _stores()
     init_stores(stores)
@@ -393,7 +395,7 @@ def cmd_history(args) -> int:
 
 def cmd_backfill(args) -> int:
     listing = args.waiting or args.status
-    config = request = None
+    request = None
     if not listing:   # the request and the connection are checked before anything is read or written
         try:
             request = backfill.parse_request(args.agency, args.cut_off_date, args.dry_run, args.batch_size)
@@ -401,8 +403,7 @@ def cmd_backfill(args) -> int:
             print(f"not started: {exc}", file=sys.stderr)
             return EXIT_REFUSED
         if not args.dry_run:
-            config = _connection()
-            if config is None:
+            if not _connection():
                 return EXIT_REFUSED
     stores = _stores()
     init_stores(stores)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -126,6 +127,30 @@ def config_for(cvr: str, lookup: Lookup) -> Config:
         host, port, schema, conn_type = base.host, base.port, base.schema, base.conn_type
     return serviceplatformen.config_from_connection(host, port, schema, extra, conn_type,
                                                     conn_id=top.conn_id if own is not None else CONN_ID)
+
+
+AGREEMENT_FIELDS = ("service_agreement_uuid", "user_system_uuid", "user_uuid")
+
+
+def check_default(lookup: Lookup) -> Config | None:
+    """The default connection checked as far as it goes alone, before any work (None when there
+    is none): every field it sets, in its range, and no credentials. The agreement UUIDs may come
+    from each municipality's own connection, so they are not required here."""
+    default = lookup(CONN_ID)
+    if default is None:
+        return None
+    if not isinstance(default.extra, dict):
+        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
+    if "municipality_cvr" in default.extra:
+        raise ConfigError(f"connection {CONN_ID!r}: municipality_cvr belongs in a municipality's own connection "
+                          f"({conn_id_for('<cvr>')!r}), not in the default")
+    extra = dict(default.extra)
+    if extra.get("auth") != "saml":
+        for name in AGREEMENT_FIELDS:       # a stand-in, for checking the rest: never sent
+            extra.setdefault(name, str(uuid.UUID(int=0)))
+    return serviceplatformen.config_from_connection(default.host, default.port, default.schema, extra,
+                                                    default.conn_type, login=default.login,
+                                                    password=default.password)
 
 
 @dataclass(frozen=True)
