@@ -22,7 +22,6 @@ agreement UUID (not secret).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -70,18 +69,9 @@ class ConnFields:
     @classmethod
     def from_json(cls, conn_id: str, raw: str) -> ConnFields:
         """From Airflow's JSON form of a connection (``AIRFLOW_CONN_<ID>``)."""
-        try:
-            data = json.loads(raw)
-            extra = data.get("extra") or {} if isinstance(data, dict) else None
-            if isinstance(extra, str):
-                extra = json.loads(extra)
-        except json.JSONDecodeError:
-            raise ConfigError(f"connection {conn_id!r}: {ENV_PREFIX}{conn_id.upper()} must be the connection as "
-                              "JSON") from None
-        if not isinstance(data, dict) or not isinstance(extra, dict):
-            raise ConfigError(f"connection {conn_id!r}: must be a JSON object with 'host' and an 'extra' object")
+        data = serviceplatformen.connection_from_json(raw, conn_id)
         return cls(conn_id=conn_id, host=data.get("host"), port=data.get("port"), schema=data.get("schema"),
-                   conn_type=data.get("conn_type"), extra=extra, login=data.get("login"),
+                   conn_type=data.get("conn_type"), extra=data["extra"], login=data.get("login"),
                    password=data.get("password"))
 
 

@@ -313,6 +313,22 @@ def _convert(name: str, value, conn_id: str = CONN_ID):
     return value
 
 
+def connection_from_json(raw: str, conn_id: str = CONN_ID) -> dict:
+    """Airflow's JSON form of a connection (``AIRFLOW_CONN_<ID>``) as a dict whose ``extra`` is a
+    dict; ConfigError names the variable."""
+    env_var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    try:
+        data = json.loads(raw)
+        extra = data.get("extra") or {} if isinstance(data, dict) else None
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{env_var} must be the connection as JSON") from None
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise ConfigError(f"{env_var} must be a JSON object with 'host' and an 'extra' object")
+    return {**data, "extra": extra}
+
+
 def config_from_env(environ: dict | None = None) -> Config:
     """The connection as JSON in ``AIRFLOW_CONN_SERVICEPLATFORMEN`` (Airflow's own format), for the
     CLI outside Airflow."""
@@ -320,16 +336,8 @@ def config_from_env(environ: dict | None = None) -> Config:
     if not raw:
         raise ConfigError(f"no Serviceplatformen connection: define the Airflow Connection {CONN_ID!r} "
                           f"(or {ENV_VAR} as JSON)")
-    try:
-        data = json.loads(raw)
-        extra = data.get("extra") or {} if isinstance(data, dict) else None
-        if isinstance(extra, str):
-            extra = json.loads(extra)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{ENV_VAR} must be the connection as JSON") from None
-    if not isinstance(data, dict) or not isinstance(extra, dict):
-        raise ConfigError(f"{ENV_VAR} must be a JSON object with 'host' and an 'extra' object")
-    return config_from_connection(data.get("host"), data.get("port"), data.get("schema"), extra,
+    data = connection_from_json(raw)
+    return config_from_connection(data.get("host"), data.get("port"), data.get("schema"), data["extra"],
                                   data.get("conn_type"), login=data.get("login"), password=data.get("password"))
 
 

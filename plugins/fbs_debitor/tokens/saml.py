@@ -177,6 +177,23 @@ def verification_config(now: dt.datetime, *, expect_references: int | bool, loca
         default_reference_c14n_method=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0)
 
 
+def verify_signature(data, *, cert: x509.Certificate, config, signed: str, signer: str, code: str,
+                     certificate_code: str, id_attribute: str | None = None):
+    """signxml's verification of ``data`` with ``cert``, each of its failures as TokenRefused:
+    ``certificate_code`` when the certificate is not valid now, ``code`` otherwise; the text names
+    what was ``signed`` and the ``signer``, never a value."""
+    try:
+        return XMLVerifier().verify(data, x509_cert=cert, id_attribute=id_attribute, expect_config=config)
+    except InvalidCertificate:
+        raise TokenRefused(certificate_code, f"the {signer} is not valid at this time") from None
+    except InvalidDigest:
+        raise TokenRefused(code, f"{signed} was changed after it was signed") from None
+    except InvalidInput:
+        raise TokenRefused(code, f"{signed}: the signature is not a usable XML signature") from None
+    except SignXMLException:
+        raise TokenRefused(code, f"{signed}: the signature does not verify with the {signer}") from None
+
+
 def verify_assertion(assertion: etree._Element, *, sts_cert_pem: bytes, issuer: str, audience: str, cvr: str | None,
                      now: dt.datetime | None = None, skew: dt.timedelta = dt.timedelta(minutes=2)) -> Facts:
     """Verify a SAML assertion issued by the trusted STS and return its facts.
@@ -205,19 +222,10 @@ def verify_assertion(assertion: etree._Element, *, sts_cert_pem: bytes, issuer: 
         if cert is None or _der(cert) != _der(sts_cert):
             raise TokenRefused("untrusted_signer", "the assertion is signed by a certificate other than the trusted "
                                                    "STS signing certificate")
-    try:
-        result = XMLVerifier().verify(
-            assertion, x509_cert=sts_cert,
-            expect_config=verification_config(now, expect_references=1, location="./"))
-    except InvalidCertificate:
-        raise TokenRefused("untrusted_signer", "the trusted STS signing certificate is not valid at this time") from None
-    except InvalidDigest:
-        raise TokenRefused("bad_signature", "the assertion was changed after it was signed") from None
-    except InvalidInput:
-        raise TokenRefused("bad_signature", "the assertion's signature is not a usable XML signature") from None
-    except SignXMLException:
-        raise TokenRefused("bad_signature", "the assertion's signature does not verify with the trusted STS "
-                                            "signing certificate") from None
+    result = verify_signature(assertion, cert=sts_cert,
+                              config=verification_config(now, expect_references=1, location="./"),
+                              signed="the assertion", signer="trusted STS signing certificate",
+                              code="bad_signature", certificate_code="untrusted_signer")
     references = result.signature_xml.findall("ds:SignedInfo/ds:Reference", _NS)
     signed = result.signed_xml
     if (len(references) != 1 or references[0].get("URI") != f"#{assertion_id}" or signed is None
