@@ -71,6 +71,7 @@ from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_amount, make_engine
 from fbs_debitor.core.identity import mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import FBS_SCHEMA, XSD_DIR, database_urls, var_dir
+from fbs_debitor.sandbox.threaded import ServedInThread
 from fbs_debitor.tokens import wssecurity
 from fbs_debitor.tokens.saml import TokenRefused
 
@@ -389,7 +390,7 @@ def _answer_element(answer_tag: str, transaction_id: str, answers: list[dict]) -
 
 # --- the debtor system -------------------------------------------------------------------------
 
-class Emulator:
+class Emulator(ServedInThread):
     """The debtor-system emulator. ``with Emulator(...) as emu: post to emu.url``.
 
     Access (issue 17): ``municipality_by_org_unit`` maps the sender's org unit to its
@@ -443,8 +444,6 @@ class Emulator:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()           # one request processed at a time: first answer wins
         self._count_lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._engine: sa.Engine | None = None
 
     # lifecycle
@@ -462,40 +461,28 @@ class Emulator:
             raise RuntimeError("the emulator is not running")
         return self._server.server_address[1]
 
-    def start(self) -> Emulator:
-        self._engine = _engine(self.db_url)
-        emulator = self
+    thread_name = "debtor-emulator"
 
+    def make_server(self) -> ThreadingHTTPServer:
         class Handler(_Handler):
             pass
 
-        Handler.emulator = emulator
-        self._server = _Server((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        # A short poll: stop() returns within 50 ms instead of serve_forever's default 0.5 s.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="debtor-emulator", daemon=True)
-        self._thread.start()
+        Handler.emulator = self
+        server = _Server((self.host, self.port), Handler)
+        server.daemon_threads = True
+        return server
+
+    def start(self) -> Emulator:
+        self._engine = _engine(self.db_url)
+        super().start()
         log.info("debtor emulator (%s) listening on %s", self.vendor, self.url)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        super().stop()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # faults
     def choose_fault(self) -> str | None:

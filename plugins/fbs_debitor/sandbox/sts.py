@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fbs_debitor.core import settings
 from fbs_debitor.sandbox import pki, saml_issuer
+from fbs_debitor.sandbox.threaded import ServedInThread
 from fbs_debitor.tokens.sts import ISSUE_PATH, KEY_TYPE, REQUEST_TYPE, TOKEN_TYPE
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _utc(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Sts:
+class Sts(ServedInThread):
     """The sandbox STS. ``with Sts(...) as sts: StsSettings(endpoint=sts.url, ...)``."""
 
     def __init__(self, *, sts_signing_cert: str, sts_signing_key: str, server_cert: str, server_key: str,
@@ -111,8 +112,6 @@ class Sts:
         self.faults: list[str] = []
         self.received = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"Sts(issuer={self.issuer!r}, port={self.port})"
@@ -124,32 +123,19 @@ class Sts:
         host, port = self._server.server_address[:2]
         return f"https://{host}:{port}{ISSUE_PATH}"
 
-    def start(self) -> Sts:
+    thread_name = "sandbox-sts"
+
+    def make_server(self) -> ThreadingHTTPServer:
         class Handler(_Handler):
             pass
 
         Handler.sts = self
-        self._server = _Server((self.host, self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="sandbox-sts", daemon=True)
-        self._thread.start()
+        return _Server((self.host, self.port), Handler)
+
+    def start(self) -> Sts:
+        super().start()
         log.info("sandbox STS listening on %s (%d agreement(s))", self.url, len(self.agreements))
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> Sts:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def next_fault(self) -> str | None:
         with self._lock:
