@@ -10,7 +10,8 @@ the landing only: no web framework, no Airflow (the service is ``payments.inboun
 
 **Same movements, one landing.** A call's key is the SHA-256 of the municipality's CVR and its
 movement ids (BevaegelseID, sorted). The first accepted call with a key lands
-``inbox/b01a-<cvr>-<key[:32]>.xml`` and keeps its answer (the ``ForetagIndbetalingSvar``) in
+``inbox/b01a-<landed at, UTC>-<cvr>-<key[:32]>.xml`` (the payments run takes the oldest name first,
+so calls are applied in the order they landed) and keeps its answer (the ``ForetagIndbetalingSvar``) in
 ``<payments>/inbound/receipts/<key>.xml``; a repeated call with the same movements (a retry after
 a lost answer, with the same or a new TransaktionsId) gets the first answer byte for byte and lands
 nothing. The same ids with other content (an amount, a claim, a date) is refused
