@@ -13,6 +13,7 @@ import fbs_rows as fr
 import pytest
 from sqlalchemy import text
 
+from fbs_debitor import cli
 from fbs_debitor.airflow import notifications
 from fbs_debitor.core import alarms, ledger
 from fbs_debitor.delivery import access, serviceplatformen
@@ -211,3 +212,26 @@ def test_issue17_the_default_alone_is_checked_before_any_work_without_the_agreem
     with pytest.raises(serviceplatformen.ConfigError) as exc:
         access.check_default(lookup_of({"serviceplatformen": leaky}))
     assert "s3cret" not in str(exc.value)
+
+
+def test_issue17_the_access_command_lists_each_municipality_and_asks_the_sts_for_its_token(
+        stores, db_urls, sandbox, certs, monkeypatch, capsys):
+    sts, emu = sandbox
+    two_municipalities(stores)
+    conns = {"serviceplatformen": default_conn(emu.url, certs, service_agreement_uuid=AGREEMENT_B),
+             f"serviceplatformen_{CVR_A}": {"extra": {"auth": "saml", "sts_endpoint": sts.url}}}
+    for conn_id, conn in conns.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    monkeypatch.setenv("FBS_DEBITOR_FBS_URL", db_urls.fbs)
+    monkeypatch.setenv("FBS_DEBITOR_LEDGER_URL", db_urls.ledger)
+    assert cli.main(["access", "--tokens"]) == 0
+    out = capsys.readouterr().out
+    assert f"municipality {CVR_A} (715100): token mode" in out and "token OK" in out
+    assert f"municipality {CVR_B} (726300): certificate mode" in out and AGREEMENT_B in out
+    assert sts.issued[(CVR_A, emulator.ENTITY_ID)] == 1 and not SECRETS.search(out)
+    # a municipality whose token the STS refuses: held, named, exit 2
+    monkeypatch.setenv(f"AIRFLOW_CONN_SERVICEPLATFORMEN_{CVR_B}",
+                       json.dumps({"extra": {"auth": "saml", "sts_endpoint": sts.url}}))
+    assert cli.main(["access", "--tokens"]) == 2
+    captured = capsys.readouterr()
+    assert f"municipality {CVR_B} (726300): HELD" in captured.out and "NoServiceAgreement" in captured.out
