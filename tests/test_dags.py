@@ -244,7 +244,7 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
     monkeypatch.setattr(stores, "dispose", lambda: None)
     run_id = ledger.start_run(stores.ledger, "transfer")
     with emulator.Emulator("KMD_OPUS", emu_db) as emu:
-        monkeypatch.setattr(dag_tasks, "_client", lambda: debtor.client(emu.url))
+        monkeypatch.setattr(dag_tasks, "_clients", lambda _stores: debtor.client(emu.url))
         with monkeypatch.context() as m:
             _other_agency_fails(m)
             sent = dag_tasks.build_and_send(run_id)
