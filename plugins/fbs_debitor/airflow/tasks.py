@@ -56,16 +56,11 @@ def task_stores(run_id: str | None = None, step: str | None = None) -> Iterator[
         stores.dispose()
 
 
-@contextmanager
-def _clients(stores: Stores) -> Iterator:
-    """One Serviceplatformen client per municipality for this task (``delivery.access``): each
-    agency's batches go under its own municipality's agreement; a municipality without working
-    access is held, the others are sent."""
-    clients = connections.serviceplatformen_clients(stores.fbs)
-    try:
-        yield clients
-    finally:
-        clients.close()
+def _clients(stores: Stores):
+    """One Serviceplatformen client per municipality for this task (``delivery.access``), closed
+    when the ``with`` ends: each agency's batches go under its own municipality's agreement; a
+    municipality without working access is held, the others are sent."""
+    return connections.serviceplatformen_clients(stores.fbs)
 
 
 def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:

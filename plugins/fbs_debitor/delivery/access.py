@@ -103,11 +103,9 @@ def config_for(cvr: str, lookup: Lookup) -> Config:
                               "authenticates the client certificate): remove them from the connection")
     base = default or ConnFields(conn_id=CONN_ID)
     top = own or ConnFields(conn_id=conn_id_for(cvr))
-    if not isinstance(base.extra, dict) or not isinstance(top.extra, dict):
-        raise ConfigError(f"connection {(top if own else base).conn_id!r}: extra must be a JSON object")
-    if "municipality_cvr" in base.extra:
-        raise ConfigError(f"connection {CONN_ID!r}: municipality_cvr belongs in a municipality's own connection "
-                          f"({conn_id_for('<cvr>')!r}), not in the default")
+    _check_default_extra(base)
+    if not isinstance(top.extra, dict):
+        raise ConfigError(f"connection {top.conn_id!r}: extra must be a JSON object")
     if top.extra.get("municipality_cvr", cvr) != cvr:
         raise ConfigError(f"connection {top.conn_id!r}: municipality_cvr must be {cvr} (the connection's own CVR)")
     extra = {**base.extra, **top.extra, "municipality_cvr": cvr}
@@ -119,7 +117,13 @@ def config_for(cvr: str, lookup: Lookup) -> Config:
                                                     conn_id=top.conn_id if own is not None else CONN_ID)
 
 
-AGREEMENT_FIELDS = ("service_agreement_uuid", "user_system_uuid", "user_uuid")
+def _check_default_extra(default: ConnFields) -> None:
+    """The default's ``extra`` is an object and names no municipality (that is each one's own)."""
+    if not isinstance(default.extra, dict):
+        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
+    if "municipality_cvr" in default.extra:
+        raise ConfigError(f"connection {CONN_ID!r}: municipality_cvr belongs in a municipality's own connection "
+                          f"({conn_id_for('<cvr>')!r}), not in the default")
 
 
 def check_default(lookup: Lookup) -> Config | None:
@@ -129,14 +133,10 @@ def check_default(lookup: Lookup) -> Config | None:
     default = lookup(CONN_ID)
     if default is None:
         return None
-    if not isinstance(default.extra, dict):
-        raise ConfigError(f"connection {CONN_ID!r}: extra must be a JSON object")
-    if "municipality_cvr" in default.extra:
-        raise ConfigError(f"connection {CONN_ID!r}: municipality_cvr belongs in a municipality's own connection "
-                          f"({conn_id_for('<cvr>')!r}), not in the default")
+    _check_default_extra(default)
     extra = dict(default.extra)
     if extra.get("auth") != "saml":
-        for name in AGREEMENT_FIELDS:       # a stand-in, for checking the rest: never sent
+        for name in serviceplatformen.AGREEMENT_FIELDS:       # a stand-in, for checking the rest: never sent
             extra.setdefault(name, str(uuid.UUID(int=0)))
     return serviceplatformen.config_from_connection(default.host, default.port, default.schema, extra,
                                                     default.conn_type, login=default.login,

@@ -102,6 +102,8 @@ WSDL_FILE = "DebitorRegistreringAfsend.wsdl"
 BINDING = "{urn:fbs-debitor:modelled:sf1590:DebitorRegistreringAfsend:1:wsdl}DebitorRegistreringAfsendBinding"
 IDEMPOTENT = frozenset({"OpretDebitorkonto", "RetFordringTilstand"})  # keyed per FordringID / AendringID
 AUTH_MODES = ("invocation_context", "saml")
+# What certificate mode's InvocationContext names; token mode sends none of them.
+AGREEMENT_FIELDS = ("service_agreement_uuid", "user_system_uuid", "user_uuid")
 # The modelled entity id of SF1590_B_01 (the audience of its tokens): the official one comes with
 # KOMBIT's integration package; a connection sets its own in ``entity_id``.
 ENTITY_ID = "http://entityid.kombit.dk/service/sf1590/DebitorRegistreringAfsend/1"
@@ -173,7 +175,7 @@ class Config:
     conn_id: str = field(default=CONN_ID, compare=False)
 
     def __post_init__(self):
-        for name in ("service_agreement_uuid", "user_system_uuid", "user_uuid", "service_uuid"):
+        for name in (*AGREEMENT_FIELDS, "service_uuid"):
             value = getattr(self, name)
             if not value and self.auth == "saml" and name != "service_uuid":
                 continue     # token mode: the token names the agreement; these are not sent
@@ -242,8 +244,8 @@ class Config:
         return sts_client.StsSettings(
             endpoint=self.sts_endpoint, client_cert=self.client_cert, client_key=self.client_key,
             ca_bundle=self.ca_bundle, connect_timeout=self.connect_timeout,
-            operation_timeout=min(self.operation_timeout, 600.0), max_attempts=min(self.max_attempts, 10),
-            backoff_seconds=min(self.backoff_seconds, 60.0), renew_before_seconds=self.token_renew_before)
+            operation_timeout=self.operation_timeout, max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds, renew_before_seconds=self.token_renew_before)
 
 
 def _is_loopback(host: str) -> bool:
@@ -291,7 +293,7 @@ def config_from_connection(host: str | None, port: int | None, schema: str | Non
     unknown = set(extra) - known
     if unknown:
         raise ConfigError(f"connection {conn_id!r}: unknown extra field(s) {sorted(unknown)}")
-    needed = () if extra.get("auth") == "saml" else ("service_agreement_uuid", "user_system_uuid", "user_uuid")
+    needed = () if extra.get("auth") == "saml" else AGREEMENT_FIELDS
     missing = [k for k in needed if not extra.get(k)]
     if missing:
         raise ConfigError(f"connection {conn_id!r}: extra is missing {', '.join(missing)}")
@@ -387,7 +389,6 @@ class SamlTokenAuth:
         self.tokens = tokens or token_cache(config.sts_settings())
         with open(config.client_key, "rb") as key, open(config.client_cert, "rb") as cert:
             self._key_pem, self._cert_pem = key.read(), cert.read()
-        self._action_prefix = ""
 
     def prepare(self, session) -> None:
         session.cert = (self.config.client_cert, self.config.client_key)
