@@ -156,16 +156,28 @@ def to_xml(movements: Iterable[Movement], at: dt.datetime, transaction_id: uuid.
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` as ``folder/name`` so that it appears whole or not at all."""
+    """Write ``data`` as ``folder/name`` so that it appears whole or not at all, and is on disk
+    before this returns: written as ``<name>.part`` (a link there is not followed), flushed,
+    fsync-ed, renamed, and the folder fsync-ed."""
     folder.mkdir(parents=True, exist_ok=True)
     part = folder / (name + PARTIAL_SUFFIX)
     if len(os.fsencode(part.name)) > 255:      # NAME_MAX: a dot-file is "being written" too
         part = folder / f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{PARTIAL_SUFFIX}"
-    with part.open("wb") as f:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(part, flags, 0o640), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     final = folder / name
     os.replace(part, final)
+    _fsync_dir(folder)
     return final

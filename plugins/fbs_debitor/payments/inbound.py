@@ -58,7 +58,7 @@ from lxml import etree
 from fbs_debitor.claims import messages
 from fbs_debitor.claims.sf1590 import NS_DA, NS_F
 from fbs_debitor.payments import files
-from fbs_debitor.payments.files import BadFile, PaymentFile
+from fbs_debitor.payments.files import BadFile, PaymentFile, write_atomically
 from fbs_debitor.payments.inbox import MARKER, InboxLayoutError, shown
 
 log = logging.getLogger(__name__)
@@ -132,29 +132,6 @@ def answer_for(payment: PaymentFile, name: str, at: dt.datetime) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(folder: Path, name: str, data: bytes) -> Path:
-    """``folder/name`` whole or not at all, on disk before this returns: written as
-    ``<name>.part`` (a link there is not followed), flushed, fsync-ed, renamed, folder fsync-ed."""
-    part = folder / (name + files.PARTIAL_SUFFIX)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(part, flags, 0o640)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, folder / name)
-    _fsync_dir(folder)
-    return folder / name
-
-
 class Landing:
     """Lands accepted calls in ``<payments_dir>/inbox`` and keeps their receipts in
     ``<payments_dir>/inbound/receipts``. ``own``: the configured payments folder, laid out
@@ -180,7 +157,7 @@ class Landing:
                     "the inbound service lands calls only in a payments folder fbs-debitor laid out (the "
                     "configured one, or one a payments run has used); nothing was written")
             self.payments_dir.mkdir(parents=True, exist_ok=True)
-            write_durably(self.payments_dir, MARKER, b"fbs-debitor payments folder: the inbox/, archive/ and "
+            write_atomically(self.payments_dir, MARKER, b"fbs-debitor payments folder: the inbox/, archive/ and "
                           b"quarantine/ here are fbs-debitor's (files are moved from the inbox into the other two). "
                           b"Keep this file.\n")
             log.info("payments folder %s laid out for fbs-debitor (%s)", shown(str(self.payments_dir)), MARKER)
@@ -256,7 +233,7 @@ class Landing:
             name = self._landed_before(_name_tail(municipality_cvr, key), digest)
             if name is None:
                 name = file_name(municipality_cvr, key, now)
-                write_durably(self.inbox, name, data)
+                write_atomically(self.inbox, name, data)
                 log.info("SF1590_B_01A call of municipality %s landed as %s (%d movements)", municipality_cvr,
                          name, len(payment.movements))
             if self._crash_after_landing is not None:
@@ -264,8 +241,8 @@ class Landing:
             answer = answer_for(payment, name, now)
             meta = {"file_name": name, "digest": digest, "municipality_cvr": municipality_cvr,
                     "movements": len(payment.movements)}
-            write_durably(self.receipts, f"{key}.json", json.dumps(meta).encode("utf-8"))
-            write_durably(self.receipts, f"{key}.xml", answer)
+            write_atomically(self.receipts, f"{key}.json", json.dumps(meta).encode("utf-8"))
+            write_atomically(self.receipts, f"{key}.xml", answer)
             return Receipt(key, name, answer, landed=True)
         finally:
             os.close(lock)        # closing the descriptor releases the flock

@@ -76,6 +76,7 @@ from fbs_debitor.claims import messages
 from fbs_debitor.claims.sf1590 import NS_DA
 from fbs_debitor.core import settings as core_settings
 from fbs_debitor.core.db import make_engine
+from fbs_debitor.core.identity import check_cvr
 from fbs_debitor.core.settings import XSD_DIR
 from fbs_debitor.payments import files, inbound
 from fbs_debitor.payments.files import BadFile
@@ -107,9 +108,8 @@ class InboundSettingError(ValueError):
 
 
 def _cvr_ok(value: str) -> bool:
-    if not (isinstance(value, str) and len(value) == 8 and value.isdigit() and value[0] != "0"):
-        return False
-    return sum(int(d) * w for d, w in zip(value, (2, 7, 6, 5, 4, 3, 2, 1), strict=True)) % 11 == 0
+    """A CVR number exactly as written: 8 digits, first not 0, modulus-11 (``identity.check_cvr``)."""
+    return isinstance(value, str) and check_cvr(value).value == value
 
 
 def _pem_certificate(name: str, path: str | None) -> bytes:
