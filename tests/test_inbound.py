@@ -118,7 +118,7 @@ def token(certs, *, cvr=TOKEN_CVR, audience=FBS_ENTITY_ID, holder="serviceplatfo
 
 # --- accepted calls ------------------------------------------------------------------------------------
 
-def test_issue17_a_certificate_mode_call_lands_one_file_and_a_repeat_gets_the_first_receipt(certs, payments_dir,
+def test_issue17_P1_a_certificate_mode_call_lands_one_file_and_a_repeat_gets_the_first_receipt(certs, payments_dir,
                                                                                           service):
     c = caller(certs, service.url)
     body = c.envelope(etree.fromstring(request_xml()), CERT_CVR)
@@ -149,7 +149,7 @@ def test_issue17_a_certificate_mode_call_lands_one_file_and_a_repeat_gets_the_fi
         assert got.status_code == status, name_
 
 
-def test_issue17_only_serviceplatformens_certificate_gets_through_tls(certs, payments_dir, service):
+def test_issue17_P1_only_serviceplatformens_certificate_gets_through_tls(certs, payments_dir, service):
     body = caller(certs, service.url).envelope(etree.fromstring(request_xml()), CERT_CVR)
     before = tree(payments_dir)
     for cert in ("system", "rogue", None):      # same CA but not the pinned one; a stranger CA; none
@@ -174,7 +174,7 @@ LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
           b'</soap:Body></soap:Envelope>')
 
 
-def test_issue17_hostile_and_wrong_bodies_are_refused_before_anything_touches_the_disk(certs, payments_dir, service,
+def test_issue17_P1_hostile_and_wrong_bodies_are_refused_before_anything_touches_the_disk(certs, payments_dir, service,
                                                                                      monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     c = caller(certs, service.url)
@@ -210,7 +210,7 @@ def test_issue17_hostile_and_wrong_bodies_are_refused_before_anything_touches_th
     assert "passwd" not in caplog.text and "lol9" not in caplog.text
 
 
-def test_issue17_a_municipality_not_admitted_is_refused(certs, payments_dir, service):
+def test_issue17_P1_a_municipality_not_admitted_is_refused(certs, payments_dir, service):
     c = caller(certs, service.url)
     before = tree(payments_dir)
     stranger = post(certs, service.url, c.envelope(etree.fromstring(request_xml()), STRANGER_CVR))
@@ -226,7 +226,7 @@ def test_issue17_a_municipality_not_admitted_is_refused(certs, payments_dir, ser
     assert tree(payments_dir) == before
 
 
-def test_issue17_token_mode_admits_a_valid_token_and_refuses_a_wrong_audience_cvr_or_holder(certs, payments_dir,
+def test_issue17_P1_token_mode_admits_a_valid_token_and_refuses_a_wrong_audience_cvr_or_holder(certs, payments_dir,
                                                                                           service, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     before = tree(payments_dir)
@@ -271,7 +271,7 @@ class Crash(BaseException):
     pass
 
 
-def test_issue17_a_crash_after_landing_before_the_receipt_lands_nothing_twice(payments_dir, tmp_path):
+def test_issue17_P1_a_crash_after_landing_before_the_receipt_lands_nothing_twice(payments_dir, tmp_path):
     def crash():
         raise Crash("killed after landing, before the receipt")
 
@@ -313,7 +313,7 @@ def _run_payments(stores, box) -> dict[str, int]:
     return payments.totals(counts)
 
 
-def test_issue17_payments_delivered_through_the_service_are_applied_exactly_once(certs, payments_dir, service,
+def test_issue17_P1_payments_delivered_through_the_service_are_applied_exactly_once(certs, payments_dir, service,
                                                                                 tmp_path, caplog):
     caplog.set_level(logging.INFO)
     stores = open_stores(make_urls("sqlite", tmp_path, None))
@@ -364,7 +364,7 @@ def test_issue17_payments_delivered_through_the_service_are_applied_exactly_once
 
 # --- settings and the command line -------------------------------------------------------------------------
 
-def test_issue17_settings_are_checked_and_named(certs, payments_dir):
+def test_issue17_P1_settings_are_checked_and_named(certs, payments_dir):
     for over, named in (({"port": 70000}, "port"), ({"certificate_cvrs": ("29189405",)}, "certificate_cvrs"),
                         ({"token_cvrs": (CERT_CVR,)}, "in both"), ({"sts_cert": None}, "sts_cert"),
                         ({"serviceplatformen_cert": certs["serviceplatformen_key"]}, "serviceplatformen_cert"),
@@ -382,7 +382,7 @@ def _inbound(*args, env=None, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_issue17_the_command_line_serves_on_port_0_with_a_port_file_and_refuses_bad_settings(certs, payments_dir,
+def test_issue17_P1_the_command_line_serves_on_port_0_with_a_port_file_and_refuses_bad_settings(certs, payments_dir,
                                                                                             tmp_path):
     common = ["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--serviceplatformen-cert",
               certs["serviceplatformen_cert"], "--payments-dir", str(payments_dir)]
@@ -414,7 +414,7 @@ def test_issue17_the_command_line_serves_on_port_0_with_a_port_file_and_refuses_
     assert "PRIVATE KEY" not in out + err and full_cpr_numbers(out + err) == []
 
 
-def test_issue17_emulator_payments_calls_the_service_per_municipality_in_token_and_certificate_mode(
+def test_issue17_P1_emulator_payments_calls_the_service_per_municipality_in_token_and_certificate_mode(
         certs, payments_dir, tmp_path):
     """``sandbox emulator-payments --inbound``: one call per municipality and delivery, the token-mode
     municipality's with a token from the sandbox STS, the other's with the AuthorityContext header."""
