@@ -72,21 +72,21 @@ def _run_succeeded(context):
 def debitor_dq_report():
     @task(task_id="build_reports")
     def build_reports(data_interval_end=None) -> dict:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import report_tasks
 
-        return tasks.build_reports(tasks.report_day(data_interval_end))
+        return report_tasks.build_reports(report_tasks.report_day(data_interval_end))
 
     @task(task_id="email_reports")
     def email_reports(built: dict) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import report_tasks
 
-        return tasks.email_reports(built["manifest"], built["report_date"])
+        return report_tasks.email_reports(built["manifest"], built["report_date"])
 
     @task(task_id="email_digest", trigger_rule="all_done")
     def email_digest() -> dict:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import report_tasks
 
-        return tasks.email_digest()
+        return report_tasks.email_digest()
 
     email_reports(build_reports()) >> email_digest()
 

@@ -97,21 +97,21 @@ def debitor_payments():
 
     @task(task_id="ingest")
     def ingest(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import payment_tasks
 
-        return tasks.ingest_payments(ledger_run_id)
+        return payment_tasks.ingest_payments(ledger_run_id)
 
     @task(task_id="reconcile")
     def reconcile(ledger_run_id: str) -> dict[str, int]:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import payment_tasks
 
-        return tasks.reconcile_payments(ledger_run_id)
+        return payment_tasks.reconcile_payments(ledger_run_id)
 
     @task(task_id="differences", retries=0)
     def differences(ledger_run_id: str, result: dict[str, int]) -> int:
-        from fbs_debitor.airflow import tasks
+        from fbs_debitor.airflow import payment_tasks
 
-        return tasks.payment_differences(ledger_run_id, result)
+        return payment_tasks.payment_differences(ledger_run_id, result)
 
     run_id = open_run()
     reconciled = reconcile(run_id)

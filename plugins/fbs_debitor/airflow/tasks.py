@@ -13,7 +13,6 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -23,14 +22,9 @@ from fbs_debitor.core import alarms, ledger, migrations, settings
 from fbs_debitor.core.stores import Stores, open_stores
 from fbs_debitor.delivery import send_rate
 from fbs_debitor.eligibility import cut_off
-from fbs_debitor.payments import apply as payments
-from fbs_debitor.payments import inbox
-from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import checks as dq_checks
-from fbs_debitor.quality import digest, mailer
-from fbs_debitor.quality import report as dq_report
 from fbs_debitor.transfer import run as transfer
-from fbs_debitor.transfer.summary import format_payments_run, format_run
+from fbs_debitor.transfer.summary import format_run
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +62,7 @@ def ledger_run_id(dag_id: str, airflow_run_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fbs-debitor/{dag_id}/{airflow_run_id}"))
 
 
-def _migrate(stores: Stores) -> None:
+def migrate_ledger(stores: Stores) -> None:
     applied = migrations.migrate(stores.ledger)
     if applied:
         log.info("ledger migrated to version %s", max(applied))
@@ -77,7 +71,7 @@ def _migrate(stores: Stores) -> None:
 def open_run(kind: str, dag_id: str, airflow_run_id: str,
              interval_start: dt.datetime | None, interval_end: dt.datetime | None) -> str:
     with task_stores() as stores:
-        _migrate(stores)
+        migrate_ledger(stores)
         run_id = ledger.start_run(stores.ledger, kind, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id,
                                   interval=(interval_start, interval_end),
                                   run_id=ledger_run_id(dag_id, airflow_run_id))
@@ -185,36 +179,6 @@ def undelivered(run_id: str, delivered: dict[str, int]) -> int:
         return notifications.undelivered(stores.ledger, run_id, delivered)
 
 
-# --- debitor_payments ----------------------------------------------------------------------------
-
-def ingest_payments(run_id: str) -> dict[str, int]:
-    with task_stores(run_id, "payments") as stores:
-        box = inbox.open_inbox()
-        done = payments.ingest(stores, box, run_id)
-        log.info("payments from %s: %s", box.describe(), dict(sorted(done.items())))
-        return payments.totals(payments.record_run_counts(stores.ledger, run_id))
-
-
-def reconcile_payments(run_id: str) -> dict[str, int]:
-    """The run's reconciliation report (CSV under var/reports/payments/), and the run closed."""
-    with task_stores(run_id, "reconcile") as stores:
-        report = payment_reconciliation.reconcile_payments(stores)
-        path = report.write_csv(payment_reconciliation.report_path(run_id))
-        per_agency = payment_reconciliation.differences_per_agency(stores, report)
-        log.info("%s\nreport: %s", report.summary(), path)
-        ledger.finish_run(stores.ledger, run_id, "success")
-        log.info("run summary\n%s", format_payments_run(ledger.get_run(stores.ledger, run_id),
-                                                        ledger.run_counts(stores.ledger, run_id), stores.fbs))
-    return {"differences": len(report.differences), "held": report.movements["held"],
-            # agency -> count ("" for differences no agency's claim explains): keys and counts only
-            "differences_per_agency": {a or "": n for a, n in sorted(per_agency.items(), key=lambda i: i[0] or "")}}
-
-
-def payment_differences(run_id: str, result: dict[str, int]) -> int:
-    with task_stores() as stores:
-        return notifications.payment_differences(stores.ledger, run_id, result)
-
-
 # --- debitor_backfill ----------------------------------------------------------------------------
 
 def plan_backfill(params: dict, airflow_run_id: str) -> dict:
@@ -224,7 +188,7 @@ def plan_backfill(params: dict, airflow_run_id: str) -> dict:
     with the reason as its error; nothing is recorded then."""
     try:
         with task_stores() as stores:
-            _migrate(stores)
+            migrate_ledger(stores)
             if airflow_run_id.startswith("detected__"):
                 # Triggered by detection: the backfill it names, as it stands now (a cut-off moved
                 # forward since may have narrowed or stopped it), not the conf copied at trigger time.
@@ -266,61 +230,3 @@ def finish_backfill(plan: dict | None) -> dict:
         # finish decides the run's state (it is the last task): a good one resolves the failed-run alarm
         alarms.resolve_unseen(stores.ledger, [alerts.failed_kind("debitor_backfill")], [])
         return done
-
-
-# --- debitor_dq_report ---------------------------------------------------------------------------
-
-def report_day(data_interval_end: dt.datetime | None) -> str:
-    """The report's day: the run's data-interval end in Copenhagen time (YYYY-MM-DD)."""
-    return dq_report.report_date_for(data_interval_end).isoformat()
-
-
-def build_reports(report_date: str) -> dict:
-    """Reports under ``var/reports/<date>``, a manifest next to them; the manifest path and totals."""
-    today = dt.date.fromisoformat(report_date)
-    out = dq_report.report_dir(today)
-    with task_stores() as stores:
-        _migrate(stores)
-        reports = dq_report.build_reports(stores, out, today)
-    manifest = dq_report.write_manifest(out, reports, today)
-    log.info("reports\n%s", dq_report.format_reports(reports))
-    return {"manifest": str(manifest), "report_date": today.isoformat(), "branches": len(reports),
-            "open": sum(r.open_count for r in reports), "new": sum(r.new_count for r in reports),
-            "resolved": sum(r.resolved_count for r in reports),                  # fixed in FBS, by staff
-            "resolved_by_integration": sum(r.integration_count for r in reports),
-            "no_longer_in_scope": sum(r.out_of_scope_count for r in reports),
-            "agencies_blocked": sorted({r.agency_id for r in reports if r.agency_blocked})}
-
-
-def email_reports(manifest_path: str, report_date: str, conn_id: str = mailer.DEFAULT_CONN_ID) -> dict[str, int]:
-    """Reads the manifest the build task wrote (rebuilding the reports when this worker cannot see
-    them), sends, and records who got theirs next to the manifest, so a retry sends only what
-    failed. Fails after trying every branch if any send failed; a branch without address is a
-    warning, not a failure."""
-    manifest = Path(manifest_path)
-    if not manifest.exists():
-        log.warning("manifest %s not on this worker: building the reports again", manifest)
-        manifest = Path(build_reports(report_date)["manifest"])
-    reports = dq_report.load_manifest(manifest)
-    results = mailer.send_reports(reports, connections.smtp_settings(conn_id),
-                                  state_file=manifest.with_name(mailer.STATE_NAME))
-    log.info("email results\n%s", mailer.format_results(results))
-    failed = [f"{r.agency_id}/{r.branch_id}" for r in results if r.status == mailer.FAILED]
-    if failed:
-        raise RuntimeError(f"{len(failed)} report(s) could not be emailed: {', '.join(failed)} "
-                           f"(the others were sent; a retry sends only these)")
-    return mailer.totals(results)
-
-
-def email_digest(conn_id: str = mailer.DEFAULT_CONN_ID) -> dict:
-    """The integration team's daily digest (``quality.digest``) to FBS_DEBITOR_ALERT_EMAIL through
-    ``conn_id`` (else FBS_DEBITOR_SMTP_*). Without an SMTP server or recipients: a warning, nothing
-    marked, the task succeeds. A send that fails fails the task (its retry sends it again)."""
-    try:
-        smtp = connections.smtp_settings(conn_id)
-    except mailer.SmtpNotConfigured as exc:
-        log.warning("no SMTP server for the digest: %s", exc)
-        smtp = None
-    with task_stores() as stores:
-        _migrate(stores)
-        return digest.send_digest(stores.ledger, smtp, settings.alert_email()).as_dict()

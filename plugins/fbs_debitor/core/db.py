@@ -26,6 +26,7 @@ PostgreSQL and SQLite is decided here, once:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -491,11 +492,23 @@ def _check_identifiers(names: Iterable[str]) -> None:
 LOCKS = {"payments": 1590_0001, "sending": 1590_0002}
 
 
+def lock_part(part: str | None) -> int:
+    """The second key of a lock held per part (a municipality's CVR): a stable 31-bit number."""
+    if not part:
+        return 0
+    digest = hashlib.sha256(str(part).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
 @contextmanager
-def exclusive(engine: Engine, name: str) -> Iterator[None]:
+def exclusive(engine: Engine, name: str, part: str | None = None) -> Iterator[None]:
     """Hold the named lock of this database while the block runs, waiting for whoever holds it
-    (an Airflow task, the CLI, another worker). PostgreSQL: a session advisory lock. SQLite: an
-    exclusive ``flock`` on a file next to the database. Not re-entrant: take it once, at the top."""
+    (an Airflow task on any worker, the CLI). With ``part`` (a municipality's CVR) the lock is that
+    part's alone: two municipalities' senders run side by side, two senders of one municipality
+    never interleave. PostgreSQL: a session advisory lock (``pg_advisory_lock(name, part)``), which
+    every worker on every machine sees and which the server releases when a killed worker's session
+    ends. SQLite (the embedded demo, one machine): an exclusive ``flock`` on a file next to the
+    database. Not re-entrant: take it once, at the top."""
     key = LOCKS[name]
     if _is_sqlite(engine):
         database = engine.url.database
@@ -504,7 +517,8 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
             return
         import fcntl
 
-        with open(f"{database}.{name}.lock", "a") as handle:
+        suffix = f"{name}-{lock_part(part)}" if part else name
+        with open(f"{database}.{suffix}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -512,10 +526,10 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.execute(text("SELECT pg_advisory_lock(:k, :p)"), {"k": key, "p": lock_part(part)})
         conn.commit()
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.execute(text("SELECT pg_advisory_unlock(:k, :p)"), {"k": key, "p": lock_part(part)})
             conn.commit()

@@ -10,7 +10,7 @@ import datetime as dt
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
@@ -71,16 +71,26 @@ def finish_run(ledger: Engine, run_id: str, status: str, error: str | None = Non
 RULE_LENGTH = 30   # run_count.rule
 
 
-def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str]) -> None:
+def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iterable[str],
+                  agencies: Collection[str] | None = None) -> None:
     """Replace the run's counts in these categories (a retried task writes the same run again, not
-    twice; the steps of a run each own their categories)."""
+    twice; the steps of a run each own their categories). With ``agencies`` (a municipality's task
+    of a run whose steps run per municipality) only those agencies' counts are replaced: the other
+    municipalities' tasks of the same run write theirs beside them."""
     categories = sorted(set(categories) | {c for _, c, _ in counts})
     rows: Counter = Counter()
     for (a, c, u), n in counts.items():   # a rule is at most 30 characters (the column): e.g. a long exception name
+        if agencies is not None and a not in agencies:
+            raise ValueError(f"count for agency {a}, which is not one of this task's agencies")
         rows[(a, c, str(u)[:RULE_LENGTH])] += n
     with ledger.begin() as conn:
-        conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
-                     .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
+        if agencies is None:
+            conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
+                         .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
+        elif agencies:
+            conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs AND agency_id IN :as")
+                         .bindparams(bindparam("cs", expanding=True), bindparam("as", expanding=True)),
+                         {"r": run_id, "cs": categories, "as": sorted(agencies)})
         if rows:
             conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
                               "VALUES (:r, :a, :c, :u, :n)"),

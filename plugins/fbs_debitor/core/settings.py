@@ -172,6 +172,20 @@ def _home(raw: str) -> Path:
     return path
 
 
+def _storage_url(raw: str) -> str:
+    if raw != raw.strip() or len(raw) > 1000 or not re.match(r"[a-z][a-z0-9+.-]{0,15}://.", raw):
+        raise _Refused("not an fsspec URL")
+    if raw.startswith("file://") and not raw.startswith("file:///"):
+        raise _Refused("a file:// URL needs an absolute path (file:///...)")
+    return raw.rstrip("/")
+
+
+def _conn_id(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,250}", raw):
+        raise _Refused()
+    return raw
+
+
 def _url(raw: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -243,6 +257,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "include/xsd", "where include/ is found", _home, lambda env: HOME),
     Setting("FBS_DEBITOR_VAR", "<home>/var", "an absolute path (a folder when it exists)",
             "embedded databases, reports, outputs", _folder, lambda env: value("FBS_DEBITOR_HOME", env) / "var"),
+    Setting("FBS_DEBITOR_STORAGE_URL", "file://<var>", "an fsspec URL: file:///absolute/path, or a store's "
+            "scheme://bucket/prefix (s3://, gs://, ...; its filesystem package installed); at most 1000 characters",
+            "the shared files every worker sees: payments inbox/archive/quarantine, reports, dry runs, GX docs",
+            _storage_url, lambda env: _var(env).resolve().as_uri()),
+    Setting("FBS_DEBITOR_STORAGE_CONN_ID", "none", "an Airflow connection id (letters, digits, _ . -; 1-250)",
+            "the connection holding the store's credentials (e.g. aws_default); none for file://",
+            _conn_id, lambda env: None),
     Setting("FBS_DEBITOR_FBS_URL", "sqlite:///<var>/fbs.sqlite", "a SQLAlchemy URL; a database file must exist "
             "(created only by init and the sandbox's generate)", "the FBS extract (schema fbs)", _url,
             lambda env: f"sqlite:///{_var(env) / 'fbs.sqlite'}"),
@@ -335,6 +356,14 @@ def value(name: str, environ: Mapping[str, str] | None = None):
 
 def var_dir() -> Path:
     return value("FBS_DEBITOR_VAR")
+
+
+def storage_url() -> str:
+    return value("FBS_DEBITOR_STORAGE_URL")
+
+
+def storage_conn_id() -> str | None:
+    return value("FBS_DEBITOR_STORAGE_CONN_ID")
 
 
 @dataclass(frozen=True)

@@ -14,25 +14,23 @@ bytes), then renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 from lxml import etree
 
 from fbs_debitor.claims import messages
 from fbs_debitor.claims.sf1590 import NS_DA, NS_F
+from fbs_debitor.core.storage import PARTIAL_SUFFIX, write_atomically  # noqa: F401 - one atomic write, shared
 
 ROOT = f"{{{NS_DA}}}ForetagIndbetalingAnmodning"
 SCHEMA_FILE = "DaekningAfskrivningRegistreringAfsend.xsd"
 KINDS = {"DAEKNING": "payment", "AFSKRIVNING": "write_off", "TILBAGEBETALING": "repayment",
          "TILBAGEFOERSEL": "reversal"}
 TYPES = {kind: code for code, kind in KINDS.items()}
-PARTIAL_SUFFIX = ".part"          # a file still being written; never read
 MAX_AMOUNT = Decimal("10000000000")   # NUMERIC(12,2) in the ledger and FBS
 
 
@@ -156,28 +154,3 @@ def to_xml(movements: Iterable[Movement], at: dt.datetime, transaction_id: uuid.
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(folder: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` as ``folder/name`` so that it appears whole or not at all, and is on disk
-    before this returns: written as ``<name>.part`` (a link there is not followed), flushed,
-    fsync-ed, renamed, and the folder fsync-ed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    part = folder / (name + PARTIAL_SUFFIX)
-    if len(os.fsencode(part.name)) > 255:      # NAME_MAX: a dot-file is "being written" too
-        part = folder / f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{PARTIAL_SUFFIX}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    with os.fdopen(os.open(part, flags, 0o640), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    final = folder / name
-    os.replace(part, final)
-    _fsync_dir(folder)
-    return final

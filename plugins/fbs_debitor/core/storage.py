@@ -1,0 +1,95 @@
+"""Shared files: where every worker of a deployment sees the same ones.
+
+Everything the integration keeps as a file (the payments inbox, archive and quarantine and the
+inbound receipts, the staff reports and their manifests, the payment and claim reconciliation
+reports, backfill dry-run output, the GX Data Docs site) lives under ONE root, an Airflow
+``ObjectStoragePath``:
+
+* ``FBS_DEBITOR_STORAGE_URL``: the root, any fsspec URL: ``file:///srv/fbs-debitor`` (a disk or
+  a network share every worker mounts), ``s3://bucket/fbs-debitor`` (an S3-compatible store, with
+  the Amazon provider installed), ... Default: ``file://<FBS_DEBITOR_VAR>``, the embedded demo's
+  ``var/`` folder, so nothing changes for a single machine.
+* ``FBS_DEBITOR_STORAGE_CONN_ID``: the Airflow connection with the store's credentials (for
+  example ``aws_default``); none for ``file://``.
+
+Two workers on two machines then read and write the same files. A file is written whole or not
+at all: on a local root through ``payments.files.write_atomically`` (a temporary file, fsync,
+rename), on an object store by one PUT (an object store never shows half an object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fbs_debitor.core import settings
+
+PARTIAL_SUFFIX = ".part"          # a file still being written; never read
+
+
+def root():
+    """The root as an ``ObjectStoragePath`` (``airflow.sdk``; imported here, not at module top)."""
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(settings.storage_url(), conn_id=settings.storage_conn_id())
+
+
+def path(*parts: str):
+    """``root() / part / part ...``: the shared place of one kind of file."""
+    p = root()
+    for part in parts:
+        p = p / part
+    return p
+
+
+def is_local(p) -> bool:
+    """True when ``p`` is on this machine's file system (``file://``, or a plain Path)."""
+    if isinstance(p, Path):
+        return True
+    return (getattr(p, "protocol", None) or "file") in ("file", "local")
+
+
+def local_path(p) -> Path | None:
+    """The plain ``Path`` of a local ``p``; None on an object store."""
+    if isinstance(p, Path):
+        return p
+    if not is_local(p):
+        return None
+    return Path(p.path)
+
+
+def write(p, data: bytes) -> None:
+    """``data`` as the file ``p``, whole or not at all (see the module doc)."""
+    local = local_path(p)
+    if local is not None:
+        write_atomically(local.parent, local.name, data)
+        return
+    p.write_bytes(data)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` as ``folder/name`` on this machine's disk so that it appears whole or not at
+    all, and is on disk before this returns: written as ``<name>.part`` (a link there is not
+    followed), flushed, fsync-ed, renamed, and the folder fsync-ed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (name + PARTIAL_SUFFIX)
+    if len(os.fsencode(part.name)) > 255:      # NAME_MAX: a dot-file is "being written" too
+        part = folder / f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{PARTIAL_SUFFIX}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(part, flags, 0o640), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    final = folder / name
+    os.replace(part, final)
+    _fsync_dir(folder)
+    return final
