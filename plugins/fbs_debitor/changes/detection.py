@@ -55,7 +55,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -72,7 +72,7 @@ from fbs_debitor.core.db import Unreadable, as_amount, as_date, as_datetime, exa
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.delivery.outbox import message_key
+from fbs_debitor.delivery.outbox import agency_list, agency_params, for_agencies, message_key
 
 log = logging.getLogger(__name__)
 
@@ -246,27 +246,35 @@ class _Context:
                          state.patron_id, state.liability_id, TASK_KIND, message)
 
 
-def sent_claim_pages(stores: Stores, page_size: int = 5000) -> Iterator[tuple[list, dict]]:
+def sent_claim_pages(stores: Stores, page_size: int = 5000, *,
+                     agencies: Collection[str] | None = None) -> Iterator[tuple[list, dict]]:
     """Every claim the debtor system accepted (its ledger row), page by page in liability order,
     with FBS's state of those liabilities now (``claim_state.sql``, by liability id; a liability
-    gone from FBS is absent)."""
-    claims_query = text(
+    gone from FBS is absent). ``agencies`` (issue 18: one unit's): only the claims recorded for
+    those agencies (``claim.agency_id``, in the query), None every agency."""
+    only = agency_list(agencies)
+    claims_query = for_agencies(
         "SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
         "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim "
-        "WHERE state = 'accepted' AND liability_id > :last ORDER BY liability_id LIMIT :n")
+        "WHERE state = 'accepted'{agencies} AND liability_id > :last ORDER BY liability_id LIMIT :n", only,
+        "agency_id IN :agencies")
     state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
-    for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1, {"n": page_size}, after="last"):
+    for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1,
+                               {"n": page_size, **agency_params(only)}, after="last"):
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
         yield claims, states
 
 
-def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None) -> Counter:
+def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None, *,
+                   agencies: Collection[str] | None = None) -> Counter:
     """Compare every accepted claim with FBS and record the changes as outbox messages.
-    Returns counts (agency, 'change_recorded', kind)."""
+    Returns counts (agency, 'change_recorded', kind). ``agencies`` (issue 18: one unit's, a
+    municipality at its debtor system): only the claims recorded for those agencies; None every
+    agency."""
     ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
     counts: Counter = Counter()
-    for claims, states in sent_claim_pages(stores, page_size):
+    for claims, states in sent_claim_pages(stores, page_size, agencies=agencies):
         updates, tasks = _compare_page(ctx, claims, states)
         if tasks:
             with stores.fbs.begin() as conn:     # FBS first: idempotent by task id

@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Collection
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
@@ -54,8 +55,11 @@ from fbs_debitor.delivery.outbox import (
     NOT_REBUILDABLE,
     REJECTED,
     Link,
+    agency_list,
+    agency_params,
     answered,
     call_rejected,
+    for_agencies,
     held_rule,
     mark_attempt,
     record_failure,
@@ -72,24 +76,31 @@ CHANGES_ACCEPTED, CHANGES_REJECTED, CHANGES_UNCONFIRMED = "changes_accepted", "c
 CHANGE_CATEGORIES = (RECORDED, CHANGES_ACCEPTED, CHANGES_REJECTED, CHANGES_UNCONFIRMED)
 REASONS = {"cancel": "cancelled in FBS", "increase_cancel": "amount increased in FBS: replaced by a new claim"}
 
-_NEXT = text(
+# {agencies}: a unit's agencies (issue 18), by the claim's recorded agency; a liability's messages all
+# belong to its one claim row, so the filter never splits a liability and the order below holds.
+_NEXT = (
     "SELECT o.message_key, o.liability_id, o.version, o.operation, o.change_kind, o.fordring_id, o.amount, "
     "o.depends_on, o.attempts, c.agency_id, d.state AS depends_state, d.fordring_id AS depends_fordring_id "
     "FROM outbox o "
     "JOIN claim c ON c.liability_id = o.liability_id "
     "LEFT JOIN outbox d ON d.message_key = o.depends_on "
-    "WHERE o.state IN ('pending', 'sent') AND o.version > 1 AND o.liability_id > :last "
+    "WHERE o.state IN ('pending', 'sent') AND o.version > 1{agencies} AND o.liability_id > :last "
     "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.liability_id = o.liability_id AND p.version < o.version "
     "AND p.state IN ('pending', 'sent') "
     "AND NOT (p.change_kind = 'identity' AND p.error_code = 'NOT_REBUILDABLE')) ORDER BY o.liability_id LIMIT :n")
 
 
 def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
-                 today: dt.date | None = None, link: Link | None = None, held: Counter | None = None) -> int:
+                 today: dt.date | None = None, link: Link | None = None, held: Counter | None = None, *,
+                 agencies: Collection[str] | None = None) -> int:
     """Every recorded change whose turn it is, in rounds until none is left that can go now.
     Returns how many messages were sent. An agency whose municipality has no working access this
     run keeps its changes for the next run, counted in ``held`` as ``(agency, HELD_ACCESS_CHANGES,
-    "<cvr>:<reason>")``."""
+    "<cvr>:<reason>")``. ``agencies`` (issue 18: one unit's): only the changes of claims recorded
+    for those agencies (``claim.agency_id``), None every agency."""
+    only = agency_list(agencies)
+    query = for_agencies(_NEXT, only)
+    params = {"n": page_size, **agency_params(only)}
     today = today or dt.date.today()
     link = link or Link()
     tried: set[str] = set()
@@ -97,7 +108,7 @@ def send_changes(stores: Stores, client: Client, run_id: str, batch_size: int, p
     registry: list[ReplacementCprRegistry] = []       # loaded once, when a message needs rebuilding
     while not link.down:
         sent_this_round = 0
-        for rows in keyset_pages(stores.ledger, _NEXT, "liability_id", -1, {"n": page_size}, after="last"):
+        for rows in keyset_pages(stores.ledger, query, "liability_id", -1, params, after="last"):
             if link.down:
                 break
             rows = [r for r in rows if r.message_key not in tried]

@@ -56,12 +56,13 @@ import logging
 import re
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
 from lxml import etree
-from sqlalchemy import text
+from sqlalchemy import String, bindparam, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import TextClause
 
 from fbs_debitor.claims import fingerprints, messages
 from fbs_debitor.claims import sf1590 as mapping
@@ -114,6 +115,33 @@ def fingerprint(account: Account) -> str:
     holder = etree.Element("x")
     mapping.account_element(holder, account)
     return hashlib.sha256(etree.tostring(holder[0], method="c14n")).hexdigest()
+
+
+def agency_list(agencies: Collection[str] | None) -> list[str] | None:
+    """A unit's agencies (issue 18: one municipality at its debtor system) as the sorted list an
+    expanding ``IN :agencies`` takes; None (every agency) stays None. A bare string is refused: it
+    would be read as its characters."""
+    if agencies is None:
+        return None
+    if isinstance(agencies, str | bytes):
+        raise TypeError(f"agencies must be a collection of agency ids, not the string {agencies!r}")
+    return sorted({str(a) for a in agencies})
+
+
+def for_agencies(sql: str, agencies: list[str] | None, condition: str = "c.agency_id IN :agencies") -> TextClause:
+    """``sql`` with its ``{agencies}`` marker made `` AND <condition>`` (``:agencies`` an expanding
+    parameter: the unit's few agency ids, bound as a list) or nothing at all when ``agencies`` is
+    None (every agency: the query is the one used before units existed)."""
+    if agencies is None:
+        return text(sql.replace("{agencies}", ""))
+    # typed: an empty unit's IN () is rendered as a typed empty set (PostgreSQL compares no text with integers)
+    return text(sql.replace("{agencies}", f" AND {condition}")).bindparams(
+        bindparam("agencies", expanding=True, type_=String()))
+
+
+def agency_params(agencies: list[str] | None) -> dict:
+    """The parameters ``for_agencies`` needs (none when every agency)."""
+    return {} if agencies is None else {"agencies": agencies}
 
 
 def rule_of(error_code: str | None) -> str:
@@ -449,20 +477,28 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
 
 
 def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
-                       today: dt.date | None = None, link: Link | None = None, failed: Counter | None = None) -> int:
+                       today: dt.date | None = None, link: Link | None = None, failed: Counter | None = None, *,
+                       agencies: Collection[str] | None = None) -> int:
     """Every message still ``pending`` or ``sent`` (a crash, a timeout, an outage in an earlier
     run), rebuilt from FBS and sent again under its recorded key. Returns how many were resent.
     An unexpected error while sending one agency's messages leaves them as they are (for the next
-    run) and the other agencies go on; it is counted in ``failed`` as ``(agency, "failed_resend", type)``."""
+    run) and the other agencies go on; it is counted in ``failed`` as ``(agency, "failed_resend", type)``.
+
+    ``agencies`` (issue 18: one unit's, a municipality at its debtor system): only the messages of
+    claims recorded for those agencies (``claim.agency_id``), None every agency. A claim recorded
+    for an agency whose liability moved to another since is still its recorded agency's to resolve
+    (withdrawn or NOT_REBUILDABLE as below), never the new agency's."""
     today = today or dt.date.today()
     link = link or Link()
     registry: ReplacementCprRegistry | None = None
     total = 0
-    query = text("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, o.amount, "
-                 "c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
-                 "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.version = 1 "
-                 "AND o.liability_id > :last ORDER BY o.liability_id LIMIT :n")
-    for rows in keyset_pages(stores.ledger, query, "liability_id", -1, {"o": CREATE, "n": page_size}, after="last"):
+    only = agency_list(agencies)
+    query = for_agencies("SELECT o.message_key, o.liability_id, o.fordring_id, o.fingerprint, o.attempts, o.amount, "
+                         "c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "
+                         "WHERE o.state IN ('pending', 'sent') AND o.operation = :o AND o.version = 1{agencies} "
+                         "AND o.liability_id > :last ORDER BY o.liability_id LIMIT :n", only)
+    for rows in keyset_pages(stores.ledger, query, "liability_id", -1,
+                             {"o": CREATE, "n": page_size, **agency_params(only)}, after="last"):
         if link.down:
             break
         registry = registry or ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))

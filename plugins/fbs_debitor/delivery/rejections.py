@@ -45,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
@@ -60,7 +61,17 @@ from fbs_debitor.core.db import keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.delivery.outbox import CREATE, Tracked, fingerprint, message_key, rule_of, tracked
+from fbs_debitor.delivery.outbox import (
+    CREATE,
+    Tracked,
+    agency_list,
+    agency_params,
+    fingerprint,
+    for_agencies,
+    message_key,
+    rule_of,
+    tracked,
+)
 from fbs_debitor.delivery.staff_tasks import resolve_superseded_tasks
 
 log = logging.getLogger(__name__)
@@ -71,8 +82,9 @@ SENT_AGAIN = "sent_again"      # counts (agency, SENT_AGAIN, rule of the rejecti
 # Keyset pages over the rejected claims, then their rejected creations by liability id: each
 # query uses its index whatever the planner knows (a join here made SQLite without statistics
 # range-scan the outbox once per claim).
-_CLAIMS = text("SELECT liability_id, agency_id, fordring_id, generation, current_version FROM claim "
-               "WHERE state = 'rejected' AND liability_id > :last ORDER BY liability_id LIMIT :n")
+# ({agencies}: a unit's agencies, issue 18)
+_CLAIMS = ("SELECT liability_id, agency_id, fordring_id, generation, current_version FROM claim "
+           "WHERE state = 'rejected'{agencies} AND liability_id > :last ORDER BY liability_id LIMIT :n")
 _CREATIONS = text("SELECT liability_id, fordring_id, message_key, fingerprint, error_code FROM outbox "
                   "WHERE liability_id IN :ids AND operation = :op AND state = 'rejected' AND superseded_by IS NULL"
                   ).bindparams(bindparam("ids", expanding=True))
@@ -149,13 +161,19 @@ class _Context:
 
 # --- automatically, when the data changed -------------------------------------------------------------
 
-def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None) -> Counter:
+def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None, *,
+                    agencies: Collection[str] | None = None) -> Counter:
     """Every rejected claim whose data changed since the rejection, recorded again under the next
     generation of its FordringID (sent by ``changes.sending.send_changes``), its staff task
-    resolved. Returns counts (agency, ``sent_again``, rule of the rejection)."""
+    resolved. Returns counts (agency, ``sent_again``, rule of the rejection). ``agencies`` (issue
+    18: one unit's, a municipality at its debtor system): only the claims recorded for those
+    agencies (``claim.agency_id``) and their tasks; None every agency."""
     ctx = _Context(stores, today)
     counts: Counter = Counter()
-    for claims in keyset_pages(stores.ledger, _CLAIMS, "liability_id", -1, {"n": page_size}, after="last"):
+    only = agency_list(agencies)
+    query = for_agencies(_CLAIMS, only, "agency_id IN :agencies")
+    for claims in keyset_pages(stores.ledger, query, "liability_id", -1, {"n": page_size, **agency_params(only)},
+                               after="last"):
         rows = _rejected(stores, claims)
         fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, [r.liability_id for r in rows],
                                                                        ctx.today)} if rows else {}
@@ -178,7 +196,7 @@ def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: d
             by_rule[rule] += n
         log.info("%d rejected claim(s) whose data changed recorded again under a new FordringID: %s",
                  sum(counts.values()), dict(sorted(by_rule.items())))
-    resolve_superseded_tasks(stores, run_id)
+    resolve_superseded_tasks(stores, run_id, agencies=only)
     return counts
 
 

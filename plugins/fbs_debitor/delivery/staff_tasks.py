@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 
 from sqlalchemy import bindparam, text
 
@@ -33,7 +34,7 @@ from fbs_debitor.core.db import keyset_pages
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.delivery.outbox import NOT_REBUILDABLE, rule_of
+from fbs_debitor.delivery.outbox import NOT_REBUILDABLE, agency_list, agency_params, for_agencies, rule_of
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +173,22 @@ def _remember(stores: Stores, run_id: str, raised: list[tuple[str, int, str, str
                 run_id, at)
 
 
-def resolve_superseded_tasks(stores: Stores, run_id: str | None, chunk: int = 1000) -> int:
+def resolve_superseded_tasks(stores: Stores, run_id: str | None, chunk: int = 1000, *,
+                             agencies: Collection[str] | None = None) -> int:
     """The staff tasks of rejected claims that went again under a new FordringID
     (``outbox.superseded_by``) resolved in FBS, then remembered in the outbox
     (``task_resolved_at``) with an event (M2). Idempotent: a crash in between is finished by the
-    next call. Returns how many tasks were resolved now."""
-    query = text("SELECT message_key, liability_id, task_id, superseded_by FROM outbox WHERE state = 'rejected' "
-                 "AND superseded_by IS NOT NULL AND task_resolved_at IS NULL AND message_key > :last "
-                 "ORDER BY message_key LIMIT :c")
+    next call. Returns how many tasks were resolved now. ``agencies`` (issue 18: one unit's): only
+    those of claims recorded for those agencies (``claim.agency_id``), None every agency."""
+    only = agency_list(agencies)
+    query = for_agencies("SELECT message_key, liability_id, task_id, superseded_by FROM outbox WHERE state = 'rejected' "
+                         "AND superseded_by IS NOT NULL AND task_resolved_at IS NULL{agencies} AND message_key > :last "
+                         "ORDER BY message_key LIMIT :c", only,
+                         "liability_id IN (SELECT c.liability_id FROM claim c WHERE c.agency_id IN :agencies)")
     resolve = text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL")
     resolved = 0
-    for rows in keyset_pages(stores.ledger, query, "message_key", "", {"c": chunk}, after="last"):
+    for rows in keyset_pages(stores.ledger, query, "message_key", "", {"c": chunk, **agency_params(only)},
+                             after="last"):
         at = ledger.now()
         done: list[tuple[str, int, str, str]] = []
         with stores.fbs.begin() as conn:
