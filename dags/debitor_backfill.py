@@ -30,15 +30,18 @@ Tasks:
    the ledger (`backfill`) and cuts its range (new date up to where the hourly run transfers
    from) into calendar months. Triggering again with the same agency and date resumes an
    unfinished backfill: months already done are not done again.
-   **chunks** hands the months to the next step, one mapped task each.
-2. **run_chunk** (mapped, one per month, labelled `YYYY-MM`) — the hourly run's own steps on that
+   **chunks_kmd_opus**, **chunks_prisme**, **chunks_eg** hand the months to the next step of the
+   agency's debtor system (the others get none and are skipped), one mapped task each.
+2. **run_chunk_kmd_opus**, **run_chunk_prisme**, **run_chunk_eg** (mapped, one per month,
+   labelled `YYYY-MM`; only the agency's debtor system's has months) — the hourly run's own steps on that
    month only: data-quality checks (findings reported like any other), eligibility T1-T6 (closed
    and sent-to-collection liabilities are never sent, T3; ones already in the ledger never again),
    claims built with responsibility as at each liability's creation (C5), sent through the
    outbox exactly once, rejections as staff tasks. At most
    `FBS_DEBITOR_BACKFILL_MAX_CLAIMS_PER_SECOND` claims per second (default 200). One month at a
-   time, in the pool `debitor_debtor_system` at a lower priority than debitor_transfer's sending
-   tasks: each of those waits for at most the month in progress. A month that fails (the debtor
+   time, in the pool of the agency's debtor system (`debitor_kmd_opus`, `debitor_prisme`,
+   `debitor_eg`) at a lower priority than debitor_transfer's sending tasks there: each of those
+   waits for at most the month in progress, and other debtor systems not at all. A month that fails (the debtor
    system not answering, a crash) fails its task; clear it (or trigger again) to resume: what it
    recorded goes again under its own keys, nothing twice.
 3. **finish** — runs whatever happened before it. When **plan** failed (or was skipped) it says
@@ -63,6 +66,11 @@ def _run_failed(context):
     alerts.run_failed(context)
 
 
+# The debtor systems (fbs_debitor.transfer.units.VENDORS), each with its pool, shared with
+# debitor_transfer's sending steps, which go first (priority 10 against the months' 1).
+VENDORS = ("KMD_OPUS", "PRISME", "EG")
+
+
 @dag(
     dag_id="debitor_backfill",
     schedule=None,
@@ -79,7 +87,7 @@ def _run_failed(context):
         "dry_run": Param(False, type="boolean", description="write what would be sent; send nothing"),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000, description="claims per SF1590 call"),
     },
-    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+    default_args={"owner": "fbs-debitor", "retries": 2,
                   "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=3),
                   "on_failure_callback": _run_failed},
     # No DAG-level callbacks: with params that have no default, Airflow 3.3.2's `dags test` crashes
@@ -99,11 +107,12 @@ def debitor_backfill():
         return tasks.plan_backfill(dict(params), dag_run.run_id)
 
     @task(task_id="chunks")
-    def chunks(planned: dict) -> list[dict]:
-        return planned["chunk_list"]
+    def chunks(planned: dict, vendor: str) -> list[dict]:
+        # The agency's months go through its debtor system's pool: an empty list elsewhere (skipped).
+        return planned["chunk_list"] if planned.get("vendor") == vendor else []
 
-    @task(task_id="run_chunk", pool="debitor_debtor_system", priority_weight=1, weight_rule="absolute",
-          max_active_tis_per_dagrun=1, map_index_template="{{ chunk_label }}")
+    @task(task_id="run_chunk", priority_weight=1, weight_rule="absolute", max_active_tis_per_dagrun=1,
+          map_index_template="{{ chunk_label }}")
     def run_chunk(chunk: dict, dag_run=None) -> dict:
         from fbs_debitor.airflow import tasks
 
@@ -117,7 +126,9 @@ def debitor_backfill():
         return tasks.finish_backfill(planned)
 
     planned = plan()
-    done = run_chunk.expand(chunk=chunks(planned))
+    done = [run_chunk.override(task_id=f"run_chunk_{vendor.lower()}", pool=f"debitor_{vendor.lower()}").expand(
+                chunk=chunks.override(task_id=f"chunks_{vendor.lower()}")(planned, vendor))
+            for vendor in VENDORS]
     done >> finish(planned)
 
 

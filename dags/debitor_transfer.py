@@ -10,7 +10,15 @@ import pendulum
 
 # TriggerDagRunOperator is the one import from outside airflow.sdk: the SDK does not export it.
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, SyncCallback, dag, task
+from airflow.sdk import (
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    SyncCallback,
+    dag,
+    task,
+    task_group,
+)
 
 DOC_MD = """
 ### debitor_transfer — FBS liabilities to the municipal debtor system (SF1590_B_01)
@@ -33,32 +41,46 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
    dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
    the GX Data Docs site under `var/data_docs/` gains this run (the newest 48 runs are kept).
-4. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
+4. **municipalities_kmd_opus**, **municipalities_prisme**, **municipalities_eg** — list the municipalities (FBS's `agency.municipality_cvr`)
+   at each debtor system (KMD OPUS, Prisme, EG). **The municipality is the unit of isolation**:
+   steps 5-7 run once per municipality, as mapped task groups **send_kmd_opus**, **send_prisme**,
+   **send_eg** (one per debtor system) labelled by
+   municipality in the grid (`60104190 Søvang (PRISME)`), in the debtor system's own pool
+   (`debitor_kmd_opus`, `debitor_prisme`, `debitor_eg`), so a slow vendor does not starve the
+   others; each municipality sends under its own lock (a PostgreSQL advisory lock every worker
+   sees), its own Serviceplatformen access and its own view of an outage. One municipality's hold,
+   outage or crash fails only its own tasks; the others finish.
+5. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
    crash, a timeout, an outage) are rebuilt from FBS and sent again **under their own keys**; the
    debtor system answers a repeated key with its first answer, so nothing is billed twice.
-5. **build_and_send** — selects every open liability created on or after the agency's cut-off
-   date (T1, T3) that is not yet in the ledger; fees at once, compensations on creation or once
-   verified (T2). Liabilities that cannot go (T4, T5, T6, and what the builder finds) are kept as
-   findings with their rule, never dropped. The rest are built into claims; new replacement CPRs
-   (I1) and C5 tasks are written to FBS first; each batch is recorded in the ledger's outbox
-   (`pending`), marked `sent` before every transmission and `accepted`/`rejected` from the debtor
-   system's receipts. Transient faults are retried with backoff inside the call; when a batch
-   still gets no answer, the rest of the run sends nothing new (it waits for the next run).
-6. **send_changes** — keeps claims already sent true (U1-U4): every accepted claim is compared
+6. **build_and_send** — selects every open liability of the municipality created on or after the
+   agency's cut-off date (T1, T3) that is not yet in the ledger; fees at once, compensations on
+   creation or once verified (T2). Liabilities that cannot go (T4, T5, T6, and what the builder
+   finds) are kept as findings with their rule, never dropped. The rest are built into claims; new
+   replacement CPRs (I1) and C5 tasks are written to FBS first; each batch is recorded in the
+   ledger's outbox (`pending`), marked `sent` before every transmission and `accepted`/`rejected`
+   from the debtor system's receipts. Transient faults are retried with backoff inside the call;
+   when a batch still gets no answer, the rest of that municipality's run sends nothing new (it
+   waits for the next run); the other municipalities go on.
+   **send_changes** — keeps claims already sent true (U1-U4): every accepted claim is compared
    with FBS now (amount, status, repayment mark, and keyed fingerprints of the CPR/CVR fields of
    its parties); each difference is recorded as its own versioned message (cancellation,
    write-down, increase = cancellation + new claim with a new FordringID, identifier change,
    repayment) and sent in order per liability: a change never overtakes the creation or the
    change before it. Closed or sent-to-collection after sending is told to staff, not to the
    debtor system. `python -m fbs_debitor history <liability>` shows a liability's whole trail.
+   **municipality_done** — red, without retries, when that municipality's part is not done (its
+   sending did not finish, an agency failed part-way, it is held for want of access, or claims are
+   unconfirmed after every retry), naming it; green otherwise.
 7. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
    Danish and English; rejections are never sent again. Claims unanswered after many attempts,
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
    run's accepted / rejected / unconfirmed counts, of new claims and of changes. Runs even when
    sending failed part-way.
-8. **close_run** — resolves findings this run no longer saw (fixed in FBS, resolved by the
-   integration itself, or no longer in scope), closes the run in the ledger and logs the counts
-   per agency and rule. The run is closed as failed when an agency's work failed part-way.
+8. **close_run** — runs whatever happened to the municipalities; resolves findings this run no longer saw (fixed in FBS, resolved by the
+   integration itself, or no longer in scope) of the agencies it assessed, closes the run in the
+   ledger and logs the counts per agency and rule. The run is closed as failed, naming them, when a
+   municipality's sending did not finish or an agency's work failed part-way.
 9. **held_agencies** — an agency held because its age limit is outside 15-21 (C3) is a **staff
    alarm** and a warning naming the agency and the setting; the task succeeds (staff fix it in
    FBS; the daily digest and the status page say it; the first run that no longer sees it
@@ -77,8 +99,9 @@ and the next good run resolves it. A run not finished 50 minutes after it was qu
 
 Eligibility is state-based, not window-based: a liability created in an earlier window but seen
 only now (late arrival) is still picked up. The data interval is recorded with the run.
-The sending tasks share the pool `debitor_debtor_system` (1 slot) with debitor_backfill's chunks,
-at a higher priority: each sending task waits for at most the backfill month in progress.
+The sending tasks share their debtor system's pool with debitor_backfill's months of the same
+debtor system, at a higher priority: a backfill never holds up the hourly run of another vendor.
+A task's retry waits Airflow's `[core] default_task_retry_delay` (120 s in ./run and docker-compose).
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
 (endpoint, service agreement / user system / user UUIDs, client certificate; see docs/deployment.md#connections).
 """
@@ -105,8 +128,11 @@ DEADLINE = None if DAGS_TEST else DeadlineAlert(
     callback=SyncCallback("fbs_debitor.airflow.alerts.deadline_missed", kwargs={"dag_id": "debitor_transfer", "minutes": 50}))
 
 
-# The steps that talk to the debtor system: one at a time with debitor_backfill's chunks, first.
-SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule": "absolute"}
+# The debtor systems (fbs_debitor.transfer.units.VENDORS): each municipality's sending steps run as
+# mapped tasks in its debtor system's pool, so a slow vendor does not starve the others; debitor_backfill's
+# months share the same pools at a lower priority.
+VENDORS = ("KMD_OPUS", "PRISME", "EG")
+SENDING = {"priority_weight": 10, "weight_rule": "absolute"}
 
 
 @dag(
@@ -115,7 +141,7 @@ SENDING = {"pool": "debitor_debtor_system", "priority_weight": 10, "weight_rule"
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+    default_args={"owner": "fbs-debitor", "retries": 2,
                   "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
                   "on_failure_callback": _run_failed},
     on_failure_callback=_run_failed,
@@ -151,23 +177,49 @@ def debitor_transfer():
 
         return tasks.data_quality(ledger_run_id)
 
-    @task(task_id="resend_unconfirmed", **SENDING)
-    def resend_unconfirmed(ledger_run_id: str) -> int:
+    @task(task_id="municipalities")
+    def municipalities(ledger_run_id: str, vendor: str) -> list[dict]:
         from fbs_debitor.airflow import tasks
 
-        return tasks.resend_unconfirmed(ledger_run_id)
+        return tasks.municipalities(ledger_run_id, vendor)
 
-    @task(task_id="build_and_send", **SENDING)
-    def build_and_send(ledger_run_id: str, ti=None) -> dict[str, int]:
+    @task(task_id="resend_unconfirmed", map_index_template="{{ unit_label }}", **SENDING)
+    def resend_unconfirmed(ledger_run_id: str, unit: dict) -> int:
         from fbs_debitor.airflow import tasks
 
-        return tasks.build_and_send(ledger_run_id, try_number=ti.try_number if ti else 1)
+        return tasks.resend_unconfirmed(ledger_run_id, unit)
 
-    @task(task_id="send_changes", **SENDING)
-    def send_changes(ledger_run_id: str) -> dict[str, int]:
+    @task(task_id="build_and_send", map_index_template="{{ unit_label }}", **SENDING)
+    def build_and_send(ledger_run_id: str, unit: dict, ti=None) -> dict[str, int]:
         from fbs_debitor.airflow import tasks
 
-        return tasks.send_changes(ledger_run_id)
+        return tasks.build_and_send(ledger_run_id, unit, try_number=ti.try_number if ti else 1)
+
+    @task(task_id="send_changes", map_index_template="{{ unit_label }}", **SENDING)
+    def send_changes(ledger_run_id: str, unit: dict) -> dict[str, int]:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.send_changes(ledger_run_id, unit)
+
+    @task(task_id="municipality_done", map_index_template="{{ unit_label }}", retries=0)
+    def municipality_done(ledger_run_id: str, unit: dict) -> str:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.municipality_done(ledger_run_id, unit)
+
+    def sending(vendor: str):
+        """One debtor system's municipalities, each its own mapped group: unconfirmed first, the new
+        claims, the changes, then whether it is done (red for that municipality alone when not)."""
+        pool = f"debitor_{vendor.lower()}"
+
+        @task_group(group_id=f"send_{vendor.lower()}")
+        def send(ledger_run_id: str, unit: dict):
+            resent = resend_unconfirmed.override(pool=pool)(ledger_run_id, unit)
+            built = build_and_send.override(pool=pool)(ledger_run_id, unit)
+            changed = send_changes.override(pool=pool)(ledger_run_id, unit)
+            resent >> built >> changed >> municipality_done(ledger_run_id, unit)
+
+        return send
 
     @task(task_id="raise_staff_tasks", trigger_rule="all_done")
     def raise_staff_tasks(ledger_run_id: str) -> dict[str, int]:
@@ -175,7 +227,7 @@ def debitor_transfer():
 
         return tasks.raise_staff_tasks(ledger_run_id)
 
-    @task(task_id="close_run")
+    @task(task_id="close_run", trigger_rule="all_done")
     def close_run(ledger_run_id: str) -> str:
         from fbs_debitor.airflow import tasks
 
@@ -205,12 +257,13 @@ def debitor_transfer():
                                   skip_when_already_exists=True, wait_for_completion=False,
                                   retries=1).expand_kwargs(detected)
     dq = data_quality(run_id)
-    changed = send_changes(run_id)
-    delivered = raise_staff_tasks(run_id)   # all_done: rejections become tasks even when sending failed
-    closed = close_run(run_id)              # only when sending itself succeeded
-    detected >> regular_run(run_id) >> dq >> resend_unconfirmed(run_id) >> build_and_send(run_id) >> changed
-    changed >> [delivered, closed]
-    delivered >> closed >> [held_agencies(closed, dq), failed_agencies(closed), undelivered(closed, delivered)]
+    units = [municipalities.override(task_id=f"municipalities_{vendor.lower()}")(run_id, vendor) for vendor in VENDORS]
+    groups = [sending(vendor).partial(ledger_run_id=run_id).expand(unit=found) for vendor, found in zip(VENDORS, units, strict=True)]
+    delivered = raise_staff_tasks(run_id)   # all_done: after every municipality, whatever happened to any
+    closed = close_run(run_id)              # all_done likewise: the run is closed naming who needs attention
+    detected >> regular_run(run_id) >> dq >> units
+    groups >> delivered >> closed
+    closed >> [held_agencies(closed, dq), failed_agencies(closed), undelivered(closed, delivered)]
 
 
 debitor_transfer()

@@ -80,18 +80,37 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert order[:2] == ["open_run", "detect_cut_off"]
     alarms = {"held_agencies", "failed_agencies", "undelivered"}
     main = [t for t in order if t != "trigger_backfill" and t not in alarms]
-    assert main == ["open_run", "detect_cut_off", "regular_run", "data_quality", "resend_unconfirmed",
-                    "build_and_send", "send_changes", "raise_staff_tasks", "close_run"]
+    assert main[:4] == ["open_run", "detect_cut_off", "regular_run", "data_quality"]
+    assert main[-2:] == ["raise_staff_tasks", "close_run"]
     assert dag.get_task("trigger_backfill").upstream_task_ids == {"detect_cut_off"}
     assert set(order[-3:]) == alarms and all(dag.get_task(t).upstream_task_ids >= {"close_run"} for t in alarms)
-    # the steps that talk to the debtor system share one pool with debitor_backfill's months, first
-    for task_id in ("resend_unconfirmed", "build_and_send", "send_changes"):
-        task = dag.get_task(task_id)
-        assert task.pool == "debitor_debtor_system" and task.priority_weight > 1
+    # Issue 18: the municipality is the unit of isolation. Per debtor system, the municipalities
+    # are listed, then each one's sending is a mapped group (labelled by municipality in the grid):
+    # unconfirmed first, the new claims, the changes (U1-U4 after the new claims), then whether it
+    # is done; each debtor system's steps are in its own pool, first before debitor_backfill's months.
+    from fbs_debitor.transfer.units import VENDORS, pool_for
+
+    for vendor in VENDORS:
+        group = f"send_{vendor.lower()}"
+        listed = dag.get_task(f"municipalities_{vendor.lower()}")
+        assert listed.upstream_task_ids >= {"data_quality"}
+        steps = [f"{group}.{s}" for s in ("resend_unconfirmed", "build_and_send", "send_changes", "municipality_done")]
+        assert [t for t in main if t.startswith(group + ".")] == steps
+        for step in steps:
+            task = dag.get_task(step)
+            assert task.map_index_template == "{{ unit_label }}"
+            assert listed.task_id in task.upstream_task_ids
+        for step in steps[:3]:
+            task = dag.get_task(step)
+            assert task.pool == pool_for(vendor) and task.priority_weight > 1
+        assert dag.get_task(f"{group}.municipality_done").retries == 0
+        # one municipality's red group does not stop the run's closing steps
+        assert f"{group}.municipality_done" in dag.get_task("raise_staff_tasks").upstream_task_ids
+    assert dag.get_task("raise_staff_tasks").trigger_rule == dag.get_task("close_run").trigger_rule == "all_done"
     # Transient work is retried (sending is safe to retry: the outbox keys it); the final checks
     # (a held agency, C3, a staff alarm; an agency whose work failed part-way and claims still
     # unconfirmed, which fail the run, issue 20) are facts to act on, so they are not.
-    assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms)
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms and not t.task_id.endswith("_done"))
     assert all(dag.get_task(t).retries == 0 for t in alarms)
 
 
@@ -103,18 +122,24 @@ def test_every_pool_the_dags_use_is_declared_and_imports_into_airflow(dagbag, tm
 
     from airflow_env import airflow_env, run_airflow
 
-    from fbs_debitor.core.settings import DatabaseUrls
+    from fbs_debitor.core.settings import DEBTOR_VENDORS, DatabaseUrls
 
     declared = json.loads((HOME / "include/airflow/pools.json").read_text())
     used = {t.pool for d in dagbag.dags.values() for t in d.tasks} - {"default_pool"}
-    assert used == set(declared) == {"debitor_debtor_system"}
-    assert declared["debitor_debtor_system"]["slots"] == 1     # one sender towards the debtor system
+    # One pool per debtor system (issue 18), so a slow vendor does not starve the others.
+    assert set(declared) == {f"debitor_{v.lower()}" for v in DEBTOR_VENDORS} == {
+        "debitor_kmd_opus", "debitor_prisme", "debitor_eg"}
+    assert used <= set(declared), f"pools used but not declared: {sorted(used - set(declared))}"
+    assert "debitor_debtor_system" not in declared and "debitor_debtor_system" not in used
+    assert all(p["slots"] >= 1 and "one pool per debtor system" in p["description"] for p in declared.values())
     env = airflow_env(tmp_path, DatabaseUrls(fbs="sqlite://", ledger="sqlite://"))
     assert run_airflow(env, "db", "migrate").returncode == 0
     imported = run_airflow(env, "pools", "import", str(HOME / "include/airflow/pools.json"))
     assert imported.returncode == 0, imported.stderr[-2000:]
-    listed = run_airflow(env, "pools", "get", "debitor_debtor_system", "-o", "json")
-    assert listed.returncode == 0 and int(json.loads(listed.stdout)[0]["slots"]) == 1
+    listed = run_airflow(env, "pools", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    slots = {p["pool"]: int(p["slots"]) for p in json.loads(listed.stdout[listed.stdout.index("["):])}
+    assert {name: slots.get(name) for name in declared} == {name: p["slots"] for name, p in declared.items()}
     # The local Serviceplatformen connection is declared too (./run puts the emulator's URL in).
     local = json.loads((HOME / "include/airflow/local_connections.json").read_text())
     assert set(local["serviceplatformen"]["extra"]) >= {"service_agreement_uuid", "user_system_uuid", "user_uuid",
@@ -130,11 +155,18 @@ def test_backfill_dag_takes_validated_params_and_maps_one_task_per_month_behind_
     dag = dagbag.dags["debitor_backfill"]
     assert type(dag.timetable).__name__ == "NullTimetable"          # never scheduled: by hand or triggered
     assert dag.max_active_runs == 1 and dag.doc_md and "backfill" in dag.tags
-    assert [t.task_id for t in dag.topological_sort()] == ["plan", "chunks", "run_chunk", "finish"]
-    chunk = dag.get_task("run_chunk")
-    hourly = dagbag.dags["debitor_transfer"].get_task("build_and_send")
-    assert chunk.pool == hourly.pool == "debitor_debtor_system"
-    assert chunk.priority_weight < hourly.priority_weight and chunk.max_active_tis_per_dagrun == 1
+    from fbs_debitor.transfer.units import VENDORS, pool_for
+
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[0] == "plan" and order[-1] == "finish"
+    for vendor in VENDORS:
+        # Issue 18: an agency's months go through its debtor system's pool, behind the hourly run's
+        # sending to the same debtor system (a lower priority), one month at a time.
+        chunk = dag.get_task(f"run_chunk_{vendor.lower()}")
+        hourly = dagbag.dags["debitor_transfer"].get_task(f"send_{vendor.lower()}.build_and_send")
+        assert chunk.pool == hourly.pool == pool_for(vendor)
+        assert chunk.priority_weight < hourly.priority_weight and chunk.max_active_tis_per_dagrun == 1
+        assert f"chunks_{vendor.lower()}" in chunk.upstream_task_ids
     assert dag.get_task("finish").trigger_rule == "all_done"
     params = ParamsDict({k: v for k, v in dag.params.items()})
     good = {"agency": "715100", "cut_off_date": "2023-01-01", "dry_run": True, "batch_size": 100}
@@ -171,6 +203,19 @@ def test_airflow_backfill_runs_of_the_transfer_dag_send_nothing_and_close_their_
 # --- issue 16: the run says which agency needs attention when one agency's work failed -------------------
 
 OTHER = "726300"
+
+
+def _send_every_municipality(dag_tasks, run_id: str, **kw) -> dict[str, int]:
+    """build_and_send as the DAG maps it: once per municipality of every debtor system; the totals."""
+    from collections import Counter
+
+    from fbs_debitor.transfer.units import VENDORS
+
+    total: Counter = Counter()
+    for vendor in VENDORS:
+        for unit in dag_tasks.municipalities(run_id, vendor):
+            total.update(dag_tasks.build_and_send(run_id, unit, **kw))
+    return dict(total)
 
 
 def _two_agencies(stores) -> dict[str, int]:
@@ -247,7 +292,7 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
         monkeypatch.setattr(dag_tasks, "_clients", lambda _stores: debtor.client(emu.url))
         with monkeypatch.context() as m:
             _other_agency_fails(m)
-            sent = dag_tasks.build_and_send(run_id)
+            sent = _send_every_municipality(dag_tasks, run_id)
         assert sent["failed"] == 1 and sent["failed:RuntimeError"] == 1 and sent["eligible"] == 2
         dag_tasks.raise_staff_tasks(run_id)
         dag_tasks.close_run(run_id)
@@ -260,7 +305,7 @@ def test_issue16_dag_close_run_and_failed_agencies_end_the_run_failed_naming_the
         [alarm] = alarms.open_alarms(stores.ledger)
         assert (alarm.key, alarm.audience) == (f"failed_agency:{OTHER}", alarms.OPERATOR)
         # build_and_send again (a retry, or a clear in the UI): 726300's claim goes, the count is gone
-        assert "failed" not in dag_tasks.build_and_send(run_id, try_number=2)
+        assert "failed" not in _send_every_municipality(dag_tasks, run_id, try_number=2)
         dag_tasks.close_run(run_id)
     assert ledger.get_run(stores.ledger, run_id).status == "success"
     assert transfer_run.agency_failures(ledger.run_counts(stores.ledger, run_id)) == {}
@@ -537,3 +582,79 @@ def test_item10_backfill_for_an_unknown_agency_fails_plan_once_and_finish_says_i
     assert not re.search(r"up_for_retry", output, re.IGNORECASE), output[-4000:]
     with stores.ledger.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM backfill")).scalar() == 0
+
+
+def test_issue18_one_municipality_crashing_fails_only_its_own_task_and_the_run_names_it(stores, emu_db, monkeypatch):
+    """Issue 18: the municipality is the unit of isolation. 726300 belongs to another municipality
+    (at EG) than 715100 (KMD OPUS). Its whole sending task crashes (an error outside any agency's
+    batches): that mapped task fails, and its municipality_done says so naming it; 715100's tasks
+    finish and its claim is accepted; close_run closes the ledger run failed naming the municipality,
+    and leaves its agency's findings open (the run decided nothing about it); failed_agencies fails
+    the Airflow run with an operator alarm for 726300. The next run delivers it exactly once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fbs_debitor.airflow import tasks as dag_tasks
+    from fbs_debitor.core import alarms
+    from fbs_debitor.transfer import run as transfer_run
+
+    with stores.fbs.connect() as conn:
+        fr.agency(conn)
+        fr.agency(conn, agency_id=OTHER, municipality_cvr="29189633", debtor_vendor="EG",
+                  org_unit_uuid="6a2e9b63-1d49-4b54-8a6f-3c8b2d1e0f33")
+        ids = {a: fr.liability(conn, fr.patron(conn, agency_id=a)["patron_id"], agency_id=a)["liability_id"]
+               for a in ("715100", OTHER)}
+        conn.commit()
+    from fbs_debitor.eligibility.rules import CHECK_CODES
+
+    finding = ledger.Finding(check_code=CHECK_CODES["T4"], rule="T4", severity="blocks_liability",
+                             agency_id=OTHER, subject="L999999", liability_id=999999, message="T4")
+    ledger.upsert_findings(stores.ledger, ledger.start_run(stores.ledger, "transfer"), [finding], ledger.now())
+    monkeypatch.setattr(dag_tasks, "_stores", lambda: stores)
+    monkeypatch.setattr(stores, "dispose", lambda: None)
+    run_id = ledger.start_run(stores.ledger, "transfer")
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu:
+        monkeypatch.setattr(dag_tasks, "_clients", lambda _stores: debtor.client(emu.url))
+        [kmd] = dag_tasks.municipalities(run_id, "KMD_OPUS")
+        [eg] = dag_tasks.municipalities(run_id, "EG")
+        assert dag_tasks.municipalities(run_id, "PRISME") == []
+        assert (kmd["agencies"], eg["agencies"]) == (["715100"], [OTHER])
+        real = transfer_run.assess_eligibility
+
+        def crash_at_eg(stores_, run_id_, *a, unit=None, **kw):
+            if unit is not None and unit.vendor == "EG":
+                raise RuntimeError("the unit's database connection dropped")
+            return real(stores_, run_id_, *a, unit=unit, **kw)
+
+        with monkeypatch.context() as m:
+            m.setattr(transfer_run, "assess_eligibility", crash_at_eg)
+            assert dag_tasks.build_and_send(run_id, kmd)["eligible"] == 1
+            with pytest.raises(RuntimeError, match="dropped"):
+                dag_tasks.build_and_send(run_id, eg)
+        assert dag_tasks.municipality_done(run_id, kmd) == kmd["label"]
+        with pytest.raises(AirflowFailException, match=rf"municipality {re.escape(eg['label'])}.*sending did not finish"):
+            dag_tasks.municipality_done(run_id, eg)
+        dag_tasks.raise_staff_tasks(run_id)
+        dag_tasks.close_run(run_id)
+        run = ledger.get_run(stores.ledger, run_id)
+        assert run.status == "failed" and eg["label"] in run.error and kmd["label"] not in run.error
+        assert [f.finding_key for f in ledger.unseen_findings(stores.ledger, run_id, [CHECK_CODES["T4"]])] == [
+            finding.key]
+        with pytest.raises(AirflowFailException, match=re.escape(eg["label"])):
+            dag_tasks.failed_agencies(run_id)
+        assert [(a.key, a.audience) for a in alarms.open_alarms(stores.ledger)] == [
+            (f"failed_agency:{OTHER}", alarms.OPERATOR)]
+        assert [c["fordring_id"] for c in emulator.claims(emu_db)] == [f"FBS-715100-{ids['715100']}"]
+        # the next run: both municipalities' tasks finish, 726300's claim goes once, the alarm resolves
+        again = ledger.start_run(stores.ledger, "transfer")
+        for unit in (kmd, eg):
+            dag_tasks.resend_unconfirmed(again, unit)
+            dag_tasks.build_and_send(again, unit)
+            dag_tasks.send_changes(again, unit)
+            assert dag_tasks.municipality_done(again, unit) == unit["label"]
+        dag_tasks.raise_staff_tasks(again)
+        dag_tasks.close_run(again)
+        assert ledger.get_run(stores.ledger, again).status == "success"
+        assert dag_tasks.failed_agencies(again) == []
+    assert alarms.open_alarms(stores.ledger) == []
+    assert sorted(c["fordring_id"] for c in emulator.claims(emu_db)) == sorted(
+        f"FBS-{a}-{lid}" for a, lid in ids.items())

@@ -85,15 +85,20 @@ def access_held(ledger: Engine, run_id: str, held: dict[str, dict]) -> dict[str,
 
 
 def failed_agencies(ledger: Engine, run_id: str, failures: dict[str, list[str]],
-                    held: dict[str, dict] | None = None) -> list[str]:
-    """Fail when an agency's work failed part-way (an unexpected error in its batches) or its
-    municipality was held for want of access, while every other agency's went on: an OPERATOR
-    alarm per agency, and the message names them."""
+                    held: dict[str, dict] | None = None, unfinished: list | None = None) -> list[str]:
+    """Fail when an agency's work failed part-way (an unexpected error in its batches), its
+    municipality's sending did not finish (its mapped task failed for good), or its municipality
+    was held for want of access, while every other agency's went on: an OPERATOR alarm per agency,
+    and the message names them."""
     found = {a: f"agency {a}: its work failed part-way ({', '.join(types)}); the run's log has the error"
              for a, types in failures.items()}
+    for unit in unfinished or []:
+        for a in unit.agencies:
+            found.setdefault(a, f"agency {a}: the sending of municipality {unit.label} did not finish in this run; "
+                                "its task's log has the error (what it did not send goes next run)")
     observe(ledger, run_id, FAILED_AGENCY, OPERATOR, found)
-    if failures or held:
-        raise AirflowFailException(failure_message(failures, held))
+    if failures or held or unfinished:
+        raise AirflowFailException(failure_message(failures, held, unfinished))
     return []
 
 

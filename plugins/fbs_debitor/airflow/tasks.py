@@ -24,6 +24,7 @@ from fbs_debitor.delivery import send_rate
 from fbs_debitor.eligibility import cut_off
 from fbs_debitor.quality import checks as dq_checks
 from fbs_debitor.transfer import run as transfer
+from fbs_debitor.transfer import units
 from fbs_debitor.transfer.summary import format_run
 
 log = logging.getLogger(__name__)
@@ -116,23 +117,64 @@ def data_quality(run_id: str) -> dict:
         return dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs").as_dict()
 
 
-def resend_unconfirmed(run_id: str) -> int:
-    with task_stores(run_id, "resend") as stores, _clients(stores) as client:
-        return transfer.resend_unconfirmed(stores, client, run_id)
+def municipalities(run_id: str, vendor: str) -> list[dict]:
+    """The run's units (``transfer.units``: each municipality at its debtor system) at one debtor
+    system: its sending steps are mapped over them, in that debtor system's pool."""
+    with task_stores(run_id, "municipalities") as stores:
+        found = units.by_vendor(units.units(stores.fbs)).get(vendor, [])
+    log.info("%d municipality(ies) at %s: %s", len(found), vendor,
+             "; ".join(f"{u['label']}: agencies {', '.join(u['agencies'])}" for u in found) or "none")
+    return found
 
 
-def build_and_send(run_id: str, try_number: int = 1) -> dict[str, int]:
-    """A retry of this task first sends what its killed try left recorded but unconfirmed (those
-    are in the ledger, so the eligibility step would not pick them up again)."""
-    with task_stores(run_id) as stores, _clients(stores) as client:
+def _unit_label(unit: dict) -> str:
+    """The mapped task's label in the grid (``map_index_template="{{ unit_label }}"``)."""
+    label = units.Unit.of(unit).label
+    try:
+        from airflow.sdk import get_current_context
+
+        get_current_context()["unit_label"] = label
+    except Exception:   # noqa: BLE001 - outside a running task (a test, the CLI): no grid to label
+        pass
+    return label
+
+
+def resend_unconfirmed(run_id: str, unit: dict) -> int:
+    _unit_label(unit)
+    with task_stores() as stores, _clients(stores) as client:
+        return transfer.resend_unconfirmed(stores, client, run_id, unit=units.Unit.of(unit))
+
+
+def build_and_send(run_id: str, unit: dict, try_number: int = 1) -> dict[str, int]:
+    """One municipality's new claims. A retry of this task first sends what its killed try left
+    recorded but unconfirmed (those are in the ledger, so the eligibility step would not pick them
+    up again)."""
+    _unit_label(unit)
+    this = units.Unit.of(unit)
+    with task_stores() as stores, _clients(stores) as client:
         if try_number > 1:
-            transfer.resend_unconfirmed(stores, client, run_id)
-        return transfer.totals(transfer.deliver(stores, client, run_id))
+            transfer.resend_unconfirmed(stores, client, run_id, unit=this)
+        return transfer.totals(transfer.deliver(stores, client, run_id, unit=this))
 
 
-def send_changes(run_id: str) -> dict[str, int]:
-    with task_stores(run_id, "changes") as stores, _clients(stores) as client:
-        return transfer.totals(transfer.keep_claims_true(stores, client, run_id))
+def send_changes(run_id: str, unit: dict) -> dict[str, int]:
+    _unit_label(unit)
+    with task_stores() as stores, _clients(stores) as client:
+        return transfer.totals(transfer.keep_claims_true(stores, client, run_id, unit=units.Unit.of(unit)))
+
+
+def municipality_done(run_id: str, unit: dict) -> str:
+    """The last of a municipality's mapped tasks: red (without retries) when its part of the run is
+    not done (``transfer.unit_problems``: its sending did not finish, an agency failed part-way, it
+    is held for want of access, or claims are unconfirmed after every retry), naming it; the other
+    municipalities' tasks stay green. The run-level tasks at the end say it again for the run."""
+    label = _unit_label(unit)
+    with task_stores() as stores:
+        problem = transfer.unit_problems(stores, run_id, units.Unit.of(unit))
+    if problem:
+        raise AirflowFailException(problem)
+    log.info("municipality %s: done", label)
+    return label
 
 
 def raise_staff_tasks(run_id: str) -> dict[str, int]:
@@ -145,14 +187,17 @@ def raise_staff_tasks(run_id: str) -> dict[str, int]:
 
 
 def close_run(run_id: str) -> str:
-    """Findings resolved, the run closed: failed when an agency's work failed part-way (delivery's
-    ``failed`` counts, recorded with the run), naming the agencies, else successful. The DAG's
-    last task ``failed_agencies`` then fails the Airflow run with the same message."""
+    """Findings resolved (of the agencies this run assessed), the run closed: failed when a
+    municipality's sending did not finish, an agency's work failed part-way (delivery's ``failed``
+    counts, recorded with the run) or a municipality was held, naming them, else successful. Runs
+    whatever happened to the municipalities' tasks (trigger rule all_done). The DAG's last task
+    ``failed_agencies`` then fails the Airflow run with the same message."""
     with task_stores() as stores:
         resolved = transfer.resolve_findings(stores, run_id)
         log.info("%d finding(s) resolved: fixed in FBS, resolved by the integration, or no longer in scope", resolved)
         counts = ledger.run_counts(stores.ledger, run_id)
-        failure = transfer.failure_message(transfer.agency_failures(counts), transfer.access_held(counts))
+        failure = transfer.failure_message(transfer.agency_failures(counts), transfer.access_held(counts),
+                                           transfer.unfinished_units(stores, run_id))
         if failure:
             ledger.finish_run(stores.ledger, run_id, "failed", failure)
         else:
@@ -171,7 +216,8 @@ def failed_agencies(run_id: str) -> list[str]:
     with task_stores() as stores:
         counts = ledger.run_counts(stores.ledger, run_id)
         held = notifications.access_held(stores.ledger, run_id, transfer.access_held(counts))
-        return notifications.failed_agencies(stores.ledger, run_id, transfer.agency_failures(counts), held)
+        return notifications.failed_agencies(stores.ledger, run_id, transfer.agency_failures(counts), held,
+                                             transfer.unfinished_units(stores, run_id))
 
 
 def undelivered(run_id: str, delivered: dict[str, int]) -> int:
@@ -199,7 +245,9 @@ def plan_backfill(params: dict, airflow_run_id: str) -> dict:
                 plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
     except backfill.BackfillError as exc:
         raise AirflowFailException(f"backfill not started: {exc}") from None
-    return {**plan.as_dict(), "chunk_list": plan.chunks}
+    with task_stores() as stores:
+        unit = units.agency_unit(stores.fbs, str(plan.as_dict().get("agency") or params.get("agency") or ""))
+    return {**plan.as_dict(), "chunk_list": plan.chunks, "vendor": unit.vendor if unit else None}
 
 
 def backfill_chunk(chunk: dict, airflow_run_id: str) -> dict:

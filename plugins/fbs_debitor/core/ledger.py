@@ -127,11 +127,31 @@ def get_run(ledger: Engine, run_id: str | None = None, kind: str | None = None) 
                    row.error, row.airflow_run_id)
 
 
+# (agency, ASSESSED, "-") = 1: the run assessed this agency's liabilities to the end (its unit's
+# sending task got that far). A marker, not a count of liabilities: run_counts leaves it out.
+ASSESSED = "assessed"
+
+
 def run_counts(ledger: Engine, run_id: str) -> Counter:
+    """The run's counts (agency, category, rule) -> n (without the ``ASSESSED`` markers)."""
     with ledger.connect() as conn:
-        rows = conn.execute(text("SELECT agency_id, category, rule, n FROM run_count WHERE run_id = :r"),
-                            {"r": run_id}).all()
+        rows = conn.execute(text("SELECT agency_id, category, rule, n FROM run_count WHERE run_id = :r "
+                                 "AND category <> :m"), {"r": run_id, "m": ASSESSED}).all()
     return Counter({(r.agency_id, r.category, r.rule): int(r.n) for r in rows})
+
+
+def mark_assessed(ledger: Engine, run_id: str, agencies: Iterable[str]) -> None:
+    """Record that this run assessed these agencies to the end (a retry writes the same again)."""
+    agencies = sorted(set(agencies))
+    record_counts(ledger, run_id, Counter({(a, ASSESSED, "-"): 1 for a in agencies}), [ASSESSED], agencies=agencies)
+
+
+def assessed_agencies(ledger: Engine, run_id: str) -> set[str]:
+    """The agencies this run assessed to the end (``mark_assessed``)."""
+    with ledger.connect() as conn:
+        return {str(r[0]) for r in conn.execute(text(
+            "SELECT agency_id FROM run_count WHERE run_id = :r AND category = :m AND n > 0"),
+            {"r": run_id, "m": ASSESSED})}
 
 
 # --- findings ----------------------------------------------------------------------------------

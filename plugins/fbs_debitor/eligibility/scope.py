@@ -42,6 +42,7 @@ class Scope:
     from_date: dt.date | None = None
     to_date: dt.date | None = None
     follow_cut_off: bool = True                   # False only for a dry-run preview (see above)
+    agencies: tuple[str, ...] = ()                # hourly, one unit: only these agencies (empty: all)
 
     @property
     def is_chunk(self) -> bool:
@@ -62,6 +63,10 @@ class Scope:
                         "AND l.created_at < :scope_to)")
             params.update(scope_agency=self.agency_id, scope_from=self.from_date,
                           scope_to=self.to_date)
+        elif self.agencies:
+            names = [f":scope_unit_{i}" for i in range(len(self.agencies))]
+            universe = f"(l.agency_id IN ({', '.join(names)}))"
+            params.update({f"scope_unit_{i}": a for i, a in enumerate(self.agencies)})
         else:
             universe = "(1 = 1)"
         after_cut_off = f"(l.created_at >= a.cut_off_date OR NOT {dated})"
@@ -87,6 +92,10 @@ class Scope:
         if self.is_chunk:
             return (f"agency {self.agency_id}, created {self.from_date} - {self.to_date} (exclusive)"
                     + ("" if self.follow_cut_off else ", counted from its own start (dry-run preview)"))
+        if self.agencies:
+            return (f"agencies {', '.join(self.agencies)} from their cut-off date"
+                    + "".join(f", except {a} before {d} (awaiting debitor_backfill)" for a, d in self.held
+                              if a in self.agencies))
         if not self.held:
             return "every agency from its cut-off date"
         return "every agency from its cut-off date, except " + ", ".join(
@@ -108,7 +117,7 @@ def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
 EVERYTHING = Scope()   # every agency from its cut-off date: before any backfill was ever recorded
 
 
-def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
+def hourly(ledger: Engine, since: dt.datetime | None = None, agencies=None) -> Scope:
     """The hourly run's scope: everything from each agency's cut-off date, except what lies before
     the date the hourly run has taken over (``cut_off.hourly_from``). Every known agency is listed,
     not only those with a backfill recorded: a cut-off moved back in FBS that no detection has seen
@@ -117,7 +126,9 @@ def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
     first run transfers everything from its cut-off date, as it always did.
 
     ``since`` (a run's start): also hold what backfills completed since then had held, so that a
-    run resolving its findings at its end decides only about what it looked at."""
+    run resolving its findings at its end decides only about what it looked at.
+
+    ``agencies`` (one unit's, ``transfer.units``): only those agencies' liabilities."""
     with ledger.connect() as conn:
         rows = [(r.agency_id, as_date(r.hourly_from))
                 for r in conn.execute(text("SELECT agency_id, hourly_from FROM cut_off ORDER BY agency_id"))]
@@ -126,4 +137,7 @@ def hourly(ledger: Engine, since: dt.datetime | None = None) -> Scope:
                 "SELECT agency_id, to_date FROM backfill WHERE status = 'complete' AND dry_run = :f "
                 "AND finished_at >= :t ORDER BY agency_id, to_date"),
                 {"f": False, "t": since})]
+    if agencies:
+        unit = tuple(sorted(set(agencies)))
+        return Scope(held=tuple(r for r in rows if r[0] in unit), agencies=unit)
     return Scope(held=tuple(rows))

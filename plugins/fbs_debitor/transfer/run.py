@@ -46,10 +46,14 @@ from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility import scope as scopes
 from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.transfer import units as unit_list
+from fbs_debitor.transfer.units import Unit
 
 log = logging.getLogger(__name__)
 
 FAILED = delivery.FAILED   # an agency whose work failed part-way: (agency, "failed", <exception type>)
+# Findings of an agency the run did not assess to the end (``ledger.mark_assessed``) are left open:
+# absence proves nothing.
 
 
 def _finding(v: eligibility.Verdict) -> ledger.Finding:
@@ -73,13 +77,14 @@ def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
 
 def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None,
                        on_page: Callable[[claim_stream.Page], Counter] | None = None,
-                       scope: scopes.Scope | None = None) -> Counter:
+                       scope: scopes.Scope | None = None, unit: Unit | None = None) -> Counter:
     """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
     as findings and the run's counts. ``on_page`` (delivery) gets each page after it is counted and
-    may return more counts. The scope is the run's (default: the hourly run's). Returns the counts
-    (agency, category, rule) -> n."""
+    may return more counts. The scope is the run's (default: the hourly run's; with ``unit``, that
+    unit's agencies only, and only their counts are replaced). Returns the counts
+    (agency, category, rule) -> n; every agency of the scope is then marked assessed in this run."""
     seen_at = ledger.now()
-    scope = scope if scope is not None else scopes.hourly(stores.ledger)
+    scope = scope if scope is not None else scopes.hourly(stores.ledger, agencies=unit.agencies if unit else None)
     counts = eligibility.out_of_scope_counts(stores.fbs, scope)
     pages = 0
     for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, scope=scope):
@@ -100,7 +105,9 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
             counts.update(on_page(page))
     # (delivery's own categories too: a retried task that no longer has them leaves none behind)
     ledger.record_counts(stores.ledger, run_id, counts,
-                         (*eligibility.CATEGORIES, FAILED, "deferred", delivery.HELD_ACCESS))
+                         (*eligibility.CATEGORIES, FAILED, "deferred", delivery.HELD_ACCESS),
+                         agencies=unit.agencies if unit else None)
+    ledger.mark_assessed(stores.ledger, run_id, _agencies_of(stores, scope))
     log.info("eligibility assessed in %d page(s): %s", pages, totals(counts))
     return counts
 
@@ -122,7 +129,9 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
     something staff fixed. Only what the run looked at is decided: agencies held under C3 in this
     run are left alone (nothing was checked or built there, so absence proves nothing), and so are
     liabilities outside the run's scope: the hourly run leaves a range waiting for the backfill
-    alone, a backfill chunk everything outside its month (and the agency checks)."""
+    alone, a backfill chunk everything outside its month (and the agency checks). An agency this
+    run did not assess to the end (its municipality's sending task failed or never ran) is left
+    alone too."""
 
     if scope is None:
         run = ledger.get_run(stores.ledger, run_id)
@@ -131,6 +140,8 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
         held = {r[0] for r in conn.execute(text(
             "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
             {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
+    if not scope.is_chunk:   # a unit whose task did not get to the end decided nothing about its agencies
+        held |= not_assessed(stores, run_id)
     unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held,
                                     agency_id=scope.agency_id)
     if scope.is_chunk:
@@ -183,6 +194,27 @@ def _standing(stores: Stores, scope: scopes.Scope, liability_ids: set[int]) -> t
     return here, elsewhere
 
 
+def _agencies_of(stores: Stores, scope: scopes.Scope) -> list[str]:
+    """The agencies a scope covers: a chunk's one, a unit's, or every FBS agency."""
+    if scope.is_chunk:
+        return [str(scope.agency_id)]
+    if scope.agencies:
+        return list(scope.agencies)
+    return [a for u in unit_list.units(stores.fbs) for a in u.agencies]
+
+
+def not_assessed(stores: Stores, run_id: str) -> set[str]:
+    """The FBS agencies this run has not (yet) assessed to the end (``ledger.mark_assessed``)."""
+    done = ledger.assessed_agencies(stores.ledger, run_id)
+    return {a for u in unit_list.units(stores.fbs) for a in u.agencies} - done
+
+
+def unfinished_units(stores: Stores, run_id: str) -> list[Unit]:
+    """The units whose sending did not get to the end in this run (a crash, a task that never ran)."""
+    missing = not_assessed(stores, run_id)
+    return [u for u in unit_list.units(stores.fbs) if missing & set(u.agencies)]
+
+
 def totals(counts: Counter) -> dict[str, int]:
     """Counts per category, and per rule for blocked and out-of-scope: small enough for XCom."""
     out: dict[str, int] = {}
@@ -232,10 +264,16 @@ def rejections_per_agency(counts: Counter) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def failure_message(failures: dict[str, list[str]], held: dict[str, dict] | None = None) -> str | None:
-    """What ends such a run failed: the agencies that need attention and what went wrong there, and
-    the municipalities held for want of working Serviceplatformen access."""
+def failure_message(failures: dict[str, list[str]], held: dict[str, dict] | None = None,
+                    unfinished: list[Unit] | None = None) -> str | None:
+    """What ends such a run failed: the municipalities whose sending did not finish, the agencies
+    that need attention and what went wrong there, and the municipalities held for want of working
+    Serviceplatformen access."""
     parts = []
+    if unfinished:
+        parts.append(f"{len(unfinished)} municipality(ies) need attention, their sending did not finish (their "
+                     "task's log says why; every other municipality's work was done): "
+                     + "; ".join(f"municipality {u.label}, agencies {', '.join(u.agencies)}" for u in unfinished))
     if failures:
         parts.append(f"{len(failures)} agency(ies) need attention, their work failed part-way (every other agency's "
                      "work was done; the log of the run has the error): "
@@ -247,19 +285,47 @@ def failure_message(failures: dict[str, list[str]], held: dict[str, dict] | None
     return " / ".join(parts) or None
 
 
+def _units(stores: Stores, unit: Unit | None) -> list[Unit]:
+    """The units a step works through: the one given (a mapped task's), else every unit in turn
+    (the CLI, a test), each under its own lock, so a whole run never interleaves with a unit's task."""
+    return [unit] if unit is not None else unit_list.units(stores.fbs)
+
+
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
-            page_size: int | None = None, scope: scopes.Scope | None = None, link=None) -> Counter:
+            page_size: int | None = None, scope: scopes.Scope | None = None, link=None,
+            unit: Unit | None = None) -> Counter:
     """Assess, build and send the new claims of the run's scope page by page (what earlier runs
     left unconfirmed goes first: ``resend_unconfirmed``). ``link`` may carry a send-rate limit.
-    Returns the assessment's counts."""
+    Returns the assessment's counts.
+
+    The hourly run's scope is worked through per unit (``transfer.units``: one municipality at its
+    debtor system), under that unit's ``sending`` lock and with a link of its own, so one
+    municipality's outage stops only its own sending: ``unit`` (a mapped task's) or every unit in
+    turn. A backfill chunk's scope is one agency's, under its unit's lock."""
 
     size = batch_size or batch_size_default()
-    link = link or delivery.Link()
-    with exclusive(stores.ledger, "sending"):
-        counts = assess_eligibility(stores, run_id, page_size, scope=scope,
-                                    on_page=lambda page: _deliver_page(stores, client, run_id, page, size, link))
+    if scope is not None and scope.is_chunk:
+        owner = unit or unit_list.agency_unit(stores.fbs, str(scope.agency_id))
+        with exclusive(stores.ledger, "sending", part=owner.lock if owner else None):
+            return _deliver_scope(stores, client, run_id, size, page_size, scope, link or delivery.Link(), None)
+    if scope is not None:   # an explicit whole scope (tests, a preview): one pass under the whole lock
+        with exclusive(stores.ledger, "sending"):
+            return _deliver_scope(stores, client, run_id, size, page_size, scope, link or delivery.Link(), None)
+    counts: Counter = Counter()
+    for u in _units(stores, unit):
+        with exclusive(stores.ledger, "sending", part=u.lock):
+            counts.update(_deliver_scope(stores, client, run_id, size, page_size, None, link or delivery.Link(), u))
+    return counts
+
+
+def _deliver_scope(stores: Stores, client, run_id: str, size: int, page_size: int | None,
+                   scope: scopes.Scope | None, link, unit: Unit | None) -> Counter:
+    counts = assess_eligibility(stores, run_id, page_size, scope=scope, unit=unit,
+                                on_page=lambda page: _deliver_page(stores, client, run_id, page, size, link))
     if link.down:
-        log.error("the debtor system stopped answering (%s); what was not sent waits for the next run", link.down)
+        where = f" for {unit.label}" if unit else ""
+        log.error("the debtor system stopped answering%s (%s); what was not sent waits for the next run", where,
+                  link.down)
     return counts
 
 
@@ -300,32 +366,42 @@ def _remember_replacement_cprs(stores: Stores, run_id: str, page: claim_stream.P
     return ledger.record_replacement_cprs(stores.ledger, run_id, assigned)
 
 
-def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None) -> int:
-    """What earlier runs left unconfirmed, sent again under its own keys; an agency whose part of it
-    failed unexpectedly is recorded with the run (``failed_resend``), the others go on."""
-    failed: Counter = Counter()
-    with exclusive(stores.ledger, "sending"):
-        n = delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default(), failed=failed)
-    ledger.record_counts(stores.ledger, run_id, failed, [delivery.RESEND_FAILED, delivery.HELD_ACCESS_RESEND])
-    if n:
-        log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", n)
-    return n
+def resend_unconfirmed(stores: Stores, client, run_id: str, batch_size: int | None = None,
+                       unit: Unit | None = None) -> int:
+    """What earlier runs left unconfirmed, sent again under its own keys, per unit (``unit`` or every
+    unit in turn, each under its lock); an agency whose part of it failed unexpectedly is recorded
+    with the run (``failed_resend``), the others go on."""
+    total = 0
+    for u in _units(stores, unit):
+        failed: Counter = Counter()
+        with exclusive(stores.ledger, "sending", part=u.lock):
+            total += delivery.resend_unconfirmed(stores, client, run_id, batch_size or batch_size_default(),
+                                                 failed=failed, agencies=u.agencies)
+        ledger.record_counts(stores.ledger, run_id, failed, [delivery.RESEND_FAILED, delivery.HELD_ACCESS_RESEND],
+                             agencies=u.agencies)
+    if total:
+        log.info("%d claim(s) left unconfirmed by earlier runs sent again under their own keys", total)
+    return total
 
 
-def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None) -> Counter:
+def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None = None,
+                     unit: Unit | None = None) -> Counter:
     """After the new claims: what changed in FBS on claims already sent (U1-U4) is recorded as
     versioned messages, and rejected claims whose data changed since are recorded again under
     their next FordringID generation (``delivery.rejections``); all of it is sent in order per
-    liability, with whatever earlier runs left unsent."""
+    liability, with whatever earlier runs left unsent. Per unit, as ``resend_unconfirmed``."""
 
-    with exclusive(stores.ledger, "sending"):
-        counts = change_detection.detect_changes(stores, run_id)
-        counts.update(rejections.requeue_changed(stores, run_id))
+    counts: Counter = Counter()
+    for u in _units(stores, unit):
         held: Counter = Counter()
-        sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default(), held=held)
-    ledger.record_counts(stores.ledger, run_id, held, [delivery.HELD_ACCESS_CHANGES])
-    if sent:
-        log.info("%d change message(s) sent to the debtor system", sent)
+        with exclusive(stores.ledger, "sending", part=u.lock):
+            counts.update(change_detection.detect_changes(stores, run_id, agencies=u.agencies))
+            counts.update(rejections.requeue_changed(stores, run_id, agencies=u.agencies))
+            sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default(),
+                                                held=held, agencies=u.agencies)
+        ledger.record_counts(stores.ledger, run_id, held, [delivery.HELD_ACCESS_CHANGES], agencies=u.agencies)
+        if sent:
+            log.info("%d change message(s) sent to the debtor system for %s", sent, u.label)
     return counts
 
 
@@ -357,14 +433,54 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         cut_off.detect(stores, run_id)
         if data_quality:
             dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
-        resend_unconfirmed(stores, client, run_id, batch_size)
-        counts = deliver(stores, client, run_id, batch_size)
-        keep_claims_true(stores, client, run_id, batch_size)
+        counts: Counter = Counter()
+        for unit in unit_list.units(stores.fbs):
+            try:
+                counts.update(send_unit(stores, client, run_id, unit, batch_size))
+            except Exception:   # noqa: BLE001 - one municipality's crash: logged, named at the end, the rest go on
+                log.exception("municipality %s: its sending stopped with an unexpected error; the other "
+                              "municipalities go on", unit.label)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
         counts_now = ledger.run_counts(stores.ledger, run_id)
-        run.failure = failure_message(agency_failures(counts_now), access_held(counts_now))
+        run.failure = failure_message(agency_failures(counts_now), access_held(counts_now),
+                                      unfinished_units(stores, run_id))
     return run_id, counts
+
+
+def send_unit(stores: Stores, client, run_id: str, unit: Unit, batch_size: int | None = None) -> Counter:
+    """One unit's whole sending, as the DAG's mapped tasks do it: unconfirmed first, the new
+    claims, then the changes."""
+    resend_unconfirmed(stores, client, run_id, batch_size, unit=unit)
+    counts = deliver(stores, client, run_id, batch_size, unit=unit)
+    keep_claims_true(stores, client, run_id, batch_size, unit=unit)
+    return counts
+
+
+def unit_problems(stores: Stores, run_id: str, unit: Unit) -> str | None:
+    """What keeps one unit's part of the run from being done, in words; None when it is done: its
+    sending did not finish, an agency's work failed part-way, it was held for want of access, or
+    claims or changes are still unconfirmed after every retry (an outage)."""
+    mine = set(unit.agencies)
+    counts = Counter({k: n for k, n in ledger.run_counts(stores.ledger, run_id).items() if str(k[0]) in mine})
+    unconfirmed = Counter({k: n for k, n in (delivery.delivery_counts(stores.ledger, run_id)
+                                              + change_delivery.change_counts(stores.ledger, run_id)).items()
+                           if str(k[0]) in mine})
+    parts = []
+    if mine - ledger.assessed_agencies(stores.ledger, run_id):
+        parts.append("its sending did not finish")
+    failures = agency_failures(counts)
+    if failures:
+        parts.append("failed part-way: " + "; ".join(f"agency {a}: {', '.join(t)}" for a, t in failures.items()))
+    held = access_held(counts)
+    if held:
+        parts.append("held, no working Serviceplatformen access (" + "; ".join(
+            ", ".join(e["reasons"]) for e in held.values()) + ")")
+    n = sum(v for (_a, c, _r), v in unconfirmed.items() if c == delivery.UNCONFIRMED)
+    changes = sum(v for (_a, c, _r), v in unconfirmed.items() if c == "changes_unconfirmed")
+    if n or changes:
+        parts.append(f"{n} claim(s) and {changes} change(s) unconfirmed after every retry (sent again next run)")
+    return f"municipality {unit.label}: " + "; ".join(parts) if parts else None
 
 
 def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **run_fields) -> tuple[str, Counter]:
