@@ -651,3 +651,123 @@ def test_large_pre_cut_off_backlog_in_every_status_for_a_backfill_T3(stores):
     assert sum(before.values()) == summary.population["before_cut_off"] > 0.75 * summary.liability
     with pytest.raises(ValueError, match="cut_off_days"):
         generate(stores.fbs, patrons=600, seed=5, as_of=AS_OF, backlog_years=2, cut_off_days=800)
+
+
+# --- national scale (issue 18): N municipalities of skewed sizes --------------------------------
+
+def test_size_spread_puts_the_largest_at_ten_times_the_median():
+    from fbs_debitor.sandbox.generator import LARGEST_TO_MEDIAN, size_spread
+
+    sizes = size_spread(98)
+    assert len(sizes) == 98 and abs(sizes.sum() - 1) < 1e-9 and list(sizes) == sorted(sizes)
+    median = (sizes[48] + sizes[49]) / 2
+    assert abs(sizes[-1] / median - LARGEST_TO_MEDIAN) < 0.05
+    assert sizes[-1] / sizes[0] > 50           # a skewed spread, not a uniform one
+    assert list(size_spread(1)) == [1.0]
+
+
+def test_national_population_98_municipalities_all_vendors_own_cvrs_skewed_sizes(stores):
+    from fbs_debitor.core.identity import check_cvr
+    from fbs_debitor.transfer.units import units
+
+    summary = generate(stores.fbs, patrons=4000, seed=3, as_of=AS_OF, municipalities=98)
+    t = load_tables(stores.fbs)
+    agencies = t["agency"]
+    by_cvr = defaultdict(list)
+    for a in agencies:
+        by_cvr[a["municipality_cvr"]].append(a)
+    assert len(by_cvr) == 98 == summary.population["municipalities"]
+    assert all(check_cvr(cvr).ok and stdnum_cvr.is_valid(cvr) for cvr in by_cvr)
+    assert all(1 <= len(group) <= 3 for group in by_cvr.values())
+    assert len({a["agency_id"] for a in agencies}) == len(agencies) == summary.agency
+    assert all(re.fullmatch(r"7\d{5}", a["agency_id"]) for a in agencies)
+    # one vendor per municipality, all three present, about a third each
+    vendor_of = {cvr: {a["debtor_vendor"] for a in group} for cvr, group in by_cvr.items()}
+    assert all(len(v) == 1 for v in vendor_of.values())
+    per_vendor = Counter(next(iter(v)) for v in vendor_of.values())
+    assert set(per_vendor) == {"KMD_OPUS", "PRISME", "EG"} and min(per_vendor.values()) >= 30
+    # each municipality's agencies carry its name; its vendor's settings (I3, T2, C2)
+    for group in by_cvr.values():
+        assert len({a["name"].split(" ")[0] for a in group}) == 1
+    settings_of = {"KMD_OPUS": (True, True, False), "PRISME": (False, False, True), "EG": (True, False, False)}
+    assert all((a["replacement_cpr_enabled"], a["verify_compensations"], a["auto_compensation_acknowledged"])
+               == settings_of[a["debtor_vendor"]] for a in agencies)
+    # the C3 pair, on agencies that are not their municipality's first
+    broken = sorted((a["age_limit"], a["agency_id"][-2:]) for a in agencies if a["age_limit"] != 18)
+    assert [limit for limit, _ in broken] == [0, 100] and all(suffix != "00" for _, suffix in broken)
+    # sizes: patrons per municipality, the largest about ten times the median
+    agency_cvr = {a["agency_id"]: a["municipality_cvr"] for a in agencies}
+    patrons = Counter(agency_cvr[p["agency_id"]] for p in t["patron"])
+    sizes = sorted(patrons[cvr] for cvr in by_cvr)
+    median = (sizes[48] + sizes[49]) / 2
+    assert sizes[0] >= 1 and 8 <= sizes[-1] / median <= 12, (sizes[0], median, sizes[-1])
+    assert sum(sizes) == 4000
+    # every patron lives in a postal district of its own municipality
+    districts = defaultdict(set)
+    for p in t["patron"]:
+        if p["postal_code"]:
+            districts[p["postal_code"]].add(agency_cvr[p["agency_id"]])
+    assert districts and all(len(cvrs) == 1 for cvrs in districts.values())
+    # the same data-quality mix as the default population
+    pop = summary.population
+    for key in ("malformed_cprs", "mod11_failing_cprs", "persons_without_cpr_or_birth_date", "replacement_cprs",
+                "companies_without_cvr", "companies_invalid_cvr", "groups_without_responsible", "guardian_changes",
+                "zero_or_negative_amounts", "created_before_loan", "compensations_without_loan", "reloans"):
+        assert pop[key] > 0, key
+    assert {u.cvr for u in units(stores.fbs)} == set(by_cvr)
+
+
+def test_national_population_is_reproducible_and_leaves_the_default_alone(stores):
+    from fbs_debitor.sandbox.generator import AGENCIES
+
+    generate(stores.fbs, patrons=1000, seed=4, as_of=AS_OF, municipalities=12)
+    first = digests(stores.fbs)
+    generate(stores.fbs, patrons=1000, seed=4, as_of=AS_OF, municipalities=12)
+    assert digests(stores.fbs) == first
+    generate(stores.fbs, patrons=1000, seed=5, as_of=AS_OF, municipalities=12)
+    assert digests(stores.fbs)["agency"] != first["agency"]
+    default = generate(stores.fbs, patrons=1000, seed=4, as_of=AS_OF)
+    assert "municipalities" not in default.population
+    none = generate(stores.fbs, patrons=1000, seed=4, as_of=AS_OF, municipalities=None)
+    assert none.as_dict() == default.as_dict()
+    assert sorted(a["agency_id"] for a in load_tables(stores.fbs)["agency"]) == sorted(a.agency_id for a in AGENCIES)
+
+
+@pytest.mark.parametrize("municipalities, patrons", [(0, 5000), (99, 5000), (98, 98 * 20 - 1)])
+def test_national_population_out_of_range_is_refused(stores, municipalities, patrons):
+    with pytest.raises(ValueError, match="municipalit"):
+        generate(stores.fbs, patrons=patrons, seed=1, as_of=AS_OF, municipalities=municipalities)
+
+
+def test_generate_command_takes_municipalities_1_to_98(capsys):
+    from fbs_debitor.sandbox import cli as sandbox_cli
+
+    parser = sandbox_cli.build_parser()
+    assert parser.parse_args(["generate", "--municipalities", "98"]).municipalities == 98
+    assert parser.parse_args(["generate"]).municipalities is None
+    for wrong in ("0", "99", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", "--municipalities", wrong])
+        assert "allowed is a whole number from 1 to 98" in capsys.readouterr().err
+
+
+def test_new_fees_arrive_open_with_their_late_loan(stores):
+    from fbs_debitor.sandbox.change_simulator import new_fees
+
+    generate(stores.fbs, patrons=500, seed=6, as_of=AS_OF, municipalities=5)
+    before = load_tables(stores.fbs)
+    at = AS_OF_START + dt.timedelta(hours=9)
+    added = new_fees(stores, 40, at, seed=2)
+    after = load_tables(stores.fbs)
+    new = after["liability"][len(before["liability"]):]
+    assert sum(added.values()) == len(new) == 40 and len(after["loan"]) == len(before["loan"]) + 40
+    loans = {x["loan_id"]: x for x in after["loan"]}
+    patrons = {p["patron_id"]: p for p in after["patron"]}
+    numbers = [x["number"] for x in after["liability"] if x["kind"] == "fee"]
+    assert len(numbers) == len(set(numbers))
+    for x in new:
+        assert (x["kind"], x["status"], x["created_at"], x["updated_at"]) == ("fee", "open", at, at)
+        assert x["amount"] > 0 and patrons[x["patron_id"]]["agency_id"] == x["agency_id"]
+        loan = loans[x["loan_id"]]
+        assert loan["patron_id"] == x["patron_id"] and loan["due_date"] < at.date() and loan["returned_at"] < at
+    assert Counter(x["agency_id"] for x in new) == added

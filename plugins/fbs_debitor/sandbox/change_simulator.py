@@ -11,6 +11,10 @@ has every kind of change to send (U1-U4) and the reconciliation can prove the re
 * compensations marked for repayment (U3);
 * liabilities closed in FBS without a payment, and set to sent to collection (told to staff,
   not to the debtor system).
+
+``new_fees`` is the other half of an hour in FBS: late returns booked as new fees (a loan returned
+late and its fee, open), for patrons drawn at random from every agency, so each hourly run has new
+claims to send (the national day benchmark, benchmarks/bench_national_day.py).
 """
 
 from __future__ import annotations
@@ -106,4 +110,44 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
             patrons_used.add(r.patron_id)
             params.append({"p": r.patron_id, "c": new_cpr(r)})
         update("UPDATE patron SET cpr = :c WHERE patron_id = :p", params, "cpr_corrected")
+    return done
+
+
+FEE_AMOUNTS = ("20.00", "30.00", "50.00", "75.00", "120.00")
+
+
+def new_fees(stores: Stores, count: int, at: dt.datetime, seed: int = 7) -> Counter:
+    """``count`` new open fees in FBS at ``at`` (a naive FBS local time), each with its loan returned
+    late an hour before, for patrons drawn at random (so agencies get them in proportion to their
+    patrons; some patrons have data problems, as real ones do). Returns the fees per agency."""
+    rng = random.Random(f"{seed}|{at.isoformat()}")
+    done: Counter = Counter()
+    if count <= 0:
+        return done
+    with stores.fbs.begin() as conn:
+        patrons = conn.execute(text("SELECT patron_id, agency_id FROM patron ORDER BY patron_id")).all()
+        items = [r[0] for r in conn.execute(text("SELECT item_number FROM material ORDER BY item_number LIMIT 500"))]
+        if not patrons or not items:
+            return done
+        next_liability = (conn.execute(text("SELECT MAX(liability_id) FROM liability")).scalar() or 0) + 1
+        next_loan = (conn.execute(text("SELECT MAX(loan_id) FROM loan")).scalar() or 0) + 1
+        newest = conn.execute(text("SELECT MAX(number) FROM liability WHERE kind = 'fee'")).scalar() or "G0"
+        next_number = int(newest[1:]) + 1 if newest[1:].isdigit() else 1   # G + 8 digits: MAX is the highest
+        loans, fees = [], []
+        for k in range(count):
+            patron_id, agency_id = rng.choice(patrons)
+            item = rng.choice(items)
+            due = at.date() - dt.timedelta(days=rng.randint(1, 20))
+            loans.append({"loan_id": next_loan + k, "patron_id": patron_id, "item_number": item,
+                          "loan_date": due - dt.timedelta(days=28), "due_date": due,
+                          "returned_at": at - dt.timedelta(hours=1)})
+            fees.append({"liability_id": next_liability + k, "agency_id": agency_id, "patron_id": patron_id,
+                         "number": f"G{next_number + k:08d}", "loan_id": next_loan + k, "item_number": item,
+                         "amount": Decimal(rng.choice(FEE_AMOUNTS)), "at": at})
+            done[agency_id] += 1
+        conn.execute(text("INSERT INTO loan (loan_id, patron_id, item_number, loan_date, due_date, returned_at) "
+                          "VALUES (:loan_id, :patron_id, :item_number, :loan_date, :due_date, :returned_at)"), loans)
+        conn.execute(text("INSERT INTO liability (liability_id, agency_id, patron_id, kind, number, loan_id, "
+                          "item_number, amount, created_at, status, updated_at) VALUES (:liability_id, :agency_id, "
+                          ":patron_id, 'fee', :number, :loan_id, :item_number, :amount, :at, 'open', :at)"), fees)
     return done

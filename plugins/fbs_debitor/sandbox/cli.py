@@ -26,7 +26,7 @@ from fbs_debitor.payments.inbound import FBS_ENTITY_ID
 from fbs_debitor.sandbox import access_plan, emulator, emulator_payments, mailbox, pki, sts
 from fbs_debitor.sandbox.change_simulator import simulate
 from fbs_debitor.sandbox.cut_off_simulator import simulate_move
-from fbs_debitor.sandbox.generator import generate
+from fbs_debitor.sandbox.generator import MAX_MUNICIPALITIES, MIN_PATRONS_PER_MUNICIPALITY, generate
 from fbs_debitor.sandbox.inbound_caller import InboundCaller, InboundRefused, InboundUnavailable
 from fbs_debitor.tokens.sts import StsClient, StsError, StsSettings, TokenCache
 
@@ -48,11 +48,18 @@ def cmd_generate(args) -> int:
             print(f"FBS extract already holds {existing} liabilities; not regenerating (drop --if-empty to regenerate)")
             return 0
     as_of = args.as_of or dt.date.today()
+    if args.municipalities is not None and args.patrons < MIN_PATRONS_PER_MUNICIPALITY * args.municipalities:
+        print(f"not generated: --municipalities {args.municipalities} needs --patrons of at least "
+              f"{MIN_PATRONS_PER_MUNICIPALITY * args.municipalities} ({MIN_PATRONS_PER_MUNICIPALITY} per "
+              "municipality)", file=sys.stderr)
+        return cli.EXIT_REFUSED
     summary = generate(stores.fbs, patrons=args.patrons, seed=args.seed, as_of=as_of,
                        liabilities_per_patron=args.liabilities_per_patron, backlog_years=args.backlog_years,
-                       cut_off_days=args.cut_off_days)
+                       cut_off_days=args.cut_off_days, municipalities=args.municipalities)
     counts = summary.as_dict()
-    print(f"generated a synthetic municipality (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
+    what = ("a synthetic municipality" if args.municipalities is None else
+            f"{args.municipalities} synthetic municipalities")
+    print(f"generated {what} (seed {args.seed}, as of {as_of}) into {safe_url(stores.fbs)}: "
           f"{counts['agency']} agencies, {counts['patron']} patrons, {counts['liability']} liabilities")
     if args.verbose:
         for key, value in counts.items():
@@ -207,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "ledger when missing)",
             "Five agencies (two with a broken age limit, held under C3), their branches, patrons and "
             "liabilities over --backlog-years, with the data-quality problems the checks look for. The same "
-            "--seed and --as-of give the same municipality.")
+            "--seed and --as-of give the same municipality.\n\n"
+            f"With --municipalities N (1-{MAX_MUNICIPALITIES}): N synthetic municipalities instead, sharing "
+            "--patrons with a skewed spread of sizes (the largest about ten times the median), each with its own "
+            "CVR, 1-3 agencies and one of the three debtor systems (all three present from N=3), with the same "
+            "data-quality problems; at least 20 patrons per municipality.")
     p.add_argument("--patrons", type=whole(1, 1_000_000), default=5000, help="patrons to create, 1-1000000")
     p.add_argument("--seed", type=whole(0), default=42, help="random seed, a whole number from 0 (default 42)")
     p.add_argument("--as-of", type=settings.iso_date, help="the generator's 'today' (YYYY-MM-DD); default today")
@@ -218,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut-off-days", type=whole(0, 36_500), default=365,
                    help="each agency's cut-off date lies about this many days back; all before it is the "
                         "pre-cut-off backlog (e.g. --backlog-years 10 for a large one)")
+    p.add_argument("--municipalities", type=whole(1, MAX_MUNICIPALITIES), default=None,
+                   help=f"national scale: this many municipalities, 1-{MAX_MUNICIPALITIES} (default: the five fixed "
+                        "agencies)")
     p.add_argument("--if-empty", action="store_true", help="only when the extract has no liabilities yet")
     p.set_defaults(func=cmd_generate, creates=settings.STORES)
 

@@ -9,6 +9,12 @@ verified and unverified compensations (T2), liabilities on both sides of the cut
 status (T1, T3), re-loans (F3), compensations without a loan (F2), refunds (U3), two misconfigured
 agencies (age limit 0 and 100, C3) and one healthy agency per debtor vendor (I3).
 
+National scale (``generate(..., municipalities=N)``, ``generate --municipalities N``): instead of
+the five fixed agencies, N (1-98) synthetic municipalities sharing the patrons, sized by a lognormal
+spread whose largest is about ten times the median (``size_spread``), each with its own valid CVR,
+1-3 agencies and one of the three debtor vendors (``national_agencies``), with the same mix of
+data-quality problems. Without the option the population is exactly what it was before it existed.
+
 Reproducible: the same (patrons, seed, as_of, liabilities_per_patron, backlog_years) gives the same
 table contents on SQLite and on PostgreSQL (for a given numpy and Python version). Nothing reads
 the clock: every date is relative to ``as_of``. ``as_of`` is the day the extract is taken, at its
@@ -24,7 +30,9 @@ under 600 MB (benchmarks/bench_generate.py).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
+import statistics
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +72,9 @@ class AgencySpec:
     replacement_cpr_enabled: bool
     verify_compensations: bool
     auto_compensation_acknowledged: bool
+    cvr: str | None = None           # the municipality's CVR (national mode: shared by its agencies)
+    name: str = ""                   # the agency's name (default "<municipality> Bibliotekerne")
+    districts: tuple = ()            # (postal code, city) pairs (default names.MUNICIPALITIES[municipality])
 
 
 # Three healthy agencies, one per debtor vendor, and two misconfigured ones (C3).
@@ -74,7 +85,75 @@ AGENCIES = (
     AgencySpec("748700", "Lyngmose", "lyngmose", 0.075, "KMD_OPUS", 0, True, True, False),
     AgencySpec("759900", "Havrevig", "havrevig", 0.075, "EG", 100, True, False, False),
 )
-PRISME_AGENCY = 1
+
+# National mode (``generate(..., municipalities=N)``): N municipalities of skewed sizes, each with 1-3
+# agencies, all three debtor vendors, the vendor's usual agency settings, two misconfigured agencies (C3).
+MAX_MUNICIPALITIES = 98
+LARGEST_TO_MEDIAN = 10.0          # the largest municipality is this many times the median one
+MIN_PATRONS_PER_MUNICIPALITY = 20
+VENDORS = ("KMD_OPUS", "PRISME", "EG")
+# (replacement_cpr_enabled, verify_compensations, auto_compensation_acknowledged) as in AGENCIES
+VENDOR_SETTINGS = {"KMD_OPUS": (True, True, False), "PRISME": (False, False, True), "EG": (True, False, False)}
+AGENCY_SPLITS = {1: (1.0,), 2: (0.75, 0.25), 3: (0.6, 0.25, 0.15)}
+AGENCY_KINDS = ("Bibliotekerne", "Skolebibliotekerne", "Bogbusserne")
+# Fictional municipality names: a head and a tail (Lyngvig, Egeholm, ...), never a real municipality's.
+NAME_HEADS = ("Nord", "Syd", "Øster", "Vester", "Lyng", "Ege", "Bøge", "Havre", "Sø", "Mose", "Strand", "Skov",
+              "Bakke", "Hede", "Fjord", "Kilde", "Kær", "Mølle", "Sten", "Birke", "Ask", "Ravn", "Hjorte", "Tjørne")
+NAME_TAILS = ("vang", "by", "mose", "vig", "lund", "holm", "rup", "sted", "løse", "bjerg", "havn", "strup", "købing",
+              "næs")
+
+
+def size_spread(count: int) -> np.ndarray:
+    """Relative sizes of ``count`` municipalities, summing to 1, smallest first: the quantiles of a
+    lognormal whose spread puts the largest at LARGEST_TO_MEDIAN times the median (as Denmark's
+    98 municipalities spread around a median of some 45 000 inhabitants). Deterministic."""
+    if count == 1:
+        return np.ones(1)
+    normal = statistics.NormalDist()
+    z = np.array([normal.inv_cdf((i + 0.5) / count) for i in range(count)])
+    sizes = np.exp(math.log(LARGEST_TO_MEDIAN) / z[-1] * z)
+    return sizes / sizes.sum()
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace("æ", "ae").replace("ø", "oe").replace("å", "aa")
+
+
+def national_agencies(count: int, seed: int) -> tuple[AgencySpec, ...]:
+    """The agencies of ``count`` synthetic municipalities (seeded; its own random stream, part 6).
+
+    Sizes from ``size_spread`` in a seeded order; vendors a third each (all three from 3 on), in a
+    seeded order; each municipality a valid, unique CVR (modulus 11), 1-3 agencies sharing it
+    (agency ids 7<code>00, 7<code>10, 7<code>20) and its vendor's agency settings; two agencies that
+    are not their municipality's first get the broken age limits 0 and 100 (C3)."""
+    if not 1 <= count <= MAX_MUNICIPALITIES:
+        raise ValueError(f"municipalities must be from 1 to {MAX_MUNICIPALITIES}")
+    rng = _rng(seed, 6)
+    pyr = _pyrandom(rng)
+    combos = [h + t for h in NAME_HEADS for t in NAME_TAILS]
+    names = [combos[i] for i in rng.permutation(len(combos))[:count]]
+    weights = size_spread(count)[rng.permutation(count)]
+    vendors = [VENDORS[i] for i in rng.permutation(np.arange(count) % len(VENDORS))]
+    cvrs: list[str] = []
+    while len(cvrs) < count:
+        cvr = _cvr(pyr)
+        if cvr not in cvrs:
+            cvrs.append(cvr)
+    sizes = rng.integers(1, 4, count)
+    specs: list[AgencySpec] = []
+    for m in range(count):
+        name, vendor, code = names[m], vendors[m], 101 + 7 * m
+        settings_ = VENDOR_SETTINGS[vendor]
+        base = 1000 + 90 * m
+        districts = ((f"{base}", name), (f"{base + 1}", f"{name} Nord"), (f"{base + 5}", f"{name} Syd"))
+        for j, part in enumerate(AGENCY_SPLITS[int(sizes[m])]):
+            specs.append(AgencySpec(f"7{code:03d}{j}0", name, f"{_slug(name)}{j or ''}", float(weights[m] * part),
+                                    vendor, 18, *settings_, cvr=cvrs[m], name=f"{name} {AGENCY_KINDS[j]}",
+                                    districts=districts))
+    secondary = [i for i, s in enumerate(specs) if not s.agency_id.endswith("00")]
+    for i, limit in zip(sorted(pyr.sample(secondary, min(2, len(secondary)))), (0, 100), strict=False):
+        specs[i] = AgencySpec(**{**asdict(specs[i]), "age_limit": limit})
+    return tuple(specs)
 
 AGENCY_COLUMNS = ("agency_id", "name", "municipality_cvr", "age_limit", "cut_off_date", "replacement_cpr_enabled",
                   "verify_compensations", "auto_compensation_acknowledged", "debtor_vendor", "org_unit_uuid",
@@ -284,10 +363,10 @@ def _person_name(pyr: random.Random, male: bool) -> str:
     return f"{first}{middle} {pyr.choice(words.SURNAMES)}"
 
 
-def _address(pyr: random.Random, municipality: str) -> tuple[str, str, str]:
+def _address(pyr: random.Random, districts: tuple) -> tuple[str, str, str]:
     floor = pyr.choice(words.FLOORS)
     street = f"{pyr.choice(words.STREET_NAMES)} {pyr.randrange(1, 120)}" + (f", {floor}" if floor else "")
-    postal_code, city = pyr.choice(words.MUNICIPALITIES[municipality])
+    postal_code, city = pyr.choice(districts)
     return street, postal_code, city
 
 
@@ -308,14 +387,16 @@ class _Agencies:
     branch_count: np.ndarray
 
 
-def _agencies(seed: int, as_of: dt.date, cut_off_days: int = 365) -> _Agencies:
+def _agencies(seed: int, as_of: dt.date, cut_off_days: int = 365,
+              specs: tuple[AgencySpec, ...] = AGENCIES) -> _Agencies:
     rng = _rng(seed, 1)
     pyr = _pyrandom(rng)
     rows, cut_offs, branch_rows, branch_ids, starts, counts = [], [], [], [], [], []
-    for spec in AGENCIES:
+    for spec in specs:
         cut_off = as_of - dt.timedelta(days=cut_off_days + int(rng.integers(-45, 46)))
         cut_offs.append(cut_off)
-        rows.append((spec.agency_id, f"{spec.municipality} Bibliotekerne", _cvr(pyr), spec.age_limit, cut_off,
+        rows.append((spec.agency_id, spec.name or f"{spec.municipality} Bibliotekerne", spec.cvr or _cvr(pyr),
+                     spec.age_limit, cut_off,
                      spec.replacement_cpr_enabled, spec.verify_compensations, spec.auto_compensation_acknowledged,
                      spec.debtor_vendor, _uuid(rng), _uuid(rng)))
         n = int(rng.integers(2, 5))
@@ -354,15 +435,24 @@ class _Patrons:
     population: dict[str, int]
 
 
-def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies: _Agencies) -> _Patrons:
+def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies: _Agencies,
+             specs: tuple[AgencySpec, ...] = AGENCIES) -> _Patrons:
     rng = _rng(seed, 2)
     pyr = _pyrandom(rng)
     as_of_d = np.datetime64(as_of, "D")
 
-    shares = np.array([a.share for a in AGENCIES])
+    shares = np.array([a.share for a in specs])
     per_agency = np.floor(shares * n).astype(np.int64)
-    per_agency[0] += n - per_agency.sum()
-    agency = rng.permutation(np.repeat(np.arange(len(AGENCIES)), per_agency))
+    if specs is AGENCIES:
+        per_agency[0] += n - per_agency.sum()
+    else:   # every agency a patron; the rest by largest remainder, so rounding bends no municipality's size
+        per_agency = np.maximum(per_agency, 1)
+        short = int(n - per_agency.sum())
+        if short >= 0:
+            per_agency[np.argsort(np.floor(shares * n) - shares * n, kind="stable")[:short]] += 1
+        else:
+            per_agency[np.argmax(per_agency)] += short
+    agency = rng.permutation(np.repeat(np.arange(len(specs)), per_agency))
     branch = agencies.branch_start[agency] + rng.integers(0, agencies.branch_count[agency])
 
     n_company = max(5, round(0.04 * n))
@@ -413,10 +503,11 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
 
     # Existing replacement CPRs (I1): a few at agencies that use them, a handful at Prisme (I3).
     candidates = no_cpr[has_birth_date[no_cpr]]
-    enabled = np.array([a.replacement_cpr_enabled for a in AGENCIES])
+    enabled = np.array([a.replacement_cpr_enabled for a in specs])
+    prisme = np.array([a.debtor_vendor == "PRISME" for a in specs])
     with_replacement = np.concatenate([
         _pick(rng, candidates[enabled[agency[candidates]]], 0.02, minimum=2),
-        _pick(rng, candidates[agency[candidates] == PRISME_AGENCY], 0.01, minimum=2),
+        _pick(rng, candidates[prisme[agency[candidates]]], 0.01, minimum=2),
     ])
     has_replacement = _mask(n, with_replacement)
 
@@ -434,7 +525,8 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
     used: set[str] = set()
     used_replacement: set[str] = set()
     birth_list = birth.tolist()
-    municipality = [AGENCIES[a].municipality for a in range(len(AGENCIES))]
+    municipality = [a.municipality for a in specs]
+    districts = [a.districts or words.MUNICIPALITIES[a.municipality] for a in specs]
     agency_l = agency.tolist()
     malformed_seen = 0
     for i in persons.tolist():
@@ -451,7 +543,7 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
         elif has_replacement[i]:
             replacement[i] = _replacement_cpr(pyr, b, used_replacement)
         name[i] = _person_name(pyr, is_male)
-        street[i], postal[i], city[i] = _address(pyr, municipality[agency_l[i]])
+        street[i], postal[i], city[i] = _address(pyr, districts[agency_l[i]])
 
     # Companies and institutions (T5): CVR valid / missing / failing mod-11; P-number; EAN.
     companies = np.flatnonzero(kind == COMPANY)
@@ -471,7 +563,7 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
         else:
             template = pyr.choice(words.FIRM_TEMPLATES)
         name[i] = _fill(template, pyr, municipality[a])
-        street[i], postal[i], city[i] = _address(pyr, municipality[a])
+        street[i], postal[i], city[i] = _address(pyr, districts[a])
         if i in no_cvr_s:
             cvr[i] = None
         elif i in bad_cvr_s:
@@ -491,7 +583,7 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
     well_formed = (cpr_class == CPR_VALID) | (cpr_class == CPR_MOD11_FAIL)
     eligible = adult_now & well_formed
     eligible_by_agency = []
-    for a in range(len(AGENCIES)):
+    for a in range(len(specs)):
         idx = np.flatnonzero(eligible & (agency == a))
         idx = idx[np.argsort(birth[idx], kind="stable")]
         eligible_by_agency.append(idx)
@@ -503,7 +595,7 @@ def _patrons(seed: int, n: int, as_of: dt.date, period_start: dt.date, agencies:
         a = agency_l[i]
         name[i] = _fill(pyr.choice(words.GROUP_TEMPLATES), pyr, municipality[a])
         if pyr.random() < 0.5:
-            street[i], postal[i], city[i] = _address(pyr, municipality[a])
+            street[i], postal[i], city[i] = _address(pyr, districts[a])
         pool = eligible_by_agency[a]
         if i in with_responsible and len(pool):
             responsible[i] = int(pool[pyr.randrange(len(pool))]) + 1
@@ -852,9 +944,10 @@ class _Amounts(dict):
         return value
 
 
-def _patron_rows(pat: _Patrons, agencies: _Agencies, groups_last: bool) -> Iterator[tuple]:
+def _patron_rows(pat: _Patrons, agencies: _Agencies, groups_last: bool,
+                 specs: tuple[AgencySpec, ...] = AGENCIES) -> Iterator[tuple]:
     """Patron rows; groups last, so a group's responsible patron exists before it (SQLite checks at once)."""
-    agency_ids = [a.agency_id for a in AGENCIES]
+    agency_ids = [a.agency_id for a in specs]
     kinds = pat.kind.tolist()
     agency = pat.agency.tolist()
     branch = pat.branch.tolist()
@@ -877,8 +970,9 @@ def _loan_rows(lia: _Liabilities, items: np.ndarray) -> Iterator[tuple]:
                        lia.returned_at[s:e].tolist(), strict=True)
 
 
-def _liability_rows(lia: _Liabilities, items: np.ndarray) -> Iterator[tuple]:
-    agency_ids = np.array([a.agency_id for a in AGENCIES], dtype=object)
+def _liability_rows(lia: _Liabilities, items: np.ndarray,
+                    specs: tuple[AgencySpec, ...] = AGENCIES) -> Iterator[tuple]:
+    agency_ids = np.array([a.agency_id for a in specs], dtype=object)
     kinds = np.array(["fee", "compensation"], dtype=object)
     statuses = np.array(STATUSES, dtype=object)
     amounts = _Amounts()
@@ -902,7 +996,7 @@ def wipe(conn: Connection) -> None:
 
 
 def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabilities_per_patron: float = 10.0,
-             backlog_years: int = 6, cut_off_days: int = 365) -> GenerationSummary:
+             backlog_years: int = 6, cut_off_days: int = 365, municipalities: int | None = None) -> GenerationSummary:
     """Empty the FBS tables and fill them with a reproducible synthetic population (one transaction).
 
     ``patrons`` patrons (at least MIN_PATRONS) and about ``patrons * liabilities_per_patron``
@@ -910,9 +1004,20 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
     lies about ``cut_off_days`` (+-45) before ``as_of``. Everything older is the pre-cut-off
     backlog, in every status (T1, T3): a large one (for a backfill when the cut-off moves back)
     is e.g. 100 000 patrons over 10 years, about 760 000 liabilities before the cut-off.
+
+    ``municipalities`` (1..MAX_MUNICIPALITIES): instead of the five fixed agencies (``AGENCIES``),
+    that many synthetic municipalities of skewed sizes sharing the ``patrons`` (``national_agencies``:
+    the largest about LARGEST_TO_MEDIAN times the median, all three vendors), with the same
+    data-quality mix; at least MIN_PATRONS_PER_MUNICIPALITY patrons per municipality. None (the
+    default) gives exactly the population it gave before the option existed.
     """
+    if municipalities is not None and not 1 <= municipalities <= MAX_MUNICIPALITIES:
+        raise ValueError(f"municipalities must be from 1 to {MAX_MUNICIPALITIES} (Denmark has 98)")
     if patrons < MIN_PATRONS:
         raise ValueError(f"patrons must be at least {MIN_PATRONS}")
+    if municipalities is not None and patrons < MIN_PATRONS_PER_MUNICIPALITY * municipalities:
+        raise ValueError(f"patrons must be at least {MIN_PATRONS_PER_MUNICIPALITY} per municipality "
+                         f"({MIN_PATRONS_PER_MUNICIPALITY * municipalities} for {municipalities})")
     if seed < 0:
         raise ValueError("seed must not be negative")
     if liabilities_per_patron <= 0 or backlog_years < 2:
@@ -923,8 +1028,9 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
         as_of = as_of.date()
     period_start = _add_years_date(as_of, -backlog_years)
 
-    agencies = _agencies(seed, as_of, cut_off_days)
-    pat = _patrons(seed, patrons, as_of, period_start, agencies)
+    specs = AGENCIES if municipalities is None else national_agencies(municipalities, seed)
+    agencies = _agencies(seed, as_of, cut_off_days, specs)
+    pat = _patrons(seed, patrons, as_of, period_start, agencies, specs)
     guard = _guardians(seed, pat, as_of, period_start)
     mat = _materials(seed, max(500, patrons // 4))
     lia = _liabilities(seed, pat, guard, agencies, len(mat.rows), as_of, period_start, liabilities_per_patron)
@@ -935,10 +1041,12 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
         wipe(conn)
         summary.agency = bulk_insert(conn, "agency", AGENCY_COLUMNS, agencies.rows)
         summary.branch = bulk_insert(conn, "branch", BRANCH_COLUMNS, agencies.branch_rows)
-        summary.patron = bulk_insert(conn, "patron", PATRON_COLUMNS, _patron_rows(pat, agencies, True))
+        summary.patron = bulk_insert(conn, "patron", PATRON_COLUMNS, _patron_rows(pat, agencies, True, specs))
         summary.guardianship = bulk_insert(conn, "guardianship", GUARDIANSHIP_COLUMNS, guard.rows)
         summary.material = bulk_insert(conn, "material", MATERIAL_COLUMNS, mat.rows)
         summary.loan = bulk_insert(conn, "loan", LOAN_COLUMNS, _loan_rows(lia, mat.item_numbers))
-        summary.liability = bulk_insert(conn, "liability", LIABILITY_COLUMNS, _liability_rows(lia, mat.item_numbers))
+        summary.liability = bulk_insert(conn, "liability", LIABILITY_COLUMNS, _liability_rows(lia, mat.item_numbers, specs))
     summary.population = {**pat.population, **lia.population}
+    if municipalities is not None:
+        summary.population["municipalities"] = len({s.cvr for s in specs})
     return summary
