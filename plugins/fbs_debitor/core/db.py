@@ -29,7 +29,7 @@ import datetime as dt
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from functools import cache, lru_cache
 from pathlib import Path
@@ -533,3 +533,31 @@ def exclusive(engine: Engine, name: str, part: str | None = None) -> Iterator[No
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k, :p)"), {"k": key, "p": lock_part(part)})
             conn.commit()
+
+
+@contextmanager
+def exclusive_many(engine: Engine, name: str, parts) -> Iterator[None]:
+    """Hold the named lock of every part (``None``: the whole lock) at once, taken in the given
+    order and released in reverse: what a step that must exclude every municipality's step takes.
+    PostgreSQL: all advisory locks in ONE session, so a hundred municipalities hold one pooled
+    connection, not a hundred. SQLite: one ``flock`` per part, as ``exclusive``."""
+    parts = list(parts)
+    if _is_sqlite(engine):
+        with ExitStack() as stack:
+            for part in parts:
+                stack.enter_context(exclusive(engine, name, part=part))
+            yield
+        return
+    key = LOCKS[name]
+    with engine.connect() as conn:
+        held: list[int] = []
+        try:
+            for part in parts:
+                conn.execute(text("SELECT pg_advisory_lock(:k, :p)"), {"k": key, "p": lock_part(part)})
+                conn.commit()
+                held.append(lock_part(part))
+            yield
+        finally:
+            for p in reversed(held):
+                conn.execute(text("SELECT pg_advisory_unlock(:k, :p)"), {"k": key, "p": p})
+                conn.commit()
