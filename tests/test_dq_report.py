@@ -879,7 +879,7 @@ def test_dq_report_dag_runs_daily_at_six_with_a_real_window():
     from airflow.sdk import CronDataIntervalTimetable
     from airflow.serialization.encoders import coerce_to_core_timetable
 
-    bag = DagBag(dag_folder=str(HOME / "dags"))
+    bag = DagBag(dag_folder=str(HOME / "dags" / "debitor_dq_report.py"))
     assert bag.import_errors == {}
     dag = bag.dags["debitor_dq_report"]
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
@@ -889,8 +889,26 @@ def test_dq_report_dag_runs_daily_at_six_with_a_real_window():
     assert interval.end.in_timezone("Europe/Copenhagen").hour == 6
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert {"fbs-debitor", "data-quality"} <= set(dag.tags) and dag.doc_md
-    assert [t.task_id for t in dag.topological_sort()] == ["build_reports", "email_reports", "email_digest"]
+    assert [t.task_id for t in dag.topological_sort()] == ["report_units", "build_reports", "email_reports",
+                                                          "email_digest"]
     assert all(t.retries >= 1 for t in dag.tasks)
+
+
+def test_issue18_M4_report_dag_builds_and_mails_per_municipality():
+    """Build and email are mapped per municipality, each instance named by its unit's label; the
+    digest is one task that runs whatever the mapped tasks did."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = DagBag(dag_folder=str(HOME / "dags" / "debitor_dq_report.py")).dags[
+        "debitor_dq_report"]
+    for task_id in ("build_reports", "email_reports"):
+        task = dag.get_task(task_id)
+        assert isinstance(task, MappedOperator), task_id
+        assert task.map_index_template == "{{ unit_label }}"
+    assert not isinstance(dag.get_task("email_digest"), MappedOperator)
+    assert dag.get_task("email_digest").trigger_rule == "all_done"
+    assert dag.get_task("email_digest").upstream_task_ids == {"email_reports"}
 
 
 def test_report_date_is_the_run_day_in_copenhagen():

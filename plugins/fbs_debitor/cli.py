@@ -40,6 +40,7 @@ from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbound_service, inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
+from fbs_debitor.quality import checks as dq_checks
 from fbs_debitor.quality import digest, mailer
 from fbs_debitor.quality import report as dq_report
 from fbs_debitor.status import overview as status_overview
@@ -94,7 +95,7 @@ def cmd_init(args) -> int:
 def cmd_assess(args) -> int:
     stores = _stores()
     init_stores(stores)
-    run_id, counts = run_assessment(stores, kind="manual", data_docs_dir=settings.var_dir() / "data_docs")
+    run_id, counts = run_assessment(stores, kind="manual", data_docs_dir=dq_checks.data_docs_dir())
     print(format_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs))
     return 0
 
@@ -106,14 +107,14 @@ def cmd_transfer(args) -> int:
     stores = _stores()
     init_stores(stores)
     if args.dry_run:
-        summary = dry_run.run(stores, Path(args.out) if args.out else settings.var_dir() / "dry-run",
+        summary = dry_run.run(stores, Path(args.out) if args.out else dry_run.default_dir("dry-run"),
                               batch_size=args.batch_size)
         print(dry_run.format_summary(summary))
         return EXIT_OK
 
     with _clients(stores) as client:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
-                                       data_docs_dir=settings.var_dir() / "data_docs")
+                                       data_docs_dir=dq_checks.data_docs_dir())
     run = ledger.get_run(stores.ledger, run_id)
     counts = ledger.run_counts(stores.ledger, run_id)
     print(format_run(run, counts, stores.fbs))
@@ -185,7 +186,7 @@ def cmd_report(args) -> int:
         stores.dispose()
     dq_report.write_manifest(out, reports, day)
     print(dq_report.format_reports(reports))
-    print(f"agency overviews: {', '.join(str(p) for p in sorted(out.glob('*/index.html')))}")
+    print(f"agency overviews: {', '.join(sorted(str(p) for p in out.glob('*/index.html')))}")
     if smtp is None:
         return 0
     results = mailer.send_reports(reports, smtp)
@@ -198,7 +199,7 @@ def cmd_status(args) -> int:
     if _ledger_behind(stores):
         return EXIT_REFUSED
     try:
-        overview = status_overview.build_overview(stores, day=args.date, reports_root=settings.var_dir() / "reports")
+        overview = status_overview.build_overview(stores, day=args.date, reports_root=dq_report.reports_root())
     finally:
         stores.dispose()
     print(status_overview.format_overview(overview))
@@ -308,8 +309,9 @@ def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int =
 
 def claims_report_path(stamp: str) -> Path:
     """The one place the claims reconciliation report is written (only on differences):
-    ``var/reports/claims/reconciliation-<time>.csv``, next to the payments' in ``var/reports/payments/``."""
-    return settings.var_dir() / "reports" / "claims" / f"reconciliation-{stamp}.csv"
+    ``reports/claims/reconciliation-<time>.csv`` in the shared store (``FBS_DEBITOR_STORAGE_URL``,
+    default ``var/``), next to the payments' in ``reports/payments/``."""
+    return dq_report.reports_root() / "claims" / f"reconciliation-{stamp}.csv"
 
 
 def _print_differences(differences, show: int, values) -> None:

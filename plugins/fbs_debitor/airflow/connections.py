@@ -7,6 +7,7 @@
 | ``serviceplatformen``| SF1590 endpoint, UUIDs, certificate: the default of every municipality | see below |
 | ``serviceplatformen_<cvr>`` | one municipality's own agreement / mode, over the default | the default alone |
 | ``smtp_default``     | the staff reports' mail server    | ``FBS_DEBITOR_SMTP_*``                         |
+| ``fbs_debitor_fingerprint`` | the fingerprint key (password) | see ``claims.fingerprints`` (after ``FBS_DEBITOR_FINGERPRINT_KEY``) |
 
 Database connections: conn_type ``postgres`` (host, port, login, password, schema = the database
 name) or ``sqlite`` (host = the database file path). The meaning of the ``serviceplatformen`` and
@@ -22,6 +23,7 @@ import logging
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from fbs_debitor.claims import fingerprints
 from fbs_debitor.core import settings
 from fbs_debitor.core.db import url_for
 from fbs_debitor.core.settings import DatabaseUrls, database_urls
@@ -101,3 +103,14 @@ def smtp_settings(conn_id: str = mailer.DEFAULT_CONN_ID) -> mailer.SmtpSettings:
             raise mailer.SmtpNotConfigured(f"no Airflow connection {conn_id!r} and {exc}") from None
     log.info("SMTP settings from Airflow connection %r", conn_id)
     return mailer.settings_from_connection(conn)
+
+
+def fingerprint_key_password() -> str | None:
+    """The Connection ``fbs_debitor_fingerprint``'s password (the fingerprint key) through Airflow's
+    connection lookup, so any secrets backend may hold it; None when it is not defined. Never logged."""
+    conn = _lookup(fingerprints.CONN_ID)
+    return (conn.password or None) if conn is not None else None
+
+
+# Inside Airflow (every task reaches its stores through this module), the key comes from Airflow's lookup.
+fingerprints.use_connection_lookup(fingerprint_key_password)

@@ -4,7 +4,9 @@
 
     /status         the page (HTML, ``fbs_debitor.status.page``)
     /status.json    the same overview as JSON (``fbs_debitor.status.overview``)
-    /reports/<...>  the staff reports and reconciliation CSVs under ``var/reports`` (``status.files``)
+    /reports/<...>  the staff reports and reconciliation CSVs under ``reports`` in the shared store
+                    (``FBS_DEBITOR_STORAGE_URL``, default ``var/``; ``status.files`` on this
+                    machine's disk, ``store_file`` in an object store)
 
 A plugin's app is not behind Airflow's login by itself: every route of this one depends on
 Airflow's own ``requires_authenticated()`` (app-wide), which reads the UI's session (the ``_token``
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import PurePosixPath
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from fastapi import Depends, FastAPI
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from fbs_debitor.airflow import connections
-from fbs_debitor.core import settings
+from fbs_debitor.core import settings, storage
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.stores import Stores, open_stores
+from fbs_debitor.quality import report as dq_report
 from fbs_debitor.status import files, page
 from fbs_debitor.status.overview import Overview, build_overview
 
@@ -69,7 +73,7 @@ _STORES = _Stores()
 
 def _overview() -> Overview:
     try:
-        return build_overview(_STORES.get(), reports_root=settings.var_dir() / "reports")
+        return build_overview(_STORES.get(), reports_root=dq_report.reports_root())
     except Unavailable:
         raise
     except SQLAlchemyError as exc:
@@ -78,6 +82,28 @@ def _overview() -> Overview:
                     type(exc).__name__, mask_cprs_in(reason))
         raise Unavailable(f"the FBS extract or the ledger could not be read ({type(exc).__name__}: "
                           f"{mask_cprs_in(reason)}); is the ledger migrated (python -m fbs_debitor init)?") from None
+
+
+def store_file(root, relpath: str) -> tuple[bytes, str]:
+    """A report in an object store: the same names as ``files.report_file`` serves (no ``..``,
+    hidden names or empty parts; HTML, CSV or PNG), read whole; else ``files.NotServed`` (the same
+    answer whether the object exists or not)."""
+    parts = relpath.split("/")
+    if not relpath or len(relpath) > 1000 or any(
+            not p or p in (".", "..") or p.startswith(".") or "\\" in p or "\x00" in p for p in parts):
+        raise files.NotServed(relpath)
+    media = files.MEDIA_TYPES.get(PurePosixPath(parts[-1]).suffix.lower())
+    if media is None:
+        raise files.NotServed(relpath)
+    here = root
+    for part in parts:
+        here = here / part
+    try:
+        if not here.is_file():
+            raise files.NotServed(relpath)
+        return here.read_bytes(), media
+    except (OSError, ValueError):
+        raise files.NotServed(relpath) from None
 
 
 def create_app() -> FastAPI:
@@ -106,12 +132,17 @@ def create_app() -> FastAPI:
 
     @app.get("/reports/{relpath:path}")
     def report(relpath: str):
+        headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store",
+                   "X-Content-Type-Options": "nosniff"}
+        root = dq_report.reports_root()
         try:
-            path, media = files.report_file(settings.var_dir() / "reports", relpath)
+            if storage.is_local(root):
+                path, media = files.report_file(root, relpath)
+            else:
+                body, media = store_file(root, relpath)
+                return Response(body, media_type=media, headers=headers)
         except files.NotServed:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
-        return FileResponse(path, media_type=media,
-                            headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-store",
-                                     "X-Content-Type-Options": "nosniff"})
+        return FileResponse(path, media_type=media, headers=headers)
 
     return app

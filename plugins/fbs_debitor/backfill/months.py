@@ -43,12 +43,11 @@ import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core import ledger, settings
+from fbs_debitor.core import ledger, storage
 from fbs_debitor.core.db import as_bool, as_date, as_datetime, in_query
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import age_limit_range, batch_size_default
@@ -224,7 +223,7 @@ def plan(stores: Stores, request: Request, requested_by: str = "manual", airflow
             if not request.dry_run:
                 cut_off.close_unfinished(conn, a, "superseded", f"superseded by backfill {backfill_id} (asked for "
                                          f"from {request.cut_off_date})", at)
-            out_dir = settings.var_dir() / "backfill" / backfill_id if request.dry_run else None
+            out_dir = dry_run.default_dir("backfill", backfill_id) if request.dry_run else None   # shared store
             conn.execute(text(
                 "INSERT INTO backfill (backfill_id, agency_id, from_date, to_date, dry_run, batch_size, requested_by, "
                 "status, airflow_run_id, out_dir, created_at, note) VALUES (:b, :a, :f, :u, :d, :n, :by, 'running', "
@@ -380,7 +379,7 @@ def run_chunk(stores: Stores, backfill_id: str, chunk_from: dt.date | str, clien
 
 
 def _dry_chunk(stores: Stores, bf, scope: Scope, today: dt.date | None) -> dict:
-    out = Path(bf.out_dir) / scope.from_date.isoformat()
+    out = dry_run.location(bf.out_dir) / scope.from_date.isoformat()
     summary = dry_run.run(stores, out, batch_size=int(bf.batch_size), today=today, scope=scope)
     totals = summary["totals"]
     in_range = sum(n for k, n in totals.items() if k.split(":")[0] in eligibility.CATEGORIES) + totals.get("claims", 0) \
@@ -494,12 +493,12 @@ def finish(stores: Stores, backfill_id: str) -> dict:
                             as_date(gap.seen_cut_off))
     result["status"] = "complete"
     if as_bool(bf.dry_run):
-        result["summary"] = str(_add_up_dry_run(Path(bf.out_dir), chunks))
+        result["summary"] = str(_add_up_dry_run(dry_run.location(bf.out_dir), chunks))
     log.info("backfill %s (agency %s) complete: %s", backfill_id, bf.agency_id, result)
     return result
 
 
-def _add_up_dry_run(out_dir: Path, chunks) -> Path:
+def _add_up_dry_run(out_dir, chunks):
     totals: Counter = Counter()
     files = 0
     per_month = {}
@@ -512,9 +511,9 @@ def _add_up_dry_run(out_dir: Path, chunks) -> Path:
         files += summary["files"]
         per_month[as_date(c.chunk_from).isoformat()] = summary["totals"].get("claims", 0)
     out = out_dir / "summary.json"
-    out.write_text(json.dumps({"dry_run": True, "out_dir": str(out_dir), "files": files,
-                               "totals": dict(sorted(totals.items())), "claims_per_month": per_month},
-                              indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    storage.write(out, (json.dumps({"dry_run": True, "out_dir": str(out_dir), "files": files,
+                                    "totals": dict(sorted(totals.items())), "claims_per_month": per_month},
+                                   indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return out
 
 

@@ -2,12 +2,22 @@
 
 The ledger must notice when a sent claim's CPR or CVR changes, but must never hold a CPR number,
 and a plain hash of a CPR number is no protection (there are only a few billion of them). So
-identity fingerprints are HMAC-SHA256 under a key kept OUTSIDE the ledger:
+identity fingerprints are HMAC-SHA256 under a key kept OUTSIDE the ledger. Every worker of a
+deployment must use the same key, so it comes from where every worker sees it, in this order:
 
-* ``FBS_DEBITOR_FINGERPRINT_KEY`` (the key itself; in Airflow put it in the workers' environment
-  or a secrets backend), else
-* the file ``FBS_DEBITOR_FINGERPRINT_KEY_FILE``, default ``<var>/secrets/fingerprint.key``,
-  created with 32 random bytes (mode 0600) on first use: the embedded demo needs no set-up.
+1. ``FBS_DEBITOR_FINGERPRINT_KEY`` (the key itself, in the workers' environment);
+2. the Airflow connection ``fbs_debitor_fingerprint``, its password (16 to 1024 characters): inside
+   a task through Airflow's connection lookup (``fbs_debitor.airflow.connections`` hands it to
+   ``use_connection_lookup``), so any secrets backend holds it; outside Airflow (the CLI) from
+   ``AIRFLOW_CONN_FBS_DEBITOR_FINGERPRINT`` (Airflow's JSON or URI form);
+3. a key file, only for the embedded demo (a ledger that is a file on this machine, SQLite) or
+   when ``FBS_DEBITOR_FINGERPRINT_KEY_FILE`` is set explicitly: that file, default
+   ``<var>/secrets/fingerprint.key``, created with 32 random bytes (mode 0600) on first use, so
+   the demo needs no set-up.
+
+A ledger on a database server (PostgreSQL) with none of these is refused (``KeyMissing``, naming the
+connection to create): a key file made up on one worker would differ from another worker's. The
+key is never logged or shown, nor is the connection's raw value.
 
 The ledger keeps a check value of the key (``secret_check``). Comparing prints made under
 another key would make every claim look changed and send thousands of identifier changes; so a
@@ -21,41 +31,129 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
+from fbs_debitor.core import settings
 from fbs_debitor.core.db import as_bool, as_date
-from fbs_debitor.core.settings import var_dir
 
 KEY_NAME = "fingerprint_key"
+CONN_ID = "fbs_debitor_fingerprint"
+ENV_CONN = "AIRFLOW_CONN_FBS_DEBITOR_FINGERPRINT"
+KEY_FILE_SETTING = "FBS_DEBITOR_FINGERPRINT_KEY_FILE"
+MIN_LENGTH, MAX_LENGTH = 16, 1024
 
 
 class KeyMismatch(RuntimeError):
     """The fingerprint key is not the one the ledger's prints were made with."""
 
 
+class KeyMissing(RuntimeError):
+    """No fingerprint key where every worker sees it (a ledger on a database server)."""
+
+
+# The connection's password as Airflow looks it up (set inside Airflow by fbs_debitor.airflow.connections);
+# None: read AIRFLOW_CONN_FBS_DEBITOR_FINGERPRINT from the environment.
+_connection_lookup: Callable[[], str | None] | None = None
+
+
+def use_connection_lookup(lookup: Callable[[], str | None] | None) -> None:
+    """Read the connection ``fbs_debitor_fingerprint``'s password through ``lookup`` (Airflow's
+    connection lookup, any secrets backend) instead of the environment; None: the environment."""
+    global _connection_lookup
+    _connection_lookup = lookup
+
+
+def password_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The password of ``AIRFLOW_CONN_FBS_DEBITOR_FINGERPRINT``: Airflow's JSON form
+    (``{"conn_type": "generic", "password": "..."}``) or URI form (``generic://:<password>@``,
+    the password percent-encoded). None when it is not set; never echoes the value."""
+    raw = (os.environ if environ is None else environ).get(ENV_CONN, "").strip()
+    if not raw:
+        return None
+    if raw.startswith("{"):
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise KeyMissing(f"{ENV_CONN} is not valid JSON (the value is not shown)") from None
+        password = data.get("password") if isinstance(data, dict) else None
+        return str(password) if password else None
+    try:
+        password = urlsplit(raw).password
+    except ValueError:
+        raise KeyMissing(f"{ENV_CONN} is not a valid connection URI (the value is not shown)") from None
+    return unquote(password) if password else None
+
+
+def _from_connection() -> str | None:
+    if _connection_lookup is not None:
+        return _connection_lookup()
+    return password_from_env()
+
+
 def key_file() -> Path:
-    return Path(os.environ.get("FBS_DEBITOR_FINGERPRINT_KEY_FILE") or var_dir() / "secrets" / "fingerprint.key")
+    return settings.fingerprint_key_file()
 
 
-def key() -> bytes:
-    given = os.environ.get("FBS_DEBITOR_FINGERPRINT_KEY")
+def _embedded(ledger: Engine | None) -> bool:
+    """True when the ledger is a database file on this machine (the embedded SQLite demo), not on a
+    server. (Asked of the URL's parts, not its dialect: a file path and no host.)"""
+    url = ledger.url if ledger is not None else make_url(settings.database_urls().ledger)
+    database = url.database or ""
+    return (url.host is None and "host" not in url.query
+            and (database == ":memory:" or (bool(database) and Path(database).is_absolute())))
+
+
+def key_source(ledger: Engine | None = None) -> str:
+    """Where the key comes from (for messages; never the key): the variable, the connection, or the file."""
+    if settings.fingerprint_key():
+        return "FBS_DEBITOR_FINGERPRINT_KEY"
+    if _from_connection():
+        return f"the Airflow connection {CONN_ID!r}"
+    return f"the key file {key_file()}"
+
+
+def key(ledger: Engine | None = None) -> bytes:
+    """The key, in the order of the module's doc. ``ledger``: the ledger it is for (default: the
+    one the settings name), which decides whether a key file may be used."""
+    given = settings.fingerprint_key()          # 16-1024 characters, checked by the setting
     if given:
-        if len(given) < 16:
-            raise ValueError("FBS_DEBITOR_FINGERPRINT_KEY must be at least 16 characters")
         return given.encode("utf-8")
-    path = key_file()
+    from_conn = _from_connection()
+    if from_conn:
+        if not MIN_LENGTH <= len(from_conn) <= MAX_LENGTH or any(ord(c) < 32 for c in from_conn):
+            raise KeyMissing(f"the password of the Airflow connection {CONN_ID!r} is not a usable fingerprint key: "
+                             f"allowed are {MIN_LENGTH} to {MAX_LENGTH} characters, no control characters "
+                             f"(the value is not shown)")
+        return from_conn.encode("utf-8")
+    if not (os.environ.get(KEY_FILE_SETTING, "").strip() or _embedded(ledger)):
+        raise KeyMissing(
+            f"no fingerprint key: the ledger is on a database server, so every worker must read the same key. "
+            f"Create the Airflow connection {CONN_ID!r} (conn_type generic, the key as its password, {MIN_LENGTH} "
+            f"to {MAX_LENGTH} characters; a secrets backend may hold it; outside Airflow {ENV_CONN}), or set "
+            f"FBS_DEBITOR_FINGERPRINT_KEY, or {KEY_FILE_SETTING} to a key file every worker sees")
+    return _key_from_file(key_file())
+
+
+def _key_from_file(path: Path) -> bytes:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:             # another process made it first: read theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
     value = path.read_text(encoding="utf-8").strip()
-    if len(value) < 16:
+    if len(value) < MIN_LENGTH:
         raise ValueError(f"the fingerprint key in {path} is too short")
     return value.encode("utf-8")
 
@@ -82,7 +180,7 @@ def check_value(secret: bytes) -> str:
 def verify_key(ledger: Engine) -> bytes:
     """The key, after checking it is the one the ledger's prints were made with (the first use
     records its check value)."""
-    secret = key()
+    secret = key(ledger)
     want = check_value(secret)
     with ledger.begin() as conn:
         found = conn.execute(text("SELECT check_value FROM secret_check WHERE name = :n"), {"n": KEY_NAME}).scalar()
@@ -91,9 +189,10 @@ def verify_key(ledger: Engine) -> bytes:
                          {"n": KEY_NAME, "v": want,
                           "t": dt.datetime.now().replace(microsecond=0)})
         elif found.strip() != want:
-            raise KeyMismatch("the fingerprint key (FBS_DEBITOR_FINGERPRINT_KEY or its key file) is not the one the "
-                              "ledger's claims were fingerprinted with; nothing is compared or sent as a change. "
-                              "Restore the key, or rotate it as described in docs/deployment.md")
+            raise KeyMismatch(f"the fingerprint key (from {key_source(ledger)}) is not the one the ledger's claims "
+                              f"were fingerprinted with; nothing is compared or sent as a change. Restore the key "
+                              f"(FBS_DEBITOR_FINGERPRINT_KEY, the Airflow connection {CONN_ID!r}, or the key file), "
+                              f"or rotate it as described in docs/deployment.md")
     return secret
 
 

@@ -222,6 +222,39 @@ def _inbox(raw: str) -> str:
     return where
 
 
+def _payment_inbox(raw: str) -> str:
+    """The payments inbox: a local folder as ``_inbox``, or any fsspec URL but sftp:// (mount that)."""
+    where = raw.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", where, re.IGNORECASE) and not where.lower().startswith("file://"):
+        if where.lower().startswith("sftp://"):
+            raise _Refused("sftp:// is not served in this build; mount the SFTP folder")
+        return _storage_url(where)
+    return _inbox(where)
+
+
+def _payment_folder(raw: str) -> Path:
+    """The payments archive or quarantine: a local folder as ``_folder``, or an fsspec URL (kept as
+    a path of its text: ``payment_folders`` only compares the three; ``payments.inbox`` reads the
+    URL itself)."""
+    where = raw.strip()
+    if re.match(r"^[a-z][a-z0-9+.-]*://", where, re.IGNORECASE):
+        if where.lower().startswith("file://"):
+            return _folder(where[len("file://"):])
+        _payment_inbox(where)
+        return Path(where)
+    return _folder(where)
+
+
+def _payment_inbox_default(env: Mapping[str, str]) -> str:
+    """``payments/inbox`` under FBS_DEBITOR_STORAGE_URL; a plain path on a local root."""
+    from urllib.parse import unquote
+
+    root = value("FBS_DEBITOR_STORAGE_URL", env)
+    if root.lower().startswith("file://"):
+        return str(Path(unquote(root[len("file://"):])) / "payments" / "inbox")
+    return f"{root}/payments/inbox"
+
+
 def _address(raw: str) -> str:
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", raw.strip()):
         raise _Refused()
@@ -280,20 +313,24 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "claims (or changes) per message", _whole(1, MAX_BATCH_SIZE), lambda env: 500),
     Setting("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "24", "a whole number from 1 to 1000",
             "attempts without an answer before a delivery_delayed staff task", _whole(1, 1000), lambda env: 24),
-    Setting("FBS_DEBITOR_FINGERPRINT_KEY", "none (the key file)", "16 to 1024 characters, no control characters",
-            "key of the parties' fingerprints (U2)", _text(16, 1024), lambda env: None, secret=True),
-    Setting("FBS_DEBITOR_FINGERPRINT_KEY_FILE", "<var>/secrets/fingerprint.key",
-            "an absolute path (a file when it exists)", "where the key is kept when FBS_DEBITOR_FINGERPRINT_KEY "
-            "is not set (created on first use)", _file, lambda env: _var(env) / "secrets" / "fingerprint.key"),
-    Setting("FBS_DEBITOR_PAYMENT_INBOX", "<var>/payments/inbox", "an absolute folder path or file:// URL",
-            "where the debtor system's payment files arrive", _inbox,
-            lambda env: str(_var(env) / "payments" / "inbox")),
-    Setting("FBS_DEBITOR_PAYMENT_ARCHIVE", "archive/ next to the inbox", "an absolute folder path, apart from "
-            "the inbox and the quarantine; unset: the inbox must be a folder named inbox",
-            "applied or recognised files", _folder, lambda env: None),
-    Setting("FBS_DEBITOR_PAYMENT_QUARANTINE", "quarantine/ next to the inbox", "an absolute folder path, apart "
-            "from the inbox and the archive; unset: the inbox must be a folder named inbox",
-            "refused files, each with a .reason.txt", _folder, lambda env: None),
+    Setting("FBS_DEBITOR_FINGERPRINT_KEY", "none (the connection fbs_debitor_fingerprint)",
+            "16 to 1024 characters, no control characters", "key of the parties' fingerprints (U2); before the "
+            "Airflow connection fbs_debitor_fingerprint (its password) and the key file", _text(16, 1024),
+            lambda env: None, secret=True),
+    Setting("FBS_DEBITOR_FINGERPRINT_KEY_FILE", "<var>/secrets/fingerprint.key (embedded SQLite ledger only)",
+            "an absolute path (a file when it exists)", "the key file, used when neither the key nor the connection "
+            "fbs_debitor_fingerprint is set: always when this is set, else only with a ledger on SQLite (created "
+            "on first use)", _file, lambda env: _var(env) / "secrets" / "fingerprint.key"),
+    Setting("FBS_DEBITOR_PAYMENT_INBOX", "<storage>/payments/inbox (<var>/payments/inbox on the default root)",
+            "an absolute folder path, a file:// URL, or an fsspec URL of a store every worker sees (s3://bucket/"
+            "prefix, ...; not sftp://: mount it)", "where the debtor system's payment files arrive", _payment_inbox,
+            _payment_inbox_default),
+    Setting("FBS_DEBITOR_PAYMENT_ARCHIVE", "archive/ next to the inbox", "an absolute folder path or an fsspec URL "
+            "(as the inbox), apart from the inbox and the quarantine; unset: the inbox must be a folder named inbox",
+            "applied or recognised files", _payment_folder, lambda env: None),
+    Setting("FBS_DEBITOR_PAYMENT_QUARANTINE", "quarantine/ next to the inbox", "an absolute folder path or an "
+            "fsspec URL (as the inbox), apart from the inbox and the archive; unset: the inbox must be a folder "
+            "named inbox", "refused files, each with a .reason.txt", _payment_folder, lambda env: None),
     Setting("FBS_DEBITOR_PAYMENT_VENDORS", ",".join(DEBTOR_VENDORS), f"a comma list of {', '.join(DEBTOR_VENDORS)} "
             "(at least one, each once)", "vendors in use: debitor_payments is scheduled from their rhythms",
             _vendors, lambda env: DEBTOR_VENDORS),

@@ -22,10 +22,19 @@ Where GX writes (``include/`` is read-only in the image; ``var/`` is writable):
   rows per expectation (the store in include/gx/plugins; the findings come from the complete
   result in memory). A run with Data Docs keeps its results for its pages; a run without (a
   backfill month) removes its own results at once.
-* Data Docs: ``data_docs_dir`` (the callers pass ``<var>/data_docs``). They accumulate runs: the
+* Data Docs: ``data_docs_dir`` (the callers pass ``data_docs_dir()``: ``data_docs`` in the shared
+  store, ``FBS_DEBITOR_STORAGE_URL``, by default ``<var>/data_docs``). They accumulate runs: the
   newest ``DATA_DOCS_RUNS`` runs keep their pages, older results are removed and GX's index
   builder drops their pages. The site's CSS, JavaScript and fonts are copied next to it from
   ``include/gx/static/`` (see include/gx/README.md), so it works without internet access.
+
+GX writes to folders on this machine only. When ``data_docs_dir`` is in a shared object store
+(an ``ObjectStoragePath`` that is not ``file://``), the results live in the store too
+(``gx/validations``) and this machine keeps working copies (``<var>/gx/shared/``): before a build
+the results other workers added are fetched, the site is built into the local copy, and then
+the new results, the pages this build wrote and the index are copied to the store (each file
+whole), the results pruned here removed there along with their pages. Two workers building at the
+same moment may each write an index without the other's newest run; the next build lists both.
 
 Runs may validate at the same time (the hourly transfer, backfill months, several workers): no run
 writes a shared definition, results have per-run keys, and the Data Docs (index, pruning) are built
@@ -52,7 +61,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from fbs_debitor.claims.stream import claim_rows, read_values
-from fbs_debitor.core import ledger
+from fbs_debitor.core import ledger, storage
 from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr
 from fbs_debitor.core.settings import HOME, age_limit_range, var_dir
 from fbs_debitor.core.stores import Stores
@@ -288,22 +297,93 @@ def _copy_static(source: Path, target: Path) -> None:
                 shutil.copy2(src, dst)
 
 
-def _publish(context, keys, results_dir: Path, data_docs_dir: Path) -> None:
-    """Build this run's pages and the index; keep the newest DATA_DOCS_RUNS runs."""
+def data_docs_dir():
+    """Where the Data Docs site is: ``data_docs`` in the shared store (a Path when the store is this
+    machine's disk, else an ``ObjectStoragePath``)."""
+    p = storage.path("data_docs")
+    return storage.local_path(p) or p
+
+
+def _shared_results():
+    return storage.path("gx", "validations")
+
+
+def _local_places(data_docs_dir) -> tuple[Path, Path]:
+    """(results folder, site folder) on this machine for a site at ``data_docs_dir``: the site
+    itself when it is here, else this machine's working copies of the shared store's."""
+    local = storage.local_path(data_docs_dir) if data_docs_dir is not None else None
+    if data_docs_dir is None or local is not None:
+        return var_dir() / "gx" / "validations", local or var_dir() / "data_docs"
+    return var_dir() / "gx" / "shared" / "validations", var_dir() / "gx" / "shared" / "data_docs"
+
+
+def _files(folder: Path) -> set[str]:
+    return {f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()} if folder.is_dir() else set()
+
+
+def _store_files(folder) -> set[str]:
+    base = str(folder).rstrip("/") + "/"
+    try:
+        return {str(f)[len(base):] for f in folder.rglob("*") if f.is_file()} if folder.exists() else set()
+    except FileNotFoundError:
+        return set()
+
+
+def _at(base, rel: str):
+    for part in rel.split("/"):
+        base = base / part
+    return base
+
+
+def _publish(context, keys, results_dir: Path, data_docs_dir) -> None:
+    """Build this run's pages and the index; keep the newest DATA_DOCS_RUNS runs. ``data_docs_dir``
+    on this machine: built in place; in a shared store: built in the local copy and copied there."""
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     store = context.validation_results_store
+    shared = storage.local_path(data_docs_dir) is None
+    results_store, site_dir = (_shared_results(), _local_places(data_docs_dir)[1]) if shared else (None, data_docs_dir)
     with _locked(results_dir.parent / "data_docs.lock"):
+        if shared:      # the results other workers added (and none another worker pruned)
+            there, here = _store_files(results_store), _files(results_dir)
+            for rel in sorted(there - here):
+                target = results_dir / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                storage.write_atomically(target.parent, target.name, _at(results_store, rel).read_bytes())
+        before = _files(results_dir)
         run_times = sorted({k.run_id.run_time for k in store.list_keys()}, reverse=True)
         if len(run_times) > DATA_DOCS_RUNS:
             oldest_kept = run_times[DATA_DOCS_RUNS - 1]
             for key in store.list_keys():
                 if key.run_id.run_time < oldest_kept:
                     _drop_result(context, results_dir, key)   # GX's index builder then drops the page
+        built_from = time.time() - 1
         context.build_data_docs(site_names=[DATA_DOCS_SITE], resource_identifiers=[
             *keys, ExpectationSuiteIdentifier(name=LIABILITY_SUITE), ExpectationSuiteIdentifier(name=AGENCY_SUITE)])
-        _copy_static(Path(context.root_directory) / "static", data_docs_dir / "static")
-        _remove_empty_dirs(data_docs_dir / "validations")     # only written under this lock
+        _copy_static(Path(context.root_directory) / "static", site_dir / "static")
+        _remove_empty_dirs(site_dir / "validations")     # only written under this lock
+        if shared:
+            _push(results_dir, results_store, before, site_dir, data_docs_dir, built_from)
+
+
+def _push(results_dir: Path, results_store, before: set[str], site_dir: Path, target, built_from: float) -> None:
+    """The local copies to the shared store: new results, the files this build wrote (pages, index,
+    suites) and static assets the store lacks; the results pruned here, and their pages, removed."""
+    after = _files(results_dir)
+    there = _store_files(results_store)
+    for rel in sorted(after - there):
+        storage.write(_at(results_store, rel), (results_dir / rel).read_bytes())
+    pruned = before - after
+    for rel in sorted(pruned & there):
+        _at(results_store, rel).unlink(missing_ok=True)
+    pages = {f"validations/{rel.rsplit('.', 1)[0]}.html" for rel in pruned}
+    site_there = _store_files(target)
+    for rel in sorted(pages & site_there):
+        _at(target, rel).unlink(missing_ok=True)
+    for rel in sorted(_files(site_dir)):
+        local = site_dir / rel
+        if local.stat().st_mtime >= built_from or (rel.startswith("static/") and rel not in site_there):
+            storage.write(_at(target, rel), local.read_bytes())
 
 
 def _gx_error(info) -> str | None:
@@ -316,14 +396,15 @@ def _gx_error(info) -> str | None:
     return None
 
 
-def _validate(liabilities, agencies, data_docs_dir: Path | None, run_name: str):
+def _validate(liabilities, agencies, data_docs_dir, run_name: str):
     """Run the versioned checkpoints over the two frames. Returns ({check code: failing ids}
     for the liabilities, {check code: failing ids} for the agencies, the docs index path)."""
     from great_expectations.core.run_identifier import RunIdentifier
 
-    results_dir = var_dir() / "gx" / "validations"
+    # On this machine; with the site in a shared store, working copies of it (see the module doc).
     # A run without Data Docs never builds the site; its context names the usual place anyway.
-    context = _context(str(GX_DIR), str(results_dir), str(data_docs_dir or var_dir() / "data_docs"))
+    results_dir, site_dir = _local_places(data_docs_dir)
+    context = _context(str(GX_DIR), str(results_dir), str(site_dir))
     low, high = age_limit_range()
     run_id = RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.UTC))
     failing: dict[str, dict[str, set]] = {}

@@ -38,7 +38,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 
-from fbs_debitor.quality.report import BranchReport, templates
+from fbs_debitor.core import storage
+from fbs_debitor.quality.report import BranchReport, location, templates
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,8 @@ def build_message(report: BranchReport, from_email: str, recipients: Sequence[st
                   template_dir: Path | None = None) -> EmailMessage:
     """The branch's mail: plain-text summary, the HTML report as the HTML body, the CSV attached.
     ``template_dir`` as for ``report.build_reports``."""
-    html_body = Path(report.html_path).read_text(encoding="utf-8")
-    csv_bytes = Path(report.csv_path).read_bytes()
+    html_body = location(report.html_path).read_bytes().decode("utf-8")   # here or in the shared store
+    csv_bytes = location(report.csv_path).read_bytes()
     date = report.report_date
     env = templates(template_dir)
     msg = _message(env.get_template("mail_subject.txt.j2").render(report=report), from_email, recipients)
@@ -216,10 +217,11 @@ def send_text(smtp: SmtpSettings, recipients: Sequence[str], subject: str, body:
     return tuple(a for a in recipients if a not in refused)
 
 
-def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *, state_file: Path | None = None,
+def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *, state_file=None,
                  template_dir: Path | None = None) -> list[SendResult]:
-    """Send each branch its report; never raises for one branch. With ``state_file``, branches
-    already sent (by an earlier attempt of the same run) are not sent again."""
+    """Send each branch its report; never raises for one branch. With ``state_file`` (a path here or
+    in the shared store, next to the manifest), branches already sent (by an earlier attempt of the
+    same run, on any worker) are not sent again."""
     done = _load_state(state_file)
     results = []
     for report in reports:
@@ -255,19 +257,20 @@ def send_reports(reports: Iterable[BranchReport], smtp: SmtpSettings, *, state_f
     return results
 
 
-def _load_state(path: Path | None) -> set[str]:
-    if path is None or not Path(path).exists():
+def _load_state(path) -> set[str]:
+    if path is None:
         return set()
-    return set(json.loads(Path(path).read_text(encoding="utf-8")).get("sent", []))
+    path = location(path)
+    if not path.exists():
+        return set()
+    return set(json.loads(path.read_text(encoding="utf-8")).get("sent", []))
 
 
-def _save_state(path: Path | None, done: set[str]) -> None:
+def _save_state(path, done: set[str]) -> None:
+    """Who got theirs so far, written whole after each send (a PUT on a shared store)."""
     if path is None:
         return
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"sent": sorted(done)}), encoding="utf-8")
-    os.replace(tmp, path)
+    storage.write(location(path), json.dumps({"sent": sorted(done)}).encode("utf-8"))
 
 
 def totals(results: Iterable[SendResult]) -> dict[str, int]:

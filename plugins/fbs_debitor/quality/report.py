@@ -64,6 +64,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -74,7 +75,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined,
 from markupsafe import Markup
 from sqlalchemy import bindparam, text
 
-from fbs_debitor.core import settings
+from fbs_debitor.core import storage
 from fbs_debitor.core.db import Unreadable, as_datetime, stored_number
 from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
@@ -93,6 +94,7 @@ STREAM_CHUNK = 5000      # findings per streamed chunk (and per FBS lookup)
 HTML_NAME = "datakvalitet.html"
 CSV_NAME = "datakvalitet.csv"
 MANIFEST_NAME = "manifest.json"
+MANIFESTS = "manifests"          # <day>/manifests/<unit>/: one municipality's manifest and sent-state
 ROWS_NAME = ".rows.html.tmp"   # the open rows' fragment while the report is built
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -133,6 +135,11 @@ _FINDINGS = text(
     "ORDER BY CASE WHEN patron_id IS NULL THEN 0 ELSE 1 END, COALESCE(patron_rank, 2), "
     "CASE WHEN patron_oldest IS NULL THEN 1 ELSE 0 END, patron_oldest, patron_id, "
     "CASE WHEN patron_id IS NULL AND severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
+# The same, for some agencies only (one municipality's mapped task): a patron belongs to one agency,
+# so its rank is the same as over all findings.
+_FINDINGS_OF = text(_FINDINGS.text.replace(
+    "FROM finding WHERE ", "FROM finding WHERE agency_id IN :agencies AND ")).bindparams(
+    bindparam("agencies", expanding=True))
 _PATRONS = text("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids").bindparams(
     bindparam("ids", expanding=True))
 _LIABILITIES = text("SELECT liability_id, number, amount FROM liability WHERE liability_id IN :ids").bindparams(
@@ -145,7 +152,7 @@ class BranchReport:
     branch_id: str
     branch_name: str
     staff_email: str | None
-    html_path: Path
+    html_path: Path                     # a Path on this machine, or an ObjectStoragePath in the shared store
     csv_path: Path
     counts: dict[str, dict[str, int]]   # check code -> {"open", "new", "resolved", "integration", "out_of_scope"}
     open_count: int
@@ -167,16 +174,32 @@ class BranchReport:
 
     @classmethod
     def from_dict(cls, d: dict) -> BranchReport:
-        return cls(**{**d, "html_path": Path(d["html_path"]), "csv_path": Path(d["csv_path"])})
+        return cls(**{**d, "html_path": location(d["html_path"]), "csv_path": location(d["csv_path"])})
 
 
-def build_reports(stores: Stores, out_dir: Path, today: dt.date, *, html_row_limit: int = HTML_ROW_LIMIT,
-                  chunk: int = STREAM_CHUNK, template_dir: Path | None = None) -> list[BranchReport]:
+def build_reports(stores: Stores, out_dir, today: dt.date, *, agencies: Iterable[str] | None = None,
+                  html_row_limit: int = HTML_ROW_LIMIT, chunk: int = STREAM_CHUNK,
+                  template_dir: Path | None = None) -> list[BranchReport]:
     """Write every branch's report for ``today`` under ``out_dir``; returns them in branch order.
+    ``out_dir``: a folder on this machine, or an ``ObjectStoragePath`` in the shared store (the
+    reports are then built in a local temporary folder and copied there, each file whole).
+    ``agencies``: only these agencies' branches (one municipality's reports); None: every branch.
     ``template_dir``: a folder whose templates are used before the package's own (see ``templates``)."""
-    out_dir = Path(out_dir)
+    local = _local(out_dir)
+    if local is None:
+        with tempfile.TemporaryDirectory(prefix="fbs-debitor-reports-") as tmp:
+            reports = build_reports(stores, Path(tmp), today, agencies=agencies, html_row_limit=html_row_limit,
+                                    chunk=chunk, template_dir=template_dir)
+            _upload(Path(tmp), out_dir)
+        for r in reports:
+            r.html_path = _under(out_dir, r.html_path.relative_to(tmp))
+            r.csv_path = _under(out_dir, r.csv_path.relative_to(tmp))
+        log.info("data-quality reports for %s copied to %s", today, out_dir)
+        return reports
+    out_dir = local
     env = templates(template_dir)
-    builder = _Builder(stores, out_dir, today, html_row_limit, env)
+    builder = _Builder(stores, out_dir, today, html_row_limit, env,
+                       None if agencies is None else sorted({str(a) for a in agencies}))
     try:
         builder.load_branches()
         builder.stream_findings(chunk)
@@ -187,6 +210,43 @@ def build_reports(stores: Stores, out_dir: Path, today: dt.date, *, html_row_lim
     log.info("data-quality reports for %s: %d branch(es), %d open finding row(s) in %s", today, len(reports),
              sum(r.open_count for r in reports), out_dir)
     return reports
+
+
+# --- where the files live: this machine, or the shared store -----------------------------------
+
+def _local(p) -> Path | None:
+    """``p`` as a plain Path when it is on this machine (a Path, or a ``file://`` storage path)."""
+    return Path(p) if isinstance(p, str) else storage.local_path(p)
+
+
+def _under(base, rel: Path):
+    out = base
+    for part in rel.parts:
+        out = out / part
+    return out
+
+
+def _upload(folder: Path, target) -> None:
+    """Every finished file under ``folder`` to the same place under ``target`` (one PUT each)."""
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.name.endswith(".tmp"):
+            storage.write(_under(target, f.relative_to(folder)), f.read_bytes())
+
+
+def location(value):
+    """A path as the manifest (or XCom) holds it, back as what it was: a plain path on this machine,
+    or a path in the shared store (its URL, under ``FBS_DEBITOR_STORAGE_URL``; nothing else is read)."""
+    if not isinstance(value, str):
+        return value
+    if "://" not in value:
+        return Path(value)
+    root = storage.root()
+    local = storage.local_path(root)
+    base = str(root).rstrip("/")
+    if not value.startswith(base + "/"):
+        raise ValueError(f"{value} is not under the shared storage root {base} (FBS_DEBITOR_STORAGE_URL)")
+    rel = value[len(base) + 1:]
+    return _under(local, Path(rel)) if local is not None else storage.path(*rel.split("/"))
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -273,8 +333,10 @@ class _Branch:
 
 
 class _Builder:
-    def __init__(self, stores: Stores, out_dir: Path, today: dt.date, html_row_limit: int, env: Environment):
+    def __init__(self, stores: Stores, out_dir: Path, today: dt.date, html_row_limit: int, env: Environment,
+                 agencies: list[str] | None = None):
         self.stores, self.out_dir, self.today, self.html_row_limit = stores, out_dir, today, html_row_limit
+        self.agencies = agencies
         self.rows_template = env.get_template("open_rows.html.j2")
         self.page_template = env.get_template("datakvalitet.html.j2")
         self.chart_start = today - dt.timedelta(days=CHART_DAYS - 1)
@@ -288,6 +350,8 @@ class _Builder:
     def load_branches(self) -> None:
         with self.stores.fbs.connect() as conn:
             rows = conn.execute(_BRANCHES).all()
+        if self.agencies is not None:
+            rows = [r for r in rows if str(r.agency_id) in self.agencies]
         used: set[Path] = set()
         for r in rows:
             folder = self.out_dir / _safe_part(r.agency_id) / _safe_part(r.branch_id)
@@ -303,8 +367,13 @@ class _Builder:
         until = dt.datetime.combine(self.today + dt.timedelta(days=1), dt.time())
         since = dt.datetime.combine(self.chart_start, dt.time())
         params = {"until": until, "since": since}
+        query = _FINDINGS
+        if self.agencies is not None:
+            if not self.agencies:
+                return
+            query, params = _FINDINGS_OF, {**params, "agencies": self.agencies}
         with self.stores.ledger.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=chunk).execute(_FINDINGS, params)
+            result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query, params)
             for part in result.partitions(chunk):
                 self._add_chunk(part)
         if self.unplaced:
@@ -665,19 +734,28 @@ def _write_indexes(out_dir: Path, reports: Iterable[BranchReport], today: dt.dat
         os.replace(tmp, folder / "index.html")
 
 
-def write_manifest(out_dir: Path, reports: Sequence[BranchReport], today: dt.date) -> Path:
-    """``out_dir/manifest.json``: every branch report's paths and counts (what the email step reads)."""
-    path = Path(out_dir) / MANIFEST_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"report_date": today.isoformat(), "reports": [r.as_dict() for r in reports]},
-                              ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+def manifest_path(out_dir, unit: str | None = None):
+    """Where a manifest is: ``out_dir/manifest.json`` for every branch (the CLI), or one
+    municipality's ``out_dir/manifests/<unit>/manifest.json`` (a mapped task of the DAG; the
+    mailer's sent-state file goes next to it). ``out_dir`` as for ``build_reports``."""
+    base = _local(out_dir) or out_dir
+    if unit is not None:
+        base = base / MANIFESTS / _safe_part(unit)
+    return base / MANIFEST_NAME
+
+
+def write_manifest(out_dir, reports: Sequence[BranchReport], today: dt.date, unit: str | None = None):
+    """The manifest (``manifest_path``): every branch report's paths and counts (what the email step
+    reads), written whole or not at all, on this machine or in the shared store."""
+    path = manifest_path(out_dir, unit)
+    storage.write(path, json.dumps({"report_date": today.isoformat(), "unit": unit,
+                                    "reports": [r.as_dict() for r in reports]},
+                                   ensure_ascii=False, indent=1).encode("utf-8"))
     return path
 
 
-def load_manifest(path: Path) -> list[BranchReport]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+def load_manifest(path) -> list[BranchReport]:
+    data = json.loads(location(path).read_text(encoding="utf-8"))
     return [BranchReport.from_dict(d) for d in data["reports"]]
 
 
@@ -694,8 +772,17 @@ def format_reports(reports: Sequence[BranchReport]) -> str:
 
 # --- where and for which day ------------------------------------------------------------------
 
-def report_dir(today: dt.date) -> Path:
-    return settings.var_dir() / "reports" / today.isoformat()
+def reports_root():
+    """The staff reports' root in the shared store (``<FBS_DEBITOR_STORAGE_URL>/reports``): a plain
+    Path when the store is this machine's disk, else an ``ObjectStoragePath``."""
+    root = storage.path("reports")
+    return storage.local_path(root) or root
+
+
+def report_dir(today: dt.date):
+    """One day's reports: ``reports/<date>/<agency>/<branch>/`` (agencies of every municipality side
+    by side: an agency belongs to one municipality, so two municipalities never write one file)."""
+    return reports_root() / today.isoformat()
 
 
 def report_date_for(interval_end: dt.datetime | None) -> dt.date:

@@ -12,9 +12,11 @@ the same few queries for 98 municipalities as for one:
 * payments and write-offs (``movement``): received and applied today (amounts paid and written
   off), held for review and applied-not-yet-in-FBS now; payment files received today;
 * open alarms (``core.alarms.open_alarms``);
-* the newest staff reports (``var/reports/<day>/<agency>/index.html``) and the newest payments
-  run's reconciliation CSV (``var/reports/payments/reconciliation-<run>.csv``), as paths relative
-  to ``var/reports`` (the status page serves that folder).
+* the newest staff reports (``reports/<day>/<agency>/index.html``) and the newest payments
+  run's reconciliation CSV (``reports/payments/reconciliation-<run>.csv``), as paths relative
+  to ``reports`` in the shared store (``FBS_DEBITOR_STORAGE_URL``, default ``var/``: a folder here,
+  or an ``ObjectStoragePath``; the status page serves it). Every municipality's mapped report task
+  writes its agencies' folders side by side under the same day.
 
 "Today" is the current day in Europe/Copenhagen; the ledger's timestamps are naive local time
 (``ledger.now()``, the deployment runs with TZ=Europe/Copenhagen), compared with that day's
@@ -281,9 +283,10 @@ def _query(name: str):
     return text(sql_file(f"queries/{name}.sql"))
 
 
-def build_overview(stores: Stores, day: dt.date | None = None, reports_root: Path | None = None) -> Overview:
+def build_overview(stores: Stores, day: dt.date | None = None, reports_root=None) -> Overview:
     """The overview of ``day`` (default: today in Copenhagen), with report links when
-    ``reports_root`` (``var/reports``) is given. A handful of queries, however many municipalities."""
+    ``reports_root`` (``reports`` in the shared store: a Path, or an ``ObjectStoragePath``) is
+    given. A handful of queries, however many municipalities."""
     day = day or today()
     bounds = day_bounds(day)
     with stores.fbs.connect() as conn:
@@ -375,11 +378,12 @@ def build_overview(stores: Stores, day: dt.date | None = None, reports_root: Pat
                     reconciliation_csv=reconciliation_csv)
 
 
-def newest_report_day(reports_root: Path) -> str | None:
-    """The newest ``YYYY-MM-DD`` folder under ``reports_root`` (None when there is none)."""
+def newest_report_day(reports_root) -> str | None:
+    """The newest ``YYYY-MM-DD`` folder under ``reports_root`` (a Path, or a folder in an object
+    store; None when there is none)."""
     try:
         days = [p.name for p in reports_root.iterdir() if REPORT_DAY.match(p.name) and p.is_dir()
-                and not p.is_symlink()]
+                and not (isinstance(p, Path) and p.is_symlink())]
     except OSError:
         return None
     return max(days, default=None)

@@ -5,6 +5,10 @@ Writes one pretty-printed, schema-valid XML file per batch (``<out>/<agency>/bat
 rule and reason, CPR masked); touches neither the ledger nor FBS (replacement CPR numbers it would create are
 not stored). The XML files hold the identifiers the debtor system needs, so the folder is as
 sensitive as the messages themselves; the summary holds counts only.
+
+``out_dir`` is a folder on this machine or a folder in the shared store (an ``ObjectStoragePath``
+under ``FBS_DEBITOR_STORAGE_URL``, ``core.storage``): there the files are written in a local
+temporary folder (removed afterwards) and copied, each whole, so every worker sees them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import csv
 import datetime as dt
 import json
 import logging
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from fbs_debitor.claims import messages
 from fbs_debitor.claims import stream as claim_stream
+from fbs_debitor.core import storage
 from fbs_debitor.core.settings import batch_size_default
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.eligibility import rules as eligibility
@@ -26,11 +32,23 @@ from fbs_debitor.eligibility import scope as scopes
 log = logging.getLogger(__name__)
 
 
-def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size: int | None = None,
+def run(stores: Stores, out_dir, batch_size: int | None = None, page_size: int | None = None,
         today: dt.date | None = None, scope=None) -> dict:
     """Everything the run's scope would send (default: the hourly run's), as files; counts per
-    category and rule (out of scope too), per account type and claim type."""
-
+    category and rule (out of scope too), per account type and claim type. ``out_dir``: a folder
+    here, or in the shared store."""
+    local = Path(out_dir) if isinstance(out_dir, str) else storage.local_path(out_dir)
+    if local is None:
+        with tempfile.TemporaryDirectory(prefix="fbs-debitor-dry-run-") as tmp:
+            summary = run(stores, Path(tmp), batch_size, page_size, today, scope)
+            summary["out_dir"] = str(out_dir)
+            (Path(tmp) / "summary.json").write_text(_summary_text(summary), encoding="utf-8")
+            for f in sorted(Path(tmp).rglob("*")):
+                if f.is_file():
+                    storage.write(under(out_dir, f.relative_to(tmp)), f.read_bytes())
+        log.info("dry run written to %s", out_dir)
+        return summary
+    out_dir = local
     batch_size = batch_size or batch_size_default()
     scope = scope if scope is not None else scopes.hourly(stores.ledger)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +71,41 @@ def run(stores: Stores, out_dir: Path, batch_size: int | None = None, page_size:
         "agencies": {a: dict(sorted(c.items())) for a, c in sorted(counts.items())},
         "totals": dict(sorted(sum(counts.values(), Counter()).items())),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "summary.json").write_text(_summary_text(summary), encoding="utf-8")
     return summary
+
+
+def _summary_text(summary: dict) -> str:
+    return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+
+
+def under(base, rel):
+    """``base / rel``'s parts, for a Path or an ``ObjectStoragePath``."""
+    out = base
+    for part in Path(rel).parts:
+        out = out / part
+    return out
+
+
+def location(value: str):
+    """A dry run's folder as the ledger holds it (``backfill.out_dir``), back as a path: a plain path
+    on this machine, or the URL of a folder under the shared store's root (nothing else is read)."""
+    if "://" not in value:
+        return Path(value)
+    root = storage.root()
+    base = str(root).rstrip("/")
+    if not value.startswith(base + "/"):
+        raise ValueError(f"{value} is not under the shared storage root {base} (FBS_DEBITOR_STORAGE_URL)")
+    rel = value[len(base) + 1:]
+    local = storage.local_path(root)
+    return under(local, rel) if local is not None else storage.path(*rel.split("/"))
+
+
+def default_dir(*parts: str):
+    """A dry run's folder in the shared store (``<FBS_DEBITOR_STORAGE_URL>/<parts>``): a Path when
+    the store is this machine's disk."""
+    p = storage.path(*parts)
+    return storage.local_path(p) or p
 
 
 def _write_page(page, out_dir: Path, batch_size: int, counts, next_batch, problems) -> int:
