@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from fbs_debitor.airflow import alerts, connections, notifications
 from fbs_debitor.backfill import months as backfill
-from fbs_debitor.core import alarms, ledger, migrations, settings
+from fbs_debitor.core import alarms, ledger, migrations
 from fbs_debitor.core.stores import Stores, open_stores
 from fbs_debitor.delivery import send_rate
 from fbs_debitor.eligibility import cut_off
@@ -114,7 +114,7 @@ def regular_run(run_id: str, run_type: str) -> bool:
 
 def data_quality(run_id: str) -> dict:
     with task_stores(run_id, "data quality") as stores:
-        return dq_checks.run_checks(stores, run_id, data_docs_dir=settings.var_dir() / "data_docs").as_dict()
+        return dq_checks.run_checks(stores, run_id, data_docs_dir=dq_checks.data_docs_dir()).as_dict()
 
 
 def municipalities(run_id: str, vendor: str) -> list[dict]:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 
 from sqlalchemy import bindparam, text
 
@@ -36,6 +36,7 @@ from fbs_debitor.claims import fingerprints
 from fbs_debitor.claims import stream as claim_stream
 from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import fordring_id
+from fbs_debitor.core import storage
 from fbs_debitor.core.db import as_amount
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.stores import Stores
@@ -77,17 +78,19 @@ class Report:
                 f"accepted, {self.unconfirmed} unconfirmed, {len(self.differences)} difference(s) from FBS"
                 + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
 
-    def write_csv(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["liability_id", "fordring_id", "difference", "fbs", "debtor_side", "ledger"])
-            for d in self.differences:
-                w.writerow([d.liability_id, d.fordring_id, d.what, d.fbs, d.debtor, d.ledger])
-            for fid in self.missing:
-                w.writerow(["", fid, "accepted but not held", "", "", "accepted"])
-            for fid in self.unknown:
-                w.writerow(["", fid, "held but never accepted", "", "held", ""])
+    def write_csv(self, path):
+        """The differences as CSV at ``path`` (a Path or a shared ``ObjectStoragePath``), whole or not
+        at all (``core.storage.write``)."""
+        out = io.StringIO(newline="")
+        w = csv.writer(out)
+        w.writerow(["liability_id", "fordring_id", "difference", "fbs", "debtor_side", "ledger"])
+        for d in self.differences:
+            w.writerow([d.liability_id, d.fordring_id, d.what, d.fbs, d.debtor, d.ledger])
+        for fid in self.missing:
+            w.writerow(["", fid, "accepted but not held", "", "", "accepted"])
+        for fid in self.unknown:
+            w.writerow(["", fid, "held but never accepted", "", "held", ""])
+        storage.write(path, out.getvalue().encode("utf-8"))
         return path
 
 

@@ -43,6 +43,30 @@ def path(*parts: str):
     return p
 
 
+def under(base, rel):
+    """``base / rel``'s parts, for a Path or an ``ObjectStoragePath``."""
+    out = base
+    for part in Path(rel).parts:
+        out = out / part
+    return out
+
+
+def at(value):
+    """A path as the ledger, a manifest or XCom holds it (text), back as what it was: a plain path on
+    this machine, or a place under the shared root (its URL; nothing outside the root is read)."""
+    if not isinstance(value, str):
+        return value
+    if "://" not in value:
+        return Path(value)
+    base_root = root()
+    base = str(base_root).rstrip("/")
+    if not value.startswith(base + "/"):
+        raise ValueError(f"{value} is not under the shared storage root {base} (FBS_DEBITOR_STORAGE_URL)")
+    rel = value[len(base) + 1:]
+    local = local_path(base_root)
+    return under(local, rel) if local is not None else path(*rel.split("/"))
+
+
 def is_local(p) -> bool:
     """True when ``p`` is on this machine's file system (``file://``, or a plain Path)."""
     if isinstance(p, Path):

@@ -192,8 +192,8 @@ def build_reports(stores: Stores, out_dir, today: dt.date, *, agencies: Iterable
                                     chunk=chunk, template_dir=template_dir)
             _upload(Path(tmp), out_dir)
         for r in reports:
-            r.html_path = _under(out_dir, r.html_path.relative_to(tmp))
-            r.csv_path = _under(out_dir, r.csv_path.relative_to(tmp))
+            r.html_path = storage.under(out_dir, r.html_path.relative_to(tmp))
+            r.csv_path = storage.under(out_dir, r.csv_path.relative_to(tmp))
         log.info("data-quality reports for %s copied to %s", today, out_dir)
         return reports
     out_dir = local
@@ -219,34 +219,16 @@ def _local(p) -> Path | None:
     return Path(p) if isinstance(p, str) else storage.local_path(p)
 
 
-def _under(base, rel: Path):
-    out = base
-    for part in rel.parts:
-        out = out / part
-    return out
-
-
 def _upload(folder: Path, target) -> None:
     """Every finished file under ``folder`` to the same place under ``target`` (one PUT each)."""
     for f in sorted(folder.rglob("*")):
         if f.is_file() and not f.name.endswith(".tmp"):
-            storage.write(_under(target, f.relative_to(folder)), f.read_bytes())
+            storage.write(storage.under(target, f.relative_to(folder)), f.read_bytes())
 
 
 def location(value):
-    """A path as the manifest (or XCom) holds it, back as what it was: a plain path on this machine,
-    or a path in the shared store (its URL, under ``FBS_DEBITOR_STORAGE_URL``; nothing else is read)."""
-    if not isinstance(value, str):
-        return value
-    if "://" not in value:
-        return Path(value)
-    root = storage.root()
-    local = storage.local_path(root)
-    base = str(root).rstrip("/")
-    if not value.startswith(base + "/"):
-        raise ValueError(f"{value} is not under the shared storage root {base} (FBS_DEBITOR_STORAGE_URL)")
-    rel = value[len(base) + 1:]
-    return _under(local, Path(rel)) if local is not None else storage.path(*rel.split("/"))
+    """A path as the manifest (or XCom) holds it, back as what it was (``storage.at``)."""
+    return storage.at(value)
 
 
 # --- building ----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def run(stores: Stores, out_dir, batch_size: int | None = None, page_size: int |
             (Path(tmp) / "summary.json").write_text(_summary_text(summary), encoding="utf-8")
             for f in sorted(Path(tmp).rglob("*")):
                 if f.is_file():
-                    storage.write(under(out_dir, f.relative_to(tmp)), f.read_bytes())
+                    storage.write(storage.under(out_dir, f.relative_to(tmp)), f.read_bytes())
         log.info("dry run written to %s", out_dir)
         return summary
     out_dir = local
@@ -79,26 +79,9 @@ def _summary_text(summary: dict) -> str:
     return json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
 
 
-def under(base, rel):
-    """``base / rel``'s parts, for a Path or an ``ObjectStoragePath``."""
-    out = base
-    for part in Path(rel).parts:
-        out = out / part
-    return out
-
-
 def location(value: str):
-    """A dry run's folder as the ledger holds it (``backfill.out_dir``), back as a path: a plain path
-    on this machine, or the URL of a folder under the shared store's root (nothing else is read)."""
-    if "://" not in value:
-        return Path(value)
-    root = storage.root()
-    base = str(root).rstrip("/")
-    if not value.startswith(base + "/"):
-        raise ValueError(f"{value} is not under the shared storage root {base} (FBS_DEBITOR_STORAGE_URL)")
-    rel = value[len(base) + 1:]
-    local = storage.local_path(root)
-    return under(local, rel) if local is not None else storage.path(*rel.split("/"))
+    """A dry run's folder as the ledger holds it (``backfill.out_dir``), back as a path (``storage.at``)."""
+    return storage.at(value)
 
 
 def default_dir(*parts: str):
