@@ -7,7 +7,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DeadlineAlert, DeadlineReference, MultipleCronTriggerTimetable, SyncCallback, dag, task
+from airflow.sdk import (
+    DeadlineAlert,
+    DeadlineReference,
+    MultipleCronTriggerTimetable,
+    SyncCallback,
+    dag,
+    get_current_context,
+    task,
+)
 
 from fbs_debitor.payments.rhythm import pickup_crons
 
@@ -21,23 +29,41 @@ morning), Fujitsu Prisme hourly (10 past) or nightly (`FBS_DEBITOR_PRISME_PAYMEN
 use; the schedule is the union of their pick-up times (Europe/Copenhagen). One run at a time.
 Each run takes every file waiting, whichever vendor delivered it.
 
+**The municipality is the unit of isolation**: each municipality's files are applied by its own
+mapped task, under its own lock; one municipality's bad file, crash or hold fails only its task.
+
 1. **open_run** — records the run in the ledger (kind `payments`).
-2. **ingest** — every waiting file in the inbox (`FBS_DEBITOR_PAYMENT_INBOX`, default
-   `var/payments/inbox`; a local or mounted folder behind one small interface) is read with a
-   safe parser (no DTD, no entities, no network) and validated against the schema. A bad file
+2. **payment_units** — checks the settings and the inbox's layout (the inbox
+   `FBS_DEBITOR_PAYMENT_INBOX`, default `payments/inbox` under `FBS_DEBITOR_STORAGE_URL`, a local
+   folder or any object store every worker sees), reports what in the inbox is not a payment file,
+   and sorts the waiting files by municipality: a file the inbound service landed by the CVR in its
+   name, a delivered file by its movements' claims in the ledger. A file of several municipalities,
+   or of none known, is no single municipality's: `ingest_rest` takes it whole.
+3. **ingest** — once per municipality with files waiting (mapped; the grid shows the municipality:
+   `29189404 Testby (KMD_OPUS)`), under that municipality's `payments` lock: each file is read with
+   a safe parser (no DTD, no entities, no network) and validated against the schema. A bad file
    (truncated, not the schema, XXE / entity expansion, a movement delivered before with other
    content) is **quarantined** with its reason and a staff task; the other files still go on. A
    good file is applied in **one ledger transaction**: each movement (payment, write-off,
    repayment, reversal) applied to its claim's sums, balance and settlement (unpaid, partly paid,
    paid, written off, repaid), or **held for review** with a staff task (unknown or cancelled claim,
    overpayment, a reversal that does not match); a file or movement delivered again is
-   recognised and skipped. Then held movements whose reason may have gone are looked at again,
-   and everything is written back to FBS: `fbs.payment` rows keyed by the movement (exactly once),
-   tasks for held movements, and liabilities paid in full closed in FBS.
-3. **reconcile** — compares per claim what was sent, what the debtor system reported and what FBS
-   shows; writes `var/reports/payments/reconciliation-<run>.csv` and closes the run.
-4. **differences** — fails, last and loudly, when reconciliation found any (an **operator
+   recognised and skipped. Then the municipality's held movements whose reason may have gone are
+   looked at again, and its movements are written back to FBS: `fbs.payment` rows keyed by the
+   movement (exactly once), tasks for held movements, and liabilities paid in full closed in FBS.
+   No municipality with files: nothing is mapped (skipped), the run goes on.
+4. **ingest_rest** — after every municipality, whatever became of them, with every lock held: the
+   files of no single municipality, every held movement again, and everything not yet written back;
+   then the run's counts.
+5. **reconcile** — compares per claim what was sent, what the debtor system reported and what FBS
+   shows; writes `reports/payments/reconciliation-<run>.csv` and closes the run (failed, naming
+   them, when a municipality's step failed).
+6. **differences** — fails, last and loudly, when reconciliation found any (an **operator
    alarm** `payment_differences`, resolved by the next run without).
+7. **failed_municipalities** — fails, last, when a municipality's `ingest` (or `payment_units`,
+   or `ingest_rest`) failed or never finished, naming each (`municipality 29189404 Testby
+   (KMD_OPUS): FilesLeft`); every other municipality's payments were done, and the failed one's
+   files wait in the inbox for the next run.
 
 A file refused or a movement held for review is a staff task, not a red run. A red run sends ONE
 alert (`fbs_debitor.airflow.alerts`: email through `smtp_default` to `FBS_DEBITOR_ALERT_EMAIL`, and
@@ -95,13 +121,26 @@ def debitor_payments():
 
         return tasks.open_run("payments", dag.dag_id, run_id, data_interval_start, data_interval_end)
 
-    @task(task_id="ingest")
-    def ingest(ledger_run_id: str) -> dict[str, int]:
+    @task(task_id="payment_units")
+    def payment_units(ledger_run_id: str) -> list[dict]:
         from fbs_debitor.airflow import payment_tasks
 
-        return payment_tasks.ingest_payments(ledger_run_id)
+        return payment_tasks.payment_units(ledger_run_id)
 
-    @task(task_id="reconcile")
+    @task(task_id="ingest", map_index_template="{{ unit_label }}")
+    def ingest(ledger_run_id: str, unit: dict) -> dict[str, int]:
+        from fbs_debitor.airflow import payment_tasks
+
+        get_current_context()["unit_label"] = unit["label"]
+        return payment_tasks.ingest_payments(ledger_run_id, unit)
+
+    @task(task_id="ingest_rest", trigger_rule="all_done")
+    def ingest_rest(ledger_run_id: str) -> dict[str, int]:
+        from fbs_debitor.airflow import payment_tasks
+
+        return payment_tasks.ingest_rest(ledger_run_id)
+
+    @task(task_id="reconcile", trigger_rule="all_done")
     def reconcile(ledger_run_id: str) -> dict[str, int]:
         from fbs_debitor.airflow import payment_tasks
 
@@ -113,10 +152,18 @@ def debitor_payments():
 
         return payment_tasks.payment_differences(ledger_run_id, result)
 
-    run_id = open_run()
-    reconciled = reconcile(run_id)
-    ingest(run_id) >> reconciled
-    differences(run_id, reconciled)
+    @task(task_id="failed_municipalities", retries=0, trigger_rule="all_done")
+    def failed_municipalities(ledger_run_id: str) -> list[str]:
+        from fbs_debitor.airflow import payment_tasks
 
+        return payment_tasks.failed_municipalities(ledger_run_id)
+
+    run_id = open_run()
+    ingested = ingest.partial(ledger_run_id=run_id).expand(unit=payment_units(run_id))
+    rest = ingest_rest(run_id)
+    reconciled = reconcile(run_id)
+    ingested >> rest >> reconciled
+    differences(run_id, reconciled)
+    reconciled >> failed_municipalities(run_id)
 
 debitor_payments()

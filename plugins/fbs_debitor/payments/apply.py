@@ -1,15 +1,43 @@
 """Payments back (P1, P2): the debtor system's files applied to the ledger and written to FBS,
 each movement exactly once.
 
+**The municipality is the unit of isolation** (issue 18, ``transfer.units``): each
+municipality's files are applied by its own step (``ingest_unit``: a mapped Airflow task, one loop
+turn of the CLI's ``ingest``) under its own ``payments`` lock (``db.exclusive(..., part=unit.lock)``),
+and its held movements and write-back go with it; whatever fails there fails that step only.
+
+**Which municipality a file belongs to** (``owner``), decided before it is applied and again, from
+the bytes read, by the step that applies it:
+
+* a file the inbound service landed (``b01a-<time>-<cvr>-<key>.xml``, ``payments.inbound``): the
+  municipality of the CVR in its name (the caller Serviceplatformen vouched for), unless one of its
+  movements names a claim the ledger holds for another municipality; one that cannot be read or is
+  not valid is its name's (its quarantine is that municipality's);
+* a file delivered to the folder (SF1590_B_01A names no municipality: its ``Hovedoplysninger``
+  hold only TransaktionsId and TransaktionsTid): the one municipality whose claims its movements'
+  FordringIDs are in the ledger (a FordringID replaced at an increase, U1, counts as its claim's; a
+  claim the ledger does not know counts by the agency its FBS form ``FBS-<agency>-<n>`` names, if
+  that agency is a municipality's, and is held as P_UNKNOWN_CLAIM anyway);
+* anything else is **no single municipality's**: movements of two municipalities, none placed, a
+  claim of an agency FBS no longer has, a folder file that cannot be read or is not valid. The
+  run-level rest (``ingest_rest``) takes it, with every unit's lock held, and applies (or
+  quarantines) it **whole, as one file, as before**: never split, never lost.
+
+Inside the ledger transaction a municipality's step refuses a file that names another
+municipality's claim (``NotThisUnit``; such a claim appeared since the file was sorted): it is left
+for the rest, so a claim is only ever changed under its own unit's lock.
+
 A run, step by step:
 
-0. **checks**: the settings (``files.preflight``) and the inbox's layout (``Inbox.check``:
-   archive and quarantine are fbs-debitor's own) before anything is read or moved; a problem there
-   is the run's error. The inbox is surveyed: only regular files with a delivery name are taken
-   (``payments.inbox``); every other entry is left as it is and reported (``report_ignored``:
-   logged with its name escaped, counted as ``files_ignored``, recorded in
-   ``payment_inbox_entry``; a file with another name or a link gets one staff task, once).
-1. **files**, oldest name first, each on its own: whatever goes wrong with one file never stops
+0. **checks** (``sort_inbox``, the run's first step): the settings (``files.preflight``) and the
+   inbox's layout (``Inbox.check``: archive and quarantine are fbs-debitor's own) before anything
+   is read or moved; a problem there is the run's error. The inbox is surveyed: only regular files
+   with a delivery name are taken (``payments.inbox``); every other entry is left as it is and
+   reported (``report_ignored``: logged with its name escaped, counted as ``files_ignored``,
+   recorded in ``payment_inbox_entry``; a file with another name or a link gets one staff task,
+   once). The waiting files are sorted by municipality (above).
+1. **files** (each municipality's step, then the rest's), oldest name first, each on its own:
+   whatever goes wrong with one file never stops
    the next. A file whose bytes (SHA-256) were seen before is recognised and only moved out of the
    inbox again. A new file is read without following links or blocking, parsed safely and
    validated (``payments.files.parse``); a bad one is recorded as quarantined with its reason,
@@ -22,9 +50,11 @@ A run, step by step:
    file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
    folder that cannot be written) leaves it in the inbox: the run does everything else, then fails
    with ``FilesLeft`` naming it, and the next run takes it.
-2. **held movements looked at again**: one held because its claim was not yet confirmed or not
-   known, or because the movement a reversal undoes had not arrived, is applied once that changed.
-3. **write-back to FBS**: every applied movement becomes an ``fbs.payment`` row (keyed by the
+2. **held movements looked at again** (a municipality's step: its own; the rest: all): one held
+   because its claim was not yet confirmed or not known, or because the movement a reversal undoes
+   had not arrived, is applied once that changed.
+3. **write-back to FBS** (likewise: a municipality's own, then the rest everything left): every
+   applied movement becomes an ``fbs.payment`` row (keyed by the
    movement, so a crash between the ledger and FBS is finished by the next run, never doubled);
    held movements become staff tasks, ONE per file, reason and liability, or, where the claim is
    not known, per file, reason and agency (``hold_tasks``: 20,000 movements on unknown claims in
@@ -57,7 +87,9 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import text
@@ -66,13 +98,14 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
-from fbs_debitor.core import ledger
+from fbs_debitor.core import db, ledger
 from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query, keyset_pages
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse, preflight
 from fbs_debitor.payments.inbox import BAD_NAME, KIND_TEXT, PARTIAL, SYMLINK, Entry, Inbox, NotTaken, TooLarge, shown
+from fbs_debitor.transfer.units import Unit, units
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +295,22 @@ def _agency_of(fordring_id: str) -> str | None:
 
 # --- one file ------------------------------------------------------------------------------------
 
+class NotThisUnit(Exception):
+    """The file names a claim of another municipality than the one applying it: left for its own."""
+
+
 def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, run_id: str,
-               at: dt.datetime) -> Counter:
-    """Every movement of a valid file decided and recorded in ONE ledger transaction, or none."""
+               at: dt.datetime, agencies: Iterable[str] | None = None) -> Counter:
+    """Every movement of a valid file decided and recorded in ONE ledger transaction, or none.
+    With ``agencies`` (one municipality's task), a file naming a claim of any other agency is not
+    applied here (``NotThisUnit``): each claim is only ever changed under its own unit's lock."""
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
         book = _Book(conn, parsed.movements)
+        if agencies is not None:
+            others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
+            if others:
+                raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
         rows, events = [], []
         for m in parsed.movements:
             prior = book.known.get(m.movement_id)
@@ -363,49 +406,269 @@ def payment_id(movement_id: str) -> str:
     return movement_id if len(movement_id) <= 64 else "DA-" + hashlib.sha256(movement_id.encode()).hexdigest()[:61]
 
 
+# --- which municipality a file belongs to ---------------------------------------------------------
+
+NAMED_CVR = re.compile(r"b01a-[0-9]{8}T[0-9]{12}Z-([1-9][0-9]{7})-[0-9a-f]{32}\.xml")
+FAILED_CATEGORY = "payments_failed"        # run_count: a municipality's (or the rest's) ingest failed
+UNFINISHED = "unfinished"                  # ... its rule while it runs: a killed task leaves it
+
+
+def named_cvr(name: str) -> str | None:
+    """The municipality's CVR an inbound-service file's name carries (``payments.inbound``)."""
+    m = NAMED_CVR.fullmatch(name)
+    return m.group(1) if m else None
+
+
+@dataclass
+class Municipalities:
+    """FBS's units (``transfer.units``) as the payments run places files: by agency and by CVR."""
+    units: list[Unit]
+    by_agency: dict[str, Unit] = field(default_factory=dict)
+    by_cvr: dict[str, list[Unit]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for u in self.units:
+            self.by_cvr.setdefault(u.cvr, []).append(u)
+            for a in u.agencies:
+                self.by_agency[a] = u
+
+    @classmethod
+    def load(cls, fbs: Engine) -> Municipalities:
+        return cls(units(fbs))
+
+    def unit(self, lock: str) -> Unit | None:
+        return next((u for u in self.units if u.lock == lock), None)
+
+
+def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, str]:
+    """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
+    replaced at an increase, U1, counts as that claim's); set-based, in chunks."""
+    out: dict[str, str] = {}
+    for part in chunked(sorted(set(fordring_ids)), CHUNK):
+        out.update(conn.execute(in_query("SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON "
+                                         "c.liability_id = o.liability_id WHERE o.fordring_id IN :f", "f"),
+                                {"f": part}).all())
+        out.update(conn.execute(in_query("SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN :f", "f"),
+                                {"f": part}).all())
+    return out
+
+
+def owner(ledger_engine: Engine, munis: Municipalities, name: str, parsed: PaymentFile | None) -> Unit | None:
+    """The one municipality (unit) a payment file belongs to, or None: then it is the run-level
+    step's (the module doc of ``payment_tasks`` and the rule below)."""
+    cvr = named_cvr(name)
+    named = munis.by_cvr.get(cvr, []) if cvr else []
+    if parsed is None:                       # not read or not valid: only its name can tell
+        return named[0] if len(named) == 1 else None
+    with ledger_engine.connect() as conn:
+        known = claim_agencies(conn, (m.fordring_id for m in parsed.movements))
+    placed: set[Unit] = set()
+    for m in parsed.movements:
+        agency = known.get(m.fordring_id)
+        if agency is not None:               # a claim the ledger has: its agency's unit, or none at all
+            u = munis.by_agency.get(agency)
+            if u is None:
+                return None
+            placed.add(u)
+        else:                                # not known (held): the agency its FBS form names, if any
+            u = munis.by_agency.get(_agency_of(m.fordring_id) or "")
+            if u is not None:
+                placed.add(u)
+    if cvr:
+        if placed - set(named):
+            return None
+        if len(placed) == 1:
+            return next(iter(placed))
+        return named[0] if not placed and len(named) == 1 else None
+    return next(iter(placed)) if len(placed) == 1 else None
+
+
+@dataclass
+class Sorting:
+    """Which files one step takes: ``unit``'s own, or (``unit`` None, the run-level rest) those of
+    no single municipality."""
+    ledger: Engine
+    munis: Municipalities
+    unit: Unit | None
+
+    def mine(self, name: str, parsed: PaymentFile | None) -> bool:
+        found = owner(self.ledger, self.munis, name, parsed)
+        return (found is None) if self.unit is None else (found is not None and found.lock == self.unit.lock)
+
+
+def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None,
+               munis: Municipalities | None = None) -> list[tuple[Unit, list[str]]]:
+    """The run's first step: settings and the inbox's layout checked (a problem there is the
+    run's error before anything is read or moved), the entries that are not payment files
+    reported (``report_ignored``), and the units with files waiting, each with its files' names
+    (oldest name first), for the run to map over. Files of no single municipality are not listed
+    (the run-level rest takes them). Nothing is moved or applied here; a file's owner is decided
+    again, from the bytes read, by the step that applies it."""
+    at = at or ledger.now()
+    munis = munis or Municipalities.load(stores.fbs)
+    preflight()
+    inbox.check()
+    found = inbox.survey()
+    try:
+        with exclusive(stores.ledger, "payments"):
+            report_ignored(stores, found.ignored, run_id, at)
+    except Exception as exc:      # reporting what is not taken never stops what is
+        log.error("the entries of the payment inbox that are not payment files could not be recorded: %s",
+                  _error_text(exc))
+    limit = max_file_bytes()
+    plan: dict[str, list[str]] = {}
+    for name in found.waiting:
+        cvr = named_cvr(name)
+        if cvr and len(munis.by_cvr.get(cvr, [])) == 1:
+            found = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
+        else:
+            try:
+                found = owner(stores.ledger, munis, name, parse(inbox.read(name, limit)))
+            except (BadFile, OSError, TooLarge):
+                found = None
+        if found is not None:
+            plan.setdefault(found.lock, []).append(name)
+    return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
+
+
+@contextmanager
+def all_units_locked(ledger_engine: Engine, munis: Municipalities):
+    """The run-level ``payments`` lock and every unit's (those of ``db.exclusive``), taken in one
+    order (run-level first): while held, no municipality's step applies anything. Through
+    ``db.exclusive_many`` where core/db.py has it (PostgreSQL: all in ONE session, so a hundred
+    municipalities do not take a hundred pooled connections), else one ``exclusive`` per part."""
+    parts: list[str | None] = [None, *sorted({u.lock for u in munis.units})]
+    many = getattr(db, "exclusive_many", None)
+    if many is not None:
+        with many(ledger_engine, "payments", parts):
+            yield
+        return
+    with ExitStack() as stack:
+        for part in parts:
+            stack.enter_context(exclusive(ledger_engine, "payments", part=part))
+        yield
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def ingest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None) -> Counter:
-    """Every waiting file, then the held movements again, then the write-back. Returns what was
-    done (the run's recorded counts come from the ledger, ``payment_counts``). One run at a time:
-    the DAG and the CLI wait for each other (``db.exclusive``).
+    """The whole run as the CLI does it: each municipality with files waiting on its own
+    (``ingest_unit``, under its lock: whatever fails there fails that municipality only), then the
+    run-level rest (``ingest_rest``: what is not a payment file, files of no single municipality,
+    held movements and the write-back of all). Returns what was done (the run's recorded counts
+    come from the ledger, ``payment_counts``).
 
-    The settings and the inbox's layout are checked first: a problem there is the run's error
-    before anything is read or moved. Then each file on its own: whatever goes wrong with one file
-    ends it quarantined (``P_FAILED``, ``P_UNREADABLE``, ...) and the next file goes on; only a
-    cause outside the file (the ledger unreachable or locked, a folder not writable) leaves it in
-    the inbox, and the run, having done everything else, fails with ``FilesLeft`` naming it."""
+    Then, having done everything else: ``MunicipalitiesFailed`` naming each municipality whose
+    step failed, or ``FilesLeft`` naming the files a cause outside them (the ledger unreachable or
+    locked, a folder not writable) left in the inbox for the next run."""
     at = at or ledger.now()
+    munis = Municipalities.load(stores.fbs)
     done: Counter = Counter()
     left: list[str] = []
-    with exclusive(stores.ledger, "payments"):
+    failed: list[str] = []
+    for unit, names in sort_inbox(stores, inbox, run_id, at, munis):
+        try:
+            done += ingest_unit(stores, inbox, run_id, unit, names, at, munis)
+        except FilesLeft as exc:
+            left += exc.left
+        except Exception as exc:
+            log.exception("payments of municipality %s failed; every other municipality goes on", unit.label)
+            failed.append(f"{unit.label}: {_error_text(exc)}")
+    try:
+        done += ingest_rest(stores, inbox, run_id, at, munis)
+    except FilesLeft as exc:
+        left += exc.left
+    if failed:
+        record_run_counts(stores.ledger, run_id)
+        raise MunicipalitiesFailed(failed, left)
+    if left:
+        record_run_counts(stores.ledger, run_id)
+        raise FilesLeft(left)
+    return done
+
+
+def ingest_unit(stores: Stores, inbox: Inbox, run_id: str, unit: Unit, names: Iterable[str] | None = None,
+                at: dt.datetime | None = None, munis: Municipalities | None = None) -> Counter:
+    """One municipality's files (``names``, as ``sort_inbox`` listed them; None: every waiting
+    file that is its own), then its held movements looked at again and its write-back to FBS,
+    under its own ``payments`` lock. Each file is its own again (see ``ingest_file``); a file that
+    turns out not to be this municipality's is left where it is."""
+    at = at or ledger.now()
+    munis = munis or Municipalities.load(stores.fbs)
+    sorting = Sorting(stores.ledger, munis, unit)
+    with exclusive(stores.ledger, "payments", part=unit.lock):
         preflight()
         inbox.check()
-        found = inbox.survey()
-        try:
-            done += report_ignored(stores, found.ignored, run_id, at)
-        except Exception as exc:      # reporting what is not taken never stops what is
-            log.error("the entries of the payment inbox that are not payment files could not be recorded: %s",
-                      _error_text(exc))
-        for name in found.waiting:
-            try:
-                done += ingest_file(stores, inbox, name, run_id, at)
-            except Exception as exc:
-                why = _error_text(exc)
-                log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
-                left.append(f"{shown(name)} ({why})")
-                done["files_left"] += 1
+        waiting = inbox.survey().waiting
+        if names is not None:
+            wanted = set(names)
+            waiting = [n for n in waiting if n in wanted]
+        done, left = _files(stores, inbox, waiting, run_id, at, sorting)
+        done["released"] += look_again(stores, run_id, at, agencies=unit.agencies)
+        done += write_back(stores, run_id, at, agencies=unit.agencies)
+    if left:
+        raise FilesLeft(left)
+    return done
+
+
+def ingest_rest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None,
+                munis: Municipalities | None = None) -> Counter:
+    """The run-level rest, with every unit's lock held (so it may touch any claim): the files of
+    no single municipality (several, or none known: each applied whole, never split), every held
+    movement looked at again and everything not yet written back written to FBS (what a failed
+    municipality's step left too). (What is not a payment file was reported by ``sort_inbox``.)"""
+    at = at or ledger.now()
+    munis = munis or Municipalities.load(stores.fbs)
+    with all_units_locked(stores.ledger, munis):
+        preflight()
+        inbox.check()
+        done, left = _files(stores, inbox, inbox.survey().waiting, run_id, at, Sorting(stores.ledger, munis, None))
         done["released"] += look_again(stores, run_id, at)
         done += write_back(stores, run_id, at)
     if left:
-        record_run_counts(stores.ledger, run_id)
-        raise FilesLeft(f"{len(left)} payment file(s) left in the inbox for the next run (every other file was "
-                        "done): " + "; ".join(left[:10]) + (f"; and {len(left) - 10} more" if len(left) > 10 else ""))
+        raise FilesLeft(left)
     return done
+
+
+def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
+           sorting: Sorting | None) -> tuple[Counter, list[str]]:
+    done: Counter = Counter()
+    left: list[str] = []
+    for name in names:
+        try:
+            done += ingest_file(stores, inbox, name, run_id, at, sorting)
+        except Exception as exc:
+            why = _error_text(exc)
+            log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
+            left.append(f"{shown(name)} ({why})")
+            done["files_left"] += 1
+    return done, left
 
 
 class FilesLeft(RuntimeError):
     """Payment files left in the inbox by a cause outside them: the run's error, after the rest."""
+
+    def __init__(self, left: list[str] | str):
+        self.left = [left] if isinstance(left, str) else list(left)
+        super().__init__(_left_text(self.left))
+
+
+def _left_text(left: list[str]) -> str:
+    return (f"{len(left)} payment file(s) left in the inbox for the next run (every other file was done): "
+            + "; ".join(left[:10]) + (f"; and {len(left) - 10} more" if len(left) > 10 else ""))
+
+
+class MunicipalitiesFailed(FilesLeft):
+    """The payments of one or more municipalities failed (the others were done): their files wait
+    in the inbox for the next run."""
+
+    def __init__(self, failed: list[str], left: list[str] | None = None):
+        self.failed = list(failed)
+        self.left = list(left or [])
+        RuntimeError.__init__(self, f"payments failed for {len(failed)} municipalit"
+                              f"{'y' if len(failed) == 1 else 'ies'} (every other municipality was done): "
+                              + "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
+                              + (f"; {_left_text(self.left)}" if self.left else ""))
 
 
 def _error_text(exc: BaseException) -> str:
@@ -414,10 +677,14 @@ def _error_text(exc: BaseException) -> str:
     return shown(f"{type(exc).__name__}: {first}"[:300])
 
 
-def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime) -> Counter:
+def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime,
+                sorting: Sorting | None = None) -> Counter:
     """One waiting file: applied (archived), recognised as delivered before (archived or
-    quarantined again), or quarantined; an exception only for a cause outside the file."""
+    quarantined again), or quarantined; an exception only for a cause outside the file. With
+    ``sorting``, a file that is not that step's (another municipality's, or, for a municipality,
+    one of no single municipality) is left in the inbox untouched (``files_elsewhere``)."""
     limit = max_file_bytes()
+    elsewhere = Counter({"files_elsewhere": 1})
     try:
         data = inbox.read(name, limit)
     except NotTaken as exc:
@@ -427,11 +694,15 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         log.warning("payment file %s went from the inbox after it was listed: nothing to do", shown(name))
         return Counter({"files_gone": 1})
     except TooLarge as exc:             # not even read: recorded under its name and size
+        if sorting is not None and not sorting.mine(name, None):
+            return elsewhere
         sha = hashlib.sha256(f"too large: {name} {exc.size}".encode()).hexdigest()
         return _quarantine(stores, inbox, name, sha, b"", TOO_LARGE,
                            f"the file has {exc.size} bytes, more than the {limit} accepted "
                            "(FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES); not read", run_id, at)
     except OSError as exc:              # no permission, an I/O error: not read, recorded under what it is
+        if sorting is not None and not sorting.mine(name, None):
+            return elsewhere
         sha = hashlib.sha256(f"unreadable: {inbox.identity(name)}".encode()).hexdigest()
         return _quarantine(stores, inbox, name, sha, b"", UNREADABLE,
                            f"the file could not be read ({errno.errorcode.get(exc.errno, 'error')}: "
@@ -440,6 +711,10 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
     with stores.ledger.connect() as conn:
         seen = conn.execute(text("SELECT state, reason, name FROM payment_file WHERE sha256 = :s"), {"s": sha}).first()
     if seen is not None:
+        # only moved out again: the step whose file it would be does it (a delivery again of a
+        # municipality's file is that municipality's), so a repeat after a crash is found too
+        if sorting is not None and not sorting.mine(name, _parsed_or_none(data)):
+            return elsewhere
         log.info("payment file %s was delivered before (as %s, %s): not applied again", shown(name), seen.name,
                  seen.state)
         if seen.state == "quarantined":
@@ -450,8 +725,17 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         return Counter({"files_again": 1})
     try:
         parsed = parse(data)
-        counts = apply_file(stores.ledger, shown(name), sha, parsed, run_id, at)
+        if sorting is not None and not sorting.mine(name, parsed):
+            return elsewhere
+        counts = apply_file(stores.ledger, shown(name), sha, parsed, run_id, at,
+                            **({"agencies": sorting.unit.agencies} if sorting is not None and sorting.unit else {}))
+    except NotThisUnit as exc:          # a claim of another municipality appeared since it was sorted
+        log.warning("payment file %s is not only this municipality's (%s): left for the run-level step",
+                    shown(name), exc)
+        return elsewhere
     except (BadFile, Conflict) as exc:
+        if isinstance(exc, BadFile) and sorting is not None and not sorting.mine(name, None):
+            return elsewhere
         code, why = (exc.code, exc.reason) if isinstance(exc, BadFile) else (CONFLICT, str(exc))
         return _quarantine(stores, inbox, name, sha, data, code, why, run_id, at)
     except IntegrityError as exc:
@@ -471,6 +755,13 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
     log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", shown(name),
              counts[APPLIED], counts[HELD], counts["movements_again"])
     return Counter({"files_applied": 1, **counts})
+
+
+def _parsed_or_none(data: bytes) -> PaymentFile | None:
+    try:
+        return parse(data)
+    except BadFile:
+        return None
 
 
 def _recorded(ledger_engine: Engine, sha: str) -> bool:
@@ -506,19 +797,27 @@ def raise_tasks_fbs(fbs: Engine, tasks: list[StaffTask], at: dt.datetime) -> int
         return raise_tasks(conn, tasks, at)
 
 
-def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
+def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[str] | None = None) -> int:
     """Held movements whose reason may have gone (claim confirmed or arrived, reversed movement
-    arrived) decided again, oldest first, in one transaction; returns how many are now applied."""
+    arrived) decided again, oldest first, in one transaction; returns how many are now applied.
+    With ``agencies`` (one municipality's step) only its movements on its own claims."""
+    sql = ("SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, hold_reason FROM movement "  # noqa: S608 - fixed fragments
+           "WHERE state = 'held' AND hold_reason IN :why" + (" AND agency_id IN :ag" if agencies is not None else "")
+           + " ORDER BY received_at, movement_id")
+    params = {"why": list(LOOKED_AT_AGAIN), **({"ag": sorted(agencies)} if agencies is not None else {})}
     with stores.ledger.begin() as conn:
-        rows = conn.execute(in_query("SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, hold_reason "
-                                "FROM movement WHERE state = 'held' AND hold_reason IN :why "
-                                "ORDER BY received_at, movement_id", "why"), {"why": list(LOOKED_AT_AGAIN)}).all()
+        if agencies is not None and not params["ag"]:
+            return 0
+        rows = conn.execute(in_query(sql, *(("why", "ag") if agencies is not None else ("why",))), params).all()
         if not rows:
             return 0
         movements = [_movement(r) for r in rows]
         book = _Book(conn, movements)
         released, events = [], []
         for m, r in zip(movements, rows, strict=True):
+            c = book.claims.get(m.fordring_id)
+            if agencies is not None and c is not None and c.agency_id not in params["ag"]:
+                continue                            # another municipality's claim: its own step decides
             book.known.pop(m.movement_id, None)     # decided again, as if new
             state, reason, lid, agency = book.decide(m)
             book.known[m.movement_id] = _Known(m, state, lid)
@@ -540,18 +839,25 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime) -> int:
 
 # --- write-back to FBS ---------------------------------------------------------------------------
 
-def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK) -> Counter:
+def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK,
+               agencies: Iterable[str] | None = None) -> Counter:
     """Applied movements to ``fbs.payment`` chunk by chunk, held ones as staff tasks (one per file,
     reason and liability, or agency where the claim is unknown), then the FBS status of settled
-    claims; every write keyed, so a repeat changes nothing."""
+    claims; every write keyed, so a repeat changes nothing. With ``agencies`` (one municipality's
+    step) only those agencies' movements and claims."""
+    ag = sorted(agencies) if agencies is not None else None
+    if ag is not None and not ag:
+        return Counter()
     done: Counter = Counter()
-    query = text("SELECT movement_id, fordring_id, liability_id, agency_id, kind, amount, booked_on, reference_id, "
-                 "state, hold_reason, hold_task FROM movement WHERE written_back_at IS NULL AND state = 'applied' "
-                 "AND movement_id > :a ORDER BY movement_id LIMIT :n")
-    for rows in keyset_pages(stores.ledger, query, "movement_id", "", {"n": batch}, after="a"):
+    query = in_query("SELECT movement_id, fordring_id, liability_id, agency_id, kind, amount, booked_on, reference_id, "  # noqa: S608 - fixed fragments
+                     "state, hold_reason, hold_task FROM movement WHERE written_back_at IS NULL AND state = 'applied' "
+                     + ("AND agency_id IN :ag " if ag is not None else "")
+                     + "AND movement_id > :a ORDER BY movement_id LIMIT :n", *(("ag",) if ag is not None else ()))
+    for rows in keyset_pages(stores.ledger, query, "movement_id", "",
+                             {"n": batch, **({"ag": ag} if ag is not None else {})}, after="a"):
         done += _write_chunk(stores, rows, at)
-    done["hold_tasks"] += hold_tasks(stores, at, batch)
-    return done + settle_fbs_status(stores, run_id, at)
+    done["hold_tasks"] += hold_tasks(stores, at, batch, agencies=ag)
+    return done + settle_fbs_status(stores, run_id, at, agencies=ag)
 
 
 def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
@@ -587,17 +893,21 @@ def _mark_written_back(conn: Connection, movement_ids: list[str], t) -> None:
         conn.execute(in_query("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
 
 
-def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime) -> Counter:
+def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: list[str] | None = None) -> Counter:
     """FBS shows the result (P2): a live claim paid or written off in full (by movements, or by a
     write-down to what was paid) closes its liability where FBS has it open; one fbs-debitor closed
     that has a balance again (a reversal) is opened again. Worked out from the ledger's claims each
     time, so a crash between the FBS and the ledger commit is finished by the next run."""
+    only = " AND agency_id IN :ag" if agencies is not None else ""
+    names = ("ag",) if agencies is not None else ()
+    params = {"ag": agencies} if agencies is not None else {}
     with stores.ledger.connect() as conn:
-        close = [r[0] for r in conn.execute(text(
-            "SELECT liability_id FROM claim WHERE settlement IN ('paid', 'written_off') AND debtor_status <> 'cancelled' "
-            "AND fbs_closed_by_payment = FALSE"))]
-        reopen = [r[0] for r in conn.execute(text(
-            "SELECT liability_id FROM claim WHERE fbs_closed_by_payment = TRUE AND balance > 0"))]
+        close = [r[0] for r in conn.execute(in_query(
+            "SELECT liability_id FROM claim WHERE settlement IN ('paid', 'written_off') AND debtor_status <> 'cancelled' "  # noqa: S608 - fixed fragments
+            "AND fbs_closed_by_payment = FALSE" + only, *names), params)]
+        reopen = [r[0] for r in conn.execute(in_query(
+            "SELECT liability_id FROM claim WHERE fbs_closed_by_payment = TRUE AND balance > 0"  # noqa: S608
+            + only, *names), params)]
     if not close and not reopen:
         return Counter()
     with stores.fbs.begin() as conn:
@@ -643,23 +953,26 @@ SAMPLE = 20          # movements named in the text of one hold task; all of them
 _KEY = ("SUBSTR(file_sha256, 1, 16) || '-' || hold_reason || '-' || "
         "COALESCE('L' || CAST(liability_id AS VARCHAR(20)), 'A' || agency_id, '-')")
 _UNWRITTEN = "FROM movement WHERE state = 'held' AND written_back_at IS NULL"
-_GROUPS = f"SELECT {_KEY} AS group_key, MIN(hold_reason) AS reason, MIN(liability_id) AS liability_id, MIN(agency_id) AS agency_id, MIN(file_sha256) AS sha, COUNT(*) AS n, SUM(amount) AS total {_UNWRITTEN} GROUP BY {_KEY} ORDER BY 1"  # noqa: S608,E501
-_SAMPLES = f"SELECT group_key, movement_id, fordring_id, kind, amount FROM (SELECT {_KEY} AS group_key, movement_id, fordring_id, kind, amount, ROW_NUMBER() OVER (PARTITION BY {_KEY} ORDER BY movement_id) AS nr {_UNWRITTEN}) s WHERE nr <= :k ORDER BY group_key, movement_id"  # noqa: S608,E501
+_OF_AGENCIES = " AND agency_id IN :ag"     # one municipality's step: its agencies' held movements
+_GROUPS = f"SELECT {_KEY} AS group_key, MIN(hold_reason) AS reason, MIN(liability_id) AS liability_id, MIN(agency_id) AS agency_id, MIN(file_sha256) AS sha, COUNT(*) AS n, SUM(amount) AS total {_UNWRITTEN}{{only}} GROUP BY {_KEY} ORDER BY 1"  # noqa: S608,E501
+_SAMPLES = f"SELECT group_key, movement_id, fordring_id, kind, amount FROM (SELECT {_KEY} AS group_key, movement_id, fordring_id, kind, amount, ROW_NUMBER() OVER (PARTITION BY {_KEY} ORDER BY movement_id) AS nr {_UNWRITTEN}{{only}}) s WHERE nr <= :k ORDER BY group_key, movement_id"  # noqa: S608,E501
 _MARK = f"UPDATE movement SET hold_task = {_KEY}, written_back_at = :t WHERE state = 'held' AND written_back_at IS NULL AND {_KEY} IN :k"  # noqa: S608,E501
 
 
-def hold_tasks(stores: Stores, at: dt.datetime, batch: int = CHUNK) -> int:
+def hold_tasks(stores: Stores, at: dt.datetime, batch: int = CHUNK, agencies: list[str] | None = None) -> int:
     """Held movements not yet written back, as staff tasks: ONE per file, reason and liability (to
     the liability's patron and branch), or, where the claim is not known, per file, reason and the
     agency its FordringID names (else every agency); the text names the first movements and the
     count, ``movement.hold_task`` lists them all. Raised in FBS, then marked in the ledger; the
     keys are the same on a repeat, so a crash in between raises nothing twice."""
+    only, names = (_OF_AGENCIES, ("ag",)) if agencies is not None else ("", ())
+    params = {"ag": agencies} if agencies is not None else {}
     with stores.ledger.connect() as conn:
-        groups = conn.execute(text(_GROUPS)).all()
+        groups = conn.execute(in_query(_GROUPS.format(only=only), *names), params).all()
         if not groups:
             return 0
         samples: dict[str, list] = {}
-        for r in conn.execute(text(_SAMPLES), {"k": SAMPLE}):
+        for r in conn.execute(in_query(_SAMPLES.format(only=only), *names), {"k": SAMPLE, **params}):
             samples.setdefault(r.group_key, []).append(r)
         names = {}
         for part in chunked(sorted({g.sha for g in groups}), CHUNK):
@@ -874,9 +1187,60 @@ def payment_counts(ledger_engine: Engine, run_id: str) -> Counter:
 
 
 def record_run_counts(ledger_engine: Engine, run_id: str) -> Counter:
+    """All of the run's counts, from the ledger (the run-level step, after every municipality's)."""
     counts = payment_counts(ledger_engine, run_id)
     ledger.record_counts(ledger_engine, run_id, counts, RUN_CATEGORIES)
     return counts
+
+
+def record_unit_counts(ledger_engine: Engine, run_id: str, unit: Unit, done: bool = True) -> Counter:
+    """One municipality's counts of the run (its agencies' movements; files are counted under
+    '-' by the run-level step), replacing only its own; ``done``: its failure mark cleared too."""
+    counts = Counter({k: n for k, n in payment_counts(ledger_engine, run_id).items() if k[0] in unit.agencies})
+    ledger.record_counts(ledger_engine, run_id, counts, (*RUN_CATEGORIES, FAILED_CATEGORY) if done else RUN_CATEGORIES,
+                         agencies=unit.agencies)
+    return counts
+
+
+REST, SORTING = "-", "*"      # the run-level steps' keys where a municipality's agencies would be
+
+
+def _step_agencies(step: Unit | str | None) -> list[str]:
+    return list(step.agencies) if isinstance(step, Unit) else [step or REST]
+
+
+def mark_failed(ledger_engine: Engine, run_id: str, step: Unit | str | None, why: str = UNFINISHED) -> None:
+    """Record that a step of the run did not finish: a municipality's (``step`` its unit), the
+    run-level rest (None, agency '-') or the sorting (``SORTING``, '*'): ``UNFINISHED`` when it
+    starts (a killed task leaves it), the exception's type when it fails; ``record_unit_counts``
+    and ``clear_failed`` take it away. Read by ``failed_units``."""
+    agencies = _step_agencies(step)
+    ledger.record_counts(ledger_engine, run_id, Counter({(a, FAILED_CATEGORY, why): 1 for a in agencies}),
+                         (FAILED_CATEGORY,), agencies=agencies)
+
+
+def clear_failed(ledger_engine: Engine, run_id: str, step: Unit | str | None) -> None:
+    ledger.record_counts(ledger_engine, run_id, Counter(), (FAILED_CATEGORY,), agencies=_step_agencies(step))
+
+
+def failed_units(ledger_engine: Engine, fbs: Engine, run_id: str) -> list[str]:
+    """The steps of the run that failed or did not finish, each named: ``<cvr> <name> (<vendor>):
+    <why>`` for a municipality, ``run-level step: <why>`` for the rest."""
+    failed: dict[str, set[str]] = {}
+    for (agency, category, why), _n in ledger.run_counts(ledger_engine, run_id).items():
+        if category == FAILED_CATEGORY:
+            failed.setdefault(agency, set()).add(why)
+    if not failed:
+        return []
+    munis = Municipalities.load(fbs)
+    out: dict[str, set[str]] = {}
+    for agency, whys in failed.items():
+        u = munis.by_agency.get(agency)
+        who = {REST: "the run-level step (files of no single municipality, write-back)",
+               SORTING: "sorting the inbox (no municipality's files were taken)"}.get(
+            agency, f"municipality {u.label}" if u else f"agency {agency}")
+        out.setdefault(who, set()).update(whys)
+    return [f"{who}: {', '.join(sorted(whys))}" for who, whys in sorted(out.items())]
 
 
 def totals(counts: Counter) -> dict[str, int]:

@@ -452,7 +452,15 @@ def _write_port(path: Path, port: int) -> None:
 
 
 def default_payments_dir() -> Path:
-    return default_inbox_dir().parent
+    """The configured payments folder (the inbox's parent). The service lands calls on this
+    machine's disk (fsync, rename, flock), so a payments inbox on an object store is refused here:
+    serve it on a folder every worker mounts (FBS_DEBITOR_STORAGE_URL=file:///shared/...)."""
+    inbox = default_inbox_dir()
+    if not isinstance(inbox, Path):
+        raise InboundSettingError(f"the payments inbox {inbox} is not on this machine's disk; the inbound service "
+                                  "lands calls in a local or mounted folder only (--payments-dir, or a file:// "
+                                  "FBS_DEBITOR_STORAGE_URL / FBS_DEBITOR_PAYMENT_INBOX)")
+    return inbox.parent
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,9 +40,17 @@ length. A quarantined file's reason goes next to it in ``<name>.reason.txt``, or
 would pass 255 bytes, ``<start of name>~<hash>.reason.txt``; its first line is the reason, the
 second names the file (shown). The reason is in the ledger too (``payment_file.reason``).
 
+**Shared by every worker** (issue 18): the default inbox is ``payments/inbox`` under
+FBS_DEBITOR_STORAGE_URL (``core.storage``). On a local root (``file://``, the default
+``<var>``; or a network share every worker mounts) it is the ``FolderInbox`` above, exactly as
+before. On any other store (``s3://``, ...; ``memory://`` in tests) it is an ``ObjectInbox``
+through Airflow's ``ObjectStoragePath``: the same survey, read, archive and quarantine, a move
+being a copy then a delete, safe to repeat (see the class). The three settings below may each be
+an fsspec URL too; a local inbox needs a local archive and quarantine (moves are renames).
+
 | variable                     | default                    | meaning                                 |
 |------------------------------|----------------------------|-----------------------------------------|
-| FBS_DEBITOR_PAYMENT_INBOX    | ``<var>/payments/inbox``   | the folder the debtor system writes to  |
+| FBS_DEBITOR_PAYMENT_INBOX    | ``<storage>/payments/inbox`` | the folder the debtor system writes to  |
 | FBS_DEBITOR_PAYMENT_ARCHIVE  | ``<inbox>/../archive``     | applied files                           |
 | FBS_DEBITOR_PAYMENT_QUARANTINE | ``<inbox>/../quarantine``| refused files, each with ``.reason.txt``|
 """
@@ -59,9 +67,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote
 
+from fbs_debitor.core import settings, storage
 from fbs_debitor.core.identity import mask_cprs_in
-from fbs_debitor.core.settings import var_dir
 from fbs_debitor.payments.files import PARTIAL_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -334,20 +343,188 @@ class FolderInbox:
         return shown(str(self.inbox))
 
 
-def default_inbox_dir() -> Path:
-    return Path(os.environ.get("FBS_DEBITOR_PAYMENT_INBOX") or var_dir() / "payments" / "inbox")
+# --- on an object store -------------------------------------------------------------------------
+
+class ObjectInbox:
+    """The inbox on a store that is not this machine's disk (``s3://``, ``gs://``, ``memory://``
+    in tests), through Airflow's ``ObjectStoragePath``: the same methods and rules as
+    ``FolderInbox`` where a store has them. A store holds only objects: an object under a
+    delivery name is taken; one under another name is ignored and reported as ``FolderInbox``
+    does; a "folder" (a common prefix) is ignored. Nothing is followed or opened that is not an
+    object. A move is a copy, then the delete of the original (a store has no rename): a crash
+    between the two leaves the file in both places, and the next run, which knows the file by its
+    SHA-256 (the ledger), moves it again: a copy already in place with the same bytes is kept and
+    only the original deleted, so nothing is applied or kept twice."""
+
+    def __init__(self, inbox, archive=None, quarantine=None, *, own: bool = False):
+        self.inbox = inbox
+        self.archive_dir = archive if archive is not None else inbox.parent / "archive"
+        self.quarantine_dir = quarantine if quarantine is not None else inbox.parent / "quarantine"
+        self.archive_given, self.quarantine_given = archive is not None, quarantine is not None
+        self.own = own
+
+    @staticmethod
+    def _key(p) -> str:
+        return str(p).rstrip("/") + "/"
+
+    def check(self) -> None:
+        inbox = self._key(self.inbox)
+        if self._key(self.archive_dir) == self._key(self.quarantine_dir):
+            raise InboxLayoutError(f"archive and quarantine are the same folder ({shown(str(self.archive_dir))}); "
+                                   "they must be two folders; nothing was read or moved")
+        layout = self.inbox.parent
+        for role, folder, given in (("archive", self.archive_dir, self.archive_given),
+                                    ("quarantine", self.quarantine_dir, self.quarantine_given)):
+            where = self._key(folder)
+            if where.startswith(inbox) or inbox.startswith(where):
+                raise InboxLayoutError(f"the payment {role} {shown(str(folder))} is the inbox or inside it (or holds "
+                                       "it); it must be a folder of its own; nothing was read or moved")
+            if not given and not (layout / MARKER).exists():
+                if not self.own:
+                    raise InboxLayoutError(
+                        f"{shown(str(layout))} is not an fbs-debitor payments folder (no {MARKER} in it), so its "
+                        f"{role}/ is not fbs-debitor's to move files into; nothing was read or moved")
+                (layout / MARKER).write_bytes(b"fbs-debitor payments folder: the inbox/, archive/ and quarantine/ "
+                                              b"here are fbs-debitor's (files are moved from the inbox into the "
+                                              b"other two). Keep this file.\n")
+                log.info("payments folder %s laid out for fbs-debitor (%s)", shown(str(layout)), MARKER)
+
+    def survey(self) -> Survey:
+        found = Survey()
+        try:
+            entries = list(self.inbox.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for e in entries:
+            raw = os.fsencode(e.name)
+            if e.is_dir():
+                kind = FOLDER
+            elif is_delivery_name(raw):
+                found.waiting.append(e.name)
+                continue
+            else:
+                kind = PARTIAL if raw.startswith(b".") or raw.endswith(PARTIAL_SUFFIX.encode()) else BAD_NAME
+            found.ignored.append(Entry(hashlib.sha256(kind.encode() + b"\0" + raw).hexdigest(), shown(raw), kind))
+        found.waiting.sort()
+        found.ignored.sort(key=lambda x: (x.name, x.kind))
+        return found
+
+    def waiting(self) -> list[str]:
+        return self.survey().waiting
+
+    def _object(self, name: str):
+        if not is_delivery_name(name):
+            raise NotTaken(f"{shown(name)} is not a delivery name")
+        p = self.inbox / name
+        if not p.is_file():
+            if p.exists():
+                raise NotTaken(f"{shown(name)} is no longer a file")
+            raise FileNotFoundError(name)
+        return p
+
+    def read(self, name: str, limit: int) -> bytes:
+        p = self._object(name)
+        try:
+            with p.open("rb") as f:           # a store with a registered filesystem: never more than limit + 1
+                data = f.read(limit + 1)
+        except ValueError:                    # no filesystem registered for the scheme (memory:// in tests)
+            data = p.read_bytes()
+        if len(data) > limit:
+            raise TooLarge(len(data))
+        return data
+
+    def identity(self, name: str) -> str:
+        return f"{self._key(self.inbox)}{name}"
+
+    def _free_place(self, folder, *names: str):
+        if not any((folder / n).exists() for n in names):
+            return folder
+        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
+        n = 1
+        while True:
+            sub = folder / (f"again-{stamp}" + (f"-{n}" if n > 1 else ""))
+            if not sub.exists():
+                return sub
+            n += 1
+
+    def _move(self, name: str, folder, *also: str):
+        data = self._object(name).read_bytes()
+        target = folder / name
+        if not (target.exists() and target.read_bytes() == data):      # not copied there by a run that crashed
+            target = self._free_place(folder, name, *also) / name
+            target.write_bytes(data)                                     # one PUT: whole or not at all
+        (self.inbox / name).unlink()
+        return target
+
+    def archive(self, name: str) -> str:
+        return str(self._move(name, self.archive_dir))
+
+    def quarantine(self, name: str, reason: str) -> str:
+        target = self._move(name, self.quarantine_dir, reason_file_name(name))
+        try:
+            (target.parent / reason_file_name(name)).write_bytes(f"{reason}\nfile: {shown(name)}\n".encode())
+        except OSError as exc:
+            log.error("the reason file of quarantined payment file %s could not be written (%s); the reason is in "
+                      "the ledger (payment_file.reason)", shown(name), type(exc).__name__)
+        return str(target)
+
+    def describe(self) -> str:
+        return shown(str(self.inbox))
 
 
-def open_inbox(location: str | Path | None = None) -> Inbox:
-    """The inbox at ``location`` (default FBS_DEBITOR_PAYMENT_INBOX, else var/payments/inbox). The
-    configured inbox is the project's own; another folder must already have the project's layout
-    (``FolderInbox.check``)."""
-    where = str(location or default_inbox_dir())
-    if where.startswith("sftp://"):
-        raise NotImplementedError("an SFTP inbox implements inbox.Inbox; this build ships the folder inbox only "
-                                  "(mount the SFTP folder, or add the class)")
-    path = Path(where.removeprefix("file://"))
-    own = location is None or path.resolve() == default_inbox_dir().resolve()
-    return FolderInbox(path, Path(os.environ["FBS_DEBITOR_PAYMENT_ARCHIVE"]) if os.environ.get(
-        "FBS_DEBITOR_PAYMENT_ARCHIVE") else None, Path(os.environ["FBS_DEBITOR_PAYMENT_QUARANTINE"]) if os.environ.get(
-        "FBS_DEBITOR_PAYMENT_QUARANTINE") else None, own=own)
+# --- which inbox -----------------------------------------------------------------------------------
+
+SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def location(where: str | Path):
+    """A payments folder setting or argument as a place: a local ``Path`` (a path, or a file://
+    URL) or an ``ObjectStoragePath`` (any other fsspec URL, with FBS_DEBITOR_STORAGE_CONN_ID)."""
+    if isinstance(where, Path):
+        return where
+    if not isinstance(where, str):              # an ObjectStoragePath already
+        return storage.local_path(where) or where
+    if where.lower().startswith("file://"):
+        return Path(where[len("file://"):])
+    if SCHEME.match(where):     # Airflow's ObjectStoragePath, as core.storage makes it (only it imports Airflow)
+        return type(storage.root())(where, conn_id=settings.storage_conn_id())
+    return Path(where)
+
+
+def default_inbox_dir():
+    """FBS_DEBITOR_PAYMENT_INBOX, else ``payments/inbox`` under FBS_DEBITOR_STORAGE_URL: a ``Path``
+    on a local root (as before: ``<var>/payments/inbox`` by default), else an ``ObjectStoragePath``."""
+    configured = os.environ.get("FBS_DEBITOR_PAYMENT_INBOX")
+    if configured:
+        return location(configured)
+    root = settings.storage_url()
+    if root.lower().startswith("file://"):      # a local root: no need to import Airflow's storage
+        return Path(unquote(root[len("file://"):])) / "payments" / "inbox"
+    return location(storage.path("payments", "inbox"))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def open_inbox(where: str | Path | None = None) -> Inbox:
+    """The inbox at ``where`` (default FBS_DEBITOR_PAYMENT_INBOX, else ``payments/inbox`` under the
+    storage root). The configured inbox is the project's own; another folder must already have
+    the project's layout (``check``). A local folder is a ``FolderInbox``, anything else an
+    ``ObjectInbox``."""
+    if isinstance(where, str) and where.lower().startswith("sftp://"):
+        raise NotImplementedError("an SFTP inbox implements inbox.Inbox; this build ships the folder and object "
+                                  "store inboxes only (mount the SFTP folder, or add the class)")
+    path = location(where) if where else default_inbox_dir()
+    own = where is None or _same(path, default_inbox_dir())
+    archive = os.environ.get("FBS_DEBITOR_PAYMENT_ARCHIVE")
+    quarantine = os.environ.get("FBS_DEBITOR_PAYMENT_QUARANTINE")
+    archive, quarantine = (location(archive) if archive else None), (location(quarantine) if quarantine else None)
+    if isinstance(path, Path):
+        if not all(p is None or isinstance(p, Path) for p in (archive, quarantine)):
+            raise InboxLayoutError("the payment inbox is a local folder but its archive or quarantine is not: files "
+                                   "are moved by rename, so all three must be on one filesystem")
+        return FolderInbox(path, archive, quarantine, own=own)
+    return ObjectInbox(path, archive, quarantine, own=own)

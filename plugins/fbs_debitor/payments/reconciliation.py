@@ -27,14 +27,16 @@ not received", when the debtor side's movements are given.)
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import unquote
 
 from sqlalchemy import text
 
-from fbs_debitor.core import settings
+from fbs_debitor.core import settings, storage
 from fbs_debitor.core.db import as_amount, as_bool, chunked, in_query, keyset_pages
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.apply import payment_id
@@ -97,22 +99,29 @@ class PaymentReport:
                          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
         return "\n".join(lines)
 
-    def write_csv(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["liability_id", "fordring_id", "difference", "sent", "debtor_reported", "ledger", "fbs"])
-            for d in self.differences:
-                w.writerow([d.liability_id or "", d.fordring_id, d.what, d.sent, d.reported, d.ledger, d.fbs])
+    def write_csv(self, path):
+        """The report as CSV at ``path`` (a ``Path``, or an ``ObjectStoragePath`` of the shared
+        store), written whole or not at all (``core.storage.write``)."""
+        out = io.StringIO(newline="")
+        w = csv.writer(out)
+        w.writerow(["liability_id", "fordring_id", "difference", "sent", "debtor_reported", "ledger", "fbs"])
+        for d in self.differences:
+            w.writerow([d.liability_id or "", d.fordring_id, d.what, d.sent, d.reported, d.ledger, d.fbs])
+        storage.write(path, out.getvalue().encode("utf-8"))
         return path
 
 
-def report_path(report_id: str) -> Path:
+def report_path(report_id: str):
     """The one place a payments reconciliation report is written:
-    ``var/reports/payments/reconciliation-<id>.csv``, ``report_id`` the payments run's ledger id
-    (debitor_payments, ``python -m fbs_debitor payments``) or, for a reconciliation outside a run
-    (``reconcile``), the time it started (YYYYMMDDTHHMMSS-microseconds)."""
-    return settings.var_dir() / "reports" / "payments" / f"reconciliation-{report_id}.csv"
+    ``<FBS_DEBITOR_STORAGE_URL>/reports/payments/reconciliation-<id>.csv`` (``var/reports/...``
+    on the default root; a plain ``Path`` on a local root, else an ``ObjectStoragePath``),
+    ``report_id`` the payments run's ledger id (debitor_payments, ``python -m fbs_debitor
+    payments``) or, for a reconciliation outside a run (``reconcile``), the time it started
+    (YYYYMMDDTHHMMSS-microseconds)."""
+    root = settings.storage_url()
+    if root.lower().startswith("file://"):      # a local root: no need to import Airflow's storage
+        return Path(unquote(root[len("file://"):])) / "reports" / "payments" / f"reconciliation-{report_id}.csv"
+    return storage.path("reports", "payments", f"reconciliation-{report_id}.csv")
 
 
 def differences_per_agency(stores: Stores, report: PaymentReport) -> dict[str | None, int]:
