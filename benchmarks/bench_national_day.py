@@ -75,7 +75,7 @@ from fbs_debitor.transfer.run import run_transfer  # noqa: E402
 from fbs_debitor.transfer.units import units  # noqa: E402
 
 PY = sys.executable
-MAX_CONNECTIONS = 400        # the throwaway cluster's; --ledger-pool connections must fit
+MAX_CONNECTIONS = 100        # the throwaway cluster's: a default PostgreSQL's
 
 
 def start_cluster():
@@ -211,8 +211,6 @@ def main() -> int:
     parser.add_argument("--no-dq", action="store_true", help="transfer runs without the GX checks")
     parser.add_argument("--pg-url", default=os.environ.get("FBS_DEBITOR_BENCH_PG_URL"),
                         help="a PostgreSQL server (admin URL) instead of a throwaway cluster")
-    parser.add_argument("--ledger-pool", type=int, default=250,
-                        help="ledger connections the pool may open beyond its 5 (0: SQLAlchemy's default 10)")
     parser.add_argument("--show", type=int, default=98, help="per-municipality lines to print (largest first)")
     args = parser.parse_args()
     if not 1 <= args.hours <= 24:
@@ -247,12 +245,6 @@ def main() -> int:
                               FBS_DEBITOR_VAR=str(tmp / "var"))
             (tmp / "var").mkdir()
             stores = open_stores(DatabaseUrls(fbs=fbs_url, ledger=ledger_url))
-            if args.ledger_pool and hasattr(stores.ledger.pool, "_max_overflow"):
-                # payments.apply.all_units_locked holds one pooled ledger connection per municipality's
-                # lock (PostgreSQL advisory locks) besides the run's: with SQLAlchemy's default pool (5 +
-                # 10 overflow) a payments run over 98 municipalities waits 30 s and fails. Widened here so
-                # the day can be measured; see the note printed below.
-                stores.ledger.pool._max_overflow = args.ledger_pool
             init_stores(stores)
             day = dt.date.today() - dt.timedelta(days=1)         # the simulated day: yesterday, all in the past
             with phases.timed("setup: generate"):
@@ -460,9 +452,6 @@ def main() -> int:
             peaks = {name: vm_hwm_mb(p.pid) for name, p in procs.items()}
             print(f"peak RSS: this process (every step) {peak_rss_mb():.0f} MB; emulator {peaks.get('emulator', 0):.0f} MB; "
                   f"STS {peaks.get('sts', 0):.0f} MB (VmHWM; PostgreSQL's own processes not counted)")
-            if args.ledger_pool:
-                print(f"note: the ledger's connection pool was widened to 5 + {args.ledger_pool} (--ledger-pool): "
-                      "a payments run holds one connection per municipality's lock")
             if problems:
                 print(f"problems ({len(problems)}):")
                 for p in problems[:30]:

@@ -68,7 +68,7 @@ def _run_succeeded(context):
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=5),
+    default_args={"owner": "fbs-debitor", "retries": 2,
                   "retry_exponential_backoff": True, "execution_timeout": timedelta(hours=1),
                   "on_failure_callback": _run_failed},
     on_failure_callback=_run_failed,

@@ -103,7 +103,7 @@ DEADLINE = None if DAGS_TEST else DeadlineAlert(
     start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "fbs-debitor", "retries": 2, "retry_delay": timedelta(minutes=2),
+    default_args={"owner": "fbs-debitor", "retries": 2,
                   "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
                   "on_failure_callback": _run_failed},
     on_failure_callback=_run_failed,

@@ -46,8 +46,15 @@ def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypat
     assert sorted(t.expression for t in dag.timetable.timetables) == [
         "0 5 * * *", "10 * * * *", "5-59/15 * * * *"]          # KMD OPUS nightly, Prisme hourly, EG every 15
     assert dag.max_active_runs == 1 and dag.catchup is False and dag.doc_md
-    assert [t.task_id for t in dag.topological_sort()] == ["open_run", "ingest", "reconcile", "differences"]
+    # Issue 18: each municipality's files in its own mapped task (labelled by municipality), files of
+    # several or none by the run-level rest; reconciliation and the verdicts run whatever happened.
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "open_run", "payment_units", "ingest", "ingest_rest", "reconcile", "differences", "failed_municipalities"]
     assert dag.get_task("differences").retries == 0 and dag.get_task("ingest").retries >= 1
+    assert dag.get_task("failed_municipalities").retries == 0
+    assert dag.get_task("ingest").map_index_template == "{{ unit_label }}"
+    assert {dag.get_task(t).trigger_rule for t in ("ingest_rest", "reconcile", "failed_municipalities")} == {
+        "all_done"}
     from fbs_debitor.payments.rhythm import pickup_crons
 
     monkeypatch.setenv("FBS_DEBITOR_PAYMENT_VENDORS", "KMD_OPUS")

@@ -119,7 +119,7 @@ def payment_differences(ledger: Engine, run_id: str, result: dict) -> int:
     claims they concern (the whole deployment for those no claim explains); the report names each."""
     n = result.get("differences") or 0
     per_agency = result.get("differences_per_agency") or ({"": n} if n else {})
-    report = f"var/reports/payments/reconciliation-{run_id}.csv"
+    report = f"reports/payments/reconciliation-{run_id}.csv under the shared storage root (FBS_DEBITOR_STORAGE_URL)"
     found = {(a or None): f"payments reconciliation: {k} difference(s) in this agency's claims; see {report}"
              if a else f"payments reconciliation: {k} difference(s) no agency's claim explains; see {report}"
              for a, k in per_agency.items() if k}

@@ -35,6 +35,14 @@ def root():
     return ObjectStoragePath(settings.storage_url(), conn_id=settings.storage_conn_id())
 
 
+def of_url(url: str):
+    """Any fsspec URL as an ``ObjectStoragePath`` with the store's connection (a payments folder
+    configured apart from the root)."""
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(url, conn_id=settings.storage_conn_id())
+
+
 def path(*parts: str):
     """``root() / part / part ...``: the shared place of one kind of file."""
     p = root()

@@ -487,7 +487,7 @@ def location(where: str | Path):
     if where.lower().startswith("file://"):
         return Path(where[len("file://"):])
     if SCHEME.match(where):     # Airflow's ObjectStoragePath, as core.storage makes it (only it imports Airflow)
-        return type(storage.root())(where, conn_id=settings.storage_conn_id())
+        return storage.of_url(where)
     return Path(where)
 
 
