@@ -479,7 +479,8 @@ def unit_problems(stores: Stores, run_id: str, unit: Unit) -> str | None:
     n = sum(v for (_a, c, _r), v in unconfirmed.items() if c == delivery.UNCONFIRMED)
     changes = sum(v for (_a, c, _r), v in unconfirmed.items() if c == "changes_unconfirmed")
     if n or changes:
-        parts.append(f"{n} claim(s) and {changes} change(s) unconfirmed after every retry (sent again next run)")
+        parts.append(f"{n} claim(s) and {changes} change(s) got no answer from the debtor system after every retry "
+                     "(kept in the outbox, sent again under the same keys next run)")
     return f"municipality {unit.label}: " + "; ".join(parts) if parts else None
 
 
