@@ -390,6 +390,20 @@ def test_transfer_dag_delivers_through_airflow_exactly_once_and_records_the_run(
     assert second.run_id != run.run_id and counts2[("715100", "already_sent", "-")] == 1
     assert counts2[("715100", "accepted", "-")] == 1
     assert counts2[("715100", "change_recorded", "write_down")] == counts2[("715100", "changes_accepted", "write_down")] == 1
+    # Issue 18: each municipality's sending tasks are labelled by municipality in the grid (Airflow
+    # stores the rendered label with the task instance; the UI's grid and its REST API show it).
+    from sqlalchemy import create_engine
+
+    metadata = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    try:
+        with metadata.connect() as conn:
+            labels = {(r.task_id, r.map_index, r.rendered_map_index) for r in conn.execute(text(
+                "SELECT task_id, map_index, rendered_map_index FROM task_instance WHERE task_id LIKE 'send_%' AND map_index >= 0"))}
+    finally:
+        metadata.dispose()
+    label = "29189404 Testby (KMD_OPUS)"
+    assert labels == {(f"send_kmd_opus.{t}", 0, label)
+                      for t in ("resend_unconfirmed", "build_and_send", "send_changes", "municipality_done")}
 
 
 @pytest.mark.airflow
