@@ -30,7 +30,7 @@ from pathlib import Path
 import fbs_rows as fr
 import pytest
 from airflow_env import AIRFLOW, airflow_env, run_airflow
-from browser import artifact, rendered_dom
+from browser import artifact, logged_in_page, rendered_dom
 from leaks import full_cpr_numbers
 from lxml import html as lxml_html
 from municipality import municipality
@@ -437,106 +437,6 @@ def test_issue20_no_full_cpr_in_any_response_of_the_status_page(server):
         assert full_cpr_numbers(body) == [], path
     status, _, body = server.get("/fbs-debitor/status.json", token=token)
     assert "070781-****" in body          # the alarm naming a patron's CPR is shown masked
-
-
-DOCUMENT = "document.documentElement.outerHTML"
-
-
-def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (1600, 1100), timeout: float = 90,
-                   dom: str = DOCUMENT) -> str:
-    """``url`` in headless Chromium (offline, as ``browser.py`` runs it) with the UI's session
-    cookie ``_token`` set, as Airflow's login leaves it; returns the DOM the script ``dom`` gives
-    (the page's own, by default) once it gives one, and writes a PNG to ``shot``. Driven over the
-    DevTools protocol on a pipe (``--remote-debugging-pipe``): the command line alone cannot hand
-    the browser a cookie."""
-    import base64
-    import tempfile
-    from urllib.parse import urlsplit
-
-    from browser import FLAGS, chromium
-
-    with tempfile.TemporaryDirectory() as profile:
-        to_browser_r, to_browser_w = os.pipe()
-        from_browser_r, from_browser_w = os.pipe()
-        # the protocol's pipe is the browser's fd 3 (commands in) and fd 4 (answers out); bash, not sh: the
-        # pipe's own descriptors may have two digits
-        proc = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', chromium(), *FLAGS,
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", f"--window-size={size[0]},{size[1]}",
-             "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(to_browser_r, from_browser_w))
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        out, incoming = os.fdopen(to_browser_w, "wb"), os.fdopen(from_browser_r, "rb")
-        ids = iter(range(1, 10_000))
-        pending: list[dict] = []
-        deadline = time.monotonic() + timeout
-
-        def read() -> dict:
-            raw = b""
-            while not raw.endswith(b"\0"):
-                assert time.monotonic() < deadline, "the browser did not answer in time"
-                chunk = incoming.read1(65536) if not pending else b""
-                assert chunk or pending, "the browser closed the pipe"
-                raw += chunk
-                if pending:
-                    return pending.pop(0)
-                for part in raw.split(b"\0")[:-1]:
-                    pending.append(json.loads(part))
-                raw = raw.split(b"\0")[-1]
-                if pending:
-                    return pending.pop(0)
-            return json.loads(raw[:-1])
-
-        def call(method: str, session: str | None = None, **params) -> dict:
-            n = next(ids)
-            message = {"id": n, "method": method, "params": params, **({"sessionId": session} if session else {})}
-            out.write(json.dumps(message).encode() + b"\0")
-            out.flush()
-            while True:
-                m = read()
-                if m.get("id") == n:
-                    assert "error" not in m, (method, m["error"])
-                    return m.get("result", {})
-                if m.get("method") == "Page.loadEventFired":
-                    loaded.append(m)
-
-        loaded: list[dict] = []
-        try:
-            target = call("Target.createTarget", url="about:blank")["targetId"]
-            session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-            host = urlsplit(url)
-            call("Storage.setCookies", cookies=[{"name": "_token", "value": token, "domain": host.hostname,
-                                                 "path": "/", "httpOnly": True, "sameSite": "Lax"}])
-            call("Page.enable", session)
-            call("Emulation.setDeviceMetricsOverride", session, width=size[0], height=size[1],
-                 deviceScaleFactor=1, mobile=False)
-            loaded.clear()
-            call("Page.navigate", session, url=url)
-            while not loaded:
-                m = read()
-                if m.get("method") == "Page.loadEventFired":
-                    loaded.append(m)
-            while True:     # a page built by its scripts (the Airflow UI) has it a little later
-                html = call("Runtime.evaluate", session, expression=f"(() => {{ try {{ return {dom}; }} "
-                            "catch (e) { return null; } })()", returnByValue=True)["result"].get("value")
-                if html:
-                    break
-                assert time.monotonic() < deadline, f"{url}: {dom} gave nothing"
-                time.sleep(0.25)
-            png = call("Page.captureScreenshot", session, format="png")["data"]
-            shot.write_bytes(base64.b64decode(png))
-            call("Browser.close")
-        finally:
-            out.close()
-            incoming.close()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return html
 
 
 @pytest.mark.airflow
