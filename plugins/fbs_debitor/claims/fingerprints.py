@@ -39,10 +39,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from fbs_debitor.core import settings
-from fbs_debitor.core.db import as_bool, as_date
+from fbs_debitor.core.db import as_bool, as_date, is_embedded
 
 KEY_NAME = "fingerprint_key"
 CONN_ID = "fbs_debitor_fingerprint"
@@ -102,15 +102,6 @@ def key_file() -> Path:
     return settings.fingerprint_key_file()
 
 
-def _embedded(ledger: Engine | None) -> bool:
-    """True when the ledger is a database file on this machine (the embedded SQLite demo), not on a
-    server. (Asked of the URL's parts, not its dialect: a file path and no host.)"""
-    url = ledger.url if ledger is not None else make_url(settings.database_urls().ledger)
-    database = url.database or ""
-    return (url.host is None and "host" not in url.query
-            and (database == ":memory:" or (bool(database) and Path(database).is_absolute())))
-
-
 def key_source(ledger: Engine | None = None) -> str:
     """Where the key comes from (for messages; never the key): the variable, the connection, or the file."""
     if settings.fingerprint_key():
@@ -133,7 +124,7 @@ def key(ledger: Engine | None = None) -> bytes:
                              f"allowed are {MIN_LENGTH} to {MAX_LENGTH} characters, no control characters "
                              f"(the value is not shown)")
         return from_conn.encode("utf-8")
-    if not (os.environ.get(KEY_FILE_SETTING, "").strip() or _embedded(ledger)):
+    if not (os.environ.get(KEY_FILE_SETTING, "").strip() or is_embedded(ledger.url if ledger is not None else settings.database_urls().ledger)):
         raise KeyMissing(
             f"no fingerprint key: the ledger is on a database server, so every worker must read the same key. "
             f"Create the Airflow connection {CONN_ID!r} (conn_type generic, the key as its password, {MIN_LENGTH} "

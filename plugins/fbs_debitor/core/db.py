@@ -509,46 +509,23 @@ def exclusive(engine: Engine, name: str, part: str | None = None) -> Iterator[No
     every worker on every machine sees and which the server releases when a killed worker's session
     ends. SQLite (the embedded demo, one machine): an exclusive ``flock`` on a file next to the
     database. Not re-entrant: take it once, at the top."""
-    key = LOCKS[name]
-    if _is_sqlite(engine):
-        database = engine.url.database
-        if not database or database == ":memory:":
-            yield
-            return
-        import fcntl
-
-        suffix = f"{name}-{lock_part(part)}" if part else name
-        with open(f"{database}.{suffix}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:k, :p)"), {"k": key, "p": lock_part(part)})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k, :p)"), {"k": key, "p": lock_part(part)})
-            conn.commit()
+    with exclusive_many(engine, name, [part]):
+        yield
 
 
 @contextmanager
 def exclusive_many(engine: Engine, name: str, parts) -> Iterator[None]:
     """Hold the named lock of every part (``None``: the whole lock) at once, taken in the given
-    order and released in reverse: what a step that must exclude every municipality's step takes.
-    PostgreSQL: all advisory locks in ONE session, so a hundred municipalities hold one pooled
-    connection, not a hundred. SQLite: one ``flock`` per part, as ``exclusive``."""
-    parts = list(parts)
+    order and released in reverse (``exclusive`` is this for one part): what a step that must
+    exclude every municipality's step takes. PostgreSQL: all advisory locks in ONE session, so a
+    hundred municipalities hold one pooled connection, not a hundred. SQLite: one ``flock`` per part."""
+    key = LOCKS[name]
     if _is_sqlite(engine):
         with ExitStack() as stack:
             for part in parts:
-                stack.enter_context(exclusive(engine, name, part=part))
+                stack.enter_context(_file_lock(engine, name, part))
             yield
         return
-    key = LOCKS[name]
     with engine.connect() as conn:
         held: list[int] = []
         try:
@@ -561,3 +538,27 @@ def exclusive_many(engine: Engine, name: str, parts) -> Iterator[None]:
             for p in reversed(held):
                 conn.execute(text("SELECT pg_advisory_unlock(:k, :p)"), {"k": key, "p": p})
                 conn.commit()
+
+
+@contextmanager
+def _file_lock(engine: Engine, name: str, part: str | None) -> Iterator[None]:
+    """SQLite's lock of one part: an exclusive ``flock`` on a file next to the database (none for
+    a database in memory: one process)."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    suffix = f"{name}-{lock_part(part)}" if part else name
+    with open(f"{database}.{suffix}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_embedded(url: str | URL) -> bool:
+    """True when a database URL is the embedded kind, a file on this machine (SQLite), not a server."""
+    return make_url(url).get_backend_name() == "sqlite"
