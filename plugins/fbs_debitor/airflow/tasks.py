@@ -127,30 +127,29 @@ def municipalities(run_id: str, vendor: str) -> list[dict]:
     return found
 
 
-def _unit_label(unit: dict) -> str:
-    """The mapped task's label in the grid (``map_index_template="{{ unit_label }}"``)."""
-    label = units.Unit.of(unit).label
+def _unit(unit: dict) -> units.Unit:
+    """The mapped task's unit, its label given to the grid (``map_index_template="{{ unit_label }}"``)."""
+    this = units.Unit.of(unit)
     try:
         from airflow.sdk import get_current_context
 
-        get_current_context()["unit_label"] = label
+        get_current_context()["unit_label"] = this.label
     except Exception:   # noqa: BLE001 - outside a running task (a test, the CLI): no grid to label
         pass
-    return label
+    return this
 
 
 def resend_unconfirmed(run_id: str, unit: dict) -> int:
-    _unit_label(unit)
+    this = _unit(unit)
     with task_stores() as stores, _clients(stores) as client:
-        return transfer.resend_unconfirmed(stores, client, run_id, unit=units.Unit.of(unit))
+        return transfer.resend_unconfirmed(stores, client, run_id, unit=this)
 
 
 def build_and_send(run_id: str, unit: dict, try_number: int = 1) -> dict[str, int]:
     """One municipality's new claims. A retry of this task first sends what its killed try left
     recorded but unconfirmed (those are in the ledger, so the eligibility step would not pick them
     up again)."""
-    _unit_label(unit)
-    this = units.Unit.of(unit)
+    this = _unit(unit)
     with task_stores() as stores, _clients(stores) as client:
         if try_number > 1:
             transfer.resend_unconfirmed(stores, client, run_id, unit=this)
@@ -158,9 +157,9 @@ def build_and_send(run_id: str, unit: dict, try_number: int = 1) -> dict[str, in
 
 
 def send_changes(run_id: str, unit: dict) -> dict[str, int]:
-    _unit_label(unit)
+    this = _unit(unit)
     with task_stores() as stores, _clients(stores) as client:
-        return transfer.totals(transfer.keep_claims_true(stores, client, run_id, unit=units.Unit.of(unit)))
+        return transfer.totals(transfer.keep_claims_true(stores, client, run_id, unit=this))
 
 
 def municipality_done(run_id: str, unit: dict) -> str:
@@ -168,13 +167,13 @@ def municipality_done(run_id: str, unit: dict) -> str:
     not done (``transfer.unit_problems``: its sending did not finish, an agency failed part-way, it
     is held for want of access, or claims are unconfirmed after every retry), naming it; the other
     municipalities' tasks stay green. The run-level tasks at the end say it again for the run."""
-    label = _unit_label(unit)
+    this = _unit(unit)
     with task_stores() as stores:
-        problem = transfer.unit_problems(stores, run_id, units.Unit.of(unit))
+        problem = transfer.unit_problems(stores, run_id, this)
     if problem:
         raise AirflowFailException(problem)
-    log.info("municipality %s: done", label)
-    return label
+    log.info("municipality %s: done", this.label)
+    return this.label
 
 
 def raise_staff_tasks(run_id: str) -> dict[str, int]:
@@ -243,10 +242,10 @@ def plan_backfill(params: dict, airflow_run_id: str) -> dict:
                 request = backfill.parse_request(params.get("agency"), params.get("cut_off_date"),
                                                  params.get("dry_run", False), params.get("batch_size"))
                 plan = backfill.plan(stores, request, requested_by="manual", airflow_run_id=airflow_run_id)
+            # the agency's debtor system: its months run in that one's pool
+            unit = units.agency_unit(stores.fbs, str(plan.agency_id or params.get("agency") or ""))
     except backfill.BackfillError as exc:
         raise AirflowFailException(f"backfill not started: {exc}") from None
-    with task_stores() as stores:
-        unit = units.agency_unit(stores.fbs, str(plan.as_dict().get("agency") or params.get("agency") or ""))
     return {**plan.as_dict(), "chunk_list": plan.chunks, "vendor": unit.vendor if unit else None}
 
 

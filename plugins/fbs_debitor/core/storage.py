@@ -28,27 +28,22 @@ from fbs_debitor.core import settings
 PARTIAL_SUFFIX = ".part"          # a file still being written; never read
 
 
-def root():
-    """The root as an ``ObjectStoragePath`` (``airflow.sdk``; imported here, not at module top)."""
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(settings.storage_url(), conn_id=settings.storage_conn_id())
-
-
 def of_url(url: str):
-    """Any fsspec URL as an ``ObjectStoragePath`` with the store's connection (a payments folder
-    configured apart from the root)."""
+    """Any fsspec URL as an ``ObjectStoragePath`` with the store's connection (``airflow.sdk``;
+    imported here, not at module top): the root, or a payments folder configured apart from it."""
     from airflow.sdk import ObjectStoragePath
 
     return ObjectStoragePath(url, conn_id=settings.storage_conn_id())
 
 
+def root():
+    """The root (FBS_DEBITOR_STORAGE_URL) as an ``ObjectStoragePath``."""
+    return of_url(settings.storage_url())
+
+
 def path(*parts: str):
     """``root() / part / part ...``: the shared place of one kind of file."""
-    p = root()
-    for part in parts:
-        p = p / part
-    return p
+    return under(root(), Path(*parts))
 
 
 def under(base, rel):

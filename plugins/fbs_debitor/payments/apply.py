@@ -88,7 +88,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -436,9 +436,6 @@ class Municipalities:
     def load(cls, fbs: Engine) -> Municipalities:
         return cls(units(fbs))
 
-    def unit(self, lock: str) -> Unit | None:
-        return next((u for u in self.units if u.lock == lock), None)
-
 
 def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, str]:
     """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
@@ -520,32 +517,24 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
     for name in found.waiting:
         cvr = named_cvr(name)
         if cvr and len(munis.by_cvr.get(cvr, [])) == 1:
-            found = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
+            whose = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
         else:
             try:
-                found = owner(stores.ledger, munis, name, parse(inbox.read(name, limit)))
+                whose = owner(stores.ledger, munis, name, parse(inbox.read(name, limit)))
             except (BadFile, OSError, TooLarge):
-                found = None
-        if found is not None:
-            plan.setdefault(found.lock, []).append(name)
+                whose = None
+        if whose is not None:
+            plan.setdefault(whose.lock, []).append(name)
     return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
 
 
 @contextmanager
 def all_units_locked(ledger_engine: Engine, munis: Municipalities):
     """The run-level ``payments`` lock and every unit's (those of ``db.exclusive``), taken in one
-    order (run-level first): while held, no municipality's step applies anything. Through
-    ``db.exclusive_many`` where core/db.py has it (PostgreSQL: all in ONE session, so a hundred
-    municipalities do not take a hundred pooled connections), else one ``exclusive`` per part."""
-    parts: list[str | None] = [None, *sorted({u.lock for u in munis.units})]
-    many = getattr(db, "exclusive_many", None)
-    if many is not None:
-        with many(ledger_engine, "payments", parts):
-            yield
-        return
-    with ExitStack() as stack:
-        for part in parts:
-            stack.enter_context(exclusive(ledger_engine, "payments", part=part))
+    order (run-level first): while held, no municipality's step applies anything
+    (``db.exclusive_many``: on PostgreSQL all in ONE session, so a hundred municipalities do not
+    take a hundred pooled connections)."""
+    with db.exclusive_many(ledger_engine, "payments", [None, *sorted({u.lock for u in munis.units})]):
         yield
 
 
@@ -728,7 +717,7 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         if sorting is not None and not sorting.mine(name, parsed):
             return elsewhere
         counts = apply_file(stores.ledger, shown(name), sha, parsed, run_id, at,
-                            **({"agencies": sorting.unit.agencies} if sorting is not None and sorting.unit else {}))
+                            agencies=sorting.unit.agencies if sorting is not None and sorting.unit else None)
     except NotThisUnit as exc:          # a claim of another municipality appeared since it was sorted
         log.warning("payment file %s is not only this municipality's (%s): left for the run-level step",
                     shown(name), exc)

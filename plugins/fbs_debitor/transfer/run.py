@@ -210,9 +210,10 @@ def not_assessed(stores: Stores, run_id: str) -> set[str]:
 
 
 def unfinished_units(stores: Stores, run_id: str) -> list[Unit]:
-    """The units whose sending did not get to the end in this run (a crash, a task that never ran)."""
-    missing = not_assessed(stores, run_id)
-    return [u for u in unit_list.units(stores.fbs) if missing & set(u.agencies)]
+    """The units whose sending did not get to the end in this run (a crash, a task that never ran):
+    those with an agency not assessed (one read of the units, not one per question)."""
+    done = ledger.assessed_agencies(stores.ledger, run_id)
+    return [u for u in unit_list.units(stores.fbs) if not set(u.agencies) <= done]
 
 
 def totals(counts: Counter) -> dict[str, int]:
