@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fbs_debitor.core.settings import HOME, DatabaseUrls
@@ -48,3 +50,55 @@ def dags_test(env: dict[str, str], dag_id: str, *extra: str) -> tuple[str, str]:
     output = proc.stdout + proc.stderr
     states = re.findall(rf"DagRun Finished: dag_id={dag_id},.*?state=(\w+)", output)
     return (states[-1] if states else "unknown"), output
+
+
+@contextmanager
+def api_server(env: dict[str, str], work: Path, port: int, timeout: float = 180) -> Iterator[str]:
+    """A real ``airflow api-server`` on loopback with ``env`` (its own process group, its output in
+    ``work/api-server.log``), once healthy; yields its base URL; stopped (SIGTERM, then SIGKILL)
+    however the block ends."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    log_path = work / "api-server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                try:
+                    with urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=5):   # noqa: S310
+                        break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+                    time.sleep(0.5)
+            yield base
+        finally:
+            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def api_token(base: str, password_file: Path, user: str) -> str:
+    """A JWT for one of the simple auth manager's users, as the UI's login gets it (POST /auth/token)."""
+    import json
+    import urllib.request
+
+    passwords = json.loads(password_file.read_text())
+    request = urllib.request.Request(base + "/auth/token", method="POST",
+                                     data=json.dumps({"username": user, "password": passwords[user]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:   # noqa: S310 - loopback only
+        return json.loads(r.read())["access_token"]

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from urllib.parse import quote
@@ -24,7 +21,7 @@ from urllib.parse import quote
 import debtor
 import fbs_rows as fr
 import pytest
-from airflow_env import AIRFLOW, airflow_env, dags_test
+from airflow_env import airflow_env, api_server, api_token, dags_test
 from browser import artifact, logged_in_page
 from lxml import html as lxml_html
 
@@ -41,16 +38,6 @@ def _get(url: str, token: str) -> dict:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=60) as r:   # noqa: S310 - loopback only
         return json.loads(r.read())
-
-
-def _token(base: str, password_file) -> str:
-    """A JWT for the viewer, as the UI's login gets it (POST /auth/token)."""
-    password = json.loads(password_file.read_text())["reader"]
-    request = urllib.request.Request(base + "/auth/token", method="POST",
-                                     data=json.dumps({"username": "reader", "password": password}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as r:   # noqa: S310 - loopback only
-        return json.loads(r.read())["access_token"]
 
 
 @pytest.mark.airflow
@@ -78,26 +65,12 @@ def test_issue18_mapped_sending_tasks_show_their_municipality_in_the_airflow_ui(
     assert sorted(c["fordring_id"].split("-")[1] for c in emulator.claims(emu_db)) == ["715100", "726300"]
 
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     env.update(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
                AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="reader:viewer",
                AIRFLOW__API_AUTH__JWT_SECRET="grid-test-secret-" + os.urandom(8).hex(),
-               AIRFLOW__API__BASE_URL=base)
-    log_path = tmp_path / "api-server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=5):   # noqa: S310
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, log_path.read_text()[-4000:]
-                time.sleep(0.5)
-        token = _token(base, tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated")
+               AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}")
+    with api_server(env, tmp_path, port) as base:
+        token = api_token(base, tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated", "reader")
         runs = _get(f"{base}/api/v2/dags/debitor_transfer/dagRuns", token)["dag_runs"]
         assert [r["state"] for r in runs] == ["success"]
         run = quote(runs[0]["dag_run_id"], safe="")
@@ -125,20 +98,3 @@ def test_issue18_mapped_sending_tasks_show_their_municipality_in_the_airflow_ui(
             other = next(v for v in LABELS.values() if v != label)
             assert other not in text                 # the other municipality's label is its own task's
             assert shot.stat().st_size > 10_000
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The api-server and its workers: its own process group (``start_new_session``)."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import fbs_rows as fr
 import pytest
-from airflow_env import AIRFLOW, airflow_env, run_airflow
+from airflow_env import airflow_env, api_server, api_token, run_airflow
 from browser import artifact, logged_in_page, rendered_dom
 from leaks import full_cpr_numbers
 from lxml import html as lxml_html
@@ -321,12 +320,7 @@ class Server:
 
     def token(self, user: str = "operator") -> str:
         """A JWT for one of the api-server's users, as the UI's login gets it (POST /auth/token)."""
-        passwords = json.loads(self.password_file.read_text())
-        request = urllib.request.Request(self.base + "/auth/token", method="POST",
-                                         data=json.dumps({"username": user, "password": passwords[user]}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as r:   # noqa: S310 - loopback only
-            return json.loads(r.read())["access_token"]
+        return api_token(self.base, self.password_file, user)
 
 
 @pytest.fixture(scope="module")
@@ -351,31 +345,10 @@ def server(tmp_path_factory):
                AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}")
     migrate = run_airflow(env, "db", "migrate")
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    log = (work / "api-server.log").open("w")
-    proc = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (work / "api-server.log").read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=5):   # noqa: S310
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, (work / "api-server.log").read_text()[-4000:]
-                time.sleep(0.5)
+    with api_server(env, work, port) as base:
         s = Server(base, var, day, work / "airflow" / "simple_auth_manager_passwords.json.generated")
         s.world = world
         yield s
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 PROTECTED = ("/fbs-debitor/status", "/fbs-debitor/status.json", "/fbs-debitor/", "/fbs-debitor/reports/{day}/715100/index.html")
