@@ -311,6 +311,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "fee due date = overdue date + this (F2)", _whole(0, 365), lambda env: 30),
     Setting("FBS_DEBITOR_BATCH_SIZE", "500", f"a whole number from 1 to {MAX_BATCH_SIZE}",
             "claims (or changes) per message", _whole(1, MAX_BATCH_SIZE), lambda env: 500),
+    Setting("FBS_DEBITOR_CHANGE_OVERLAP_MINUTES", "15", "a whole number from 0 to 1440",
+            "the hourly run looks again at rows FBS marked changed this long before the last run's mark (a "
+            "change committed late); the nightly sweep catches the rest", _whole(0, 1440), lambda env: 15),
+    Setting("FBS_DEBITOR_CHANGE_DELTA_MAX", "50000", "a whole number from 1000 to 1000000",
+            "changed liabilities above which a municipality's hourly run looks at all of its liabilities "
+            "instead (cheaper than a list that long)", _whole(1000, 1_000_000), lambda env: 50_000),
+    Setting("FBS_DEBITOR_SWEEP_HOUR", "2", "a whole number from 0 to 23 (Europe/Copenhagen)",
+            "the hour debitor_sweep runs the full nightly sweep (off-peak)", _whole(0, 23), lambda env: 2),
     Setting("FBS_DEBITOR_DELAYED_TASK_ATTEMPTS", "24", "a whole number from 1 to 1000",
             "attempts without an answer before a delivery_delayed staff task", _whole(1, 1000), lambda env: 24),
     Setting("FBS_DEBITOR_FINGERPRINT_KEY", "none (the connection fbs_debitor_fingerprint)",
@@ -428,6 +436,18 @@ def batch_size_default() -> int:
 
 def fee_payment_term_days() -> int:
     return value("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS")
+
+
+def change_overlap_minutes() -> int:
+    return value("FBS_DEBITOR_CHANGE_OVERLAP_MINUTES")
+
+
+def change_delta_max() -> int:
+    return value("FBS_DEBITOR_CHANGE_DELTA_MAX")
+
+
+def sweep_hour() -> int:
+    return value("FBS_DEBITOR_SWEEP_HOUR")
 
 
 def delayed_task_attempts() -> int:
