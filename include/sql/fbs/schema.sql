@@ -5,6 +5,13 @@
 -- so the same statements create the same tables on both. Column names are a contract other tools
 -- rely on: add columns, never rename or drop them.
 --
+-- Change markers (issue 19): `updated_at` on liability, patron, guardianship and agency is the time
+-- FBS last inserted or changed the row (FBS's clock, local time). The hourly run looks only at what
+-- changed since its last run (fbs_debitor.eligibility.delta); the nightly sweep looks at everything
+-- and says what the markers missed. FBS must set it on every insert and update of those rows. A
+-- NULL marker means "unknown": such a row counts as changed in every run (slower, never lost). The
+-- integration's own writes (a replacement CPR it assigned, a status it settled) need not set it.
+--
 -- Conventions: timestamps are FBS local time (Europe/Copenhagen) without zone; dates are calendar
 -- dates; amounts are DKK with two decimals; booleans are TRUE/FALSE. Keys written by fbs-debitor
 -- (task_id, payment_id) are text made by the integration, so a write-back repeated after a crash
@@ -22,8 +29,10 @@ CREATE TABLE IF NOT EXISTS agency (
     debtor_vendor                  VARCHAR(10)  NOT NULL
         CHECK (debtor_vendor IN ('KMD_OPUS', 'PRISME', 'EG')),
     org_unit_uuid                  CHAR(36)     NOT NULL,              -- debitorkonto organisatorisk reference
-    sender_system_uuid             CHAR(36)     NOT NULL               -- afsender IT-system instans
+    sender_system_uuid             CHAR(36)     NOT NULL,              -- afsender IT-system instans
+    updated_at                     TIMESTAMP                           -- change marker (see above)
 );
+CREATE INDEX IF NOT EXISTS ix_agency_updated ON agency (updated_at);
 
 CREATE TABLE IF NOT EXISTS branch (
     branch_id   VARCHAR(20)  NOT NULL PRIMARY KEY,
@@ -48,8 +57,10 @@ CREATE TABLE IF NOT EXISTS patron (
     cvr                   VARCHAR(8),          -- companies and institutions (T5)
     p_number              VARCHAR(10),
     ean                   VARCHAR(13),
-    responsible_patron_id BIGINT REFERENCES patron (patron_id)  -- groups: the named responsible patron (T4)
+    responsible_patron_id BIGINT REFERENCES patron (patron_id), -- groups: the named responsible patron (T4)
+    updated_at            TIMESTAMP            -- change marker (see above)
 );
+CREATE INDEX IF NOT EXISTS ix_patron_updated ON patron (updated_at);
 CREATE INDEX IF NOT EXISTS ix_patron_agency ON patron (agency_id);
 CREATE INDEX IF NOT EXISTS ix_patron_responsible ON patron (responsible_patron_id);
 -- A replacement CPR belongs to one patron (I1); NULLs (no number) are not compared.
@@ -60,8 +71,10 @@ CREATE TABLE IF NOT EXISTS guardianship (
     guardian_patron_id BIGINT NOT NULL REFERENCES patron (patron_id),
     valid_from         DATE   NOT NULL,
     valid_to           DATE,                   -- exclusive; NULL = still valid
+    updated_at         TIMESTAMP,              -- change marker (see above)
     PRIMARY KEY (child_patron_id, valid_from)
 );
+CREATE INDEX IF NOT EXISTS ix_guardianship_updated ON guardianship (updated_at);
 CREATE INDEX IF NOT EXISTS ix_guardianship_guardian ON guardianship (guardian_patron_id);
 
 CREATE TABLE IF NOT EXISTS material (

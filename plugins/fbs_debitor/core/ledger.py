@@ -198,23 +198,45 @@ def upsert_findings(ledger: Engine, run_id: str, findings: Iterable[Finding], se
     return n
 
 
+_UNSEEN = ("SELECT finding_key, check_code, agency_id, patron_id, liability_id FROM finding "
+           "WHERE resolved_at IS NULL AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r)")
+
+
 def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
-                    skip_agencies: Iterable[str] = (), agency_id: str | None = None) -> list:
+                    skip_agencies: Iterable[str] = (), agency_id: str | None = None, *,
+                    liabilities: Iterable[int] | None = None, whole: Iterable[str] = ()) -> list:
     """Open findings of these checks that this run did not see again (finding_key, check_code,
     agency_id, patron_id, liability_id), leaving out the agencies named (e.g. held: nothing was checked there); of one
-    agency only when ``agency_id`` is given (a backfill month)."""
+    agency only when ``agency_id`` is given (a backfill month). ``liabilities`` (the incremental
+    run's delta, issue 19): only the findings about those liabilities, every finding of the agencies
+    in ``whole``, and the agency-level findings; the others were not looked at, so not seen proves
+    nothing about them (and reading them would cost what is open, not what changed)."""
     codes = sorted(set(check_codes))
     if not codes:
         return []
-    query = text("SELECT finding_key, check_code, agency_id, patron_id, liability_id FROM finding "
-                 "WHERE resolved_at IS NULL "
-                 "AND check_code IN :codes AND (last_run_id IS NULL OR last_run_id <> :r) "
-                 "AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
-                 ).bindparams(bindparam("codes", expanding=True))
     skip = set(skip_agencies)
+    if liabilities is None:
+        query = text(_UNSEEN + " AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
+                     ).bindparams(bindparam("codes", expanding=True))
+        with ledger.connect() as conn:
+            return [r for r in conn.execute(query, {"codes": codes, "r": run_id, "a": agency_id})
+                    if r.agency_id not in skip]
+    whole = sorted(set(whole))
+    found: dict[str, object] = {}
     with ledger.connect() as conn:
-        return [r for r in conn.execute(query, {"codes": codes, "r": run_id, "a": agency_id})
-                if r.agency_id not in skip]
+        agency_level = text(_UNSEEN + " AND liability_id IS NULL").bindparams(bindparam("codes", expanding=True))
+        found.update({r.finding_key: r for r in conn.execute(agency_level, {"codes": codes, "r": run_id})})
+        if whole:
+            of_agencies = text(_UNSEEN + " AND agency_id IN :agencies").bindparams(
+                bindparam("codes", expanding=True), bindparam("agencies", expanding=True))
+            found.update({r.finding_key: r for r in conn.execute(of_agencies, {"codes": codes, "r": run_id,
+                                                                              "agencies": whole})})
+        of_liabilities = text(_UNSEEN + " AND liability_id IN :ids").bindparams(
+            bindparam("codes", expanding=True), bindparam("ids", expanding=True))
+        for part in chunked(sorted({int(i) for i in liabilities}), 5000):
+            found.update({r.finding_key: r for r in conn.execute(of_liabilities, {"codes": codes, "r": run_id,
+                                                                                 "ids": part})})
+    return [r for r in found.values() if r.agency_id not in skip and (agency_id is None or r.agency_id == agency_id)]
 
 
 # Why a finding was resolved (finding.resolution; NULL, from before 0002, reads as FIXED).

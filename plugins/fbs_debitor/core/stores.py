@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.core import migrations
@@ -31,7 +32,20 @@ def open_stores(urls: DatabaseUrls | None = None) -> Stores:
 def create_fbs_schema(engine: Engine) -> None:
     """Create the FBS extract tables where missing (demo, tests; in production FBS provides them)."""
     with engine.begin() as conn:
+        _add_change_markers(conn)
         run_script(conn, sql_file("fbs/schema.sql"))
+
+
+MARKED_TABLES = ("agency", "patron", "guardianship")   # liability has had its updated_at from the start
+
+
+def _add_change_markers(conn) -> None:
+    """Tables made before the change markers (issue 19) get their ``updated_at`` column (NULL:
+    unknown, counted as changed until FBS sets it), so the schema's indexes on it can be made."""
+    found = inspect(conn)
+    for table in MARKED_TABLES:
+        if found.has_table(table) and "updated_at" not in {c["name"] for c in found.get_columns(table)}:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN updated_at TIMESTAMP")
 
 
 def init_stores(stores: Stores) -> list[int]:

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from fbs_debitor.core.db import as_date, chunked, in_query, is_timestamp, sql_file
+from fbs_debitor.eligibility.delta import Delta
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Scope:
     to_date: dt.date | None = None
     follow_cut_off: bool = True                   # False only for a dry-run preview (see above)
     agencies: tuple[str, ...] = ()                # hourly, one unit: only these agencies (empty: all)
+    changed: Delta | None = None                  # hourly, incremental: only the run's delta (None: all)
 
     @property
     def is_chunk(self) -> bool:
@@ -69,6 +71,10 @@ class Scope:
             params.update({f"scope_unit_{i}": a for i, a in enumerate(self.agencies)})
         else:
             universe = "(1 = 1)"
+        if self.changed is not None and not self.is_chunk:
+            condition, delta_params = self.changed.condition("l")
+            universe = f"({universe} AND {condition})"
+            params.update(delta_params)
         after_cut_off = f"(l.created_at >= a.cut_off_date OR NOT {dated})"
         t1 = after_cut_off if self.follow_cut_off else "(1 = 1)"
         parts = []
@@ -89,6 +95,10 @@ class Scope:
         return sql, params
 
     def describe(self) -> str:
+        delta = f" ({self.changed.describe()})" if self.changed is not None and not self.is_chunk else ""
+        return self._describe() + delta
+
+    def _describe(self) -> str:
         if self.is_chunk:
             return (f"agency {self.agency_id}, created {self.from_date} - {self.to_date} (exclusive)"
                     + ("" if self.follow_cut_off else ", counted from its own start (dry-run preview)"))
@@ -117,7 +127,7 @@ def standing(fbs: Engine, scope: Scope, liability_ids) -> list:
 EVERYTHING = Scope()   # every agency from its cut-off date: before any backfill was ever recorded
 
 
-def hourly(ledger: Engine, since: dt.datetime | None = None, agencies=None) -> Scope:
+def hourly(ledger: Engine, since: dt.datetime | None = None, agencies=None, changed: Delta | None = None) -> Scope:
     """The hourly run's scope: everything from each agency's cut-off date, except what lies before
     the date the hourly run has taken over (``cut_off.hourly_from``). Every known agency is listed,
     not only those with a backfill recorded: a cut-off moved back in FBS that no detection has seen
@@ -128,7 +138,9 @@ def hourly(ledger: Engine, since: dt.datetime | None = None, agencies=None) -> S
     ``since`` (a run's start): also hold what backfills completed since then had held, so that a
     run resolving its findings at its end decides only about what it looked at.
 
-    ``agencies`` (one unit's, ``transfer.units``): only those agencies' liabilities."""
+    ``agencies`` (one unit's, ``transfer.units``): only those agencies' liabilities.
+
+    ``changed`` (the incremental run's, ``eligibility.delta.changes``): only those liabilities."""
     with ledger.connect() as conn:
         rows = [(r.agency_id, as_date(r.hourly_from))
                 for r in conn.execute(text("SELECT agency_id, hourly_from FROM cut_off ORDER BY agency_id"))]
@@ -139,5 +151,5 @@ def hourly(ledger: Engine, since: dt.datetime | None = None, agencies=None) -> S
                 {"f": False, "t": since})]
     if agencies:
         unit = tuple(sorted(set(agencies)))
-        return Scope(held=tuple(r for r in rows if r[0] in unit), agencies=unit)
-    return Scope(held=tuple(rows))
+        return Scope(held=tuple(r for r in rows if r[0] in unit), agencies=unit, changed=changed)
+    return Scope(held=tuple(rows), changed=changed)

@@ -103,13 +103,13 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
         params = []
         for r in take(lambda r: person(r) and not r.cpr and r.replacement_cpr):
             patrons_used.add(r.patron_id)
-            params.append({"p": r.patron_id, "c": new_cpr(r)})
-        update("UPDATE patron SET cpr = :c WHERE patron_id = :p", params, "real_cpr")
+            params.append({"p": r.patron_id, "c": new_cpr(r), "t": at})
+        update("UPDATE patron SET cpr = :c, updated_at = :t WHERE patron_id = :p", params, "real_cpr")
         params = []
         for r in take(lambda r: person(r) and r.cpr and birth_date_from_cpr(r.cpr) is not None):
             patrons_used.add(r.patron_id)
-            params.append({"p": r.patron_id, "c": new_cpr(r)})
-        update("UPDATE patron SET cpr = :c WHERE patron_id = :p", params, "cpr_corrected")
+            params.append({"p": r.patron_id, "c": new_cpr(r), "t": at})
+        update("UPDATE patron SET cpr = :c, updated_at = :t WHERE patron_id = :p", params, "cpr_corrected")
     return done
 
 

@@ -28,7 +28,7 @@ def simulate_move(stores: Stores, to: dt.date | None = None, agencies: list[str]
         moved = {}
         for r in chosen:
             if as_date(r.cut_off_date) != to:
-                conn.execute(text("UPDATE agency SET cut_off_date = :d WHERE agency_id = :a"),
-                             {"d": to, "a": r.agency_id})
+                conn.execute(text("UPDATE agency SET cut_off_date = :d, updated_at = :t WHERE agency_id = :a"),
+                             {"d": to, "a": r.agency_id, "t": dt.datetime.now().replace(microsecond=0)})
                 moved[r.agency_id] = (as_date(r.cut_off_date), to)
     return moved

@@ -990,6 +990,11 @@ def _liability_rows(lia: _Liabilities, items: np.ndarray,
                        strict=True)
 
 
+def _marked(rows, marked: dt.datetime) -> Iterator[tuple]:
+    """The rows with FBS's change marker appended."""
+    return (tuple(row) + (marked,) for row in rows)
+
+
 def wipe(conn: Connection) -> None:
     """Delete every row of the FBS tables, children first (``db.empty_tables``)."""
     empty_tables(conn, WIPE_ORDER, self_references={"patron": "responsible_patron_id"})
@@ -1037,12 +1042,17 @@ def generate(fbs_engine: Engine, patrons: int, seed: int, as_of: dt.date, liabil
 
     summary = GenerationSummary(seed=seed, as_of=as_of, liabilities_per_patron=liabilities_per_patron,
                                 backlog_years=backlog_years)
+    # FBS's change marker (updated_at, issue 19) of the agencies, patrons and guardianships: the
+    # extract's last second, the latest any liability of it can carry. (Liabilities carry their own.)
+    marked = dt.datetime.combine(as_of, dt.time()) - dt.timedelta(seconds=1)
     with fbs_engine.begin() as conn, bulk_load(conn, WIPE_ORDER):
         wipe(conn)
-        summary.agency = bulk_insert(conn, "agency", AGENCY_COLUMNS, agencies.rows)
+        summary.agency = bulk_insert(conn, "agency", (*AGENCY_COLUMNS, "updated_at"), _marked(agencies.rows, marked))
         summary.branch = bulk_insert(conn, "branch", BRANCH_COLUMNS, agencies.branch_rows)
-        summary.patron = bulk_insert(conn, "patron", PATRON_COLUMNS, _patron_rows(pat, agencies, True, specs))
-        summary.guardianship = bulk_insert(conn, "guardianship", GUARDIANSHIP_COLUMNS, guard.rows)
+        summary.patron = bulk_insert(conn, "patron", (*PATRON_COLUMNS, "updated_at"),
+                                     _marked(_patron_rows(pat, agencies, True, specs), marked))
+        summary.guardianship = bulk_insert(conn, "guardianship", (*GUARDIANSHIP_COLUMNS, "updated_at"),
+                                           _marked(guard.rows, marked))
         summary.material = bulk_insert(conn, "material", MATERIAL_COLUMNS, mat.rows)
         summary.loan = bulk_insert(conn, "loan", LOAN_COLUMNS, _loan_rows(lia, mat.item_numbers))
         summary.liability = bulk_insert(conn, "liability", LIABILITY_COLUMNS, _liability_rows(lia, mat.item_numbers, specs))
