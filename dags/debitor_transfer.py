@@ -1,7 +1,9 @@
-"""debitor_transfer: the hourly hand-over of FBS liabilities to the debtor system (SF1590)."""
+"""debitor_transfer: the hourly hand-over of FBS liabilities to the debtor system (SF1590), of
+what changed since the last run; debitor_sweep: the same run over everything, nightly."""
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +38,15 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    an unfinished backfill of that range is stopped, nothing already sent is recalled.
    **regular_run** — a run made by `airflow backfill create` stops here (the rest is skipped):
    transfer is by state, not by window, so a regular run already sends everything due.
-3. **data_quality** — Great Expectations checks on the batch (every open liability not yet sent,
+   **changes_since** — **the run costs what changed, not what is owed**: per agency, the run looks
+   only at the liabilities FBS marked changed (`updated_at` on the liability, its patrons, their
+   guardianships) since the agency's last run that finished its work; an agency whose own row
+   changed (a cut-off date, an age limit), a new agency, or one with more than
+   `FBS_DEBITOR_CHANGE_DELTA_MAX` changes is looked at whole. Steps 3-6 work on that delta.
+   **debitor_sweep** (nightly, at `FBS_DEBITOR_SWEEP_HOUR`) is this same run over everything: the
+   safety net for a change FBS did not mark; its task **markers_missed** names what the markers
+   missed (an operator alarm per agency).
+3. **data_quality** — Great Expectations checks on the batch (the run's open liabilities not yet sent,
    and the agencies): company without valid CVR, minor without guardian, person without CPR or
    birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
    dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
@@ -128,6 +138,28 @@ DEADLINE = None if DAGS_TEST else DeadlineAlert(
     callback=SyncCallback("fbs_debitor.airflow.alerts.deadline_missed", kwargs={"dag_id": "debitor_transfer", "minutes": 50}))
 
 
+SWEEP_DOC_MD = """
+### debitor_sweep — the nightly full sweep of debitor_transfer
+
+The same run as **debitor_transfer** (see its documentation), once a night at `FBS_DEBITOR_SWEEP_HOUR`
+(Europe/Copenhagen, default 02:30), over **every** liability instead of what FBS marked changed:
+the safety net for a change FBS made without setting `updated_at`, a deleted row, or a setting of
+the integration changed. **markers_missed** says what it found that the change markers had missed:
+the liabilities it sent a claim or a change for that no marker showed, per agency, as a warning and
+an **operator alarm** (FBS must set `updated_at` on every change: the README's extract contract);
+the run stays green, since the sweep did the work. The next sweep that finds nothing there resolves
+the alarm. It shares the municipalities' locks with the hourly runs, so the two never send for the
+same municipality at once.
+"""
+
+
+def _sweep_hour() -> int:
+    raw = (os.environ.get("FBS_DEBITOR_SWEEP_HOUR") or "2").strip()
+    if not raw.isdigit() or not 0 <= int(raw) <= 23:
+        raise ValueError(f"FBS_DEBITOR_SWEEP_HOUR={raw!r}: allowed is a whole number from 0 to 23 (Europe/Copenhagen)")
+    return int(raw)
+
+
 # The debtor systems (fbs_debitor.transfer.units.VENDORS): each municipality's sending steps run as
 # mapped tasks in its debtor system's pool, so a slow vendor does not starve the others; debitor_backfill's
 # months share the same pools at a lower priority.
@@ -135,24 +167,32 @@ VENDORS = ("KMD_OPUS", "PRISME", "EG")
 SENDING = {"priority_weight": 10, "weight_rule": "absolute"}
 
 
-@dag(
-    dag_id="debitor_transfer",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="Europe/Copenhagen"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"owner": "fbs-debitor", "retries": 2,
-                  "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
-                  "on_failure_callback": _run_failed},
-    on_failure_callback=_run_failed,
-    on_success_callback=_run_succeeded,
-    deadline=DEADLINE,
-    description="Hourly: FBS liabilities to the municipal debtor system (SF1590); red only when the integration "
-                "could not do its work",
-    tags=["fbs-debitor", "sf1590", "transfer"],
-    doc_md=DOC_MD,
-)
-def debitor_transfer():
+def transfer_dag(dag_id: str, schedule, sweep: bool, description: str, doc_md: str, deadline):
+    """debitor_transfer (hourly, what changed) and debitor_sweep (nightly, everything): one shape."""
+
+    @dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="Europe/Copenhagen"),
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": "fbs-debitor", "retries": 2,
+                      "retry_exponential_backoff": True, "execution_timeout": timedelta(minutes=50),
+                      "on_failure_callback": _run_failed},
+        on_failure_callback=_run_failed,
+        on_success_callback=_run_succeeded,
+        deadline=deadline,
+        description=description,
+        tags=["fbs-debitor", "sf1590", "transfer"],
+        doc_md=doc_md,
+    )
+    def pipeline():
+        _tasks(sweep)
+
+    return pipeline()
+
+
+def _tasks(sweep: bool):
     @task(task_id="open_run")
     def open_run(dag=None, run_id=None, data_interval_start=None, data_interval_end=None) -> str:
         from fbs_debitor.airflow import tasks
@@ -170,6 +210,18 @@ def debitor_transfer():
         from fbs_debitor.airflow import tasks
 
         return tasks.regular_run(ledger_run_id, dag_run.run_type)
+
+    @task(task_id="changes_since")
+    def changes_since(ledger_run_id: str) -> dict:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.changes_since(ledger_run_id, sweep=sweep)
+
+    @task(task_id="markers_missed", trigger_rule="all_done")
+    def markers_missed(ledger_run_id: str) -> dict[str, int]:
+        from fbs_debitor.airflow import tasks
+
+        return tasks.markers_missed(ledger_run_id)
 
     @task(task_id="data_quality")
     def data_quality(ledger_run_id: str) -> dict:
@@ -256,14 +308,25 @@ def debitor_transfer():
     TriggerDagRunOperator.partial(task_id="trigger_backfill", trigger_dag_id="debitor_backfill",
                                   skip_when_already_exists=True, wait_for_completion=False,
                                   retries=1).expand_kwargs(detected)
+    window = changes_since(run_id)
     dq = data_quality(run_id)
     units = [municipalities.override(task_id=f"municipalities_{vendor.lower()}")(run_id, vendor) for vendor in VENDORS]
     groups = [sending(vendor).partial(ledger_run_id=run_id).expand(unit=found) for vendor, found in zip(VENDORS, units, strict=True)]
     delivered = raise_staff_tasks(run_id)   # all_done: after every municipality, whatever happened to any
     closed = close_run(run_id)              # all_done likewise: the run is closed naming who needs attention
-    detected >> regular_run(run_id) >> dq >> units
-    groups >> delivered >> closed
+    detected >> regular_run(run_id) >> window >> dq >> units
+    if sweep:   # the sweep's word on the markers, before the run is closed (its counts are the run's)
+        groups >> delivered >> markers_missed(run_id) >> closed
+    else:
+        groups >> delivered >> closed
     closed >> [held_agencies(closed, dq), failed_agencies(closed), undelivered(closed, delivered)]
 
 
-debitor_transfer()
+debitor_transfer = transfer_dag(
+    "debitor_transfer", CronDataIntervalTimetable("0 * * * *", timezone="Europe/Copenhagen"), False,
+    "Hourly: what changed in FBS to the municipal debtor system (SF1590); red only when the integration could not "
+    "do its work", DOC_MD, DEADLINE)
+debitor_sweep = transfer_dag(
+    "debitor_sweep", CronDataIntervalTimetable(f"30 {_sweep_hour()} * * *", timezone="Europe/Copenhagen"), True,
+    "Nightly: the same run over every liability, the safety net for a change FBS did not mark; says what the "
+    "markers missed", SWEEP_DOC_MD, None)

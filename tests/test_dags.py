@@ -87,7 +87,8 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert order[:2] == ["open_run", "detect_cut_off"]
     alarms = {"held_agencies", "failed_agencies", "undelivered"}
     main = [t for t in order if t != "trigger_backfill" and t not in alarms]
-    assert main[:4] == ["open_run", "detect_cut_off", "regular_run", "data_quality"]
+    # Issue 19: the run fixes what it looks at (what FBS marked changed) before the checks read it
+    assert main[:5] == ["open_run", "detect_cut_off", "regular_run", "changes_since", "data_quality"]
     assert main[-2:] == ["raise_staff_tasks", "close_run"]
     assert dag.get_task("trigger_backfill").upstream_task_ids == {"detect_cut_off"}
     assert set(order[-3:]) == alarms and all(dag.get_task(t).upstream_task_ids >= {"close_run"} for t in alarms)

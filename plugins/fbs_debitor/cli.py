@@ -36,6 +36,7 @@ from fbs_debitor.core import ledger, migrations, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
 from fbs_debitor.delivery import access, outbox, rejections, send_rate, serviceplatformen
+from fbs_debitor.eligibility import delta
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
 from fbs_debitor.payments import inbound_service, inbox
@@ -100,6 +101,18 @@ def cmd_assess(args) -> int:
     return 0
 
 
+def format_window(window: dict, counts) -> str:
+    """One line on what the run looked at (issue 19): the window, and for a sweep what the change
+    markers had missed."""
+    if window["mode"] == delta.SWEEP:
+        missed = sum(n for (_a, c, _r), n in counts.items() if c == delta.MISSED)
+        return (f"sweep: every liability looked at (FBS's mark {window['until']}); "
+                f"missed by the change markers: {missed}")
+    whole = f"; looked at whole: {', '.join(window['whole'])}" if window["whole"] else ""
+    return (f"incremental: what FBS marked changed up to {window['until']} in {window['incremental']} "
+            f"agency(ies){whole}")
+
+
 def cmd_transfer(args) -> int:
     if not args.dry_run:
         if not _connection():
@@ -114,10 +127,11 @@ def cmd_transfer(args) -> int:
 
     with _clients(stores) as client:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
-                                       data_docs_dir=dq_checks.data_docs_dir())
+                                       data_docs_dir=dq_checks.data_docs_dir(), sweep=args.sweep)
     run = ledger.get_run(stores.ledger, run_id)
     counts = ledger.run_counts(stores.ledger, run_id)
     print(format_run(run, counts, stores.fbs))
+    print(format_window(delta.open_window(stores, run_id), counts))
     if run.status != "success":
         return EXIT_FAILED
     outstanding = unconfirmed(counts, outbox.unconfirmed_total(stores.ledger))
@@ -552,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write the batches and a summary, send nothing")
     p.add_argument("--out", type=settings.folder, default=None, help="output folder (default var/dry-run)")
     p.add_argument("--batch-size", type=batch, default=None, help=batch_help)
+    p.add_argument("--sweep", action="store_true", help="look at every liability, not only what FBS marked changed "
+                   "since the last run (the nightly sweep of DAG debitor_sweep), and say what the markers missed")
     p.set_defaults(func=cmd_transfer)
 
     p = add_command(sub, "report", "write the staff data-quality reports (HTML + CSV per branch); "

@@ -23,6 +23,7 @@ from fbs_debitor.core.alarms import (
     ACCESS,
     FAILED_AGENCY,
     HELD,
+    MARKERS_MISSED,
     OPERATOR,
     PAYMENT_DIFFERENCES,
     REJECTIONS,
@@ -34,7 +35,7 @@ from fbs_debitor.transfer.run import failure_message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCESS", "FAILED_AGENCY", "HELD", "PAYMENT_DIFFERENCES", "REJECTIONS", "UNCONFIRMED"]
+__all__ = ["ACCESS", "FAILED_AGENCY", "HELD", "MARKERS_MISSED", "PAYMENT_DIFFERENCES", "REJECTIONS", "UNCONFIRMED"]
 
 
 def held_agencies(ledger: Engine, run_id: str, dq: dict) -> list[str]:
@@ -48,6 +49,19 @@ def held_agencies(ledger: Engine, run_id: str, dq: dict) -> list[str]:
     if resolved:
         log.info("no longer held: %s", ", ".join(resolved))
     return sorted(held)
+
+
+def markers_missed(ledger: Engine, run_id: str, per_agency: dict[str, int]) -> dict[str, int]:
+    """The nightly sweep's word on FBS's change markers (issue 19): an OPERATOR alarm per agency
+    where it found liabilities FBS had changed without marking them (``updated_at``), which the
+    hourly runs therefore did not look at. The sweep sent them, so the run stays green; the alarm
+    asks the integration team to have FBS set its markers, and the next sweep that finds nothing
+    missed for the agency resolves it."""
+    found = {a: f"the nightly sweep found {n} liability(ies) FBS changed without setting updated_at; the hourly "
+                f"runs did not see them, the sweep sent them. FBS must mark every change (README: the FBS extract "
+                f"contract)" for a, n in per_agency.items()}
+    observe(ledger, run_id, MARKERS_MISSED, OPERATOR, found)
+    return per_agency
 
 
 def rejections(ledger: Engine, run_id: str, per_agency: dict[str, int]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from fbs_debitor.backfill import months as backfill
 from fbs_debitor.core import alarms, ledger, migrations
 from fbs_debitor.core.stores import Stores, open_stores
 from fbs_debitor.delivery import send_rate
-from fbs_debitor.eligibility import cut_off
+from fbs_debitor.eligibility import cut_off, delta
 from fbs_debitor.quality import checks as dq_checks
 from fbs_debitor.transfer import run as transfer
 from fbs_debitor.transfer import units
@@ -112,9 +112,19 @@ def regular_run(run_id: str, run_type: str) -> bool:
     return False
 
 
+def changes_since(run_id: str, sweep: bool = False) -> dict:
+    """The run's window (``eligibility.delta``): per agency, what FBS marked changed since its last
+    finished run (an incremental run), or everything (``sweep``, debitor_sweep's nightly run; an
+    agency's first run; an agency whose own settings changed). Fixed once: a retry gets the same."""
+    with task_stores(run_id, "change window") as stores:
+        return delta.open_window(stores, run_id, sweep=sweep)
+
+
 def data_quality(run_id: str) -> dict:
+    """The GX checks over what the run looks at: the delta of an incremental run, everything in a sweep."""
     with task_stores(run_id, "data quality") as stores:
-        return dq_checks.run_checks(stores, run_id, data_docs_dir=dq_checks.data_docs_dir()).as_dict()
+        return dq_checks.run_checks(stores, run_id, data_docs_dir=dq_checks.data_docs_dir(),
+                                    scope=transfer.run_scope(stores, run_id)).as_dict()
 
 
 def municipalities(run_id: str, vendor: str) -> list[dict]:
@@ -169,7 +179,7 @@ def municipality_done(run_id: str, unit: dict) -> str:
     municipalities' tasks stay green. The run-level tasks at the end say it again for the run."""
     this = _unit(unit)
     with task_stores() as stores:
-        problem = transfer.unit_problems(stores, run_id, this)
+        problem = transfer.finish_unit(stores, run_id, this)   # done: its change marks move on
     if problem:
         raise AirflowFailException(problem)
     log.info("municipality %s: done", this.label)
@@ -204,6 +214,13 @@ def close_run(run_id: str) -> str:
         text = format_run(ledger.get_run(stores.ledger, run_id), counts, stores.fbs)
     log.info("run summary\n%s", text)
     return run_id
+
+
+def markers_missed(run_id: str) -> dict[str, int]:
+    """debitor_sweep's last word: what it found that FBS's change markers had missed, per agency (an
+    operator alarm each, resolved by the next sweep that finds nothing there)."""
+    with task_stores() as stores:
+        return notifications.markers_missed(stores.ledger, run_id, transfer.sweep_findings(stores, run_id))
 
 
 def held_agencies(run_id: str, dq: dict) -> list[str]:

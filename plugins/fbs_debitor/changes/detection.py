@@ -68,11 +68,22 @@ from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.claims.model import CANCEL, IDENTITY, REPAYMENT, WRITE_DOWN, StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import Unreadable, as_amount, as_date, as_datetime, exact_amount, keyset_pages, shown, sql_file
+from fbs_debitor.core.db import (
+    Unreadable,
+    as_amount,
+    as_date,
+    as_datetime,
+    chunked,
+    exact_amount,
+    keyset_pages,
+    shown,
+    sql_file,
+)
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events, update_settlement
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.outbox import agency_list, agency_params, for_agencies, message_key
+from fbs_debitor.eligibility.delta import Delta, id_list
 
 log = logging.getLogger(__name__)
 
@@ -246,35 +257,54 @@ class _Context:
                          state.patron_id, state.liability_id, TASK_KIND, message)
 
 
-def sent_claim_pages(stores: Stores, page_size: int = 5000, *,
-                     agencies: Collection[str] | None = None) -> Iterator[tuple[list, dict]]:
+_SENT_CLAIMS = ("SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
+                "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim")
+
+
+def sent_claim_pages(stores: Stores, page_size: int = 5000, *, agencies: Collection[str] | None = None,
+                     changed: Delta | None = None) -> Iterator[tuple[list, dict]]:
     """Every claim the debtor system accepted (its ledger row), page by page in liability order,
     with FBS's state of those liabilities now (``claim_state.sql``, by liability id; a liability
     gone from FBS is absent). ``agencies`` (issue 18: one unit's): only the claims recorded for
     those agencies (``claim.agency_id``, in the query), None every agency."""
     only = agency_list(agencies)
-    claims_query = for_agencies(
-        "SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
-        "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim "
-        "WHERE state = 'accepted'{agencies} AND liability_id > :last ORDER BY liability_id LIMIT :n", only,
-        "agency_id IN :agencies")
     state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
-    for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1,
-                               {"n": page_size, **agency_params(only)}, after="last"):
+
+    def with_states(claims: list) -> tuple[list, dict]:
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
-        yield claims, states
+        return claims, states
+
+    whole = only
+    if changed is not None:   # the incremental run: the delta's claims, and its agencies looked at whole
+        whole = sorted(set(changed.whole) & set(only)) if only is not None else list(changed.whole)
+        for part in chunked(changed.liability_ids, page_size):
+            query = text(f"{_SENT_CLAIMS} WHERE state = 'accepted' AND liability_id IN ({id_list(part)}) "  # noqa: S608 - integers
+                         "ORDER BY liability_id")
+            with stores.ledger.connect() as conn:
+                claims = [c for c in conn.execute(query).all()
+                          if (only is None or c.agency_id in only) and c.agency_id not in whole]
+            if claims:
+                yield with_states(claims)
+        if not whole:
+            return
+    claims_query = for_agencies(_SENT_CLAIMS + " WHERE state = 'accepted'{agencies} AND liability_id > :last "
+                                "ORDER BY liability_id LIMIT :n", whole, "agency_id IN :agencies")
+    for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1,
+                               {"n": page_size, **agency_params(whole)}, after="last"):
+        yield with_states(claims)
 
 
 def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None, *,
-                   agencies: Collection[str] | None = None) -> Counter:
+                   agencies: Collection[str] | None = None, changed: Delta | None = None) -> Counter:
     """Compare every accepted claim with FBS and record the changes as outbox messages.
     Returns counts (agency, 'change_recorded', kind). ``agencies`` (issue 18: one unit's, a
     municipality at its debtor system): only the claims recorded for those agencies; None every
-    agency."""
+    agency. ``changed`` (issue 19, the incremental run's delta): only the claims of the liabilities
+    FBS marked changed, and every claim of the agencies looked at whole; None every claim."""
     ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
     counts: Counter = Counter()
-    for claims, states in sent_claim_pages(stores, page_size, agencies=agencies):
+    for claims, states in sent_claim_pages(stores, page_size, agencies=agencies, changed=changed):
         updates, tasks = _compare_page(ctx, claims, states)
         if tasks:
             with stores.fbs.begin() as conn:     # FBS first: idempotent by task id

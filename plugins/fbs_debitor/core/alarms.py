@@ -28,6 +28,7 @@ FAILED_AGENCY = "failed_agency"             # OPERATOR: an agency's work failed 
 UNCONFIRMED = "unconfirmed"                 # OPERATOR: claims/changes unanswered after every retry (an outage)
 PAYMENT_DIFFERENCES = "payment_differences"  # OPERATOR: the payments reconciliation found differences
 ACCESS = "access_held"                       # OPERATOR: the municipality's Serviceplatformen access does not work
+MARKERS_MISSED = "markers_missed"            # OPERATOR: the nightly sweep found changes FBS had not marked (issue 19)
 KEY_LENGTH, KIND_LENGTH = 120, 40
 
 

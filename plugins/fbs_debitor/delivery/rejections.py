@@ -73,6 +73,7 @@ from fbs_debitor.delivery.outbox import (
     tracked,
 )
 from fbs_debitor.delivery.staff_tasks import resolve_superseded_tasks
+from fbs_debitor.eligibility.delta import Delta
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +163,24 @@ class _Context:
 # --- automatically, when the data changed -------------------------------------------------------------
 
 def requeue_changed(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None, *,
-                    agencies: Collection[str] | None = None) -> Counter:
+                    agencies: Collection[str] | None = None, changed: Delta | None = None) -> Counter:
     """Every rejected claim whose data changed since the rejection, recorded again under the next
     generation of its FordringID (sent by ``changes.sending.send_changes``), its staff task
     resolved. Returns counts (agency, ``sent_again``, rule of the rejection). ``agencies`` (issue
     18: one unit's, a municipality at its debtor system): only the claims recorded for those
-    agencies (``claim.agency_id``) and their tasks; None every agency."""
+    agencies (``claim.agency_id``) and their tasks; None every agency. ``changed`` (issue 19, the
+    incremental run's delta): only the rejected claims whose liability FBS marked changed, or of an
+    agency looked at whole (data that did not change cannot have changed since the rejection)."""
     ctx = _Context(stores, today)
     counts: Counter = Counter()
     only = agency_list(agencies)
-    query = for_agencies(_CLAIMS, only, "agency_id IN :agencies")
-    for claims in keyset_pages(stores.ledger, query, "liability_id", -1, {"n": page_size, **agency_params(only)},
-                               after="last"):
+    sql, delta_params = _CLAIMS, {}
+    if changed is not None:
+        condition, delta_params = changed.condition("claim")
+        sql = _CLAIMS.replace("{agencies}", "{agencies} AND " + condition)
+    query = for_agencies(sql, only, "agency_id IN :agencies")
+    for claims in keyset_pages(stores.ledger, query, "liability_id", -1,
+                               {"n": page_size, **agency_params(only), **delta_params}, after="last"):
         rows = _rejected(stores, claims)
         fbs_rows = {r.liability_id: r for r in claim_stream.claim_rows(stores.fbs, [r.liability_id for r in rows],
                                                                        ctx.today)} if rows else {}

@@ -41,7 +41,7 @@ from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery import outbox as delivery
 from fbs_debitor.delivery import rejections
 from fbs_debitor.delivery import staff_tasks as delivery_tasks
-from fbs_debitor.eligibility import cut_off
+from fbs_debitor.eligibility import cut_off, delta
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility import scope as scopes
 from fbs_debitor.quality import catalog as dq_catalog
@@ -84,7 +84,9 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
     unit's agencies only, and only their counts are replaced). Returns the counts
     (agency, category, rule) -> n; every agency of the scope is then marked assessed in this run."""
     seen_at = ledger.now()
-    scope = scope if scope is not None else scopes.hourly(stores.ledger, agencies=unit.agencies if unit else None)
+    if scope is None:   # the hourly run's: of the unit, and only what changed when the run has a window
+        mine = unit.agencies if unit else None
+        scope = scopes.hourly(stores.ledger, agencies=mine, changed=delta.changes(stores, run_id, mine))
     counts = eligibility.out_of_scope_counts(stores.fbs, scope)
     pages = 0
     for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, scope=scope):
@@ -135,15 +137,19 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
 
     if scope is None:
         run = ledger.get_run(stores.ledger, run_id)
-        scope = scopes.hourly(stores.ledger, since=run.started_at if run else None)
+        scope = scopes.hourly(stores.ledger, since=run.started_at if run else None,
+                              changed=delta.changes(stores, run_id))
     with stores.ledger.connect() as conn:
         held = {r[0] for r in conn.execute(text(
             "SELECT agency_id FROM finding WHERE check_code = :c AND resolved_at IS NULL AND last_run_id = :r"),
             {"c": eligibility.CHECK_CODES["C3"], "r": run_id})}
     if not scope.is_chunk:   # a unit whose task did not get to the end decided nothing about its agencies
         held |= not_assessed(stores, run_id)
+    changed = scope.changed if not scope.is_chunk else None   # incremental: decide only about the delta
     unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held,
-                                    agency_id=scope.agency_id)
+                                    agency_id=scope.agency_id,
+                                    liabilities=changed.liability_ids if changed is not None else None,
+                                    whole=changed.whole if changed is not None else ())
     if scope.is_chunk:
         unseen = [r for r in unseen if r.liability_id is not None and r.agency_id == scope.agency_id]
     here, elsewhere = _standing(stores, scope, {r.liability_id for r in unseen if r.liability_id is not None})
@@ -396,8 +402,9 @@ def keep_claims_true(stores: Stores, client, run_id: str, batch_size: int | None
     for u in _units(stores, unit):
         held: Counter = Counter()
         with exclusive(stores.ledger, "sending", part=u.lock):
-            counts.update(change_detection.detect_changes(stores, run_id, agencies=u.agencies))
-            counts.update(rejections.requeue_changed(stores, run_id, agencies=u.agencies))
+            changed = delta.changes(stores, run_id, u.agencies)   # None: the run has no window, everything
+            counts.update(change_detection.detect_changes(stores, run_id, agencies=u.agencies, changed=changed))
+            counts.update(rejections.requeue_changed(stores, run_id, agencies=u.agencies, changed=changed))
             sent = change_delivery.send_changes(stores, client, run_id, batch_size or batch_size_default(),
                                                 held=held, agencies=u.agencies)
         ledger.record_counts(stores.ledger, run_id, held, [delivery.HELD_ACCESS_CHANGES], agencies=u.agencies)
@@ -421,19 +428,24 @@ def close_delivery(stores: Stores, run_id: str) -> Counter:
 
 
 def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
-                 data_quality: bool = True, **run_fields) -> tuple[str, Counter]:
+                 data_quality: bool = True, sweep: bool = False, **run_fields) -> tuple[str, Counter]:
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
     leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
     and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG. When an
     agency's work failed part-way (see the module doc) the run goes on to the end for every other
     agency and is then recorded as failed, the error naming the agencies; it does not raise, so
-    the caller still has the counts (the CLI prints them and exits 1 on the run's status)."""
+    the caller still has the counts (the CLI prints them and exits 1 on the run's status).
+
+    Like the hourly DAG it looks only at what FBS marked changed since the last run that finished
+    each agency's work (``eligibility.delta``); ``sweep`` looks at everything, as debitor_sweep does
+    at night, and says what the change markers had missed."""
 
     with _recorded_run(stores, kind, **run_fields) as run:
         run_id = run.run_id
         cut_off.detect(stores, run_id)
+        delta.open_window(stores, run_id, sweep=sweep)
         if data_quality:
-            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir)
+            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id))
         counts: Counter = Counter()
         for unit in unit_list.units(stores.fbs):
             try:
@@ -441,12 +453,59 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
             except Exception:   # noqa: BLE001 - one municipality's crash: logged, named at the end, the rest go on
                 log.exception("municipality %s: its sending stopped with an unexpected error; the other "
                               "municipalities go on", unit.label)
+                continue
+            finish_unit(stores, run_id, unit)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
+        if sweep:
+            sweep_findings(stores, run_id)
         counts_now = ledger.run_counts(stores.ledger, run_id)
         run.failure = failure_message(agency_failures(counts_now), access_held(counts_now),
                                       unfinished_units(stores, run_id))
     return run_id, counts
+
+
+def run_scope(stores: Stores, run_id: str) -> scopes.Scope:
+    """The whole run's scope for the checks over every municipality (the DAG's data_quality): the
+    hourly scope, only what changed when the run has a window."""
+    return scopes.hourly(stores.ledger, changed=delta.changes(stores, run_id))
+
+
+def finish_unit(stores: Stores, run_id: str, unit: Unit) -> str | None:
+    """After a unit's last step: what keeps its part of the run from being done (``unit_problems``),
+    or None. When it is done and nothing was deferred to the next run, its agencies' change marks
+    move to the run's mark, so the next run starts from there (``eligibility.delta``); otherwise
+    they stay, and the next run looks at the same changes again."""
+    problem = unit_problems(stores, run_id, unit)
+    if problem is not None:
+        log.info("municipality %s: its change marks stay where they were (its part of the run is not done)", unit.label)
+        return problem
+    mine = set(unit.agencies)
+    deferred = sum(n for (a, c, _r), n in ledger.run_counts(stores.ledger, run_id).items()
+                   if c == "deferred" and str(a) in mine)
+    if deferred:
+        log.info("municipality %s: %d claim(s) deferred to the next run; its change marks stay", unit.label, deferred)
+    else:
+        delta.advance(stores, run_id, unit.agencies)
+    return None
+
+
+def sweep_findings(stores: Stores, run_id: str) -> dict[str, int]:
+    """A sweep's word on the change markers (``delta.missed``): recorded with the run (category
+    ``missed_by_markers``) and logged as a warning naming the agencies; returns agency -> count."""
+    missed = delta.missed(stores, run_id)
+    ledger.record_counts(stores.ledger, run_id, missed, [delta.MISSED])
+    per_agency: dict[str, int] = {}
+    for (agency, _c, _kind), n in missed.items():
+        per_agency[agency] = per_agency.get(agency, 0) + n
+    if per_agency:
+        log.warning("the nightly sweep found %d liability(ies) FBS changed without marking them changed (updated_at), "
+                    "which the hourly runs had not looked at; now sent. Per agency: %s. FBS must set updated_at on "
+                    "every change (README, the FBS extract contract)", sum(per_agency.values()),
+                    ", ".join(f"{a}: {n}" for a, n in sorted(per_agency.items())))
+    else:
+        log.info("the nightly sweep found nothing the change markers had missed")
+    return dict(sorted(per_agency.items()))
 
 
 def send_unit(stores: Stores, client, run_id: str, unit: Unit, batch_size: int | None = None) -> Counter:
