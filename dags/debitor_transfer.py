@@ -150,6 +150,9 @@ an **operator alarm** (FBS must set `updated_at` on every change: the README's e
 the run stays green, since the sweep did the work. The next sweep that finds nothing there resolves
 the alarm. It shares the municipalities' locks with the hourly runs, so the two never send for the
 same municipality at once.
+
+**When is a run red**: as for debitor_transfer, only when the integration could not do its work;
+what the markers missed is an operator alarm on a green run (docs/operations.md, "When is a run red").
 """
 
 

@@ -68,6 +68,28 @@ def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypat
         pickup_crons()
 
 
+def test_issue19_debitor_sweep_is_the_transfer_run_over_everything_nightly_and_says_what_markers_missed(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    sweep, hourly = dagbag.dags["debitor_sweep"], dagbag.dags["debitor_transfer"]
+    assert isinstance(sweep.timetable, CronDataIntervalTimetable) and sweep.timetable.expression == "30 2 * * *"
+    assert sweep.max_active_runs == 1 and sweep.catchup is False
+    # the same steps as the hourly run, plus its word on the markers before the run is closed
+    assert set(sweep.task_ids) - set(hourly.task_ids) == {"markers_missed"}
+    assert sweep.get_task("markers_missed").upstream_task_ids - {"open_run"} == {"raise_staff_tasks"}
+    assert sweep.get_task("close_run").upstream_task_ids - {"open_run"} == {"markers_missed"}
+    assert sweep.get_task("markers_missed").trigger_rule == "all_done"
+
+
+def test_issue19_a_sweep_hour_out_of_range_is_an_import_error_naming_the_setting(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("FBS_DEBITOR_SWEEP_HOUR", "24")
+    spec = importlib.util.spec_from_file_location("sweep_hour_check", HOME / "dags" / "debitor_transfer.py")
+    with pytest.raises(ValueError, match="FBS_DEBITOR_SWEEP_HOUR='24': allowed is a whole number from 0 to 23"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
 def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag):
     import pendulum
     from airflow.sdk import CronDataIntervalTimetable
