@@ -32,8 +32,7 @@ CREATE TABLE run_window (
     opened_at      TIMESTAMP   NOT NULL,
     PRIMARY KEY (run_id, agency_id)
 );
--- ix_outbox_run, ix_outbox_last_run   the messages a run recorded and those it last sent (its
---                 delivery and change counts, a sweep's comparison with the marks), without walking
---                 every message ever recorded: an hourly run costs what it sent, not what was sent
+-- ix_outbox_run   the messages a run recorded (its change counts, a sweep's comparison with the
+--                 marks), without walking every message ever recorded: an hourly run costs what it
+--                 sent (the messages it last sent have ix_outbox_last_run, 0003)
 CREATE INDEX ix_outbox_run ON outbox (run_id);
-CREATE INDEX ix_outbox_last_run ON outbox (last_run_id);
