@@ -562,3 +562,15 @@ def _file_lock(engine: Engine, name: str, part: str | None) -> Iterator[None]:
 def is_embedded(url: str | URL) -> bool:
     """True when a database URL is the embedded kind, a file on this machine (SQLite), not a server."""
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def refresh_planner_statistics(engine: Engine) -> None:
+    """Let SQLite's query planner know the tables' sizes (a sampled ``ANALYZE``: milliseconds).
+    Without statistics it guesses that an agency holds a handful of liabilities and walks a whole
+    agency's index instead of looking up the few thousand changed ones (issue 19). PostgreSQL keeps
+    its own statistics (autovacuum): nothing to do there."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_datetime, chunked, in_query, sql_file
+from fbs_debitor.core.db import as_datetime, chunked, in_query, refresh_planner_statistics, sql_file
 from fbs_debitor.core.settings import change_delta_max, change_overlap_minutes
 from fbs_debitor.core.stores import Stores
 
@@ -146,6 +146,8 @@ def open_window(stores: Stores, run_id: str, sweep: bool = False) -> dict:
     existing = _window_rows(stores.ledger, run_id)
     if existing:
         return _summary(existing)
+    for engine in (stores.fbs, stores.ledger):   # the delta's lookups beat an agency's index walk
+        refresh_planner_statistics(engine)
     until = fbs_mark(stores.fbs)
     known = marks(stores.ledger)
     opened = ledger.now()
