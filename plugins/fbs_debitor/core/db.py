@@ -574,3 +574,11 @@ def refresh_planner_statistics(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql("PRAGMA analysis_limit=1000")
         conn.exec_driver_sql("ANALYZE")
+
+
+def local_clock(engine: Engine) -> dt.datetime:
+    """The database's own clock, local time without zone, to the second (FBS's change markers are
+    compared with it: the machine this runs on may differ)."""
+    sql = "SELECT datetime('now', 'localtime')" if engine.dialect.name == "sqlite" else "SELECT LOCALTIMESTAMP"
+    with engine.connect() as conn:
+        return as_datetime(conn.execute(text(sql)).scalar_one()).replace(microsecond=0)

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_datetime, chunked, in_query, refresh_planner_statistics, sql_file
+from fbs_debitor.core.db import as_datetime, chunked, in_query, local_clock, refresh_planner_statistics, sql_file
 from fbs_debitor.core.settings import change_delta_max, change_overlap_minutes
 from fbs_debitor.core.stores import Stores
 
@@ -99,9 +99,7 @@ def id_list(ids: Iterable[int]) -> str:
 
 def fbs_clock(fbs: Engine) -> dt.datetime:
     """FBS's own clock, local time (the database's, not this machine's)."""
-    sql = "SELECT datetime('now', 'localtime')" if fbs.dialect.name == "sqlite" else "SELECT LOCALTIMESTAMP"
-    with fbs.connect() as conn:
-        return as_datetime(conn.execute(text(sql)).scalar_one()).replace(microsecond=0)
+    return local_clock(fbs)
 
 
 def fbs_mark(fbs: Engine) -> dt.datetime:
