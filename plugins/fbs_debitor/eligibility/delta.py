@@ -208,9 +208,24 @@ def changed_liabilities(fbs: Engine, since: dt.datetime, agencies: Iterable[str]
         return {int(r[0]) for r in conn.execute(query, {"since": since, "agencies": sorted(set(agencies))})}
 
 
+_KEPT: dict[tuple, Delta | None] = {}   # (ledger, run, agencies) -> delta: a run's steps in one process ask again
+
+
 def changes(stores: Stores, run_id: str, agencies: Iterable[str] | None = None) -> Delta | None:
     """What this run's step looks at among these agencies (None: every FBS agency): the delta, or
-    None when the run has no window (everything)."""
+    None when the run has no window (everything). The window is fixed for the run, so a process
+    works it out once per run and set of agencies (the unit's eligibility and its change
+    detection, the checks and the findings ask the same); a row FBS marks meanwhile is the next
+    run's (its marker is after this run's ``until``)."""
+    key = (str(stores.ledger.url), run_id, tuple(sorted(set(agencies))) if agencies is not None else None)
+    if key not in _KEPT:
+        if len(_KEPT) > 64:
+            _KEPT.clear()
+        _KEPT[key] = _changes(stores, run_id, agencies)
+    return _KEPT[key]
+
+
+def _changes(stores: Stores, run_id: str, agencies: Iterable[str] | None) -> Delta | None:
     since_of = window(stores.ledger, run_id)
     if since_of is None:
         return None
