@@ -383,3 +383,20 @@ def test_item5_a_second_payment_delivery_with_the_default_seed_twenty_minutes_la
     delivered = emulator_payments.movements(emu_db)
     new = set(delivered) - set(after_first)
     assert new and {delivered[m]["file_name"] for m in new} == {f.name for f in later}
+
+
+def test_a_fordring_id_repeated_within_one_request_gets_its_first_answer_and_is_stored_once(db_urls):
+    """Issue 19: the emulator reads and writes a whole batch at once; a key that comes twice in one
+    request is still answered with its first answer, and one debtor account holds the claims of
+    the same parties."""
+    root = batch_root()
+    first_account = root.find(f"{{{NS_DR}}}Debitorkonto")
+    root.append(copy.deepcopy(first_account))                   # FBS-715100-1 a second time, same account
+    with emulator.Emulator("KMD_OPUS", db_urls.ledger) as emu:
+        status, answer = post(emu.url, envelope(root))
+    assert status == 200
+    kvitteringer = [{etree.QName(c).localname: c.text for c in k} for k in answer.iter(f"{{{NS_DR}}}Kvittering")]
+    assert [k["Noegle"] for k in kvitteringer] == ["FBS-715100-1", "FBS-715100-2", "FBS-715100-4", "FBS-715100-1"]
+    assert kvitteringer[3] == kvitteringer[0] and kvitteringer[0]["StatusKode"] == "MODTAGET"
+    stored = emulator.claims(db_urls.ledger)
+    assert sorted(c["fordring_id"] for c in stored) == ["FBS-715100-1", "FBS-715100-2", "FBS-715100-4"]

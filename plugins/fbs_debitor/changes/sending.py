@@ -63,6 +63,7 @@ from fbs_debitor.delivery.outbox import (
     held_rule,
     mark_attempt,
     record_failure,
+    record_failures,
     rule_of,
     send_batch,
 )
@@ -232,6 +233,7 @@ def _rebuild(stores: Stores, run_id: str, rows, today: dt.date,
                                  .bindparams(bindparam("ids", expanding=True)),
                                  {"ids": sorted({r.liability_id for r in rows})}).all())
     accounts: dict[str, object] = {}
+    failures: dict[str, str] = {}
     for r in rows:
         row = fbs_rows.get(r.liability_id)
         generation = generation_of(r.fordring_id, r.agency_id, r.liability_id)
@@ -250,8 +252,8 @@ def _rebuild(stores: Stores, run_id: str, rows, today: dt.date,
             else:
                 accounts[r.message_key] = b.account
         if why:
-            record_failure(stores.ledger, run_id, [r.message_key], f"cannot be sent as recorded: {why}",
-                           NOT_REBUILDABLE)
+            failures[r.message_key] = f"cannot be sent as recorded: {why}"
+    record_failures(stores.ledger, run_id, failures, NOT_REBUILDABLE)   # one transaction for all of them
     return accounts
 
 

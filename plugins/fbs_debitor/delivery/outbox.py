@@ -71,7 +71,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import in_query, keyset_pages
+from fbs_debitor.core.db import chunked, in_query, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -171,25 +171,36 @@ def tracked(account: Account, row, secret: bytes) -> Tracked:
                    fingerprints.source_print(row, secret))
 
 
+# The outbox's writes, built once: per batch one executemany or one set-based statement each
+# (IN lists of at most IN_CHUNK), never a statement per claim.
+IN_CHUNK = 2000        # ids per IN list
+_RECORD_CLAIMS = text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
+                      "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
+                      "identity_print, source_print, fbs_status, checked_at) "
+                      "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)")
+_RECORD_MESSAGES = text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
+                        "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
+                        "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)")
+_MARK_MESSAGES_SENT = in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
+                               "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
+_MARK_CLAIMS_SENT = in_query("UPDATE claim SET state = 'sent', updated_at = :t "
+                             "WHERE liability_id IN :ids AND state = 'pending'", "ids")
+
+
 def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:
     """Step 2: the batch's claims and messages, ``pending``, in one transaction. The claim keeps
     what the debtor system is being told (amount, live, parties' prints) for the change detection."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
         claims = [c for a in batch.accounts for c in a.claims]
-        conn.execute(text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
-                          "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
-                          "identity_print, source_print, fbs_status, checked_at) "
-                          "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)"),
-                     [{"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION,
-                       "r": run_id, "t": at, "m": c.amount, "ip": prints[c.liability_id].identity_print,
-                       "sp": prints[c.liability_id].source_print} for c in claims])
-        conn.execute(text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
-                          "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
-                          "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)"),
-                     [{"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
-                       "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": at,
-                       "m": c.amount} for c in claims])
+        conn.execute(_RECORD_CLAIMS, [
+            {"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION, "r": run_id, "t": at,
+             "m": c.amount, "ip": prints[c.liability_id].identity_print, "sp": prints[c.liability_id].source_print}
+            for c in claims])
+        conn.execute(_RECORD_MESSAGES, [
+            {"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
+             "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": at, "m": c.amount}
+            for c in claims])
         add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
                         f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
 
@@ -199,13 +210,28 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     at = ledger.now()
     with ledger_engine.begin() as conn:
         message_keys = [k for k, _ in keys.values()]
-        conn.execute(in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, last_run_id = :r "
-                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
-                     {"t": at, "r": run_id, "keys": message_keys})
-        conn.execute(in_query("UPDATE claim SET state = 'sent', updated_at = :t "
-                         "WHERE liability_id IN :ids AND state = 'pending'", "ids"),
-                     {"t": at, "ids": [lid for _, lid in keys.values()]})
+        for part in chunked(message_keys, IN_CHUNK):
+            conn.execute(_MARK_MESSAGES_SENT, {"t": at, "r": run_id, "keys": part})
+        for part in chunked([lid for _, lid in keys.values()], IN_CHUNK):
+            conn.execute(_MARK_CLAIMS_SENT, {"t": at, "ids": part})
         add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
+
+
+# Step 4's statements (executemany where each message has its own values).
+_ACCEPT_MESSAGES = text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
+                        "last_error = NULL, error_code = NULL, last_run_id = :r "
+                        "WHERE message_key = :k AND state IN ('pending', 'sent')")
+_ACCEPT_CLAIMS = in_query("UPDATE claim SET state = 'accepted', updated_at = :t "
+                          "WHERE liability_id IN :ids AND state IN ('pending', 'sent')", "ids")
+_REJECT_MESSAGES = text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
+                        "error_code = :c, last_error = :e, last_run_id = :r, fingerprint = COALESCE(:p, fingerprint) "
+                        "WHERE message_key = :k AND state IN ('pending', 'sent')")
+_REJECT_CLAIMS = text("UPDATE claim SET state = 'rejected', updated_at = :t "
+                      "WHERE liability_id = :l AND (state IN ('pending', 'sent') OR EXISTS "
+                      "(SELECT 1 FROM outbox o WHERE o.message_key = :k AND o.operation = :op "
+                      "AND o.fordring_id = claim.fordring_id))")
+_NO_RECEIPT = in_query("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
+                       "last_run_id = :r WHERE message_key IN :keys", "keys")
 
 
 def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
@@ -230,28 +256,23 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
                      "p": prints.get(r.key), "op": CREATE}
                     for r in by_key.values() if not r.accepted]
         missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
-        if accepted:
-            conn.execute(text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
-                              "last_error = NULL, error_code = NULL, last_run_id = :r "
-                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), accepted)
-            conn.execute(text("UPDATE claim SET state = 'accepted', updated_at = :t "
-                              "WHERE liability_id = :l AND state IN ('pending', 'sent')"), accepted)
+        if accepted:     # the reference differs per message (executemany); the claims' state is one set
+            conn.execute(_ACCEPT_MESSAGES, accepted)
+            for part in chunked(sorted({p["l"] for p in accepted}), IN_CHUNK):
+                conn.execute(_ACCEPT_CLAIMS, {"t": at, "ids": part})
         if rejected:
-            conn.execute(text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
-                              "error_code = :c, last_error = :e, last_run_id = :r, "
-                              "fingerprint = COALESCE(:p, fingerprint) "
-                              "WHERE message_key = :k AND state IN ('pending', 'sent')"), rejected)
-            conn.execute(text("UPDATE claim SET state = 'rejected', updated_at = :t "
-                              "WHERE liability_id = :l AND (state IN ('pending', 'sent') OR EXISTS "
-                              "(SELECT 1 FROM outbox o WHERE o.message_key = :k AND o.operation = :op "
-                              "AND o.fordring_id = claim.fordring_id))"), rejected)
-        if missing:
-            conn.execute(text("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
-                              "last_run_id = :r WHERE message_key = :k"), missing)
+            conn.execute(_REJECT_MESSAGES, rejected)
+            conn.execute(_REJECT_CLAIMS, rejected)
+        for part in chunked([p["k"] for p in missing], IN_CHUNK):
+            conn.execute(_NO_RECEIPT, {"r": run_id, "keys": part})
         add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {mask_cprs_in(p['ref'])}") for p in accepted]
                 + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
     counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
     return counts
+
+
+_RECORD_FAILURE = in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+                           "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
 
 
 def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str,
@@ -263,9 +284,22 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
     if not keys:
         return
     with ledger_engine.begin() as conn:
-        conn.execute(in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
-                         "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys"),
-                     {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": keys})
+        for part in chunked(keys, IN_CHUNK):
+            conn.execute(_RECORD_FAILURE, {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": part})
+
+
+def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], code: str | None = None) -> None:
+    """``record_failure`` for many messages, each with its own error (message key -> error), in one
+    transaction: one statement per distinct error, not one per message."""
+    by_error: dict[str, list[str]] = defaultdict(list)
+    for key, error in errors.items():
+        by_error[mask_cprs_in(error)[:1000]].append(key)
+    if not by_error:
+        return
+    with ledger_engine.begin() as conn:
+        for error, keys in by_error.items():
+            for part in chunked(keys, IN_CHUNK):
+                conn.execute(_RECORD_FAILURE, {"e": error, "c": code, "r": run_id, "keys": part})
 
 
 # --- sending --------------------------------------------------------------------------------------
@@ -541,8 +575,8 @@ def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: 
             agencies[row.agency_id] = messages.agency_of(row)
         if withdraw:
             _withdraw(stores.ledger, run_id, withdraw)
-        for key, why in blocked.items():
-            record_failure(stores.ledger, run_id, [key], f"cannot be sent again as it was: {why}", NOT_REBUILDABLE)
+        record_failures(stores.ledger, run_id, {key: f"cannot be sent again as it was: {why}"
+                                                for key, why in blocked.items()}, NOT_REBUILDABLE)
         if blocked:
             log.error("%d unconfirmed message(s) cannot be sent again as they were; staff get a task for each "
                       "(outbox.error_code %s)", len(blocked), NOT_REBUILDABLE)
@@ -582,10 +616,11 @@ def _resend_agency(stores: Stores, client: Client, run_id: str, accounts: list[A
     if exhausted:
         invalid |= {c.liability_id for a in accounts for c in a.claims} - batched
     invalid = _unbatched(errors, invalid, set(), rows, run_id, stores, " on resend")
+    failures = {}
     for lid in sorted(invalid):
         error = next((e for e in errors if lid in e.liability_ids), errors[-1] if errors else None)
-        record_failure(stores.ledger, run_id, [message_key(lid)],
-                       f"invalid message (a bug in fbs-debitor): {error.element if error else '?'}", NOT_REBUILDABLE)
+        failures[message_key(lid)] = f"invalid message (a bug in fbs-debitor): {error.element if error else '?'}"
+    record_failures(stores.ledger, run_id, failures, NOT_REBUILDABLE)
     return sent
 
 

@@ -13,8 +13,12 @@ never from code:
                "connect_timeout": 10, "operation_timeout": 120, "max_attempts": 4, "backoff_seconds": 2,
                "auth": "invocation_context"}}
 
-Transport: zeep on a ``requests`` session with the client certificate (mutual TLS) and explicit
-connect and read timeouts (zeep's own default is no timeout at all). Plain HTTP is refused except
+Transport: a ``requests`` session (zeep's transport) with the client certificate (mutual TLS) and
+explicit connect and read timeouts (zeep's own default is no timeout at all). What goes on the wire
+is the request element that was built and validated, serialized once into a SOAP 1.1 envelope this
+module writes around it as the WSDL's binding says (envelope namespace, SOAPAction, Content-Type),
+with the Auth's header blocks; zeep reads the WSDL and the binding and reads answers that are not
+plain (faults, HTTP errors), but never parses and renders a request again. Plain HTTP is refused except
 to a loopback address (the local emulator), and so is https without the client certificate:
 Serviceplatformen is mutual TLS (a loopback address is the emulator, or a local TLS proxy that
 holds the certificate). The WSDL is the project's file in ``include/xsd/``; nothing is
@@ -70,6 +74,7 @@ transport leaves that out; the requests and answers hold CPR numbers.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import logging
@@ -86,6 +91,7 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from fbs_debitor.claims import messages
 from fbs_debitor.claims import sf1590 as mapping
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.settings import XSD_DIR
@@ -374,7 +380,7 @@ class InvocationContextAuth:
 class SamlTokenAuth:
     """KOMBIT STS mode: a SAML holder-of-key token for (municipality, entity id) from the token
     cache, carried in a WS-Security header that the system certificate's key signs over the Body,
-    the Timestamp and the WS-Addressing headers (zeep's ``wsse`` hook: ``apply`` runs on the
+    the Timestamp and the WS-Addressing headers (``apply``, zeep's ``wsse`` interface: ``Client`` runs it on the
     finished envelope of every call). The token is asked for before the call (``ready``), so an STS
     that refuses or does not answer is ``AccessHeld`` for this municipality, never a delivery
     failure of the claims."""
@@ -408,7 +414,7 @@ class SamlTokenAuth:
             raise AccessHeld(cvr, "sts_unavailable", f"municipality {cvr}: no token from the STS for "
                                                      f"{self.config.entity_id}: {exc}") from None
 
-    # zeep's WS-Security plugin interface
+    # zeep's WS-Security plugin interface; ``Client._message`` calls it on each attempt's envelope
     def apply(self, envelope, headers):
         action = str(headers.get("SOAPAction", "")).strip('"')
         token = self.ready()
@@ -482,7 +488,14 @@ def _wsdl_document():
 
 
 class Client:
-    """``with Client(config) as c: c.call(request_root)``."""
+    """``with Client(config) as c: c.call(request_root)``.
+
+    What goes on the wire is the request element that was built and validated, serialized once
+    (``etree.tostring``) into a SOAP envelope this client writes itself, as the WSDL's binding says
+    (its SOAP version, the operation's SOAPAction): zeep reads the WSDL and the binding and parses
+    the answer (faults included), but never parses and renders the request again. Certificate mode
+    puts the Auth's header blocks (the InvocationContext) in the envelope's Header; token mode signs
+    the envelope (``SamlTokenAuth.apply``, the WS-Security header) on each attempt."""
 
     def __init__(self, config: Config, auth: Auth | None = None, sleep: Callable[[float], None] = time.sleep):
         import requests
@@ -497,9 +510,11 @@ class Client:
         self.auth.prepare(session)
         transport = _quiet_transport_class()(session=session, timeout=config.connect_timeout,
                                              operation_timeout=(config.connect_timeout, config.operation_timeout))
-        self._zeep = ZeepClient(_wsdl_document(), transport=transport, settings=_settings(),
-                                wsse=self.auth if isinstance(self.auth, SamlTokenAuth) else None)
+        self._wsse = self.auth if isinstance(self.auth, SamlTokenAuth) else None
+        self._zeep = ZeepClient(_wsdl_document(), transport=transport, settings=_settings(), wsse=self._wsse)
         self._service = self._zeep.create_service(BINDING, config.endpoint)
+        self._binding = self._service._binding
+        self._soap = _binding_form(self._binding)
         self._session = session
 
     def close(self) -> None:
@@ -521,19 +536,18 @@ class Client:
         receipts. ``on_attempt(n)`` runs before each transmission (the outbox counts attempts).
         Raises DeliveryError when no answer came."""
         operation = mapping.operation_of(request)
-        element = self._zeep.get_element(request.tag)
-        values = element.parse(request, self._zeep.wsdl.types)
-        kwargs = {name: values[name] for name in values}
+        body = etree.tostring(request, encoding="UTF-8", with_tail=False)     # the validated element, as it goes
         retry = operation in IDEMPOTENT
         attempts = self.config.max_attempts if retry else 1
-        if isinstance(self.auth, SamlTokenAuth):
+        if self._wsse is not None:
             self.auth.ready()     # AccessHeld, before anything is sent, when there is no token
         for attempt in range(1, attempts + 1):
             if on_attempt:
                 on_attempt(attempt)
             try:
-                answer = getattr(self._service, operation)(_soapheaders=self.auth.soap_headers(), **kwargs)
-                return Answer(mapping.receipts(answer), attempt)
+                message, headers = self._message(operation, request, body)
+                response = self._zeep.transport.post(self.config.endpoint, message, headers)
+                return Answer(self._receipts(operation, response), attempt)
             except AccessHeld:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
@@ -547,6 +561,111 @@ class Client:
                             delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _receipts(self, operation: str, response) -> list[mapping.Receipt]:
+        """The receipts of an answer. A plain, schema-valid answer (HTTP 200, one ``...Svar`` in the
+        Body, no fault) is read with lxml; anything else (a fault, an HTTP error, XML that is not
+        well-formed or not valid) goes through zeep's reading of the binding's reply, so it raises
+        exactly what the classification expects (``Fault``, ``TransportError``, ...)."""
+        fast = plain_answer(operation, response)
+        if fast is not None:
+            return mapping.receipts(fast)
+        answer = self._binding.process_reply(self._zeep, self._binding.get(operation), response)
+        return mapping.receipts(answer)
+
+    def _message(self, operation: str, request: etree._Element, body: bytes) -> tuple[bytes, dict[str, str]]:
+        """The envelope's bytes and the HTTP headers for one attempt. Without a WS-Security hook the
+        envelope is written around the request's bytes (``body``) as they are; with one (token mode)
+        it is an lxml envelope around a copy of the request, signed, then serialized."""
+        soap = self._soap
+        headers = {"SOAPAction": soap.actions[operation], "Content-Type": soap.content_type}
+        blocks = self.auth.soap_headers()
+        if self._wsse is None:
+            return soap.envelope(body, [etree.tostring(b, encoding="UTF-8", with_tail=False) for b in blocks]), headers
+        envelope = etree.Element(f"{{{soap.ns}}}Envelope", nsmap={soap.prefix: soap.ns})
+        if blocks:
+            header = etree.SubElement(envelope, f"{{{soap.ns}}}Header")
+            header.extend(copy.deepcopy(b) for b in blocks)
+        etree.SubElement(envelope, f"{{{soap.ns}}}Body").append(copy.deepcopy(request))
+        envelope, headers = self._wsse.apply(envelope, headers)
+        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), headers
+
+
+@dataclass(frozen=True)
+class _SoapForm:
+    """What the WSDL's binding says a request looks like on the wire: the envelope namespace (SOAP
+    1.1), the Content-Type and each operation's SOAPAction header, as zeep sends them."""
+
+    ns: str
+    prefix: str
+    content_type: str
+    actions: dict[str, str]
+
+    def envelope(self, body: bytes, header_blocks: list[bytes]) -> bytes:
+        p = self.prefix.encode("ascii")
+        head = (b"<%s:Header>%s</%s:Header>" % (p, b"".join(header_blocks), p)) if header_blocks else b""
+        return b"".join((b"<?xml version='1.0' encoding='utf-8'?>\n<%s:Envelope xmlns:%s=\"%s\">" % (
+            p, p, self.ns.encode("ascii")), head, b"<%s:Body>" % p, body, b"</%s:Body></%s:Envelope>" % (p, p)))
+
+
+@dataclass(frozen=True)
+class _Receipt:
+    """One Kvittering as read from the answer (the attributes ``mapping.receipts`` reads)."""
+
+    Noegle: str | None
+    StatusKode: str | None
+    DebitorReference: str | None
+    FejlKode: str | None
+    FejlTekst: str | None
+
+
+@dataclass(frozen=True)
+class _Svar:
+    Kvittering: list[_Receipt]
+
+
+_SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+_RECEIPT_FIELDS = tuple(_Receipt.__dataclass_fields__)
+
+
+def plain_answer(operation: str, response) -> _Svar | None:
+    """The answer's ``...Svar`` as ``mapping.receipts`` reads it, when the answer is plain: HTTP 200,
+    an XML Content-Type, a well-formed SOAP 1.1 envelope (no DTD, no entities) whose Body holds
+    exactly the operation's ``...Svar`` element, valid against the schema. None otherwise (the
+    caller lets zeep read it, and raise)."""
+    if response.status_code != 200 or "xml" not in str(response.headers.get("Content-Type", "text/xml")).lower():
+        return None
+    try:
+        envelope = messages.parse_untrusted(response.content)
+    except (messages.UnsafeXml, etree.XMLSyntaxError, ValueError):
+        return None
+    body = envelope.find(f"{{{_SOAP11_ENV}}}Body") if envelope.tag == f"{{{_SOAP11_ENV}}}Envelope" else None
+    children = [] if body is None else [c for c in body if isinstance(c.tag, str)]
+    if len(children) != 1 or children[0].tag != f"{{{mapping.NS_DR}}}{operation}Svar":
+        return None
+    svar = children[0]
+    if not messages.schema(mapping.SCHEMAS[svar.tag]).validate(svar):
+        return None
+    fields = {f"{{{mapping.NS_F}}}{name}": name for name in _RECEIPT_FIELDS}
+    receipts = []
+    for item in svar.iterchildren(f"{{{mapping.NS_DR}}}Kvittering"):
+        values = dict.fromkeys(_RECEIPT_FIELDS)
+        for child in item.iterchildren(tag=etree.Element):
+            name = fields.get(child.tag)
+            if name is not None:
+                values[name] = child.text
+        receipts.append(_Receipt(**values))
+    return _Svar(receipts)
+
+
+def _binding_form(binding) -> _SoapForm:
+    from zeep.wsdl.bindings.soap import Soap11Binding
+
+    ns = binding.nsmap["soap-env"]
+    actions = {name: f'"{op.soapaction or ""}"' for name, op in binding._operations.items()}
+    if isinstance(binding, Soap11Binding):
+        return _SoapForm(ns, "soap-env", "text/xml; charset=utf-8", actions)
+    raise ConfigError(f"the WSDL binding {binding.name} is not SOAP 1.1, which this client writes")
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:

@@ -37,6 +37,11 @@ applied BEFORE the request is processed (nothing stored);
 ``drop_after_store`` processes and stores, then closes the connection without an answer (the
 crash-after-processing case the client survives through idempotency).
 
+A fair receiver (issue 19): every answer (status line, headers, body) goes in one write on a socket
+with TCP_NODELAY, so no call waits on Nagle's algorithm and the client's delayed ACK; the SQL
+statements are built once per process (module level) and one call reads and writes its whole
+batch with a few statements (IN lists, executemany), not a few per claim.
+
 Nothing here logs a full CPR number; payloads are logged at DEBUG only, masked.
 """
 
@@ -49,6 +54,7 @@ import logging
 import random
 import re
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -153,6 +159,43 @@ emu_call = sa.Table(  # who called: every call that got past parsing, accepted o
     sa.Column("agreement", sa.String(200)),   # the service agreement UUID, or the token's assertion id
     sa.Column("refused", sa.String(500)),     # why access was refused; NULL: accepted
 )
+
+
+# The statements, built once per process (SQLAlchemy compiles each once and caches it; a statement
+# built per claim would be keyed and looked up again every time): one receiver call reads and
+# writes its whole batch with a few statements (``IN`` lists, executemany), not a few per claim.
+ACCOUNT_KEY = ("account_type", "ident_kind", "ident_number", "resp_kind", "resp_number")
+IN_CHUNK = 500                     # values per IN list (far below SQLite's and PostgreSQL's limits)
+_FIRST_ANSWER = sa.select(emu_answer).where(emu_answer.c.operation == sa.bindparam("op"),
+                                            emu_answer.c.noegle == sa.bindparam("key"))
+_FIRST_ANSWERS = sa.select(emu_answer).where(emu_answer.c.operation == sa.bindparam("op"),
+                                             emu_answer.c.noegle.in_(sa.bindparam("keys", expanding=True)))
+_INSERT_ANSWER = emu_answer.insert()
+_INSERT_CLAIM = emu_claim.insert()
+_INSERT_CHANGE = emu_change.insert()
+_INSERT_CALL = emu_call.insert()
+_INSERT_ACCOUNT = emu_account.insert()
+_ACCOUNT_ID = sa.select(emu_account.c.account_id).where(
+    *(emu_account.c[name] == sa.bindparam(name) for name in ACCOUNT_KEY))
+_ACCOUNTS = sa.select(emu_account).where(   # the unique key's index, an IN list on each of its first columns
+    emu_account.c.account_type.in_(sa.bindparam("types", expanding=True)),
+    emu_account.c.ident_kind.in_(sa.bindparam("kinds", expanding=True)),
+    emu_account.c.ident_number.in_(sa.bindparam("numbers", expanding=True)))
+_ACCOUNT = sa.select(emu_account).where(emu_account.c.account_id == sa.bindparam("id"))
+_CLAIM = sa.select(emu_claim).where(emu_claim.c.fordring_id == sa.bindparam("fid"))
+_UPDATE_CLAIM = {  # by what a change sets
+    "status": emu_claim.update().where(emu_claim.c.fordring_id == sa.bindparam("fid"))
+    .values(status=sa.bindparam("new_status")),
+    "amount": emu_claim.update().where(emu_claim.c.fordring_id == sa.bindparam("fid"))
+    .values(amount=sa.bindparam("new_amount")),
+    "account_id": emu_claim.update().where(emu_claim.c.fordring_id == sa.bindparam("fid"))
+    .values(account_id=sa.bindparam("new_account_id")),
+}
+
+
+def _chunks(values: list, size: int = IN_CHUNK):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 class SoapFault(Exception):
@@ -532,10 +575,10 @@ class Emulator(ServedInThread):
         row = dict(at=_now(), operation=operation, municipality_cvr=access.municipality_cvr, auth=access.auth,
                    agreement=access.agreement, refused=None if refused is None else refused[:500])
         if conn is not None:
-            conn.execute(emu_call.insert().values(**row))
+            conn.execute(_INSERT_CALL, row)
             return
         with self._lock, self._engine.begin() as own:
-            own.execute(emu_call.insert().values(**row))
+            own.execute(_INSERT_CALL, row)
 
     # operations
     def handle(self, operation: str, request: etree._Element, access: Access | None = None) -> bytes:
@@ -556,63 +599,110 @@ class Emulator(ServedInThread):
 
     @staticmethod
     def _first_answer(conn, operation: str, key: str) -> dict | None:
-        row = conn.execute(sa.select(emu_answer).where(emu_answer.c.operation == operation,
-                                                       emu_answer.c.noegle == key)).mappings().first()
+        row = conn.execute(_FIRST_ANSWER, {"op": operation, "key": key}).mappings().first()
         return dict(row) if row else None
+
+    @staticmethod
+    def _first_answers(conn, operation: str, keys: list[str]) -> dict[str, dict]:
+        """The first answers already given for any of ``keys``, by key (a few IN lists)."""
+        found: dict[str, dict] = {}
+        for part in _chunks(sorted(set(keys))):
+            for row in conn.execute(_FIRST_ANSWERS, {"op": operation, "keys": part}).mappings():
+                found[row["noegle"]] = dict(row)
+        return found
+
+    @staticmethod
+    def _answer(operation: str, key: str, status: str, reference: str | None = None, code: str | None = None,
+                text: str | None = None) -> dict:
+        return {"operation": operation, "noegle": key, "status": status, "debitor_reference": reference,
+                "fejl_kode": code, "fejl_tekst": text, "answered_at": _now()}
 
     @staticmethod
     def _record(conn, operation: str, key: str, status: str, reference: str | None = None,
                 code: str | None = None, text: str | None = None) -> dict:
-        answer = {"operation": operation, "noegle": key, "status": status, "debitor_reference": reference,
-                  "fejl_kode": code, "fejl_tekst": text, "answered_at": _now()}
-        conn.execute(emu_answer.insert().values(**answer))
+        answer = Emulator._answer(operation, key, status, reference, code, text)
+        conn.execute(_INSERT_ANSWER, answer)
         return answer
 
     @staticmethod
     def _account_id(conn, account_type: str, ident: tuple[str, str], resp: tuple[str, str]) -> int:
-        key = dict(account_type=account_type, ident_kind=ident[0], ident_number=ident[1], resp_kind=resp[0],
-                   resp_number=resp[1])
-        found = conn.execute(sa.select(emu_account.c.account_id).filter_by(**key)).scalar()
+        key = dict(zip(ACCOUNT_KEY, (account_type, *ident, *resp), strict=True))
+        found = conn.execute(_ACCOUNT_ID, key).scalar()
         if found is not None:
             return found
-        return conn.execute(emu_account.insert().values(**key).returning(emu_account.c.account_id)).scalar_one()
+        conn.execute(_INSERT_ACCOUNT, key)
+        return conn.execute(_ACCOUNT_ID, key).scalar_one()
+
+    @staticmethod
+    def _account_ids(conn, keys: set[tuple[str, str, str, str, str]]) -> dict[tuple, int]:
+        """The account id of each key (account type, identification kind and number, responsible
+        kind and number); the missing accounts are created, all in a few statements."""
+        def lookup(wanted: set[tuple]) -> dict[tuple, int]:
+            found: dict[tuple, int] = {}
+            types, kinds = sorted({k[0] for k in wanted}), sorted({k[1] for k in wanted})
+            for part in _chunks(sorted({k[2] for k in wanted})):
+                for row in conn.execute(_ACCOUNTS, {"types": types, "kinds": kinds, "numbers": part}).mappings():
+                    key = tuple(row[name] for name in ACCOUNT_KEY)
+                    if key in wanted:
+                        found[key] = row["account_id"]
+            return found
+
+        ids = lookup(keys)
+        missing = sorted(keys - set(ids))
+        if missing:
+            conn.execute(_INSERT_ACCOUNT, [dict(zip(ACCOUNT_KEY, key, strict=True)) for key in missing])
+            ids.update(lookup(set(missing)))
+        return ids
 
     def vendor_for(self, request: etree._Element) -> str:
         org_unit = _text(request, f"{_dr('Afsender')}/{_f('OrganisatoriskEnhedUUID')}").lower()
         return self.vendor_by_org_unit.get(org_unit, self.vendor)
 
     def _create(self, conn, request: etree._Element) -> list[dict]:
-        answers = []
+        """Each claim's answer, in the request's order: the first answer again for a FordringID seen
+        before (also earlier in this request), else a rejection (M3, I3) or the claim stored. The
+        whole batch is read and written with a few statements."""
+        op = "OpretDebitorkonto"
         vendor = self.vendor_for(request)
+        items = []
         for account in request.iterfind(_dr("Debitorkonto")):
             account_type = _text(account, _dr("DebitorkontoType"))
             ident = _party(account.find(_dr("DebitorkontoIdentifikation")))
             resp = _party(account.find(_dr("JuridiskAnsvarlig")))
             for claim in account.iterfind(_dr("Fordring")):
-                fid = _text(claim, _dr("FordringID"))
-                first = self._first_answer(conn, "OpretDebitorkonto", fid)
-                if first:
-                    answers.append(first)
-                    continue
-                kravtype = _text(claim, _dr("FordringKravtype"))
-                if kravtype not in self.accepted_claim_types:
-                    answers.append(self._record(
-                        conn, "OpretDebitorkonto", fid, AFVIST, code="M3_UMAPPET_KRAVTYPE",
-                        text=f"Kravtypen {kravtype} er ikke mappet i debitorsystemet / claim type not mapped"))
-                    continue
-                if vendor == "PRISME" and "ERSTATNING_CPR" in (ident[0], resp[0]):
-                    answers.append(self._record(
-                        conn, "OpretDebitorkonto", fid, AFVIST, code="I3_ERSTATNINGS_CPR",
-                        text="Prisme modtager ikke fordringer på erstatningspersonnummer / "
-                             "Prisme does not accept claims on a replacement CPR"))
-                    continue
-                amount = _text(claim, _dr("Beloeb"))
+                items.append((_text(claim, _dr("FordringID")), claim, account_type, ident, resp))
+        given = self._first_answers(conn, op, [fid for fid, *_ in items])
+        answers, new_answers, new_claims = [], [], []
+        now = _now()
+        for fid, claim, account_type, ident, resp in items:
+            first = given.get(fid)
+            if first:
+                answers.append(first)
+                continue
+            kravtype = _text(claim, _dr("FordringKravtype"))
+            if kravtype not in self.accepted_claim_types:
+                answer = self._answer(op, fid, AFVIST, code="M3_UMAPPET_KRAVTYPE",
+                                      text=f"Kravtypen {kravtype} er ikke mappet i debitorsystemet / claim type "
+                                           "not mapped")
+            elif vendor == "PRISME" and "ERSTATNING_CPR" in (ident[0], resp[0]):
+                answer = self._answer(op, fid, AFVIST, code="I3_ERSTATNINGS_CPR",
+                                      text="Prisme modtager ikke fordringer på erstatningspersonnummer / "
+                                           "Prisme does not accept claims on a replacement CPR")
+            else:
+                amount = str(as_amount(_text(claim, _dr("Beloeb"))))
                 reference = f"{vendor}-{uuid.uuid5(REFERENCE_NAMESPACE, fid).hex[:12].upper()}"
-                conn.execute(emu_claim.insert().values(
-                    fordring_id=fid, account_id=self._account_id(conn, account_type, ident, resp),
-                    kravtype=kravtype, amount=str(as_amount(amount)), original_amount=str(as_amount(amount)),
-                    status=ACTIVE, debitor_reference=reference, received_at=_now()))
-                answers.append(self._record(conn, "OpretDebitorkonto", fid, MODTAGET, reference=reference))
+                new_claims.append(((account_type, *ident, *resp), {
+                    "fordring_id": fid, "kravtype": kravtype, "amount": amount, "original_amount": amount,
+                    "status": ACTIVE, "debitor_reference": reference, "received_at": now}))
+                answer = self._answer(op, fid, MODTAGET, reference=reference)
+            given[fid] = answer           # a repeat later in this request gets this first answer
+            new_answers.append(answer)
+            answers.append(answer)
+        if new_claims:
+            ids = self._account_ids(conn, {key for key, _ in new_claims})
+            conn.execute(_INSERT_CLAIM, [{**row, "account_id": ids[key]} for key, row in new_claims])
+        if new_answers:
+            conn.execute(_INSERT_ANSWER, new_answers)
         return answers
 
     def _change(self, conn, request: etree._Element) -> list[dict]:
@@ -626,7 +716,7 @@ class Emulator(ServedInThread):
                 continue
             what = [c for c in change if isinstance(c.tag, str)][2]
             kind = etree.QName(what).localname
-            claim = conn.execute(sa.select(emu_claim).where(emu_claim.c.fordring_id == fid)).mappings().first()
+            claim = conn.execute(_CLAIM, {"fid": fid}).mappings().first()
             if claim is None:
                 answers.append(self._record(conn, op, aid, AFVIST, code="UKENDT_FORDRING",
                                             text="Fordringen findes ikke / unknown claim"))
@@ -657,8 +747,7 @@ class Emulator(ServedInThread):
                     continue
                 update = {"amount": str(amount)}
             elif kind == "Identifikationsaendring":
-                current = conn.execute(sa.select(emu_account).where(
-                    emu_account.c.account_id == claim["account_id"])).mappings().one()
+                current = conn.execute(_ACCOUNT, {"id": claim["account_id"]}).mappings().one()
                 ident = _party(what.find(_dr("DebitorkontoIdentifikation"))) or (current["ident_kind"],
                                                                                  current["ident_number"])
                 resp = _party(what.find(_dr("JuridiskAnsvarlig"))) or (current["resp_kind"], current["resp_number"])
@@ -674,11 +763,10 @@ class Emulator(ServedInThread):
                                                 "Tilbagebetalingen er større end fordringen / the repayment exceeds "
                                                 "the claim"))
                     continue
-            if update:
-                conn.execute(emu_claim.update().where(emu_claim.c.fordring_id == fid).values(**update))
-            conn.execute(emu_change.insert().values(aendring_id=aid, fordring_id=fid, kind=kind,
-                                                    amount=None if amount is None else str(amount),
-                                                    applied_at=_now()))
+            for column, value in update.items():
+                conn.execute(_UPDATE_CLAIM[column], {"fid": fid, f"new_{column}": value})
+            conn.execute(_INSERT_CHANGE, {"aendring_id": aid, "fordring_id": fid, "kind": kind,
+                                          "amount": None if amount is None else str(amount), "applied_at": _now()})
             answers.append(self._record(conn, op, aid, MODTAGET, reference))
         return answers
 
@@ -697,6 +785,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "fbs-debitor-emulator/1"
 
     def setup(self) -> None:
+        # No Nagle stall: an answer goes as soon as it is written (and it is written in one piece,
+        # ``_send``), never held back waiting for the client's delayed ACK.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = self.emulator.tls
         if tls is not None:  # handshake in this connection's thread, never in the accept loop
             self.request.settimeout(30)
@@ -719,8 +810,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        # status line, headers and body in ONE write (end_headers would send the headers on their own)
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def _drop(self) -> None:
         self.close_connection = True
