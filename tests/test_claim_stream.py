@@ -219,3 +219,33 @@ def test_invalid_message_names_the_liability_and_element_never_the_value():
     assert info.value.liability_ids == [8]
     assert info.value.element.endswith("Linje")
     assert "x" * 250 not in str(info.value) and fr.ADULT2_CPR not in str(info.value)
+
+
+def test_issue19_the_stream_builds_from_plain_rows_with_every_value_of_claim_rows(stores, fbs):
+    """A page's rows are plain named tuples holding exactly claim_rows.sql's columns and values."""
+    lia = fr.liability(fbs, fr.patron(fbs)["patron_id"])
+    fbs.commit()
+    (sql_row,) = claim_stream.claim_rows(stores.fbs, [lia["liability_id"]], TODAY)
+    (page,) = list(claim_stream.iter_pages(stores.fbs, stores.ledger, today=TODAY))
+    ((plain, built),) = page.built
+    assert plain._fields == tuple(sql_row._fields) and tuple(plain) == tuple(sql_row)
+    assert built.account.claims[0].liability_id == lia["liability_id"]
+
+
+def test_issue19_the_collector_is_paused_only_while_a_page_is_built_never_in_the_callers_code(stores, fbs):
+    """The cyclic garbage collector is paused while a page is read and built, and runs again
+    whenever the caller has the page (and after the last one); a caller that paused it keeps it so."""
+    import gc
+
+    for _ in range(3):
+        fr.liability(fbs, fr.patron(fbs)["patron_id"])
+    fbs.commit()
+    seen = [gc.isenabled() for _page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size=100,
+                                                                 today=TODAY)]
+    assert seen and all(seen) and gc.isenabled()
+    gc.disable()
+    try:
+        assert [gc.isenabled() for _ in claim_stream.iter_pages(stores.fbs, stores.ledger, today=TODAY)] == [False]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

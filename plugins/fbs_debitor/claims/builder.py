@@ -20,8 +20,9 @@ import logging
 import re
 import traceback
 from decimal import Decimal
+from operator import attrgetter
 
-from fbs_debitor.claims import carriage, fields
+from fbs_debitor.claims import carriage, fields, sf1590
 from fbs_debitor.claims import classification as cls
 from fbs_debitor.claims.model import (
     ACCOUNT_ADULT,
@@ -54,6 +55,7 @@ from fbs_debitor.core.identity import (
     mask_cprs_in,
     random_adult_birth_date,
 )
+from fbs_debitor.core.settings import BuildSettings, build_settings
 from fbs_debitor.eligibility.rules import CHECK_CODES
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ F2_AMOUNT = "F2_amount_not_exact"
 F2_DATE = "F2_date_unreadable"
 M1_UNEXPECTED = "M1_liability_not_processable"
 CENT = Decimal("0.01")
+_NOT_XML = carriage._NOT_XML                        # what XML 1.0 cannot carry (``carriage``)
+_MAX_SPECIFICATION = sf1590.TEXT_MAX["specification"]
+_MAX_LINE = sf1590.TEXT_MAX["line"]
 
 
 class _Stop(Exception):
@@ -127,7 +132,7 @@ class _PersonResolver:
 
     def party(self, role: str, patron_id: int, cpr, replacement, birth, name, street, postal_code, city) -> Party:
         if cpr:
-            check = None if carriage.foreign_digits(cpr) else check_cpr(cpr, self.today)
+            check = None if _foreign_digits(cpr) else check_cpr(cpr, self.today)
             if check is None or check.ok and not carriage.identifier_fits(CPR, check.value):
                 raise _Stop("T6", f"{role}: CPR {mask_cpr(cpr)} har andre cifre end 0-9 / the CPR number holds "
                                   "digits other than 0-9", patron_id)
@@ -143,8 +148,8 @@ class _PersonResolver:
             # A stored number is kept whatever happens (I1): a malformed one is for staff to fix,
             # never silently replaced by a new one that FBS would not know.
             number = replacement.strip()
-            if carriage.foreign_digits(number) or not (is_replacement_cpr(number)
-                                                       and carriage.identifier_fits(REPLACEMENT_CPR, number)):
+            if _foreign_digits(number) or not (is_replacement_cpr(number)
+                                               and carriage.identifier_fits(REPLACEMENT_CPR, number)):
                 raise _Stop("I1", f"{role} (låner {patron_id}): erstatnings-CPR i FBS er ugyldigt "
                                   f"({mask_cpr(number)}) / the replacement CPR stored in FBS is malformed", patron_id)
         else:
@@ -172,16 +177,21 @@ class _PersonResolver:
 
 
 def build(row, registry: ReplacementCprRegistry | None = None, today: dt.date | None = None,
-          generation: int = 0) -> Built:
+          generation: int = 0, *, settings: BuildSettings | None = None, values: dict | None = None) -> Built:
     """Build the claim of one eligible liability. ``registry`` holds the run's replacement CPRs
     (those in FBS and those assigned in this run); numbers this claim needs that FBS does not
     have yet are returned in ``Built.new_replacement_cprs`` for the caller to persist.
-    ``generation`` > 0 builds a later claim of the same liability (its own FordringID, U1)."""
+    ``generation`` > 0 builds a later claim of the same liability (its own FordringID, U1).
+
+    ``settings``: the run's snapshot of the settings (``core.settings.build_settings``), read once
+    per run by the caller that builds many rows; without it they are read for this call.
+    ``values``: the row's dates as ``claims.stream.read_values`` already read them (all readable),
+    so they are not parsed twice; without it the row's own values are read here."""
     built = Built()
     today = today or dt.date.today()
     registry = registry if registry is not None else ReplacementCprRegistry()
     try:
-        _build(row, built, registry, today, generation)
+        _build(row, built, registry, today, generation, settings or build_settings(), values)
     except _Stop as stop:
         _stopped(built, row, stop)
     except MemoryError:         # the process's, not the record's
@@ -227,21 +237,31 @@ def _one_line(text: str, most: int = 300) -> str:
     return text if len(text) <= most else text[:most - 1] + "…"
 
 
-def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, generation: int) -> None:
+def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, generation: int,
+           settings: BuildSettings, values: dict | None) -> None:
     try:
-        cls.check_age_limit(row.agency_id, row.age_limit)
+        cls.check_age_limit(row.agency_id, row.age_limit, settings.age_limit_range)
     except cls.AgeLimitError as exc:
         raise _Stop("C3", str(exc)) from None
     if row.d_patron_id is None:
         raise _Stop("T4", "Lånergruppe uden navngiven ansvarlig låner / patron group without responsible patron",
                     row.b_patron_id)
-    amount = _amount(row.amount)
-    created_on = _read_date(row.created_at, "Oprettelsesdatoen", "the creation date", moment=True)
+    amount = values and values["amount"]
+    if not (amount and amount > 0):     # read already and positive, else read here (and refused)
+        amount = _amount(row.amount)
+    if values is None:
+        created_on = _read_date(row.created_at, "Oprettelsesdatoen", "the creation date", moment=True)
+        loan_date = _read_date(row.loan_date, "Udlånsdatoen", "the loan date")
+        loan_due = _read_date(row.due_date, "Afleveringsfristen", "the loan's due date")
+        reloan = _read_date(row.reloan_date, "Genudlånsdatoen", "the re-loan date")
+        d_birth, g_birth = row.d_birth_date, row.g_birth_date
+    else:   # read already (``read_values``): the same values, parsed once
+        created = values["created_at"]
+        created_on = None if created is None else created.date()
+        loan_date, loan_due, reloan = values["loan_date"], values["due_date"], values["reloan_date"]
+        d_birth, g_birth = values["d_birth_date"], values["g_birth_date"]
     if created_on is None:
         raise _Stop("F2", "Oprettelsesdatoen mangler / the creation date is missing", code=F2_DATE)
-    loan_date = _read_date(row.loan_date, "Udlånsdatoen", "the loan date")
-    loan_due = _read_date(row.due_date, "Afleveringsfristen", "the loan's due date")
-    reloan = _read_date(row.reloan_date, "Genudlånsdatoen", "the re-loan date")
     if row.kind == "fee" and loan_due is None:
         raise _Stop("F3", "Gebyr uden lån: stiftelses- og forfaldsdato kan ikke beregnes / fee without its loan")
     people = _PersonResolver(built, registry, as_bool(row.replacement_cpr_enabled), today)
@@ -257,10 +277,10 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
         identification = responsible = Party(CVR, cvr.value, row.d_patron_id)
         account = cls.account_type(minor=False, has_guardian=False)
     elif row.d_kind == "person":
-        identification = people.party("Låner", row.d_patron_id, row.d_cpr, row.d_replacement_cpr, row.d_birth_date,
+        identification = people.party("Låner", row.d_patron_id, row.d_cpr, row.d_replacement_cpr, d_birth,
                                       row.d_name, row.d_street, row.d_postal_code, row.d_city)
         born, _known = people.birth_date(row.d_patron_id, row.d_cpr, identification.number
-                                         if identification.id_kind == REPLACEMENT_CPR else None, row.d_birth_date)
+                                         if identification.id_kind == REPLACEMENT_CPR else None, d_birth)
         has_guardian = row.g_patron_id is not None
         account = cls.account_type(cls.is_minor(born, created_on, int(row.age_limit)), has_guardian)
         if account != ACCOUNT_ADULT and not (row.d_name and row.d_name.strip()):
@@ -269,7 +289,7 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
         if account == ACCOUNT_MINOR_WITH_GUARDIAN:
             # C4: the guardian of the time is legally responsible; the child's details travel too.
             responsible = people.party("Økonomisk ansvarlig", row.g_patron_id, row.g_cpr, row.g_replacement_cpr,
-                                       row.g_birth_date, row.g_name, row.g_street, row.g_postal_code, row.g_city)
+                                       g_birth, row.g_name, row.g_street, row.g_postal_code, row.g_city)
             fault = carriage.text_fault(row.d_name, "name")
             if fault:
                 raise _Stop("F1", _cannot_be_sent(f"Mindreårig låner {row.d_patron_id}", f"patron {row.d_patron_id}",
@@ -314,7 +334,7 @@ def _build(row, built: Built, registry: ReplacementCprRegistry, today: dt.date, 
                                 as_bool(row.auto_compensation_acknowledged))
     try:
         founding = fields.founding_date(kind, created_on, loan_date, loan_due, reloan)
-        due = fields.claim_due_date(kind, created_on, loan_due)
+        due = fields.claim_due_date(kind, created_on, loan_due, settings.fee_payment_term_days)
     except fields.DateOutOfRange as exc:
         raise _Stop("F2", f"Mellemværende {row.liability_id}: {exc}", code=F2_DATE) from None
     fordring = fields.fordring_id(row.agency_id, row.liability_id, generation)
@@ -363,8 +383,31 @@ _MATERIAL = (("opstillingen", "the classification", "classification"), ("forfatt
              ("materialenummeret", "the item number", "item_number"))
 
 
+_MATERIAL_TEXTS = attrgetter(*(name for _, _, name in _MATERIAL))
+
+
+def _foreign_digits(value) -> bool:
+    """``carriage.foreign_digits``; an ASCII text has no digits but 0-9, so it is answered at once."""
+    return not (type(value) is str and value.isascii()) and carriage.foreign_digits(value)
+
+
+def _all_carried(texts) -> bool:
+    """True when the texts among ``texts`` (None and empty ones skipped) together hold no
+    character XML cannot carry: then none has a fault of its characters (one check over all of
+    them). False when one is not text at all, or a character is not carried: then the texts are
+    checked one by one, to name the field."""
+    try:
+        joined = "".join(filter(None, texts))
+    except TypeError:       # a value that is not text
+        return False
+    return _NOT_XML.search(joined) is None
+
+
 def _check_material_texts(row) -> None:
     """F6: each text from FBS that goes into the lines, checked as it is (the lines' lengths after)."""
+    texts = _MATERIAL_TEXTS(row)
+    if texts[3] is not None and _all_carried(texts):     # a number, and every character carried
+        return
     faults = []
     for da, en, name in _MATERIAL:
         value = getattr(row, name)
@@ -381,6 +424,9 @@ def _check_material_texts(row) -> None:
 
 def _check_claim_texts(row, specification: str, lines: tuple[str, ...]) -> None:
     """F5/F6: the specification and every line as composed, against the schema's lengths."""
+    if (len(specification) <= _MAX_SPECIFICATION and all(len(line) <= _MAX_LINE for line in lines)
+            and _all_carried((specification, *lines))):
+        return
     faults = []
     fault = carriage.text_fault(specification, "specification")
     if fault:

@@ -33,8 +33,9 @@ class AgeLimitError(ValueError):
     """C3: an agency's age limit that would misclassify everyone (0 and 100 are seen in practice)."""
 
 
-def check_age_limit(agency_id: str, age_limit: int) -> None:
-    low, high = age_limit_range()
+def check_age_limit(agency_id: str, age_limit: int, limits: tuple[int, int] | None = None) -> None:
+    """C3. ``limits``: the allowed range as the run read it once (default: the setting now)."""
+    low, high = age_limit_range() if limits is None else limits
     try:
         limit = int(age_limit)
     except (TypeError, ValueError, OverflowError):

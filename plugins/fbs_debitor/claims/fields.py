@@ -21,7 +21,8 @@ it cannot carry, is for the builder to stop on (``claims.carriage``), never to s
 from __future__ import annotations
 
 import datetime as dt
-import os
+
+from fbs_debitor.core import settings
 
 
 class DateOutOfRange(ValueError):
@@ -29,7 +30,8 @@ class DateOutOfRange(ValueError):
 
 
 def fee_payment_term_days() -> int:
-    return int(os.environ.get("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS", "30"))
+    """The setting, parsed and checked (``core.settings``); a run reads it once (``BuildSettings``)."""
+    return settings.fee_payment_term_days()
 
 
 def fordring_id(agency_id: str, liability_id: int, generation: int = 0) -> str:
@@ -60,12 +62,14 @@ def founding_date(kind: str, created_on: dt.date, loan_date: dt.date | None, due
     return reloan_date or loan_date
 
 
-def claim_due_date(kind: str, created_on: dt.date, loan_due_date: dt.date | None) -> dt.date:
-    """F2."""
+def claim_due_date(kind: str, created_on: dt.date, loan_due_date: dt.date | None,
+                   term_days: int | None = None) -> dt.date:
+    """F2. ``term_days``: the fee payment term as the run read it once (default: the setting now)."""
     if kind == "fee":
         if loan_due_date is None:
             raise ValueError("a fee needs its loan's due date (F2)")
-        return _plus(loan_due_date, 1 + fee_payment_term_days(), "forfaldsdatoen", "the due date")
+        term = fee_payment_term_days() if term_days is None else term_days
+        return _plus(loan_due_date, 1 + term, "forfaldsdatoen", "the due date")
     return loan_due_date or created_on
 
 
@@ -105,10 +109,10 @@ def text_lines(kind: str, number: str, item_number: str | None, founding: dt.dat
                loan_date: dt.date | None, loan_due_date: dt.date | None,
                minor_cpr: str | None = None, p_number: str | None = None, ean: str | None = None) -> tuple[str, ...]:
     """F6, one line each."""
-    material = " ".join(part for part in (classification, author, title) if part)
+    material = " ".join(filter(None, (classification, author, title)))
     lines = [_line(f"Beregnet fra: {ddmmyyyy(founding)} {material}")]
-    if loan_date and loan_due_date:
-        lines.append(_line(f"Lånt: {ddmmyyyy(loan_date)} Afl.frist: {ddmmyyyy(loan_due_date)}"))
+    if loan_date and loan_due_date:     # two dates and single spaces: one line as it is
+        lines.append(f"Lånt: {ddmmyyyy(loan_date)} Afl.frist: {ddmmyyyy(loan_due_date)}")
     lines.append(_line(f"{_number_label(kind)} {number}" + (f" Materiale-nr. {item_number}" if item_number else "")))
     extra = []
     if minor_cpr:

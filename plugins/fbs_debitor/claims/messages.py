@@ -99,17 +99,18 @@ def agency_of(row) -> dict:
 
 def merge_accounts(accounts: Iterable[Account]) -> list[Account]:
     """Claims of the same debtor account (same type, identification, responsible party) travel
-    under one Debitorkonto."""
-    merged: dict[tuple, Account] = {}
+    under one Debitorkonto (in the order the accounts first came, their claims in the order given)."""
+    groups: dict[tuple, list[Account]] = {}
     for account in accounts:
-        key = account.key
-        if key in merged:
-            prev = merged[key]
-            merged[key] = Account(prev.account_type, prev.identification, prev.responsible, prev.p_number,
-                                  prev.ean, prev.claims + account.claims)
+        group = groups.get(account.key)
+        if group is None:
+            groups[account.key] = [account]
         else:
-            merged[key] = account
-    return list(merged.values())
+            group.append(account)
+    return [group[0] if len(group) == 1 else
+            Account(group[0].account_type, group[0].identification, group[0].responsible, group[0].p_number,
+                    group[0].ean, tuple(c for a in group for c in a.claims))
+            for group in groups.values()]
 
 
 def validate(root: etree._Element, liability_of: dict[str, int] | None = None) -> None:
@@ -210,7 +211,7 @@ def _batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.
                 pending, count = [], 0
                 room = batch_size
             part, claims = claims[:room], claims[room:]
-            pending.append(replace(account, claims=tuple(part)))
+            pending.append(account if len(part) == len(account.claims) else replace(account, claims=tuple(part)))
             count += len(part)
     if pending:
         batch = flush(pending)

@@ -312,8 +312,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("FBS_DEBITOR_BATCH_SIZE", "500", f"a whole number from 1 to {MAX_BATCH_SIZE}",
             "claims (or changes) per message", _whole(1, MAX_BATCH_SIZE), lambda env: 500),
     Setting("FBS_DEBITOR_CHANGE_OVERLAP_MINUTES", "15", "a whole number from 0 to 1440",
-            "the hourly run looks again at rows FBS marked changed this long before the last run's mark (a "
-            "change committed late); the nightly sweep catches the rest", _whole(0, 1440), lambda env: 15),
+            "the longest FBS may take to commit a change after marking it (updated_at): the hourly run's mark "
+            "stays this far behind FBS's clock; the nightly sweep catches a later one", _whole(0, 1440),
+            lambda env: 15),
     Setting("FBS_DEBITOR_CHANGE_DELTA_MAX", "50000", "a whole number from 1000 to 1000000",
             "changed liabilities above which a municipality's hourly run looks at all of its liabilities "
             "instead (cheaper than a list that long)", _whole(1000, 1_000_000), lambda env: 50_000),
@@ -436,6 +437,23 @@ def batch_size_default() -> int:
 
 def fee_payment_term_days() -> int:
     return value("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The settings the eligibility and build hot path needs, read and checked ONCE at the start of
+    a run (``build_settings()``) and passed down, never looked up per row. A setting changed in the
+    environment takes effect in the next run, which reads a new snapshot."""
+
+    age_limit_range: tuple[int, int]     # FBS_DEBITOR_AGE_LIMIT_RANGE (C3)
+    fee_payment_term_days: int           # FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS (F2)
+
+
+def build_settings(environ: Mapping[str, str] | None = None) -> BuildSettings:
+    """A snapshot of the hot path's settings, each parsed and checked against its range as its
+    accessor does (SettingError naming the variable, the value and the range)."""
+    return BuildSettings(age_limit_range=value("FBS_DEBITOR_AGE_LIMIT_RANGE", environ),
+                         fee_payment_term_days=value("FBS_DEBITOR_FEE_PAYMENT_TERM_DAYS", environ))
 
 
 def change_overlap_minutes() -> int:

@@ -30,17 +30,22 @@ Categories:
 
 from __future__ import annotations
 
+import datetime as dt
+import gc
 import logging
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.core.db import as_bool, keyset_pages, shown
 from fbs_debitor.core.identity import check_cpr, check_cvr, mask_cpr, mask_cprs_in
-from fbs_debitor.core.settings import age_limit_range, chunk_size
+from fbs_debitor.core.settings import BuildSettings, age_limit_range, build_settings, chunk_size
 from fbs_debitor.eligibility import scope as scopes
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,21 @@ def _not_text(value) -> bool:
     return value is not None and not isinstance(value, str)
 
 
+# The run's values while it judges a page (``iter_verdicts``): the age limit range and the day, read
+# once per run instead of per row. Outside a run (a single verdict) they are read when needed.
+_PAGE: ContextVar[tuple[tuple[int, int], dt.date] | None] = ContextVar("eligibility_page", default=None)
+
+
+def _limits() -> tuple[int, int]:
+    page = _PAGE.get()
+    return page[0] if page is not None else age_limit_range()
+
+
+def _today() -> dt.date | None:
+    page = _PAGE.get()
+    return page[1] if page is not None else None
+
+
 def _identity_verdict(row) -> tuple[str, str, str | None]:
     """(category, rule, reason) for a structurally eligible row, from its debtor's identifiers.
     An identifier that is not text at all (SQLite keeps a blob in any column) is not a number."""
@@ -115,7 +135,7 @@ def _identity_verdict(row) -> tuple[str, str, str | None]:
     if _not_text(row.debtor_cpr) or _not_text(row.debtor_replacement_cpr):
         return BLOCKED, "T6", "Person: CPR-feltet indeholder ikke tekst / the CPR field is not text"
     if row.debtor_cpr:
-        cpr = check_cpr(row.debtor_cpr)
+        cpr = check_cpr(row.debtor_cpr, _today())
         if not cpr.ok:
             return BLOCKED, "T6", f"Person med ugyldigt CPR-nummer: {cpr.error}"
         return ELIGIBLE, "-", None
@@ -139,7 +159,7 @@ def _verdict(row, sent: set[int]) -> Verdict:
     if row.liability_id in sent:
         category, rule, reason = ALREADY_SENT, "-", None
     elif row.gate == "C3":
-        low, high = age_limit_range()
+        low, high = _limits()
         category, rule, reason = BLOCKED, "C3", (
             f"Bibliotekets myndighedsalder er {shown(row.age_limit)} (forventet {low}-{high}): alle ville blive "
             f"klassificeret forkert / the agency's age limit {shown(row.age_limit)} is outside {low}-{high}")
@@ -186,19 +206,57 @@ def in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000)
     return found
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a page is judged or built: a page creates some
+    objects per row while it holds all its rows, and the collector would otherwise walk every one
+    of them again and again (a third of the build's time), looking for cycles the page does not
+    make. Reference counting still frees everything as usual; what a page leaves in a cycle is
+    collected once the collector runs again, right after. Never paused across a ``yield``: the
+    caller's own code always runs with the collector as it was."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@lru_cache(maxsize=8)
+def _record(fields: tuple[str, ...]) -> type:
+    return namedtuple("CandidateRow", fields)
+
+
 def iter_verdicts(fbs: Engine, ledger: Engine, page_size: int | None = None,
-                  scope: scopes.Scope | None = None) -> Iterator[list[Verdict]]:
+                  scope: scopes.Scope | None = None, *, settings: BuildSettings | None = None) -> Iterator[list[Verdict]]:
     """Every in-scope liability's verdict, one page (list) at a time, in liability_id order. The
-    scope is the run's (default: the hourly run's, which leaves ranges awaiting a backfill alone)."""
+    scope is the run's (default: the hourly run's, which leaves ranges awaiting a backfill alone).
+    The settings are read once, at the start (``settings``: the run's snapshot, when it has one)."""
     page_size = page_size or chunk_size()
     scope = scope if scope is not None else scopes.hourly(ledger)
     sql, params = scope.render("queries/eligibility_candidates.sql", fbs)
     query = text(sql)
-    low, high = age_limit_range()
-    for rows in keyset_pages(fbs, query, "liability_id", -1, {**params, "page_size": page_size,
-                             "min_age_limit": low, "max_age_limit": high}, after="after_id"):
-        sent = in_ledger(ledger, [r.liability_id for r in rows])
-        yield [_safe_verdict(row, sent) for row in rows]
+    limits = (settings or build_settings()).age_limit_range
+    low, high = limits
+    today = dt.date.today()
+    pages = keyset_pages(fbs, query, "liability_id", -1, {**params, "page_size": page_size,
+                         "min_age_limit": low, "max_age_limit": high}, after="after_id")
+    while True:
+        token = _PAGE.set((limits, today))      # the run's values for this page's rows
+        try:
+            with paused_gc():                   # reading and judging the page; never across the yield
+                rows = next(pages, None)
+                if rows is None:
+                    return
+                sent = in_ledger(ledger, [r.liability_id for r in rows])
+                make = _record(tuple(rows[0]._fields))._make    # plain tuples: fields read several times faster
+                verdicts = [_safe_verdict(make(row), sent) for row in rows]
+                del rows, sent                  # not held while the caller builds the page
+        finally:
+            _PAGE.reset(token)
+        yield verdicts
 
 
 def out_of_scope_counts(fbs: Engine, scope: scopes.Scope = scopes.EVERYTHING) -> Counter:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fbs_debitor.claims import messages
 from fbs_debitor.claims import stream as claim_stream
 from fbs_debitor.core import storage
-from fbs_debitor.core.settings import batch_size_default
+from fbs_debitor.core.settings import batch_size_default, build_settings
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility import scope as scopes
@@ -49,6 +49,8 @@ def run(stores: Stores, out_dir, batch_size: int | None = None, page_size: int |
         log.info("dry run written to %s", out_dir)
         return summary
     out_dir = local
+    # Every setting the run needs, read and checked once, before anything is read or written.
+    settings = build_settings()
     batch_size = batch_size or batch_size_default()
     scope = scope if scope is not None else scopes.hourly(stores.ledger)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +62,10 @@ def run(stores: Stores, out_dir, batch_size: int | None = None, page_size: int |
     with (out_dir / "problems.csv").open("w", newline="", encoding="utf-8") as problems_file:
         problems = csv.writer(problems_file)
         problems.writerow(["liability_id", "agency_id", "patron_id", "rule", "message"])
-        for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today, scope=scope):
-            files += _write_page(page, out_dir, batch_size, counts, next_batch, problems)
+        for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today, scope=scope,
+                                               settings=settings):
+            with eligibility.paused_gc():
+                files += _write_page(page, out_dir, batch_size, counts, next_batch, problems)
     summary = {
         "dry_run": True,
         "scope": scope.describe(),
@@ -97,26 +101,42 @@ def _write_page(page, out_dir: Path, batch_size: int, counts, next_batch, proble
     for v in page.verdicts:
         if v.category != eligibility.ELIGIBLE:
             counts[v.agency_id][f"{v.category}:{v.rule}" if v.rule != "-" else v.category] += 1
-    by_agency: dict[str, list] = defaultdict(list)
+    by_agency: dict[str, list] = {}
     agencies: dict[str, dict] = {}
+    kinds: Counter = Counter()      # (agency, account type, claim type) -> claims: counted once per page
+    amount_ore: Counter = Counter()
     for row, built in page.built:
-        c = counts[row.agency_id]
+        agency_id = row.agency_id
         if built.problem:
-            c[f"not_built:{built.problem.rule}"] += 1
             pr = built.problem
+            counts[agency_id][f"not_built:{pr.rule}"] += 1
             problems.writerow([pr.liability_id, pr.agency_id, pr.patron_id, pr.rule, pr.message])
             continue
-        claim = built.account.claims[0]
-        c["claims"] += 1
-        c[f"account:{built.account.account_type}"] += 1
-        c[f"claim:{claim.claim_type}"] += 1
-        c["amount_ore"] += int(claim.amount * 100)
-        c["tasks:C5_minor_without_guardian"] += len(built.tasks)
-        c["new_replacement_cprs"] += len(built.new_replacement_cprs)
-        for warning in built.warnings:
-            c[f"warning:{warning.split(' ', 1)[0]}"] += 1
-        by_agency[row.agency_id].append(built.account)
-        agencies[row.agency_id] = messages.agency_of(row)
+        account = built.account
+        claim = account.claims[0]
+        kinds[(agency_id, account.account_type, claim.claim_type)] += 1
+        amount_ore[agency_id] += int(claim.amount * 100)
+        if built.tasks or built.new_replacement_cprs or built.warnings:
+            c = counts[agency_id]
+            c["tasks:C5_minor_without_guardian"] += len(built.tasks)
+            c["new_replacement_cprs"] += len(built.new_replacement_cprs)
+            for warning in built.warnings:
+                c[f"warning:{warning.split(' ', 1)[0]}"] += 1
+        accounts = by_agency.get(agency_id)
+        if accounts is None:
+            accounts = by_agency[agency_id] = []
+            agencies[agency_id] = messages.agency_of(row)
+        accounts.append(account)
+    for (agency_id, account_type, claim_type), n in kinds.items():
+        c = counts[agency_id]
+        c["claims"] += n
+        c[f"account:{account_type}"] += n
+        c[f"claim:{claim_type}"] += n
+    for agency_id, ore in amount_ore.items():
+        c = counts[agency_id]
+        c["amount_ore"] += ore
+        c["tasks:C5_minor_without_guardian"] += 0     # listed for every agency with claims, as always
+        c["new_replacement_cprs"] += 0
     for agency_id, accounts in by_agency.items():
         folder = out_dir / agency_id
         folder.mkdir(exist_ok=True)
