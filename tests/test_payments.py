@@ -445,3 +445,84 @@ def test_a_payment_on_a_liability_gone_from_FBS_is_held_and_does_not_stop_the_ot
     held = [t for t in tasks(stores, payments.TASK_KIND_MOVEMENT) if "GONE" in t["message"]]
     assert len(held) == 1 and held[0]["liability_id"] is None and held[0]["agency_id"] == AGENCY
     clean(stores)
+
+
+# --- set-based: a file costs the same few statements whatever it holds (issue 19) -------------------
+
+def _statements(engine, work) -> int:
+    """How many statements ``work`` sends to ``engine`` (an executemany counts once)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def count(_conn, _cursor, statement, *_rest):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen)
+
+
+def _mixed_file(a: int, b: int, n: int, tag: str) -> list[Movement]:
+    """``n`` of each: a payment and a write-off of 0.01 on a, a payment on b reversed in the same
+    file, a payment on a claim the ledger does not know."""
+    out = []
+    for i in range(n):
+        out += [mv(f"{tag}-P{i}", a, "payment", "0.01"), mv(f"{tag}-W{i}", a, "write_off", "0.01"),
+                mv(f"{tag}-Q{i}", b, "payment", "0.01"), mv(f"{tag}-R{i}", b, "reversal", "0.01", ref=f"{tag}-Q{i}"),
+                mv(f"{tag}-U{i}", f"FBS-{AGENCY}-9{i:09d}", "payment", "1.00")]
+    return out
+
+
+def test_P1_P2_a_file_is_applied_and_written_back_with_the_same_statements_whatever_its_size(stores, emu_db, inbox):
+    """Each movement is decided by the same rules, but the file's movements are inserted and
+    settled, and written back to FBS, with a few statements per file, not per movement: a file of
+    5 movements and one of 1,000 cost the same number of statements, in the ledger and in FBS."""
+    a, b = sent(stores, emu_db, adults=2)["adult"]
+    counted = []
+    for tag, n in (("small", 1), ("large", 200)):
+        movements = _mixed_file(a, b, n, tag)
+        parsed = payments.PaymentFile(f"tx-{tag}", movements)
+        run_id = ledger.start_run(stores.ledger, "payments")
+        at = ledger.now()
+        applied = _statements(stores.ledger, lambda p=parsed, t=tag, r=run_id, at=at: payments.apply_file(
+            stores.ledger, f"{t}.xml", t * 8, p, r, at))
+        fbs = _statements(stores.fbs, lambda r=run_id, at=at: payments.write_back(stores, r, at))
+        ledger.finish_run(stores.ledger, run_id, "success")
+        counted.append((applied, fbs))
+        states = movement_states(stores)
+        assert sum(1 for m in movements if states[m.movement_id] == ("applied", None)) == 4 * n
+        assert sum(1 for m in movements if states[m.movement_id] == ("held", payments.UNKNOWN_CLAIM)) == n
+    assert counted[0] == counted[1] and min(counted[0]) > 0, counted
+    paid = claim(stores, a)
+    assert (paid["paid_amount"], paid["written_off_amount"]) in ((Decimal("2.01"), Decimal("2.01")), (2.01, 2.01))
+    assert claim(stores, b)["paid_amount"] in (0, Decimal(0))
+    assert len(fbs_payments(stores)) == 4 * 201
+    clean(stores)
+
+
+def test_P2_reconciliation_compares_the_sums_per_claim_in_the_database_and_finds_each_difference(stores, emu_db,
+                                                                                                  inbox):
+    """The reconciliation's sums per claim come from the database page by page; a claim whose
+    ledger sums were changed behind its movements' back, and a settled claim opened again in FBS
+    by hand, are each found, with what each side says (FBS's status asked for them too)."""
+    a, b, c = sent(stores, emu_db, adults=3)["adult"]
+    deliver(inbox, "DA_1.xml", mv("M1", a, "payment", 5), mv("M2", b, "payment", amount_of(stores, b)),
+            mv("M3", c, "payment", 2), mv("M4", c, "reversal", 2, ref="M3"))
+    run(stores, inbox)
+    assert clean(stores).claims == 3
+    with stores.ledger.begin() as conn:
+        conn.execute(text("UPDATE claim SET paid_amount = 6 WHERE liability_id = :l"), {"l": a})
+    with stores.fbs.begin() as conn:
+        conn.execute(text("UPDATE liability SET status = 'open' WHERE liability_id = :l"), {"l": b})
+    for page_size in (1, 2, 5000):
+        report = payment_reconciliation.reconcile_payments(stores, page_size=page_size)
+        found = sorted((d.liability_id, d.what, d.fbs) for d in report.differences)
+        assert found == sorted([(a, "ledger sums differ from the movements", "open"),
+                                (a, "balance is not the amount less paid and written off", "open"),
+                                (b, "settled, but open in FBS", "open")]), found
+        sums = next(d for d in report.differences if d.what.startswith("ledger sums"))
+        assert "paid 6.00" in sums.ledger and sums.reported.startswith("paid 5.00 ")

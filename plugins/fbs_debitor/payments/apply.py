@@ -35,7 +35,8 @@ A run, step by step:
    with a delivery name are taken (``payments.inbox``); every other entry is left as it is and
    reported (``report_ignored``: logged with its name escaped, counted as ``files_ignored``,
    recorded in ``payment_inbox_entry``; a file with another name or a link gets one staff task,
-   once). The waiting files are sorted by municipality (above).
+   once). The waiting files are sorted by municipality (above; of a folder file only its
+   FordringIDs are read, ``files.fordring_ids``, and looked up in one staged query).
 1. **files** (each municipality's step, then the rest's), oldest name first, each on its own:
    whatever goes wrong with one file never stops
    the next. A file whose bytes (SHA-256) were seen before is recognised and only moved out of the
@@ -46,7 +47,9 @@ A run, step by step:
    ledger cannot hold) is quarantined the same way, recorded under a key derived from its bytes so
    that, put back once the cause is fixed, it is read again. A good file is applied in ONE ledger
    transaction: the file, every movement (applied or held, with its reason), the claims' sums,
-   balance and settlement, and the audit trail; a crash anywhere in it leaves nothing. Then the
+   balance and settlement, and the audit trail; a crash anywhere in it leaves nothing. Set-based
+   (issue 19): each movement is decided in order by the rules below, in memory, but the file is
+   read and written with a fixed dozen statements, however many movements it holds (``apply_file``). Then the
    file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
    folder that cannot be written) leaves it in the inbox: the run does everything else, then fails
    with ``FilesLeft`` naming it, and the next run takes it.
@@ -99,11 +102,20 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import db, ledger
-from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query, keyset_pages
+from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query, keyset_pages, sql_file
 from fbs_debitor.core.identity import mask_cprs_in
-from fbs_debitor.core.ledger import add_events, update_settlement
+from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.payments.files import TOO_LARGE, BadFile, Movement, PaymentFile, max_file_bytes, parse, preflight
+from fbs_debitor.payments.files import (
+    TOO_LARGE,
+    BadFile,
+    Movement,
+    PaymentFile,
+    fordring_ids,
+    max_file_bytes,
+    parse,
+    preflight,
+)
 from fbs_debitor.payments.inbox import BAD_NAME, KIND_TEXT, PARTIAL, SYMLINK, Entry, Inbox, NotTaken, TooLarge, shown
 from fbs_debitor.transfer.units import Unit, units
 
@@ -123,6 +135,7 @@ FAILED, UNREADABLE = "P_FAILED", "P_UNREADABLE"       # a file: handling it fail
 LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, REVERSAL_UNKNOWN, OVERPAYMENT, REPAY_TOO_MUCH)
 TASK_KIND_MOVEMENT, TASK_KIND_FILE = "payment_held", "payment_file_quarantined"
 CHUNK = 2000
+WRITE_BATCH = 10_000         # applied movements written to FBS per transaction
 
 KIND_DA = {"payment": "indbetaling", "write_off": "afskrivning", "repayment": "tilbagebetaling",
            "reversal": "tilbageførsel"}
@@ -181,9 +194,38 @@ class _Known:
 
 
 
+# --- the keys one file (or one look again) names, staged once per transaction ----------------------
+#
+# A file's FordringIDs, movement ids (its own and those its reversals name) and the claims it
+# touched go into a temporary table of the ledger connection in ONE executemany, and every lookup
+# joins it: a file costs the same few statements whether it holds ten movements or a hundred
+# thousand, and no statement carries a list of ids that grows with it.
+
+_STAGE = "payment_stage"
+_STAGE_CREATE = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (kind CHAR(1) NOT NULL, k VARCHAR(100), "
+                 "n BIGINT)")
+FORDRING, MOVEMENT, LIABILITY = "f", "m", "l"
+
+
+def _stage(conn: Connection, fordring_ids: Iterable[str] = (), movement_ids: Iterable[str] = (),
+           liability_ids: Iterable[int] = ()) -> None:
+    """The keys in ``payment_stage`` (what was staged before in this connection goes)."""
+    conn.exec_driver_sql(_STAGE_CREATE)
+    conn.exec_driver_sql(f"DELETE FROM {_STAGE}")  # noqa: S608 - a fixed name
+    rows = ([(FORDRING, f, None) for f in set(fordring_ids)] + [(MOVEMENT, m, None) for m in set(movement_ids)]
+            + [(LIABILITY, None, lid) for lid in set(liability_ids)])
+    db.bulk_insert(conn, _STAGE, ("kind", "k", "n"), rows)
+
+
+def _staged(kind: str) -> str:
+    """SQL: the staged keys of one kind, for ``... IN (<this>)``."""
+    return f"SELECT {'n' if kind == LIABILITY else 'k'} FROM {_STAGE} WHERE kind = '{kind}'"  # noqa: S608
+
+
 class _Book:
     """What deciding a set of movements needs, loaded inside the ledger transaction and kept in
-    memory while they are decided in order (a reversal may undo a payment of the same file)."""
+    memory while they are decided in order (a reversal may undo a payment of the same file):
+    the keys staged once (``_stage``), then three queries whatever the number of movements."""
 
     def __init__(self, conn: Connection, movements: list[Movement]):
         self.conn = conn
@@ -191,27 +233,25 @@ class _Book:
         self.replaced: dict[str, tuple[int, str]] = {}
         self.known: dict[str, _Known] = {}
         self.reversed: dict[str, str] = {}        # movement id -> the reversal now undoing it
-        fids = sorted({m.fordring_id for m in movements})
-        for part in chunked(fids, CHUNK):
-            for r in conn.execute(in_query(
-                    "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "
-                    "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN :f", "f"),
-                    {"f": part}):
-                self.claims[r.fordring_id] = _Claim(
-                    r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
-                    r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
-                    as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
-            for r in conn.execute(in_query(
-                    "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "
-                    "ON c.liability_id = o.liability_id WHERE o.fordring_id IN :f AND o.fordring_id <> c.fordring_id",
-                    "f"), {"f": part}):
-                self.replaced[r.fordring_id] = (r.liability_id, r.agency_id)
-        ids = sorted({m.movement_id for m in movements} | {m.reference_id for m in movements if m.reference_id})
-        for part in chunked(ids, CHUNK):
-            for r in conn.execute(in_query(
-                    "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "
-                    "reversed_by FROM movement WHERE movement_id IN :i", "i"), {"i": part}):
-                self.known[r.movement_id] = _Known(_movement(r), r.state, r.liability_id, r.reversed_by)
+        _stage(conn, (m.fordring_id for m in movements),
+               [m.movement_id for m in movements] + [m.reference_id for m in movements if m.reference_id])
+        for r in conn.execute(text(
+                "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "  # noqa: S608
+                "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN "
+                f"({_staged(FORDRING)})")):
+            self.claims[r.fordring_id] = _Claim(
+                r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
+                r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
+                as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
+        for r in conn.execute(text(
+                "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "  # noqa: S608
+                f"ON c.liability_id = o.liability_id WHERE o.fordring_id IN ({_staged(FORDRING)}) "
+                "AND o.fordring_id <> c.fordring_id")):
+            self.replaced[r.fordring_id] = (r.liability_id, r.agency_id)
+        for r in conn.execute(text(
+                "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "  # noqa: S608
+                f"reversed_by FROM movement WHERE movement_id IN ({_staged(MOVEMENT)})")):
+            self.known[r.movement_id] = _Known(_movement(r), r.state, r.liability_id, r.reversed_by)
 
     def decide(self, m: Movement) -> tuple[str, str | None, int | None, str | None]:
         """(state, hold reason, liability, agency) for ``m``, and its effect on the claim in memory."""
@@ -265,7 +305,9 @@ class _Book:
         return APPLIED, None, c.liability_id, c.agency_id
 
     def save_claims(self) -> list[int]:
-        """Write the touched claims' sums, then their balance and settlement (one SQL definition)."""
+        """Write the touched claims' sums (one row each, however many of the movements touched it),
+        then their balance and settlement (the one SQL definition, ``claim_settlement.sql``, over
+        the staged claims), and the reversed movements' mark: a few statements in all."""
         touched = [c for c in self.claims.values() if c.touched]
         if not touched:
             return []
@@ -275,11 +317,25 @@ class _Book:
                             "r": c.repaid, "d": c.last_booked,
                             "l": c.liability_id} for c in touched])
         ids = [c.liability_id for c in touched]
-        update_settlement(self.conn, ids)
+        update_settlement_staged(self.conn, ids)
         if self.reversed:
             self.conn.execute(text("UPDATE movement SET reversed_by = :by WHERE movement_id = :m"),
                               [{"m": m, "by": by} for m, by in self.reversed.items()])
         return ids
+
+
+def update_settlement_staged(conn: Connection, liability_ids: list[int]) -> None:
+    """``claim_settlement.sql`` for these claims in ONE statement: the ids staged, the
+    definition's ``IN :ids`` read as the staged claims."""
+    conn.exec_driver_sql(_STAGE_CREATE)
+    conn.exec_driver_sql(f"DELETE FROM {_STAGE} WHERE kind = '{LIABILITY}'")  # noqa: S608 - fixed
+    db.bulk_insert(conn, _STAGE, ("kind", "k", "n"), [(LIABILITY, None, lid) for lid in set(liability_ids)])
+    conn.execute(text(_SETTLEMENT.replace(":ids", f"({_staged(LIABILITY)})")))
+
+
+_SETTLEMENT = sql_file("queries/claim_settlement.sql")
+if _SETTLEMENT.count("IN :ids") != 1:       # the one definition must keep its one place for the claims
+    raise RuntimeError("queries/claim_settlement.sql must end with one 'IN :ids'")
 
 
 def _movement(r) -> Movement:
@@ -300,13 +356,28 @@ class NotThisUnit(Exception):
 
 
 def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, run_id: str,
-               at: dt.datetime, agencies: Iterable[str] | None = None) -> Counter:
+               at: dt.datetime, agencies: Iterable[str] | None = None, sorting: Sorting | None = None,
+               raw_name: str | None = None) -> Counter:
     """Every movement of a valid file decided and recorded in ONE ledger transaction, or none.
     With ``agencies`` (one municipality's task), a file naming a claim of any other agency is not
-    applied here (``NotThisUnit``): each claim is only ever changed under its own unit's lock."""
+    applied here (``NotThisUnit``): each claim is only ever changed under its own unit's lock.
+    With ``sorting`` (a step of the run), a file that is not that step's (``Sorting.mine``, from
+    the claims just read) raises ``Elsewhere`` before anything is written.
+
+    Set-based: the file's keys are staged once, its claims and known movements read in three
+    queries, every movement decided in order in memory (the rules of ``_Book.decide``), and then
+    the file, all its movements, each touched claim's sums (one row per claim, however many
+    movements touched it), their balance and settlement, the reversals' marks and the audit trail
+    are written with one statement each: a file costs the same dozen statements whatever it holds."""
     counts: Counter = Counter()
     with ledger_engine.begin() as conn:
         book = _Book(conn, parsed.movements)
+        if sorting is not None:
+            fids = [m.fordring_id for m in parsed.movements]
+            known = {f: a for f, (_lid, a) in book.replaced.items()}
+            known.update({f: c.agency_id for f, c in book.claims.items()})
+            if not sorting.mine_known(raw_name or name, fids, known):
+                raise Elsewhere(name)
         if agencies is not None:
             others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
             if others:
@@ -322,10 +393,8 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
                                "kind, amount, date or reference)")
             state, reason, lid, agency = book.decide(m)
             book.known[m.movement_id] = _Known(m, state, lid)
-            rows.append({"id": m.movement_id, "sha": sha, "f": m.fordring_id, "l": lid,
-                         "a": agency or _agency_of(m.fordring_id), "k": m.kind, "m": m.amount,
-                         "b": m.booked_on, "ref": m.reference_id, "s": state, "h": reason,
-                         "r": run_id, "t": at})
+            rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
+                         m.amount, m.booked_on, m.reference_id, state, reason, run_id, at, at))
             counts[state] += 1
             if lid is not None:
                 events.append((lid, f"payment_{state}", None, _event_detail(m, name, reason)))
@@ -339,11 +408,19 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     return counts
 
 
-def _insert_movements(conn: Connection, rows: list[dict]) -> None:
+_MOVEMENT_COLUMNS = ("movement_id", "file_sha256", "fordring_id", "liability_id", "agency_id", "kind", "amount",
+                     "booked_on", "reference_id", "state", "hold_reason", "run_id", "received_at", "decided_at")
+
+
+def _insert_movements(conn: Connection, rows: list[tuple]) -> None:
+    """A file's movements (tuples in ``_MOVEMENT_COLUMNS`` order) in one executemany, in the
+    file's transaction."""
     if rows:
-        conn.execute(text("INSERT INTO movement (movement_id, file_sha256, fordring_id, liability_id, agency_id, kind, "
-                          "amount, booked_on, reference_id, state, hold_reason, run_id, received_at, decided_at) "
-                          "VALUES (:id, :sha, :f, :l, :a, :k, :m, :b, :ref, :s, :h, :r, :t, :t)"), rows)
+        conn.execute(_INSERT_MOVEMENT, [dict(zip(_MOVEMENT_COLUMNS, r, strict=True)) for r in rows])
+
+
+_INSERT_MOVEMENT = text(f"INSERT INTO movement ({', '.join(_MOVEMENT_COLUMNS)}) "  # noqa: S608 - fixed names
+                        f"VALUES ({', '.join(':' + c for c in _MOVEMENT_COLUMNS)})")
 
 
 def _save_claims(book: _Book) -> list[int]:
@@ -439,36 +516,46 @@ class Municipalities:
 
 def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, str]:
     """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
-    replaced at an increase, U1, counts as that claim's); set-based, in chunks."""
-    out: dict[str, str] = {}
-    for part in chunked(sorted(set(fordring_ids)), CHUNK):
-        out.update(conn.execute(in_query("SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON "
-                                         "c.liability_id = o.liability_id WHERE o.fordring_id IN :f", "f"),
-                                {"f": part}).all())
-        out.update(conn.execute(in_query("SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN :f", "f"),
-                                {"f": part}).all())
+    replaced at an increase, U1, counts as that claim's); set-based: the ids staged, two queries."""
+    _stage(conn, fordring_ids)
+    out: dict[str, str] = dict(conn.execute(text(
+        "SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "  # noqa: S608
+        f"WHERE o.fordring_id IN ({_staged(FORDRING)})")).all())
+    out.update(conn.execute(text(
+        f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})")).all())  # noqa: S608
     return out
 
 
-def owner(ledger_engine: Engine, munis: Municipalities, name: str, parsed: PaymentFile | None) -> Unit | None:
+def owner(ledger_engine: Engine, munis: Municipalities, name: str,
+          parsed: PaymentFile | list[str] | None) -> Unit | None:
     """The one municipality (unit) a payment file belongs to, or None: then it is the run-level
-    step's (the module doc of ``payment_tasks`` and the rule below)."""
+    step's (the module doc of ``payment_tasks`` and the rule below). ``parsed``: the file parsed,
+    or only the FordringIDs it names (``files.fordring_ids``, when sorting the inbox)."""
     cvr = named_cvr(name)
     named = munis.by_cvr.get(cvr, []) if cvr else []
     if parsed is None:                       # not read or not valid: only its name can tell
         return named[0] if len(named) == 1 else None
+    fids = sorted(set(parsed if isinstance(parsed, list) else (m.fordring_id for m in parsed.movements)))
     with ledger_engine.connect() as conn:
-        known = claim_agencies(conn, (m.fordring_id for m in parsed.movements))
+        known = claim_agencies(conn, fids)
+        conn.rollback()
+    return _owner_of(munis, name, fids, known)
+
+
+def _owner_of(munis: Municipalities, name: str, fids: Iterable[str], known: dict[str, str]) -> Unit | None:
+    """``owner``'s rule, given the agency of each FordringID's claim the ledger has (``known``)."""
+    cvr = named_cvr(name)
+    named = munis.by_cvr.get(cvr, []) if cvr else []
     placed: set[Unit] = set()
-    for m in parsed.movements:
-        agency = known.get(m.fordring_id)
+    for fid in fids:
+        agency = known.get(fid)
         if agency is not None:               # a claim the ledger has: its agency's unit, or none at all
             u = munis.by_agency.get(agency)
             if u is None:
                 return None
             placed.add(u)
         else:                                # not known (held): the agency its FBS form names, if any
-            u = munis.by_agency.get(_agency_of(m.fordring_id) or "")
+            u = munis.by_agency.get(_agency_of(fid) or "")
             if u is not None:
                 placed.add(u)
     if cvr:
@@ -489,8 +576,18 @@ class Sorting:
     unit: Unit | None
 
     def mine(self, name: str, parsed: PaymentFile | None) -> bool:
-        found = owner(self.ledger, self.munis, name, parsed)
+        return self._is_mine(owner(self.ledger, self.munis, name, parsed))
+
+    def mine_known(self, name: str, fids: Iterable[str], known: dict[str, str]) -> bool:
+        """``mine`` with the claims' agencies already read (``apply_file``'s book)."""
+        return self._is_mine(_owner_of(self.munis, name, sorted(set(fids)), known))
+
+    def _is_mine(self, found: Unit | None) -> bool:
         return (found is None) if self.unit is None else (found is not None and found.lock == self.unit.lock)
+
+
+class Elsewhere(Exception):
+    """The file is not this step's (``Sorting.mine``), found inside ``apply_file``: nothing written."""
 
 
 def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None = None,
@@ -520,7 +617,9 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
             whose = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
         else:
             try:
-                whose = owner(stores.ledger, munis, name, parse(inbox.read(name, limit)))
+                # only the FordringIDs (read and validated, no movements made): the step that
+                # applies the file parses it in full and decides its owner again
+                whose = owner(stores.ledger, munis, name, fordring_ids(inbox.read(name, limit)))
             except (BadFile, OSError, TooLarge):
                 whose = None
         if whose is not None:
@@ -714,10 +813,12 @@ def ingest_file(stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.dat
         return Counter({"files_again": 1})
     try:
         parsed = parse(data)
-        if sorting is not None and not sorting.mine(name, parsed):
-            return elsewhere
+        # whose file it is, decided from the claims the file's own transaction reads (apply_file)
         counts = apply_file(stores.ledger, shown(name), sha, parsed, run_id, at,
-                            agencies=sorting.unit.agencies if sorting is not None and sorting.unit else None)
+                            agencies=sorting.unit.agencies if sorting is not None and sorting.unit else None,
+                            sorting=sorting, raw_name=name)
+    except Elsewhere:
+        return elsewhere
     except NotThisUnit as exc:          # a claim of another municipality appeared since it was sorted
         log.warning("payment file %s is not only this municipality's (%s): left for the run-level step",
                     shown(name), exc)
@@ -802,7 +903,7 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[
             return 0
         movements = [_movement(r) for r in rows]
         book = _Book(conn, movements)
-        released, events = [], []
+        released, rehold, events = [], [], []
         for m, r in zip(movements, rows, strict=True):
             c = book.claims.get(m.fordring_id)
             if agencies is not None and c is not None and c.agency_id not in params["ag"]:
@@ -815,9 +916,10 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[
                 events.append((lid, "payment_released", None, _event_detail(m, "held earlier", None)
                                + f": applied now, was held as {r.hold_reason}"))
             elif reason != r.hold_reason or lid is not None:
-                conn.execute(text("UPDATE movement SET hold_reason = :h, liability_id = COALESCE(liability_id, :l), "
-                                  "agency_id = COALESCE(:a, agency_id) WHERE movement_id = :m"),
-                             {"h": reason, "l": lid, "a": agency, "m": m.movement_id})
+                rehold.append({"h": reason, "l": lid, "a": agency, "m": m.movement_id})
+        if rehold:
+            conn.execute(text("UPDATE movement SET hold_reason = :h, liability_id = COALESCE(liability_id, :l), "
+                              "agency_id = COALESCE(:a, agency_id) WHERE movement_id = :m"), rehold)
         if released:
             conn.execute(text("UPDATE movement SET state = 'applied', liability_id = :l, agency_id = :a, run_id = :r, "
                               "decided_at = :t, written_back_at = NULL WHERE movement_id = :m"), released)
@@ -828,7 +930,7 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[
 
 # --- write-back to FBS ---------------------------------------------------------------------------
 
-def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = CHUNK,
+def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = WRITE_BATCH,
                agencies: Iterable[str] | None = None) -> Counter:
     """Applied movements to ``fbs.payment`` chunk by chunk, held ones as staff tasks (one per file,
     reason and liability, or agency where the claim is unknown), then the FBS status of settled
@@ -897,8 +999,15 @@ def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: li
         reopen = [r[0] for r in conn.execute(in_query(
             "SELECT liability_id FROM claim WHERE fbs_closed_by_payment = TRUE AND balance > 0"  # noqa: S608
             + only, *names), params)]
-    if not close and not reopen:
-        return Counter()
+    done: Counter = Counter()
+    # chunk by chunk, FBS then the ledger (memory flat however many claims a run settled); each
+    # chunk is worked out again by the next run if a crash comes between the two commits
+    for part in chunked([(lid, True) for lid in close] + [(lid, False) for lid in reopen], WRITE_BATCH):
+        done += _settle_chunk(stores, run_id, at, [lid for lid, c in part if c], [lid for lid, c in part if not c])
+    return done
+
+
+def _settle_chunk(stores: Stores, run_id: str, at: dt.datetime, close: list[int], reopen: list[int]) -> Counter:
     with stores.fbs.begin() as conn:
         closed, now_closed = _set_status(conn, close, "open", "closed", at)
         reopened, _ = _set_status(conn, reopen, "closed", "open", at)

@@ -90,8 +90,14 @@ def _da(name: str) -> str:
     return f"{{{NS_DA}}}{name}"
 
 
-def parse(data: bytes) -> PaymentFile:
-    """The movements of a delivered file, or BadFile."""
+_BEVAEGELSE, _ID, _FORDRING, _TYPE, _AMOUNT, _BOOKED, _REFERENCE = (
+    _da(n) for n in ("Bevaegelse", "BevaegelseID", "FordringID", "BevaegelseType", "Beloeb", "BogfoeringsDato",
+                     "ReferenceBevaegelseID"))
+
+
+def _root(data: bytes):
+    """The document's root, parsed safely, or BadFile (too large, unsafe, not well-formed, not
+    this document)."""
     if len(data) > max_file_bytes():
         raise BadFile(TOO_LARGE, f"the file has {len(data)} bytes, more than the {max_file_bytes()} accepted "
                                  "(FBS_DEBITOR_PAYMENT_FILE_MAX_BYTES)")
@@ -107,28 +113,50 @@ def parse(data: bytes) -> PaymentFile:
         raise BadFile(WRONG_DOCUMENT, f"the document is {etree.QName(root).localname} in "
                                       f"{etree.QName(root).namespace or 'no namespace'}, not "
                                       "ForetagIndbetalingAnmodning of DaekningAfskrivningRegistreringAfsend")
+    return root
+
+
+def fordring_ids(data: bytes) -> list[str]:
+    """The FordringIDs a file names, read and checked against the schema as ``parse`` does, without
+    the movements made: enough to sort the file to its municipality (the step that applies it
+    parses it in full and decides again). BadFile as ``parse`` (but for the checks of each
+    movement's values, which ``parse`` alone makes)."""
+    return [el.text or "" for el in _valid_root(data).iterfind(f"{_BEVAEGELSE}/{_FORDRING}")]
+
+
+def _valid_root(data: bytes):
+    root = _root(data)
     xsd = messages.schema(SCHEMA_FILE)
     if not xsd.validate(root):
         raise BadFile(SCHEMA_INVALID, f"does not follow the DaekningAfskrivningRegistreringAfsend schema at "
                                       f"{messages.schema_error(xsd)}"[:500])
+    return root
+
+
+def parse(data: bytes) -> PaymentFile:
+    """The movements of a delivered file, or BadFile."""
+    root = _valid_root(data)
     movements = []
     seen: set[str] = set()
-    for number, el in enumerate(root.iterfind(_da("Bevaegelse")), start=1):
-        mid = el.findtext(_da("BevaegelseID"))
+    append = movements.append
+    for number, el in enumerate(root.iterfind(_BEVAEGELSE), start=1):
+        # each child once (the schema fixed which there are); a present but empty element reads as
+        # "", as findtext reads it
+        v = {c.tag: c.text or "" for c in el}
+        mid = v.get(_ID)
         if mid in seen:
             raise BadFile(DUPLICATE_IN_FILE, f"movement number {number} repeats a BevaegelseID used earlier in "
                                              "the same file")
         seen.add(mid)
         try:   # what xs:date / xs:decimal allow beyond a plain date and an amount the ledger can hold
-            amount = Decimal(el.findtext(_da("Beloeb")))
-            booked = dt.date.fromisoformat(el.findtext(_da("BogfoeringsDato")))
+            amount = Decimal(v.get(_AMOUNT))
+            booked = dt.date.fromisoformat(v.get(_BOOKED))
             if amount >= MAX_AMOUNT:
                 raise ValueError("amount")
-        except (ValueError, ArithmeticError):
+        except (ValueError, ArithmeticError, TypeError):
             raise BadFile(SCHEMA_INVALID, f"movement number {number}: the booking date must be a plain date "
                                           f"(YYYY-MM-DD) and the amount below {MAX_AMOUNT}") from None
-        movements.append(Movement(mid, el.findtext(_da("FordringID")), KINDS[el.findtext(_da("BevaegelseType"))],
-                                  amount, booked, el.findtext(_da("ReferenceBevaegelseID"))))
+        append(Movement(mid, v.get(_FORDRING), KINDS[v.get(_TYPE)], amount, booked, v.get(_REFERENCE)))
     header = root.find(_da("Hovedoplysninger"))
     return PaymentFile(header.findtext(f"{{{NS_F}}}TransaktionsId"), movements)
 

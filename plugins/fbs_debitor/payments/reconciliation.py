@@ -158,69 +158,83 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
     return report
 
 
+_SUMS = text(   # each claim's sums of its applied movements on its current FordringID, reversals netted
+    "SELECT m.liability_id, "
+    "SUM(CASE WHEN m.kind = 'payment' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS paid, "
+    "SUM(CASE WHEN m.kind = 'write_off' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS written_off, "
+    "SUM(CASE WHEN m.kind = 'repayment' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS repaid "
+    "FROM movement m JOIN claim c ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id "
+    "WHERE m.state = 'applied' AND m.liability_id >= :lo AND m.liability_id <= :hi GROUP BY m.liability_id")
+
+
 def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
-    """1 and the FBS status of settled claims (2)."""
+    """1 and the FBS status of settled claims (2). Set-based, page by page in liability order: the
+    sums per claim are the database's (one GROUP BY over the page's range of liabilities, by the
+    movement's liability index), and FBS is asked only for the claims whose status matters (settled,
+    or closed by fbs-debitor with a balance)."""
     page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
                 "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
                 "settled_on IS NOT NULL ORDER BY liability_id LIMIT :n")
-    sums = in_query("SELECT m.liability_id, m.kind, m.reversed_by, SUM(m.amount) AS s FROM movement m JOIN claim c "
-               "ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id WHERE m.state = 'applied' AND "
-               "m.liability_id IN :ids GROUP BY m.liability_id, m.kind, m.reversed_by", "ids")
     for claims in keyset_pages(stores.ledger, page, "liability_id", -1, {"n": page_size}, after="a"):
-        ids = [c.liability_id for c in claims]
-        totals: dict[int, Counter] = defaultdict(Counter)
         with stores.ledger.connect() as conn:
-            for r in conn.execute(sums, {"ids": ids}):
-                amount = as_amount(r.s)
-                if r.kind in ("payment", "write_off", "repayment"):
-                    totals[r.liability_id][r.kind] += amount
-                    if r.reversed_by:       # undone by a reversal: counts neither way
-                        totals[r.liability_id][r.kind] -= amount
-        with stores.fbs.connect() as conn:
-            status = dict(conn.execute(in_query("SELECT liability_id, status FROM liability WHERE liability_id IN :ids",
-                                           "ids"), {"ids": ids}).all())
+            sums = {r.liability_id: r for r in conn.execute(
+                _SUMS, {"lo": claims[0].liability_id, "hi": claims[-1].liability_id})}
+        checked = []
         for c in claims:
             report.claims += 1
-            t = totals[c.liability_id]
+            s = sums.get(c.liability_id)
+            t = (as_amount(s.paid), as_amount(s.written_off), as_amount(s.repaid)) if s is not None else (ZERO,) * 3
             paid, off, repaid = as_amount(c.paid_amount), as_amount(c.written_off_amount), as_amount(c.repaid_amount)
             report.paid += paid
             report.written_off += off
             report.repaid += repaid
-            sent = f"{c.debtor_status or 'live'} {as_amount(c.debtor_amount)}"
-            ledger_says = f"paid {paid} written off {off} repaid {repaid} balance {as_amount(c.balance)} ({c.settlement})"
-            reported = f"paid {t['payment']:.2f} written off {t['write_off']:.2f} repaid {t['repayment']:.2f}"
-            fbs = status.get(c.liability_id, "missing")
-
-            def d(what: str, c=c, sent=sent, reported=reported, ledger_says=ledger_says, fbs=fbs) -> None:
-                report.differences.append(Difference(c.liability_id, c.fordring_id, what, sent, reported,
-                                                     ledger_says, fbs))
-
-            if (paid, off, repaid) != (t["payment"], t["write_off"], t["repayment"]):
-                d("ledger sums differ from the movements")
-            if c.debtor_status != "cancelled" and as_amount(c.balance) != as_amount(c.debtor_amount) - paid - off:
-                d("balance is not the amount less paid and written off")
+            balance = as_amount(c.balance)
+            found = []
+            if (paid, off, repaid) != t:
+                found.append("ledger sums differ from the movements")
+            if c.debtor_status != "cancelled" and balance != as_amount(c.debtor_amount) - paid - off:
+                found.append("balance is not the amount less paid and written off")
             if repaid > paid:
-                d("more repaid than paid")
+                found.append("more repaid than paid")
             if c.settlement == "overpaid":
-                d("overpaid: more paid or written off than the claim holds")
-            if c.settlement in ("paid", "written_off") and c.debtor_status != "cancelled" and fbs == "open":
-                d("settled, but open in FBS")
-            if as_bool(c.fbs_closed_by_payment) and (as_amount(c.balance) or ZERO) > 0 and fbs == "closed":
-                d("closed in FBS by fbs-debitor, but a balance is left")
+                found.append("overpaid: more paid or written off than the claim holds")
+            settled = c.settlement in ("paid", "written_off") and c.debtor_status != "cancelled"
+            closed_with_balance = as_bool(c.fbs_closed_by_payment) and (balance or ZERO) > 0
+            if found or settled or closed_with_balance:      # only these need FBS's status
+                checked.append((c, t, paid, off, repaid, balance, found, settled, closed_with_balance))
+        status: dict[int, str] = {}
+        if checked:
+            with stores.fbs.connect() as conn:
+                status = dict(conn.execute(in_query(
+                    "SELECT liability_id, status FROM liability WHERE liability_id IN :ids", "ids"),
+                    {"ids": [x[0].liability_id for x in checked]}).all())
+        for c, t, paid, off, repaid, balance, found, settled, closed_with_balance in checked:
+            fbs = status.get(c.liability_id, "missing")
+            if settled and fbs == "open":
+                found.append("settled, but open in FBS")
+            if closed_with_balance and fbs == "closed":
+                found.append("closed in FBS by fbs-debitor, but a balance is left")
+            if found:                  # what each side says, written out only for a difference
+                sent = f"{c.debtor_status or 'live'} {as_amount(c.debtor_amount)}"
+                ledger_says = f"paid {paid} written off {off} repaid {repaid} balance {balance} ({c.settlement})"
+                reported = f"paid {t[0]:.2f} written off {t[1]:.2f} repaid {t[2]:.2f}"
+                report.differences += [Difference(c.liability_id, c.fordring_id, what, sent, reported, ledger_says, fbs)
+                                       for what in found]
 
 
 def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
-    """2: every applied movement in fbs.payment once, the same; nothing left to write back."""
+    """2: every applied movement in fbs.payment once, the same; nothing left to write back. Page
+    by page in movement order, each page's FBS payments read in one query by key."""
     page = text("SELECT movement_id, fordring_id, liability_id, kind, amount, written_back_at FROM movement "
                 "WHERE state = 'applied' AND movement_id > :a ORDER BY movement_id LIMIT :n")
     for rows in keyset_pages(stores.ledger, page, "movement_id", "", {"n": page_size}, after="a"):
+        keys = [payment_id(r.movement_id) for r in rows]
         with stores.fbs.connect() as conn:
             fbs = {r.payment_id: r for r in conn.execute(in_query(
                 "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :p", "p"),
-                {"p": [payment_id(r.movement_id) for r in rows]})}
-        for r in rows:
-            f = fbs.get(payment_id(r.movement_id))
-            reported = f"{r.kind} {as_amount(r.amount)} (movement {r.movement_id})"
+                {"p": keys})}
+        for r, key in zip(rows, keys, strict=True):
+            f = fbs.get(key)
             if r.written_back_at is None:
                 what = "applied, not yet written to FBS"
             elif f is None:
@@ -229,12 +243,14 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
                 what = "applied, different in FBS"
             else:
                 continue
+            reported = f"{r.kind} {as_amount(r.amount)} (movement {r.movement_id})"
             report.differences.append(Difference(r.liability_id, r.fordring_id, what, "-", reported, "applied",
                                                  "-" if f is None else f"{f.kind} {as_amount(f.amount)} on {f.liability_id}"))
 
 
 def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
-    """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply."""
+    """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply;
+    page by page, each page's movements read in one query by key."""
     page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "
                 "AND source_ref LIKE 'SF1590_B_01A %' ORDER BY payment_id LIMIT :n")
     for rows in keyset_pages(stores.fbs, page, "payment_id", "", {"n": page_size}, after="a"):
