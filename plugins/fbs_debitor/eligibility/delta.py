@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from fbs_debitor.core import ledger
 from fbs_debitor.core.db import as_datetime, chunked, in_query, local_clock, refresh_planner_statistics, sql_file
 from fbs_debitor.core.settings import change_delta_max, change_overlap_minutes
-from fbs_debitor.core.stores import Stores
+from fbs_debitor.core.stores import MARKED_TABLES, Stores
 
 CREATE_VERSION = 1   # the outbox version of a claim's creation (delivery.outbox.CREATE_VERSION)
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 INCREMENTAL = "incremental"
 SWEEP = "sweep"
 MISSED = "missed_by_markers"      # run count category of a sweep: (agency, MISSED, "claim" | "change")
-MARKER_TABLES = ("liability", "patron", "guardianship", "agency")
+MARKER_TABLES = ("liability", *MARKED_TABLES)   # the tables FBS marks (core.stores adds the column to the rest)
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,6 @@ class Delta:
         if self.liability_ids:
             parts.append(f"{alias}.liability_id IN ({id_list(self.liability_ids)})")
         return ("(" + " OR ".join(parts) + ")" if parts else "(1 = 0)"), params
-
-    def covers(self, agency_id: str, liability_id: int | None) -> bool:
-        return str(agency_id) in self.whole or (liability_id is not None and int(liability_id) in self._ids)
-
-    @property
-    def _ids(self) -> frozenset[int]:
-        cached = self.__dict__.get("_id_set")
-        if cached is None:
-            cached = frozenset(self.liability_ids)
-            object.__setattr__(self, "_id_set", cached)
-        return cached
 
     def describe(self) -> str:
         return (f"{len(self.liability_ids)} changed liability(ies)"
@@ -192,12 +181,6 @@ def window(ledger_engine: Engine, run_id: str) -> dict[str, dt.datetime | None] 
     if not rows:
         return None
     return {str(r.agency_id): as_datetime(r.since) for r in rows}
-
-
-def is_sweep(ledger_engine: Engine, run_id: str) -> bool:
-    with ledger_engine.connect() as conn:
-        return conn.execute(text("SELECT 1 FROM run_window WHERE run_id = :r AND mode = :m"),
-                            {"r": run_id, "m": SWEEP}).first() is not None
 
 
 def changed_liabilities(fbs: Engine, since: dt.datetime, agencies: Iterable[str]) -> set[int]:
