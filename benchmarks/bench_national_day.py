@@ -57,7 +57,7 @@ os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-
 os.environ.setdefault("TZ", "Europe/Copenhagen")     # the simulated day is the municipalities' day, as in ./run main
 time.tzset()
 
-from common import peak_rss_mb  # noqa: E402
+from common import peak_rss_mb, vm_hwm_mb  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from fbs_debitor.core import ledger  # noqa: E402
@@ -169,17 +169,6 @@ def start_service(name: str, argv: list[str], logs: Path, env: dict) -> tuple[su
             break
         time.sleep(0.1)
     raise RuntimeError(f"the {name} did not start: see {logs / (name + '.log')}")
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """A live process's peak RSS (VmHWM), in MB; 0 when unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 @contextlib.contextmanager

@@ -41,24 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT / "plugins"), str(HERE)]
 
+from common import own_peak_rss_mib  # noqa: E402
+
 PYTHON = sys.executable
 
 
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM, MiB). Not ``ru_maxrss``: on Linux a child started from a
-    large process inherits the parent's high-water mark across exec, so it would report the parent's."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- the children ----------------------------------------------------------------------------------
@@ -110,7 +100,7 @@ def project_child(work: Path, url: str, batch_size: int) -> int:
     stores.dispose()
     print(json.dumps({"claims": sent, "calls": calls["n"], "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                       "call_wall_s": round(calls["wall"], 3), "call_cpu_s": round(calls["cpu"], 3),
-                      "peak_rss_mib": round(peak_rss_mib(), 1)}))
+                      "peak_rss_mib": round(own_peak_rss_mib(), 1)}))
     return 0
 
 
@@ -118,7 +108,7 @@ def project_child(work: Path, url: str, batch_size: int) -> int:
 
 def run_child_wait4(argv: list[str], env: dict | None = None) -> tuple[dict | None, dict, str]:
     """Run a child to its end: (its last JSON line or None, its CPU from ``os.wait4``'s rusage, its
-    stderr tail). Its peak RSS is what it reports itself (``peak_rss_mib``, VmHWM)."""
+    stderr tail). Its peak RSS is what it reports itself (``common.own_peak_rss_mib``, VmHWM)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
         _pid, status, usage = os.wait4(proc.pid, 0)

@@ -118,6 +118,12 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
         proc.wait()
 
 
+def own_peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM, MiB). Not ``ru_maxrss``: on Linux a child started from a
+    large process inherits the parent's high-water mark across exec, so it would report the parent's."""
+    return vm_hwm_mb(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def vm_hwm_mb(pid: int) -> float:
     """A live process's peak RSS (VmHWM), in MiB; 0 when unreadable."""
     try:

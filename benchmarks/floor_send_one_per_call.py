@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import requests
+from common import own_peak_rss_mib  # benchmarks/common.py: this script's folder is on sys.path
 from lxml import etree
 from zeep import Client, Settings
 from zeep.transports import Transport
@@ -44,17 +45,6 @@ AGREEMENT = {"ServiceAgreementUUID": "11111111-1111-4111-8111-111111111111",
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM, MiB); ``ru_maxrss`` would include a large parent's mark."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def one_claim_requests(client: Client, files: list[Path], limit: int | None) -> list[dict]:
@@ -103,7 +93,7 @@ def main() -> int:
         answer = service.OpretDebitorkonto(_soapheaders=[header], **kwargs)
         receipts += len(answer.Kvittering or [])
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    peak = peak_rss_mib()
+    peak = own_peak_rss_mib()
     session.close()
     if receipts != len(calls):
         print(f"warning: {receipts} receipts for {len(calls)} claims", file=sys.stderr)
