@@ -246,6 +246,11 @@ def test_killed_process_while_waiting_for_the_answer_ends_with_every_claim_once(
                 assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
                 assert time.monotonic() < deadline, "the transfer never marked a batch sent"
                 time.sleep(0.1)
+            # the batch is marked sent before its envelope is posted: kill only once the emulator has read it
+            while emu.request_count < 1:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the emulator never read the sent batch"
+                time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
