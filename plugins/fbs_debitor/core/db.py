@@ -483,7 +483,7 @@ def empty_tables(conn: Connection, tables: Sequence[str], self_references: dict[
 
 
 def _check_identifiers(names: Iterable[str]) -> None:
-    if not all(re.fullmatch(r"[a-z_]+", n) for n in names):
+    if not all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names):   # a letter or _ first, then digits too (file_sha256)
         raise ValueError("bad identifier")
 
 
