@@ -7,6 +7,7 @@ the same rows: runs by their id, counts by (run, agency, category, rule), findin
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from collections import Counter
@@ -318,12 +319,22 @@ def replacement_cpr_patrons(ledger: Engine, patron_ids: Iterable[int]) -> set[in
 
 # --- the audit trail (M2) and a claim's settlement ------------------------------------------------
 
+def ordered_id(ns: int, i: int) -> str:
+    """A UUID (version 8, RFC 9562) whose first 48 bits are the milliseconds of ``ns`` and whose
+    next 12 bits ``i`` (the row's place in its call), the rest random: ids written together are
+    neighbours in the event table's key index, where uuid4's scattered a million rows' inserts over
+    its pages. Unique as uuid4 is for a call's first 4,096 rows, by 62 random bits past them."""
+    raw = ((ns // 1_000_000) & (2**48 - 1)) << 80 | 0x8 << 76 | (i & 0xFFF) << 64 | 0b10 << 62 \
+        | int.from_bytes(os.urandom(8)) >> 2
+    return str(uuid.UUID(int=raw))
+
+
 def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
                at: dt.datetime) -> None:
     """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
     since the epoch when written, plus the row's place in the call)."""
     base = time.time_ns()
-    params = [{"e": str(uuid.uuid4()), "l": lid, "t": at, "k": kind, "m": key,
+    params = [{"e": ordered_id(base, i), "l": lid, "t": at, "k": kind, "m": key,
                "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
     if params:
         conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
