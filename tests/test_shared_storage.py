@@ -284,3 +284,23 @@ def test_issue18_M4_data_docs_are_built_locally_and_copied_to_the_store_pruned_a
     assert not set(pages) & files and not set(results) & files             # the older run pruned, there too
     assert [f for f in files if f.startswith("data_docs/validations/")]
     assert not any(f.startswith("data_docs") for f in local_files(tmp_path))   # the site is not here
+
+
+@pytest.mark.parametrize("url", ["file:///srv/fbs debitor", "file:///srv/x%20y/", "file:///var/lib/fbs-debitor"])
+def test_issue19_a_local_root_is_read_from_the_url_without_airflow_and_is_the_same_folder(monkeypatch, url):
+    """The hourly run's Data Docs need the root's folder; a file:// root is that folder without
+    importing Airflow's ObjectStoragePath (seconds per run), and it is the folder Airflow gives."""
+    monkeypatch.setenv("FBS_DEBITOR_STORAGE_URL", url)
+    monkeypatch.delenv("FBS_DEBITOR_STORAGE_CONN_ID", raising=False)
+    assert storage.local_root() == storage.local_path(storage.root())
+    from fbs_debitor.quality import checks
+
+    assert checks.data_docs_dir() == storage.local_path(storage.path("data_docs"))
+
+
+def test_issue19_an_object_store_root_or_a_connection_is_never_taken_for_a_local_folder(monkeypatch):
+    monkeypatch.setenv("FBS_DEBITOR_STORAGE_URL", "memory://fbs-debitor/root")
+    assert storage.local_root() is None
+    monkeypatch.setenv("FBS_DEBITOR_STORAGE_URL", "file:///srv/fbs")
+    monkeypatch.setenv("FBS_DEBITOR_STORAGE_CONN_ID", "shared_disk")
+    assert storage.local_root() is None

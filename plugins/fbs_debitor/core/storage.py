@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fbs_debitor.core import settings
 
@@ -39,6 +40,17 @@ def of_url(url: str):
 def root():
     """The root (FBS_DEBITOR_STORAGE_URL) as an ``ObjectStoragePath``."""
     return of_url(settings.storage_url())
+
+
+def local_root() -> Path | None:
+    """The root as a plain ``Path`` when it is this machine's disk (``file:///...``, no connection),
+    read from the URL alone, without importing Airflow (seconds a step that only writes here,
+    such as the hourly run's Data Docs, need not pay); None for any other store. The same folder
+    ``local_path(root())`` gives."""
+    parts = urlsplit(settings.storage_url())
+    if parts.scheme != "file" or parts.netloc or not parts.path.startswith("/") or settings.storage_conn_id():
+        return None
+    return Path(parts.path)
 
 
 def path(*parts: str):
