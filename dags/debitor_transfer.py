@@ -46,27 +46,23 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    **debitor_sweep** (nightly, at `FBS_DEBITOR_SWEEP_HOUR`) is this same run over everything: the
    safety net for a change FBS did not mark; its task **markers_missed** names what the markers
    missed (an operator alarm per agency).
-3. **data_quality** — Great Expectations checks on the batch (the run's open liabilities not yet sent,
-   and the agencies): company without valid CVR, minor without guardian, person without CPR or
-   birth date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts,
-   dates, and the agency's age limit (C3). Findings go to the ledger for the daily staff report;
-   the GX Data Docs site under `var/data_docs/` gains this run (the newest 48 runs are kept).
-4. **municipalities_kmd_opus**, **municipalities_prisme**, **municipalities_eg** — list the municipalities (FBS's `agency.municipality_cvr`)
+3. **municipalities_kmd_opus**, **municipalities_prisme**, **municipalities_eg** — list the municipalities (FBS's `agency.municipality_cvr`)
    at each debtor system (KMD OPUS, Prisme, EG). **The municipality is the unit of isolation**:
-   steps 5-7 run once per municipality, as mapped task groups **send_kmd_opus**, **send_prisme**,
+   steps 4-5 run once per municipality, as mapped task groups **send_kmd_opus**, **send_prisme**,
    **send_eg** (one per debtor system) labelled by
    municipality in the grid (`60104190 Søvang (PRISME)`), in the debtor system's own pool
    (`debitor_kmd_opus`, `debitor_prisme`, `debitor_eg`), so a slow vendor does not starve the
    others; each municipality sends under its own lock (a PostgreSQL advisory lock every worker
    sees), its own Serviceplatformen access and its own view of an outage. One municipality's hold,
    outage or crash fails only its own tasks; the others finish.
-5. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
+4. **resend_unconfirmed** — claims an earlier run recorded or sent but never got an answer for (a
    crash, a timeout, an outage) are rebuilt from FBS and sent again **under their own keys**; the
    debtor system answers a repeated key with its first answer, so nothing is billed twice.
-6. **build_and_send** — selects every open liability of the municipality created on or after the
+5. **build_and_send** — selects every open liability of the municipality created on or after the
    agency's cut-off date (T1, T3) that is not yet in the ledger; fees at once, compensations on
    creation or once verified (T2). Liabilities that cannot go (T4, T5, T6, and what the builder
-   finds) are kept as findings with their rule, never dropped. The rest are built into claims; new
+   finds) are kept as findings with their rule, never dropped. What it looked at and did not
+   send before is the batch step 6 checks (eligibility is read once per run). The rest are built into claims; new
    replacement CPRs (I1) and C5 tasks are written to FBS first; each batch is recorded in the
    ledger's outbox (`pending`), marked `sent` before every transmission and `accepted`/`rejected`
    from the debtor system's receipts. Transient faults are retried with backoff inside the call;
@@ -82,6 +78,13 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    **municipality_done** — red, without retries, when that municipality's part is not done (its
    sending did not finish, an agency failed part-way, it is held for want of access, or claims are
    unconfirmed after every retry), naming it; green otherwise.
+6. **data_quality** — after every municipality, whatever happened to any: Great Expectations checks
+   on the batch the sending steps looked at (the run's open liabilities not yet sent before it, and
+   the agencies): company without valid CVR, minor without guardian, person without CPR or birth
+   date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts, dates,
+   and the agency's age limit (C3). Findings go to the ledger for the daily staff report; the GX
+   Data Docs site under `var/data_docs/` gains this run (the newest 48 runs are kept). The checks
+   feed the staff reports only: no claim waits for them.
 7. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
    Danish and English; rejections are never sent again. Claims unanswered after many attempts,
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the
@@ -226,7 +229,7 @@ def _tasks(sweep: bool):
 
         return tasks.markers_missed(ledger_run_id)
 
-    @task(task_id="data_quality")
+    @task(task_id="data_quality", trigger_rule="all_done")
     def data_quality(ledger_run_id: str) -> dict:
         from fbs_debitor.airflow import tasks
 
@@ -317,7 +320,10 @@ def _tasks(sweep: bool):
     groups = [sending(vendor).partial(ledger_run_id=run_id).expand(unit=found) for vendor, found in zip(VENDORS, units, strict=True)]
     delivered = raise_staff_tasks(run_id)   # all_done: after every municipality, whatever happened to any
     closed = close_run(run_id)              # all_done likewise: the run is closed naming who needs attention
-    detected >> regular_run(run_id) >> window >> dq >> units
+    detected >> regular_run(run_id) >> window >> units
+    # the checks read the batch the sending steps found (eligibility is read once per run), after
+    # every municipality whatever happened to any (all_done); the sending never waits for them
+    groups >> dq >> delivered
     if sweep:   # the sweep's word on the markers, before the run is closed (its counts are the run's)
         groups >> delivered >> markers_missed(run_id) >> closed
     else:

@@ -109,9 +109,12 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     assert order[:2] == ["open_run", "detect_cut_off"]
     alarms = {"held_agencies", "failed_agencies", "undelivered"}
     main = [t for t in order if t != "trigger_backfill" and t not in alarms]
-    # Issue 19: the run fixes what it looks at (what FBS marked changed) before the checks read it
-    assert main[:5] == ["open_run", "detect_cut_off", "regular_run", "changes_since", "data_quality"]
-    assert main[-2:] == ["raise_staff_tasks", "close_run"]
+    # Issue 19: the run fixes what it looks at (what FBS marked changed) before anything reads it;
+    # the checks read the batch the sending steps found (eligibility is read once per run), after
+    # every municipality whatever happened to any, and before the run's staff tasks and close
+    assert main[:4] == ["open_run", "detect_cut_off", "regular_run", "changes_since"]
+    assert main[-3:] == ["data_quality", "raise_staff_tasks", "close_run"]
+    assert dag.get_task("data_quality").trigger_rule == "all_done"
     assert dag.get_task("trigger_backfill").upstream_task_ids == {"detect_cut_off"}
     assert set(order[-3:]) == alarms and all(dag.get_task(t).upstream_task_ids >= {"close_run"} for t in alarms)
     # Issue 18: the municipality is the unit of isolation. Per debtor system, the municipalities
@@ -123,7 +126,8 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
     for vendor in VENDORS:
         group = f"send_{vendor.lower()}"
         listed = dag.get_task(f"municipalities_{vendor.lower()}")
-        assert listed.upstream_task_ids >= {"data_quality"}
+        assert listed.upstream_task_ids >= {"changes_since"}
+        assert f"{group}.municipality_done" in dag.get_task("data_quality").upstream_task_ids
         steps = [f"{group}.{s}" for s in ("resend_unconfirmed", "build_and_send", "send_changes", "municipality_done")]
         assert [t for t in main if t.startswith(group + ".")] == steps
         for step in steps:

@@ -569,3 +569,32 @@ def test_M4_runs_at_the_same_time_keep_their_own_results_and_pages(stores, agenc
     assert {p.parent.parent.name for p in (docs / "validations").rglob("*.html")} == published
     index = (docs / "index.html").read_text()
     assert all(run in index for run in published) and runs["backfill"] not in index
+
+
+def test_issue19_M4_a_staged_page_gives_the_checks_exactly_the_frame_they_would_derive(stores, agencies):
+    """Eligibility is read once per run: the sending step keeps each page's frame for the run's
+    checks (``stage_page``). What comes back is the frame ``_page_frame`` derives, value for value
+    and dtype for dtype: missing dates and ids, kinds, booleans, amounts; and no full CPR."""
+    from fbs_debitor.claims.stream import claim_rows, plain_rows
+
+    ids = [add(agencies), add(agencies, cpr=fr.MOD11_FAIL_CPR), add(agencies, cpr=None, birth_date=None),
+           add(agencies, agency_id="726300", cpr="3102901234"), add(agencies, kind="company", cvr="12345678"),
+           add(agencies, kind="group", responsible_patron_id=None),
+           add(agencies, cpr=CHILD_CPR, birth_date=dt.date(2015, 3, 3)),
+           add(agencies, liability={"amount": Decimal("0.00")}),
+           add(agencies, liability={"kind": "compensation", "with_loan": False})]
+    agencies.commit()
+    rows = plain_rows(claim_rows(stores.fbs, ids, TODAY))
+    frame, details = dq_checks._page_frame(rows, TODAY)
+    payload = dq_checks._payload(frame, details)
+    back, back_details = dq_checks._unframe(payload)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(back, frame)
+    assert back_details.astype(object).where(back_details.notna(), None).values.tolist() == \
+        details[list(back_details.columns)].astype(object).where(details.notna(), None).values.tolist()
+    assert frame["founding_date"].isna().any() and frame["debtor_patron_id"].isna().any()   # gaps kept
+    import base64
+    import zlib
+
+    assert not full_cpr_numbers(zlib.decompress(base64.b64decode(payload)).decode())

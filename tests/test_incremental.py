@@ -103,6 +103,46 @@ def test_issue19_T1_the_hourly_run_looks_only_at_what_FBS_marked_changed_and_sen
     assert {m[0][2] for m in messages(stores).values()} == {"accepted"}
 
 
+def test_issue19_eligibility_is_read_once_per_run_and_the_checks_see_what_the_sending_found_I4_T6(
+        stores, emu_db, monkeypatch, tmp_path):
+    """The GX checks (data_quality) do not decide eligibility again: they check the batch each
+    municipality's sending step found (``check_batch``), after the sending, and find what they
+    found before: a modulus-11 warning on a claim that went (I4), a blocked person (T6)."""
+    from fbs_debitor.eligibility import rules
+
+    municipality(stores)
+    seen: list[int] = []
+    reads = rules.iter_verdicts
+
+    def counted(*args, **kwargs):
+        for page in reads(*args, **kwargs):
+            seen.extend(v.liability_id for v in page)
+            yield page
+
+    monkeypatch.setattr(rules, "iter_verdicts", counted)
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        run_transfer(stores, client, batch_size=BATCH, data_quality=True)      # the agency's first run
+        seen.clear()
+        later = T0 + dt.timedelta(hours=1)
+        with stores.fbs.connect() as conn:
+            warned = fr.liability(conn, fr.patron(conn, agency_id=A, cpr=fr.MOD11_FAIL_CPR, updated_at=later)["patron_id"],
+                                  agency_id=A, created_at=later, updated_at=later)["liability_id"]
+            blocked = fr.liability(conn, fr.patron(conn, agency_id=A, cpr="3102901234", updated_at=later)["patron_id"],
+                                   agency_id=A, created_at=later, updated_at=later)["liability_id"]
+            conn.commit()
+        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, data_docs_dir=tmp_path / "docs")
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    assert sorted(seen) == sorted({warned, blocked})          # each liability's eligibility read once
+    with stores.ledger.connect() as conn:
+        found = {(r.check_code, r.liability_id) for r in conn.execute(text(
+            "SELECT check_code, liability_id FROM finding WHERE last_run_id = :r AND resolved_at IS NULL"), {"r": run_id})}
+        staged = conn.execute(text("SELECT COUNT(*) FROM check_batch")).scalar()
+    assert ("I4_cpr_fails_modulus_11", warned) in found       # by GX, on a claim that went
+    assert ("T6_person_without_usable_cpr", blocked) in found
+    assert f"FBS-{A}-{warned}" in once_each(emu_db) and f"FBS-{A}-{blocked}" not in once_each(emu_db)
+    assert staged == 0                                         # the staged batch is used up
+
+
 def test_issue19_U1_U2_changes_marked_on_a_liability_or_its_patron_reach_the_debtor_system_once(stores, emu_db):
     ids = municipality(stores)
     with stores.fbs.connect() as conn:

@@ -121,10 +121,12 @@ def changes_since(run_id: str, sweep: bool = False) -> dict:
 
 
 def data_quality(run_id: str) -> dict:
-    """The GX checks over what the run looks at: the delta of an incremental run, everything in a sweep."""
+    """The GX checks over what the run looked at (the delta of an incremental run, everything in a
+    sweep), after the sending: the batch each municipality's build_and_send found (eligibility is
+    read once per run, ``quality.checks.stage_batch``), not a second reading of eligibility."""
     with task_stores(run_id, "data quality") as stores:
         return dq_checks.run_checks(stores, run_id, data_docs_dir=dq_checks.data_docs_dir(),
-                                    scope=transfer.run_scope(stores, run_id)).as_dict()
+                                    scope=transfer.run_scope(stores, run_id), staged=True).as_dict()
 
 
 def municipalities(run_id: str, vendor: str) -> list[dict]:

@@ -46,6 +46,7 @@ building use, so one problem is one finding, whoever saw it first.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import functools
@@ -300,6 +301,9 @@ def _copy_static(source: Path, target: Path) -> None:
 def data_docs_dir():
     """Where the Data Docs site is: ``data_docs`` in the shared store (a Path when the store is this
     machine's disk, else an ``ObjectStoragePath``)."""
+    local = storage.local_root()
+    if local is not None:
+        return local / "data_docs"
     p = storage.path("data_docs")
     return storage.local_path(p) or p
 
@@ -438,11 +442,148 @@ def _validate(liabilities, agencies, data_docs_dir, run_name: str):
     return failing[LIABILITY_SUITE], failing[AGENCY_SUITE], docs
 
 
+# --- the batch as the sending steps found it (eligibility is read once per run) ----------------
+
+_DATES = ("founding_date", "due_date", "created_date", "loan_date")
+_DETAIL_COLUMNS = ("liability_id", "agency_id", "branch_id", "patron_id", "masked_cpr")
+
+
+def batch_ids(verdicts) -> list[int]:
+    """The liabilities of an eligibility page the checks look at: every one not already sent."""
+    return [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
+
+
+def _payload(gx_rows, details) -> str:
+    """A page's frame and details as text, exactly: dates as their microseconds (NaT too),
+    floats with their NaN, kinds as their text (``_unframe`` gives the same frames back)."""
+    import json
+    import zlib
+
+    columns = {}
+    for name in LIABILITY_COLUMNS:
+        col = gx_rows[name]
+        if name in _DATES:
+            columns[name] = col.to_numpy(dtype="datetime64[us]").view("int64").tolist()
+        elif name in _CATEGORICAL:
+            columns[name] = col.astype(object).where(col.notna(), None).tolist()
+        else:
+            columns[name] = col.tolist()
+    data = {"frame": columns, "details": {c: details[c].astype(object).where(details[c].notna(), None).tolist()
+                                          for c in _DETAIL_COLUMNS}}
+    return base64.b64encode(zlib.compress(json.dumps(data).encode("utf-8"), 6)).decode("ascii")
+
+
+def _unframe(text_: str):
+    """(frame, details) of a staged page, with the dtypes ``_page_frame`` gives."""
+    import json
+    import zlib
+
+    import numpy as np
+    import pandas as pd
+
+    data = json.loads(zlib.decompress(base64.b64decode(text_)))
+    columns = {}
+    for name in LIABILITY_COLUMNS:
+        values = data["frame"][name]
+        if name in _DATES:
+            columns[name] = pd.Series(np.array(values, dtype="int64").view("datetime64[us]"))
+        elif name in _CATEGORICAL:
+            columns[name] = pd.Series(values, dtype=object).astype("str").astype("category")
+        else:
+            columns[name] = pd.Series(values, dtype=_EMPTY_DTYPES[name])
+    frame = pd.DataFrame(columns, columns=list(LIABILITY_COLUMNS))
+    d = data["details"]
+    details = pd.DataFrame({"liability_id": pd.Series(d["liability_id"], dtype="int64"),
+                            "agency_id": pd.Series(d["agency_id"], dtype=object),
+                            "branch_id": pd.Series(d["branch_id"], dtype=object),
+                            "patron_id": pd.Series(d["patron_id"], dtype="int64"),
+                            "masked_cpr": pd.Series(d["masked_cpr"], dtype=object)})
+    return frame, details
+
+
+def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
+    """The checks' part of one page of a sending step (``claims.stream.Page``), kept in the
+    ledger's ``check_batch`` (0016) for the run's data_quality step: the frame of every liability
+    of the page not already sent, derived from its claim rows as they are before the page is
+    sent (a replacement CPR the sending then writes to FBS does not hide the I1 warning). The
+    eligible liabilities' rows are the ones the page read to build them; only the rest (blocked,
+    waiting) are read here. Returns the rows kept."""
+    from fbs_debitor.claims.stream import plain_rows
+
+    wanted = set(batch_ids(page.verdicts))
+    if not wanted:
+        return 0
+    have = {row.liability_id: row for row, _built in page.built if row.liability_id in wanted}
+    missing = sorted(wanted - have.keys())
+    rows = list(have.values()) + (plain_rows(claim_rows(stores.fbs, missing, today)) if missing else [])
+    if not rows:
+        return 0
+    gx_rows, details = _page_frame(rows, today)
+    with stores.ledger.begin() as conn:
+        conn.execute(text("INSERT INTO check_batch (run_id, page_id, row_count, frame) VALUES (:r, :p, :n, :f)"),
+                     {"r": run_id, "p": ledger.ordered_id(time.time_ns(), 0), "n": len(rows),
+                      "f": _payload(gx_rows, details)})
+    return len(rows)
+
+
+def staged_frames(ledger_engine, run_id: str):
+    """The run's staged pages as (frame, details), in the order they were written."""
+    query = text("SELECT page_id, frame FROM check_batch WHERE run_id = :r AND page_id > :after "
+                 "ORDER BY page_id LIMIT 1")
+    after = ""
+    while True:
+        with ledger_engine.connect() as conn:
+            row = conn.execute(query, {"r": run_id, "after": after}).first()
+        if row is None:
+            return
+        after = row.page_id
+        yield _unframe(row.frame)
+
+
+def drop_staged(ledger_engine, run_id: str) -> int:
+    """The run's staged batch is used up (its findings are recorded), or the run has no checks."""
+    with ledger_engine.begin() as conn:
+        return conn.execute(text("DELETE FROM check_batch WHERE run_id = :r"), {"r": run_id}).rowcount
+
+
+def _read_pages(stores: Stores, run_id: str, today: dt.date, page_size: int | None, scope):
+    """(frame, details) page by page of a run whose sending did not stage its batch (a backfill
+    month checks its own month before sending it): its scope's eligibility and claim rows."""
+    for verdicts in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size, scope):
+        ids = batch_ids(verdicts)
+        if not ids:
+            continue
+        rows = claim_rows(stores.fbs, ids, today)
+        if not rows:      # the liabilities changed between the two reads: the next run sees them
+            continue
+        yield _page_frame(rows, today)
+
+
+def _latest_only(parts: list, details: list) -> tuple[list, list]:
+    """A liability staged twice (a retried sending step staged its page again) counts once, as
+    the later page has it."""
+    seen: set[int] = set()
+    out_parts, out_details = [], []
+    for frame, detail in zip(reversed(parts), reversed(details), strict=True):
+        keep = ~frame["liability_id"].isin(seen)
+        seen.update(frame["liability_id"].tolist())
+        if keep.all():
+            out_parts.append(frame)
+            out_details.append(detail)
+        elif keep.any():
+            out_parts.append(frame[keep].reset_index(drop=True))
+            out_details.append(detail[keep.to_numpy()].reset_index(drop=True))
+    return out_parts[::-1], out_details[::-1]
+
+
 def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_docs_dir: Path | None = None,
-               page_size: int | None = None, scope=None) -> DQResult:
+               page_size: int | None = None, scope=None, staged: bool = False) -> DQResult:
     """Check the batch, record every failing row as a finding (keyed by liability; agency checks by
     agency) and return the counts and the agencies whose run is blocked (C3). The batch is the
-    run's scope (default the hourly run's; a backfill chunk checks its own month and agency)."""
+    run's scope (default the hourly run's; a backfill chunk checks its own month and agency).
+    ``staged``: the batch is what the run's sending steps looked at (``stage_page``, after
+    them): neither eligibility nor the claim rows are read again; the staged pages are then
+    deleted."""
     import pandas as pd
 
     today = today or dt.date.today()
@@ -450,16 +591,12 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     result = DQResult()
     clock = time.perf_counter()
     parts, details = [], []
-    for verdicts in eligibility.iter_verdicts(stores.fbs, stores.ledger, page_size, scope):
-        ids = [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
-        if not ids:
-            continue
-        rows = claim_rows(stores.fbs, ids, today)
-        if not rows:      # the liabilities changed between the two reads: the next run sees them
-            continue
-        gx_rows, page_details = _page_frame(rows, today)
+    pages = staged_frames(stores.ledger, run_id) if staged else _read_pages(stores, run_id, today, page_size, scope)
+    for gx_rows, page_details in pages:
         parts.append(gx_rows)
         details.append(page_details)
+    if staged:
+        parts, details = _latest_only(parts, details)
     with stores.fbs.connect() as conn:
         agencies = pd.DataFrame([tuple(r) for r in conn.execute(text(
             "SELECT agency_id, age_limit FROM agency WHERE CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a "
@@ -506,6 +643,8 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
                 subject=f"L{int(liability_id)}", message=_message(code, row.masked_cpr)))
             result.per_check[code] += 1
     result.findings = ledger.upsert_findings(stores.ledger, run_id, findings, seen_at)
+    if staged:
+        drop_staged(stores.ledger, run_id)
     result.seconds = {"extract_and_derive": round(extracted - clock, 1), "gx_validate_and_docs":
                       round(validated - extracted, 1), "record_findings": round(time.perf_counter() - validated, 1)}
     log.info("data quality: %d rows checked, %d findings %s; agencies held: %s; seconds %s", result.rows_checked,

@@ -22,6 +22,7 @@ so, and the DAG's ``close_run`` and its last task ``failed_agencies`` do the sam
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -84,12 +85,14 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
     unit's agencies only, and only their counts are replaced). Returns the counts
     (agency, category, rule) -> n; every agency of the scope is then marked assessed in this run."""
     seen_at = ledger.now()
+    today = dt.date.today()
+    staging = scope is None   # the hourly run's checks read the batch this step found (check_batch)
     if scope is None:   # the hourly run's: of the unit, and only what changed when the run has a window
         mine = unit.agencies if unit else None
         scope = scopes.hourly(stores.ledger, agencies=mine, changed=delta.changes(stores, run_id, mine))
     counts = eligibility.out_of_scope_counts(stores.fbs, scope)
     pages = 0
-    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, scope=scope):
+    for page in claim_stream.iter_pages(stores.fbs, stores.ledger, page_size, today, scope=scope):
         pages += 1
         not_buildable = {row.liability_id: (built.problem, row.b_branch_id) for row, built in page.built
                          if built.problem}
@@ -103,6 +106,8 @@ def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None
         blocked = list({f.key: f for f in findings}.values())
         if blocked:
             ledger.upsert_findings(stores.ledger, run_id, blocked, seen_at)
+        if staging:   # before the page is sent: the checks see the rows as eligibility read them
+            dq_checks.stage_page(stores, run_id, page, today)
         if on_page is not None:
             counts.update(on_page(page))
     # (delivery's own categories too: a retried task that no longer has them leaves none behind)
@@ -444,8 +449,6 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         run_id = run.run_id
         cut_off.detect(stores, run_id)
         delta.open_window(stores, run_id, sweep=sweep)
-        if data_quality:
-            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id))
         counts: Counter = Counter()
         for unit in unit_list.units(stores.fbs):
             try:
@@ -455,6 +458,13 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
                               "municipalities go on", unit.label)
                 continue
             finish_unit(stores, run_id, unit)
+        # the checks of what the sending steps found (eligibility is read once per run); the
+        # sending never waited for them: they only feed the staff reports
+        if data_quality:
+            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id),
+                                 staged=True)
+        else:
+            dq_checks.drop_staged(stores.ledger, run_id)
         counts.update(close_delivery(stores, run_id))
         resolve_findings(stores, run_id)
         if sweep:
@@ -550,8 +560,8 @@ def run_assessment(stores: Stores, kind: str = "manual", data_docs_dir=None, **r
 
     with _recorded_run(stores, kind, **run_fields) as run:
         cut_off.detect(stores, run.run_id)
-        dq_checks.run_checks(stores, run.run_id, data_docs_dir=data_docs_dir)
         counts = assess_eligibility(stores, run.run_id)
+        dq_checks.run_checks(stores, run.run_id, data_docs_dir=data_docs_dir, staged=True)
         resolve_findings(stores, run.run_id)
     return run.run_id, counts
 
