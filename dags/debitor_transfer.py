@@ -84,7 +84,9 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    date, malformed CPR, replacement CPR at Prisme, group without responsible patron, amounts, dates,
    and the agency's age limit (C3). Findings go to the ledger for the daily staff report; the GX
    Data Docs site under `var/data_docs/` gains this run (the newest 48 runs are kept). The checks
-   feed the staff reports only: no claim waits for them.
+   feed the staff reports only: no claim waits for them. A page whose checks could not be prepared
+   makes this task fail naming it (the run is red; its claims went), and findings the checks did
+   not get to see again are left open, not resolved.
 7. **raise_staff_tasks** — every rejection becomes a task in FBS (`fbs.task`, M1) with the reason in
    Danish and English; rejections are never sent again. Claims unanswered after many attempts,
    and unconfirmed claims that cannot be sent again as they were, get a task too. Records the

@@ -143,6 +143,47 @@ def test_issue19_eligibility_is_read_once_per_run_and_the_checks_see_what_the_se
     assert staged == 0                                         # the staged batch is used up
 
 
+def test_issue19_a_page_the_checks_cannot_prepare_still_goes_and_the_run_fails_naming_it_I4_kept(
+        stores, emu_db, monkeypatch, tmp_path):
+    """The checks' frame is derived in the sending step: when it cannot be, the page's claims go
+    all the same, the run ends failed naming the gap (never a silent "no finding"), and the
+    warnings the checks could not look at again are not resolved as if fixed."""
+    from fbs_debitor.quality import checks
+
+    municipality(stores, n=1, verify_compensations=True)
+    with stores.fbs.connect() as conn:
+        waiting = fr.liability(conn, fr.patron(conn, agency_id=A, cpr=fr.MOD11_FAIL_CPR, updated_at=T0)["patron_id"],
+                               agency_id=A, kind="compensation", with_loan=False, updated_at=T0)["liability_id"]
+        conn.commit()
+    i4 = ("I4_cpr_fails_modulus_11", waiting)
+
+    def open_findings() -> set[tuple[str, int]]:
+        with stores.ledger.connect() as conn:
+            return {(r.check_code, r.liability_id) for r in conn.execute(text(
+                "SELECT check_code, liability_id FROM finding WHERE resolved_at IS NULL"))}
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        first, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True)
+        assert ledger.get_run(stores.ledger, first).status == "success" and i4 in open_findings()
+        later = T0 + dt.timedelta(hours=1)
+        with stores.fbs.begin() as conn:            # the waiting compensation is in the next delta
+            conn.execute(text("UPDATE liability SET updated_at = :t WHERE liability_id = :l"), {"t": later, "l": waiting})
+        fresh = new_fee(stores, later)
+
+        def broken(rows, today):
+            raise ValueError("a value the checks cannot read")
+
+        monkeypatch.setattr(checks, "_page_frame", broken)
+        second, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True)
+    run = ledger.get_run(stores.ledger, second)
+    assert run.status == "failed" and "the checks could not see 1 page(s)" in run.error and "ValueError" in run.error
+    assert f"FBS-{A}-{fresh}" in once_each(emu_db) and once_each(emu_db).count(f"FBS-{A}-{fresh}") == 1
+    assert i4 in open_findings()                    # not seen again, but not looked at either: still open
+    with stores.ledger.connect() as conn:
+        kept = conn.execute(text("SELECT error FROM check_batch WHERE run_id = :r"), {"r": second}).scalars().all()
+    assert len(kept) == 1 and "ValueError" in kept[0]
+
+
 def test_issue19_U1_U2_changes_marked_on_a_liability_or_its_patron_reach_the_debtor_system_once(stores, emu_db):
     ids = municipality(stores)
     with stores.fbs.connect() as conn:

@@ -10,11 +10,14 @@
 -- recorded (a failed data_quality keeps them, so clearing the task checks the same batch).
 --
 -- check_batch   run_id; page_id (time-ordered: a retried step's later page of the same
---               liability wins); row_count; frame (the page's frame and details, JSON, zlib, base64).
+--               liability wins); row_count; frame (the page's frame and details, JSON, zlib, base64);
+--               error: why a page could not be prepared (its sending went on; data_quality fails
+--               naming it, so the gap in the checks is never silent).
 CREATE TABLE check_batch (
     run_id   VARCHAR(64) NOT NULL,
     page_id  VARCHAR(36) NOT NULL,
     row_count INTEGER    NOT NULL,
     frame    TEXT        NOT NULL,
+    error    TEXT,
     PRIMARY KEY (run_id, page_id)
 );

@@ -63,7 +63,7 @@ from sqlalchemy import text
 
 from fbs_debitor.claims.stream import claim_rows, read_values
 from fbs_debitor.core import ledger, storage
-from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr
+from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import HOME, age_limit_range, var_dir
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.eligibility import rules as eligibility
@@ -518,17 +518,24 @@ def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
     rows = list(have.values()) + (plain_rows(claim_rows(stores.fbs, missing, today)) if missing else [])
     if not rows:
         return 0
-    gx_rows, details = _page_frame(rows, today)
+    try:
+        payload, error = _payload(*_page_frame(rows, today)), None
+    except Exception as exc:   # noqa: BLE001 - the page's claims still go; the checks fail naming it
+        first, last = min(wanted), max(wanted)
+        payload, error = "", mask_cprs_in(f"liabilities {first}-{last} ({len(rows)}): {type(exc).__name__}: {exc}")[:2000]
+        log.exception("the checks' frame of a page could not be derived (%s); its claims go on, data_quality "
+                      "will fail naming it", error)
     with stores.ledger.begin() as conn:
-        conn.execute(text("INSERT INTO check_batch (run_id, page_id, row_count, frame) VALUES (:r, :p, :n, :f)"),
-                     {"r": run_id, "p": ledger.ordered_id(time.time_ns(), 0), "n": len(rows),
-                      "f": _payload(gx_rows, details)})
+        conn.execute(text("INSERT INTO check_batch (run_id, page_id, row_count, frame, error) "
+                          "VALUES (:r, :p, :n, :f, :e)"),
+                     {"r": run_id, "p": ledger.ordered_id(time.time_ns(), 0), "n": len(rows), "f": payload, "e": error})
     return len(rows)
 
 
-def staged_frames(ledger_engine, run_id: str):
-    """The run's staged pages as (frame, details), in the order they were written."""
-    query = text("SELECT page_id, frame FROM check_batch WHERE run_id = :r AND page_id > :after "
+def staged_frames(ledger_engine, run_id: str, errors: list[str]):
+    """The run's staged pages as (frame, details), in the order they were written; a page that
+    could not be prepared adds its error to ``errors`` instead."""
+    query = text("SELECT page_id, frame, error FROM check_batch WHERE run_id = :r AND page_id > :after "
                  "ORDER BY page_id LIMIT 1")
     after = ""
     while True:
@@ -537,7 +544,17 @@ def staged_frames(ledger_engine, run_id: str):
         if row is None:
             return
         after = row.page_id
+        if row.error:
+            errors.append(row.error)
+            continue
         yield _unframe(row.frame)
+
+
+def unchecked(ledger_engine, run_id: str) -> bool:
+    """True while the run's checks have not finished: pages its sending kept for them are still
+    there (data_quality failed, or has not run). Their findings are then not the run's to resolve."""
+    with ledger_engine.connect() as conn:
+        return conn.execute(text("SELECT 1 FROM check_batch WHERE run_id = :r"), {"r": run_id}).first() is not None
 
 
 def drop_staged(ledger_engine, run_id: str) -> int:
@@ -590,8 +607,9 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
     seen_at = ledger.now()
     result = DQResult()
     clock = time.perf_counter()
-    parts, details = [], []
-    pages = staged_frames(stores.ledger, run_id) if staged else _read_pages(stores, run_id, today, page_size, scope)
+    parts, details, unprepared = [], [], []
+    pages = (staged_frames(stores.ledger, run_id, unprepared) if staged
+             else _read_pages(stores, run_id, today, page_size, scope))
     for gx_rows, page_details in pages:
         parts.append(gx_rows)
         details.append(page_details)
@@ -643,6 +661,9 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
                 subject=f"L{int(liability_id)}", message=_message(code, row.masked_cpr)))
             result.per_check[code] += 1
     result.findings = ledger.upsert_findings(stores.ledger, run_id, findings, seen_at)
+    if unprepared:   # what was checked is recorded; the gap is an error, never a silent "no finding"
+        raise RuntimeError(f"the checks could not see {len(unprepared)} page(s) the sending looked at in run "
+                           f"{run_id}: {'; '.join(unprepared[:3])}")
     if staged:
         drop_staged(stores.ledger, run_id)
     result.seconds = {"extract_and_derive": round(extracted - clock, 1), "gx_validate_and_docs":

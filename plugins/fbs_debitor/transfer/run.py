@@ -151,7 +151,11 @@ def resolve_findings(stores: Stores, run_id: str, scope: scopes.Scope | None = N
     if not scope.is_chunk:   # a unit whose task did not get to the end decided nothing about its agencies
         held |= not_assessed(stores, run_id)
     changed = scope.changed if not scope.is_chunk else None   # incremental: decide only about the delta
-    unseen = ledger.unseen_findings(stores.ledger, run_id, dq_catalog.CHECKS, skip_agencies=held,
+    codes = set(dq_catalog.CHECKS)
+    if not scope.is_chunk and dq_checks.unchecked(stores.ledger, run_id):
+        # the run's GX checks did not finish: not seeing their findings again proves nothing
+        codes -= {*dq_checks.LIABILITY_CHECKS, dq_checks.AGENCY_CHECK}
+    unseen = ledger.unseen_findings(stores.ledger, run_id, codes, skip_agencies=held,
                                     agency_id=scope.agency_id,
                                     liabilities=changed.liability_ids if changed is not None else None,
                                     whole=changed.whole if changed is not None else ())
@@ -460,9 +464,14 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
             finish_unit(stores, run_id, unit)
         # the checks of what the sending steps found (eligibility is read once per run); the
         # sending never waited for them: they only feed the staff reports
+        checks_failed = None
         if data_quality:
-            dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id),
-                                 staged=True)
+            try:
+                dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id),
+                                     staged=True)
+            except Exception as exc:   # noqa: BLE001 - the claims went; the run ends failed naming the checks
+                log.exception("the data-quality checks failed; what was sent stands, the run ends failed")
+                checks_failed = f"data quality checks: {type(exc).__name__}: {exc}"
         else:
             dq_checks.drop_staged(stores.ledger, run_id)
         counts.update(close_delivery(stores, run_id))
@@ -470,8 +479,8 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         if sweep:
             sweep_findings(stores, run_id)
         counts_now = ledger.run_counts(stores.ledger, run_id)
-        run.failure = failure_message(agency_failures(counts_now), access_held(counts_now),
-                                      unfinished_units(stores, run_id))
+        run.failure = "; ".join(filter(None, [failure_message(agency_failures(counts_now), access_held(counts_now),
+                                                              unfinished_units(stores, run_id)), checks_failed])) or None
     return run_id, counts
 
 
