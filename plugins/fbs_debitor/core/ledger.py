@@ -11,12 +11,15 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from fbs_debitor.core import db
 from fbs_debitor.core.db import as_datetime, chunked, in_query, sql_file
 from fbs_debitor.core.identity import mask_cprs_in
 
@@ -329,16 +332,120 @@ def ordered_id(ns: int, i: int) -> str:
     return str(uuid.UUID(int=raw))
 
 
+def ordered_ids(ns: int, n: int) -> list[str]:
+    """``ordered_id(ns, i)`` for i in 0..n-1, the same layout (version 8, variant 10, 62 random
+    bits), made as text in one go: a million events' ids in about a second less."""
+    ms = f"{(ns // 1_000_000) & (2**48 - 1):012x}"
+    head = f"{ms[:8]}-{ms[8:]}-8"
+    rnd = os.urandom(8 * n).hex()
+    variant = "89ab89ab89ab89ab"       # the top two bits of the low half are 10: 8, 9, a or b
+    out = []
+    for i in range(n):
+        low = rnd[16 * i:16 * i + 16]
+        out.append(f"{head}{i & 0xFFF:03x}-{variant[int(low[0], 16)]}{low[1:4]}-{low[4:]}")
+    return out
+
+
+# --- many rows at once -----------------------------------------------------------------------------
+#
+# SQLAlchemy's executemany converts every parameter of every row (``text()``'s construct_params, and
+# on SQLite ``db._sqlite_parameters``): for a million movements and their events that was most of
+# the payments run's CPU. These two send the rows straight to the driver: on SQLite as SQLite stores
+# them (the same representation ``db`` gives every bound value), on PostgreSQL by COPY
+# (``db.bulk_insert``) or SQLAlchemy's executemany. A driver's error is raised as SQLAlchemy's
+# (IntegrityError, OperationalError, DataError, ...), as ``conn.execute`` raises it, so callers
+# tell a conflict, a value the ledger cannot hold and an unreachable database apart as before.
+
+_PLAIN = frozenset({str, int, float, type(None), bytes})
+
+
+def _sqlite_rows(rows: list[Sequence]) -> list[tuple]:
+    """The rows with every value as SQLite stores it (``db._sqlite_value``), column by column: a
+    column of plain values (text, numbers, NULL) is left as it is without a Python step per value."""
+    columns = list(zip(*rows, strict=True))
+    converted = False
+    for j, col in enumerate(columns):
+        if not set(map(type, col)) <= _PLAIN:
+            columns[j] = tuple(map(db._sqlite_value, col))  # noqa: SLF001 - db's own representation
+            converted = True
+    return list(zip(*columns, strict=True)) if converted else [tuple(r) for r in rows]
+
+
+def sql_value(conn: Connection):
+    """The function that gives a value as this connection's database is sent it by ``insert_rows``
+    and ``execute_many`` (SQLite: ``db._sqlite_value``; PostgreSQL: the value itself), for a caller
+    that converts a value once and uses it in many rows."""
+    return db._sqlite_value if conn.dialect.name == "sqlite" else _same  # noqa: SLF001
+
+
+def _same(value):
+    return value
+
+
+def _sqlite_params(params: dict) -> dict:
+    return {k: v if type(v) in _PLAIN else db._sqlite_value(v) for k, v in params.items()}  # noqa: SLF001
+
+
+@contextmanager
+def _driver_errors(conn: Connection, statement: str):
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, hide_parameters=True,
+                                  dialect=conn.dialect) from exc
+
+
+def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
+    """``INSERT INTO table (columns)`` of every row (tuples in ``columns`` order) in this
+    connection's transaction, in one go: SQLite's executemany, PostgreSQL's COPY."""
+    if not rows:
+        return 0
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+    with _driver_errors(conn, statement):
+        if conn.dialect.name != "sqlite":
+            return db.bulk_insert(conn, table, columns, rows)
+        db._check_identifiers([table, *columns])  # noqa: SLF001 - the same rule as bulk_insert's
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(statement, _sqlite_rows(rows))
+        finally:
+            cursor.close()
+    return len(rows)
+
+
+def execute_many(conn: Connection, statement: str, params: list[dict]) -> None:
+    """``conn.execute(text(statement), params)`` for many parameter sets (``:name`` parameters,
+    a fixed statement of the caller's), on SQLite without SQLAlchemy's per-row work."""
+    if not params:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(text(statement), params)
+        return
+    with _driver_errors(conn, statement):
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(statement, [_sqlite_params(p) for p in params])
+        finally:
+            cursor.close()
+
+
+_EVENT_COLUMNS = ("event_id", "liability_id", "occurred_at", "kind", "message_key", "run_id", "detail", "seq")
+
+
 def add_events(conn: Connection, rows: Iterable[tuple[int, str, str | None, str | None]], run_id: str,
                at: dt.datetime) -> None:
     """Append to the audit trail (M2). ``seq`` orders events within the same second (nanoseconds
-    since the epoch when written, plus the row's place in the call)."""
+    since the epoch when written, plus the row's place in the call). One bulk insert
+    (``insert_rows``) however many events."""
+    rows = list(rows)
+    if not rows:
+        return
     base = time.time_ns()
-    params = [{"e": ordered_id(base, i), "l": lid, "t": at, "k": kind, "m": key,
-               "r": run_id, "d": detail, "s": base + i} for i, (lid, kind, key, detail) in enumerate(rows)]
-    if params:
-        conn.execute(text("INSERT INTO event (event_id, liability_id, occurred_at, kind, message_key, run_id, detail, "
-                          "seq) VALUES (:e, :l, :t, :k, :m, :r, :d, :s)"), params)
+    ids = ordered_ids(base, len(rows))
+    t = sql_value(conn)(at)                    # once, not per row
+    insert_rows(conn, "event", _EVENT_COLUMNS,
+                [(ids[i], lid, t, kind, key, run_id, detail, base + i) for i, (lid, kind, key, detail) in enumerate(rows)])
 
 
 def update_settlement(conn: Connection, liability_ids: list[int]) -> None:
