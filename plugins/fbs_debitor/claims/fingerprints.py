@@ -154,8 +154,9 @@ def keyed(*parts, secret: bytes | None = None) -> str:
     that cannot occur in them."""
     # (surrogatepass: a value FBS held as bytes that are not UTF-8 is read with lone surrogates;
     # it is printed as it is, never a crash, and valid text encodes as plain UTF-8)
-    message = "\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass")
-    return hmac.new(secret or key(), message, hashlib.sha256).hexdigest()
+    message = "\x1f".join(["" if p is None else str(p) for p in parts]).encode("utf-8", "surrogatepass")
+    # (hmac.digest: the one-shot HMAC in C, the same value as hmac.new(...).hexdigest())
+    return hmac.digest(secret or key(), message, "sha256").hex()
 
 
 def identity_print(ident_kind: str, ident_number: str, resp_kind: str, resp_number: str,

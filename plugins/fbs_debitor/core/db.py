@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from decimal import Decimal
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 
 import psycopg
@@ -39,6 +39,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 from sqlalchemy import bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
 from fbs_debitor.core.identity import mask_cprs_in
@@ -97,8 +98,9 @@ def make_engine(url: str | URL, schema: str) -> Engine:
     return engine
 
 
-def _decode_text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
+# SQLite's text_factory: called for every text value read, so a C callable, no Python frame per value
+# (a page of claim rows is a million values).
+_decode_text = partial(str, encoding="utf-8", errors="surrogateescape")
 
 
 class _TolerantLoader(Loader):
@@ -369,15 +371,38 @@ def _sqlite_value(value):
     return value
 
 
+# Values SQLite binds as they are: most of what a statement binds. Only the others are converted.
+_PLAIN = frozenset({str, int, float, type(None), bytes})
+
+
+def _sqlite_one(params):
+    """One statement's bound values as SQLite stores them: the same object when nothing needs
+    converting (a look at each value's exact type; a subclass, e.g. a bool, is converted)."""
+    plain = _PLAIN
+    if isinstance(params, dict):
+        for v in params.values():
+            if type(v) not in plain:
+                return {k: v if type(v) in plain else _sqlite_value(v) for k, v in params.items()}
+        return params
+    for v in params:
+        if type(v) not in plain:
+            return tuple(v if type(v) in plain else _sqlite_value(v) for v in params)
+    return params
+
+
+def bound_value(bind: Engine | Connection, value):
+    """``value`` as the database behind ``bind`` is given it: on SQLite what ``_sqlite_parameters``
+    would make of it (ISO text, text for an amount, 0/1), elsewhere the value itself. For a value
+    many rows of one bulk write share (a timestamp), converted once instead of once per row."""
+    return _sqlite_value(value) if _is_sqlite(bind) else value
+
+
 def _sqlite_parameters(conn, cursor, statement, parameters, context, executemany):
     """``before_cursor_execute`` on SQLite engines: every bound value as SQLite stores it, for one
     statement (a tuple or dict of values) or many (a list of them)."""
-    def one(params):
-        if isinstance(params, dict):
-            return {k: _sqlite_value(v) for k, v in params.items()}
-        return tuple(_sqlite_value(v) for v in params)
-
-    return statement, ([one(p) for p in parameters] if executemany else one(parameters))
+    if executemany:
+        return statement, [_sqlite_one(p) for p in parameters]
+    return statement, _sqlite_one(parameters)
 
 
 def is_timestamp(bind: Engine | Connection, column: str) -> str:
@@ -447,6 +472,59 @@ def bulk_insert(conn: Connection, table: str, columns: Sequence[str], rows: Iter
             copy.write_row(row)
             n += 1
     return n
+
+
+# --- many rows, straight to the driver ------------------------------------------------------------
+# SQLAlchemy's executemany works on every row (``text()``'s construct_params; on SQLite
+# ``_sqlite_parameters``). A bulk write whose values are already as the database binds them
+# (``bound_value`` for the few that are not plain: a timestamp shared by the rows, an amount) can
+# skip that: these two hand the rows to the driver as they are. A driver's error is raised as
+# SQLAlchemy's (IntegrityError, OperationalError, ...), parameters hidden, as ``conn.execute`` does.
+
+@contextmanager
+def _as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, hide_parameters=True,
+                                  dialect=conn.dialect) from exc
+
+
+def execute_rows(conn: Connection, statement: str, rows: list[dict]) -> None:
+    """``conn.execute(text(statement), rows)`` (``:name`` parameters, a fixed statement of the
+    caller's) in this connection's transaction; on SQLite the rows go to the driver as they are,
+    so each value must be one SQLite binds as it is (``bound_value``)."""
+    if not rows:
+        return
+    if not _is_sqlite(conn):
+        conn.execute(text(statement), rows)
+        return
+    with _as_sqlalchemy_errors(conn, statement):
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(statement, rows)
+        finally:
+            cursor.close()
+
+
+def insert_bound_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
+    """``INSERT INTO table (columns)`` of every row (tuples in ``columns`` order) in this
+    connection's transaction: COPY on PostgreSQL (``bulk_insert``), on SQLite one executemany of
+    the rows as they are (each value one SQLite binds as it is: ``bound_value``)."""
+    if not rows:
+        return 0
+    _check_identifiers([table, *columns])
+    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
+    with _as_sqlalchemy_errors(conn, statement):
+        if not _is_sqlite(conn):
+            return bulk_insert(conn, table, columns, rows)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(statement, rows)
+        finally:
+            cursor.close()
+    return len(rows)
 
 
 @contextmanager

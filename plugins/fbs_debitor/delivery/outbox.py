@@ -71,7 +71,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import chunked, in_query, keyset_pages
+from fbs_debitor.core.db import bound_value, chunked, execute_rows, in_query, insert_bound_rows, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -112,9 +112,16 @@ def message_key(liability_id: int, version: int = CREATE_VERSION) -> str:
 
 def fingerprint(account: Account) -> str:
     """SHA-256 of the canonical XML of one claim's debtor account: what the message says."""
+    return printed(account)[0]
+
+
+def printed(account: Account) -> tuple[str, etree._Element]:
+    """``fingerprint`` and the Debitorkonto element it was taken from (``messages.build_batches``
+    can put the batch together from those instead of writing every account twice)."""
     holder = etree.Element("x")
     mapping.account_element(holder, account)
-    return hashlib.sha256(etree.tostring(holder[0], method="c14n")).hexdigest()
+    element = holder[0]
+    return hashlib.sha256(etree.tostring(element, method="c14n")).hexdigest(), element
 
 
 def agency_list(agencies: Collection[str] | None) -> list[str] | None:
@@ -164,23 +171,31 @@ class Tracked:
     source_print: str
 
 
-def tracked(account: Account, row, secret: bytes) -> Tracked:
+def tracked(account: Account, row, secret: bytes, written: dict | None = None) -> Tracked:
+    """``written`` (liability id -> element): where to keep the element the fingerprint was taken
+    from (``printed``)."""
     ident, resp = account.identification, account.responsible
-    return Tracked(fingerprint(account),
+    print_, element = printed(account)
+    if written is not None:
+        written[account.claims[0].liability_id] = element
+    return Tracked(print_,
                    fingerprints.identity_print(ident.id_kind, ident.number, resp.id_kind, resp.number, secret),
                    fingerprints.source_print(row, secret))
 
 
-# The outbox's writes, built once: per batch one executemany or one set-based statement each
-# (IN lists of at most IN_CHUNK), never a statement per claim.
+# The outbox's writes on the sending path: per batch one bulk insert, one executemany or one
+# set-based statement each (IN lists of at most IN_CHUNK), never a statement per claim. Rows with
+# values of their own go to the driver as they are, their values made as the database binds them
+# once (``bound_value``; ``db.insert_bound_rows`` / ``db.execute_rows``: no SQLAlchemy work per row).
 IN_CHUNK = 2000        # ids per IN list
-_RECORD_CLAIMS = text("INSERT INTO claim (liability_id, agency_id, fordring_id, state, current_version, "
-                      "first_run_id, created_at, updated_at, generation, debtor_amount, debtor_status, "
-                      "identity_print, source_print, fbs_status, checked_at) "
-                      "VALUES (:l, :a, :f, 'pending', :v, :r, :t, :t, 0, :m, 'live', :ip, :sp, 'open', :t)")
-_RECORD_MESSAGES = text("INSERT INTO outbox (message_key, liability_id, version, operation, fordring_id, fingerprint, "
-                        "state, attempts, run_id, last_run_id, created_at, change_kind, amount) "
-                        "VALUES (:k, :l, :v, :o, :f, :p, 'pending', 0, :r, :r, :t, 'create', :m)")
+_CLAIM_COLUMNS = ("liability_id", "agency_id", "fordring_id", "state", "current_version", "first_run_id", "created_at",
+                  "updated_at", "generation", "debtor_amount", "debtor_status", "identity_print", "source_print",
+                  "fbs_status", "checked_at")
+_MESSAGE_COLUMNS = ("message_key", "liability_id", "version", "operation", "fordring_id", "fingerprint", "state",
+                    "attempts", "run_id", "last_run_id", "created_at", "change_kind", "amount")
+# (a state change is one statement per IN list, not an executemany of one row each: on SQLite each
+# statement opens a cursor on the table and on every index it writes, a per-row cost the IN list
+# pays once)
 _MARK_MESSAGES_SENT = in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
                                "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
 _MARK_CLAIMS_SENT = in_query("UPDATE claim SET state = 'sent', updated_at = :t "
@@ -192,14 +207,17 @@ def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prin
     what the debtor system is being told (amount, live, parties' prints) for the change detection."""
     at = ledger.now()
     with ledger_engine.begin() as conn:
+        t = bound_value(conn, at)      # once for every row
         claims = [c for a in batch.accounts for c in a.claims]
-        conn.execute(_RECORD_CLAIMS, [
-            {"l": c.liability_id, "a": c.agency_id, "f": c.fordring_id, "v": CREATE_VERSION, "r": run_id, "t": at,
-             "m": c.amount, "ip": prints[c.liability_id].identity_print, "sp": prints[c.liability_id].source_print}
+        amounts = {c.liability_id: bound_value(conn, c.amount) for c in claims}
+        insert_bound_rows(conn, "claim", _CLAIM_COLUMNS, [
+            (c.liability_id, c.agency_id, c.fordring_id, "pending", CREATE_VERSION, run_id, t, t, 0,
+             amounts[c.liability_id], "live", prints[c.liability_id].identity_print,
+             prints[c.liability_id].source_print, "open", t)
             for c in claims])
-        conn.execute(_RECORD_MESSAGES, [
-            {"k": message_key(c.liability_id), "l": c.liability_id, "v": CREATE_VERSION, "o": CREATE,
-             "f": c.fordring_id, "p": prints[c.liability_id].fingerprint, "r": run_id, "t": at, "m": c.amount}
+        insert_bound_rows(conn, "outbox", _MESSAGE_COLUMNS, [
+            (message_key(c.liability_id), c.liability_id, CREATE_VERSION, CREATE, c.fordring_id,
+             prints[c.liability_id].fingerprint, "pending", 0, run_id, run_id, t, "create", amounts[c.liability_id])
             for c in claims])
         add_events(conn, [(c.liability_id, "recorded", message_key(c.liability_id),
                         f"{CREATE} {c.fordring_id}, transaction {batch.transaction_id}") for c in claims], run_id, at)
@@ -218,9 +236,9 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
 
 
 # Step 4's statements (executemany where each message has its own values).
-_ACCEPT_MESSAGES = text("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
-                        "last_error = NULL, error_code = NULL, last_run_id = :r "
-                        "WHERE message_key = :k AND state IN ('pending', 'sent')")
+_ACCEPT_MESSAGES = ("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
+                    "last_error = NULL, error_code = NULL, last_run_id = :r "
+                    "WHERE message_key = :k AND state IN ('pending', 'sent')")
 _ACCEPT_CLAIMS = in_query("UPDATE claim SET state = 'accepted', updated_at = :t "
                           "WHERE liability_id IN :ids AND state IN ('pending', 'sent')", "ids")
 _REJECT_MESSAGES = text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
@@ -256,8 +274,10 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
                      "p": prints.get(r.key), "op": CREATE}
                     for r in by_key.values() if not r.accepted]
         missing = [{"k": k, "r": run_id} for f, (k, _) in keys.items() if f not in by_key]
-        if accepted:     # the reference differs per message (executemany); the claims' state is one set
-            conn.execute(_ACCEPT_MESSAGES, accepted)
+        if accepted:     # the reference differs per message (executemany, rows straight to the driver);
+            # the claims' state is one set
+            t = bound_value(conn, at)
+            execute_rows(conn, _ACCEPT_MESSAGES, [{**p, "t": t} for p in accepted])
             for part in chunked(sorted({p["l"] for p in accepted}), IN_CHUNK):
                 conn.execute(_ACCEPT_CLAIMS, {"t": at, "ids": part})
         if rejected:
@@ -486,16 +506,18 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
     accounts: list[Account] = []
     prints: dict[int, Tracked] = {}
     rows: dict[int, object] = {}
+    written: dict[int, etree._Element] = {}     # each claim's account element, written once (fingerprint, batch)
     for row, built in items:
         if lost & set(built.new_replacement_cprs):
             counts[(agency_id, "deferred", "I1")] += 1     # another number won the race: rebuilt next run
             continue
         accounts.append(built.account)
-        prints[row.liability_id] = tracked(built.account, row, secret)
+        prints[row.liability_id] = tracked(built.account, row, secret, written)
         rows[row.liability_id] = row
     errors: list[messages.InvalidMessage] = []
     batched: set[int] = set()
-    for batch in messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors):
+    for batch in messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors,
+                                        written=written):
         batched.update(batch.liability_ids)
         if link.down:
             counts[(agency_id, "deferred", "outage")] += len(batch.liability_ids)

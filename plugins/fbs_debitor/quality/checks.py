@@ -503,7 +503,7 @@ def _unframe(text_: str):
 
 def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
     """The checks' part of one page of a sending step (``claims.stream.Page``), kept in the
-    ledger's ``check_batch`` (0016) for the run's data_quality step: the frame of every liability
+    ledger's ``check_batch`` (0015) for the run's data_quality step: the frame of every liability
     of the page not already sent, derived from its claim rows as they are before the page is
     sent (a replacement CPR the sending then writes to FBS does not hide the I1 warning). The
     eligible liabilities' rows are the ones the page read to build them; only the rest (blocked,

@@ -1,4 +1,4 @@
--- Ledger 0016: the batch the run's checks look at, as the sending steps found it (issue 19).
+-- Ledger 0015: the batch the run's checks look at, as the sending steps found it (issue 19).
 --
 -- Eligibility is read once per run: each municipality's `build_and_send` decides, page by page,
 -- which liabilities the run looks at (eligibility.iter_verdicts through claims.stream) and reads
