@@ -12,12 +12,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from fbs_debitor.core import db
 from fbs_debitor.core.db import as_datetime, chunked, in_query, sql_file
@@ -356,17 +354,14 @@ def ordered_ids(ns: int, n: int) -> list[str]:
 # (IntegrityError, OperationalError, DataError, ...), as ``conn.execute`` raises it, so callers
 # tell a conflict, a value the ledger cannot hold and an unreachable database apart as before.
 
-_PLAIN = frozenset({str, int, float, type(None), bytes})
-
-
 def _sqlite_rows(rows: list[Sequence]) -> list[tuple]:
     """The rows with every value as SQLite stores it (``db._sqlite_value``), column by column: a
     column of plain values (text, numbers, NULL) is left as it is without a Python step per value."""
     columns = list(zip(*rows, strict=True))
     converted = False
     for j, col in enumerate(columns):
-        if not set(map(type, col)) <= _PLAIN:
-            columns[j] = tuple(map(db._sqlite_value, col))  # noqa: SLF001 - db's own representation
+        if not set(map(type, col)) <= db._PLAIN:  # noqa: SLF001 - db's own representation
+            columns[j] = tuple(map(db._sqlite_value, col))  # noqa: SLF001
             converted = True
     return list(zip(*columns, strict=True)) if converted else [tuple(r) for r in rows]
 
@@ -382,52 +377,22 @@ def _same(value):
     return value
 
 
-def _sqlite_params(params: dict) -> dict:
-    return {k: v if type(v) in _PLAIN else db._sqlite_value(v) for k, v in params.items()}  # noqa: SLF001
-
-
-@contextmanager
-def _driver_errors(conn: Connection, statement: str):
-    dbapi = conn.dialect.loaded_dbapi
-    try:
-        yield
-    except dbapi.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, dbapi.Error, hide_parameters=True,
-                                  dialect=conn.dialect) from exc
-
-
 def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
-    """``INSERT INTO table (columns)`` of every row (tuples in ``columns`` order) in this
-    connection's transaction, in one go: SQLite's executemany, PostgreSQL's COPY."""
+    """``INSERT INTO table (columns)`` of every row (tuples in ``columns`` order, any values) in
+    this connection's transaction, in one go (``db.insert_bound_rows``: SQLite's executemany,
+    PostgreSQL's COPY), the values converted column by column only where they need it."""
     if not rows:
         return 0
-    statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608
-    with _driver_errors(conn, statement):
-        if conn.dialect.name != "sqlite":
-            return db.bulk_insert(conn, table, columns, rows)
-        db._check_identifiers([table, *columns])  # noqa: SLF001 - the same rule as bulk_insert's
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            cursor.executemany(statement, _sqlite_rows(rows))
-        finally:
-            cursor.close()
-    return len(rows)
+    return db.insert_bound_rows(conn, table, columns, _sqlite_rows(rows) if conn.dialect.name == "sqlite" else rows)
 
 
 def execute_many(conn: Connection, statement: str, params: list[dict]) -> None:
     """``conn.execute(text(statement), params)`` for many parameter sets (``:name`` parameters,
-    a fixed statement of the caller's), on SQLite without SQLAlchemy's per-row work."""
-    if not params:
-        return
-    if conn.dialect.name != "sqlite":
-        conn.execute(text(statement), params)
-        return
-    with _driver_errors(conn, statement):
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            cursor.executemany(statement, [_sqlite_params(p) for p in params])
-        finally:
-            cursor.close()
+    a fixed statement of the caller's, any values), on SQLite without SQLAlchemy's per-row work
+    (``db.execute_rows``)."""
+    if conn.dialect.name == "sqlite":
+        params = [db._sqlite_one(p) for p in params]  # noqa: SLF001 - db's own representation
+    db.execute_rows(conn, statement, params)
 
 
 _EVENT_COLUMNS = ("event_id", "liability_id", "occurred_at", "kind", "message_key", "run_id", "detail", "seq")

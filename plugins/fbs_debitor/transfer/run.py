@@ -78,15 +78,19 @@ def _problem_finding(p: Problem, branch_id: str | None) -> ledger.Finding:
 
 def assess_eligibility(stores: Stores, run_id: str, page_size: int | None = None,
                        on_page: Callable[[claim_stream.Page], Counter] | None = None,
-                       scope: scopes.Scope | None = None, unit: Unit | None = None) -> Counter:
+                       scope: scopes.Scope | None = None, unit: Unit | None = None,
+                       checks: bool = True) -> Counter:
     """Stream every in-scope liability's verdict and build the eligible ones; record blocked ones
     as findings and the run's counts. ``on_page`` (delivery) gets each page after it is counted and
     may return more counts. The scope is the run's (default: the hourly run's; with ``unit``, that
     unit's agencies only, and only their counts are replaced). Returns the counts
-    (agency, category, rule) -> n; every agency of the scope is then marked assessed in this run."""
+    (agency, category, rule) -> n; every agency of the scope is then marked assessed in this run.
+    In the hourly scope each page's frame for the run's GX checks is kept first (``checks``,
+    ``quality.checks.stage_page``: eligibility is read once per run); a run without the checks
+    (``run_transfer(data_quality=False)``) keeps none."""
     seen_at = ledger.now()
     today = dt.date.today()
-    staging = scope is None   # the hourly run's checks read the batch this step found (check_batch)
+    staging = checks and scope is None   # the hourly run's checks read the batch this step found (check_batch)
     if scope is None:   # the hourly run's: of the unit, and only what changed when the run has a window
         mine = unit.agencies if unit else None
         scope = scopes.hourly(stores.ledger, agencies=mine, changed=delta.changes(stores, run_id, mine))
@@ -309,7 +313,7 @@ def _units(stores: Stores, unit: Unit | None) -> list[Unit]:
 
 def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
             page_size: int | None = None, scope: scopes.Scope | None = None, link=None,
-            unit: Unit | None = None) -> Counter:
+            unit: Unit | None = None, checks: bool = True) -> Counter:
     """Assess, build and send the new claims of the run's scope page by page (what earlier runs
     left unconfirmed goes first: ``resend_unconfirmed``). ``link`` may carry a send-rate limit.
     Returns the assessment's counts.
@@ -330,13 +334,14 @@ def deliver(stores: Stores, client, run_id: str, batch_size: int | None = None,
     counts: Counter = Counter()
     for u in _units(stores, unit):
         with exclusive(stores.ledger, "sending", part=u.lock):
-            counts.update(_deliver_scope(stores, client, run_id, size, page_size, None, link or delivery.Link(), u))
+            counts.update(_deliver_scope(stores, client, run_id, size, page_size, None, link or delivery.Link(), u,
+                                         checks))
     return counts
 
 
 def _deliver_scope(stores: Stores, client, run_id: str, size: int, page_size: int | None,
-                   scope: scopes.Scope | None, link, unit: Unit | None) -> Counter:
-    counts = assess_eligibility(stores, run_id, page_size, scope=scope, unit=unit,
+                   scope: scopes.Scope | None, link, unit: Unit | None, checks: bool = True) -> Counter:
+    counts = assess_eligibility(stores, run_id, page_size, scope=scope, unit=unit, checks=checks,
                                 on_page=lambda page: _deliver_page(stores, client, run_id, page, size, link))
     if link.down:
         where = f" for {unit.label}" if unit else ""
@@ -456,7 +461,7 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         counts: Counter = Counter()
         for unit in unit_list.units(stores.fbs):
             try:
-                counts.update(send_unit(stores, client, run_id, unit, batch_size))
+                counts.update(send_unit(stores, client, run_id, unit, batch_size, checks=data_quality))
             except Exception:   # noqa: BLE001 - one municipality's crash: logged, named at the end, the rest go on
                 log.exception("municipality %s: its sending stopped with an unexpected error; the other "
                               "municipalities go on", unit.label)
@@ -527,11 +532,12 @@ def sweep_findings(stores: Stores, run_id: str) -> dict[str, int]:
     return dict(sorted(per_agency.items()))
 
 
-def send_unit(stores: Stores, client, run_id: str, unit: Unit, batch_size: int | None = None) -> Counter:
+def send_unit(stores: Stores, client, run_id: str, unit: Unit, batch_size: int | None = None,
+              checks: bool = True) -> Counter:
     """One unit's whole sending, as the DAG's mapped tasks do it: unconfirmed first, the new
     claims, then the changes."""
     resend_unconfirmed(stores, client, run_id, batch_size, unit=unit)
-    counts = deliver(stores, client, run_id, batch_size, unit=unit)
+    counts = deliver(stores, client, run_id, batch_size, unit=unit, checks=checks)
     keep_claims_true(stores, client, run_id, batch_size, unit=unit)
     return counts
 
