@@ -39,7 +39,7 @@ from fbs_debitor.delivery import access, outbox, rejections, send_rate, servicep
 from fbs_debitor.eligibility import delta
 from fbs_debitor.eligibility.cut_off import waiting_backfills
 from fbs_debitor.payments import apply as payments
-from fbs_debitor.payments import inbox
+from fbs_debitor.payments import inbound_service, inbox
 from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import checks as dq_checks
 from fbs_debitor.quality import digest, mailer
@@ -681,9 +681,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inbound"]:
-        # The inbound service has its own parser and settings (payments.inbound_service.main);
-        # imported here: its web framework is no other command's start-up cost.
-        from fbs_debitor.payments import inbound_service
-
+        # The inbound service has its own parser and settings (payments.inbound_service.main).
         return inbound_service.main(argv[1:])
     return run_command(build_parser(), argv)

@@ -142,6 +142,11 @@ def url_for(kind: str | None, host: str | None = None, port: int | None = None, 
     raise ValueError(f"connection {name!r}: type {kind!r} is not supported (use postgres or sqlite)")
 
 
+def embedded(bind: Engine | Connection) -> bool:
+    """True on the embedded default (SQLite): for the few callers outside this module that tune it."""
+    return _is_sqlite(bind)
+
+
 def _is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
 

@@ -370,7 +370,7 @@ def sql_value(conn: Connection):
     """The function that gives a value as this connection's database is sent it by ``insert_rows``
     and ``execute_many`` (SQLite: ``db._sqlite_value``; PostgreSQL: the value itself), for a caller
     that converts a value once and uses it in many rows."""
-    return db._sqlite_value if conn.dialect.name == "sqlite" else _same  # noqa: SLF001
+    return db._sqlite_value if db.embedded(conn) else _same  # noqa: SLF001
 
 
 def _same(value):
@@ -383,14 +383,14 @@ def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list
     PostgreSQL's COPY), the values converted column by column only where they need it."""
     if not rows:
         return 0
-    return db.insert_bound_rows(conn, table, columns, _sqlite_rows(rows) if conn.dialect.name == "sqlite" else rows)
+    return db.insert_bound_rows(conn, table, columns, _sqlite_rows(rows) if db.embedded(conn) else rows)
 
 
 def execute_many(conn: Connection, statement: str, params: list[dict]) -> None:
     """``conn.execute(text(statement), params)`` for many parameter sets (``:name`` parameters,
     a fixed statement of the caller's, any values), on SQLite without SQLAlchemy's per-row work
     (``db.execute_rows``)."""
-    if conn.dialect.name == "sqlite":
+    if db.embedded(conn):
         params = [db._sqlite_one(p) for p in params]  # noqa: SLF001 - db's own representation
     db.execute_rows(conn, statement, params)
 

@@ -435,7 +435,7 @@ def file_transaction(ledger_engine: Engine):
     """``ledger_engine.begin()`` for one payment file's transaction, on SQLite with the settings
     above (the commit, and the checkpoint it may start, included)."""
     with ledger_engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
+        if not db.embedded(conn):
             with conn.begin():
                 yield conn
             return

@@ -61,7 +61,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from fbs_debitor.claims.stream import claim_rows, read_values
+from fbs_debitor.claims.stream import claim_rows, plain_rows, read_values
 from fbs_debitor.core import ledger, storage
 from fbs_debitor.core.identity import birth_date_from_cpr, check_cpr, check_cvr, mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import HOME, age_limit_range, var_dir
@@ -508,8 +508,6 @@ def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
     sent (a replacement CPR the sending then writes to FBS does not hide the I1 warning). The
     eligible liabilities' rows are the ones the page read to build them; only the rest (blocked,
     waiting) are read here. Returns the rows kept."""
-    from fbs_debitor.claims.stream import plain_rows
-
     wanted = set(batch_ids(page.verdicts))
     if not wanted:
         return 0
@@ -660,6 +658,11 @@ def run_checks(stores: Stores, run_id: str, today: dt.date | None = None, data_d
                 branch_id=row.branch_id, patron_id=int(row.patron_id), liability_id=int(liability_id),
                 subject=f"L{int(liability_id)}", message=_message(code, row.masked_cpr)))
             result.per_check[code] += 1
+    if staged:   # the sending step already recorded these this run, with its own (fuller) message
+        with stores.ledger.connect() as conn:
+            seen = {r[0] for r in conn.execute(text("SELECT finding_key FROM finding WHERE last_run_id = :r"),
+                                               {"r": run_id})}
+        findings = [f for f in findings if f.key not in seen]
     result.findings = ledger.upsert_findings(stores.ledger, run_id, findings, seen_at)
     if unprepared:   # what was checked is recorded; the gap is an error, never a silent "no finding"
         raise RuntimeError(f"the checks could not see {len(unprepared)} page(s) the sending looked at in run "
