@@ -103,11 +103,17 @@ def test_issue19_T1_the_hourly_run_looks_only_at_what_FBS_marked_changed_and_sen
     assert {m[0][2] for m in messages(stores).values()} == {"accepted"}
 
 
+CHECKS_WHERE = pytest.mark.parametrize("checks_process", [False, True], ids=["checks_in_process", "checks_process"])
+
+
+@CHECKS_WHERE
 def test_issue19_eligibility_is_read_once_per_run_and_the_checks_see_what_the_sending_found_I4_T6(
-        stores, emu_db, monkeypatch, tmp_path):
+        stores, emu_db, monkeypatch, tmp_path, checks_process):
     """The GX checks (data_quality) do not decide eligibility again: they check the batch each
     municipality's sending step found (``check_batch``), after the sending, and find what they
-    found before: a modulus-11 warning on a claim that went (I4), a blocked person (T6)."""
+    found before: a modulus-11 warning on a claim that went (I4), a blocked person (T6). The same
+    with the checks in the process ``python -m fbs_debitor transfer`` starts before the sending
+    (``quality.checks_process``): there the eligibility read counted is the sending's."""
     from fbs_debitor.eligibility import rules
 
     municipality(stores)
@@ -130,8 +136,10 @@ def test_issue19_eligibility_is_read_once_per_run_and_the_checks_see_what_the_se
             blocked = fr.liability(conn, fr.patron(conn, agency_id=A, cpr="3102901234", updated_at=later)["patron_id"],
                                    agency_id=A, created_at=later, updated_at=later)["liability_id"]
             conn.commit()
-        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, data_docs_dir=tmp_path / "docs")
+        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, data_docs_dir=tmp_path / "docs",
+                                 checks_process=checks_process)
     assert ledger.get_run(stores.ledger, run_id).status == "success"
+    assert (tmp_path / "docs" / "index.html").is_file()       # the Data Docs of the run, either way
     assert sorted(seen) == sorted({warned, blocked})          # each liability's eligibility read once
     with stores.ledger.connect() as conn:
         found = {(r.check_code, r.liability_id) for r in conn.execute(text(
@@ -143,8 +151,9 @@ def test_issue19_eligibility_is_read_once_per_run_and_the_checks_see_what_the_se
     assert staged == 0                                         # the staged batch is used up
 
 
+@CHECKS_WHERE
 def test_issue19_a_page_the_checks_cannot_prepare_still_goes_and_the_run_fails_naming_it_I4_kept(
-        stores, emu_db, monkeypatch, tmp_path):
+        stores, emu_db, monkeypatch, tmp_path, checks_process):
     """The checks' frame is derived in the sending step: when it cannot be, the page's claims go
     all the same, the run ends failed naming the gap (never a silent "no finding"), and the
     warnings the checks could not look at again are not resolved as if fixed."""
@@ -174,7 +183,7 @@ def test_issue19_a_page_the_checks_cannot_prepare_still_goes_and_the_run_fails_n
             raise ValueError("a value the checks cannot read")
 
         monkeypatch.setattr(checks, "_page_frame", broken)
-        second, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True)
+        second, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, checks_process=checks_process)
     run = ledger.get_run(stores.ledger, second)
     assert run.status == "failed" and "the checks could not see 1 page(s)" in run.error and "ValueError" in run.error
     assert f"FBS-{A}-{fresh}" in once_each(emu_db) and once_each(emu_db).count(f"FBS-{A}-{fresh}") == 1

@@ -127,7 +127,8 @@ def cmd_transfer(args) -> int:
 
     with _clients(stores) as client:
         run_id, _counts = run_transfer(stores, client, kind="manual", batch_size=args.batch_size,
-                                       data_docs_dir=dq_checks.data_docs_dir(), sweep=args.sweep)
+                                       data_docs_dir=dq_checks.data_docs_dir(), sweep=args.sweep,
+                                       checks_process=True)
     run = ledger.get_run(stores.ledger, run_id)
     counts = ledger.run_counts(stores.ledger, run_id)
     print(format_run(run, counts, stores.fbs))

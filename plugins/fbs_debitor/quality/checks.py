@@ -255,6 +255,16 @@ def _context(gx_dir: str, results_dir: str, data_docs_dir: str):
         "fbs_debitor_gx_results": results_dir, "fbs_debitor_data_docs": data_docs_dir})
 
 
+def prepare(data_docs_dir=None) -> None:
+    """Import GX and load the project's context and checkpoints for this Data Docs place, ahead of
+    the checks (``checks_process`` does it while the sending goes on); ``run_checks`` then finds
+    them loaded. Writes nothing."""
+    results_dir, site_dir = _local_places(data_docs_dir)
+    context = _context(str(GX_DIR), str(results_dir), str(site_dir))
+    for suite in (LIABILITY_SUITE, AGENCY_SUITE):
+        context.checkpoints.get(suite)
+
+
 @contextmanager
 def _locked(path: Path):
     """An exclusive lock between processes (one Data Docs build at a time)."""

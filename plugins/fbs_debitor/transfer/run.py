@@ -47,6 +47,7 @@ from fbs_debitor.eligibility import rules as eligibility
 from fbs_debitor.eligibility import scope as scopes
 from fbs_debitor.quality import catalog as dq_catalog
 from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.quality.checks_process import ChecksFailed, ChecksProcess
 from fbs_debitor.transfer import units as unit_list
 from fbs_debitor.transfer.units import Unit
 
@@ -442,7 +443,8 @@ def close_delivery(stores: Stores, run_id: str) -> Counter:
 
 
 def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=None, batch_size: int | None = None,
-                 data_quality: bool = True, sweep: bool = False, **run_fields) -> tuple[str, Counter]:
+                 data_quality: bool = True, sweep: bool = False, checks_process: bool = False,
+                 **run_fields) -> tuple[str, Counter]:
     """A whole delivering run outside Airflow, the same steps as the DAG (``data_quality=False``
     leaves out the GX checks, which only feed the staff reports). A cut-off moved back is recorded
     and its range left to a backfill (``python -m fbs_debitor backfill``), as in the DAG. When an
@@ -452,8 +454,24 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
 
     Like the hourly DAG it looks only at what FBS marked changed since the last run that finished
     each agency's work (``eligibility.delta``); ``sweep`` looks at everything, as debitor_sweep does
-    at night, and says what the change markers had missed."""
+    at night, and says what the change markers had missed.
 
+    ``checks_process`` (``python -m fbs_debitor transfer``): the checks run in a process started
+    before the sending (``quality.checks_process``), which imports Great Expectations meanwhile;
+    the same checks, the same results, without the import's seconds after the sending."""
+
+    with ChecksProcess(data_docs_dir) if data_quality and checks_process else _no_process() as ahead:
+        return _run_transfer(stores, client, kind, data_docs_dir, batch_size, data_quality, sweep, ahead,
+                             **run_fields)
+
+
+@contextmanager
+def _no_process() -> Iterator[None]:
+    yield None
+
+
+def _run_transfer(stores: Stores, client, kind: str, data_docs_dir, batch_size: int | None, data_quality: bool,
+                  sweep: bool, ahead: ChecksProcess | None, **run_fields) -> tuple[str, Counter]:
     with _recorded_run(stores, kind, **run_fields) as run:
         run_id = run.run_id
         cut_off.detect(stores, run_id)
@@ -472,8 +490,14 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
         checks_failed = None
         if data_quality:
             try:
-                dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir, scope=run_scope(stores, run_id),
-                                     staged=True)
+                if ahead is not None:
+                    ahead.run(stores, run_id)
+                else:
+                    dq_checks.run_checks(stores, run_id, data_docs_dir=data_docs_dir,
+                                         scope=run_scope(stores, run_id), staged=True)
+            except ChecksFailed as exc:   # the process logged it; its text names the error's kind
+                log.error("the data-quality checks failed; what was sent stands, the run ends failed: %s", exc)
+                checks_failed = f"data quality checks: {exc}"
             except Exception as exc:   # noqa: BLE001 - the claims went; the run ends failed naming the checks
                 log.exception("the data-quality checks failed; what was sent stands, the run ends failed")
                 checks_failed = f"data quality checks: {type(exc).__name__}: {exc}"

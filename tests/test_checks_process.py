@@ -1,0 +1,48 @@
+"""Issue 19: ``python -m fbs_debitor transfer`` runs the data-quality checks in a process it starts
+before the sending (``quality.checks_process``), so that importing Great Expectations overlaps the
+sending. What the checks find is the same as in one process (tests/test_incremental.py runs its
+checks tests both ways); here: what happens when that process is not needed, or fails."""
+
+from __future__ import annotations
+
+import sys
+
+import debtor
+import fbs_rows as fr
+from sqlalchemy import text
+from transfers import BATCH, once_each
+
+from fbs_debitor.core import ledger
+from fbs_debitor.quality import checks_process
+from fbs_debitor.sandbox import emulator
+from fbs_debitor.transfer.run import run_transfer
+
+A = "715100"
+
+
+def test_issue19_a_checks_process_not_asked_to_check_ends_and_writes_nothing(stores):
+    """Leaving the block without asking (the run ended first, or crashed) ends the child at once,
+    even while it still imports GX: it never touches a database (no finding written)."""
+    with checks_process.ChecksProcess(None) as ahead:
+        child = ahead._child
+    assert child.poll() is not None
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM finding")).scalar() == 0
+
+
+def test_issue19_I4_a_checks_process_that_dies_fails_the_run_naming_it_and_what_went_stands(
+        stores, emu_db, monkeypatch):
+    """A checks process that cannot start or ends without an answer: the claims the sending sent
+    stand (each once), and the run ends failed naming the checks, never a silent "no finding"."""
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, A)
+        lid = fr.liability(conn, fr.patron(conn, agency_id=A, cpr=fr.MOD11_FAIL_CPR)["patron_id"],
+                           agency_id=A)["liability_id"]
+        conn.commit()
+    monkeypatch.setattr(sys, "executable", "/bin/false")        # a child that ends at once, silent
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, checks_process=True)
+    run = ledger.get_run(stores.ledger, run_id)
+    assert run.status == "failed"
+    assert "data quality checks: the checks process ended with exit code 1 without an answer" in run.error
+    assert once_each(emu_db) == [f"FBS-{A}-{lid}"]
