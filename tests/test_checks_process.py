@@ -46,3 +46,22 @@ def test_issue19_I4_a_checks_process_that_dies_fails_the_run_naming_it_and_what_
     assert run.status == "failed"
     assert "data quality checks: the checks process ended with exit code 1 without an answer" in run.error
     assert once_each(emu_db) == [f"FBS-{A}-{lid}"]
+
+
+def test_issue19_python_m_fbs_debitor_transfer_starts_the_checks_process_first_and_the_run_takes_it_over(
+        monkeypatch):
+    """``__main__`` starts the worker before the command's imports, only for a transfer that will
+    check (not a dry run, not help, no other command); the run takes that one over instead of
+    starting a second; one never taken over is ended at exit."""
+    monkeypatch.setattr(checks_process, "_early", None)
+    for argv in (["transfer", "--dry-run"], ["assess"], ["transfer", "--help"], ["payments"]):
+        assert not checks_process.start_early(argv) and checks_process._early is None
+    assert checks_process.start_early(["-v", "transfer", "--batch-size", "50"])
+    early = checks_process._early
+    with checks_process.ChecksProcess(None) as ahead:
+        assert ahead.pid == early.pid and checks_process._early is None
+    assert early.poll() is not None
+    assert checks_process.start_early(["transfer"])
+    left = checks_process._early
+    checks_process._end_early()                 # what atexit does with one the run never took over
+    assert left.poll() is not None and checks_process._early is None

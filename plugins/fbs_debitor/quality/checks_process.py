@@ -4,28 +4,32 @@
 the sending, then the checks over what the sending looked at (``checks.run_checks(staged=True)``).
 The checks need Great Expectations, whose import alone takes seconds (about 4.4 s on a 2-core
 machine, more than the sending of an hour's change at 1M liabilities), and only after the sending.
-So the command starts this process first: it imports GX and loads the GX project while the
-sending goes on (on the machine's other core), then waits. When the sending is done the parent
-says which run to check; this process checks it exactly as the parent would have (the same
-``run_checks``, the same databases, settings and Data Docs place) and answers with the counts, or
-with the error, which then becomes the run's failure as it would in one process.
+So the command starts the checks process (``quality.checks_worker``) first, as the very first
+thing it does (``start_early``, from ``fbs_debitor.__main__``): it imports GX and loads the GX
+project while the command starts and sends (on the machine's other core), then waits. When the
+sending is done the run says which run to check; the worker checks it exactly as the run would
+have (the same ``run_checks``, the same databases, settings and Data Docs place) and answers with
+the counts, or with the error, which then becomes the run's failure as it would in one process.
 
-Nothing is checked unless the parent says so: a parent that ends first kills it, and one that is
-killed closes the pipe, on which this process exits; neither touches a database. It reads the ledger and writes findings
-only while the parent waits for its answer, so the two never write at the same time.
+Nothing is checked unless the run asks: a run that ends first kills the worker, and one that is
+killed closes the pipe, on which the worker exits; neither touches a database. The worker reads
+the ledger and writes findings only while the run waits for its answer, so the two never write at
+the same time.
 
-The conversation, one JSON line each way, on the child's standard input and output (its standard
-error is the parent's, for its log lines):
+This module is the run's side and imports only the standard library, so that ``__main__`` can
+start the worker before it imports anything else. The conversation, one JSON line each way, on the
+worker's standard input and output (its standard error is the run's, for its log lines):
 
-* parent -> child at start: ``{"log_level": int, "log_format": str, "data_docs_dir": str | null}``
-* parent -> child after the sending: ``{"run_id": str, "fbs": url, "ledger": url}`` (nothing, or
+* run -> worker at start: ``{"log_level": int, "log_format": str, "data_docs_dir": str | null}``
+* run -> worker after the sending: ``{"run_id": str, "fbs": url, "ledger": url}`` (nothing, or
   end of input: no checks)
-* child -> parent: ``{"ok": true, "result": DQResult.as_dict()}`` or ``{"ok": false, "error": text}``
-  (CPR numbers masked)
+* worker -> run: ``{"ok": true, "result": DQResult.as_dict()}`` or ``{"ok": false, "error":
+  text}`` (CPR numbers masked)
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -33,45 +37,79 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fbs_debitor.core import storage
-from fbs_debitor.core.identity import mask_cprs_in
-from fbs_debitor.core.settings import DatabaseUrls
-from fbs_debitor.core.stores import Stores, open_stores
-from fbs_debitor.quality import checks
-
-log = logging.getLogger(__name__)
+WORKER = "fbs_debitor.quality.checks_worker"
+_early: subprocess.Popen | None = None
 
 
 class ChecksFailed(RuntimeError):
     """The checks process answered with an error, or ended without an answer."""
 
 
-class ChecksProcess:
-    """The checks of one run, in a child process started now (``with ChecksProcess(docs) as p:
-    ...; p.run(stores, run_id)``). Leaving the block without ``run`` ends the child unused."""
+def _spawn() -> subprocess.Popen:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env, text=True)
 
-    def __init__(self, data_docs_dir: Path | None):
-        package_root = str(Path(checks.__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self._child = subprocess.Popen([sys.executable, "-m", "fbs_debitor.quality.checks_process"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+
+def start_early(argv: list[str]) -> bool:
+    """``python -m fbs_debitor transfer`` (not ``--dry-run``, not ``--help``): start the checks
+    process now, before the command's own imports; the run's ``ChecksProcess`` takes it over. One
+    never taken over (the command was refused, or failed before its run) is killed at exit.
+    Returns whether it was started."""
+    global _early
+    words = [a for a in argv if not a.startswith("-")]
+    if _early is not None or words[:1] != ["transfer"] or {"--dry-run", "-h", "--help"} & set(argv):
+        return False
+    _early = _spawn()
+    atexit.register(_end_early)
+    return True
+
+
+def _end_early() -> None:
+    global _early
+    if _early is not None:
+        _end(_early)
+        _early = None
+
+
+def _end(child: subprocess.Popen) -> None:
+    _close(child.stdin)
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+    _close(child.stdout)
+
+
+class ChecksProcess:
+    """The checks of one run in the worker process (``with ChecksProcess(docs) as p: ...;
+    p.run(stores, run_id)``): the one ``start_early`` started, else one started now. Leaving the
+    block without ``run`` ends it unused."""
+
+    def __init__(self, data_docs_dir):
+        global _early
+        self._child, _early = (_early, None) if _early is not None else (_spawn(), None)
         root = logging.getLogger()
         fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt),
                    logging.BASIC_FORMAT)
         self._say({"log_level": root.getEffectiveLevel(), "log_format": fmt,
                    "data_docs_dir": str(data_docs_dir) if data_docs_dir is not None else None})
 
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
     def _say(self, message: dict) -> None:
         try:
             self._child.stdin.write(json.dumps(message) + "\n")
             self._child.stdin.flush()
         except (BrokenPipeError, OSError):
-            pass   # the child is gone: run() says so
+            pass   # the worker is gone: run() says so
 
-    def run(self, stores: Stores, run_id: str) -> dict:
-        """Check run ``run_id`` (its staged pages) in the child; its DQResult as a dict. Raises
-        ChecksFailed with the child's error (or its exit code when it gave no answer)."""
+    def run(self, stores, run_id: str) -> dict:
+        """Check run ``run_id`` (its staged pages) in the worker; its DQResult as a dict. Raises
+        ChecksFailed with the worker's error (or its exit code when it gave no answer)."""
         self._say({"run_id": run_id, "fbs": _url(stores.fbs), "ledger": _url(stores.ledger)})
         _close(self._child.stdin)
         answer = self._child.stdout.readline()
@@ -84,14 +122,10 @@ class ChecksProcess:
         return reply["result"]
 
     def close(self) -> None:
-        """End the child. Not asked to check (or no longer waited for: the parent was interrupted),
+        """End the worker. Not asked to check (or no longer waited for: the run was interrupted),
         it is killed: it writes nothing before it is asked, and a check cut short leaves the run's
         staged pages in place, so the run's findings are not resolved as if fixed."""
-        _close(self._child.stdin)
-        if self._child.poll() is None:
-            self._child.kill()
-            self._child.wait()
-        self._child.stdout.close()
+        _end(self._child)
 
     def __enter__(self) -> ChecksProcess:
         return self
@@ -104,47 +138,8 @@ def _close(pipe) -> None:
     try:
         pipe.close()
     except OSError:
-        pass   # the child is gone (a broken pipe on the last flush)
+        pass   # the worker is gone (a broken pipe on the last flush)
 
 
 def _url(engine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-def _answer(out, message: dict) -> None:
-    out.write(json.dumps(message) + "\n")
-    out.flush()
-
-
-def main() -> int:
-    """The child: prepare GX, wait for the run to check, check it, answer."""
-    answers = sys.stdout
-    sys.stdout = sys.stderr          # anything a library prints goes to the log, not into the answer
-    start = sys.stdin.readline()
-    if not start:
-        return 0
-    first = json.loads(start)
-    logging.basicConfig(level=first["log_level"], format=first["log_format"])
-    docs = storage.at(first["data_docs_dir"]) if first["data_docs_dir"] else None
-    try:
-        checks.prepare(docs)
-    except Exception:   # noqa: BLE001 - reported when asked, as the check itself would raise it
-        log.debug("preparing the GX context failed; the checks will say why", exc_info=True)
-    order = sys.stdin.readline()
-    if not order.strip():
-        return 0                     # no checks asked for (the parent ended first)
-    order = json.loads(order)
-    stores = open_stores(DatabaseUrls(fbs=order["fbs"], ledger=order["ledger"]))
-    try:
-        result = checks.run_checks(stores, order["run_id"], data_docs_dir=docs, staged=True)
-        _answer(answers, {"ok": True, "result": result.as_dict()})
-    except Exception as exc:   # noqa: BLE001 - the parent records it as the run's failure
-        log.exception("the data-quality checks failed")
-        _answer(answers, {"ok": False, "error": mask_cprs_in(f"{type(exc).__name__}: {exc}")})
-    finally:
-        stores.dispose()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
