@@ -573,8 +573,9 @@ def test_M4_runs_at_the_same_time_keep_their_own_results_and_pages(stores, agenc
 
 def test_issue19_M4_a_staged_page_gives_the_checks_exactly_the_frame_they_would_derive(stores, agencies):
     """Eligibility is read once per run: the sending step keeps each page's frame for the run's
-    checks (``stage_page``). What comes back is the frame ``_page_frame`` derives, value for value
-    and dtype for dtype: missing dates and ids, kinds, booleans, amounts; and no full CPR."""
+    checks (``stage_page``) as plain data, without pandas (``_page_data``). What comes back is the
+    frame ``_page_frame`` derives, value for value and dtype for dtype: missing dates and ids,
+    kinds, booleans, amounts; and no full CPR."""
     from fbs_debitor.claims.stream import claim_rows, plain_rows
 
     ids = [add(agencies), add(agencies, cpr=fr.MOD11_FAIL_CPR), add(agencies, cpr=None, birth_date=None),
@@ -586,7 +587,7 @@ def test_issue19_M4_a_staged_page_gives_the_checks_exactly_the_frame_they_would_
     agencies.commit()
     rows = plain_rows(claim_rows(stores.fbs, ids, TODAY))
     frame, details = dq_checks._page_frame(rows, TODAY)
-    payload = dq_checks._payload(frame, details)
+    payload = dq_checks._payload(dq_checks._page_data(rows, TODAY))
     back, back_details = dq_checks._unframe(payload)
     import pandas as pd
 

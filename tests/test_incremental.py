@@ -182,7 +182,7 @@ def test_issue19_a_page_the_checks_cannot_prepare_still_goes_and_the_run_fails_n
         def broken(rows, today):
             raise ValueError("a value the checks cannot read")
 
-        monkeypatch.setattr(checks, "_page_frame", broken)
+        monkeypatch.setattr(checks, "_page_data", broken)
         second, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, checks_process=checks_process)
     run = ledger.get_run(stores.ledger, second)
     assert run.status == "failed" and "the checks could not see 1 page(s)" in run.error and "ValueError" in run.error

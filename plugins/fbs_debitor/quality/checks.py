@@ -124,88 +124,161 @@ class DQResult:
                 "blocked_agencies": self.blocked_agencies, "data_docs": self.data_docs, "seconds": self.seconds}
 
 
-def _page_frame(rows, today: dt.date):
-    """One page of claim rows as (the GX frame's rows, the finding details by liability id).
+def _page_data(rows, today: dt.date) -> dict:
+    """One page of claim rows as the checks' data: ``{"frame": {column: values}, "details":
+    {column: values}}``, plain Python (``_frames`` makes the two frames of it; a sending step keeps
+    it as it is, ``stage_page``, without importing pandas).
 
-    Identifiers are read here and only their verdicts leave: the second frame (agency, branch,
-    patron, masked CPR for the message) never goes to GX.
+    Identifiers are read here and only their verdicts leave: the details (agency, branch,
+    patron, masked CPR for the message) never go to GX.
 
     Amounts and dates are read one row at a time, as the claims are built (``read_values``): one
     that cannot be read as it is becomes a gap in the frame (GX passes over it) and is the claim
     building's finding (F2, I1) for that liability alone, never an error for the page. A patron
     group's liability is described by the group itself: it never goes (T4), so its named
-    responsible patron's data is not checked as if it were the debtor's."""
+    responsible patron's data is not checked as if it were the debtor's.
+
+    Values as the frame holds them: dates as microseconds since 1970 (``_NAT`` for none), numbers
+    as floats (NaN for none or not a number), kinds as their text (None for none)."""
+    low, high = age_limit_range()
+    frame: dict[str, list] = {c: [] for c in LIABILITY_COLUMNS}
+    details: dict[str, list] = {c: [] for c in _DETAIL_COLUMNS}
+    checked: dict[str, object] = {}     # each distinct number once (a patron's recurs on all their liabilities)
+    births: dict[str, dt.date | None] = {}
+    parts = []
+    for row in rows:
+        group = row.b_kind == "group"
+        values = read_values(row)[0]
+        cpr = "" if group else _text(row.d_cpr).strip()
+        repl = "" if group else _text(row.d_replacement_cpr).strip()
+        cvr = "" if group else _text(row.d_cvr)
+        if cpr and cpr not in checked:
+            checked[cpr] = check_cpr(cpr, today)
+            births[cpr] = birth_date_from_cpr(cpr)
+        if repl and repl not in births:
+            births[repl] = birth_date_from_cpr(repl)
+        parts.append((row, group, values, cpr, repl, cvr))
+    company_cvrs = {cvr for row, group, _v, _c, _r, cvr in parts if not group and row.d_kind == "company"}
+    cvr_valid = {v: check_cvr(v).ok for v in company_cvrs}
+    for row, group, values, cpr, repl, cvr in parts:
+        debtor_kind = "group" if group else row.d_kind
+        usable = bool(cpr) and checked[cpr].ok
+        birth = _moment(None if group else values["d_birth_date"])
+        if birth is None and cpr:
+            birth = _moment(births[cpr])
+        if birth is None and repl:   # a child known only by a stored replacement CPR is still a child (I1)
+            birth = _moment(births[repl])
+        created = _moment(values["created_at"])
+        age_limit = _number(row.age_limit)
+        is_minor = False
+        if debtor_kind == "person" and birth is not None and created is not None and low <= age_limit <= high:
+            age = created.year - birth.year - ((created.month, created.day) < (birth.month, birth.day))
+            is_minor = age < age_limit
+        loan = _moment(values["loan_date"])
+        reloan = _moment(values["reloan_date"])
+        amount = values["amount"]
+        for name, value in (
+                ("liability_id", int(row.liability_id)),
+                ("liability_kind", _kind(row.kind)),
+                ("borrower_kind", _kind(row.b_kind)),
+                ("debtor_kind", _kind(debtor_kind)),
+                ("debtor_patron_id", _NAN if group else _number(row.d_patron_id)),
+                ("guardian_patron_id", _NAN if group else _number(row.g_patron_id)),
+                ("debtor_vendor", _kind(row.debtor_vendor)),
+                ("replacement_cpr_enabled", bool(row.replacement_cpr_enabled)),
+                ("has_cpr", cpr != ""),
+                ("cpr_usable", usable),
+                ("cpr_passes_modulus_11", not (usable and bool(checked[cpr].warning))),
+                ("has_replacement_cpr", repl != ""),
+                ("has_birth_date", not group and row.d_birth_date is not None),
+                ("guardian_has_cpr", not group and _text(row.g_cpr).strip() != ""),
+                ("is_minor", is_minor),
+                ("cvr_valid", cvr_valid.get(cvr, False)),
+                ("has_ean_or_p_number", not group and (row.d_ean is not None or row.d_p_number is not None)),
+                ("amount", float(amount) if amount is not None else _NAN),
+                # F3 as the builder computes it: a compensation's founding date is the re-loan or
+                # loan date and its due date the loan's due date; a fee's due date is its founding
+                # date (the day after the loan's due date) plus the payment term, so it can never
+                # come first.
+                ("founding_date", _micros(reloan if reloan is not None else loan)),
+                ("due_date", _micros(_moment(values["due_date"]))),
+                ("created_date", _micros(dt.datetime.combine(created.date(), dt.time()) if created is not None else None)),
+                ("loan_date", _micros(loan))):
+            frame[name].append(value)
+        # the patron whose data must be fixed: the group itself for a group (T4), else the debtor
+        debtor = None if group else row.d_patron_id
+        for name, value in (("liability_id", int(row.liability_id)), ("agency_id", str(row.agency_id)),
+                            ("branch_id", row.b_branch_id),
+                            ("patron_id", int(debtor if debtor is not None else row.b_patron_id)),
+                            ("masked_cpr", mask_cpr(cpr) if cpr else "")):
+            details[name].append(value)
+    return {"frame": frame, "details": details}
+
+
+_NAN = float("nan")
+_NAT = -(2 ** 63)                    # numpy's NaT as int64
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _kind(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value) -> float:
+    """A number as a float; NaN for none, or for a value that is not a number (SQLite keeps text
+    in any column)."""
+    if value is None or isinstance(value, bool):
+        return _NAN if value is None else float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _NAN
+
+
+def _moment(value) -> dt.datetime | None:
+    """A date or timestamp already read (``read_values``) as a naive datetime; None for none."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+    return dt.datetime.combine(value, dt.time())
+
+
+def _micros(value: dt.datetime | None) -> int:
+    if value is None:
+        return _NAT
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _frames(data: dict):
+    """The GX frame and the finding details (by liability id) of a page's data (``_page_data``):
+    dates at microseconds (which hold every date a claim can carry, years 1-9998), kinds as
+    categoricals."""
+    import numpy as np
     import pandas as pd
 
-    df = pd.DataFrame.from_records(rows, columns=list(rows[0]._fields))  # callers pass a non-empty page
-    values = pd.DataFrame.from_records([read_values(row)[0] for row in rows], index=df.index,
-                                       columns=["amount", "created_at", "loan_date", "due_date", "reloan_date",
-                                                "d_birth_date"])
-    group = df["b_kind"].eq("group")
-    debtor_kind = df["d_kind"].where(~group, "group")
-    person = debtor_kind.eq("person")
-    company = debtor_kind.eq("company")
-    cpr = df["d_cpr"].where(~group).map(_text).str.strip()
-    has_cpr = cpr.ne("")
-    # Each distinct number is checked once (a patron's number recurs on all their liabilities).
-    checks = {v: check_cpr(v, today) for v in cpr[has_cpr].unique()}
-    cpr_usable = cpr.map(lambda v: bool(v) and checks[v].ok)
-    cpr_mod11_warn = cpr.map(lambda v: bool(v) and checks[v].ok and bool(checks[v].warning))
-    repl = df["d_replacement_cpr"].where(~group).map(_text).str.strip()
-    has_repl = repl.ne("")
+    columns = {}
+    for name in LIABILITY_COLUMNS:
+        values = data["frame"][name]
+        if name in _DATES:
+            columns[name] = pd.Series(np.array(values, dtype="int64").view("datetime64[us]"))
+        elif name in _CATEGORICAL:
+            columns[name] = pd.Series(values, dtype=object).astype("str").astype("category")
+        else:
+            columns[name] = pd.Series(values, dtype=_EMPTY_DTYPES[name])
+    frame = pd.DataFrame(columns, columns=list(LIABILITY_COLUMNS))
+    d = data["details"]
+    details = pd.DataFrame({"liability_id": pd.Series(d["liability_id"], dtype="int64"),
+                            "agency_id": pd.Series(d["agency_id"], dtype=object),
+                            "branch_id": pd.Series(d["branch_id"], dtype=object),
+                            "patron_id": pd.Series(d["patron_id"], dtype="int64"),
+                            "masked_cpr": pd.Series(d["masked_cpr"], dtype=object)})
+    return frame, details
 
-    cvrs = df["d_cvr"].where(~group).map(_text)
-    cvr_valid = {v: check_cvr(v).ok for v in cvrs[company].unique()}
-    births_from_cpr = {v: birth_date_from_cpr(v) for v in checks}
-    births_from_repl = {v: birth_date_from_cpr(v) for v in repl[has_repl].unique()}
-    birth = _dates(values["d_birth_date"].where(~group))
-    birth = birth.fillna(_dates(cpr.map(births_from_cpr)))
-    # A child known only by a stored replacement CPR is still a child (I1: it encodes the birth date).
-    birth = birth.fillna(_dates(repl.map(births_from_repl)))
-    created = _dates(values["created_at"])
-    age = created.dt.year - birth.dt.year - ((created.dt.month * 100 + created.dt.day)
-                                             < (birth.dt.month * 100 + birth.dt.day)).astype(int)
-    low, high = age_limit_range()
-    age_limit = pd.to_numeric(df["age_limit"], errors="coerce")
-    sane_limit = age_limit.between(low, high)   # C3 agencies are held whole instead
-    loan_date = _dates(values["loan_date"])
 
-    gx_rows = pd.DataFrame({
-        "liability_id": df["liability_id"].astype("int64"),
-        "liability_kind": df["kind"].astype("str").astype("category"),
-        "borrower_kind": df["b_kind"].astype("str").astype("category"),
-        "debtor_kind": debtor_kind.astype("str").astype("category"),
-        "debtor_patron_id": pd.to_numeric(df["d_patron_id"].where(~group), errors="coerce").astype("float64"),
-        "guardian_patron_id": pd.to_numeric(df["g_patron_id"].where(~group), errors="coerce").astype("float64"),
-        "debtor_vendor": df["debtor_vendor"].astype("str").astype("category"),
-        "replacement_cpr_enabled": df["replacement_cpr_enabled"].astype(bool),
-        "has_cpr": has_cpr,
-        "cpr_usable": cpr_usable.astype(bool),
-        "cpr_passes_modulus_11": ~cpr_mod11_warn.astype(bool),
-        "has_replacement_cpr": has_repl,
-        "has_birth_date": df["d_birth_date"].where(~group).notna(),
-        "guardian_has_cpr": df["g_cpr"].where(~group).map(_text).str.strip().ne(""),
-        "is_minor": person & birth.notna() & sane_limit & (age < age_limit),
-        "cvr_valid": cvrs.map(lambda v: cvr_valid.get(v, False)).astype(bool),
-        "has_ean_or_p_number": df["d_ean"].where(~group).notna() | df["d_p_number"].where(~group).notna(),
-        "amount": values["amount"].map(lambda v: float(v) if v is not None else None).astype("float64"),
-        # F3 as the builder computes it: a compensation's founding date is the re-loan or loan
-        # date and its due date the loan's due date; a fee's due date is its founding date (the
-        # day after the loan's due date) plus the payment term, so it can never come first.
-        "founding_date": _dates(values["reloan_date"]).fillna(loan_date),
-        "due_date": _dates(values["due_date"]),
-        "created_date": created.dt.normalize(),
-        "loan_date": loan_date,
-    }, columns=list(LIABILITY_COLUMNS))
-    details = pd.DataFrame({
-        "liability_id": gx_rows["liability_id"],
-        "agency_id": df["agency_id"].astype(str),
-        "branch_id": df["b_branch_id"],
-        # the patron whose data must be fixed: the group itself for a group (T4), else the debtor
-        "patron_id": df["d_patron_id"].where(~group).fillna(df["b_patron_id"]).astype("int64"),
-        "masked_cpr": cpr.map(lambda v: mask_cpr(v) if v else ""),
-    })
-    return gx_rows, details
+def _page_frame(rows, today: dt.date):
+    """One page of claim rows as (the GX frame's rows, the finding details by liability id)."""
+    return _frames(_page_data(rows, today))
 
 
 def _text(value) -> str:
@@ -213,14 +286,6 @@ def _text(value) -> str:
     if value is None or isinstance(value, float) and value != value:    # None, or NaN where pandas masked it
         return ""
     return value if isinstance(value, str) else "<not text>"
-
-
-def _dates(values):
-    """Dates and timestamps already read (``read_values``, ``birth_date_from_cpr``), or None, as a
-    datetime64 column at microseconds, which holds every date a claim can carry (years 1-9998)."""
-    import pandas as pd
-
-    return pd.to_datetime(values, errors="coerce").astype("datetime64[us]")
 
 
 def _concat(parts):
@@ -463,52 +528,20 @@ def batch_ids(verdicts) -> list[int]:
     return [v.liability_id for v in verdicts if v.category != eligibility.ALREADY_SENT]
 
 
-def _payload(gx_rows, details) -> str:
-    """A page's frame and details as text, exactly: dates as their microseconds (NaT too),
-    floats with their NaN, kinds as their text (``_unframe`` gives the same frames back)."""
+def _payload(data: dict) -> str:
+    """A page's data (``_page_data``) as text, exactly (``_unframe`` gives its frames back)."""
     import json
     import zlib
 
-    columns = {}
-    for name in LIABILITY_COLUMNS:
-        col = gx_rows[name]
-        if name in _DATES:
-            columns[name] = col.to_numpy(dtype="datetime64[us]").view("int64").tolist()
-        elif name in _CATEGORICAL:
-            columns[name] = col.astype(object).where(col.notna(), None).tolist()
-        else:
-            columns[name] = col.tolist()
-    data = {"frame": columns, "details": {c: details[c].astype(object).where(details[c].notna(), None).tolist()
-                                          for c in _DETAIL_COLUMNS}}
     return base64.b64encode(zlib.compress(json.dumps(data).encode("utf-8"), 6)).decode("ascii")
 
 
 def _unframe(text_: str):
-    """(frame, details) of a staged page, with the dtypes ``_page_frame`` gives."""
+    """(frame, details) of a staged page, as ``_page_frame`` gives them."""
     import json
     import zlib
 
-    import numpy as np
-    import pandas as pd
-
-    data = json.loads(zlib.decompress(base64.b64decode(text_)))
-    columns = {}
-    for name in LIABILITY_COLUMNS:
-        values = data["frame"][name]
-        if name in _DATES:
-            columns[name] = pd.Series(np.array(values, dtype="int64").view("datetime64[us]"))
-        elif name in _CATEGORICAL:
-            columns[name] = pd.Series(values, dtype=object).astype("str").astype("category")
-        else:
-            columns[name] = pd.Series(values, dtype=_EMPTY_DTYPES[name])
-    frame = pd.DataFrame(columns, columns=list(LIABILITY_COLUMNS))
-    d = data["details"]
-    details = pd.DataFrame({"liability_id": pd.Series(d["liability_id"], dtype="int64"),
-                            "agency_id": pd.Series(d["agency_id"], dtype=object),
-                            "branch_id": pd.Series(d["branch_id"], dtype=object),
-                            "patron_id": pd.Series(d["patron_id"], dtype="int64"),
-                            "masked_cpr": pd.Series(d["masked_cpr"], dtype=object)})
-    return frame, details
+    return _frames(json.loads(zlib.decompress(base64.b64decode(text_))))
 
 
 def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
@@ -527,7 +560,7 @@ def stage_page(stores: Stores, run_id: str, page, today: dt.date) -> int:
     if not rows:
         return 0
     try:
-        payload, error = _payload(*_page_frame(rows, today)), None
+        payload, error = _payload(_page_data(rows, today)), None
     except Exception as exc:   # noqa: BLE001 - the page's claims still go; the checks fail naming it
         first, last = min(wanted), max(wanted)
         payload, error = "", mask_cprs_in(f"liabilities {first}-{last} ({len(rows)}): {type(exc).__name__}: {exc}")[:2000]
