@@ -16,7 +16,8 @@ SELECT l.agency_id,
        END      AS rule,
        COUNT(*) AS n
 FROM liability l
-JOIN agency a ON a.agency_id = l.agency_id
-WHERE {universe}
+CROSS JOIN agency a   -- SQLite: liability first, so a run's delta is read by its ids, not by walking each agency's index
+WHERE a.agency_id = l.agency_id
+  AND {universe}
   AND NOT (l.status = 'open' AND {t1} AND NOT {held})
 GROUP BY 1, 2

@@ -67,7 +67,11 @@ class Scope:
                           scope_to=self.to_date)
         elif self.agencies:
             names = [f":scope_unit_{i}" for i in range(len(self.agencies))]
-            universe = f"(l.agency_id IN ({', '.join(names)}))"
+            # With a delta, the unit's agencies are a filter, not the way in: written so that no
+            # index serves them (``|| ''``), the plan starts from the delta (its ids: the primary
+            # key) instead of walking each agency's whole liability index (0.2 s per agency at 1M).
+            column = "l.agency_id || ''" if self.changed is not None else "l.agency_id"
+            universe = f"({column} IN ({', '.join(names)}))"
             params.update({f"scope_unit_{i}": a for i, a in enumerate(self.agencies)})
         else:
             universe = "(1 = 1)"
