@@ -89,6 +89,7 @@ import errno
 import hashlib
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -356,7 +357,7 @@ class NotThisUnit(Exception):
 
 def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, run_id: str,
                at: dt.datetime, agencies: Iterable[str] | None = None, sorting: Sorting | None = None,
-               raw_name: str | None = None) -> Counter:
+               raw_name: str | None = None, conn: Connection | None = None) -> Counter:
     """Every movement of a valid file decided and recorded in ONE ledger transaction, or none.
     With ``agencies`` (one municipality's task), a file naming a claim of any other agency is not
     applied here (``NotThisUnit``): each claim is only ever changed under its own unit's lock.
@@ -367,51 +368,62 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     queries, every movement decided in order in memory (the rules of ``_Book.decide``), and then
     the file, all its movements, each touched claim's sums (one row per claim, however many
     movements touched it), their balance and settlement, the reversals' marks and the audit trail
-    are written with one statement each: a file costs the same dozen statements whatever it holds."""
+    are written with one statement each: a file costs the same dozen statements whatever it holds.
+
+    With ``conn`` (a connection in a transaction: ``_FileBatch``, several files in one ledger
+    transaction, this one in a savepoint of its own), the file is written there and committed with
+    the others; the caller rolls back to the savepoint if this raises."""
+    if conn is None:
+        with file_transaction(ledger_engine) as own:
+            return _apply_file(own, name, sha, parsed, run_id, at, agencies, sorting, raw_name)
+    return _apply_file(conn, name, sha, parsed, run_id, at, agencies, sorting, raw_name)
+
+
+def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_id: str, at: dt.datetime,
+                agencies: Iterable[str] | None, sorting: Sorting | None, raw_name: str | None) -> Counter:
     counts: Counter = Counter()
-    with file_transaction(ledger_engine) as conn:
-        book = _Book(conn, parsed.movements)
-        if sorting is not None:
-            fids = [m.fordring_id for m in parsed.movements]
-            known = {f: a for f, (_lid, a) in book.replaced.items()}
-            known.update({f: c.agency_id for f, c in book.claims.items()})
-            if not sorting.mine_known(raw_name or name, fids, known):
-                raise Elsewhere(name)
-        if agencies is not None:
-            others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
-            if others:
-                raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
-        rows, audited = [], []
-        value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
-        t = value(at)
-        days: dict[dt.date, object] = {}
-        for m in parsed.movements:
-            prior = book.known.get(m.movement_id)
-            if prior is not None:
-                if prior.movement.same_as(m):
-                    counts["movements_again"] += 1
-                    continue
-                raise Conflict(f"movement {m.movement_id} was delivered before with other content (FordringID, "
-                               "kind, amount, date or reference)")
-            state, reason, lid, agency = book.decide(m)
-            book.known[m.movement_id] = _Known(m, state, lid)
-            day = days.get(m.booked_on)
-            if day is None:
-                day = days[m.booked_on] = value(m.booked_on)
-            rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
-                         value(m.amount), day, m.reference_id, state, reason, run_id, t, t))
-            counts[state] += 1
-            if lid is not None:
-                audited.append((m, state, reason, lid))
-        events = [(lid, f"payment_{state}", None, detail) for (_m, state, _r, lid), detail
-                  in zip(audited, _event_details([(m, r) for m, _s, r, _l in audited], name), strict=True)]
-        conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
-                          "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
-                     {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
-                      "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
-        _insert_movements(conn, rows)
-        _save_claims(book)
-        add_events(conn, events, run_id, at)
+    book = _Book(conn, parsed.movements)
+    if sorting is not None:
+        fids = [m.fordring_id for m in parsed.movements]
+        known = {f: a for f, (_lid, a) in book.replaced.items()}
+        known.update({f: c.agency_id for f, c in book.claims.items()})
+        if not sorting.mine_known(raw_name or name, fids, known):
+            raise Elsewhere(name)
+    if agencies is not None:
+        others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
+        if others:
+            raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
+    rows, audited = [], []
+    value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
+    t = value(at)
+    days: dict[dt.date, object] = {}
+    for m in parsed.movements:
+        prior = book.known.get(m.movement_id)
+        if prior is not None:
+            if prior.movement.same_as(m):
+                counts["movements_again"] += 1
+                continue
+            raise Conflict(f"movement {m.movement_id} was delivered before with other content (FordringID, "
+                           "kind, amount, date or reference)")
+        state, reason, lid, agency = book.decide(m)
+        book.known[m.movement_id] = _Known(m, state, lid)
+        day = days.get(m.booked_on)
+        if day is None:
+            day = days[m.booked_on] = value(m.booked_on)
+        rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
+                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t))
+        counts[state] += 1
+        if lid is not None:
+            audited.append((m, state, reason, lid))
+    events = [(lid, f"payment_{state}", None, detail) for (_m, state, _r, lid), detail
+              in zip(audited, _event_details([(m, r) for m, _s, r, _l in audited], name), strict=True)]
+    conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
+                      "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
+                 {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
+                  "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
+    _insert_movements(conn, rows)
+    _save_claims(book)
+    add_events(conn, events, run_id, at)
     return counts
 
 
@@ -792,19 +804,137 @@ def ingest_rest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | Non
     return done
 
 
+# --- several files in one ledger transaction -------------------------------------------------------
+#
+# Each file in its own ledger transaction wrote, at its commit, every page it changed: the claims'
+# rows and the movement and event indexes by claim are scattered over the ledger, so a file of
+# 1,000 movements wrote about 1,000 pages of each to the WAL (16 MB at a million movements), and the
+# next file wrote most of the same pages again. ``_files`` therefore applies a step's files in
+# batches: ONE ledger transaction for up to ``BATCH_MOVEMENTS`` movements (or ``BATCH_SECONDS``),
+# each file in a savepoint of its own, so a page several files change is written once per batch.
+# What a file is promised does not change:
+#
+# * all or nothing, file by file: a file whose handling fails in the batch is rolled back to its
+#   savepoint (the files before it stay), the batch is committed, and the file is then handled on
+#   its own exactly as before (``ingest_file``: quarantined, left in the inbox, or applied);
+# * exactly once: a file is moved to the archive only after the commit that holds it. A crash
+#   before the commit leaves every file of the batch in the inbox and none of them applied; one
+#   after it leaves applied files that the next run recognises by their SHA-256 and only moves out;
+# * anything but the plain case (the file cannot be read, was delivered before, is not valid, is
+#   not this step's, fails) goes the single-file way after the batch is committed, so no other
+#   connection writes the ledger while the batch holds its transaction;
+# * a commit that fails (the ledger unreachable, locked, full) leaves the batch's files in the
+#   inbox, named, for the next run, as a file whose own commit failed was left before.
+BATCH_MOVEMENTS = 20_000
+BATCH_SECONDS = 5.0        # (an SQLite ledger has one writer: others wait at most about this long)
+
+
 def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
            sorting: Sorting | None) -> tuple[Counter, list[str]]:
     done: Counter = Counter()
     left: list[str] = []
-    for name in names:
+    names = list(names)
+    start = 0
+    while start < len(names):
+        start = _file_batch(stores, inbox, names, start, run_id, at, sorting, done, left)
+    return done, left
+
+
+def _file_batch(stores: Stores, inbox: Inbox, names: list[str], start: int, run_id: str, at: dt.datetime,
+                sorting: Sorting | None, done: Counter, left: list[str]) -> int:
+    """The files from ``names[start]`` on in one ledger transaction (above), until the batch is full
+    or a file must be handled on its own (after the commit); returns where the next batch starts."""
+    limit = max_file_bytes()
+    applied: list[tuple[str, Counter]] = []
+    alone: str | None = None
+    trying: str | None = None
+    i = start
+    try:
+        with file_transaction(stores.ledger) as conn:
+            _begin(conn)
+            began, n = time.monotonic(), 0
+            while i < len(names) and n < BATCH_MOVEMENTS and time.monotonic() - began < BATCH_SECONDS:
+                trying = names[i]
+                i += 1
+                counts = _in_batch(conn, stores, inbox, trying, run_id, at, sorting, limit)
+                if counts is None:
+                    alone, trying = names[i - 1], None
+                    break
+                if counts.get("files_elsewhere"):
+                    done += counts
+                else:
+                    applied.append((trying, counts))
+                    n += counts[APPLIED] + counts[HELD] + counts["movements_again"]
+                trying = None
+    except Exception as exc:               # the transaction or its commit: none of the batch is applied
+        why = _error_text(exc)
+        for name, _counts in applied:
+            log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
+            left.append(f"{shown(name)} ({why})")
+            done["files_left"] += 1
+        applied = []
+        if trying is not None:             # (the one being tried: on its own, as any other)
+            alone = trying
+        elif alone is None and i == start:  # nothing taken (the transaction never began): on its own
+            alone, i = names[start], start + 1
+    for name, counts in applied:
         try:
-            done += ingest_file(stores, inbox, name, run_id, at, sorting)
+            inbox.archive(name)
         except Exception as exc:
             why = _error_text(exc)
             log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
             left.append(f"{shown(name)} ({why})")
             done["files_left"] += 1
-    return done, left
+            continue
+        log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", shown(name),
+                 counts[APPLIED], counts[HELD], counts["movements_again"])
+        done += Counter({"files_applied": 1, **counts})
+    if alone is not None:
+        try:
+            done += ingest_file(stores, inbox, alone, run_id, at, sorting)
+        except Exception as exc:
+            why = _error_text(exc)
+            log.error("payment file %s left in the inbox for the next run: %s", shown(alone), why)
+            left.append(f"{shown(alone)} ({why})")
+            done["files_left"] += 1
+    return i
+
+
+def _begin(conn: Connection) -> None:
+    """The batch's transaction begun by a write before its first savepoint: SQLite's Python driver
+    begins one only at a write, and a savepoint outside a transaction would be a transaction of its
+    own (its release a commit)."""
+    conn.exec_driver_sql(_STAGE_CREATE)
+    conn.exec_driver_sql(f"DELETE FROM {_STAGE}")  # noqa: S608 - a fixed name
+
+
+def _in_batch(conn: Connection, stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime,
+              sorting: Sorting | None, limit: int) -> Counter | None:
+    """One file applied in the batch's transaction, in a savepoint of its own: its counts; or
+    ``files_elsewhere`` (not this step's: nothing written); or None: anything but the plain case,
+    for ``ingest_file`` to handle on its own once the batch is committed (nothing of it written)."""
+    try:
+        data = inbox.read(name, limit)
+        sha = hashlib.sha256(data).hexdigest()
+        parsed = parse(data)
+    except Exception:                      # (not taken, gone, too large, unreadable, not valid)
+        return None
+    try:
+        with conn.begin_nested():
+            if conn.execute(text("SELECT 1 FROM payment_file WHERE sha256 = :s"), {"s": sha}).first() is not None:
+                return None                # delivered before (perhaps earlier in this batch)
+            return apply_file(stores.ledger, shown(name), sha, parsed, run_id, at,
+                              agencies=sorting.unit.agencies if sorting is not None and sorting.unit else None,
+                              sorting=sorting, raw_name=name, conn=conn)
+    except Elsewhere:
+        return Counter({"files_elsewhere": 1})
+    except NotThisUnit as exc:             # a claim of another municipality appeared since it was sorted
+        log.warning("payment file %s is not only this municipality's (%s): left for the run-level step",
+                    shown(name), exc)
+        return Counter({"files_elsewhere": 1})
+    except Exception as exc:
+        log.info("payment file %s is handled on its own after the batch: %s", shown(name), _error_text(exc))
+        return None
 
 
 class FilesLeft(RuntimeError):
