@@ -236,19 +236,19 @@ class _Book:
         self.reversed: dict[str, str] = {}        # movement id -> the reversal now undoing it
         _stage(conn, (m.fordring_id for m in movements),
                [m.movement_id for m in movements] + [m.reference_id for m in movements if m.reference_id])
-        for r in conn.execute(text(
+        # (statements without parameters, sent as they are: no compiling, rows as tuples)
+        for lid, agency, fid, state, amount, status, paid, off, repaid, fbs_status, settled in conn.exec_driver_sql(
                 "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "  # noqa: S608
                 "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN "
-                f"({_staged(FORDRING)})")):
-            self.claims[r.fordring_id] = _Claim(
-                r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
-                r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
-                as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
-        for r in conn.execute(text(
+                f"({_staged(FORDRING)})"):
+            self.claims[fid] = _Claim(lid, agency, fid, state, as_amount(amount) or Decimal(0), status or "live",
+                                      as_amount(paid), as_amount(off), as_amount(repaid), fbs_status,
+                                      as_date(settled))
+        for fid, lid, agency in conn.exec_driver_sql(
                 "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "  # noqa: S608
                 f"ON c.liability_id = o.liability_id WHERE o.fordring_id IN ({_staged(FORDRING)}) "
-                "AND o.fordring_id <> c.fordring_id")):
-            self.replaced[r.fordring_id] = (r.liability_id, r.agency_id)
+                "AND o.fordring_id <> c.fordring_id"):
+            self.replaced[fid] = (lid, agency)
         for r in conn.execute(text(
                 "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "  # noqa: S608
                 f"reversed_by FROM movement WHERE movement_id IN ({_staged(MOVEMENT)})")):
@@ -302,7 +302,8 @@ class _Book:
             else:
                 c.written_off += m.amount
         c.touched = True
-        c.last_booked = max(filter(None, (c.last_booked, m.booked_on)))
+        if m.booked_on and (c.last_booked is None or m.booked_on > c.last_booked):
+            c.last_booked = m.booked_on
         return APPLIED, None, c.liability_id, c.agency_id
 
     def save_claims(self) -> list[int]:
@@ -312,10 +313,11 @@ class _Book:
         touched = sorted((c for c in self.claims.values() if c.touched), key=lambda c: c.liability_id)
         if not touched:                     # (in key order: neighbouring claims share pages)
             return []
+        value = ledger.sql_value(self.conn)
         execute_many(self.conn, "UPDATE claim SET paid_amount = :p, written_off_amount = :w, repaid_amount = :r, "
                      "settled_on = :d WHERE liability_id = :l",
-                     [{"p": c.paid, "w": c.written_off, "r": c.repaid, "d": c.last_booked, "l": c.liability_id}
-                      for c in touched])
+                     [{"p": value(c.paid), "w": value(c.written_off), "r": value(c.repaid), "d": value(c.last_booked),
+                       "l": c.liability_id} for c in touched], bound=True)
         ids = [c.liability_id for c in touched]
         update_settlement_staged(self.conn, ids)
         if self.reversed:
@@ -633,17 +635,20 @@ def _owner_of(munis: Municipalities, name: str, fids: Iterable[str], known: dict
     cvr = named_cvr(name)
     named = munis.by_cvr.get(cvr, []) if cvr else []
     placed: set[Unit] = set()
+    agencies: set[str] = set()
     for fid in fids:
         agency = known.get(fid)
-        if agency is not None:               # a claim the ledger has: its agency's unit, or none at all
-            u = munis.by_agency.get(agency)
-            if u is None:
-                return None
-            placed.add(u)
+        if agency is not None:               # a claim the ledger has: its agency's unit (below)
+            agencies.add(agency)
         else:                                # not known (held): the agency its FBS form names, if any
             u = munis.by_agency.get(_agency_of(fid) or "")
             if u is not None:
                 placed.add(u)
+    for agency in agencies:                  # (each agency once, not each claim)
+        u = munis.by_agency.get(agency)
+        if u is None:                        # a claim of an agency that is no unit's: none at all
+            return None
+        placed.add(u)
     if cvr:
         if placed - set(named):
             return None
@@ -1169,14 +1174,16 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
         if applied:
             value = ledger.sql_value(conn)
             days: dict = {}
+            params = []
+            for r in sorted(applied, key=lambda r: r.liability_id):     # (liability order: pages shared)
+                day = days.get(r.booked_on)
+                if day is None:
+                    day = days[r.booked_on] = value(as_date(r.booked_on))
+                params.append({"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
+                               "a": value(as_amount(r.amount)), "b": day,
+                               "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]})
             execute_many(conn, "INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
-                         "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING",
-                         [{"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
-                           "a": value(as_amount(r.amount)),
-                           "b": days[r.booked_on] if r.booked_on in days else days.setdefault(
-                               r.booked_on, value(as_date(r.booked_on))),
-                           "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]}
-                          for r in sorted(applied, key=lambda r: r.liability_id)])   # (liability order: pages shared)
+                         "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING", params, bound=True)
             # movements released after review: their hold task is done once none of its movements is held
             released = _done_hold_task_ids(stores.ledger, conn, [r for r in applied if r.hold_reason])
             if released:
@@ -1189,8 +1196,10 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
 
 
 def _mark_written_back(conn: Connection, movement_ids: list[str], t) -> None:
-    for part in chunked(movement_ids, CHUNK):
-        conn.execute(in_query("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
+    """One UPDATE by key per movement, sent in one go (``execute_many``)."""
+    t = ledger.sql_value(conn)(t)
+    execute_many(conn, "UPDATE movement SET written_back_at = :t WHERE movement_id = :m",
+                 [{"t": t, "m": m} for m in movement_ids], bound=True)
 
 
 def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: list[str] | None = None) -> Counter:
