@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import gc
 import hashlib
 import logging
 import re
@@ -444,16 +445,20 @@ FILE_CACHE_KIB = 131072
 FILE_WAL_PAGES = 16384
 
 
+WRITE_CACHE_KIB = 32768     # FBS's connection while the write-back writes a chunk (its payment index, liabilities)
+
+
 @contextmanager
-def file_transaction(ledger_engine: Engine):
+def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB):
     """``ledger_engine.begin()`` for one payment file's transaction, on SQLite with the settings
-    above (the commit, and the checkpoint it may start, included)."""
+    above (the commit, and the checkpoint it may start, included); ``cache_kib`` the page cache
+    (the write-back's chunks use it too, on either database: ``WRITE_CACHE_KIB`` for FBS)."""
     with ledger_engine.connect() as conn:
         if not db.embedded(conn):
             with conn.begin():
                 yield conn
             return
-        conn.exec_driver_sql(f"PRAGMA cache_size = -{FILE_CACHE_KIB}")   # (the same size again: pages kept)
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{int(cache_kib)}")   # (the same size again: pages kept)
         wal = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
         conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {FILE_WAL_PAGES}")
         conn.rollback()                     # (the transaction SQLAlchemy began for the pragmas: nothing in it)
@@ -606,11 +611,11 @@ def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, s
     """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
     replaced at an increase, U1, counts as that claim's); set-based: the ids staged, two queries."""
     _stage(conn, fordring_ids)
-    out: dict[str, str] = dict(conn.execute(text(
+    out: dict[str, str] = dict(conn.exec_driver_sql(     # (no parameters: sent as they are, read as tuples)
         "SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "  # noqa: S608
-        f"WHERE o.fordring_id IN ({_staged(FORDRING)})")).all())
-    out.update(conn.execute(text(
-        f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})")).all())  # noqa: S608
+        f"WHERE o.fordring_id IN ({_staged(FORDRING)})").all())
+    out.update(conn.exec_driver_sql(
+        f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})").all())  # noqa: S608
     return out
 
 
@@ -702,7 +707,19 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
                   _error_text(exc))
     limit = max_file_bytes()
     plan: dict[str, list[str]] = {}
-    for name in found.waiting:
+    with collector_paused():
+        sorted_ = _sort_files(stores, inbox, munis, found.waiting, limit)
+    for name, whose in sorted_:
+        if whose is not None:
+            plan.setdefault(whose.lock, []).append(name)
+    return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
+
+
+def _sort_files(stores: Stores, inbox: Inbox, munis: Municipalities, names: list[str],
+                limit: int) -> list[tuple[str, Unit | None]]:
+    """Each waiting file and the municipality it belongs to (``owner``), None: no single one."""
+    out = []
+    for name in names:
         cvr = named_cvr(name)
         if cvr and len(munis.by_cvr.get(cvr, [])) == 1:
             whose = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
@@ -713,9 +730,8 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
                 whose = owner(stores.ledger, munis, name, fordring_ids(inbox.read(name, limit)))
             except (BadFile, OSError, TooLarge):
                 whose = None
-        if whose is not None:
-            plan.setdefault(whose.lock, []).append(name)
-    return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
+        out.append((name, whose))
+    return out
 
 
 @contextmanager
@@ -830,8 +846,8 @@ def ingest_rest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | Non
 #   connection writes the ledger while the batch holds its transaction;
 # * a commit that fails (the ledger unreachable, locked, full) leaves the batch's files in the
 #   inbox, named, for the next run, as a file whose own commit failed was left before.
-BATCH_MOVEMENTS = 20_000
-BATCH_SECONDS = 5.0        # (an SQLite ledger has one writer: others wait at most about this long)
+BATCH_MOVEMENTS = 25_000
+BATCH_SECONDS = 8.0        # (an SQLite ledger has one writer: others wait at most about this long)
 
 
 def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
@@ -840,9 +856,25 @@ def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.d
     left: list[str] = []
     names = list(names)
     start = 0
-    while start < len(names):
-        start = _file_batch(stores, inbox, names, start, run_id, at, sorting, done, left)
+    with collector_paused():
+        while start < len(names):
+            start = _file_batch(stores, inbox, names, start, run_id, at, sorting, done, left)
     return done, left
+
+
+@contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector paused while files are applied or written back (as it was
+    before, afterwards). What that makes, a few objects per movement, is freed by reference
+    counting as it goes; the collector walked those objects again and again as they were made
+    (about 5% of a payments run), and finds the few cycles at its next pass after this."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _file_batch(stores: Stores, inbox: Inbox, names: list[str], start: int, run_id: str, at: dt.datetime,
@@ -1153,16 +1185,17 @@ def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = WRITE_
                      "state, hold_reason, hold_task FROM movement WHERE written_back_at IS NULL AND state = 'applied' "
                      + ("AND agency_id IN :ag " if ag is not None else "")
                      + "AND movement_id > :a ORDER BY movement_id LIMIT :n", *(("ag",) if ag is not None else ()))
-    for rows in keyset_pages(stores.ledger, query, "movement_id", "",
-                             {"n": batch, **({"ag": ag} if ag is not None else {})}, after="a"):
-        done += _write_chunk(stores, rows, at)
+    with collector_paused():
+        for rows in keyset_pages(stores.ledger, query, "movement_id", "",
+                                 {"n": batch, **({"ag": ag} if ag is not None else {})}, after="a"):
+            done += _write_chunk(stores, rows, at)
     done["hold_tasks"] += hold_tasks(stores, at, batch, agencies=ag)
     return done + settle_fbs_status(stores, run_id, at, agencies=ag)
 
 
 def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     counts: Counter = Counter()
-    with stores.fbs.begin() as conn:
+    with file_transaction(stores.fbs, WRITE_CACHE_KIB) as conn:
         lids = sorted({r.liability_id for r in rows})
         present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
@@ -1190,7 +1223,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
                 conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
                              [{"t": at, "i": i} for i in released])
         counts["written_back"] = len(applied)
-    with stores.ledger.begin() as conn:
+    with file_transaction(stores.ledger) as conn:
         _mark_written_back(conn, [r.movement_id for r in applied], at)
     return counts
 
@@ -1226,14 +1259,16 @@ def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: li
 
 
 def _settle_chunk(stores: Stores, run_id: str, at: dt.datetime, close: list[int], reopen: list[int]) -> Counter:
-    with stores.fbs.begin() as conn:
+    with file_transaction(stores.fbs, WRITE_CACHE_KIB) as conn:
         closed, now_closed = _set_status(conn, close, "open", "closed", at)
         reopened, _ = _set_status(conn, reopen, "closed", "open", at)
-    with stores.ledger.begin() as conn:
-        flags = [{"l": lid, "f": True} for lid in now_closed]
-        flags += [{"l": lid, "f": False} for lid in reopen]   # no longer ours to reopen
+    with file_transaction(stores.ledger) as conn:
+        value = ledger.sql_value(conn)
+        flags = [{"l": lid, "f": value(True)} for lid in now_closed]
+        flags += [{"l": lid, "f": value(False)} for lid in reopen]   # no longer ours to reopen
         if flags:
-            conn.execute(text("UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l"), flags)
+            execute_many(conn, "UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l", flags,
+                         bound=True)
         add_events(conn, [(lid, "fbs_closed_settled", None, "paid or written off in full: closed in FBS (P2)")
                           for lid in closed]
                    + [(lid, "fbs_reopened", None, "a reversal left a balance: opened again in FBS (P2)")
