@@ -45,12 +45,14 @@ A run, step by step:
    staff get a task, and the file moves to ``quarantine/``. One that cannot be read
    (``P_UNREADABLE``) or whose handling fails in any other way (``P_FAILED``: a bug, a value the
    ledger cannot hold) is quarantined the same way, recorded under a key derived from its bytes so
-   that, put back once the cause is fixed, it is read again. A good file is applied in ONE ledger
-   transaction: the file, every movement (applied or held, with its reason), the claims' sums,
-   balance and settlement, and the audit trail; a crash anywhere in it leaves nothing. Set-based
+   that, put back once the cause is fixed, it is read again. A good file is applied all or
+   nothing: the file, every movement (applied or held, with its reason), the claims' sums,
+   balance and settlement, and the audit trail, in a savepoint of its own inside a ledger
+   transaction that several files share (``_file_batch``: a file that fails is rolled back alone
+   and then handled on its own; a crash anywhere leaves nothing of the batch). Set-based
    (issue 19): each movement is decided in order by the rules below, in memory, but the file is
-   read and written with a fixed dozen statements, however many movements it holds (``apply_file``). Then the
-   file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
+   read and written with a fixed dozen statements, however many movements it holds (``apply_file``).
+   Once the transaction that holds it is committed, the file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
    folder that cannot be written) leaves it in the inbox: the run does everything else, then fails
    with ``FilesLeft`` naming it, and the next run takes it.
 2. **held movements looked at again** (a municipality's step: its own; the rest: all): one held
@@ -137,7 +139,7 @@ FAILED, UNREADABLE = "P_FAILED", "P_UNREADABLE"       # a file: handling it fail
 LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, REVERSAL_UNKNOWN, OVERPAYMENT, REPAY_TOO_MUCH)
 TASK_KIND_MOVEMENT, TASK_KIND_FILE = "payment_held", "payment_file_quarantined"
 CHUNK = 2000
-WRITE_BATCH = 10_000         # applied movements written to FBS per transaction
+WRITE_BATCH = 25_000         # applied movements written to FBS per transaction
 
 KIND_DA = {"payment": "indbetaling", "write_off": "afskrivning", "repayment": "tilbagebetaling",
            "reversal": "tilbageførsel"}
@@ -449,10 +451,11 @@ WRITE_CACHE_KIB = 32768     # FBS's connection while the write-back writes a chu
 
 
 @contextmanager
-def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB):
+def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB, wal_pages: int = FILE_WAL_PAGES):
     """``ledger_engine.begin()`` for one payment file's transaction, on SQLite with the settings
     above (the commit, and the checkpoint it may start, included); ``cache_kib`` the page cache
-    (the write-back's chunks use it too, on either database: ``WRITE_CACHE_KIB`` for FBS)."""
+    (the write-back's chunks use it too, on either database: ``WRITE_CACHE_KIB`` for FBS),
+    ``wal_pages`` the checkpoint interval (a batch of files: ``BATCH_WAL_PAGES``)."""
     with ledger_engine.connect() as conn:
         if not db.embedded(conn):
             with conn.begin():
@@ -460,7 +463,7 @@ def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB):
             return
         conn.exec_driver_sql(f"PRAGMA cache_size = -{int(cache_kib)}")   # (the same size again: pages kept)
         wal = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
-        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {FILE_WAL_PAGES}")
+        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wal_pages)}")
         conn.rollback()                     # (the transaction SQLAlchemy began for the pragmas: nothing in it)
         try:
             with conn.begin():
@@ -846,8 +849,13 @@ def ingest_rest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | Non
 #   connection writes the ledger while the batch holds its transaction;
 # * a commit that fails (the ledger unreachable, locked, full) leaves the batch's files in the
 #   inbox, named, for the next run, as a file whose own commit failed was left before.
-BATCH_MOVEMENTS = 25_000
-BATCH_SECONDS = 8.0        # (an SQLite ledger has one writer: others wait at most about this long)
+BATCH_MOVEMENTS = 50_000
+BATCH_SECONDS = 15.0       # (an SQLite ledger has one writer: others wait at most about this long)
+# SQLite: a batch rewrites most of the claims' pages and the indexes by claim (a million movements'
+# ledger holds them in some 40,000 pages); a checkpoint after every batch copied them all into the
+# database again each time. With a checkpoint every 1 GB of WAL, a page several batches changed is
+# copied once. (What a commit guarantees is the same: ``synchronous`` stays FULL.)
+BATCH_WAL_PAGES = 262_144
 
 
 def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
@@ -887,7 +895,7 @@ def _file_batch(stores: Stores, inbox: Inbox, names: list[str], start: int, run_
     trying: str | None = None
     i = start
     try:
-        with file_transaction(stores.ledger) as conn:
+        with file_transaction(stores.ledger, wal_pages=BATCH_WAL_PAGES) as conn:
             _begin(conn)
             began, n = time.monotonic(), 0
             while i < len(names) and n < BATCH_MOVEMENTS and time.monotonic() - began < BATCH_SECONDS:
