@@ -44,6 +44,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -246,6 +247,8 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="a folder to keep the databases and files in")
     parser.add_argument("--no-floor", action="store_true", help="do not run floor_payments.py")
     parser.add_argument("--setup-only", action="store_true", help="stop after the files are written (with --keep)")
+    parser.add_argument("--reuse", default=None, help="a folder a --setup-only --keep run made (same --movements): "
+                        "copied, not set up again (the copy is run; the folder stays as it is)")
     args = parser.parse_args()
     files = args.files or max(1, args.movements // 1000)
     tmp_ctx = tempfile.TemporaryDirectory() if args.keep is None else None
@@ -256,11 +259,16 @@ def main() -> int:
         box = FolderInbox(tmp / "payments" / "inbox", own=True)
         if args.setup_only:
             return setup(args, urls, box, files)
-        # the setup in a child process, so that the peak RSS printed below is the run's own
-        subprocess.run([sys.executable, __file__, "--setup-only", "--keep", str(tmp), "--movements",
-                        str(args.movements), "--files", str(files), "--per-claim", str(args.per_claim),
-                        "--seed", str(args.seed)], check=True)
+        if args.reuse:
+            shutil.copytree(args.reuse, tmp, dirs_exist_ok=True)
+        else:
+            # the setup in a child process, so that the peak RSS printed below is the run's own
+            subprocess.run([sys.executable, __file__, "--setup-only", "--keep", str(tmp), "--movements",
+                            str(args.movements), "--files", str(files), "--per-claim", str(args.per_claim),
+                            "--seed", str(args.seed)], check=True)
         stores = open_stores(urls)
+        if args.reuse:                  # a folder set up before a newer ledger migration: brought up to date
+            init_stores(stores)
         written = json.loads((tmp / "setup.json").read_text())
         n_files, n_movements = written["files"], written["movements"]
         floor = None

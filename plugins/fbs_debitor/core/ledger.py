@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
@@ -355,26 +356,19 @@ def ordered_ids(ns: int, n: int) -> list[str]:
 # tell a conflict, a value the ledger cannot hold and an unreachable database apart as before.
 
 def _sqlite_rows(rows: list[Sequence]) -> list[tuple]:
-    """The rows with every value as SQLite stores it (``db._sqlite_value``), column by column: a
-    column of plain values (text, numbers, NULL) is left as it is without a Python step per value."""
-    columns = list(zip(*rows, strict=True))
-    converted = False
-    for j, col in enumerate(columns):
-        if not set(map(type, col)) <= db._PLAIN:  # noqa: SLF001 - db's own representation
-            columns[j] = tuple(map(db._sqlite_value, col))  # noqa: SLF001
-            converted = True
-    return list(zip(*columns, strict=True)) if converted else [tuple(r) for r in rows]
+    """The rows with every value as SQLite stores it (``db._sqlite_one``, row by row), or as they
+    are when every column holds only values SQLite binds as they are (text, numbers, NULL): a look
+    at each column's types, no Python step per value."""
+    if all(set(map(type, col)) <= db._PLAIN for col in zip(*rows, strict=True)):  # noqa: SLF001 - db's own
+        return [tuple(r) for r in rows]
+    return [db._sqlite_one(tuple(r)) for r in rows]  # noqa: SLF001 - db's own representation
 
 
 def sql_value(conn: Connection):
     """The function that gives a value as this connection's database is sent it by ``insert_rows``
-    and ``execute_many`` (SQLite: ``db._sqlite_value``; PostgreSQL: the value itself), for a caller
-    that converts a value once and uses it in many rows."""
-    return db._sqlite_value if db.embedded(conn) else _same  # noqa: SLF001
-
-
-def _same(value):
-    return value
+    and ``execute_many`` (``db.bound_value`` for this connection), for a caller that converts a
+    value once and uses it in many rows."""
+    return partial(db.bound_value, conn)
 
 
 def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
@@ -386,11 +380,12 @@ def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list
     return db.insert_bound_rows(conn, table, columns, _sqlite_rows(rows) if db.embedded(conn) else rows)
 
 
-def execute_many(conn: Connection, statement: str, params: list[dict]) -> None:
+def execute_many(conn: Connection, statement: str, params: list[dict], *, bound: bool = False) -> None:
     """``conn.execute(text(statement), params)`` for many parameter sets (``:name`` parameters,
     a fixed statement of the caller's, any values), on SQLite without SQLAlchemy's per-row work
-    (``db.execute_rows``)."""
-    if db.embedded(conn):
+    (``db.execute_rows``). ``bound``: the caller gave every value as the database binds it
+    (``sql_value``), so none is looked at again."""
+    if db.embedded(conn) and not bound:
         params = [db._sqlite_one(p) for p in params]  # noqa: SLF001 - db's own representation
     db.execute_rows(conn, statement, params)
 

@@ -45,12 +45,14 @@ A run, step by step:
    staff get a task, and the file moves to ``quarantine/``. One that cannot be read
    (``P_UNREADABLE``) or whose handling fails in any other way (``P_FAILED``: a bug, a value the
    ledger cannot hold) is quarantined the same way, recorded under a key derived from its bytes so
-   that, put back once the cause is fixed, it is read again. A good file is applied in ONE ledger
-   transaction: the file, every movement (applied or held, with its reason), the claims' sums,
-   balance and settlement, and the audit trail; a crash anywhere in it leaves nothing. Set-based
+   that, put back once the cause is fixed, it is read again. A good file is applied all or
+   nothing: the file, every movement (applied or held, with its reason), the claims' sums,
+   balance and settlement, and the audit trail, in a savepoint of its own inside a ledger
+   transaction that several files share (``_file_batch``: a file that fails is rolled back alone
+   and then handled on its own; a crash anywhere leaves nothing of the batch). Set-based
    (issue 19): each movement is decided in order by the rules below, in memory, but the file is
-   read and written with a fixed dozen statements, however many movements it holds (``apply_file``). Then the
-   file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
+   read and written with a fixed dozen statements, however many movements it holds (``apply_file``).
+   Once the transaction that holds it is committed, the file moves to ``archive/``. Only a cause outside the file (the ledger unreachable or locked, a
    folder that cannot be written) leaves it in the inbox: the run does everything else, then fails
    with ``FilesLeft`` naming it, and the next run takes it.
 2. **held movements looked at again** (a municipality's step: its own; the rest: all): one held
@@ -86,9 +88,11 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import gc
 import hashlib
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -135,7 +139,7 @@ FAILED, UNREADABLE = "P_FAILED", "P_UNREADABLE"       # a file: handling it fail
 LOOKED_AT_AGAIN = (UNKNOWN_CLAIM, UNCONFIRMED, REPLACED, REVERSAL_UNKNOWN, OVERPAYMENT, REPAY_TOO_MUCH)
 TASK_KIND_MOVEMENT, TASK_KIND_FILE = "payment_held", "payment_file_quarantined"
 CHUNK = 2000
-WRITE_BATCH = 10_000         # applied movements written to FBS per transaction
+WRITE_BATCH = 25_000         # applied movements written to FBS per transaction
 
 KIND_DA = {"payment": "indbetaling", "write_off": "afskrivning", "repayment": "tilbagebetaling",
            "reversal": "tilbageførsel"}
@@ -235,19 +239,19 @@ class _Book:
         self.reversed: dict[str, str] = {}        # movement id -> the reversal now undoing it
         _stage(conn, (m.fordring_id for m in movements),
                [m.movement_id for m in movements] + [m.reference_id for m in movements if m.reference_id])
-        for r in conn.execute(text(
+        # (statements without parameters, sent as they are: no compiling, rows as tuples)
+        for lid, agency, fid, state, amount, status, paid, off, repaid, fbs_status, settled in conn.exec_driver_sql(
                 "SELECT liability_id, agency_id, fordring_id, state, debtor_amount, debtor_status, paid_amount, "  # noqa: S608
                 "written_off_amount, repaid_amount, fbs_status, settled_on FROM claim WHERE fordring_id IN "
-                f"({_staged(FORDRING)})")):
-            self.claims[r.fordring_id] = _Claim(
-                r.liability_id, r.agency_id, r.fordring_id, r.state, as_amount(r.debtor_amount) or Decimal(0),
-                r.debtor_status or "live", as_amount(r.paid_amount), as_amount(r.written_off_amount),
-                as_amount(r.repaid_amount), r.fbs_status, as_date(r.settled_on))
-        for r in conn.execute(text(
+                f"({_staged(FORDRING)})"):
+            self.claims[fid] = _Claim(lid, agency, fid, state, as_amount(amount) or Decimal(0), status or "live",
+                                      as_amount(paid), as_amount(off), as_amount(repaid), fbs_status,
+                                      as_date(settled))
+        for fid, lid, agency in conn.exec_driver_sql(
                 "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "  # noqa: S608
                 f"ON c.liability_id = o.liability_id WHERE o.fordring_id IN ({_staged(FORDRING)}) "
-                "AND o.fordring_id <> c.fordring_id")):
-            self.replaced[r.fordring_id] = (r.liability_id, r.agency_id)
+                "AND o.fordring_id <> c.fordring_id"):
+            self.replaced[fid] = (lid, agency)
         for r in conn.execute(text(
                 "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "  # noqa: S608
                 f"reversed_by FROM movement WHERE movement_id IN ({_staged(MOVEMENT)})")):
@@ -301,7 +305,8 @@ class _Book:
             else:
                 c.written_off += m.amount
         c.touched = True
-        c.last_booked = max(filter(None, (c.last_booked, m.booked_on)))
+        if m.booked_on and (c.last_booked is None or m.booked_on > c.last_booked):
+            c.last_booked = m.booked_on
         return APPLIED, None, c.liability_id, c.agency_id
 
     def save_claims(self) -> list[int]:
@@ -311,10 +316,11 @@ class _Book:
         touched = sorted((c for c in self.claims.values() if c.touched), key=lambda c: c.liability_id)
         if not touched:                     # (in key order: neighbouring claims share pages)
             return []
+        value = ledger.sql_value(self.conn)
         execute_many(self.conn, "UPDATE claim SET paid_amount = :p, written_off_amount = :w, repaid_amount = :r, "
                      "settled_on = :d WHERE liability_id = :l",
-                     [{"p": c.paid, "w": c.written_off, "r": c.repaid, "d": c.last_booked, "l": c.liability_id}
-                      for c in touched])
+                     [{"p": value(c.paid), "w": value(c.written_off), "r": value(c.repaid), "d": value(c.last_booked),
+                       "l": c.liability_id} for c in touched], bound=True)
         ids = [c.liability_id for c in touched]
         update_settlement_staged(self.conn, ids)
         if self.reversed:
@@ -356,7 +362,7 @@ class NotThisUnit(Exception):
 
 def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, run_id: str,
                at: dt.datetime, agencies: Iterable[str] | None = None, sorting: Sorting | None = None,
-               raw_name: str | None = None) -> Counter:
+               raw_name: str | None = None, conn: Connection | None = None) -> Counter:
     """Every movement of a valid file decided and recorded in ONE ledger transaction, or none.
     With ``agencies`` (one municipality's task), a file naming a claim of any other agency is not
     applied here (``NotThisUnit``): each claim is only ever changed under its own unit's lock.
@@ -367,51 +373,62 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     queries, every movement decided in order in memory (the rules of ``_Book.decide``), and then
     the file, all its movements, each touched claim's sums (one row per claim, however many
     movements touched it), their balance and settlement, the reversals' marks and the audit trail
-    are written with one statement each: a file costs the same dozen statements whatever it holds."""
+    are written with one statement each: a file costs the same dozen statements whatever it holds.
+
+    With ``conn`` (a connection in a transaction: ``_FileBatch``, several files in one ledger
+    transaction, this one in a savepoint of its own), the file is written there and committed with
+    the others; the caller rolls back to the savepoint if this raises."""
+    if conn is None:
+        with file_transaction(ledger_engine) as own:
+            return _apply_file(own, name, sha, parsed, run_id, at, agencies, sorting, raw_name)
+    return _apply_file(conn, name, sha, parsed, run_id, at, agencies, sorting, raw_name)
+
+
+def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_id: str, at: dt.datetime,
+                agencies: Iterable[str] | None, sorting: Sorting | None, raw_name: str | None) -> Counter:
     counts: Counter = Counter()
-    with file_transaction(ledger_engine) as conn:
-        book = _Book(conn, parsed.movements)
-        if sorting is not None:
-            fids = [m.fordring_id for m in parsed.movements]
-            known = {f: a for f, (_lid, a) in book.replaced.items()}
-            known.update({f: c.agency_id for f, c in book.claims.items()})
-            if not sorting.mine_known(raw_name or name, fids, known):
-                raise Elsewhere(name)
-        if agencies is not None:
-            others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
-            if others:
-                raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
-        rows, audited = [], []
-        value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
-        t = value(at)
-        days: dict[dt.date, object] = {}
-        for m in parsed.movements:
-            prior = book.known.get(m.movement_id)
-            if prior is not None:
-                if prior.movement.same_as(m):
-                    counts["movements_again"] += 1
-                    continue
-                raise Conflict(f"movement {m.movement_id} was delivered before with other content (FordringID, "
-                               "kind, amount, date or reference)")
-            state, reason, lid, agency = book.decide(m)
-            book.known[m.movement_id] = _Known(m, state, lid)
-            day = days.get(m.booked_on)
-            if day is None:
-                day = days[m.booked_on] = value(m.booked_on)
-            rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
-                         value(m.amount), day, m.reference_id, state, reason, run_id, t, t))
-            counts[state] += 1
-            if lid is not None:
-                audited.append((m, state, reason, lid))
-        events = [(lid, f"payment_{state}", None, detail) for (_m, state, _r, lid), detail
-                  in zip(audited, _event_details([(m, r) for m, _s, r, _l in audited], name), strict=True)]
-        conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
-                          "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
-                     {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
-                      "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
-        _insert_movements(conn, rows)
-        _save_claims(book)
-        add_events(conn, events, run_id, at)
+    book = _Book(conn, parsed.movements)
+    if sorting is not None:
+        fids = [m.fordring_id for m in parsed.movements]
+        known = {f: a for f, (_lid, a) in book.replaced.items()}
+        known.update({f: c.agency_id for f, c in book.claims.items()})
+        if not sorting.mine_known(raw_name or name, fids, known):
+            raise Elsewhere(name)
+    if agencies is not None:
+        others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
+        if others:
+            raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
+    rows, audited = [], []
+    value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
+    t = value(at)
+    days: dict[dt.date, object] = {}
+    for m in parsed.movements:
+        prior = book.known.get(m.movement_id)
+        if prior is not None:
+            if prior.movement.same_as(m):
+                counts["movements_again"] += 1
+                continue
+            raise Conflict(f"movement {m.movement_id} was delivered before with other content (FordringID, "
+                           "kind, amount, date or reference)")
+        state, reason, lid, agency = book.decide(m)
+        book.known[m.movement_id] = _Known(m, state, lid)
+        day = days.get(m.booked_on)
+        if day is None:
+            day = days[m.booked_on] = value(m.booked_on)
+        rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
+                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t))
+        counts[state] += 1
+        if lid is not None:
+            audited.append((m, state, reason, lid))
+    events = [(lid, f"payment_{state}", None, detail) for (_m, state, _r, lid), detail
+              in zip(audited, _event_details([(m, r) for m, _s, r, _l in audited], name), strict=True)]
+    conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
+                      "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
+                 {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
+                  "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
+    _insert_movements(conn, rows)
+    _save_claims(book)
+    add_events(conn, events, run_id, at)
     return counts
 
 
@@ -430,18 +447,23 @@ FILE_CACHE_KIB = 131072
 FILE_WAL_PAGES = 16384
 
 
+WRITE_CACHE_KIB = 32768     # FBS's connection while the write-back writes a chunk (its payment index, liabilities)
+
+
 @contextmanager
-def file_transaction(ledger_engine: Engine):
+def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB, wal_pages: int = FILE_WAL_PAGES):
     """``ledger_engine.begin()`` for one payment file's transaction, on SQLite with the settings
-    above (the commit, and the checkpoint it may start, included)."""
+    above (the commit, and the checkpoint it may start, included); ``cache_kib`` the page cache
+    (the write-back's chunks use it too, on either database: ``WRITE_CACHE_KIB`` for FBS),
+    ``wal_pages`` the checkpoint interval (a batch of files: ``BATCH_WAL_PAGES``)."""
     with ledger_engine.connect() as conn:
         if not db.embedded(conn):
             with conn.begin():
                 yield conn
             return
-        conn.exec_driver_sql(f"PRAGMA cache_size = -{FILE_CACHE_KIB}")   # (the same size again: pages kept)
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{int(cache_kib)}")   # (the same size again: pages kept)
         wal = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
-        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {FILE_WAL_PAGES}")
+        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wal_pages)}")
         conn.rollback()                     # (the transaction SQLAlchemy began for the pragmas: nothing in it)
         try:
             with conn.begin():
@@ -592,11 +614,11 @@ def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, s
     """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
     replaced at an increase, U1, counts as that claim's); set-based: the ids staged, two queries."""
     _stage(conn, fordring_ids)
-    out: dict[str, str] = dict(conn.execute(text(
+    out: dict[str, str] = dict(conn.exec_driver_sql(     # (no parameters: sent as they are, read as tuples)
         "SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "  # noqa: S608
-        f"WHERE o.fordring_id IN ({_staged(FORDRING)})")).all())
-    out.update(conn.execute(text(
-        f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})")).all())  # noqa: S608
+        f"WHERE o.fordring_id IN ({_staged(FORDRING)})").all())
+    out.update(conn.exec_driver_sql(
+        f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})").all())  # noqa: S608
     return out
 
 
@@ -621,17 +643,20 @@ def _owner_of(munis: Municipalities, name: str, fids: Iterable[str], known: dict
     cvr = named_cvr(name)
     named = munis.by_cvr.get(cvr, []) if cvr else []
     placed: set[Unit] = set()
+    agencies: set[str] = set()
     for fid in fids:
         agency = known.get(fid)
-        if agency is not None:               # a claim the ledger has: its agency's unit, or none at all
-            u = munis.by_agency.get(agency)
-            if u is None:
-                return None
-            placed.add(u)
+        if agency is not None:               # a claim the ledger has: its agency's unit (below)
+            agencies.add(agency)
         else:                                # not known (held): the agency its FBS form names, if any
             u = munis.by_agency.get(_agency_of(fid) or "")
             if u is not None:
                 placed.add(u)
+    for agency in agencies:                  # (each agency once, not each claim)
+        u = munis.by_agency.get(agency)
+        if u is None:                        # a claim of an agency that is no unit's: none at all
+            return None
+        placed.add(u)
     if cvr:
         if placed - set(named):
             return None
@@ -685,7 +710,19 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
                   _error_text(exc))
     limit = max_file_bytes()
     plan: dict[str, list[str]] = {}
-    for name in found.waiting:
+    with collector_paused():
+        sorted_ = _sort_files(stores, inbox, munis, found.waiting, limit)
+    for name, whose in sorted_:
+        if whose is not None:
+            plan.setdefault(whose.lock, []).append(name)
+    return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
+
+
+def _sort_files(stores: Stores, inbox: Inbox, munis: Municipalities, names: list[str],
+                limit: int) -> list[tuple[str, Unit | None]]:
+    """Each waiting file and the municipality it belongs to (``owner``), None: no single one."""
+    out = []
+    for name in names:
         cvr = named_cvr(name)
         if cvr and len(munis.by_cvr.get(cvr, [])) == 1:
             whose = munis.by_cvr[cvr][0]          # an inbound call's file: its name says whose it is
@@ -696,9 +733,8 @@ def sort_inbox(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | None
                 whose = owner(stores.ledger, munis, name, fordring_ids(inbox.read(name, limit)))
             except (BadFile, OSError, TooLarge):
                 whose = None
-        if whose is not None:
-            plan.setdefault(whose.lock, []).append(name)
-    return [(u, plan[u.lock]) for u in munis.units if u.lock in plan]
+        out.append((name, whose))
+    return out
 
 
 @contextmanager
@@ -792,19 +828,158 @@ def ingest_rest(stores: Stores, inbox: Inbox, run_id: str, at: dt.datetime | Non
     return done
 
 
+# --- several files in one ledger transaction -------------------------------------------------------
+#
+# Each file in its own ledger transaction wrote, at its commit, every page it changed: the claims'
+# rows and the movement and event indexes by claim are scattered over the ledger, so a file of
+# 1,000 movements wrote about 1,000 pages of each to the WAL (16 MB at a million movements), and the
+# next file wrote most of the same pages again. ``_files`` therefore applies a step's files in
+# batches: ONE ledger transaction for up to ``BATCH_MOVEMENTS`` movements (or ``BATCH_SECONDS``),
+# each file in a savepoint of its own, so a page several files change is written once per batch.
+# What a file is promised does not change:
+#
+# * all or nothing, file by file: a file whose handling fails in the batch is rolled back to its
+#   savepoint (the files before it stay), the batch is committed, and the file is then handled on
+#   its own exactly as before (``ingest_file``: quarantined, left in the inbox, or applied);
+# * exactly once: a file is moved to the archive only after the commit that holds it. A crash
+#   before the commit leaves every file of the batch in the inbox and none of them applied; one
+#   after it leaves applied files that the next run recognises by their SHA-256 and only moves out;
+# * anything but the plain case (the file cannot be read, was delivered before, is not valid, is
+#   not this step's, fails) goes the single-file way after the batch is committed, so no other
+#   connection writes the ledger while the batch holds its transaction;
+# * a commit that fails (the ledger unreachable, locked, full) leaves the batch's files in the
+#   inbox, named, for the next run, as a file whose own commit failed was left before.
+BATCH_MOVEMENTS = 50_000
+BATCH_SECONDS = 15.0       # (an SQLite ledger has one writer: others wait at most about this long)
+# SQLite: a batch rewrites most of the claims' pages and the indexes by claim (a million movements'
+# ledger holds them in some 40,000 pages); a checkpoint after every batch copied them all into the
+# database again each time. With a checkpoint every 1 GB of WAL, a page several batches changed is
+# copied once. (What a commit guarantees is the same: ``synchronous`` stays FULL.)
+BATCH_WAL_PAGES = 262_144
+
+
 def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
            sorting: Sorting | None) -> tuple[Counter, list[str]]:
     done: Counter = Counter()
     left: list[str] = []
-    for name in names:
+    names = list(names)
+    start = 0
+    with collector_paused():
+        while start < len(names):
+            start = _file_batch(stores, inbox, names, start, run_id, at, sorting, done, left)
+    return done, left
+
+
+@contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector paused while files are applied or written back (as it was
+    before, afterwards). What that makes, a few objects per movement, is freed by reference
+    counting as it goes; the collector walked those objects again and again as they were made
+    (about 5% of a payments run), and finds the few cycles at its next pass after this."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _file_batch(stores: Stores, inbox: Inbox, names: list[str], start: int, run_id: str, at: dt.datetime,
+                sorting: Sorting | None, done: Counter, left: list[str]) -> int:
+    """The files from ``names[start]`` on in one ledger transaction (above), until the batch is full
+    or a file must be handled on its own (after the commit); returns where the next batch starts."""
+    limit = max_file_bytes()
+    applied: list[tuple[str, Counter]] = []
+    alone: str | None = None
+    trying: str | None = None
+    i = start
+    try:
+        with file_transaction(stores.ledger, wal_pages=BATCH_WAL_PAGES) as conn:
+            _begin(conn)
+            began, n = time.monotonic(), 0
+            while i < len(names) and n < BATCH_MOVEMENTS and time.monotonic() - began < BATCH_SECONDS:
+                trying = names[i]
+                i += 1
+                counts = _in_batch(conn, stores, inbox, trying, run_id, at, sorting, limit)
+                if counts is None:
+                    alone, trying = names[i - 1], None
+                    break
+                if counts.get("files_elsewhere"):
+                    done += counts
+                else:
+                    applied.append((trying, counts))
+                    n += counts[APPLIED] + counts[HELD] + counts["movements_again"]
+                trying = None
+    except Exception as exc:               # the transaction or its commit: none of the batch is applied
+        why = _error_text(exc)
+        for name, _counts in applied:
+            log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
+            left.append(f"{shown(name)} ({why})")
+            done["files_left"] += 1
+        applied = []
+        if trying is not None:             # (the one being tried: on its own, as any other)
+            alone = trying
+        elif alone is None and i == start:  # nothing taken (the transaction never began): on its own
+            alone, i = names[start], start + 1
+    for name, counts in applied:
         try:
-            done += ingest_file(stores, inbox, name, run_id, at, sorting)
+            inbox.archive(name)
         except Exception as exc:
             why = _error_text(exc)
             log.error("payment file %s left in the inbox for the next run: %s", shown(name), why)
             left.append(f"{shown(name)} ({why})")
             done["files_left"] += 1
-    return done, left
+            continue
+        log.info("payment file %s: %d movement(s) applied, %d held for review, %d delivered before", shown(name),
+                 counts[APPLIED], counts[HELD], counts["movements_again"])
+        done += Counter({"files_applied": 1, **counts})
+    if alone is not None:
+        try:
+            done += ingest_file(stores, inbox, alone, run_id, at, sorting)
+        except Exception as exc:
+            why = _error_text(exc)
+            log.error("payment file %s left in the inbox for the next run: %s", shown(alone), why)
+            left.append(f"{shown(alone)} ({why})")
+            done["files_left"] += 1
+    return i
+
+
+def _begin(conn: Connection) -> None:
+    """The batch's transaction begun by a write before its first savepoint: SQLite's Python driver
+    begins one only at a write, and a savepoint outside a transaction would be a transaction of its
+    own (its release a commit)."""
+    conn.exec_driver_sql(_STAGE_CREATE)
+    conn.exec_driver_sql(f"DELETE FROM {_STAGE}")  # noqa: S608 - a fixed name
+
+
+def _in_batch(conn: Connection, stores: Stores, inbox: Inbox, name: str, run_id: str, at: dt.datetime,
+              sorting: Sorting | None, limit: int) -> Counter | None:
+    """One file applied in the batch's transaction, in a savepoint of its own: its counts; or
+    ``files_elsewhere`` (not this step's: nothing written); or None: anything but the plain case,
+    for ``ingest_file`` to handle on its own once the batch is committed (nothing of it written)."""
+    try:
+        data = inbox.read(name, limit)
+        sha = hashlib.sha256(data).hexdigest()
+        parsed = parse(data)
+    except Exception:                      # (not taken, gone, too large, unreadable, not valid)
+        return None
+    try:
+        with conn.begin_nested():
+            if conn.execute(text("SELECT 1 FROM payment_file WHERE sha256 = :s"), {"s": sha}).first() is not None:
+                return None                # delivered before (perhaps earlier in this batch)
+            return apply_file(stores.ledger, shown(name), sha, parsed, run_id, at,
+                              agencies=sorting.unit.agencies if sorting is not None and sorting.unit else None,
+                              sorting=sorting, raw_name=name, conn=conn)
+    except Elsewhere:
+        return Counter({"files_elsewhere": 1})
+    except NotThisUnit as exc:             # a claim of another municipality appeared since it was sorted
+        log.warning("payment file %s is not only this municipality's (%s): left for the run-level step",
+                    shown(name), exc)
+        return Counter({"files_elsewhere": 1})
+    except Exception as exc:
+        log.info("payment file %s is handled on its own after the batch: %s", shown(name), _error_text(exc))
+        return None
 
 
 class FilesLeft(RuntimeError):
@@ -1018,16 +1193,17 @@ def write_back(stores: Stores, run_id: str, at: dt.datetime, batch: int = WRITE_
                      "state, hold_reason, hold_task FROM movement WHERE written_back_at IS NULL AND state = 'applied' "
                      + ("AND agency_id IN :ag " if ag is not None else "")
                      + "AND movement_id > :a ORDER BY movement_id LIMIT :n", *(("ag",) if ag is not None else ()))
-    for rows in keyset_pages(stores.ledger, query, "movement_id", "",
-                             {"n": batch, **({"ag": ag} if ag is not None else {})}, after="a"):
-        done += _write_chunk(stores, rows, at)
+    with collector_paused():
+        for rows in keyset_pages(stores.ledger, query, "movement_id", "",
+                                 {"n": batch, **({"ag": ag} if ag is not None else {})}, after="a"):
+            done += _write_chunk(stores, rows, at)
     done["hold_tasks"] += hold_tasks(stores, at, batch, agencies=ag)
     return done + settle_fbs_status(stores, run_id, at, agencies=ag)
 
 
 def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     counts: Counter = Counter()
-    with stores.fbs.begin() as conn:
+    with file_transaction(stores.fbs, WRITE_CACHE_KIB) as conn:
         lids = sorted({r.liability_id for r in rows})
         present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
             "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
@@ -1039,28 +1215,32 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
         if applied:
             value = ledger.sql_value(conn)
             days: dict = {}
+            params = []
+            for r in sorted(applied, key=lambda r: r.liability_id):     # (liability order: pages shared)
+                day = days.get(r.booked_on)
+                if day is None:
+                    day = days[r.booked_on] = value(as_date(r.booked_on))
+                params.append({"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
+                               "a": value(as_amount(r.amount)), "b": day,
+                               "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]})
             execute_many(conn, "INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
-                         "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING",
-                         [{"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
-                           "a": value(as_amount(r.amount)),
-                           "b": days[r.booked_on] if r.booked_on in days else days.setdefault(
-                               r.booked_on, value(as_date(r.booked_on))),
-                           "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]}
-                          for r in sorted(applied, key=lambda r: r.liability_id)])   # (liability order: pages shared)
+                         "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING", params, bound=True)
             # movements released after review: their hold task is done once none of its movements is held
             released = _done_hold_task_ids(stores.ledger, conn, [r for r in applied if r.hold_reason])
             if released:
                 conn.execute(text("UPDATE task SET resolved_at = :t WHERE task_id = :i AND resolved_at IS NULL"),
                              [{"t": at, "i": i} for i in released])
         counts["written_back"] = len(applied)
-    with stores.ledger.begin() as conn:
+    with file_transaction(stores.ledger) as conn:
         _mark_written_back(conn, [r.movement_id for r in applied], at)
     return counts
 
 
 def _mark_written_back(conn: Connection, movement_ids: list[str], t) -> None:
-    for part in chunked(movement_ids, CHUNK):
-        conn.execute(in_query("UPDATE movement SET written_back_at = :t WHERE movement_id IN :m", "m"), {"t": t, "m": part})
+    """One UPDATE by key per movement, sent in one go (``execute_many``)."""
+    t = ledger.sql_value(conn)(t)
+    execute_many(conn, "UPDATE movement SET written_back_at = :t WHERE movement_id = :m",
+                 [{"t": t, "m": m} for m in movement_ids], bound=True)
 
 
 def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: list[str] | None = None) -> Counter:
@@ -1087,14 +1267,16 @@ def settle_fbs_status(stores: Stores, run_id: str, at: dt.datetime, agencies: li
 
 
 def _settle_chunk(stores: Stores, run_id: str, at: dt.datetime, close: list[int], reopen: list[int]) -> Counter:
-    with stores.fbs.begin() as conn:
+    with file_transaction(stores.fbs, WRITE_CACHE_KIB) as conn:
         closed, now_closed = _set_status(conn, close, "open", "closed", at)
         reopened, _ = _set_status(conn, reopen, "closed", "open", at)
-    with stores.ledger.begin() as conn:
-        flags = [{"l": lid, "f": True} for lid in now_closed]
-        flags += [{"l": lid, "f": False} for lid in reopen]   # no longer ours to reopen
+    with file_transaction(stores.ledger) as conn:
+        value = ledger.sql_value(conn)
+        flags = [{"l": lid, "f": value(True)} for lid in now_closed]
+        flags += [{"l": lid, "f": value(False)} for lid in reopen]   # no longer ours to reopen
         if flags:
-            conn.execute(text("UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l"), flags)
+            execute_many(conn, "UPDATE claim SET fbs_closed_by_payment = :f WHERE liability_id = :l", flags,
+                         bound=True)
         add_events(conn, [(lid, "fbs_closed_settled", None, "paid or written off in full: closed in FBS (P2)")
                           for lid in closed]
                    + [(lid, "fbs_reopened", None, "a reversal left a balance: opened again in FBS (P2)")

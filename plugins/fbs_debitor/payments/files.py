@@ -14,6 +14,7 @@ bytes), then renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable
@@ -124,12 +125,26 @@ def fordring_ids(data: bytes) -> list[str]:
     return [el.text or "" for el in _valid_root(data).iterfind(f"{_BEVAEGELSE}/{_FORDRING}")]
 
 
+# The SHA-256 of the files this process found valid against the schema (bounded, oldest out first):
+# a run reads each file twice, once to sort it to its municipality (``fordring_ids``) and once to
+# apply it (``parse``); the same bytes are the same document, so the second reading does not
+# validate it again. Bytes that failed are not remembered: they fail again, the same way.
+_VALIDATED: dict[tuple, None] = {}
+_VALIDATED_MAX = 4096
+
+
 def _valid_root(data: bytes):
     root = _root(data)
     xsd = messages.schema(SCHEMA_FILE)
+    key = (xsd, hashlib.sha256(data).digest())      # (a schema swapped in counts as another)
+    if key in _VALIDATED:
+        return root
     if not xsd.validate(root):
         raise BadFile(SCHEMA_INVALID, f"does not follow the DaekningAfskrivningRegistreringAfsend schema at "
                                       f"{messages.schema_error(xsd)}"[:500])
+    if len(_VALIDATED) >= _VALIDATED_MAX:
+        del _VALIDATED[next(iter(_VALIDATED))]
+    _VALIDATED[key] = None
     return root
 
 

@@ -39,7 +39,7 @@ from sqlalchemy import text
 from fbs_debitor.core import settings, storage
 from fbs_debitor.core.db import as_amount, as_bool, chunked, in_query, keyset_pages
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.payments.apply import payment_id
+from fbs_debitor.payments.apply import collector_paused, payment_id
 
 ZERO = Decimal(0)
 
@@ -150,11 +150,12 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
             "SELECT name, reason FROM payment_file WHERE state = 'quarantined' ORDER BY name"))]
         report.ignored = [(r.name, r.kind) for r in conn.execute(text(
             "SELECT name, kind FROM payment_inbox_entry WHERE gone_at IS NULL AND kind <> 'partial' ORDER BY name"))]
-    _claims(stores, report, page_size)
-    _movements(stores, report, page_size)
-    _fbs_only(stores, report, page_size)
-    if debtor is not None:
-        _debtor_side(stores, report, debtor, page_size)
+    with collector_paused():                 # (each page's rows are freed as it goes; see apply)
+        _claims(stores, report, page_size)
+        _movements(stores, report, page_size)
+        _fbs_only(stores, report, page_size)
+        if debtor is not None:
+            _debtor_side(stores, report, debtor, page_size)
     return report
 
 
