@@ -71,7 +71,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import bound_value, chunked, execute_rows, in_query, insert_bound_rows, keyset_pages
+from fbs_debitor.core.db import bound_value, chunked, execute_in, execute_rows, insert_bound_rows, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -196,10 +196,11 @@ _MESSAGE_COLUMNS = ("message_key", "liability_id", "version", "operation", "ford
 # (a state change is one statement per IN list, not an executemany of one row each: on SQLite each
 # statement opens a cursor on the table and on every index it writes, a per-row cost the IN list
 # pays once)
-_MARK_MESSAGES_SENT = in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
-                               "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
-_MARK_CLAIMS_SENT = in_query("UPDATE claim SET state = 'sent', updated_at = :t "
-                             "WHERE liability_id IN :ids AND state = 'pending'", "ids")
+# (``db.execute_in``: on SQLite the IN list's placeholders are written once per length, not rendered
+# by SQLAlchemy on every execution)
+_MARK_MESSAGES_SENT = ("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
+                       "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')")
+_MARK_CLAIMS_SENT = "UPDATE claim SET state = 'sent', updated_at = :t WHERE liability_id IN :ids AND state = 'pending'"
 
 
 def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:
@@ -229,9 +230,9 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     with ledger_engine.begin() as conn:
         message_keys = [k for k, _ in keys.values()]
         for part in chunked(message_keys, IN_CHUNK):
-            conn.execute(_MARK_MESSAGES_SENT, {"t": at, "r": run_id, "keys": part})
+            execute_in(conn, _MARK_MESSAGES_SENT, {"t": at, "r": run_id}, "keys", part)
         for part in chunked([lid for _, lid in keys.values()], IN_CHUNK):
-            conn.execute(_MARK_CLAIMS_SENT, {"t": at, "ids": part})
+            execute_in(conn, _MARK_CLAIMS_SENT, {"t": at}, "ids", part)
         add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
 
 
@@ -239,8 +240,8 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
 _ACCEPT_MESSAGES = ("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
                     "last_error = NULL, error_code = NULL, last_run_id = :r "
                     "WHERE message_key = :k AND state IN ('pending', 'sent')")
-_ACCEPT_CLAIMS = in_query("UPDATE claim SET state = 'accepted', updated_at = :t "
-                          "WHERE liability_id IN :ids AND state IN ('pending', 'sent')", "ids")
+_ACCEPT_CLAIMS = ("UPDATE claim SET state = 'accepted', updated_at = :t "
+                  "WHERE liability_id IN :ids AND state IN ('pending', 'sent')")
 _REJECT_MESSAGES = text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
                         "error_code = :c, last_error = :e, last_run_id = :r, fingerprint = COALESCE(:p, fingerprint) "
                         "WHERE message_key = :k AND state IN ('pending', 'sent')")
@@ -248,8 +249,8 @@ _REJECT_CLAIMS = text("UPDATE claim SET state = 'rejected', updated_at = :t "
                       "WHERE liability_id = :l AND (state IN ('pending', 'sent') OR EXISTS "
                       "(SELECT 1 FROM outbox o WHERE o.message_key = :k AND o.operation = :op "
                       "AND o.fordring_id = claim.fordring_id))")
-_NO_RECEIPT = in_query("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
-                       "last_run_id = :r WHERE message_key IN :keys", "keys")
+_NO_RECEIPT = ("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
+               "last_run_id = :r WHERE message_key IN :keys")
 
 
 def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
@@ -279,20 +280,20 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
             t = bound_value(conn, at)
             execute_rows(conn, _ACCEPT_MESSAGES, [{**p, "t": t} for p in accepted])
             for part in chunked(sorted({p["l"] for p in accepted}), IN_CHUNK):
-                conn.execute(_ACCEPT_CLAIMS, {"t": at, "ids": part})
+                execute_in(conn, _ACCEPT_CLAIMS, {"t": t}, "ids", part)
         if rejected:
             conn.execute(_REJECT_MESSAGES, rejected)
             conn.execute(_REJECT_CLAIMS, rejected)
         for part in chunked([p["k"] for p in missing], IN_CHUNK):
-            conn.execute(_NO_RECEIPT, {"r": run_id, "keys": part})
+            execute_in(conn, _NO_RECEIPT, {"r": run_id}, "keys", part)
         add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {mask_cprs_in(p['ref'])}") for p in accepted]
                 + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
     counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
     return counts
 
 
-_RECORD_FAILURE = in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
-                           "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
+_RECORD_FAILURE = ("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+                   "WHERE message_key IN :keys AND state IN ('pending', 'sent')")
 
 
 def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str,
@@ -305,7 +306,7 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
         return
     with ledger_engine.begin() as conn:
         for part in chunked(keys, IN_CHUNK):
-            conn.execute(_RECORD_FAILURE, {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": part})
+            execute_in(conn, _RECORD_FAILURE, {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id}, "keys", part)
 
 
 def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], code: str | None = None) -> None:
@@ -319,7 +320,7 @@ def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], 
     with ledger_engine.begin() as conn:
         for error, keys in by_error.items():
             for part in chunked(keys, IN_CHUNK):
-                conn.execute(_RECORD_FAILURE, {"e": error, "c": code, "r": run_id, "keys": part})
+                execute_in(conn, _RECORD_FAILURE, {"e": error, "c": code, "r": run_id}, "keys", part)
 
 
 # --- sending --------------------------------------------------------------------------------------
