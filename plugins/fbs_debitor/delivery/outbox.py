@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import logging
 import re
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import cache
 
 from lxml import etree
 from sqlalchemy import String, bindparam, text
@@ -326,18 +328,24 @@ def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], 
 # --- sending --------------------------------------------------------------------------------------
 
 def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
-               link: Link | None = None, versions: dict[str, int] | None = None) -> Counter:
+               link: Link | None = None, versions: dict[str, int] | None = None,
+               while_waiting: Callable[[], None] | None = None) -> Counter:
     """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
     marked down: the caller sends nothing more this run. A call the debtor side refused as a
     whole (``DeliveryError.rejected``) rejects every claim in it; the line stays up. ``versions``
     (FordringID -> message version) for the later claims of a liability (an increase, U1);
-    creations are version 1."""
+    creations are version 1. ``while_waiting``: the caller's pure work to do while the batch is on
+    its way (``Client.call``), where the client can; otherwise it is simply not done here."""
     versions = versions or {}
     keys = {c.fordring_id: (message_key(c.liability_id, versions.get(c.fordring_id, CREATE_VERSION)), c.liability_id)
             for a in batch.accounts for c in a.claims}
     what = f"batch {batch.transaction_id} (agency {batch.agency_id})"
     try:
-        answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
+        on_attempt = lambda n: mark_attempt(ledger_engine, run_id, keys, n)   # noqa: E731
+        if while_waiting is not None and _overlaps(type(client)):
+            answer = client.call(batch.root, on_attempt=on_attempt, while_waiting=while_waiting)
+        else:
+            answer = client.call(batch.root, on_attempt=on_attempt)
     except DeliveryError as exc:
         if getattr(exc, "rejected", False):
             return call_rejected(ledger_engine, run_id, keys, exc, what, claim_prints(batch, set(keys)))
@@ -507,18 +515,26 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
     accounts: list[Account] = []
     prints: dict[int, Tracked] = {}
     rows: dict[int, object] = {}
+    own: dict[int, Account] = {}
     written: dict[int, etree._Element] = {}     # each claim's account element, written once (fingerprint, batch)
     for row, built in items:
         if lost & set(built.new_replacement_cprs):
             counts[(agency_id, "deferred", "I1")] += 1     # another number won the race: rebuilt next run
             continue
         accounts.append(built.account)
-        prints[row.liability_id] = tracked(built.account, row, secret, written)
+        own[row.liability_id] = built.account
         rows[row.liability_id] = row
+
+    def prepare(liability_ids: list[int]) -> None:     # a batch's fingerprints, just before it is put together
+        for lid in liability_ids:
+            if lid not in prints:
+                prints[lid] = tracked(own[lid], rows[lid], secret, written)
+
     errors: list[messages.InvalidMessage] = []
     batched: set[int] = set()
-    for batch in messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors,
-                                        written=written):
+    ahead = _Ahead(messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors,
+                                          written=written, prepare=prepare))
+    for batch in ahead:
         batched.update(batch.liability_ids)
         if link.down:
             counts[(agency_id, "deferred", "outage")] += len(batch.liability_ids)
@@ -526,11 +542,61 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
         if link.pacer is not None:
             link.pacer.wait(len(batch.liability_ids))
         record_batch(stores.ledger, run_id, batch, prints)
-        send_batch(stores.ledger, client, run_id, batch, link)
+        # the next batch is fingerprinted and put together while this one is on its way
+        send_batch(stores.ledger, client, run_id, batch, link, while_waiting=ahead.fetch)
     invalid = _unbatched(errors, rows, batched, rows, run_id, stores, "")
     if invalid:
         counts[(agency_id, "blocked", "XSD")] += len(invalid)
     return counts
+
+
+class _Ahead:
+    """The batches of ``build_batches``, the next one taken early when asked (``fetch``: while the
+    batch before it is on its way, ``Client.call(while_waiting=...)``). Taking a batch writes
+    nothing and sends nothing (fingerprints, assembly, validation), so taking it early changes no
+    write and no order; an error it raises is kept and raised where the loop takes that batch, as
+    without taking it early (after the batch on its way was answered and recorded)."""
+
+    _NOTHING = object()
+
+    def __init__(self, batches: Iterator[messages.Batch]):
+        self._batches = batches
+        self._next = self._NOTHING
+        self._error: BaseException | None = None
+        self._done = False
+
+    def fetch(self) -> None:
+        if self._next is not self._NOTHING or self._error is not None or self._done:
+            return
+        try:
+            self._next = next(self._batches)
+        except StopIteration:
+            self._done = True
+        except BaseException as exc:   # noqa: BLE001 - kept, raised where the batch is taken (``__next__``)
+            self._error = exc
+
+    def __iter__(self) -> _Ahead:
+        return self
+
+    def __next__(self) -> messages.Batch:
+        self.fetch()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._next is self._NOTHING:
+            raise StopIteration
+        batch, self._next = self._next, self._NOTHING
+        return batch
+
+
+@cache
+def _overlaps(client_type: type) -> bool:
+    """Whether this client's ``call`` takes ``while_waiting`` (``serviceplatformen.Client``'s does; a
+    stand-in's or a subclass's own ``call`` may not)."""
+    try:
+        return "while_waiting" in inspect.signature(client_type.call).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,
