@@ -79,6 +79,7 @@ from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.send_rate import Pacer
 from fbs_debitor.delivery.serviceplatformen import AccessHeld, Client, DeliveryError, redact_urls
+from fbs_debitor.eligibility.rules import paused_gc
 
 log = logging.getLogger(__name__)
 
@@ -483,13 +484,16 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
     for row, built in usable:
         by_agency[row.agency_id].append((row, built))
     counts: Counter = Counter()
-    for agency_id, items in by_agency.items():
-        try:
-            counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
-        except AccessHeld as exc:   # its municipality has no working access: held, unsent, the rest go on
-            counts[_agency_held(agency_id, "delivering new claims", exc)] += len(items)
-        except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
-            counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
+    # (the collector paused while the page goes, as while it was built: some objects per claim while
+    # every claim of the page is held, walked again and again for cycles the sending does not make)
+    with paused_gc():
+        for agency_id, items in by_agency.items():
+            try:
+                counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
+            except AccessHeld as exc:   # its municipality has no working access: held, unsent, the rest go on
+                counts[_agency_held(agency_id, "delivering new claims", exc)] += len(items)
+            except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
+                counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
     deferred = sum(n for (_, category, _), n in counts.items() if category == "deferred")
     if deferred:
         log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
