@@ -129,6 +129,8 @@ def project_child(work: Path, url: str, batch_size: int) -> int:
     print(json.dumps({"claims": sent, "calls": calls["n"], "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                       "call_wall_s": round(calls["wall"], 3), "call_cpu_s": round(calls["cpu"], 3),
                       "deliver_cpu_s": round(delivering["cpu"], 3),
+                      # the GX checks are left out (data_quality=False): GX is then never imported
+                      "gx_imported": any(m == "great_expectations" for m in sys.modules),
                       "peak_rss_mib": round(own_peak_rss_mib(), 1)}))
     return 0
 
@@ -313,6 +315,8 @@ def main() -> int:
                   f"measure: the floor reads and builds, the sending step neither)")
         else:
             print("  build floor: floor_build.py not found")
+        print(f"  timed: run_transfer only (imports before it; Great Expectations imported: "
+              f"{any(x.get('gx_imported') for x in project)})")
         print(f"  project client peak RSS: {max(x['peak_rss_mib'] for x in project):.0f} MiB; emulator CPU per "
               f"claim {median([x['emulator_cpu_s'] / x['claims'] for x in project]) * 1e3:.3f} ms")
     return 0
