@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -156,7 +156,8 @@ def _unwritable(accounts: list[Account], exc: ValueError) -> InvalidMessage:
 
 def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime | None = None,
                   first_number: int = 1, rejected: list[InvalidMessage] | None = None,
-                  written: dict[int, etree._Element] | None = None) -> Iterator[Batch]:
+                  written: dict[int, etree._Element] | None = None,
+                  prepare: Callable[[list[int]], None] | None = None) -> Iterator[Batch]:
     """Group one agency's accounts (one page of them: merging is per call) into validated batches
     of at most ``batch_size`` claims.
 
@@ -175,13 +176,16 @@ def build_batches(accounts: Iterable[Account], agency: dict, batch_size: int, at
     longer usable elsewhere), instead of writing every account again: the same message, byte for
     byte, as ``sf1590.create_request`` writes (a merged account is the first claim's element with
     the other claims' elements appended). Where that cannot be the same (a merged account whose
-    parties differ from its first claim's own, an element missing) the batch is written anew."""
+    parties differ from its first claim's own, an element missing) the batch is written anew.
+    ``prepare`` (with ``written``): called with a batch's liability ids just before the batch is put
+    together, to write their elements into ``written`` only then (``delivery.outbox`` takes a batch's
+    fingerprints while the batch before it is on its way); an error it raises is raised as it is."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1 (claims per message), not {batch_size!r}")
     if written is not None:
         accounts = list(accounts)
     return _batches(accounts, agency, batch_size, at or dt.datetime.now().astimezone(), first_number, rejected,
-                    written)
+                    written, prepare)
 
 
 def _parties(account: Account) -> tuple:
@@ -209,7 +213,8 @@ def _assembled(accounts_in_batch: list[Account], tid: uuid.UUID, at: dt.datetime
 
 
 def _batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.datetime, first_number: int,
-             rejected: list[InvalidMessage] | None, written: dict[int, etree._Element] | None) -> Iterator[Batch]:
+             rejected: list[InvalidMessage] | None, written: dict[int, etree._Element] | None,
+             prepare: Callable[[list[int]], None] | None = None) -> Iterator[Batch]:
     number = first_number
     pending: list[Account] = []
     count = 0
@@ -217,6 +222,8 @@ def _batches(accounts: Iterable[Account], agency: dict, batch_size: int, at: dt.
 
     def flush(accounts_in_batch: list[Account]) -> Batch | None:
         reuse = written is not None
+        if reuse and prepare is not None:
+            prepare([c.liability_id for a in accounts_in_batch for c in a.claims])
         while accounts_in_batch:
             fordring_ids = sorted(c.fordring_id for a in accounts_in_batch for c in a.claims)
             tid = uuid.uuid5(BATCH_NAMESPACE, "|".join(fordring_ids))

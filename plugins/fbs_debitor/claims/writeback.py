@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.claims.model import StaffTask
+from fbs_debitor.core.db import execute_rows_counted
 from fbs_debitor.core.identity import mask_cpr
 
 
@@ -49,16 +50,14 @@ def persist_replacement_cprs(conn: Connection, numbers: Mapping[int, str]) -> di
 
 
 def raise_tasks(conn: Connection, tasks: Iterable[StaffTask], at: dt.datetime | None = None) -> int:
-    """Insert tasks that do not exist yet; returns how many were new."""
+    """Insert tasks that do not exist yet; returns how many were new (one bulk write, ``execute_rows_counted``)."""
     at = at or dt.datetime.now().replace(microsecond=0)
-    insert = text("INSERT INTO task (task_id, agency_id, branch_id, patron_id, liability_id, kind, message, created_at) "
-                  "VALUES (:task_id, :agency_id, :branch_id, :patron_id, :liability_id, :kind, :message, :created_at) "
-                  "ON CONFLICT (task_id) DO NOTHING")
-    new = 0
-    for task in tasks:
-        result = conn.execute(insert, {"task_id": task.task_id, "agency_id": task.agency_id, "branch_id": task.branch_id,
-                                       "patron_id": task.patron_id, "liability_id": task.liability_id,
-                                       "kind": task.kind, "message": task.message,
-                                       "created_at": at})
-        new += result.rowcount
-    return new
+    return execute_rows_counted(conn, _INSERT_TASK, [
+        {"task_id": task.task_id, "agency_id": task.agency_id, "branch_id": task.branch_id,
+         "patron_id": task.patron_id, "liability_id": task.liability_id, "kind": task.kind,
+         "message": task.message, "created_at": at} for task in tasks])
+
+
+_INSERT_TASK = ("INSERT INTO task (task_id, agency_id, branch_id, patron_id, liability_id, kind, message, created_at) "
+                "VALUES (:task_id, :agency_id, :branch_id, :patron_id, :liability_id, :kind, :message, :created_at) "
+                "ON CONFLICT (task_id) DO NOTHING")

@@ -513,6 +513,69 @@ def execute_rows(conn: Connection, statement: str, rows: list[dict]) -> None:
             cursor.close()
 
 
+def execute_rows_counted(conn: Connection, statement: str, rows: list[dict]) -> int:
+    """``execute_rows`` that returns how many rows the statements changed in all (an ``INSERT ...
+    ON CONFLICT DO NOTHING`` of many rows: how many were new). On SQLite one executemany straight to
+    the driver (its rowcount is the sum), each row's values made as SQLite binds them
+    (``_sqlite_parameters``' conversion, per row); elsewhere one statement per row, their counts
+    summed (a driver's executemany need not report one)."""
+    if not rows:
+        return 0
+    if not _is_sqlite(conn):
+        statement_ = text(statement)
+        return sum(conn.execute(statement_, row).rowcount for row in rows)
+    with _as_sqlalchemy_errors(conn, statement):
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(statement, [_sqlite_one(row) for row in rows])
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+
+@lru_cache(maxsize=512)
+def _in_clause(statement: str, name: str) -> TextClause:
+    return in_query(statement, name)
+
+
+@lru_cache(maxsize=512)
+def _in_names(name: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{name}__{i}" for i in range(n))
+
+
+@lru_cache(maxsize=512)
+def _in_statement(statement: str, name: str, n: int) -> str:
+    marker = re.compile(rf":{re.escape(name)}\b")
+    if len(marker.findall(statement)) != 1:
+        raise ValueError(f"the statement must name :{name} once")
+    return marker.sub(lambda _m: "(" + ", ".join(f":{k}" for k in _in_names(name, n)) + ")", statement)
+
+
+def execute_in(conn: Connection, statement: str, params: dict, name: str, values: Sequence) -> int:
+    """``conn.execute(in_query(statement, name), {**params, name: values})`` (``... IN :name``, a
+    fixed statement of the caller's, ``values`` one IN list: the caller keeps it short, ``chunked``)
+    in this connection's transaction; returns the rows changed. On SQLite the statement goes to the
+    driver with the list's placeholders written out (cached per statement and length: SQLAlchemy
+    renders an expanding parameter anew on every execution, a cost per value) and every value made
+    as SQLite binds it (``_sqlite_parameters``' conversion); elsewhere through SQLAlchemy as it is."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"an empty IN list for :{name}")
+    if not _is_sqlite(conn):
+        return conn.execute(_in_clause(statement, name), {**params, name: values}).rowcount
+    sql = _in_statement(statement, name, len(values))
+    bound = dict(zip(_in_names(name, len(values)), values, strict=True))
+    bound.update(params)
+    bound = _sqlite_one(bound)
+    with _as_sqlalchemy_errors(conn, sql):
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, bound)
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+
 def insert_bound_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
     """``INSERT INTO table (columns)`` of every row (tuples in ``columns`` order) in this
     connection's transaction: COPY on PostgreSQL (``bulk_insert``), on SQLite one executemany of

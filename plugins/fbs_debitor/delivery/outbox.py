@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import logging
 import re
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import cache
 
 from lxml import etree
 from sqlalchemy import String, bindparam, text
@@ -71,12 +73,13 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Account
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import bound_value, chunked, execute_rows, in_query, insert_bound_rows, keyset_pages
+from fbs_debitor.core.db import bound_value, chunked, execute_in, execute_rows, insert_bound_rows, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.delivery.send_rate import Pacer
 from fbs_debitor.delivery.serviceplatformen import AccessHeld, Client, DeliveryError, redact_urls
+from fbs_debitor.eligibility.rules import paused_gc
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +199,11 @@ _MESSAGE_COLUMNS = ("message_key", "liability_id", "version", "operation", "ford
 # (a state change is one statement per IN list, not an executemany of one row each: on SQLite each
 # statement opens a cursor on the table and on every index it writes, a per-row cost the IN list
 # pays once)
-_MARK_MESSAGES_SENT = in_query("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
-                               "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
-_MARK_CLAIMS_SENT = in_query("UPDATE claim SET state = 'sent', updated_at = :t "
-                             "WHERE liability_id IN :ids AND state = 'pending'", "ids")
+# (``db.execute_in``: on SQLite the IN list's placeholders are written once per length, not rendered
+# by SQLAlchemy on every execution)
+_MARK_MESSAGES_SENT = ("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = :t, "
+                       "last_run_id = :r WHERE message_key IN :keys AND state IN ('pending', 'sent')")
+_MARK_CLAIMS_SENT = "UPDATE claim SET state = 'sent', updated_at = :t WHERE liability_id IN :ids AND state = 'pending'"
 
 
 def record_batch(ledger_engine: Engine, run_id: str, batch: messages.Batch, prints: dict[int, Tracked]) -> None:
@@ -229,9 +233,9 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
     with ledger_engine.begin() as conn:
         message_keys = [k for k, _ in keys.values()]
         for part in chunked(message_keys, IN_CHUNK):
-            conn.execute(_MARK_MESSAGES_SENT, {"t": at, "r": run_id, "keys": part})
+            execute_in(conn, _MARK_MESSAGES_SENT, {"t": at, "r": run_id}, "keys", part)
         for part in chunked([lid for _, lid in keys.values()], IN_CHUNK):
-            conn.execute(_MARK_CLAIMS_SENT, {"t": at, "ids": part})
+            execute_in(conn, _MARK_CLAIMS_SENT, {"t": at}, "ids", part)
         add_events(conn, [(lid, "sent", k, f"attempt {attempt} of this run") for k, lid in keys.values()], run_id, at)
 
 
@@ -239,8 +243,8 @@ def mark_attempt(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, 
 _ACCEPT_MESSAGES = ("UPDATE outbox SET state = 'accepted', debtor_ref = :ref, answered_at = :t, "
                     "last_error = NULL, error_code = NULL, last_run_id = :r "
                     "WHERE message_key = :k AND state IN ('pending', 'sent')")
-_ACCEPT_CLAIMS = in_query("UPDATE claim SET state = 'accepted', updated_at = :t "
-                          "WHERE liability_id IN :ids AND state IN ('pending', 'sent')", "ids")
+_ACCEPT_CLAIMS = ("UPDATE claim SET state = 'accepted', updated_at = :t "
+                  "WHERE liability_id IN :ids AND state IN ('pending', 'sent')")
 _REJECT_MESSAGES = text("UPDATE outbox SET state = 'rejected', debtor_ref = :ref, answered_at = :t, "
                         "error_code = :c, last_error = :e, last_run_id = :r, fingerprint = COALESCE(:p, fingerprint) "
                         "WHERE message_key = :k AND state IN ('pending', 'sent')")
@@ -248,8 +252,8 @@ _REJECT_CLAIMS = text("UPDATE claim SET state = 'rejected', updated_at = :t "
                       "WHERE liability_id = :l AND (state IN ('pending', 'sent') OR EXISTS "
                       "(SELECT 1 FROM outbox o WHERE o.message_key = :k AND o.operation = :op "
                       "AND o.fordring_id = claim.fordring_id))")
-_NO_RECEIPT = in_query("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
-                       "last_run_id = :r WHERE message_key IN :keys", "keys")
+_NO_RECEIPT = ("UPDATE outbox SET last_error = 'the answer held no receipt for this claim', "
+               "last_run_id = :r WHERE message_key IN :keys")
 
 
 def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str, int]],
@@ -279,20 +283,20 @@ def record_answers(ledger_engine: Engine, run_id: str, keys: dict[str, tuple[str
             t = bound_value(conn, at)
             execute_rows(conn, _ACCEPT_MESSAGES, [{**p, "t": t} for p in accepted])
             for part in chunked(sorted({p["l"] for p in accepted}), IN_CHUNK):
-                conn.execute(_ACCEPT_CLAIMS, {"t": at, "ids": part})
+                execute_in(conn, _ACCEPT_CLAIMS, {"t": t}, "ids", part)
         if rejected:
             conn.execute(_REJECT_MESSAGES, rejected)
             conn.execute(_REJECT_CLAIMS, rejected)
         for part in chunked([p["k"] for p in missing], IN_CHUNK):
-            conn.execute(_NO_RECEIPT, {"r": run_id, "keys": part})
+            execute_in(conn, _NO_RECEIPT, {"r": run_id}, "keys", part)
         add_events(conn, [(p["l"], "accepted", p["k"], f"debtor reference {mask_cprs_in(p['ref'])}") for p in accepted]
                 + [(p["l"], "rejected", p["k"], f"{p['c']}: {p['e'] or ''}"[:1000]) for p in rejected], run_id, at)
     counts[ACCEPTED], counts[REJECTED], counts[UNCONFIRMED] = len(accepted), len(rejected), len(missing)
     return counts
 
 
-_RECORD_FAILURE = in_query("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
-                           "WHERE message_key IN :keys AND state IN ('pending', 'sent')", "keys")
+_RECORD_FAILURE = ("UPDATE outbox SET last_error = :e, error_code = :c, last_run_id = :r "
+                   "WHERE message_key IN :keys AND state IN ('pending', 'sent')")
 
 
 def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], error: str,
@@ -305,7 +309,7 @@ def record_failure(ledger_engine: Engine, run_id: str, keys: Iterable[str], erro
         return
     with ledger_engine.begin() as conn:
         for part in chunked(keys, IN_CHUNK):
-            conn.execute(_RECORD_FAILURE, {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id, "keys": part})
+            execute_in(conn, _RECORD_FAILURE, {"e": mask_cprs_in(error)[:1000], "c": code, "r": run_id}, "keys", part)
 
 
 def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], code: str | None = None) -> None:
@@ -319,24 +323,30 @@ def record_failures(ledger_engine: Engine, run_id: str, errors: dict[str, str], 
     with ledger_engine.begin() as conn:
         for error, keys in by_error.items():
             for part in chunked(keys, IN_CHUNK):
-                conn.execute(_RECORD_FAILURE, {"e": error, "c": code, "r": run_id, "keys": part})
+                execute_in(conn, _RECORD_FAILURE, {"e": error, "c": code, "r": run_id}, "keys", part)
 
 
 # --- sending --------------------------------------------------------------------------------------
 
 def send_batch(ledger_engine: Engine, client: Client, run_id: str, batch: messages.Batch,
-               link: Link | None = None, versions: dict[str, int] | None = None) -> Counter:
+               link: Link | None = None, versions: dict[str, int] | None = None,
+               while_waiting: Callable[[], None] | None = None) -> Counter:
     """Steps 3 and 4 for one recorded batch. When no answer came despite every retry, ``link`` is
     marked down: the caller sends nothing more this run. A call the debtor side refused as a
     whole (``DeliveryError.rejected``) rejects every claim in it; the line stays up. ``versions``
     (FordringID -> message version) for the later claims of a liability (an increase, U1);
-    creations are version 1."""
+    creations are version 1. ``while_waiting``: the caller's pure work to do while the batch is on
+    its way (``Client.call``), where the client can; otherwise it is simply not done here."""
     versions = versions or {}
     keys = {c.fordring_id: (message_key(c.liability_id, versions.get(c.fordring_id, CREATE_VERSION)), c.liability_id)
             for a in batch.accounts for c in a.claims}
     what = f"batch {batch.transaction_id} (agency {batch.agency_id})"
     try:
-        answer = client.call(batch.root, on_attempt=lambda n: mark_attempt(ledger_engine, run_id, keys, n))
+        on_attempt = lambda n: mark_attempt(ledger_engine, run_id, keys, n)   # noqa: E731
+        if while_waiting is not None and _overlaps(type(client)):
+            answer = client.call(batch.root, on_attempt=on_attempt, while_waiting=while_waiting)
+        else:
+            answer = client.call(batch.root, on_attempt=on_attempt)
     except DeliveryError as exc:
         if getattr(exc, "rejected", False):
             return call_rejected(ledger_engine, run_id, keys, exc, what, claim_prints(batch, set(keys)))
@@ -474,13 +484,16 @@ def deliver_page(stores: Stores, client: Client, run_id: str, page: claim_stream
     for row, built in usable:
         by_agency[row.agency_id].append((row, built))
     counts: Counter = Counter()
-    for agency_id, items in by_agency.items():
-        try:
-            counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
-        except AccessHeld as exc:   # its municipality has no working access: held, unsent, the rest go on
-            counts[_agency_held(agency_id, "delivering new claims", exc)] += len(items)
-        except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
-            counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
+    # (the collector paused while the page goes, as while it was built: some objects per claim while
+    # every claim of the page is held, walked again and again for cycles the sending does not make)
+    with paused_gc():
+        for agency_id, items in by_agency.items():
+            try:
+                counts.update(_deliver_agency(stores, client, run_id, agency_id, items, batch_size, link, secret))
+            except AccessHeld as exc:   # its municipality has no working access: held, unsent, the rest go on
+                counts[_agency_held(agency_id, "delivering new claims", exc)] += len(items)
+            except Exception as exc:   # noqa: BLE001 - one agency's unexpected error: logged, counted, the rest go on
+                counts[_agency_failed(agency_id, "delivering new claims", exc)] += len(items)
     deferred = sum(n for (_, category, _), n in counts.items() if category == "deferred")
     if deferred:
         log.warning("%d claim(s) deferred to the next run (I1: their replacement CPR was assigned elsewhere "
@@ -506,18 +519,26 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
     accounts: list[Account] = []
     prints: dict[int, Tracked] = {}
     rows: dict[int, object] = {}
+    own: dict[int, Account] = {}
     written: dict[int, etree._Element] = {}     # each claim's account element, written once (fingerprint, batch)
     for row, built in items:
         if lost & set(built.new_replacement_cprs):
             counts[(agency_id, "deferred", "I1")] += 1     # another number won the race: rebuilt next run
             continue
         accounts.append(built.account)
-        prints[row.liability_id] = tracked(built.account, row, secret, written)
+        own[row.liability_id] = built.account
         rows[row.liability_id] = row
+
+    def prepare(liability_ids: list[int]) -> None:     # a batch's fingerprints, just before it is put together
+        for lid in liability_ids:
+            if lid not in prints:
+                prints[lid] = tracked(own[lid], rows[lid], secret, written)
+
     errors: list[messages.InvalidMessage] = []
     batched: set[int] = set()
-    for batch in messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors,
-                                        written=written):
+    ahead = _Ahead(messages.build_batches(accounts, messages.agency_of(items[0][0]), batch_size, rejected=errors,
+                                          written=written, prepare=prepare))
+    for batch in ahead:
         batched.update(batch.liability_ids)
         if link.down:
             counts[(agency_id, "deferred", "outage")] += len(batch.liability_ids)
@@ -525,11 +546,61 @@ def _deliver_agency(stores: Stores, client: Client, run_id: str, agency_id: str,
         if link.pacer is not None:
             link.pacer.wait(len(batch.liability_ids))
         record_batch(stores.ledger, run_id, batch, prints)
-        send_batch(stores.ledger, client, run_id, batch, link)
+        # the next batch is fingerprinted and put together while this one is on its way
+        send_batch(stores.ledger, client, run_id, batch, link, while_waiting=ahead.fetch)
     invalid = _unbatched(errors, rows, batched, rows, run_id, stores, "")
     if invalid:
         counts[(agency_id, "blocked", "XSD")] += len(invalid)
     return counts
+
+
+class _Ahead:
+    """The batches of ``build_batches``, the next one taken early when asked (``fetch``: while the
+    batch before it is on its way, ``Client.call(while_waiting=...)``). Taking a batch writes
+    nothing and sends nothing (fingerprints, assembly, validation), so taking it early changes no
+    write and no order; an error it raises is kept and raised where the loop takes that batch, as
+    without taking it early (after the batch on its way was answered and recorded)."""
+
+    _NOTHING = object()
+
+    def __init__(self, batches: Iterator[messages.Batch]):
+        self._batches = batches
+        self._next = self._NOTHING
+        self._error: BaseException | None = None
+        self._done = False
+
+    def fetch(self) -> None:
+        if self._next is not self._NOTHING or self._error is not None or self._done:
+            return
+        try:
+            self._next = next(self._batches)
+        except StopIteration:
+            self._done = True
+        except BaseException as exc:   # noqa: BLE001 - kept, raised where the batch is taken (``__next__``)
+            self._error = exc
+
+    def __iter__(self) -> _Ahead:
+        return self
+
+    def __next__(self) -> messages.Batch:
+        self.fetch()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._next is self._NOTHING:
+            raise StopIteration
+        batch, self._next = self._next, self._NOTHING
+        return batch
+
+
+@cache
+def _overlaps(client_type: type) -> bool:
+    """Whether this client's ``call`` takes ``while_waiting`` (``serviceplatformen.Client``'s does; a
+    stand-in's or a subclass's own ``call`` may not)."""
+    try:
+        return "while_waiting" in inspect.signature(client_type.call).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def resend_unconfirmed(stores: Stores, client: Client, run_id: str, batch_size: int, page_size: int = 5000,

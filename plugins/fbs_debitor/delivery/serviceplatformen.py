@@ -84,6 +84,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol
@@ -516,8 +518,12 @@ class Client:
         self._binding = self._service._binding
         self._soap = _binding_form(self._binding)
         self._session = session
+        self._poster: ThreadPoolExecutor | None = None     # ``call(while_waiting=...)``: the post on its own thread
 
     def close(self) -> None:
+        if self._poster is not None:
+            self._poster.shutdown(wait=True)
+            self._poster = None
         self._session.close()
 
     def for_agency(self, agency_id: str) -> Client:
@@ -531,10 +537,18 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def call(self, request: etree._Element, on_attempt: Callable[[int], None] | None = None) -> Answer:
+    def call(self, request: etree._Element, on_attempt: Callable[[int], None] | None = None,
+             while_waiting: Callable[[], None] | None = None) -> Answer:
         """Send one request (a validated SF1590 request element) and return the debtor system's
         receipts. ``on_attempt(n)`` runs before each transmission (the outbox counts attempts).
-        Raises DeliveryError when no answer came."""
+        Raises DeliveryError when no answer came.
+
+        ``while_waiting``: work of the caller's that touches neither the request nor the line (the
+        next batch's fingerprints and assembly: ``delivery.outbox``), done once while the first
+        transmission is on its way: the post then runs on a thread of this client's own, this
+        thread does ``while_waiting`` and then waits for the answer; everything else (the attempts,
+        their order, the classification, the retries) is as without it. It must not raise (the
+        outbox keeps its errors for later); if it does, the error is raised once the post is back."""
         operation = mapping.operation_of(request)
         body = etree.tostring(request, encoding="UTF-8", with_tail=False)     # the validated element, as it goes
         retry = operation in IDEMPOTENT
@@ -546,7 +560,8 @@ class Client:
                 on_attempt(attempt)
             try:
                 message, headers = self._message(operation, request, body)
-                response = self._zeep.transport.post(self.config.endpoint, message, headers)
+                work, while_waiting = while_waiting, None        # once, with the first transmission
+                response = self._post(message, headers, work)
                 return Answer(self._receipts(operation, response), attempt)
             except AccessHeld:
                 raise
@@ -561,6 +576,21 @@ class Client:
                             delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _post(self, message: bytes, headers: dict[str, str], while_waiting: Callable[[], None] | None):
+        """The transport's post; with ``while_waiting``, the post on this client's own thread while
+        this one does that work (see ``call``)."""
+        if while_waiting is None:
+            return self._zeep.transport.post(self.config.endpoint, message, headers)
+        if self._poster is None:
+            self._poster = ThreadPoolExecutor(1, "fbs-debitor-post")
+        future = self._poster.submit(self._zeep.transport.post, self.config.endpoint, message, headers)
+        try:
+            while_waiting()
+        except BaseException:
+            wait_for([future])       # nothing on its way when the error goes up
+            raise
+        return future.result()
 
     def _receipts(self, operation: str, response) -> list[mapping.Receipt]:
         """The receipts of an answer. A plain, schema-valid answer (HTTP 200, one ``...Svar`` in the
