@@ -227,8 +227,8 @@ def _kind(value) -> str | None:
 def _number(value) -> float:
     """A number as a float; NaN for none, or for a value that is not a number (SQLite keeps text
     in any column)."""
-    if value is None or isinstance(value, bool):
-        return _NAN if value is None else float(value)
+    if value is None:
+        return _NAN
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -240,7 +240,7 @@ def _moment(value) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
     return dt.datetime.combine(value, dt.time())
 
 

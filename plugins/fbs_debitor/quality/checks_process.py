@@ -89,7 +89,8 @@ class ChecksProcess:
 
     def __init__(self, data_docs_dir):
         global _early
-        self._child, _early = (_early, None) if _early is not None else (_spawn(), None)
+        self._child = _early if _early is not None else _spawn()
+        _early = None
         root = logging.getLogger()
         fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt),
                    logging.BASIC_FORMAT)

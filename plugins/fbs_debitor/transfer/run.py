@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -460,14 +460,9 @@ def run_transfer(stores: Stores, client, kind: str = "manual", data_docs_dir=Non
     before the sending (``quality.checks_process``), which imports Great Expectations meanwhile;
     the same checks, the same results, without the import's seconds after the sending."""
 
-    with ChecksProcess(data_docs_dir) if data_quality and checks_process else _no_process() as ahead:
+    with ChecksProcess(data_docs_dir) if data_quality and checks_process else nullcontext() as ahead:
         return _run_transfer(stores, client, kind, data_docs_dir, batch_size, data_quality, sweep, ahead,
                              **run_fields)
-
-
-@contextmanager
-def _no_process() -> Iterator[None]:
-    yield None
 
 
 def _run_transfer(stores: Stores, client, kind: str, data_docs_dir, batch_size: int | None, data_quality: bool,
