@@ -47,7 +47,7 @@ Tasks:
 3. **finish** — runs whatever happened before it. When **plan** failed (or was skipped) it says
    the backfill did not start and fails too, so the run is red. When every month is done the
    backfill is complete and the hourly run takes the range over (and with it what could not go
-   yet: verified later, data fixed later). Otherwise fails, naming the months left. A cut-off
+   yet: verified later, data fixed later). Otherwise fails at once (no retry), naming the months left. A cut-off
    moved forward meanwhile stops the months now before it (T1), says so in the log and the
    ledger, and recalls nothing already sent.
 
@@ -119,7 +119,7 @@ def debitor_backfill():
         get_current_context()["chunk_label"] = chunk["chunk_from"][:7]
         return tasks.backfill_chunk(chunk, dag_run.run_id)
 
-    @task(task_id="finish", trigger_rule="all_done", retries=0)
+    @task(task_id="finish", trigger_rule="all_done")
     def finish(planned: dict) -> dict:
         from fbs_debitor.airflow import tasks
 

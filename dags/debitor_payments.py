@@ -146,13 +146,13 @@ def debitor_payments():
 
         return payment_tasks.reconcile_payments(ledger_run_id)
 
-    @task(task_id="differences", retries=0)
+    @task(task_id="differences")
     def differences(ledger_run_id: str, result: dict[str, int]) -> int:
         from fbs_debitor.airflow import payment_tasks
 
         return payment_tasks.payment_differences(ledger_run_id, result)
 
-    @task(task_id="failed_municipalities", retries=0, trigger_rule="all_done")
+    @task(task_id="failed_municipalities", trigger_rule="all_done")
     def failed_municipalities(ledger_run_id: str) -> list[str]:
         from fbs_debitor.airflow import payment_tasks
 

@@ -75,9 +75,9 @@ Runs every hour (Europe/Copenhagen); one run at a time. Each run:
    repayment) and sent in order per liability: a change never overtakes the creation or the
    change before it. Closed or sent-to-collection after sending is told to staff, not to the
    debtor system. `python -m fbs_debitor history <liability>` shows a liability's whole trail.
-   **municipality_done** — red, without retries, when that municipality's part is not done (its
-   sending did not finish, an agency failed part-way, it is held for want of access, or claims are
-   unconfirmed after every retry), naming it; green otherwise.
+   **municipality_done** — red at once (no retry would say otherwise) when that municipality's part
+   is not done (its sending did not finish, an agency failed part-way, it is held for want of
+   access, or claims are unconfirmed after every retry), naming it; green otherwise.
 6. **data_quality** — after every municipality, whatever happened to any: Great Expectations checks
    on the batch the sending steps looked at (the run's open liabilities not yet sent before it, and
    the agencies): company without valid CVR, minor without guardian, person without CPR or birth
@@ -117,6 +117,9 @@ only now (late arrival) is still picked up. The data interval is recorded with t
 The sending tasks share their debtor system's pool with debitor_backfill's months of the same
 debtor system, at a higher priority: a backfill never holds up the hourly run of another vendor.
 A task's retry waits Airflow's `[core] default_task_retry_delay` (120 s in ./run and docker-compose).
+Every task has retries, the verdicts too (municipality_done, held_agencies, failed_agencies,
+undelivered): a verdict fails at once without them (AirflowFailException), so they only serve a try
+lost with its worker (killed, out of memory), which would otherwise leave a false red.
 Connections: `fbs_db` and `debitor_ledger` (else `FBS_DEBITOR_*_URL`), and `serviceplatformen`
 (endpoint, service agreement / user system / user UUIDs, client certificate; see docs/deployment.md#connections).
 """
@@ -261,7 +264,7 @@ def _tasks(sweep: bool):
 
         return tasks.send_changes(ledger_run_id, unit)
 
-    @task(task_id="municipality_done", map_index_template="{{ unit_label }}", retries=0)
+    @task(task_id="municipality_done", map_index_template="{{ unit_label }}")
     def municipality_done(ledger_run_id: str, unit: dict) -> str:
         from fbs_debitor.airflow import tasks
 
@@ -293,19 +296,19 @@ def _tasks(sweep: bool):
 
         return tasks.close_run(ledger_run_id)
 
-    @task(task_id="held_agencies", retries=0)
+    @task(task_id="held_agencies")
     def held_agencies(ledger_run_id: str, dq: dict) -> list[str]:
         from fbs_debitor.airflow import tasks
 
         return tasks.held_agencies(ledger_run_id, dq)
 
-    @task(task_id="failed_agencies", retries=0)
+    @task(task_id="failed_agencies")
     def failed_agencies(ledger_run_id: str) -> list[str]:
         from fbs_debitor.airflow import tasks
 
         return tasks.failed_agencies(ledger_run_id)
 
-    @task(task_id="undelivered", retries=0)
+    @task(task_id="undelivered")
     def undelivered(ledger_run_id: str, delivered: dict[str, int]) -> int:
         from fbs_debitor.airflow import tasks
 

@@ -50,8 +50,9 @@ def test_payments_dag_is_scheduled_from_the_vendors_rhythms_P1(dagbag, monkeypat
     # several or none by the run-level rest; reconciliation and the verdicts run whatever happened.
     assert [t.task_id for t in dag.topological_sort()] == [
         "open_run", "payment_units", "ingest", "ingest_rest", "reconcile", "differences", "failed_municipalities"]
-    assert dag.get_task("differences").retries == 0 and dag.get_task("ingest").retries >= 1
-    assert dag.get_task("failed_municipalities").retries == 0
+    # every task has retries, the verdicts too: they fail at once by AirflowFailException, so a retry
+    # only serves a try lost with its worker (issue 18: a killed worker leaves no false red)
+    assert all(t.retries >= 1 for t in dag.tasks)
     assert dag.get_task("ingest").map_index_template == "{{ unit_label }}"
     assert {dag.get_task(t).trigger_rule for t in ("ingest_rest", "reconcile", "failed_municipalities")} == {
         "all_done"}
@@ -137,15 +138,15 @@ def test_transfer_dag_is_hourly_with_a_real_window_and_one_run_at_a_time(dagbag)
         for step in steps[:3]:
             task = dag.get_task(step)
             assert task.pool == pool_for(vendor) and task.priority_weight > 1
-        assert dag.get_task(f"{group}.municipality_done").retries == 0
         # one municipality's red group does not stop the run's closing steps
         assert f"{group}.municipality_done" in dag.get_task("raise_staff_tasks").upstream_task_ids
     assert dag.get_task("raise_staff_tasks").trigger_rule == dag.get_task("close_run").trigger_rule == "all_done"
-    # Transient work is retried (sending is safe to retry: the outbox keys it); the final checks
-    # (a held agency, C3, a staff alarm; an agency whose work failed part-way and claims still
-    # unconfirmed, which fail the run, issue 20) are facts to act on, so they are not.
-    assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in alarms and not t.task_id.endswith("_done"))
-    assert all(dag.get_task(t).retries == 0 for t in alarms)
+    # Every task has retries (sending is safe to retry: the outbox keys it). The verdicts (a
+    # municipality not done; a held agency, C3, a staff alarm; an agency whose work failed part-way
+    # and claims still unconfirmed, which fail the run, issue 20) are facts to act on: they fail at
+    # once with AirflowFailException (tested where each is raised), so their retries only serve a try
+    # lost with its worker (issue 18: a worker killed while it ran municipality_done left it red).
+    assert all(t.retries >= 1 for t in dag.tasks)
 
 
 @pytest.mark.airflow

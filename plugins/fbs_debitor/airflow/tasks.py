@@ -175,8 +175,8 @@ def send_changes(run_id: str, unit: dict) -> dict[str, int]:
 
 
 def municipality_done(run_id: str, unit: dict) -> str:
-    """The last of a municipality's mapped tasks: red (without retries) when its part of the run is
-    not done (``transfer.unit_problems``: its sending did not finish, an agency failed part-way, it
+    """The last of a municipality's mapped tasks: red at once (AirflowFailException: no retry) when
+    its part of the run is not done (``transfer.unit_problems``: its sending did not finish, an agency failed part-way, it
     is held for want of access, or claims are unconfirmed after every retry), naming it; the other
     municipalities' tasks stay green. The run-level tasks at the end say it again for the run."""
     this = _unit(unit)
@@ -292,7 +292,10 @@ def finish_backfill(plan: dict | None) -> dict:
         log.info("%s", plan.get("note"))
         return {"status": "nothing to do"}
     with task_stores() as stores:
-        done = backfill.finish(stores, plan["backfill_id"])
+        try:
+            done = backfill.finish(stores, plan["backfill_id"])
+        except backfill.ChunkIncomplete as exc:   # months left: a verdict, which a retry would only repeat
+            raise AirflowFailException(str(exc)) from None
         # finish decides the run's state (it is the last task): a good one resolves the failed-run alarm
         alarms.resolve_unseen(stores.ledger, [alerts.failed_kind("debitor_backfill")], [])
         return done
