@@ -160,18 +160,19 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
 
 
 _SUMS = text(   # each claim's sums of its applied movements on its current FordringID, reversals netted
-    "SELECT m.liability_id, "
+    "SELECT c.liability_id, "
     "SUM(CASE WHEN m.kind = 'payment' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS paid, "
     "SUM(CASE WHEN m.kind = 'write_off' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS written_off, "
     "SUM(CASE WHEN m.kind = 'repayment' AND m.reversed_by IS NULL THEN m.amount ELSE 0 END) AS repaid "
-    "FROM movement m JOIN claim c ON c.liability_id = m.liability_id AND c.fordring_id = m.fordring_id "
-    "WHERE m.state = 'applied' AND m.liability_id >= :lo AND m.liability_id <= :hi GROUP BY m.liability_id")
+    "FROM claim c JOIN movement m ON m.fordring_id = c.fordring_id AND m.state = 'applied' "
+    "AND m.liability_id = c.liability_id "
+    "WHERE c.liability_id >= :lo AND c.liability_id <= :hi GROUP BY c.liability_id")
 
 
 def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
     """1 and the FBS status of settled claims (2). Set-based, page by page in liability order: the
-    sums per claim are the database's (one GROUP BY over the page's range of liabilities, by the
-    movement's liability index), and FBS is asked only for the claims whose status matters (settled,
+    sums per claim are the database's (one GROUP BY over the page's range of claims, each claim's
+    movements read by its FordringID, ``ix_movement_fordring``), and FBS is asked only for the claims whose status matters (settled,
     or closed by fbs-debitor with a balance)."""
     page = text("SELECT liability_id, fordring_id, debtor_amount, debtor_status, paid_amount, written_off_amount, "
                 "repaid_amount, balance, settlement, fbs_closed_by_payment FROM claim WHERE liability_id > :a AND "
