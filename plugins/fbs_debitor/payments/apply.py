@@ -221,6 +221,12 @@ def _stage(conn: Connection, fordring_ids: Iterable[str] = (), movement_ids: Ite
     insert_rows(conn, _STAGE, ("kind", "k", "n"), rows)
 
 
+def _restage(conn: Connection, kind: str, keys: Iterable[str]) -> None:
+    """The staged keys of one kind replaced by ``keys`` (the others stay)."""
+    conn.exec_driver_sql(f"DELETE FROM {_STAGE} WHERE kind = '{kind}'")  # noqa: S608 - fixed
+    insert_rows(conn, _STAGE, ("kind", "k", "n"), [(kind, k, None) for k in set(keys)])
+
+
 def _staged(kind: str) -> str:
     """SQL: the staged keys of one kind, for ``... IN (<this>)``."""
     return f"SELECT {'n' if kind == LIABILITY else 'k'} FROM {_STAGE} WHERE kind = '{kind}'"  # noqa: S608
@@ -247,15 +253,21 @@ class _Book:
             self.claims[fid] = _Claim(lid, agency, fid, state, as_amount(amount) or Decimal(0), status or "live",
                                       as_amount(paid), as_amount(off), as_amount(repaid), fbs_status,
                                       as_date(settled))
-        for fid, lid, agency in conn.exec_driver_sql(
-                "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "  # noqa: S608
-                f"ON c.liability_id = o.liability_id WHERE o.fordring_id IN ({_staged(FORDRING)}) "
-                "AND o.fordring_id <> c.fordring_id"):
-            self.replaced[fid] = (lid, agency)
         for r in conn.execute(text(
                 "SELECT movement_id, fordring_id, kind, amount, booked_on, reference_id, state, liability_id, "  # noqa: S608
                 f"reversed_by FROM movement WHERE movement_id IN ({_staged(MOVEMENT)})")):
             self.known[r.movement_id] = _Known(_movement(r), r.state, r.liability_id, r.reversed_by)
+        # an earlier FordringID of a claim (replaced at an increase, U1) is asked for only where the
+        # FordringID is no claim's current one (a claim found above is that FordringID's claim): of
+        # a file on known claims, none (the outbox's rows are not read for every movement)
+        missing = {m.fordring_id for m in movements} - self.claims.keys()
+        if missing:
+            _restage(conn, FORDRING, missing)
+            for fid, lid, agency in conn.exec_driver_sql(
+                    "SELECT o.fordring_id, o.liability_id, c.agency_id FROM outbox o JOIN claim c "  # noqa: S608
+                    f"ON c.liability_id = o.liability_id WHERE o.fordring_id IN ({_staged(FORDRING)}) "
+                    "AND o.fordring_id <> c.fordring_id"):
+                self.replaced[fid] = (lid, agency)
 
     def decide(self, m: Movement) -> tuple[str, str | None, int | None, str | None]:
         """(state, hold reason, liability, agency) for ``m``, and its effect on the claim in memory."""
@@ -310,37 +322,70 @@ class _Book:
         return APPLIED, None, c.liability_id, c.agency_id
 
     def save_claims(self) -> list[int]:
-        """Write the touched claims' sums (one row each, however many of the movements touched it),
-        then their balance and settlement (the one SQL definition, ``claim_settlement.sql``, over
-        the staged claims), and the reversed movements' mark: a few statements in all."""
+        """Write the touched claims' sums, balance and settlement in ONE update of each claim's row
+        (however many of the movements touched it): the new sums staged in one bulk insert
+        (``_CLAIM_STAGE``), then one ``UPDATE ... FROM`` that sets them and the balance and
+        settlement ``claim_settlement.sql`` defines, read from the staged sums (``_SUMS_AND_SETTLEMENT``);
+        then the reversed movements' mark: a few statements in all."""
         touched = sorted((c for c in self.claims.values() if c.touched), key=lambda c: c.liability_id)
         if not touched:                     # (in key order: neighbouring claims share pages)
             return []
         value = ledger.sql_value(self.conn)
-        execute_many(self.conn, "UPDATE claim SET paid_amount = :p, written_off_amount = :w, repaid_amount = :r, "
-                     "settled_on = :d WHERE liability_id = :l",
-                     [{"p": value(c.paid), "w": value(c.written_off), "r": value(c.repaid), "d": value(c.last_booked),
-                       "l": c.liability_id} for c in touched], bound=True)
-        ids = [c.liability_id for c in touched]
-        update_settlement_staged(self.conn, ids)
+        days: dict = {}
+        rows = []
+        for c in touched:
+            day = days.get(c.last_booked, days)
+            if day is days:
+                day = days[c.last_booked] = value(c.last_booked)
+            rows.append((c.liability_id, value(c.paid), value(c.written_off), value(c.repaid), day))
+        self.conn.exec_driver_sql(_CLAIM_STAGE_CREATE)
+        self.conn.exec_driver_sql(f"DELETE FROM {_CLAIM_STAGE}")  # noqa: S608 - a fixed name
+        insert_rows(self.conn, _CLAIM_STAGE, ("l", "p", "w", "r", "d"), rows)
+        self.conn.exec_driver_sql(_SUMS_AND_SETTLEMENT)
         if self.reversed:
             execute_many(self.conn, "UPDATE movement SET reversed_by = :by WHERE movement_id = :m",
                          [{"m": m, "by": by} for m, by in self.reversed.items()])
-        return ids
-
-
-def update_settlement_staged(conn: Connection, liability_ids: list[int]) -> None:
-    """``claim_settlement.sql`` for these claims in ONE statement: the ids staged, the
-    definition's ``IN :ids`` read as the staged claims."""
-    conn.exec_driver_sql(_STAGE_CREATE)
-    conn.exec_driver_sql(f"DELETE FROM {_STAGE} WHERE kind = '{LIABILITY}'")  # noqa: S608 - fixed
-    insert_rows(conn, _STAGE, ("kind", "k", "n"), [(LIABILITY, None, lid) for lid in set(liability_ids)])
-    conn.execute(text(_SETTLEMENT.replace(":ids", f"({_staged(LIABILITY)})")))
+        return [c.liability_id for c in touched]
 
 
 _SETTLEMENT = sql_file("queries/claim_settlement.sql")
 if _SETTLEMENT.count("IN :ids") != 1:       # the one definition must keep its one place for the claims
     raise RuntimeError("queries/claim_settlement.sql must end with one 'IN :ids'")
+
+# The touched claims' new sums (issue 19): one row per claim, staged in one bulk insert per file.
+# NUMERIC columns, so that SQLite compares and subtracts the staged amounts (bound as exact text)
+# as the claim's own NUMERIC columns hold them.
+_CLAIM_STAGE = "payment_claim_stage"
+_CLAIM_STAGE_CREATE = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_CLAIM_STAGE} (l BIGINT NOT NULL PRIMARY KEY, "
+                       "p NUMERIC(12,2) NOT NULL, w NUMERIC(12,2) NOT NULL, r NUMERIC(12,2) NOT NULL, d DATE)")
+
+
+def _sums_and_settlement(definition: str) -> str:
+    """``claim_settlement.sql``'s SET list with the claim's sums read from the staged new ones,
+    as one ``UPDATE claim ... FROM`` that writes the sums too: each claim's row is changed once, to
+    what the sums update followed by the definition made of it. (An UPDATE's SET reads the row as
+    it was, so the definition's ``paid_amount`` etc. must be the staged values here.) The claims are
+    also named by ``IN (SELECT l ...)``: without it SQLite's planner scans every claim of the ledger
+    for each file and looks each up in the staged ones (a third of a million rows a file at a
+    million movements); with it, each staged claim is found by its key."""
+    body = re.sub(r"--[^\n]*", "", definition)
+    m = re.fullmatch(r"\s*UPDATE\s+claim\s+SET\s+(.*)\s+WHERE\s+liability_id\s+IN\s+:ids\s*;?\s*", body, re.S)
+    if m is None:
+        raise RuntimeError("queries/claim_settlement.sql must be one 'UPDATE claim SET ... WHERE liability_id IN :ids'")
+    sets = m.group(1)
+    staged = {"paid_amount": "s.p", "written_off_amount": "s.w", "repaid_amount": "s.r"}
+    for column, new in staged.items():
+        if not re.search(rf"\b{column}\b", sets):
+            raise RuntimeError(f"queries/claim_settlement.sql no longer reads {column}")
+        sets = re.sub(rf"\b{column}\b", new, sets)
+    if re.search(r"\b(?:settled_on|balance\s*=.*balance\b)", sets):
+        raise RuntimeError("queries/claim_settlement.sql reads what this update sets")
+    return (f"UPDATE claim SET paid_amount = s.p, written_off_amount = s.w, repaid_amount = s.r, settled_on = s.d, "  # noqa: S608
+            f"{sets.strip()} FROM {_CLAIM_STAGE} s WHERE claim.liability_id IN (SELECT l FROM {_CLAIM_STAGE}) "
+            "AND claim.liability_id = s.l")
+
+
+_SUMS_AND_SETTLEMENT = _sums_and_settlement(_SETTLEMENT)
 
 
 def _movement(r) -> Movement:
@@ -445,6 +490,10 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
 # too; NORMAL measured no faster here, the fsync is not what a commit waits for).
 FILE_CACHE_KIB = 131072
 FILE_WAL_PAGES = 16384
+# The WAL a checkpoint has emptied is cut back to this size when it is next begun again (SQLite keeps
+# the file at its largest size otherwise: a batch's checkpoint interval, ``BATCH_WAL_PAGES``, is a
+# gigabyte). Disk space only: what is in the WAL and when it is copied do not change.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 WRITE_CACHE_KIB = 32768     # FBS's connection while the write-back writes a chunk (its payment index, liabilities)
@@ -462,6 +511,7 @@ def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB, wal
                 yield conn
             return
         conn.exec_driver_sql(f"PRAGMA cache_size = -{int(cache_kib)}")   # (the same size again: pages kept)
+        conn.exec_driver_sql(f"PRAGMA journal_size_limit = {int(WAL_SIZE_LIMIT)}")
         wal = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
         conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(wal_pages)}")
         conn.rollback()                     # (the transaction SQLAlchemy began for the pragmas: nothing in it)
@@ -613,12 +663,18 @@ class Municipalities:
 def claim_agencies(conn: Connection, fordring_ids: Iterable[str]) -> dict[str, str]:
     """The agency of each FordringID's claim in the ledger (an earlier FordringID of a claim
     replaced at an increase, U1, counts as that claim's); set-based: the ids staged, two queries."""
+    fordring_ids = set(fordring_ids)
     _stage(conn, fordring_ids)
-    out: dict[str, str] = dict(conn.exec_driver_sql(     # (no parameters: sent as they are, read as tuples)
-        "SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "  # noqa: S608
-        f"WHERE o.fordring_id IN ({_staged(FORDRING)})").all())
-    out.update(conn.exec_driver_sql(
+    current: dict[str, str] = dict(conn.exec_driver_sql(     # (no parameters: sent as they are, read as tuples)
         f"SELECT fordring_id, agency_id FROM claim WHERE fordring_id IN ({_staged(FORDRING)})").all())  # noqa: S608
+    missing = fordring_ids - current.keys()     # (a claim's current FordringID is its own: no outbox row read)
+    out: dict[str, str] = {}
+    if missing:
+        _restage(conn, FORDRING, missing)
+        out.update(conn.exec_driver_sql(
+            "SELECT o.fordring_id, c.agency_id FROM outbox o JOIN claim c ON c.liability_id = o.liability_id "  # noqa: S608
+            f"WHERE o.fordring_id IN ({_staged(FORDRING)})").all())
+    out.update(current)
     return out
 
 
@@ -856,6 +912,7 @@ BATCH_SECONDS = 15.0       # (an SQLite ledger has one writer: others wait at mo
 # database again each time. With a checkpoint every 1 GB of WAL, a page several batches changed is
 # copied once. (What a commit guarantees is the same: ``synchronous`` stays FULL.)
 BATCH_WAL_PAGES = 262_144
+BATCH_CACHE_KIB = FILE_CACHE_KIB
 
 
 def _files(stores: Stores, inbox: Inbox, names: list[str], run_id: str, at: dt.datetime,
@@ -895,7 +952,7 @@ def _file_batch(stores: Stores, inbox: Inbox, names: list[str], start: int, run_
     trying: str | None = None
     i = start
     try:
-        with file_transaction(stores.ledger, wal_pages=BATCH_WAL_PAGES) as conn:
+        with file_transaction(stores.ledger, cache_kib=BATCH_CACHE_KIB, wal_pages=BATCH_WAL_PAGES) as conn:
             _begin(conn)
             began, n = time.monotonic(), 0
             while i < len(names) and n < BATCH_MOVEMENTS and time.monotonic() - began < BATCH_SECONDS:

@@ -1,0 +1,11 @@
+-- Ledger 0017: one index fewer for each payment movement applied (issue 19).
+--
+-- ix_movement_liability  dropped: the only query that read it was the payments reconciliation's sums
+--                        per claim (a page of claims' range of liabilities), which now reads each
+--                        claim's movements by its FordringID through ix_movement_fordring (the
+--                        movements of the claim's current FordringID, applied, and of its
+--                        liability: the same rows). Every movement applied wrote an entry into it
+--                        at a random place (movements arrive in no order of their liability), one of
+--                        the pages a million movements scatter their writes over. The audit trail
+--                        of a liability (``history``) reads the event table, not this one.
+DROP INDEX ix_movement_liability;
