@@ -28,20 +28,26 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+from fbs_debitor.backfill import months as backfill
+from fbs_debitor.changes import reconciliation
 from fbs_debitor.changes import sending as change_sending
+from fbs_debitor.changes.history import format_history
 from fbs_debitor.core import ledger, migrations, settings
 from fbs_debitor.core.db import safe_url
 from fbs_debitor.core.stores import Stores, init_stores, open_stores
 from fbs_debitor.delivery import access, outbox, rejections, send_rate, serviceplatformen
 from fbs_debitor.eligibility import delta
 from fbs_debitor.eligibility.cut_off import waiting_backfills
+from fbs_debitor.payments import apply as payments
+from fbs_debitor.payments import inbound_service, inbox
+from fbs_debitor.payments import reconciliation as payment_reconciliation
 from fbs_debitor.quality import checks as dq_checks
+from fbs_debitor.quality import digest, mailer
+from fbs_debitor.quality import report as dq_report
+from fbs_debitor.status import overview as status_overview
+from fbs_debitor.transfer import dry_run
 from fbs_debitor.transfer.run import run_assessment, run_transfer
 from fbs_debitor.transfer.summary import RUN_KINDS, format_backfill, format_backfills, format_payments_run, format_run
-
-# What only some commands need (payments, backfill, reports, mail, the status overview; the inbound
-# service brings FastAPI) is imported by those commands: the hourly ``transfer`` starts without
-# them (issue 19: the hourly run costs what changed, its start included).
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SETTINGS, EXIT_UNCONFIRMED = 0, 1, 2, settings.EXIT_CODE, 4
 
@@ -114,8 +120,6 @@ def cmd_transfer(args) -> int:
     stores = _stores()
     init_stores(stores)
     if args.dry_run:
-        from fbs_debitor.transfer import dry_run
-
         summary = dry_run.run(stores, Path(args.out) if args.out else dry_run.default_dir("dry-run"),
                               batch_size=args.batch_size)
         print(dry_run.format_summary(summary))
@@ -180,9 +184,6 @@ def cmd_access(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fbs_debitor.quality import mailer
-    from fbs_debitor.quality import report as dq_report
-
     smtp = None
     if args.email:
         try:
@@ -209,9 +210,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from fbs_debitor.quality import report as dq_report
-    from fbs_debitor.status import overview as status_overview
-
     stores = _stores()
     if _ledger_behind(stores):
         return EXIT_REFUSED
@@ -234,8 +232,6 @@ def _ledger_behind(stores: Stores) -> bool:
 
 
 def cmd_digest(args) -> int:
-    from fbs_debitor.quality import digest, mailer
-
     smtp = None
     if not args.print_only:
         try:
@@ -263,8 +259,6 @@ def cmd_digest(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from fbs_debitor.backfill import months as backfill
-
     stores = _stores()
     run = ledger.get_run(stores.ledger, run_id=args.run, kind=None if args.run else args.kind)
     if run is None:
@@ -288,8 +282,6 @@ BACKFILL_SETTLED = ("complete", "stopped", "superseded")   # a backfill in one o
 def _backfill_summary(stores: Stores, run: ledger.RunInfo, backfill_id: str, whole: bool) -> int:
     """A backfill month's run belongs to a backfill: ``whole`` shows the backfill with every month
     (``--kind backfill``), otherwise the one month (``--run``), headed as a backfill's."""
-    from fbs_debitor.backfill import months as backfill
-
     b = backfill.status(stores.ledger, backfill_id=backfill_id, limit=1)[0]
     months = backfill.months_of(stores.ledger, backfill_id)
     if whole:
@@ -309,9 +301,6 @@ def reconcile(stores: Stores, held: dict | None = None, debtor=None, show: int =
     U1-U4), and payments (what was sent, what the debtor system reported paid or written off
     (``debtor``), what FBS shows); every difference printed (the first ``show``) and written to a
     CSV. True when there is none."""
-    from fbs_debitor.changes import reconciliation
-    from fbs_debitor.payments import reconciliation as payment_reconciliation
-
     stamp = f"{dt.datetime.now():%Y%m%dT%H%M%S-%f}"   # (two in the same second write two reports)
     ok = True
     if held is not None:
@@ -337,8 +326,6 @@ def claims_report_path(stamp: str) -> Path:
     """The one place the claims reconciliation report is written (only on differences):
     ``reports/claims/reconciliation-<time>.csv`` in the shared store (``FBS_DEBITOR_STORAGE_URL``,
     default ``var/``), next to the payments' in ``reports/payments/``."""
-    from fbs_debitor.quality import report as dq_report
-
     return dq_report.reports_root() / "claims" / f"reconciliation-{stamp}.csv"
 
 
@@ -360,10 +347,6 @@ def cmd_reconcile(args) -> int:
 
 def cmd_payments(args) -> int:
     """Apply the debtor system's waiting payment files now (what the debitor_payments DAG runs)."""
-    from fbs_debitor.payments import apply as payments
-    from fbs_debitor.payments import inbox
-    from fbs_debitor.payments import reconciliation as payment_reconciliation
-
     if args.dismiss and not args.note:
         print("--dismiss needs --note (who reviewed it and why)", file=sys.stderr)
         return EXIT_REFUSED
@@ -419,8 +402,6 @@ def cmd_requeue(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from fbs_debitor.changes.history import format_history
-
     text_ = format_history(_stores(), args.liability_id)
     if text_ is None:
         print(f"liability {args.liability_id} is known neither in FBS nor in the ledger", file=sys.stderr)
@@ -430,8 +411,6 @@ def cmd_history(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    from fbs_debitor.backfill import months as backfill
-
     listing = args.waiting or args.status
     request = None
     if not listing:   # the request and the connection are checked before anything is read or written
@@ -703,8 +682,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inbound"]:
-        from fbs_debitor.payments import inbound_service
-
         # The inbound service has its own parser and settings (payments.inbound_service.main).
         return inbound_service.main(argv[1:])
     return run_command(build_parser(), argv)
