@@ -258,19 +258,72 @@ class _Context:
 
 
 _SENT_CLAIMS = ("SELECT liability_id, agency_id, fordring_id, generation, current_version, debtor_amount, debtor_status, "
-                "refund_requested_at, identity_print, source_print, fbs_status, notice FROM claim")
+                "refund_requested_at, identity_print, source_print, fbs_status, notice, {fresh} AS fresh FROM claim")
+
+# A claim this very run recorded and had accepted, untouched since (its creation only: generation 0,
+# version 1, live, no notice, its prints and amount kept). It was built from FBS as this run read
+# it, seconds ago, after the run's window opened, so comparing it with FBS again is (almost always)
+# wasted work: it is not read from FBS nor fingerprinted again (issue 19). Nothing is lost:
+# * a change FBS makes after this run read the liability is committed after that read, so it was
+#   marked (updated_at) after the read less FBS_DEBITOR_CHANGE_OVERLAP_MINUTES (the longest FBS
+#   takes to commit a marked change), which is after the window's ``until`` (never later than FBS's
+#   clock less the overlap when the window opened, before anything was read). The next window's
+#   ``since`` is at most that ``until`` (``delta.advance`` moves an agency's mark to the run's
+#   ``until``, and only once its municipality is done; otherwise the mark stays older), and the
+#   delta takes ``updated_at > since``: the next run looks at the liability and compares it then.
+#   A later run always compares it (its ``first_run_id`` is not that run's), so the first run whose
+#   ``until`` passes the change compares it (U1-U4). A sweep (debitor_sweep) has a window with an
+#   ``until`` too and advances the marks the same way; what FBS changes without marking it is the
+#   next sweep's, as a change a second after the comparison always was.
+# * a retried task (a killed build_and_send, send_changes) is the same run with the same window:
+#   what its first try sent was read after the window opened, so the same holds. A claim sent
+#   again by a retry with content changed since its first try (``outbox._record_changed``: its
+#   source_print is then NULL) is not fresh and is compared; so is a claim whose increase,
+#   cancellation or renewal (rejections' next generation) this run recorded (generation or version
+#   moved on), and every claim another run created (a resend of an older run's claim included).
+# * the one thing the creation does not keep is FBS's repayment mark (U3): a liability marked for
+#   repayment before it was sent is found by one narrow look-up on FBS (``_REPAYMENT_MARKED``) and
+#   compared as before.
+_FRESH = ("CASE WHEN first_run_id = :this_run AND generation = 0 AND current_version = 1 AND debtor_status = 'live' "
+          "AND debtor_amount IS NOT NULL AND identity_print IS NOT NULL AND source_print IS NOT NULL "
+          "AND refund_requested_at IS NULL AND notice IS NULL THEN 1 ELSE 0 END")
+_REPAYMENT_MARKED = text("SELECT liability_id FROM liability WHERE liability_id IN :ids AND refund_requested_at IS NOT NULL"
+                         ).bindparams(bindparam("ids", expanding=True))
+
+
+def _marked_for_repayment(fbs: Engine, liability_ids: list[int]) -> set[int]:
+    """Of these liabilities, those FBS marks for repayment (U3)."""
+    if not liability_ids:
+        return set()
+    with fbs.connect() as conn:
+        return {int(r[0]) for r in conn.execute(_REPAYMENT_MARKED, {"ids": liability_ids})}
 
 
 def sent_claim_pages(stores: Stores, page_size: int = 5000, *, agencies: Collection[str] | None = None,
-                     changed: Delta | None = None) -> Iterator[tuple[list, dict]]:
+                     changed: Delta | None = None, this_run: str | None = None,
+                     skipped: Counter | None = None) -> Iterator[tuple[list, dict]]:
     """Every claim the debtor system accepted (its ledger row), page by page in liability order,
     with FBS's state of those liabilities now (``claim_state.sql``, by liability id; a liability
     gone from FBS is absent). ``agencies`` (issue 18: one unit's): only the claims recorded for
-    those agencies (``claim.agency_id``, in the query), None every agency."""
+    those agencies (``claim.agency_id``, in the query), None every agency. ``this_run``: leave out
+    the claims that run created and sent (``_FRESH``: not read from FBS again), counted per agency
+    in ``skipped``."""
     only = agency_list(agencies)
     state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
+    fresh = _FRESH if this_run is not None else "0"
+    columns = _SENT_CLAIMS.replace("{fresh}", fresh)
+    run_params = {"this_run": this_run} if this_run is not None else {}
 
     def with_states(claims: list) -> tuple[list, dict]:
+        if this_run is not None:
+            new = [c for c in claims if c.fresh]
+            if new:
+                marked = _marked_for_repayment(stores.fbs, [c.liability_id for c in new])
+                claims = [c for c in claims if not c.fresh or c.liability_id in marked]
+                if skipped is not None:
+                    skipped.update(c.agency_id for c in new if c.liability_id not in marked)
+        if not claims:
+            return claims, {}
         with stores.fbs.connect() as conn:
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
         return claims, states
@@ -279,20 +332,24 @@ def sent_claim_pages(stores: Stores, page_size: int = 5000, *, agencies: Collect
     if changed is not None:   # the incremental run: the delta's claims, and its agencies looked at whole
         whole = sorted(set(changed.whole) & set(only)) if only is not None else list(changed.whole)
         for part in chunked(changed.liability_ids, page_size):
-            query = text(f"{_SENT_CLAIMS} WHERE state = 'accepted' AND liability_id IN ({id_list(part)}) "  # noqa: S608 - integers
+            query = text(f"{columns} WHERE state = 'accepted' AND liability_id IN ({id_list(part)}) "  # noqa: S608 - integers
                          "ORDER BY liability_id")
             with stores.ledger.connect() as conn:
-                claims = [c for c in conn.execute(query).all()
+                claims = [c for c in conn.execute(query, run_params).all()
                           if (only is None or c.agency_id in only) and c.agency_id not in whole]
             if claims:
-                yield with_states(claims)
+                page = with_states(claims)
+                if page[0]:
+                    yield page
         if not whole:
             return
-    claims_query = for_agencies(_SENT_CLAIMS + " WHERE state = 'accepted'{agencies} AND liability_id > :last "
+    claims_query = for_agencies(columns + " WHERE state = 'accepted'{agencies} AND liability_id > :last "
                                 "ORDER BY liability_id LIMIT :n", whole, "agency_id IN :agencies")
     for claims in keyset_pages(stores.ledger, claims_query, "liability_id", -1,
-                               {"n": page_size, **agency_params(whole)}, after="last"):
-        yield with_states(claims)
+                               {"n": page_size, **agency_params(whole), **run_params}, after="last"):
+        page = with_states(claims)
+        if page[0]:
+            yield page
 
 
 def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt.date | None = None, *,
@@ -301,10 +358,13 @@ def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt
     Returns counts (agency, 'change_recorded', kind). ``agencies`` (issue 18: one unit's, a
     municipality at its debtor system): only the claims recorded for those agencies; None every
     agency. ``changed`` (issue 19, the incremental run's delta): only the claims of the liabilities
-    FBS marked changed, and every claim of the agencies looked at whole; None every claim."""
+    FBS marked changed, and every claim of the agencies looked at whole; None every claim. The claims
+    this run (``run_id``) created and sent are not compared again (``_FRESH``: why nothing is lost)."""
     ctx = _Context(stores, run_id, fingerprints.verify_key(stores.ledger), today or dt.date.today())
     counts: Counter = Counter()
-    for claims, states in sent_claim_pages(stores, page_size, agencies=agencies, changed=changed):
+    skipped: Counter = Counter()    # the claims this run created and sent: not compared again (``_FRESH``)
+    for claims, states in sent_claim_pages(stores, page_size, agencies=agencies, changed=changed, this_run=run_id,
+                                           skipped=skipped):
         updates, tasks = _compare_page(ctx, claims, states)
         if tasks:
             with stores.fbs.begin() as conn:     # FBS first: idempotent by task id
@@ -316,6 +376,9 @@ def detect_changes(stores: Stores, run_id: str, page_size: int = 5000, today: dt
             for u in updates:
                 for m in u.messages:
                     counts[(u.claim.agency_id, RECORDED, m.kind)] += 1
+    if skipped:
+        log.info("%d claim(s) this run created and sent were not compared with FBS again: built from what this run "
+                 "read, a change FBS makes since is in the next run's window", sum(skipped.values()))
     if counts:
         log.info("changes recorded: %s", dict(Counter({k: n for (_, _, k), n in counts.items()})))
     return counts
