@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-import debtor
 import fbs_rows as fr
 import pytest
 from sqlalchemy import text
-from transfers import BATCH, once_each
+from transfers import once_each
+from transfers import successful_run as run
 
 from fbs_debitor.changes import detection
 from fbs_debitor.core import ledger
@@ -23,7 +23,6 @@ from fbs_debitor.core.db import as_datetime
 from fbs_debitor.eligibility import delta
 from fbs_debitor.sandbox import emulator
 from fbs_debitor.transfer import run as transfer
-from fbs_debitor.transfer.run import run_transfer
 
 A = "715100"
 T0 = dt.datetime(2026, 4, 1, 9, 30)           # when FBS last marked the extract's rows
@@ -48,13 +47,6 @@ def new_liability(stores, marked: dt.datetime, **over) -> int:
                            **over)["liability_id"]
         conn.commit()
     return lid
-
-
-def run(stores, url: str, sweep: bool = False) -> str:
-    with debtor.client(url) as client:
-        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=False, sweep=sweep)
-    assert ledger.get_run(stores.ledger, run_id).status == "success"
-    return run_id
 
 
 def totals(stores, run_id: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ import fbs_rows as fr
 import pytest
 from sqlalchemy import text
 from transfers import BATCH, once_each
+from transfers import successful_run as run
 
 from fbs_debitor.core import ledger
 from fbs_debitor.eligibility import delta
@@ -45,13 +46,6 @@ def new_fee(stores, marked: dt.datetime) -> int:
         lid = fr.liability(conn, p["patron_id"], agency_id=A, created_at=marked, updated_at=marked)["liability_id"]
         conn.commit()
     return lid
-
-
-def run(stores, url: str, sweep: bool = False) -> str:
-    with debtor.client(url) as client:
-        run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=False, sweep=sweep)
-    assert ledger.get_run(stores.ledger, run_id).status == "success"
-    return run_id
 
 
 def looked_at(stores, run_id: str) -> int:

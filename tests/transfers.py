@@ -20,10 +20,18 @@ class Crash(BaseException):
     """A process dying at an exact point: not an Exception, so no handler in the code catches it."""
 
 
-def transfer(stores, url: str, **client_over):
-    """One transfer run (no data-quality checks) to the emulator at ``url``; returns run_transfer's answer."""
+def transfer(stores, url: str, sweep: bool = False, **client_over):
+    """One transfer run (no data-quality checks; ``sweep``: everything, as debitor_sweep) to the
+    emulator at ``url``; returns run_transfer's answer."""
     with debtor.client(url, **client_over) as client:
-        return run_transfer(stores, client, batch_size=BATCH, data_quality=False)
+        return run_transfer(stores, client, batch_size=BATCH, data_quality=False, sweep=sweep)
+
+
+def successful_run(stores, url: str, sweep: bool = False) -> str:
+    """One ``transfer`` that must end successful; its ledger run id."""
+    run_id, _ = transfer(stores, url, sweep=sweep)
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    return run_id
 
 
 def crash_at(step: str, stores, emu_url: str, monkeypatch) -> None:
