@@ -48,6 +48,17 @@ from fbs_debitor.payments.rhythm import rhythm
 from fbs_debitor.sandbox import emulator
 from fbs_debitor.sandbox.inbound_caller import InboundCaller
 
+UNKNOWN_CLAIM_PREFIX = "9"   # a movement on no claim: FordringID FBS-<agency>-9 and nine digits
+
+
+def is_unknown_claim(fordring_id: str) -> bool:
+    """Whether this emulator made ``fordring_id`` up for a movement on no claim: ``FBS-<agency>-9``
+    and nine digits, a liability id no FBS extract here reaches (a real claim whose liability id
+    merely starts with 9 is not one)."""
+    parts = fordring_id.split("-")
+    tail = parts[2] if len(parts) == 3 and parts[0] == "FBS" else ""
+    return len(tail) == 10 and tail.isdigit() and tail.startswith(UNKNOWN_CLAIM_PREFIX)
+
 metadata = sa.MetaData()
 emu_movement = sa.Table(
     "emu_movement", metadata,
@@ -287,7 +298,7 @@ class _Ledger:
                 if due > 0 and self.kind.get(fid, "").startswith("ERSTATNING"):
                     out.append(self._new(rng, vendor, fid, "repayment", due, booked))
         for _ in range(mix.unknown if agencies else 0):
-            fid = f"FBS-{rng.choice(agencies)}-9{rng.randrange(10**8, 10**9)}"
+            fid = f"FBS-{rng.choice(agencies)}-{UNKNOWN_CLAIM_PREFIX}{rng.randrange(10**8, 10**9)}"
             out.append(self._new(rng, vendor, fid, "payment", Decimal(rng.randrange(2000, 40000)) / 100, booked))
         open_now = self.open_claims(fids)
         for fid in rng.sample(open_now, min(mix.overpayments, len(open_now))):
