@@ -464,3 +464,13 @@ def test_issue17_P1_emulator_payments_calls_the_service_per_municipality_in_toke
         assert "PRIVATE KEY" not in out and "Assertion" not in out and full_cpr_numbers(out) == []
     finally:
         stores.dispose()
+
+
+def test_issue19_every_other_command_of_the_cli_starts_without_the_web_framework():
+    """The hourly run is ``python -m fbs_debitor transfer``: the service's web framework (FastAPI,
+    uvicorn, about half a second to import) is imported only where the service is made."""
+    code = ("import sys, fbs_debitor.cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(HOME / "plugins")})
+    assert out.stdout.strip() == "[]"

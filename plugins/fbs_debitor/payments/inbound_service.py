@@ -62,15 +62,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from lxml import etree
 from sqlalchemy import text
-from starlette.concurrency import run_in_threadpool
 
 from fbs_debitor.claims import messages
 from fbs_debitor.claims.sf1590 import NS_DA
@@ -84,6 +81,13 @@ from fbs_debitor.payments.inbound import FBS_ENTITY_ID, NS_AC, PATH, SOAP_ACTION
 from fbs_debitor.payments.inbox import InboxLayoutError, default_inbox_dir
 from fbs_debitor.tokens import wssecurity
 from fbs_debitor.tokens.saml import TokenRefused
+
+# The web framework is imported where the service is made (below): every other command of the CLI
+# (the hourly run among them) starts without it.
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import Response
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +330,15 @@ class Service:
 
 def create_app(settings: InboundSettings, landing: Landing | None = None) -> FastAPI:
     """The ASGI app (no docs or OpenAPI routes)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
+
     service = Service(settings, landing)
     service.landing.check()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, title="SF1590_B_01A")
     app.state.service = service
 
-    @app.post(PATH)
     async def foretag_indbetaling(request: Request) -> Response:
         limit = service.limit()
         declared = request.headers.get("content-length")
@@ -349,7 +356,6 @@ def create_app(settings: InboundSettings, landing: Landing | None = None) -> Fas
                                                request.headers.get("content-type"))
         return _soap(status, body)
 
-    @app.get(PATH)
     async def wsdl(request: Request) -> Response:
         query = request.query_params
         if "wsdl" in query and len(query) == 1:
@@ -360,10 +366,18 @@ def create_app(settings: InboundSettings, landing: Landing | None = None) -> Fas
         return Response("ask for ?wsdl, or ?xsd=<one of the schemas the WSDL imports>\n", status_code=404,
                         media_type="text/plain; charset=utf-8")
 
+    # (the module's annotations are text, which FastAPI resolves in the module's globals, where
+    # the framework is not: the routes get the classes themselves)
+    for route in (foretag_indbetaling, wsdl):
+        route.__annotations__ = {"request": Request, "return": Response}
+    app.post(PATH)(foretag_indbetaling)
+    app.get(PATH)(wsdl)
     return app
 
 
 def _soap(status: int, body: bytes) -> Response:
+    from fastapi.responses import Response
+
     return Response(body, status_code=status, media_type="text/xml; charset=utf-8")
 
 
@@ -379,30 +393,39 @@ def _pinned_context(config: uvicorn.Config, default: Callable[[], ssl.SSLContext
     return ctx
 
 
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[_Server], None] | None = None):
-        super().__init__(config)
-        self.on_started = on_started
+def _server_class() -> type:
+    """uvicorn's server that calls ``on_started`` once it listens and knows its port."""
+    import uvicorn
 
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_started is not None:
-            self.on_started(self)
+    class _Server(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config, on_started: Callable[[_Server], None] | None = None):
+            super().__init__(config)
+            self.on_started = on_started
 
-    @property
-    def port(self) -> int:
-        return self.servers[0].sockets[0].getsockname()[1]
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.on_started is not None:
+                self.on_started(self)
+
+        @property
+        def port(self) -> int:
+            return self.servers[0].sockets[0].getsockname()[1]
+
+    return _Server
 
 
 def make_server(settings: InboundSettings, landing: Landing | None = None,
-                on_started: Callable[[_Server], None] | None = None) -> _Server:
+                on_started: Callable[[uvicorn.Server], None] | None = None) -> uvicorn.Server:
+    """The service's uvicorn server (not yet serving); it has ``port`` once started."""
+    import uvicorn
+
     config = uvicorn.Config(create_app(settings, landing), host=settings.host, port=settings.port,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
                             ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=settings.serviceplatformen_cert,
                             ssl_context_factory=_pinned_context, log_level="warning", access_log=False,
                             lifespan="off", server_header=False, timeout_graceful_shutdown=10)
     config.load()          # the TLS files are read now: a bad one is refused before serving
-    return _Server(config, on_started)
+    return _server_class()(config, on_started)
 
 
 class InboundServer:
@@ -524,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             own_payments_dir=payments_dir.resolve() == configured.resolve())
         port_file = Path(args.port_file) if args.port_file else None
 
-        def started(server: _Server) -> None:
+        def started(server: uvicorn.Server) -> None:
             if port_file is not None:
                 _write_port(port_file, server.port)
             print(f"SF1590_B_01A inbound service on https://{settings.host}:{server.port}{PATH} landing in "
