@@ -10,6 +10,8 @@ project while the command starts and sends (on the machine's other core), then w
 sending is done the run says which run to check; the worker checks it exactly as the run would
 have (the same ``run_checks``, the same databases, settings and Data Docs place) and answers with
 the counts, or with the error, which then becomes the run's failure as it would in one process.
+Having answered, the worker ends at once, without Python's teardown (freeing GX's modules took
+about 1.5 s that the run waited for): everything it did is committed before it answers.
 
 Nothing is checked unless the run asks: a run that ends first kills the worker, and one that is
 killed closes the pipe, on which the worker exits; neither touches a database. The worker reads
