@@ -5,6 +5,7 @@ checks tests both ways); here: what happens when that process is not needed, or 
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import debtor
@@ -65,3 +66,33 @@ def test_issue19_python_m_fbs_debitor_transfer_starts_the_checks_process_first_a
     left = checks_process._early
     checks_process._end_early()                 # what atexit does with one the run never took over
     assert left.poll() is not None and checks_process._early is None
+
+
+def test_issue19_the_checks_process_answers_ends_at_once_and_its_log_lines_all_arrive(stores, emu_db, capfd, caplog):
+    """Having answered, the worker ends without Python's teardown (``checks_worker._exit_now``):
+    with exit code 0, and with every line it logged on the run's standard error (flushed first);
+    what it found is in the ledger (I4: a CPR failing modulus-11 is a finding)."""
+    caplog.set_level(logging.INFO)               # the worker logs at the run's level
+    with stores.fbs.connect() as conn:
+        fr.agency(conn, A)
+        fr.liability(conn, fr.patron(conn, agency_id=A, cpr=fr.MOD11_FAIL_CPR)["patron_id"], agency_id=A)
+        conn.commit()
+    ended: list = []
+    close = checks_process.ChecksProcess.close
+
+    def closing(self):
+        ended.append(self._child.poll())         # (after run(): the worker has been waited for)
+        close(self)
+
+    with emulator.Emulator("KMD_OPUS", emu_db) as emu, debtor.client(emu.url) as client:
+        checks_process.ChecksProcess.close = closing
+        try:
+            run_id, _ = run_transfer(stores, client, batch_size=BATCH, data_quality=True, checks_process=True)
+        finally:
+            checks_process.ChecksProcess.close = close
+    assert ledger.get_run(stores.ledger, run_id).status == "success"
+    assert ended == [0]
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM finding WHERE last_run_id = :r AND rule = 'I4'"),
+                            {"r": run_id}).scalar() == 1
+    assert "data quality: 1 rows checked, 1 findings {'I4_cpr_fails_modulus_11': 1}" in capfd.readouterr().err
