@@ -59,7 +59,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims import fingerprints
@@ -75,6 +75,7 @@ from fbs_debitor.core.db import (
     as_datetime,
     chunked,
     exact_amount,
+    in_query,
     keyset_pages,
     shown,
     sql_file,
@@ -198,8 +199,8 @@ def orphaned_message(fordring: str, patron_id) -> str:
             "FBS. Nothing is sent about it until the patron is back or the liability is corrected.")
 
 
-_ORPHANED = text("SELECT l.liability_id, l.patron_id, (SELECT COUNT(*) FROM agency a WHERE a.agency_id = l.agency_id) "
-                 "AS agencies FROM liability l WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+_ORPHANED = in_query("SELECT l.liability_id, l.patron_id, (SELECT COUNT(*) FROM agency a WHERE a.agency_id = "
+                     "l.agency_id) AS agencies FROM liability l WHERE l.liability_id IN :ids", "ids")
 
 
 def _orphaned(fbs: Engine, liability_ids: list[int]) -> dict[int, tuple]:
@@ -287,16 +288,8 @@ _SENT_CLAIMS = ("SELECT liability_id, agency_id, fordring_id, generation, curren
 _FRESH = ("CASE WHEN first_run_id = :this_run AND generation = 0 AND current_version = 1 AND debtor_status = 'live' "
           "AND debtor_amount IS NOT NULL AND identity_print IS NOT NULL AND source_print IS NOT NULL "
           "AND refund_requested_at IS NULL AND notice IS NULL THEN 1 ELSE 0 END")
-_REPAYMENT_MARKED = text("SELECT liability_id FROM liability WHERE liability_id IN :ids AND refund_requested_at IS NOT NULL"
-                         ).bindparams(bindparam("ids", expanding=True))
-
-
-def _marked_for_repayment(fbs: Engine, liability_ids: list[int]) -> set[int]:
-    """Of these liabilities, those FBS marks for repayment (U3)."""
-    if not liability_ids:
-        return set()
-    with fbs.connect() as conn:
-        return {int(r[0]) for r in conn.execute(_REPAYMENT_MARKED, {"ids": liability_ids})}
+_REPAYMENT_MARKED = in_query("SELECT liability_id FROM liability WHERE liability_id IN :ids "
+                             "AND refund_requested_at IS NOT NULL", "ids")
 
 
 def sent_claim_pages(stores: Stores, page_size: int = 5000, *, agencies: Collection[str] | None = None,
@@ -309,22 +302,23 @@ def sent_claim_pages(stores: Stores, page_size: int = 5000, *, agencies: Collect
     the claims that run created and sent (``_FRESH``: not read from FBS again), counted per agency
     in ``skipped``."""
     only = agency_list(agencies)
-    state_query = text(sql_file("queries/claim_state.sql")).bindparams(bindparam("ids", expanding=True))
+    state_query = in_query(sql_file("queries/claim_state.sql"), "ids")
     fresh = _FRESH if this_run is not None else "0"
     columns = _SENT_CLAIMS.replace("{fresh}", fresh)
     run_params = {"this_run": this_run} if this_run is not None else {}
 
     def with_states(claims: list) -> tuple[list, dict]:
-        if this_run is not None:
-            new = [c for c in claims if c.fresh]
-            if new:
-                marked = _marked_for_repayment(stores.fbs, [c.liability_id for c in new])
-                claims = [c for c in claims if not c.fresh or c.liability_id in marked]
-                if skipped is not None:
-                    skipped.update(c.agency_id for c in new if c.liability_id not in marked)
-        if not claims:
-            return claims, {}
+        """The page without the fresh claims FBS has not marked for repayment (U3), and FBS's
+        state of the rest: both read over one FBS connection."""
         with stores.fbs.connect() as conn:
+            new = [c.liability_id for c in claims if c.fresh] if this_run is not None else []
+            if new:
+                marked = {int(r[0]) for r in conn.execute(_REPAYMENT_MARKED, {"ids": new})}
+                if skipped is not None:
+                    skipped.update(c.agency_id for c in claims if c.fresh and c.liability_id not in marked)
+                claims = [c for c in claims if not c.fresh or c.liability_id in marked]
+            if not claims:
+                return claims, {}
             states = {r.liability_id: r for r in conn.execute(state_query, {"ids": [c.liability_id for c in claims]})}
         return claims, states
 
@@ -527,8 +521,8 @@ def _last_cancellations(ledger_engine: Engine, liability_ids: list[int]) -> dict
     """The newest cancellation message of each liability (a reopened claim waits for it)."""
     if not liability_ids:
         return {}
-    query = text("SELECT liability_id, message_key, version FROM outbox WHERE change_kind IN ('cancel', "
-                 "'increase_cancel') AND liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    query = in_query("SELECT liability_id, message_key, version FROM outbox WHERE change_kind IN ('cancel', "
+                     "'increase_cancel') AND liability_id IN :ids", "ids")
     newest: dict[int, tuple[int, str]] = {}
     with ledger_engine.connect() as conn:
         for r in conn.execute(query, {"ids": liability_ids}):
@@ -574,9 +568,9 @@ def _payments(fbs: Engine, liability_ids: list[int]) -> dict[int, Decimal]:
     """What FBS shows as paid or written off through the debtor system (``fbs.payment``)."""
     if not liability_ids:
         return {}
-    query = text("SELECT liability_id, SUM(CASE WHEN kind = 'reversal' THEN -amount ELSE amount END) AS paid "
-                 "FROM payment WHERE kind IN ('payment', 'write_off', 'reversal') AND liability_id IN :ids "
-                 "GROUP BY liability_id").bindparams(bindparam("ids", expanding=True))
+    query = in_query("SELECT liability_id, SUM(CASE WHEN kind = 'reversal' THEN -amount ELSE amount END) AS paid "
+                     "FROM payment WHERE kind IN ('payment', 'write_off', 'reversal') AND liability_id IN :ids "
+                     "GROUP BY liability_id", "ids")
     with fbs.connect() as conn:
         return {r.liability_id: as_amount(r.paid) or Decimal(0) for r in conn.execute(query, {"ids": liability_ids})}
 
