@@ -99,21 +99,18 @@ def logged_in_page(url: str, token: str, shot: Path, size: tuple[int, int] = (16
         pending: list[dict] = []
         deadline = time.monotonic() + timeout
 
+        unread = bytearray()   # what came after the last complete message: kept for the next read
+
         def read() -> dict:
-            raw = b""
-            while not raw.endswith(b"\0"):
+            while not pending:
                 assert time.monotonic() < deadline, "the browser did not answer in time"
-                chunk = incoming.read1(65536) if not pending else b""
-                assert chunk or pending, "the browser closed the pipe"
-                raw += chunk
-                if pending:
-                    return pending.pop(0)
-                for part in raw.split(b"\0")[:-1]:
-                    pending.append(json.loads(part))
-                raw = raw.split(b"\0")[-1]
-                if pending:
-                    return pending.pop(0)
-            return json.loads(raw[:-1])
+                chunk = incoming.read1(65536)
+                assert chunk, "the browser closed the pipe"
+                unread.extend(chunk)
+                *complete, rest = bytes(unread).split(b"\0")
+                pending.extend(json.loads(part) for part in complete)
+                unread[:] = rest
+            return pending.pop(0)
 
         def call(method: str, session: str | None = None, **params) -> dict:
             n = next(ids)
