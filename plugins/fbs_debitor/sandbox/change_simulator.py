@@ -6,7 +6,8 @@ on a seeded random sample of the liabilities the debtor system accepted, so the 
 has every kind of change to send (U1-U4) and the reconciliation can prove the result:
 
 * compensations cancelled (the book was found, U1/U4) and fees cancelled;
-* amounts lowered (U1) and raised (U1: cancellation plus a new claim);
+* amounts lowered by half of what is still owed (U1; never below what was paid or written off)
+  and raised (U1: cancellation plus a new claim);
 * replacement CPRs replaced by the patron's real CPR, and real CPRs corrected (U2);
 * compensations marked for repayment (U3);
 * liabilities closed in FBS without a payment, and set to sent to collection (told to staff,
@@ -41,8 +42,11 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
     rng = random.Random(seed)
     at = at or dt.datetime.now().replace(microsecond=0)
     with stores.ledger.connect() as conn:
-        sent = [r[0] for r in conn.execute(text(
-            "SELECT liability_id FROM claim WHERE state = 'accepted' AND debtor_status = 'live' ORDER BY liability_id"))]
+        # what the debtor system reported paid or written off on each claim (P2: FBS shows it too)
+        settled = {r[0]: as_amount(r[1]) for r in conn.execute(text(
+            "SELECT liability_id, paid_amount + written_off_amount FROM claim "
+            "WHERE state = 'accepted' AND debtor_status = 'live' ORDER BY liability_id"))}
+    sent = list(settled)
     query = text("SELECT l.liability_id, l.kind, l.amount, l.status, l.patron_id, p.kind AS p_kind, p.cpr, "
                  "p.replacement_cpr, p.birth_date FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
                  "WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
@@ -65,6 +69,12 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
                 used.add(r.liability_id)
         return picked
 
+    def owed(r) -> Decimal:
+        return as_amount(r.amount) - settled.get(r.liability_id, Decimal("0.00"))
+
+    def written_down(r) -> Decimal:
+        return settled.get(r.liability_id, Decimal("0.00")) + (owed(r) / 2).quantize(Decimal("0.01"))
+
     def person(r) -> bool:
         return r.p_kind == "person" and r.patron_id not in patrons_used
 
@@ -81,9 +91,12 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
                "cancel_compensation")
         update("UPDATE liability SET status = 'cancelled', updated_at = :t WHERE liability_id = :l",
                [{"l": r.liability_id, "t": at} for r in take(lambda r: r.kind == "fee")], "cancel_fee")
+        # half of what is still owed is written off: a claim is never lowered below what was
+        # already paid or written off on it (staff see the payments in FBS, P2), so the write-down
+        # leaves no overpaid claim for the reconciliation to list
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
-               [{"l": r.liability_id, "t": at, "a": (as_amount(r.amount) / 2).quantize(Decimal("0.01"))}
-                for r in take(lambda r: as_amount(r.amount) >= Decimal("2.00"))], "write_down")
+               [{"l": r.liability_id, "t": at, "a": written_down(r)}
+                for r in take(lambda r: owed(r) >= Decimal("2.00"))], "write_down")
         update("UPDATE liability SET amount = :a, updated_at = :t WHERE liability_id = :l",
                [{"l": r.liability_id, "t": at, "a": as_amount(r.amount) + Decimal("25.00")}
                 for r in take(lambda r: True)], "increase")
