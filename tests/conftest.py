@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -17,6 +18,13 @@ from database_urls import make_urls
 
 from fbs_debitor.core.settings import HOME, DatabaseUrls
 from fbs_debitor.core.stores import init_stores, open_stores
+
+# ./run test spreads the test files over several pytest-xdist workers (FBS_DEBITOR_TEST_WORKERS).
+# Each worker has its own PostgreSQL cluster, ports, temporary folders and Airflow homes already; a
+# test that leaves FBS_DEBITOR_VAR unset writes its reports, Data Docs and mail under the default,
+# so each worker gets a default of its own instead of sharing <home>/var with the others.
+if os.environ.get("PYTEST_XDIST_WORKER") and "FBS_DEBITOR_VAR" not in os.environ:
+    os.environ["FBS_DEBITOR_VAR"] = tempfile.mkdtemp(prefix=f"fbs-debitor-var-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 # One fingerprint key for the whole session (subprocesses and Airflow tasks inherit it), so a
 # test's ledger is never compared under a key other than the one it was written with.
