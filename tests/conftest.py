@@ -128,6 +128,37 @@ def smtp_server():
         controller.stop()
 
 
+# --- spreading the suite over pytest-xdist workers (./run test: --dist loadfile) ------------------
+
+# The files that take minutes, with the seconds their slowest tests took in a whole run on two
+# workers (`./run test --durations=80`, 2026-12-02). Only the order in which files are handed to
+# the workers depends on it: a file missing here, or a figure gone stale, costs balance, never a test.
+HEAVY_FILES = {
+    "tests/test_dags.py": 916, "tests/test_cli.py": 516, "tests/test_properties_fbs_rows.py": 318,
+    "tests/test_celery.py": 317, "tests/test_backfill.py": 151, "tests/test_alerts.py": 94,
+    "tests/test_grid_browser.py": 86, "tests/test_staff_report_browser.py": 71,
+    "tests/test_properties_payment_files.py": 61, "tests/test_dq_checks.py": 55,
+    "tests/test_no_secrets_in_output.py": 42, "tests/test_incremental.py": 42,
+    "tests/test_properties_builder.py": 37,
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """On a pytest-xdist worker (``--dist loadfile --no-loadscope-reorder``: each file is one unit of
+    work, so a module's fixtures, such as the Celery cluster, are set up once): the files that take
+    minutes first, the longest first, then the others as collected, so the suite does not end with
+    one worker running a long file while the other waits. The order within a file is kept; the
+    serial run (FBS_DEBITOR_TEST_WORKERS=1) is not reordered."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    ranked = sorted(files, key=lambda path: -HEAVY_FILES.get(path, 0))   # stable: the rest as collected
+    items[:] = [i for path in ranked for i in files[path]]
+
+
 # --- CI guard: a PostgreSQL test that did not run is a failure under CI=true -----------------------
 
 _pg_skipped: list[str] = []
@@ -147,3 +178,4 @@ def pytest_terminal_summary(terminalreporter):
     if _pg_skipped:
         verdict = "FAILED (CI=true)" if os.environ.get("CI", "").lower() == "true" else "skipped locally"
         terminalreporter.write_line(f"{len(_pg_skipped)} PostgreSQL test(s) did not run: {verdict}", red=True)
+
