@@ -84,7 +84,11 @@ def test_issue18_mapped_sending_tasks_show_their_municipality_in_the_airflow_ui(
             vendor = label.split("(")[1].rstrip(")")
             shot = artifact(f"grid-mapped-{vendor.lower()}.png")
             shot.unlink(missing_ok=True)
-            wait = f'document.body.innerText.includes({json.dumps(label)}) && document.documentElement.outerHTML'
+            # (the label, and the table's headers translated: on a busy machine the page first
+            # shows the raw keys, such as "mapIndex", until the UI's translations have loaded)
+            wait = (f'document.body.innerText.includes({json.dumps(label)}) && '
+                    '[...document.querySelectorAll("table th")].some(th => th.textContent.trim() === "Map Index") && '
+                    'document.documentElement.outerHTML')
             dom = logged_in_page(f"{base}/dags/debitor_transfer/runs/{run}/tasks/{task_id}/mapped", token, shot,
                                  dom=wait)
             doc = lxml_html.fromstring(dom)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import pytest
 from claim_rows import AGENCY, AT, TODAY, row
 from fbs_rows import ADULT2_CPR, ADULT_CPR, VALID_CVR
 from hypothesis import event, given, settings
@@ -101,6 +102,7 @@ def fbs_rows(draw):
     return row(**over)
 
 
+@pytest.mark.slow   # about 40 s: 4,000 examples
 @settings(max_examples=4000, deadline=None)
 @given(fbs_rows())
 def test_property_every_liability_ends_in_a_valid_claim_or_a_catalogued_problem_F1_F2_F6_M1(r):

@@ -286,6 +286,7 @@ def outcomes(stores, run_id: str, generated: dict[int, dict], counts: Counter) -
     assert set(seen) <= set(generated)
 
 
+@pytest.mark.slow   # minutes: a whole run per example
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases=st.lists(case(), min_size=1, max_size=6))
 def test_property_item9_item7_a_whole_run_completes_and_each_liability_ends_in_exactly_one_place(stores, cases):
@@ -296,6 +297,7 @@ def test_property_item9_item7_a_whole_run_completes_and_each_liability_ends_in_e
     outcomes(stores, run_id, generated, counts)
 
 
+@pytest.mark.slow   # minutes: 1,500 examples
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases=st.lists(case(), min_size=1, max_size=8))
 def test_property_item9_reading_and_building_never_stop_the_page(stores, cases):

@@ -170,6 +170,7 @@ def by_rule(counts: Counter, category: str) -> Counter:
 
 # --- the property --------------------------------------------------------------------------------------
 
+@pytest.mark.slow   # about a minute
 def test_property_every_payment_file_ends_once_and_nothing_else_is_touched_P1_M1(template):
     folder, fids = template
 
