@@ -178,4 +178,3 @@ def pytest_terminal_summary(terminalreporter):
     if _pg_skipped:
         verdict = "FAILED (CI=true)" if os.environ.get("CI", "").lower() == "true" else "skipped locally"
         terminalreporter.write_line(f"{len(_pg_skipped)} PostgreSQL test(s) did not run: {verdict}", red=True)
-

@@ -25,9 +25,9 @@ import random
 from collections import Counter
 from decimal import Decimal
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
-from fbs_debitor.core.db import as_amount, as_date
+from fbs_debitor.core.db import as_amount, as_date, in_query
 from fbs_debitor.core.identity import birth_date_from_cpr
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.sandbox import generator
@@ -47,9 +47,9 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
             "SELECT liability_id, paid_amount + written_off_amount FROM claim "
             "WHERE state = 'accepted' AND debtor_status = 'live' ORDER BY liability_id"))}
     sent = list(settled)
-    query = text("SELECT l.liability_id, l.kind, l.amount, l.status, l.patron_id, p.kind AS p_kind, p.cpr, "
-                 "p.replacement_cpr, p.birth_date FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
-                 "WHERE l.liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    query = in_query("SELECT l.liability_id, l.kind, l.amount, l.status, l.patron_id, p.kind AS p_kind, p.cpr, "
+                     "p.replacement_cpr, p.birth_date FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
+                     "WHERE l.liability_id IN :ids", "ids")
     rows = []
     with stores.fbs.connect() as conn:
         for start in range(0, len(sent), 10_000):
@@ -70,10 +70,10 @@ def simulate(stores: Stores, seed: int = 7, per_kind: int = 10, at: dt.datetime 
         return picked
 
     def owed(r) -> Decimal:
-        return as_amount(r.amount) - settled.get(r.liability_id, Decimal("0.00"))
+        return as_amount(r.amount) - settled[r.liability_id]
 
     def written_down(r) -> Decimal:
-        return settled.get(r.liability_id, Decimal("0.00")) + (owed(r) / 2).quantize(Decimal("0.01"))
+        return settled[r.liability_id] + (owed(r) / 2).quantize(Decimal("0.01"))
 
     def person(r) -> bool:
         return r.p_kind == "person" and r.patron_id not in patrons_used
