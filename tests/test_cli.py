@@ -337,6 +337,13 @@ def test_leak_detector_finds_cpr_numbers_and_ignores_uuids_and_timestamps():
     assert full_cpr_numbers("cpr=0707811234; other 070781-1234") == ["070781-****", "070781-****"]
     assert full_cpr_numbers("replacement 6707811230") == ["670781-****"]
     assert full_cpr_numbers("run b6eba218-4506-4a08-b1b7-0024260185d0 at 2026-11-21 1763712345.5") == []
+    # a payment file's SHA-256 prefix in a hold task's id, a hex movement id: digests, not CPR numbers
+    # (the id 'PAYHELD-a7210821234bcdef-P_OVERPAYMENT-L1021' made CI's leak check fail once)
+    assert full_cpr_numbers("'task_id': 'PAYHELD-a7210821234bcdef-P_OVERPAYMENT-L1021', "
+                            "movement EG-1f50ed0707811234dbd7dd8532812aa") == []
+    # ...but a number glued to a short word or in a long run of digits alone is still looked at
+    assert full_cpr_numbers("cpr0707811234 / 0707811234abc / id 12345678901234567 0707811234") == [
+        "070781-****", "070781-****", "070781-****"]
 
 
 # --- issue 20: every command described, wrong values named, each report in one place, a backfill whole ---
