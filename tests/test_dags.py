@@ -155,7 +155,7 @@ def test_every_pool_the_dags_use_is_declared_and_imports_into_airflow(dagbag, tm
     airflow-init): every pool a task names is declared there, and Airflow accepts the file."""
     import json
 
-    from airflow_env import airflow_env, run_airflow
+    from airflow_env import airflow_env, migrate, run_airflow
 
     from fbs_debitor.core.settings import DEBTOR_VENDORS, DatabaseUrls
 
@@ -168,7 +168,7 @@ def test_every_pool_the_dags_use_is_declared_and_imports_into_airflow(dagbag, tm
     assert "debitor_debtor_system" not in declared and "debitor_debtor_system" not in used
     assert all(p["slots"] >= 1 and "one pool per debtor system" in p["description"] for p in declared.values())
     env = airflow_env(tmp_path, DatabaseUrls(fbs="sqlite://", ledger="sqlite://"))
-    assert run_airflow(env, "db", "migrate").returncode == 0
+    migrate(env)
     imported = run_airflow(env, "pools", "import", str(HOME / "include/airflow/pools.json"))
     assert imported.returncode == 0, imported.stderr[-2000:]
     listed = run_airflow(env, "pools", "list", "-o", "json")

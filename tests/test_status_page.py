@@ -28,7 +28,7 @@ from pathlib import Path
 
 import fbs_rows as fr
 import pytest
-from airflow_env import airflow_env, api_server, api_token, run_airflow
+from airflow_env import airflow_env, api_server, api_token, migrate
 from browser import artifact, logged_in_page, rendered_dom
 from leaks import full_cpr_numbers
 from lxml import html as lxml_html
@@ -343,8 +343,7 @@ def server(tmp_path_factory):
                AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="operator:admin,reader:viewer",
                AIRFLOW__API_AUTH__JWT_SECRET="status-page-test-secret-" + os.urandom(8).hex(),
                AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}")
-    migrate = run_airflow(env, "db", "migrate")
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    migrate(env)
     with api_server(env, work, port) as base:
         s = Server(base, var, day, work / "airflow" / "simple_auth_manager_passwords.json.generated")
         s.world = world
