@@ -120,3 +120,13 @@ def test_execute_in_is_the_expanding_statement_it_replaces(stores):
     with pytest.raises(ValueError):
         with stores.ledger.begin() as conn:
             db.execute_in(conn, "UPDATE speed_probe SET n = 2 WHERE k IN :keys", {}, "keys", [])
+    # db.select_in reads what the expanding IN reads (the payments reconciliation's pages of keys)
+    keys = [f"{i}:1" for i in range(0, 30, 7)] + ["none", 5]
+    with stores.ledger.connect() as conn:
+        expanding = conn.execute(db.in_query("SELECT k, n FROM speed_probe WHERE k IN :keys ORDER BY k", "keys"),
+                                 {"keys": [str(k) for k in keys]}).all()
+        assert [tuple(r) for r in db.select_in(conn, "SELECT k, n FROM speed_probe WHERE k IN :keys ORDER BY k",
+                                               "keys", [str(k) for k in keys])] == [tuple(r) for r in expanding]
+        assert len(expanding) == 5
+        assert db.select_in(conn, "SELECT k FROM speed_probe WHERE k IN :keys", "keys", []) == []
+

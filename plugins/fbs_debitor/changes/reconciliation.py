@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from fbs_debitor.changes.detection import sent_claim_pages
 from fbs_debitor.claims import fingerprints
@@ -37,7 +37,7 @@ from fbs_debitor.claims import stream as claim_stream
 from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import fordring_id
 from fbs_debitor.core import storage
-from fbs_debitor.core.db import as_amount
+from fbs_debitor.core.db import as_amount, in_query
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.stores import Stores
 
@@ -108,8 +108,8 @@ def reconcile(stores: Stores, held: dict[str, dict], page_size: int = 5000, toda
     report.unconfirmed = states["pending"] + states["sent"]
     report.missing = sorted(accepted - set(held))
     report.unknown = sorted(set(held) - accepted)
-    notes_query = text("SELECT liability_id, state, change_kind, error_code FROM outbox "
-                       "WHERE state <> 'accepted' AND liability_id IN :ids").bindparams(bindparam("ids", expanding=True))
+    notes_query = in_query("SELECT liability_id, state, change_kind, error_code FROM outbox "
+                           "WHERE state <> 'accepted' AND liability_id IN :ids", "ids")
     registry = ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs))
     for claims, fbs in sent_claim_pages(stores, page_size):
         ids = [c.liability_id for c in claims]

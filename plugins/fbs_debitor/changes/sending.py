@@ -34,7 +34,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.changes.detection import CREATE_OPERATION, RECORDED
@@ -45,7 +45,7 @@ from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.fields import generation_of
 from fbs_debitor.claims.model import IDENTITY, Change
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import as_amount, keyset_pages
+from fbs_debitor.core.db import as_amount, in_query, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -229,8 +229,8 @@ def _rebuild(stores: Stores, run_id: str, rows, today: dt.date,
     if not registry:
         registry.append(ReplacementCprRegistry(claim_stream.taken_replacement_cprs(stores.fbs)))
     with stores.ledger.connect() as conn:
-        told = dict(conn.execute(text("SELECT liability_id, debtor_amount FROM claim WHERE liability_id IN :ids")
-                                 .bindparams(bindparam("ids", expanding=True)),
+        told = dict(conn.execute(in_query("SELECT liability_id, debtor_amount FROM claim WHERE liability_id IN :ids",
+                                          "ids"),
                                  {"ids": sorted({r.liability_id for r in rows})}).all())
     accounts: dict[str, object] = {}
     failures: dict[str, str] = {}
@@ -258,8 +258,7 @@ def _rebuild(stores: Stores, run_id: str, rows, today: dt.date,
 
 
 def _agencies(fbs: Engine, agency_ids: set[str]) -> dict[str, dict]:
-    query = text("SELECT agency_id, sender_system_uuid, org_unit_uuid FROM agency WHERE agency_id IN :ids"
-                 ).bindparams(bindparam("ids", expanding=True))
+    query = in_query("SELECT agency_id, sender_system_uuid, org_unit_uuid FROM agency WHERE agency_id IN :ids", "ids")
     with fbs.connect() as conn:
         return {r.agency_id: {"agency_id": r.agency_id, "sender_system_uuid": r.sender_system_uuid,
                               "org_unit_uuid": r.org_unit_uuid} for r in conn.execute(query, {"ids": sorted(agency_ids)})}

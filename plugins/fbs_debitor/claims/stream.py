@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fbs_debitor.claims.builder import build
 from fbs_debitor.claims.model import Built, Problem
-from fbs_debitor.core.db import Unreadable, exact_amount, shown, sql_file, usable_date, usable_timestamp
+from fbs_debitor.core.db import Unreadable, exact_amount, in_query, shown, sql_file, usable_date, usable_timestamp
 from fbs_debitor.core.identity import ReplacementCprRegistry
 from fbs_debitor.core.settings import BuildSettings, build_settings
 from fbs_debitor.eligibility import rules as eligibility
@@ -135,7 +135,7 @@ IN_LIST_MAX = 10_000  # bound parameters per query (SQLite's limit is 32,766)
 
 
 def claim_rows(fbs: Engine, liability_ids: list[int], today: dt.date) -> list:
-    query = text(sql_file("queries/claim_rows.sql")).bindparams(bindparam("ids", expanding=True))
+    query = in_query(sql_file("queries/claim_rows.sql"), "ids")
     rows: list = []
     with fbs.connect() as conn:
         for start in range(0, len(liability_ids), IN_LIST_MAX):

@@ -16,7 +16,7 @@ from sqlalchemy import String, bindparam, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from fbs_debitor.core.db import as_datetime
+from fbs_debitor.core.db import as_datetime, in_query
 from fbs_debitor.core.identity import mask_cprs_in
 
 STAFF, OPERATOR = "staff", "operator"
@@ -115,12 +115,12 @@ def resolve_unseen(ledger: Engine, kinds: Iterable[str], seen: Iterable[Alarm], 
         return []
     query = "SELECT alarm_key, agency_id FROM alarm WHERE resolved_at IS NULL AND kind IN :kinds"
     with ledger.begin() as conn:
-        rows = conn.execute(text(query).bindparams(bindparam("kinds", expanding=True)), {"kinds": kinds}).all()
+        rows = conn.execute(in_query(query, "kinds"), {"kinds": kinds}).all()
         scope = None if agencies is None else set(agencies)
         gone = [r.alarm_key for r in rows if r.alarm_key not in keys and (scope is None or r.agency_id in scope)]
         if gone:
-            conn.execute(text("UPDATE alarm SET resolved_at = :t WHERE alarm_key IN :keys")
-                         .bindparams(bindparam("keys", expanding=True)), {"t": at or _now(), "keys": gone})
+            conn.execute(in_query("UPDATE alarm SET resolved_at = :t WHERE alarm_key IN :keys", "keys"),
+                         {"t": at or _now(), "keys": gone})
     return gone
 
 
@@ -155,8 +155,8 @@ def mark_notified(ledger: Engine, alarms: Iterable[Alarm], at: dt.datetime | Non
     keys = [a.key for a in alarms]
     if keys:
         with ledger.begin() as conn:
-            conn.execute(text("UPDATE alarm SET notified_at = :t WHERE alarm_key IN :keys")
-                         .bindparams(bindparam("keys", expanding=True)), {"t": at or _now(), "keys": keys})
+            conn.execute(in_query("UPDATE alarm SET notified_at = :t WHERE alarm_key IN :keys", "keys"),
+                         {"t": at or _now(), "keys": keys})
 
 
 def observe(ledger: Engine, run_id: str | None, kind: str, audience: str, found: dict[str | None, str],

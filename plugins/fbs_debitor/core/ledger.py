@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from fbs_debitor.core import db
@@ -88,11 +88,11 @@ def record_counts(ledger: Engine, run_id: str, counts: Counter, categories: Iter
         rows[(a, c, str(u)[:RULE_LENGTH])] += n
     with ledger.begin() as conn:
         if agencies is None:
-            conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs")
-                         .bindparams(bindparam("cs", expanding=True)), {"r": run_id, "cs": categories})
+            conn.execute(in_query("DELETE FROM run_count WHERE run_id = :r AND category IN :cs", "cs"),
+                         {"r": run_id, "cs": categories})
         elif agencies:
-            conn.execute(text("DELETE FROM run_count WHERE run_id = :r AND category IN :cs AND agency_id IN :as")
-                         .bindparams(bindparam("cs", expanding=True), bindparam("as", expanding=True)),
+            conn.execute(in_query("DELETE FROM run_count WHERE run_id = :r AND category IN :cs AND agency_id IN :as",
+                                  "cs", "as"),
                          {"r": run_id, "cs": categories, "as": sorted(agencies)})
         if rows:
             conn.execute(text("INSERT INTO run_count (run_id, agency_id, category, rule, n) "
@@ -219,23 +219,20 @@ def unseen_findings(ledger: Engine, run_id: str, check_codes: Iterable[str],
         return []
     skip = set(skip_agencies)
     if liabilities is None:
-        query = text(_UNSEEN + " AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)"
-                     ).bindparams(bindparam("codes", expanding=True))
+        query = in_query(_UNSEEN + " AND (CAST(:a AS VARCHAR(20)) IS NULL OR agency_id = :a)", "codes")
         with ledger.connect() as conn:
             return [r for r in conn.execute(query, {"codes": codes, "r": run_id, "a": agency_id})
                     if r.agency_id not in skip]
     whole = sorted(set(whole))
     found: dict[str, object] = {}
     with ledger.connect() as conn:
-        agency_level = text(_UNSEEN + " AND liability_id IS NULL").bindparams(bindparam("codes", expanding=True))
+        agency_level = in_query(_UNSEEN + " AND liability_id IS NULL", "codes")
         found.update({r.finding_key: r for r in conn.execute(agency_level, {"codes": codes, "r": run_id})})
         if whole:
-            of_agencies = text(_UNSEEN + " AND agency_id IN :agencies").bindparams(
-                bindparam("codes", expanding=True), bindparam("agencies", expanding=True))
+            of_agencies = in_query(_UNSEEN + " AND agency_id IN :agencies", "codes", "agencies")
             found.update({r.finding_key: r for r in conn.execute(of_agencies, {"codes": codes, "r": run_id,
                                                                               "agencies": whole})})
-        of_liabilities = text(_UNSEEN + " AND liability_id IN :ids").bindparams(
-            bindparam("codes", expanding=True), bindparam("ids", expanding=True))
+        of_liabilities = in_query(_UNSEEN + " AND liability_id IN :ids", "codes", "ids")
         for part in chunked(sorted({int(i) for i in liabilities}), 5000):
             found.update({r.finding_key: r for r in conn.execute(of_liabilities, {"codes": codes, "r": run_id,
                                                                                  "ids": part})})
@@ -254,8 +251,8 @@ def resolve_findings(ledger: Engine, keys: Iterable[str], resolution: str, resol
     """Mark findings resolved, saying why (one of ``RESOLUTIONS``)."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution {resolution!r}: one of {', '.join(RESOLUTIONS)}")
-    update = text("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
-                  "AND finding_key IN :keys").bindparams(bindparam("keys", expanding=True))
+    update = in_query("UPDATE finding SET resolved_at = :t, resolution = :why WHERE resolved_at IS NULL "
+                      "AND finding_key IN :keys", "keys")
     n = 0
     t = resolved_at
     for part in chunked(keys, batch):
@@ -311,8 +308,7 @@ def replacement_cpr_patrons(ledger: Engine, patron_ids: Iterable[int]) -> set[in
     """Those of these patrons the integration gave a replacement CPR."""
     ids = sorted({int(p) for p in patron_ids})
     found: set[int] = set()
-    query = text("SELECT patron_id FROM replacement_cpr_assigned WHERE patron_id IN :ids").bindparams(
-        bindparam("ids", expanding=True))
+    query = in_query("SELECT patron_id FROM replacement_cpr_assigned WHERE patron_id IN :ids", "ids")
     with ledger.connect() as conn:
         for part in chunked(ids, 5000):
             found.update(int(r[0]) for r in conn.execute(query, {"ids": part}))

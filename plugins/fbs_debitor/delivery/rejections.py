@@ -48,7 +48,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from fbs_debitor.claims import fingerprints
 from fbs_debitor.claims import stream as claim_stream
@@ -57,7 +57,7 @@ from fbs_debitor.claims.fields import generation_of
 from fbs_debitor.claims.model import Account, StaffTask
 from fbs_debitor.claims.writeback import persist_replacement_cprs, raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import keyset_pages
+from fbs_debitor.core.db import in_query, keyset_pages
 from fbs_debitor.core.identity import ReplacementCprRegistry, mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -86,9 +86,9 @@ SENT_AGAIN = "sent_again"      # counts (agency, SENT_AGAIN, rule of the rejecti
 # ({agencies}: a unit's agencies, issue 18)
 _CLAIMS = ("SELECT liability_id, agency_id, fordring_id, generation, current_version FROM claim "
            "WHERE state = 'rejected'{agencies} AND liability_id > :last ORDER BY liability_id LIMIT :n")
-_CREATIONS = text("SELECT liability_id, fordring_id, message_key, fingerprint, error_code FROM outbox "
-                  "WHERE liability_id IN :ids AND operation = :op AND state = 'rejected' AND superseded_by IS NULL"
-                  ).bindparams(bindparam("ids", expanding=True))
+_CREATIONS = in_query("SELECT liability_id, fordring_id, message_key, fingerprint, error_code FROM outbox "
+                      "WHERE liability_id IN :ids AND operation = :op AND state = 'rejected' AND superseded_by IS NULL",
+                      "ids")
 
 
 @dataclass(frozen=True)
@@ -227,8 +227,7 @@ def _changed(ctx: _Context, rec, row) -> bool:
 
 def _generations(stores: Stores, rows: list[_Rejected]) -> dict[int, int]:
     """The highest generation each liability ever used (every FordringID it was recorded under)."""
-    query = text("SELECT liability_id, fordring_id FROM outbox WHERE liability_id IN :ids"
-                 ).bindparams(bindparam("ids", expanding=True))
+    query = in_query("SELECT liability_id, fordring_id FROM outbox WHERE liability_id IN :ids", "ids")
     agency = {r.liability_id: r.agency_id for r in rows}
     highest: dict[int, int] = defaultdict(int)
     for r in rows:

@@ -25,12 +25,12 @@ import logging
 import os
 from collections.abc import Collection
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import ledger
-from fbs_debitor.core.db import keyset_pages
+from fbs_debitor.core.db import in_query, keyset_pages
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events
 from fbs_debitor.core.stores import Stores
@@ -129,10 +129,9 @@ def raise_delivery_tasks(stores: Stores, run_id: str, chunk: int = 1000) -> int:
                  "OR (state IN ('pending', 'sent') AND error_code = :nr AND (task_id IS NULL OR task_id LIKE 'DLY-%')) "
                  "OR (state IN ('pending', 'sent') AND attempts >= :n AND task_id IS NULL)) "
                  "AND message_key > :last ORDER BY message_key LIMIT :c")
-    facts = text("SELECT l.liability_id, l.number, l.agency_id, l.patron_id, p.branch_id, a.debtor_vendor "
-                 "FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
-                 "JOIN agency a ON a.agency_id = l.agency_id WHERE l.liability_id IN :ids"
-                 ).bindparams(bindparam("ids", expanding=True))
+    facts = in_query("SELECT l.liability_id, l.number, l.agency_id, l.patron_id, p.branch_id, a.debtor_vendor "
+                     "FROM liability l JOIN patron p ON p.patron_id = l.patron_id "
+                     "JOIN agency a ON a.agency_id = l.agency_id WHERE l.liability_id IN :ids", "ids")
     new = 0
     for rows in keyset_pages(stores.ledger, query, "message_key", "", {"n": threshold, "nr": NOT_REBUILDABLE, "c": chunk},
                              after="last"):

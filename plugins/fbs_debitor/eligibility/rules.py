@@ -40,10 +40,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from fbs_debitor.core.db import as_bool, keyset_pages, shown
+from fbs_debitor.core.db import as_bool, in_query, keyset_pages, shown
 from fbs_debitor.core.identity import check_cpr, check_cvr, mask_cpr, mask_cprs_in
 from fbs_debitor.core.settings import BuildSettings, age_limit_range, build_settings, chunk_size
 from fbs_debitor.eligibility import scope as scopes
@@ -192,8 +192,7 @@ def _safe_verdict(row, sent: set[int]) -> Verdict:
                                "the liability could not be assessed; the error is logged"))
 
 
-_IN_LEDGER = text("SELECT liability_id FROM claim WHERE liability_id IN :ids").bindparams(
-    bindparam("ids", expanding=True))
+_IN_LEDGER = in_query("SELECT liability_id FROM claim WHERE liability_id IN :ids", "ids")
 
 
 def in_ledger(ledger: Engine, liability_ids: list[int], per_query: int = 10_000) -> set[int]:

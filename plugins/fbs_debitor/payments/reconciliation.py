@@ -31,14 +31,13 @@ import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote
 
 from sqlalchemy import text
 
 from fbs_debitor.core import settings, storage
-from fbs_debitor.core.db import as_amount, as_bool, chunked, embedded, in_query, keyset_pages
+from fbs_debitor.core.db import as_amount, as_bool, chunked, in_query, keyset_pages, select_in
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.payments.apply import collector_paused, payment_id
 
@@ -170,26 +169,6 @@ _SUMS = text(   # each claim's sums of its applied movements on its current Ford
     "WHERE c.liability_id >= :lo AND c.liability_id <= :hi GROUP BY c.liability_id")
 
 
-@lru_cache(maxsize=64)
-def _expanded(statement: str, n: int) -> str:
-    """``statement``'s one ``IN :k`` written out for ``n`` values (``?`` placeholders), cached."""
-    if statement.count("IN :k") != 1:
-        raise ValueError("the statement must name IN :k once")
-    return statement.replace("IN :k", "IN (" + ", ".join("?" * n) + ")")
-
-
-def _select_in(conn, statement: str, values: list) -> list:
-    """The rows of ``statement`` (``... IN :k``, a fixed statement of this module's) for one page of
-    keys. On SQLite the page's placeholders are written out once per length and the keys (plain
-    text or numbers) bound as they are, not rendered by SQLAlchemy for every page (an expanding
-    parameter is compiled anew each time, a cost per key); elsewhere ``in_query`` as it is."""
-    if not values:
-        return []
-    if embedded(conn):
-        return conn.exec_driver_sql(_expanded(statement, len(values)), tuple(values)).all()
-    return conn.execute(in_query(statement, "k"), {"k": list(values)}).all()
-
-
 def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
     """1 and the FBS status of settled claims (2). Set-based, page by page in liability order: the
     sums per claim are the database's (one GROUP BY over the page's range of claims, each claim's
@@ -228,8 +207,8 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
         status: dict[int, str] = {}
         if checked:
             with stores.fbs.connect() as conn:
-                status = dict(_select_in(conn, "SELECT liability_id, status FROM liability WHERE liability_id IN :k",
-                                         [x[0].liability_id for x in checked]))
+                status = dict(select_in(conn, "SELECT liability_id, status FROM liability WHERE liability_id IN :k", "k",
+                                        [x[0].liability_id for x in checked]))
         for c, t, paid, off, repaid, balance, found, settled, closed_with_balance in checked:
             fbs = status.get(c.liability_id, "missing")
             if settled and fbs == "open":
@@ -252,8 +231,8 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
     for rows in keyset_pages(stores.ledger, page, "movement_id", "", {"n": page_size}, after="a"):
         keys = [payment_id(r.movement_id) for r in rows]
         with stores.fbs.connect() as conn:
-            fbs = {r.payment_id: r for r in _select_in(
-                conn, "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :k", keys)}
+            fbs = {r.payment_id: r for r in select_in(
+                conn, "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :k", "k", keys)}
         for r, key in zip(rows, keys, strict=True):
             f = fbs.get(key)
             if r.written_back_at is None:
@@ -277,8 +256,8 @@ def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
     for rows in keyset_pages(stores.fbs, page, "payment_id", "", {"n": page_size}, after="a"):
         ids = {r.source_ref.split(" ")[-1]: r for r in rows}
         with stores.ledger.connect() as conn:
-            applied = {m[0] for m in _select_in(conn, "SELECT movement_id FROM movement WHERE state = 'applied' AND "
-                                                      "movement_id IN :k", list(ids))}
+            applied = {m[0] for m in select_in(conn, "SELECT movement_id FROM movement WHERE state = 'applied' AND "
+                                                     "movement_id IN :k", "k", list(ids))}
         for mid, r in ids.items():
             if mid not in applied:
                 report.differences.append(Difference(r.liability_id, r.source_ref.split(" ")[1], "in FBS, not applied "

@@ -73,10 +73,10 @@ from urllib.parse import quote
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 
 from fbs_debitor.core import storage
-from fbs_debitor.core.db import Unreadable, as_datetime, stored_number
+from fbs_debitor.core.db import Unreadable, as_datetime, in_query, stored_number
 from fbs_debitor.core.settings import TIMEZONE
 from fbs_debitor.core.stores import Stores
 from fbs_debitor.quality import catalog as dq_catalog
@@ -137,13 +137,10 @@ _FINDINGS = text(
     "CASE WHEN patron_id IS NULL AND severity = 'warning' THEN 1 ELSE 0 END, first_seen_at, finding_key")
 # The same, for some agencies only (one municipality's mapped task): a patron belongs to one agency,
 # so its rank is the same as over all findings.
-_FINDINGS_OF = text(_FINDINGS.text.replace(
-    "FROM finding WHERE ", "FROM finding WHERE agency_id IN :agencies AND ")).bindparams(
-    bindparam("agencies", expanding=True))
-_PATRONS = text("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids").bindparams(
-    bindparam("ids", expanding=True))
-_LIABILITIES = text("SELECT liability_id, number, amount FROM liability WHERE liability_id IN :ids").bindparams(
-    bindparam("ids", expanding=True))
+_FINDINGS_OF = in_query(_FINDINGS.text.replace(
+    "FROM finding WHERE ", "FROM finding WHERE agency_id IN :agencies AND "), "agencies")
+_PATRONS = in_query("SELECT patron_id, name, branch_id FROM patron WHERE patron_id IN :ids", "ids")
+_LIABILITIES = in_query("SELECT liability_id, number, amount FROM liability WHERE liability_id IN :ids", "ids")
 
 
 @dataclass
