@@ -401,6 +401,44 @@ def test_reconciliation_is_clean_after_everything_and_finds_a_payment_missing_in
     assert payment_reconciliation.differences_per_agency(stores, broken) == {AGENCY: 1}
 
 
+def test_P2_the_reconciliation_finds_a_debtor_payment_in_FBS_the_ledger_never_applied_and_one_FBS_changed(
+        stores, emu_db, inbox):
+    """P2, FBS's side: a payment in FBS that says it came from the debtor system (source_ref
+    ``SF1590_B_01A <FordringID> <movement>``) but names no applied movement is a difference, and so is
+    an applied movement FBS holds with another amount. The pass over FBS's payments is skipped only
+    when every such payment was found under the applied movement it names: a payment whose source_ref
+    was edited to name another movement, or no longer says it came from the debtor system, does not
+    hide one that lacks its movement."""
+    ids = sent(stores, emu_db, adults=3)
+    a, b, c = ids["adult"]
+    deliver(inbox, "f1.xml", mv("M-A", a, "payment", 5), mv("M-B", b, "payment", 6), mv("M-C", c, "payment", 7))
+    run(stores, inbox)
+    clean(stores)
+
+    def edit(sql: str, **params) -> list[str]:
+        with stores.fbs.begin() as conn:
+            conn.execute(text(sql), params)
+        return sorted(d.what for d in payment_reconciliation.reconcile_payments(stores, page_size=2).differences)
+
+    row = fbs_payments(stores, a)[0]
+    foreign = {**row, "payment_id": "FOREIGN-1", "source_ref": f"SF1590_B_01A {fid(a)} M-NEVER"}
+    cols = ", ".join(foreign)
+    assert edit(f"INSERT INTO payment ({cols}) VALUES ({', '.join(':' + k for k in foreign)})",  # noqa: S608
+                **foreign) == ["in FBS, not applied in the ledger"]
+    # M-C's own payment no longer says it came from the debtor system (though it still names M-C),
+    # and M-A's now names M-B (found under M-A, it is no longer M-A's): the foreign one is still found
+    assert edit("UPDATE payment SET source_ref = 'hand-booked M-C' WHERE payment_id = 'M-C'") == [
+        "in FBS, not applied in the ledger"]
+    assert edit("UPDATE payment SET source_ref = :s WHERE payment_id = 'M-A'",
+                s=f"SF1590_B_01A {fid(a)} M-B") == ["in FBS, not applied in the ledger"]
+    assert edit("DELETE FROM payment WHERE payment_id = 'FOREIGN-1'") == []
+    # every payment in FBS is an applied movement's own, but M-A's names a movement never applied
+    assert edit("UPDATE payment SET source_ref = :s WHERE payment_id = 'M-A'",
+                s=f"SF1590_B_01A {fid(a)} M-NEVER") == ["in FBS, not applied in the ledger"]
+    assert edit("UPDATE payment SET source_ref = :s WHERE payment_id = 'M-A'", s=f"SF1590_B_01A {fid(a)} M-A") == []
+    assert edit("UPDATE payment SET amount = 6.5 WHERE payment_id = 'M-B'") == ["applied, different in FBS"]
+
+
 
 # --- payments and changes to the claim (U1) ------------------------------------------------------------
 

@@ -152,8 +152,8 @@ def reconcile_payments(stores: Stores, debtor: dict[str, dict] | None = None, pa
             "SELECT name, kind FROM payment_inbox_entry WHERE gone_at IS NULL AND kind <> 'partial' ORDER BY name"))]
     with collector_paused():                 # (each page's rows are freed as it goes; see apply)
         _claims(stores, report, page_size)
-        _movements(stores, report, page_size)
-        _fbs_only(stores, report, page_size)
+        matched = _movements(stores, report, page_size)
+        _fbs_only(stores, report, page_size, matched)
         if debtor is not None:
             _debtor_side(stores, report, debtor, page_size)
     return report
@@ -223,38 +223,61 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
                                        for what in found]
 
 
-def _movements(stores: Stores, report: PaymentReport, page_size: int) -> None:
+# FBS's payments from the debtor system: what ``_fbs_only`` looks at (LIKE as each database reads it)
+_FROM_DEBTOR = "source_ref LIKE 'SF1590_B_01A %'"
+
+
+def _movement_of(source_ref: str) -> str:
+    """The movement id an FBS payment from the debtor system names (the last word of its source_ref)."""
+    return source_ref.split(" ")[-1]
+
+
+def _movements(stores: Stores, report: PaymentReport, page_size: int) -> int:
     """2: every applied movement in fbs.payment once, the same; nothing left to write back. Page
-    by page in movement order, each page's FBS payments read in one query by key."""
+    by page in movement order, each page's FBS payments read in one query by key. Returns how many
+    of FBS's payments from the debtor system (``_FROM_DEBTOR``) name the applied movement they
+    were found under: each is a different payment (it names one movement), so when they are all of
+    them, no such payment lacks its applied movement and ``_fbs_only`` has nothing to look for."""
     page = text("SELECT movement_id, fordring_id, liability_id, kind, amount, written_back_at FROM movement "
                 "WHERE state = 'applied' AND movement_id > :a ORDER BY movement_id LIMIT :n")
+    matched = 0
     for rows in keyset_pages(stores.ledger, page, "movement_id", "", {"n": page_size}, after="a"):
         keys = [payment_id(r.movement_id) for r in rows]
         with stores.fbs.connect() as conn:
             fbs = {r.payment_id: r for r in select_in(
-                conn, "SELECT payment_id, liability_id, kind, amount FROM payment WHERE payment_id IN :k", "k", keys)}
+                conn, f"SELECT payment_id, liability_id, kind, amount, source_ref, CASE WHEN {_FROM_DEBTOR} "  # noqa: S608
+                "THEN 1 ELSE 0 END AS from_debtor FROM payment WHERE payment_id IN :k", "k", keys)}
         for r, key in zip(rows, keys, strict=True):
             f = fbs.get(key)
+            if f is not None and f.from_debtor and _movement_of(f.source_ref) == r.movement_id:
+                matched += 1
             if r.written_back_at is None:
                 what = "applied, not yet written to FBS"
             elif f is None:
                 what = "applied, not in FBS"
-            elif (f.liability_id, f.kind, as_amount(f.amount)) != (r.liability_id, r.kind, as_amount(r.amount)):
-                what = "applied, different in FBS"
+            elif (f.liability_id, f.kind) != (r.liability_id, r.kind) or (
+                    f.amount != r.amount and as_amount(f.amount) != as_amount(r.amount)):
+                what = "applied, different in FBS"   # (the same stored amount is the same amount: not converted)
             else:
                 continue
             reported = f"{r.kind} {as_amount(r.amount)} (movement {r.movement_id})"
             report.differences.append(Difference(r.liability_id, r.fordring_id, what, "-", reported, "applied",
                                                  "-" if f is None else f"{f.kind} {as_amount(f.amount)} on {f.liability_id}"))
+    return matched
 
 
-def _fbs_only(stores: Stores, report: PaymentReport, page_size: int) -> None:
+def _fbs_only(stores: Stores, report: PaymentReport, page_size: int, matched: int | None = None) -> None:
     """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply;
-    page by page, each page's movements read in one query by key."""
-    page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "
-                "AND source_ref LIKE 'SF1590_B_01A %' ORDER BY payment_id LIMIT :n")
+    page by page, each page's movements read in one query by key. Not read at all when ``matched``
+    (``_movements``' count) is every such payment: then each names an applied movement."""
+    if matched is not None:
+        with stores.fbs.connect() as conn:
+            if conn.execute(text(f"SELECT COUNT(*) FROM payment WHERE {_FROM_DEBTOR}")).scalar() == matched:  # noqa: S608
+                return
+    page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "  # noqa: S608
+                f"AND {_FROM_DEBTOR} ORDER BY payment_id LIMIT :n")
     for rows in keyset_pages(stores.fbs, page, "payment_id", "", {"n": page_size}, after="a"):
-        ids = {r.source_ref.split(" ")[-1]: r for r in rows}
+        ids = {_movement_of(r.source_ref): r for r in rows}
         with stores.ledger.connect() as conn:
             applied = {m[0] for m in select_in(conn, "SELECT movement_id FROM movement WHERE state = 'applied' AND "
                                                      "movement_id IN :k", "k", list(ids))}
