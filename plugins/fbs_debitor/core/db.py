@@ -309,7 +309,15 @@ def as_amount(value) -> Decimal | None:
         return None
     if isinstance(value, Decimal):
         return value.quantize(CENT)
-    return Decimal(str(value)).quantize(CENT)
+    return _amount_of_text(str(value))
+
+
+@lru_cache(maxsize=_MEMO)
+def _amount_of_text(text_: str) -> Decimal:
+    """``as_amount`` of a value read back (an int, a float, text), by its text: the same few
+    amounts come back for a million rows (a payment run reads each claim's sums), converted once.
+    Keyed by the text, so -0.0 and 0 are not taken for each other."""
+    return Decimal(text_).quantize(CENT)
 
 
 MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12 in the schema
@@ -393,6 +401,16 @@ def _sqlite_one(params):
         if type(v) not in plain:
             return tuple(v if type(v) in plain else _sqlite_value(v) for v in params)
     return params
+
+
+def _as_it_is(value):
+    return value
+
+
+def value_converter(bind: Engine | Connection):
+    """``bound_value`` for ``bind`` as a function of the value alone: the database looked at once,
+    not for every value of a bulk write."""
+    return _sqlite_value if _is_sqlite(bind) else _as_it_is
 
 
 def bound_value(bind: Engine | Connection, value):

@@ -13,7 +13,6 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
@@ -364,7 +363,7 @@ def sql_value(conn: Connection):
     """The function that gives a value as this connection's database is sent it by ``insert_rows``
     and ``execute_many`` (``db.bound_value`` for this connection), for a caller that converts a
     value once and uses it in many rows."""
-    return partial(db.bound_value, conn)
+    return db.value_converter(conn)
 
 
 def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: list[Sequence]) -> int:
