@@ -593,3 +593,47 @@ def test_P2_reconciliation_compares_the_sums_per_claim_in_the_database_and_finds
                                 (b, "settled, but open in FBS", "open")]), found
         sums = next(d for d in report.differences if d.what.startswith("ledger sums"))
         assert "paid 6.00" in sums.ledger and sums.reported.startswith("paid 5.00 ")
+
+
+# --- the audit trail (M2) --------------------------------------------------------------------------
+
+def test_M2_history_shows_each_payment_movement_once_as_it_arrived_from_its_own_row(stores, emu_db, inbox):
+    """Since ledger 0018 a movement's row is its arrival in the audit trail (``payments.trail``): the
+    history shows every movement of the liability (applied, or held with its reason), then what
+    happened later (its release), each once; the payments run writes no event beside the row. A
+    movement from before 0018 (no ``arrival_seq``) keeps its own event and is not shown twice."""
+    from fbs_debitor.changes.history import format_history
+    from fbs_debitor.payments.trail import movement_text
+
+    ids = sent(stores, emu_db, adults=2)
+    a, b = ids["adult"]
+    deliver(inbox, "f1.xml", mv("P1", a, "payment", 1), mv("R3", b, "reversal", 1, ref="P-later"))
+    run(stores, inbox)
+    deliver(inbox, "f2.xml", mv("P-later", b, "payment", 1))
+    run(stores, inbox)
+    assert movement_states(stores)["R3"] == ("applied", payments.REVERSAL_UNKNOWN)    # held, then released
+    with stores.ledger.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM event WHERE kind IN ('payment_applied', 'payment_held')")
+                            ).scalar() == 0
+    lines = format_history(stores, b, width=400).splitlines()
+
+    def at(*parts: str) -> list[int]:
+        return [i for i, line in enumerate(lines) if all(p in line for p in parts)]
+
+    held = at("payment_held", "reversal 1.00 booked 2026-11-19 (movement R3", "reverses P-later", "file f1.xml)",
+              "held for review, P_REVERSAL_UNKNOWN")
+    paid = at("payment_applied", "payment 1.00 booked 2026-11-19 (movement P-later", "file f2.xml)")
+    released = at("payment_released", "movement R3")
+    assert len(held) == len(paid) == len(released) == 1, "\n".join(lines)
+    assert held[0] < paid[0] < released[0]
+    assert at("movement P1") == []                      # another liability's movement is not in this one's trail
+    assert full_cpr_numbers("\n".join(lines)) == []
+
+    # a movement that arrived before ledger 0018: its arrival is the event it was written with
+    with stores.ledger.begin() as conn:
+        conn.execute(text("UPDATE movement SET arrival_seq = NULL WHERE movement_id = 'P1'"))
+        ledger.add_events(conn, [(a, "payment_applied", None, movement_text(mv("P1", a, "payment", 1), "f1.xml", None))],
+                          "old-run", dt.datetime(2026, 11, 20, 2, 0))
+    assert len([line for line in format_history(stores, a, width=400).splitlines()
+                if "payment_applied" in line and "movement P1" in line]) == 1
+    clean(stores)

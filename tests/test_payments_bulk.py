@@ -1,11 +1,10 @@
 """Issue 19: the payments run's bulk writes (``ledger.insert_rows`` / ``execute_many``, the audit
-trail's ids and texts made in one go, the file transaction's SQLite settings) write exactly what the
+trail's ids made in one go, a movement's audit text, the file transaction's SQLite settings) write exactly what the
 row-by-row code wrote, and fail as it failed."""
 
 from __future__ import annotations
 
 import datetime as dt
-import random
 import re
 from decimal import Decimal
 
@@ -14,33 +13,25 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
-from fbs_debitor.payments.apply import _event_detail, _event_details, file_transaction
+from fbs_debitor.payments.apply import file_transaction
 from fbs_debitor.payments.files import Movement
+from fbs_debitor.payments.trail import movement_text
 
 UUID8 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-def test_the_audit_texts_of_a_file_are_those_of_one_movement_at_a_time():
-    """Masked value by value, the texts are the same as masked whole, CPR-like runs across
-    values, Unicode digits, dashes and newlines included."""
-    rng = random.Random(19)
-
-    def value() -> str:
-        return "".join(rng.choice("0123456789-9-A x\n٣") for _ in range(rng.randrange(0, 25)))
-
-    for _ in range(2000):
-        decided = [(Movement(value() or "X", value() or "F", rng.choice(["payment", "reversal", "write_off"]),
-                             Decimal(rng.randrange(0, 10**13)) / 100, dt.date(rng.randrange(1, 9999), 1, 2),
-                             rng.choice([None, "", value()])), rng.choice([None, "P_OVERPAYMENT"]))
-                   for _ in range(rng.randrange(1, 6))]
-        name = value()
-        assert _event_details(decided, name) == [_event_detail(m, name, r) for m, r in decided]
+def test_M2_a_movements_audit_text_masks_cpr_shaped_values_and_keeps_the_rest():
+    """The text the history shows for a movement's arrival (``payments.trail.movement_text``): a
+    CPR-shaped movement id, reference or file name is masked, the other values are as they came."""
     cpr = Movement("0101901234", "FBS-715100-7208", "payment", Decimal("1234567890.12"), dt.date(2026, 11, 19),
                    "010190-1234")
-    [detail] = _event_details([(cpr, None)], "betaling-0101901234.xml")
-    assert detail == _event_detail(cpr, "betaling-0101901234.xml", None)
+    detail = movement_text(cpr, "betaling-0101901234.xml", "P_OVERPAYMENT")
     assert "0101901234" not in detail and "010190-1234" not in detail
     assert "010190-****" in detail and "715100-****" in detail
+    assert detail.startswith("payment 123456-****.12 booked 2026-11-19 (movement 010190-****")   # ten digits: masked too
+    assert detail.endswith("file betaling-010190-****.xml): held for review, P_OVERPAYMENT")
+    plain = movement_text(Movement("M-7", "FBS-1-2", "write_off", Decimal("5.50"), dt.date(2026, 1, 2)), "f.xml", None)
+    assert plain == "write_off 5.50 booked 2026-01-02 (movement M-7, FBS-1-2, file f.xml)"
 
 
 def test_ordered_ids_have_ordered_ids_layout():

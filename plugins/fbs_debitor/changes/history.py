@@ -1,7 +1,8 @@
 """The audit trail of one liability (M2): what happened, when, in which message, with which answer.
 
 ``python -m fbs_debitor history LIABILITY_ID`` prints it as one readable timeline, from the ledger
-(events, messages and their answers, findings) and FBS (the liability now, staff tasks, payments).
+(events, messages and their answers, findings, the payment movements as they arrived:
+``payments.trail``) and FBS (the liability now, staff tasks, payments).
 Every line goes through the CPR mask: the ledger never holds a full CPR number, and neither does
 this output. A liability id no database can hold (beyond BIGINT) is known nowhere; FBS values that
 cannot be read (an amount as text, a date that is not one) are shown as FBS holds them, quoted,
@@ -20,6 +21,7 @@ from fbs_debitor.core import ledger
 from fbs_debitor.core.db import Unreadable, as_datetime, exact_amount, shown
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.stores import Stores
+from fbs_debitor.payments import trail
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def entries(stores: Stores, liability_id: int) -> list[Entry]:
         for r in conn.execute(text("SELECT occurred_at, seq, kind, message_key, detail FROM event "
                                    "WHERE liability_id = :l"), {"l": liability_id}):
             out.append(Entry(_date_time(r.occurred_at), r.seq or 0, "ledger", r.kind, r.message_key, r.detail or ""))
+        for a in trail.arrivals(conn, liability_id):       # payment movements: their rows are their entries
+            out.append(Entry(a.at or dt.datetime.min, a.seq, "ledger", a.kind, None, a.detail))
         for r in conn.execute(text("SELECT first_seen_at, resolved_at, rule, check_code, message, resolution "
                                    "FROM finding WHERE liability_id = :l"), {"l": liability_id}):
             out.append(Entry(_date_time(r.first_seen_at), 0, "ledger", f"finding {r.rule}", None,

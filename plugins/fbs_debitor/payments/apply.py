@@ -121,6 +121,7 @@ from fbs_debitor.payments.files import (
     preflight,
 )
 from fbs_debitor.payments.inbox import BAD_NAME, KIND_TEXT, PARTIAL, SYMLINK, Entry, Inbox, NotTaken, TooLarge, shown
+from fbs_debitor.payments.trail import movement_text
 from fbs_debitor.transfer.units import Unit, units
 
 log = logging.getLogger(__name__)
@@ -417,8 +418,9 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     Set-based: the file's keys are staged once, its claims and known movements read in three
     queries, every movement decided in order in memory (the rules of ``_Book.decide``), and then
     the file, all its movements, each touched claim's sums (one row per claim, however many
-    movements touched it), their balance and settlement, the reversals' marks and the audit trail
-    are written with one statement each: a file costs the same dozen statements whatever it holds.
+    movements touched it), their balance and settlement and the reversals' marks are written with
+    one statement each: a file costs the same dozen statements whatever it holds. Each movement's
+    row is its entry in the audit trail (M2, ``payments.trail``): no event is written beside it.
 
     With ``conn`` (a connection in a transaction: ``_FileBatch``, several files in one ledger
     transaction, this one in a savepoint of its own), the file is written there and committed with
@@ -443,10 +445,11 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
         others = sorted({c.agency_id for c in book.claims.values()} - set(agencies))
         if others:
             raise NotThisUnit(f"it names claims of agencies {', '.join(others[:5])}")
-    rows, audited = [], []
+    rows = []
     value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
     t = value(at)
     days: dict[dt.date, object] = {}
+    seq = time.time_ns()                    # each movement's place in the audit trail (``payments.trail``)
     for m in parsed.movements:
         prior = book.known.get(m.movement_id)
         if prior is not None:
@@ -461,19 +464,14 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
         if day is None:
             day = days[m.booked_on] = value(m.booked_on)
         rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
-                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t))
+                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t, seq + len(rows)))
         counts[state] += 1
-        if lid is not None:
-            audited.append((m, state, reason, lid))
-    events = [(lid, f"payment_{state}", None, detail) for (_m, state, _r, lid), detail
-              in zip(audited, _event_details([(m, r) for m, _s, r, _l in audited], name), strict=True)]
     conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
                       "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
                  {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
                   "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
-    _insert_movements(conn, rows)
+    _insert_movements(conn, rows)           # (each row its own entry in the audit trail: ``payments.trail``)
     _save_claims(book)
-    add_events(conn, events, run_id, at)
     return counts
 
 
@@ -527,7 +525,8 @@ def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB, wal
 
 
 _MOVEMENT_COLUMNS = ("movement_id", "file_sha256", "fordring_id", "liability_id", "agency_id", "kind", "amount",
-                     "booked_on", "reference_id", "state", "hold_reason", "run_id", "received_at", "decided_at")
+                     "booked_on", "reference_id", "state", "hold_reason", "run_id", "received_at", "decided_at",
+                     "arrival_seq")
 
 
 def _insert_movements(conn: Connection, rows: list[tuple]) -> None:
@@ -538,45 +537,6 @@ def _insert_movements(conn: Connection, rows: list[tuple]) -> None:
 
 def _save_claims(book: _Book) -> list[int]:
     return book.save_claims()
-
-
-def _event_detail(m: Movement, file_name: str, reason: str | None) -> str:
-    what = f"{m.kind} {m.amount:.2f} booked {m.booked_on:%Y-%m-%d} (movement {m.movement_id}, {m.fordring_id}"
-    what += f", reverses {m.reference_id}" if m.reference_id else ""
-    return mask_cprs_in(what + f", file {file_name})" + (f": held for review, {reason}" if reason else ""))
-
-
-def _event_details(decided: list[tuple[Movement, str | None]], file_name: str) -> list[str]:
-    """``_event_detail(m, file_name, reason)`` of each (movement, reason), the same text, masked
-    part by part instead of one regular-expression pass per movement. ``mask_cprs_in`` only
-    changes runs of digits with at most one '-' inside, and reads no further than the digit on
-    either side of one: the text around each value here (spaces, commas, brackets, fixed words) has
-    neither, so masking each value on its own is masking the whole. The values are masked in one
-    pass of them all, joined by a newline (neither a digit nor a '-'), when none holds one."""
-    if not decided:
-        return []
-    ids = list({s for m, _r in decided for s in (m.movement_id, m.fordring_id, m.reference_id or "")})
-    joined = "\n".join(ids)
-    if joined.count("\n") == len(ids) - 1:
-        masked = dict(zip(ids, mask_cprs_in(joined).split("\n"), strict=True))
-    else:                                   # a value with a newline of its own: one by one
-        masked = {i: mask_cprs_in(i) for i in ids}
-    tail = f", file {mask_cprs_in(file_name)})"
-    fixed: dict = {}                        # kinds, reasons and dates: a few values, each masked once
-    out = []
-    for m, reason in decided:
-        head = fixed.get((m.kind, m.booked_on))
-        if head is None:
-            head = fixed[(m.kind, m.booked_on)] = (mask_cprs_in(m.kind), f" booked {m.booked_on:%Y-%m-%d} (movement ")
-        held = fixed.get(reason)
-        if held is None:
-            held = fixed[reason] = f": held for review, {mask_cprs_in(reason)}" if reason else ""
-        amount = f"{m.amount:.2f}"
-        if len(amount) > 9:                 # ten digits or more could be taken for a CPR number
-            amount = mask_cprs_in(amount)
-        ref = f", reverses {masked[m.reference_id]}" if m.reference_id else ""
-        out.append(f"{head[0]} {amount}{head[1]}{masked[m.movement_id]}, {masked[m.fordring_id]}{ref}{tail}{held}")
-    return out
 
 
 def record_quarantine(ledger_engine: Engine, name: str, sha: str, code: str, reason: str, run_id: str,
@@ -1219,7 +1179,7 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[
             book.known[m.movement_id] = _Known(m, state, lid)
             if state == APPLIED:
                 released.append({"m": m.movement_id, "l": lid, "a": agency, "r": run_id, "t": at})
-                events.append((lid, "payment_released", None, _event_detail(m, "held earlier", None)
+                events.append((lid, "payment_released", None, movement_text(m, "held earlier", None)
                                + f": applied now, was held as {r.hold_reason}"))
             elif reason != r.hold_reason or lid is not None:
                 rehold.append({"h": reason, "l": lid, "a": agency, "m": m.movement_id})

@@ -1,0 +1,15 @@
+-- Ledger 0018: a payment movement's arrival in the audit trail is its own row (issue 19, M2).
+--
+-- Until now every movement a payment file brought wrote one event (payment_applied or
+-- payment_held, with its text) beside its movement row: a million movements wrote a million
+-- events, each an entry at a random place of ix_event_liability, and the same facts twice. From
+-- this migration on, the movement row is that entry: the history of a liability
+-- (``changes.history`` through ``payments.trail``) reads the movements of its FordringIDs and shows
+-- each at its arrival, with the text the event had. What happens to a movement later (released
+-- after review, dismissed, its liability closed in FBS) is still written as an event.
+--
+-- arrival_seq  the movement's place in the audit trail among the liability's events (as event.seq:
+--              nanoseconds since the epoch when it was written, plus its place in the file);
+--              NULL for a movement written before this migration, whose arrival is an event of
+--              its own (the history shows that event, not the row again).
+ALTER TABLE movement ADD COLUMN arrival_seq BIGINT;
