@@ -205,3 +205,21 @@ def test_item1_item9_text_the_schema_cannot_carry_and_inexact_amounts_from_fbs_b
     else:
         assert results[inexact].account.claims[0].amount == Decimal("12.35")     # rounded by PostgreSQL itself
     assert results[fine].problem is None and results[fine].account.claims[0].amount == Decimal("60.00")
+
+
+def test_as_amount_of_values_read_back_is_the_same_memoised_and_keeps_zeros_sign_and_refuses_a_bool():
+    """``as_amount`` remembers what it made of a number read back (issue 19: a payments run reads
+    millions): the same Decimal as ``Decimal(str(value)).quantize(CENT)``, for ints, floats, text
+    and Decimals, asked once or again; 0.0 and -0.0 are not taken for each other; a bool is no
+    amount (as before: an error, not 1.00)."""
+    import decimal
+
+    values = [1, 1.0, 3, 3.5, 12.25, -4.1, 10**16, 1e16, 0, 0.0, -0.0, "7.5", "-0", Decimal("2.345"), Decimal("-0")]
+    for _ in range(2):
+        for v in values:
+            got, want = as_amount(v), Decimal(str(v)).quantize(Decimal("0.01"))
+            assert (got, str(got)) == (want, str(want)), v
+    assert str(as_amount(-0.0)) == "-0.00" and str(as_amount(0.0)) == "0.00"
+    assert as_amount(None) is None
+    with pytest.raises(decimal.InvalidOperation):
+        as_amount(True)

@@ -307,17 +307,23 @@ def as_amount(value) -> Decimal | None:
     floats). FBS's own amounts are read with ``exact_amount``, which never rounds."""
     if value is None:
         return None
+    kind = type(value)
+    if (kind is float or kind is int) and value:
+        # a number read back: the same few amounts come back for a million rows (a payments run
+        # reads each claim's sums), each converted once. Equal non-zero ints and floats are the
+        # same amount; a zero is not looked up here (0.0 and -0.0 are equal but print apart).
+        got = _AMOUNTS.get(value)
+        if got is None:
+            if len(_AMOUNTS) >= _MEMO:
+                _AMOUNTS.clear()
+            got = _AMOUNTS[value] = Decimal(str(value)).quantize(CENT)
+        return got
     if isinstance(value, Decimal):
         return value.quantize(CENT)
-    return _amount_of_text(str(value))
+    return Decimal(str(value)).quantize(CENT)
 
 
-@lru_cache(maxsize=_MEMO)
-def _amount_of_text(text_: str) -> Decimal:
-    """``as_amount`` of a value read back (an int, a float, text), by its text: the same few
-    amounts come back for a million rows (a payment run reads each claim's sums), converted once.
-    Keyed by the text, so -0.0 and 0 are not taken for each other."""
-    return Decimal(text_).quantize(CENT)
+_AMOUNTS: dict = {}
 
 
 MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12 in the schema

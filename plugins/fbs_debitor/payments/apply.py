@@ -106,7 +106,16 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from fbs_debitor.claims.model import StaffTask
 from fbs_debitor.claims.writeback import raise_tasks
 from fbs_debitor.core import db, ledger
-from fbs_debitor.core.db import as_amount, as_date, chunked, exclusive, in_query, keyset_pages, sql_file
+from fbs_debitor.core.db import (
+    as_amount,
+    as_date,
+    chunked,
+    exclusive,
+    in_query,
+    keyset_pages,
+    select_in,
+    sql_file,
+)
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, execute_many, insert_rows
 from fbs_debitor.core.stores import Stores
@@ -1222,8 +1231,8 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
     counts: Counter = Counter()
     with file_transaction(stores.fbs, WRITE_CACHE_KIB) as conn:
         lids = sorted({r.liability_id for r in rows})
-        present = {r[0] for part in chunked(lids, CHUNK) for r in conn.execute(in_query(
-            "SELECT liability_id FROM liability WHERE liability_id IN :l", "l"), {"l": part})}
+        present = {r[0] for part in chunked(lids, CHUNK)
+                   for r in select_in(conn, "SELECT liability_id FROM liability WHERE liability_id IN :l", "l", part)}
         gone = [r for r in rows if r.liability_id not in present]
         if gone:    # deleted from FBS since it was applied: left unwritten, reconciliation shows it
             log.error("%d applied movement(s) on liabilities no longer in FBS are not written back: %s", len(gone),
@@ -1307,8 +1316,7 @@ def _set_status(conn: Connection, liability_ids: list[int], old: str, new: str, 
     changed: list[int] = []
     target: list[int] = []
     for part in chunked(liability_ids, CHUNK):
-        status = dict(conn.execute(in_query("SELECT liability_id, status FROM liability WHERE liability_id IN :l", "l"),
-                                   {"l": part}).all())
+        status = dict(select_in(conn, "SELECT liability_id, status FROM liability WHERE liability_id IN :l", "l", part))
         now_old = [lid for lid, s in status.items() if s == old]
         if now_old:
             conn.execute(in_query("UPDATE liability SET status = :n, updated_at = :t WHERE liability_id IN :l", "l"),
