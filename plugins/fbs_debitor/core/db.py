@@ -568,19 +568,14 @@ def _in_names(name: str, n: int) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=512)
-def _in_statement(statement: str, name: str, n: int) -> str:
+def _in_statement(statement: str, name: str, n: int, positional: bool = False) -> str:
+    """``statement`` with its one ``:name`` written out as a list of ``n`` placeholders: named
+    (``:name__0, ...``, for ``_in_names``) or positional (``?, ...``)."""
     marker = re.compile(rf":{re.escape(name)}\b")
     if len(marker.findall(statement)) != 1:
         raise ValueError(f"the statement must name :{name} once")
-    return marker.sub(lambda _m: "(" + ", ".join(f":{k}" for k in _in_names(name, n)) + ")", statement)
-
-
-@lru_cache(maxsize=512)
-def _in_positional(statement: str, name: str, n: int) -> str:
-    marker = re.compile(rf":{re.escape(name)}\b")
-    if len(marker.findall(statement)) != 1:
-        raise ValueError(f"the statement must name :{name} once")
-    return marker.sub(lambda _m: "(" + ", ".join("?" * n) + ")", statement)
+    items = ", ".join("?" * n) if positional else ", ".join(f":{k}" for k in _in_names(name, n))
+    return marker.sub(lambda _m: "(" + items + ")", statement)
 
 
 def select_in(conn: Connection, statement: str, name: str, values: Sequence) -> list:
@@ -595,7 +590,7 @@ def select_in(conn: Connection, statement: str, name: str, values: Sequence) -> 
     if not _is_sqlite(conn):
         return conn.execute(_in_clause(statement, name), {name: list(values)}).all()
     # positional: the driver binds thousands of ``?`` several times faster than as many names
-    return conn.exec_driver_sql(_in_positional(statement, name, len(values)), values).all()
+    return conn.exec_driver_sql(_in_statement(statement, name, len(values), positional=True), values).all()
 
 
 def execute_in(conn: Connection, statement: str, params: dict, name: str, values: Sequence) -> int:
