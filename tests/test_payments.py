@@ -598,12 +598,12 @@ def test_P2_reconciliation_compares_the_sums_per_claim_in_the_database_and_finds
 # --- the audit trail (M2) --------------------------------------------------------------------------
 
 def test_M2_history_shows_each_payment_movement_once_as_it_arrived_from_its_own_row(stores, emu_db, inbox):
-    """Since ledger 0018 a movement's row is its arrival in the audit trail (``payments.trail``): the
+    """Since ledger 0018 a movement's row is its arrival in the audit trail (``core.trail``): the
     history shows every movement of the liability (applied, or held with its reason), then what
     happened later (its release), each once; the payments run writes no event beside the row. A
     movement from before 0018 (no ``arrival_seq``) keeps its own event and is not shown twice."""
     from fbs_debitor.changes.history import format_history
-    from fbs_debitor.payments.trail import movement_text
+    from fbs_debitor.core.trail import movement_text
 
     ids = sent(stores, emu_db, adults=2)
     a, b = ids["adult"]

@@ -13,15 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from fbs_debitor.core import ledger
+from fbs_debitor.core.trail import movement_text
 from fbs_debitor.payments.apply import file_transaction
 from fbs_debitor.payments.files import Movement
-from fbs_debitor.payments.trail import movement_text
 
 UUID8 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def test_M2_a_movements_audit_text_masks_cpr_shaped_values_and_keeps_the_rest():
-    """The text the history shows for a movement's arrival (``payments.trail.movement_text``): a
+    """The text the history shows for a movement's arrival (``core.trail.movement_text``): a
     CPR-shaped movement id, reference or file name is masked, the other values are as they came."""
     cpr = Movement("0101901234", "FBS-715100-7208", "payment", Decimal("1234567890.12"), dt.date(2026, 11, 19),
                    "010190-1234")

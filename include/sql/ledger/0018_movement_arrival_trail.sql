@@ -4,7 +4,7 @@
 -- payment_held, with its text) beside its movement row: a million movements wrote a million
 -- events, each an entry at a random place of ix_event_liability, and the same facts twice. From
 -- this migration on, the movement row is that entry: the history of a liability
--- (``changes.history`` through ``payments.trail``) reads the movements of its FordringIDs and shows
+-- (``changes.history`` through ``core.trail``) reads the movements of its FordringIDs and shows
 -- each at its arrival, with the text the event had. What happens to a movement later (released
 -- after review, dismissed, its liability closed in FBS) is still written as an event.
 --

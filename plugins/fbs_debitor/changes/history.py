@@ -2,7 +2,7 @@
 
 ``python -m fbs_debitor history LIABILITY_ID`` prints it as one readable timeline, from the ledger
 (events, messages and their answers, findings, the payment movements as they arrived:
-``payments.trail``) and FBS (the liability now, staff tasks, payments).
+``core.trail``) and FBS (the liability now, staff tasks, payments).
 Every line goes through the CPR mask: the ledger never holds a full CPR number, and neither does
 this output. A liability id no database can hold (beyond BIGINT) is known nowhere; FBS values that
 cannot be read (an amount as text, a date that is not one) are shown as FBS holds them, quoted,
@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from fbs_debitor.core import ledger
+from fbs_debitor.core import ledger, trail
 from fbs_debitor.core.db import Unreadable, as_datetime, exact_amount, shown
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.payments import trail
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ from fbs_debitor.core.db import (
 from fbs_debitor.core.identity import mask_cprs_in
 from fbs_debitor.core.ledger import add_events, execute_many, insert_rows
 from fbs_debitor.core.stores import Stores
+from fbs_debitor.core.trail import movement_text
 from fbs_debitor.payments.files import (
     TOO_LARGE,
     BadFile,
@@ -130,7 +131,6 @@ from fbs_debitor.payments.files import (
     preflight,
 )
 from fbs_debitor.payments.inbox import BAD_NAME, KIND_TEXT, PARTIAL, SYMLINK, Entry, Inbox, NotTaken, TooLarge, shown
-from fbs_debitor.payments.trail import movement_text
 from fbs_debitor.transfer.units import Unit, units
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,7 @@ def apply_file(ledger_engine: Engine, name: str, sha: str, parsed: PaymentFile, 
     the file, all its movements, each touched claim's sums (one row per claim, however many
     movements touched it), their balance and settlement and the reversals' marks are written with
     one statement each: a file costs the same dozen statements whatever it holds. Each movement's
-    row is its entry in the audit trail (M2, ``payments.trail``): no event is written beside it.
+    row is its entry in the audit trail (M2, ``core.trail``): no event is written beside it.
 
     With ``conn`` (a connection in a transaction: ``_FileBatch``, several files in one ledger
     transaction, this one in a savepoint of its own), the file is written there and committed with
@@ -458,7 +458,7 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
     value = ledger.sql_value(conn)          # the values of many rows converted once (dates, the time)
     t = value(at)
     days: dict[dt.date, object] = {}
-    seq = time.time_ns()                    # each movement's place in the audit trail (``payments.trail``)
+    seq = time.time_ns()                    # each movement's place in the audit trail (``core.trail``)
     for m in parsed.movements:
         prior = book.known.get(m.movement_id)
         if prior is not None:
@@ -479,7 +479,7 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
                       "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
                  {"s": sha, "n": name, "x": parsed.transaction_id, "m": len(parsed.movements),
                   "a": counts[APPLIED], "h": counts[HELD], "d": counts["movements_again"], "r": run_id, "t": at})
-    _insert_movements(conn, rows)           # (each row its own entry in the audit trail: ``payments.trail``)
+    _insert_movements(conn, rows)           # (each row its own entry in the audit trail: ``core.trail``)
     _save_claims(book)
     return counts
 

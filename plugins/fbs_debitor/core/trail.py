@@ -1,4 +1,4 @@
-"""A payment movement in the audit trail of its liability (M2).
+"""A payment movement in the audit trail of its liability (M2), as the ledger holds it.
 
 A movement's arrival (applied, or held for review with its reason) is its own ledger row: since
 ledger 0018 (``movement.arrival_seq``) the payments run writes no event beside it, and the history
@@ -9,23 +9,38 @@ after review, dismissed, its liability closed in FBS) is still written as an eve
 
 Movements that arrived before ledger 0018 have no ``arrival_seq``: their arrival is an event of its
 own, and they are not shown again here.
+
+In ``core`` (the ledger's own tables), not in ``payments``: the history (``changes``) reads it, and
+the payments run writes it; ``payments`` already depends on ``changes`` through ``transfer``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from fbs_debitor.core.db import as_amount, as_date, as_datetime, in_query
 from fbs_debitor.core.identity import mask_cprs_in
-from fbs_debitor.payments.files import Movement
 
 
-def movement_text(m: Movement, file_name: str, reason: str | None) -> str:
-    """What the audit trail says of a movement: kind, amount, day, ids, file, and why it was held."""
+class Moved(NamedTuple):
+    """A movement's values as the trail shows them (``payments.files.Movement`` has the same)."""
+    movement_id: str
+    fordring_id: str
+    kind: str
+    amount: Decimal
+    booked_on: dt.date
+    reference_id: str | None = None
+
+
+def movement_text(m: Moved, file_name: str, reason: str | None) -> str:
+    """What the audit trail says of a movement (``Moved``, or anything with its attributes: a
+    ``payments.files.Movement``): kind, amount, day, ids, file, and why it was held."""
     what = f"{m.kind} {m.amount:.2f} booked {m.booked_on:%Y-%m-%d} (movement {m.movement_id}, {m.fordring_id}"
     what += f", reverses {m.reference_id}" if m.reference_id else ""
     return mask_cprs_in(what + f", file {file_name})" + (f": held for review, {reason}" if reason else ""))
@@ -58,7 +73,7 @@ def arrivals(conn: Connection, liability_id: int) -> list[Arrival]:
         return []
     out = []
     for r in conn.execute(_ARRIVALS, {"f": sorted(fids)}):
-        m = Movement(r.movement_id, r.fordring_id, r.kind, as_amount(r.amount), as_date(r.booked_on), r.reference_id)
+        m = Moved(r.movement_id, r.fordring_id, r.kind, as_amount(r.amount), as_date(r.booked_on), r.reference_id)
         out.append(Arrival(as_datetime(r.received_at), int(r.arrival_seq),
                            "payment_held" if r.hold_reason else "payment_applied",
                            movement_text(m, r.name, r.hold_reason)))
