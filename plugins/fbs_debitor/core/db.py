@@ -309,21 +309,19 @@ def as_amount(value) -> Decimal | None:
         return None
     kind = type(value)
     if (kind is float or kind is int) and value:
-        # a number read back: the same few amounts come back for a million rows (a payments run
-        # reads each claim's sums), each converted once. Equal non-zero ints and floats are the
-        # same amount; a zero is not looked up here (0.0 and -0.0 are equal but print apart).
-        got = _AMOUNTS.get(value)
-        if got is None:
-            if len(_AMOUNTS) >= _MEMO:
-                _AMOUNTS.clear()
-            got = _AMOUNTS[value] = Decimal(str(value)).quantize(CENT)
-        return got
+        return _amount_of_number(value)
     if isinstance(value, Decimal):
         return value.quantize(CENT)
     return Decimal(str(value)).quantize(CENT)
 
 
-_AMOUNTS: dict = {}
+@lru_cache(maxsize=_MEMO)
+def _amount_of_number(value: int | float) -> Decimal:
+    """``as_amount`` of a non-zero int or float read back: the same few amounts come back for a
+    million rows (a payments run reads each claim's sums), each converted once. Equal non-zero
+    ints and floats are the same amount; a zero is not memoised (0.0 and -0.0 are equal but print
+    apart), nor a bool (no amount)."""
+    return Decimal(str(value)).quantize(CENT)
 
 
 MAX_AMOUNT = Decimal("9999999999.99")     # NUMERIC(12,2) in FBS, totalDigits 12 in the schema
@@ -423,7 +421,7 @@ def bound_value(bind: Engine | Connection, value):
     """``value`` as the database behind ``bind`` is given it: on SQLite what ``_sqlite_parameters``
     would make of it (ISO text, text for an amount, 0/1), elsewhere the value itself. For a value
     many rows of one bulk write share (a timestamp), converted once instead of once per row."""
-    return _sqlite_value(value) if _is_sqlite(bind) else value
+    return value_converter(bind)(value)
 
 
 def _sqlite_parameters(conn, cursor, statement, parameters, context, executemany):
