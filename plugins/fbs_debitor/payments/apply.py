@@ -598,6 +598,20 @@ def payment_id(movement_id: str) -> str:
     return movement_id if len(movement_id) <= 64 else "DA-" + hashlib.sha256(movement_id.encode()).hexdigest()[:61]
 
 
+SOURCE = "SF1590_B_01A"     # the first word of ``fbs.payment.source_ref`` of a payment from the debtor system
+
+
+def source_ref(fordring_id: str, movement_id: str) -> str:
+    """``fbs.payment.source_ref`` of an applied movement's payment (200 characters): the service,
+    the FordringID (up to 64) and the BevaegelseID (up to 100), so it always ends in the whole id."""
+    return f"{SOURCE} {fordring_id} {movement_id}"[:200]
+
+
+def source_movement(ref: str) -> str:
+    """The BevaegelseID a payment's ``source_ref`` (``source_ref``) names: its last word."""
+    return ref.split(" ")[-1]
+
+
 # --- which municipality a file belongs to ---------------------------------------------------------
 
 NAMED_CVR = re.compile(r"b01a-[0-9]{8}T[0-9]{12}Z-([1-9][0-9]{7})-[0-9a-f]{32}\.xml")
@@ -1248,7 +1262,7 @@ def _write_chunk(stores: Stores, rows: list, at: dt.datetime) -> Counter:
                     day = days[r.booked_on] = value(as_date(r.booked_on))
                 params.append({"p": payment_id(r.movement_id), "l": r.liability_id, "k": r.kind,
                                "a": value(as_amount(r.amount)), "b": day,
-                               "s": f"SF1590_B_01A {r.fordring_id} {r.movement_id}"[:200]})
+                               "s": source_ref(r.fordring_id, r.movement_id)})
             execute_many(conn, "INSERT INTO payment (payment_id, liability_id, kind, amount, booked_on, source_ref) "
                          "VALUES (:p, :l, :k, :a, :b, :s) ON CONFLICT (payment_id) DO NOTHING", params, bound=True)
             # movements released after review: their hold task is done once none of its movements is held

@@ -39,7 +39,7 @@ from sqlalchemy import text
 from fbs_debitor.core import settings, storage
 from fbs_debitor.core.db import as_amount, as_bool, chunked, in_query, keyset_pages, select_in
 from fbs_debitor.core.stores import Stores
-from fbs_debitor.payments.apply import collector_paused, payment_id
+from fbs_debitor.payments.apply import SOURCE, collector_paused, payment_id, source_movement
 
 ZERO = Decimal(0)
 
@@ -224,12 +224,7 @@ def _claims(stores: Stores, report: PaymentReport, page_size: int) -> None:
 
 
 # FBS's payments from the debtor system: what ``_fbs_only`` looks at (LIKE as each database reads it)
-_FROM_DEBTOR = "source_ref LIKE 'SF1590_B_01A %'"
-
-
-def _movement_of(source_ref: str) -> str:
-    """The movement id an FBS payment from the debtor system names (the last word of its source_ref)."""
-    return source_ref.split(" ")[-1]
+_FROM_DEBTOR = f"source_ref LIKE '{SOURCE} %'"
 
 
 def _movements(stores: Stores, report: PaymentReport, page_size: int) -> int:
@@ -249,7 +244,7 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> int:
                 "THEN 1 ELSE 0 END AS from_debtor FROM payment WHERE payment_id IN :k", "k", keys)}
         for r, key in zip(rows, keys, strict=True):
             f = fbs.get(key)
-            if f is not None and f.from_debtor and _movement_of(f.source_ref) == r.movement_id:
+            if f is not None and f.from_debtor and source_movement(f.source_ref) == r.movement_id:
                 matched += 1
             if r.written_back_at is None:
                 what = "applied, not yet written to FBS"
@@ -266,18 +261,17 @@ def _movements(stores: Stores, report: PaymentReport, page_size: int) -> int:
     return matched
 
 
-def _fbs_only(stores: Stores, report: PaymentReport, page_size: int, matched: int | None = None) -> None:
+def _fbs_only(stores: Stores, report: PaymentReport, page_size: int, matched: int) -> None:
     """2: payments in FBS from the debtor system (source_ref SF1590_B_01A) the ledger did not apply;
     page by page, each page's movements read in one query by key. Not read at all when ``matched``
     (``_movements``' count) is every such payment: then each names an applied movement."""
-    if matched is not None:
-        with stores.fbs.connect() as conn:
-            if conn.execute(text(f"SELECT COUNT(*) FROM payment WHERE {_FROM_DEBTOR}")).scalar() == matched:  # noqa: S608
-                return
+    with stores.fbs.connect() as conn:
+        if conn.execute(text(f"SELECT COUNT(*) FROM payment WHERE {_FROM_DEBTOR}")).scalar() == matched:  # noqa: S608
+            return
     page = text("SELECT payment_id, liability_id, kind, amount, source_ref FROM payment WHERE payment_id > :a "  # noqa: S608
                 f"AND {_FROM_DEBTOR} ORDER BY payment_id LIMIT :n")
     for rows in keyset_pages(stores.fbs, page, "payment_id", "", {"n": page_size}, after="a"):
-        ids = {_movement_of(r.source_ref): r for r in rows}
+        ids = {source_movement(r.source_ref): r for r in rows}
         with stores.ledger.connect() as conn:
             applied = {m[0] for m in select_in(conn, "SELECT movement_id FROM movement WHERE state = 'applied' AND "
                                                      "movement_id IN :k", "k", list(ids))}
