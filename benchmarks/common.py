@@ -9,6 +9,7 @@ import re
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +45,37 @@ class Measured:
     returncode: int
     seconds: float          # wall time, start to exit
     cpu_seconds: float      # user + system time of the child (and any children it waited for)
-    peak_rss_mb: float      # the child's own peak RSS (ru_maxrss of its os.wait4 rusage), MiB
+    peak_rss_mb: float      # the child's own peak RSS (and its children's), MiB: see ``run_measured``
+
+
+TIME = "/usr/bin/time"      # GNU time (Debian's package ``time``)
 
 
 def run_measured(argv: list[str], *, env: dict | None = None, log: str | Path | None = None,
                  cwd: str | Path | None = None, timeout: float | None = None) -> Measured:
     """Run ``argv`` to its end, its output appended to ``log`` (else discarded), and measure it:
-    wall time, CPU time and peak RSS from the rusage ``os.wait4`` returns for this one child, so
+    wall time, CPU time and peak RSS of this one child (and the children it waited for), so that
     neither this process nor other children (a service, an earlier, larger run) count in it, as they
     would in a ``getrusage(RUSAGE_CHILDREN)`` maximum. Past ``timeout`` seconds the child is killed
-    and TimeoutError raised."""
+    and TimeoutError raised.
+
+    The peak RSS is the one GNU time (``/usr/bin/time -f %M``) reports for the command it started.
+    Not the ``ru_maxrss`` of this process's own ``os.wait4``: on Linux a process started from a large
+    one inherits that one's high-water mark across exec (fork or vfork, then exec), so a child of a
+    benchmark that had just generated a million liabilities reported the benchmark's 644 MiB, not
+    its own. GNU time is a small process, so what its child inherits is next to nothing. Without
+    GNU time the figure is that inherited upper bound, and says so (``rss_inherited``)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
+    rss_file = None
+    if os.path.exists(TIME):
+        fd, rss_file = tempfile.mkstemp(prefix="rss-", suffix=".txt")
+        os.close(fd)
+        argv = [TIME, "-f", "%M", "-o", rss_file, *argv]
     try:
         t = time.perf_counter()
+        # (its own session: a timeout kills GNU time and the command under it together)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd)
+                                cwd=cwd, start_new_session=True)
         deadline = None if timeout is None else t + timeout
         try:
             while True:
@@ -66,22 +83,45 @@ def run_measured(argv: list[str], *, env: dict | None = None, log: str | Path | 
                 if pid:
                     break
                 if time.perf_counter() > deadline:
-                    proc.kill()
+                    _kill_group(proc)
                     os.wait4(proc.pid, 0)
                     proc.returncode = -9
                     raise TimeoutError(f"{argv[:4]}... did not end in {timeout:.0f} s: killed")
                 time.sleep(0.05)
         except BaseException:
             if proc.returncode is None and proc.poll() is None:
-                proc.kill()
+                _kill_group(proc)
                 proc.wait()
             raise
         seconds = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
-        return Measured(proc.returncode, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+        rss_mb = _time_rss_mb(rss_file) if rss_file else None
+        if rss_mb is None:
+            rss_mb = usage.ru_maxrss / 1024
+            print(f"(peak RSS of {Path(argv[-1]).name}... is an upper bound: GNU time at {TIME} is missing, and "
+                  "ru_maxrss counts the high-water mark a child inherits; rss_inherited)", flush=True)
+        return Measured(proc.returncode, seconds, usage.ru_utime + usage.ru_stime, rss_mb)
     finally:
         if log:
             out.close()
+        if rss_file:
+            Path(rss_file).unlink(missing_ok=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _time_rss_mb(path: str) -> float | None:
+    """The %M (KiB) GNU time wrote (after a line about the exit status when it was not 0), in MiB."""
+    try:
+        lines = Path(path).read_text().split()
+        return int(lines[-1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start_service(name: str, argv: list[str], logs: Path, env: dict | None = None,
