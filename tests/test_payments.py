@@ -637,3 +637,44 @@ def test_M2_history_shows_each_payment_movement_once_as_it_arrived_from_its_own_
     assert len([line for line in format_history(stores, a, width=400).splitlines()
                 if "payment_applied" in line and "movement P1" in line]) == 1
     clean(stores)
+
+
+def test_M2_a_movement_held_again_for_another_reason_shows_its_first_reason_at_arrival_then_the_change(
+        stores, emu_db, inbox):
+    """M2 (ledger 0019): a held movement looked at again and held for another reason keeps, in the
+    history, the reason it arrived with, and the new reason is an event of its own
+    (``payment_reheld``, naming both) after what caused it; the row's ``hold_reason`` is the
+    current one (what the staff task and the next look are about). A movement from before 0019 (no
+    ``arrival_reason``) is shown with its current reason, as before."""
+    from fbs_debitor.changes.history import format_history
+
+    (b,) = sent(stores, emu_db, adults=1)["adult"]
+    deliver(inbox, "f1.xml", mv("R3", b, "reversal", 1, ref="P-later"))
+    run(stores, inbox)
+    assert movement_states(stores)["R3"] == ("held", payments.REVERSAL_UNKNOWN)
+    deliver(inbox, "f2.xml", mv("P-later", b, "payment", 2))     # it arrives, with another amount
+    run(stores, inbox)
+    run(stores, inbox)                                           # a run with nothing new changes nothing
+    assert movement_states(stores)["R3"] == ("held", payments.REVERSAL_MISMATCH)
+
+    def lines() -> list[str]:
+        return format_history(stores, b, width=400).splitlines()
+
+    def at(history: list[str], *parts: str) -> list[int]:
+        return [i for i, line in enumerate(history) if all(p in line for p in parts)]
+
+    history = lines()
+    arrived = at(history, "payment_held", "movement R3", "held for review, P_REVERSAL_UNKNOWN")
+    paid = at(history, "payment_applied", "movement P-later", "file f2.xml)")
+    reheld = at(history, "payment_reheld", "movement R3",
+                "held again for review, now P_REVERSAL_MISMATCH, was P_REVERSAL_UNKNOWN")
+    assert len(arrived) == len(paid) == len(reheld) == 1, "\n".join(history)
+    assert arrived[0] < paid[0] < reheld[0]
+    assert at(history, "payment_held", "movement R3", "P_REVERSAL_MISMATCH") == []
+    assert full_cpr_numbers("\n".join(history)) == []
+
+    # a movement held before ledger 0019: no reason of its arrival kept, its current one is shown
+    with stores.ledger.begin() as conn:
+        conn.execute(text("UPDATE movement SET arrival_reason = NULL WHERE movement_id = 'R3'"))
+    assert len(at(lines(), "payment_held", "movement R3", "held for review, P_REVERSAL_MISMATCH")) == 1
+    clean(stores)

@@ -5,7 +5,9 @@ ledger 0018 (``movement.arrival_seq``) the payments run writes no event beside i
 (``changes.history``) shows the row as the event it used to be written as, with the same text
 (``movement_text``). A million movements are then a million rows, not two million, and no entry at
 a random place of the event table's index by liability. What happens to a movement later (released
-after review, dismissed, its liability closed in FBS) is still written as an event.
+after review, held again for another reason, dismissed, its liability closed in FBS) is still
+written as an event; the row keeps the reason it was held for on arrival (``arrival_reason``,
+ledger 0019), its ``hold_reason`` the current one.
 
 Movements that arrived before ledger 0018 have no ``arrival_seq``: their arrival is an event of its
 own, and they are not shown again here.
@@ -55,17 +57,19 @@ class Arrival:
 
 
 _ARRIVALS = in_query(
-    "SELECT m.movement_id, m.fordring_id, m.kind, m.amount, m.booked_on, m.reference_id, m.hold_reason, "
-    "m.received_at, m.arrival_seq, f.name FROM movement m JOIN payment_file f ON f.sha256 = m.file_sha256 "
+    "SELECT m.movement_id, m.fordring_id, m.kind, m.amount, m.booked_on, m.reference_id, "
+    "COALESCE(m.arrival_reason, m.hold_reason) AS reason, m.received_at, m.arrival_seq, f.name "
+    "FROM movement m JOIN payment_file f ON f.sha256 = m.file_sha256 "
     "WHERE m.fordring_id IN :f AND m.arrival_seq IS NOT NULL", "f")
 
 
 def arrivals(conn: Connection, liability_id: int) -> list[Arrival]:
     """The movements on the liability's claims (each FordringID it was sent under: the outbox's,
     an increase's earlier ones, U1, included), each as it arrived. A movement held when it arrived
-    keeps its reason (the current one, if it was looked at again and held for another): released
-    or dismissed later, it is still shown held at its arrival, and the event of its release or
-    dismissal follows it."""
+    is shown held with the reason it arrived with (``arrival_reason``, ledger 0019; a movement from
+    between 0018 and 0019 with its current one): held again for another reason, released or
+    dismissed later, the event of that (``payment_reheld``, ``payment_released``,
+    ``payment_dismissed``) follows it."""
     fids = {r[0] for r in conn.execute(text("SELECT fordring_id FROM outbox WHERE liability_id = :l "
                                             "UNION SELECT fordring_id FROM claim WHERE liability_id = :l"),
                                        {"l": liability_id})}
@@ -75,6 +79,6 @@ def arrivals(conn: Connection, liability_id: int) -> list[Arrival]:
     for r in conn.execute(_ARRIVALS, {"f": sorted(fids)}):
         m = Moved(r.movement_id, r.fordring_id, r.kind, as_amount(r.amount), as_date(r.booked_on), r.reference_id)
         out.append(Arrival(as_datetime(r.received_at), int(r.arrival_seq),
-                           "payment_held" if r.hold_reason else "payment_applied",
-                           movement_text(m, r.name, r.hold_reason)))
+                           "payment_held" if r.reason else "payment_applied",
+                           movement_text(m, r.name, r.reason)))
     return out

@@ -1,0 +1,13 @@
+-- Ledger 0019: a held movement keeps the reason it was held for when it arrived (M2).
+--
+-- Since 0018 a movement's row is its arrival in the audit trail. Its hold_reason is the CURRENT
+-- reason: a held movement looked at again and held for another reason (a reversal whose payment
+-- arrived with another amount: P_REVERSAL_UNKNOWN, then P_REVERSAL_MISMATCH) has it overwritten,
+-- and the history then showed the new reason at the arrival and the first nowhere. From this
+-- migration on the row also keeps the reason it arrived with, never changed, and holding it again
+-- for another reason is an event of its own (payment_reheld: the new reason and the one before).
+--
+-- arrival_reason  the hold reason the movement was given when its file was applied (NULL: applied
+--                 on arrival); NULL as well for a movement written before this migration, whose
+--                 arrival the history shows with its hold_reason, as before.
+ALTER TABLE movement ADD COLUMN arrival_reason VARCHAR(40);
