@@ -12,7 +12,8 @@
 What is timed is one whole hourly run as an operator starts it outside Airflow,
 ``python -m fbs_debitor transfer`` (eligibility, the GX checks with their Data Docs, building,
 sending, change detection and sending: what DAG debitor_transfer does), as its own process: wall
-time, CPU time and its own peak RSS (the rusage ``os.wait4`` returns for that child).
+time, CPU time (the rusage ``os.wait4`` returns for that child) and its own peak RSS (what
+``/usr/bin/time -f %M`` reports for it: ``common.run_measured``).
 
 Per size (liabilities; the generator gives about 10 per patron, so ``--patrons`` = size/10), in a
 temporary folder:
