@@ -4,10 +4,12 @@
 -- reason: a held movement looked at again and held for another reason (a reversal whose payment
 -- arrived with another amount: P_REVERSAL_UNKNOWN, then P_REVERSAL_MISMATCH) has it overwritten,
 -- and the history then showed the new reason at the arrival and the first nowhere. From this
--- migration on the row also keeps the reason it arrived with, never changed, and holding it again
--- for another reason is an event of its own (payment_reheld: the new reason and the one before).
+-- migration on the first reason is kept when it is first replaced, and holding a movement again for
+-- another reason is an event of its own (payment_reheld: the new reason and the one before).
 --
--- arrival_reason  the hold reason the movement was given when its file was applied (NULL: applied
---                 on arrival); NULL as well for a movement written before this migration, whose
---                 arrival the history shows with its hold_reason, as before.
+-- arrival_reason  the hold reason the movement arrived with, set when a look again first replaces
+--                 its hold_reason (an UPDATE's SET reads the row as it was) and never changed
+--                 after; NULL while hold_reason is still the one it arrived with (most rows: the
+--                 payments run's inserts leave it out), and for a movement re-held before this
+--                 migration, whose arrival the history shows with its current hold_reason.
 ALTER TABLE movement ADD COLUMN arrival_reason VARCHAR(40);

@@ -6,8 +6,8 @@ ledger 0018 (``movement.arrival_seq``) the payments run writes no event beside i
 (``movement_text``). A million movements are then a million rows, not two million, and no entry at
 a random place of the event table's index by liability. What happens to a movement later (released
 after review, held again for another reason, dismissed, its liability closed in FBS) is still
-written as an event; the row keeps the reason it was held for on arrival (``arrival_reason``,
-ledger 0019), its ``hold_reason`` the current one.
+written as an event; the row's ``hold_reason`` is the current reason, and ``arrival_reason``
+(ledger 0019) keeps the one it arrived with once a look again has replaced it.
 
 Movements that arrived before ledger 0018 have no ``arrival_seq``: their arrival is an event of its
 own, and they are not shown again here.
@@ -66,8 +66,8 @@ _ARRIVALS = in_query(
 def arrivals(conn: Connection, liability_id: int) -> list[Arrival]:
     """The movements on the liability's claims (each FordringID it was sent under: the outbox's,
     an increase's earlier ones, U1, included), each as it arrived. A movement held when it arrived
-    is shown held with the reason it arrived with (``arrival_reason``, ledger 0019; a movement from
-    between 0018 and 0019 with its current one): held again for another reason, released or
+    is shown held with the reason it arrived with (``arrival_reason`` once it was replaced, ledger
+    0019, else ``hold_reason``; a movement re-held before 0019 with its current one): held again for another reason, released or
     dismissed later, the event of that (``payment_reheld``, ``payment_released``,
     ``payment_dismissed``) follows it."""
     fids = {r[0] for r in conn.execute(text("SELECT fordring_id FROM outbox WHERE liability_id = :l "

@@ -473,7 +473,7 @@ def _apply_file(conn: Connection, name: str, sha: str, parsed: PaymentFile, run_
         if day is None:
             day = days[m.booked_on] = value(m.booked_on)
         rows.append((m.movement_id, sha, m.fordring_id, lid, agency or _agency_of(m.fordring_id), m.kind,
-                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t, seq + len(rows), reason))
+                     value(m.amount), day, m.reference_id, state, reason, run_id, t, t, seq + len(rows)))
         counts[state] += 1
     conn.execute(text("INSERT INTO payment_file (sha256, name, state, transaction_id, movements, applied, held, "
                       "duplicates, run_id, received_at) VALUES (:s, :n, 'applied', :x, :m, :a, :h, :d, :r, :t)"),
@@ -535,7 +535,7 @@ def file_transaction(ledger_engine: Engine, cache_kib: int = FILE_CACHE_KIB, wal
 
 _MOVEMENT_COLUMNS = ("movement_id", "file_sha256", "fordring_id", "liability_id", "agency_id", "kind", "amount",
                      "booked_on", "reference_id", "state", "hold_reason", "run_id", "received_at", "decided_at",
-                     "arrival_seq", "arrival_reason")
+                     "arrival_seq")
 
 
 def _insert_movements(conn: Connection, rows: list[tuple]) -> None:
@@ -1206,11 +1206,12 @@ def look_again(stores: Stores, run_id: str, at: dt.datetime, agencies: Iterable[
                                + f": applied now, was held as {r.hold_reason}"))
             elif reason != r.hold_reason or lid is not None:
                 rehold.append({"h": reason, "l": lid, "a": agency, "m": m.movement_id})
-                if reason != r.hold_reason and lid is not None:    # (M2: the row keeps the reason it arrived with)
+                if reason != r.hold_reason and lid is not None:    # (M2: the row keeps its first reason, below)
                     events.append((lid, "payment_reheld", None, movement_text(m, "held earlier", None)
                                    + f": held again for review, now {reason}, was {r.hold_reason}"))
-        if rehold:
-            conn.execute(text("UPDATE movement SET hold_reason = :h, liability_id = COALESCE(liability_id, :l), "
+        if rehold:      # (the reason it arrived with is kept the first time it is replaced: ``core.trail``)
+            conn.execute(text("UPDATE movement SET arrival_reason = COALESCE(arrival_reason, hold_reason), "
+                              "hold_reason = :h, liability_id = COALESCE(liability_id, :l), "
                               "agency_id = COALESCE(:a, agency_id) WHERE movement_id = :m"), rehold)
         if released:
             conn.execute(text("UPDATE movement SET state = 'applied', liability_id = :l, agency_id = :a, run_id = :r, "
