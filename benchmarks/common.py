@@ -98,7 +98,7 @@ def run_measured(argv: list[str], *, env: dict | None = None, log: str | Path | 
         rss_mb = _time_rss_mb(rss_file) if rss_file else None
         if rss_mb is None:
             rss_mb = usage.ru_maxrss / 1024
-            print(f"(peak RSS of {Path(argv[-1]).name}... is an upper bound: GNU time at {TIME} is missing, and "
+            print(f"(peak RSS of {Path(argv[0]).name} ... is an upper bound: GNU time at {TIME} is missing, and "
                   "ru_maxrss counts the high-water mark a child inherits; rss_inherited)", flush=True)
         return Measured(proc.returncode, seconds, usage.ru_utime + usage.ru_stime, rss_mb)
     finally:
