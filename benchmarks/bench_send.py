@@ -1,6 +1,7 @@
 """Benchmark: sending claims to the debtor emulator, the project's delivery path against floors.
 
     python benchmarks/bench_send.py [--patrons 5000] [--seed 1] [--rounds 3] [--batch-size N]
+        [--ledger sqlite|postgresql]
 
 Generates a synthetic municipality (``backfill_setup``: every cut-off date moved back, the broken
 age limits repaired, so most open liabilities become claims), writes the claims the project builds
@@ -24,11 +25,18 @@ SOAP calls, and the sending step's ratio to the build floor, printed for orienta
 floor reads and builds, the sending step does neither); the project client's peak RSS. CPU comes from
 ``resource.getrusage`` inside each child (around the work; the emulator's from ``os.wait4``) and
 peak RSS from each child's own VmHWM. Not a test: figures, never assertions.
+
+``--ledger postgresql`` puts the project's ledger on PostgreSQL, the production database (a
+throwaway cluster, ``tests/pgcluster.py``, as the tests start it: loopback, fsync off; each round
+its own copy of one migrated database): the outbox's index and commit work is then the server's
+CPU, not the client's, while the server competes with both Python processes for the two cores. FBS
+stays the SQLite file the floors read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -43,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT / "plugins"), str(HERE)]
+sys.path[:0] = [str(ROOT / "plugins"), str(HERE), str(ROOT / "tests")]
 
 from common import own_peak_rss_mib  # noqa: E402
 
@@ -72,8 +80,9 @@ def serve_emulator(db_url: str, fbs_url: str, port_file: Path) -> int:
     return 0
 
 
-def project_child(work: Path, url: str, batch_size: int) -> int:
-    """One delivering transfer run (the project's path) on the copies in ``work``; one JSON line."""
+def project_child(work: Path, url: str, batch_size: int, ledger_url: str | None = None) -> int:
+    """One delivering transfer run (the project's path) on the copies in ``work`` (the ledger at
+    ``ledger_url`` when given); one JSON line."""
     from backfill_setup import emulator_config
 
     from fbs_debitor.core import ledger
@@ -118,7 +127,8 @@ def project_child(work: Path, url: str, batch_size: int) -> int:
                 calls["wall"] += time.perf_counter() - t - aside["wall"]
                 calls["cpu"] += _cpu() - c - aside["cpu"]
 
-    stores = open_stores(DatabaseUrls(fbs=f"sqlite:///{work}/fbs.sqlite", ledger=f"sqlite:///{work}/ledger.sqlite"))
+    stores = open_stores(DatabaseUrls(fbs=f"sqlite:///{work}/fbs.sqlite",
+                                      ledger=ledger_url or f"sqlite:///{work}/ledger.sqlite"))
     with Timed(emulator_config(url)) as client:
         cpu0, t0 = _cpu(), time.perf_counter()
         run_id, _ = run_transfer(stores, client, batch_size=batch_size, data_quality=False)
@@ -190,6 +200,47 @@ class EmulatorProcess:
         return {"cpu_s": usage.ru_utime + usage.ru_stime}
 
 
+class PostgresLedgers:
+    """``--ledger postgresql``: a throwaway cluster; one migrated database, copied for each round
+    (``CREATE DATABASE ... TEMPLATE``). A database server's ledger needs the fingerprint key from the
+    environment, not a key file: the children get a fixed benchmark key."""
+
+    TEMPLATE = "ledger_template"
+
+    def __init__(self, tmp: Path):
+        from pgcluster import ThrowawayCluster
+
+        self.cluster = ThrowawayCluster()
+        self.admin_url = self.cluster.start()
+        os.environ.setdefault("FBS_DEBITOR_FINGERPRINT_KEY", "benchmark-fingerprint-key-000001")
+
+    def migrate_template(self, fbs_url: str) -> None:
+        from pgcluster import create_database
+
+        from fbs_debitor.core.settings import DatabaseUrls
+        from fbs_debitor.core.stores import init_stores, open_stores
+
+        stores = open_stores(DatabaseUrls(fbs=fbs_url, ledger=create_database(self.admin_url, self.TEMPLATE)))
+        try:
+            init_stores(stores)
+        finally:
+            stores.dispose()
+
+    def copy(self, name: str) -> str:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        u = make_url(self.admin_url)
+        with psycopg.connect(f"host={u.host} port={u.port} user={u.username} dbname={u.database}",
+                             autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.TEMPLATE}"')
+        return u.set(database=name).render_as_string(hide_password=False)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -205,6 +256,8 @@ def main() -> int:
     p.add_argument("--floor-limit", type=int, default=0,
                    help="the one-per-call floor sends at most this many claims (0: all; its claims/s is a rate)")
     p.add_argument("--no-floor", action="store_true", help="leave out the one-per-call floor")
+    p.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the project's ledger: the SQLite file (default) or a throwaway PostgreSQL cluster")
     # child modes
     p.add_argument("--serve-emulator", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-project", action="store_true", help=argparse.SUPPRESS)
@@ -213,6 +266,7 @@ def main() -> int:
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--ledger-url", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     from fbs_debitor.core.settings import batch_size_default
@@ -221,14 +275,18 @@ def main() -> int:
     if args.serve_emulator:
         return serve_emulator(args.db, args.fbs_url, args.port_file)
     if args.child_project:
-        return project_child(args.work, args.url, batch_size)
+        return project_child(args.work, args.url, batch_size, args.ledger_url)
 
     from backfill_setup import backfill_municipality
 
     from fbs_debitor.transfer import dry_run
 
-    with tempfile.TemporaryDirectory(prefix="bench_send_") as name:
+    with tempfile.TemporaryDirectory(prefix="bench_send_") as name, contextlib.ExitStack() as on_exit:
         tmp = Path(name)
+        server = None
+        if args.ledger == "postgresql":
+            server = PostgresLedgers(tmp)
+            on_exit.callback(server.stop)
         t = time.perf_counter()
         stores, fbs_url = backfill_municipality(name, args.patrons, args.seed, args.as_of)
         summary = dry_run.run(stores, tmp / "requests", batch_size=batch_size)
@@ -237,6 +295,8 @@ def main() -> int:
         pristine.mkdir()
         for f in ("fbs.sqlite", "ledger.sqlite"):
             shutil.copy(tmp / f, pristine / f)
+        if server is not None:
+            server.migrate_template(f"sqlite:///{tmp}/fbs.sqlite")
         print(f"setup: {args.patrons} patrons, seed {args.seed}; request files written "
               f"({sum(1 for _ in (tmp / 'requests').rglob('batch-*.xml'))} batches of up to {batch_size}) "
               f"in {time.perf_counter() - t:.1f} s", flush=True)
@@ -250,8 +310,11 @@ def main() -> int:
             for f in ("fbs.sqlite", "ledger.sqlite"):
                 shutil.copy(pristine / f, work / f)
             emu = EmulatorProcess(tmp, fbs_url, f"emu-project-{r}")
-            got, figures, err = run_child_wait4([PYTHON, __file__, "--child-project", "--work", str(work),
-                                                 "--url", emu.url, "--batch-size", str(batch_size)])
+            argv = [PYTHON, __file__, "--child-project", "--work", str(work), "--url", emu.url,
+                    "--batch-size", str(batch_size)]
+            if server is not None:
+                argv += ["--ledger-url", server.copy(f"project_{r}")]
+            got, figures, err = run_child_wait4(argv)
             emu_figures = emu.stop()
             if got is None:
                 print(f"project run {r} failed (rc {figures['rc']}):\n{err}", file=sys.stderr)
@@ -298,7 +361,8 @@ def main() -> int:
         send_cpu_per_claim = median([x["call_cpu_s"] / x["claims"] for x in project])
         deliver_cpu_per_claim = median([x["deliver_cpu_s"] / x["claims"] for x in project])
         print()
-        print(f"medians of {args.rounds} interleaved rounds (patrons {args.patrons}, batches of {batch_size}):")
+        print(f"medians of {args.rounds} interleaved rounds (patrons {args.patrons}, batches of {batch_size}, "
+              f"the project's ledger on {'PostgreSQL' if server else 'SQLite'}):")
         print(f"  project:       {rate:,.0f} claims/s ({project[0]['claims']:,} claims)")
         if results["one_per_call"]:
             floor_rate = median([x["claims"] / x["wall_s"] for x in results["one_per_call"]])
