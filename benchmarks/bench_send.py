@@ -207,7 +207,7 @@ class PostgresLedgers:
 
     TEMPLATE = "ledger_template"
 
-    def __init__(self, tmp: Path):
+    def __init__(self):
         from pgcluster import ThrowawayCluster
 
         self.cluster = ThrowawayCluster()
@@ -227,15 +227,9 @@ class PostgresLedgers:
             stores.dispose()
 
     def copy(self, name: str) -> str:
-        import psycopg
-        from sqlalchemy.engine import make_url
+        from pgcluster import create_database
 
-        u = make_url(self.admin_url)
-        with psycopg.connect(f"host={u.host} port={u.port} user={u.username} dbname={u.database}",
-                             autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.TEMPLATE}"')
-        return u.set(database=name).render_as_string(hide_password=False)
+        return create_database(self.admin_url, name, template=self.TEMPLATE)
 
     def stop(self) -> None:
         self.cluster.stop()
@@ -285,7 +279,7 @@ def main() -> int:
         tmp = Path(name)
         server = None
         if args.ledger == "postgresql":
-            server = PostgresLedgers(tmp)
+            server = PostgresLedgers()
             on_exit.callback(server.stop)
         t = time.perf_counter()
         stores, fbs_url = backfill_municipality(name, args.patrons, args.seed, args.as_of)

@@ -85,8 +85,9 @@ class ThrowawayCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def create_database(admin_url: str, name: str) -> str:
-    """A fresh database on the server behind ``admin_url``; returns its URL."""
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """A fresh database on the server behind ``admin_url`` (a copy of the database ``template``
+    when given); returns its URL."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -96,5 +97,5 @@ def create_database(admin_url: str, name: str) -> str:
         conninfo += f" password={u.password}"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return u.set(database=name).render_as_string(hide_password=False)
