@@ -67,9 +67,9 @@ def arrivals(conn: Connection, liability_id: int) -> list[Arrival]:
     """The movements on the liability's claims (each FordringID it was sent under: the outbox's,
     an increase's earlier ones, U1, included), each as it arrived. A movement held when it arrived
     is shown held with the reason it arrived with (``arrival_reason`` once it was replaced, ledger
-    0019, else ``hold_reason``; a movement re-held before 0019 with its current one): held again for another reason, released or
-    dismissed later, the event of that (``payment_reheld``, ``payment_released``,
-    ``payment_dismissed``) follows it."""
+    0019, else ``hold_reason``; a movement re-held before 0019 with its current one). Held again
+    for another reason, released or dismissed later, the event of that (``payment_reheld``,
+    ``payment_released``, ``payment_dismissed``) follows it."""
     fids = {r[0] for r in conn.execute(text("SELECT fordring_id FROM outbox WHERE liability_id = :l "
                                             "UNION SELECT fordring_id FROM claim WHERE liability_id = :l"),
                                        {"l": liability_id})}
